@@ -1,0 +1,274 @@
+"""Command line: ``dce-batch enhance|train|convert-weights|show-weights``.
+
+``jobs/enhance.py`` and ``jobs/train.py`` are thin wrappers around :func:`enhance_main` and
+:func:`train_main`, so ``ray job submit --working-dir . -- python jobs/enhance.py ...`` and
+``dce-batch enhance ...`` are the same program.
+
+Exit status of ``enhance``: 0 when every input succeeded (or was already done), 3 when the job
+finished but some inputs failed (their manifest rows say why), 2 for invalid settings or
+inputs, 1 when the job itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ConfigError, DceBatchError, describe_error
+
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+
+
+def _num_actors(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in text.split(":")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN or MIN:MAX, got {text!r}") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or parts[0] < 1 or parts[1] < parts[0]:
+        raise argparse.ArgumentTypeError(f"expected MIN[:MAX] with 1 <= MIN <= MAX, got {text!r}")
+    return parts[0], parts[1]
+
+
+def _add_s3_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--s3-endpoint", metavar="URL",
+                        help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL, else AWS)")
+
+
+def _s3_options(args: argparse.Namespace):
+    from .storage import S3Options
+
+    return S3Options.from_env(endpoint_url=args.s3_endpoint)
+
+
+def enhance_parser() -> argparse.ArgumentParser:
+    from .pipeline import DEFAULT_OUTPUT
+
+    p = argparse.ArgumentParser(
+        prog="dce-batch enhance",
+        description="Enhance low-light images with Zero-DCE on a Ray cluster (a local one is started if none "
+                    "is running). With no arguments, enhances the bundled sample images into ./enhanced/.",
+    )
+    p.add_argument("input", nargs="?", metavar="INPUT",
+                   help="folder, glob, s3://bucket/prefix/, or a .parquet/.csv/.txt file listing image URIs "
+                        "(default: the bundled samples)")
+    p.add_argument("output", nargs="?", metavar="OUTPUT", default=DEFAULT_OUTPUT,
+                   help=f"folder or s3:// prefix for enhanced images and the _manifest/ (default: {DEFAULT_OUTPUT})")
+    g = p.add_argument_group("model")
+    g.add_argument("--weights", metavar="PATH|NAME",
+                   help="shipped model name, a .safetensors file, or a published .pth checkpoint (local or s3://)")
+    g.add_argument("--model-variant", choices=["full", "fast"],
+                   help="full = Zero-DCE (default), fast = Zero-DCE++; picks the shipped weights of that variant")
+    g.add_argument("--scale", type=float, default=12.0,
+                   help="fast variant: estimate curves on an image downscaled by this factor (default 12)")
+    g.add_argument("--strength", type=float, default=1.0, help="0 = unchanged ... 1 = full enhancement (default 1)")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="network precision; bf16/fp16 on GPUs (fp16 needs CUDA)")
+    g = p.add_argument_group("output")
+    g.add_argument("--format", choices=["same", "jpeg", "png", "webp"], default="same",
+                   help="output format (default: same as input)")
+    g.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality 1-100 (default 95)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="redo every input and replace the manifest (default: resume, skipping finished inputs)")
+    g.add_argument("--allow-output-inside-input", action="store_true",
+                   help="allow an OUTPUT folder inside the INPUT folder")
+    g = p.add_argument_group("cluster sizing")
+    g.add_argument("--num-actors", type=_num_actors, metavar="MIN[:MAX]",
+                   help="actor pool size (default: 1 up to what the cluster's CPUs/GPUs hold)")
+    g.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor, fractional allowed (default 0)")
+    g.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor (default 1)")
+    g.add_argument("--batch-size", type=int, default=4, help="images per actor call (default 4)")
+    g = p.add_argument_group("limits")
+    g.add_argument("--max-pixels", type=int, default=None, help="refuse images above this many pixels (default 100 MP)")
+    g.add_argument("--tile-size", type=int, default=1024, help="tile side for large images (default 1024)")
+    g.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, a running local cluster, or a new one)")
+    _add_s3_options(p)
+    return p
+
+
+def enhance_main(argv: Sequence[str] | None = None) -> int:
+    from .imageio import DEFAULT_MAX_PIXELS
+    from .pipeline import EXIT_OK, EXIT_SOME_FAILED, EnhanceConfig, run_enhance, sample_images_dir
+
+    args = enhance_parser().parse_args(argv)
+    try:
+        config = EnhanceConfig(
+            input=args.input or sample_images_dir(), output=args.output, weights=args.weights,
+            variant=args.model_variant, scale=args.scale, format=args.format, quality=args.quality,
+            strength=args.strength, precision=args.precision, num_actors=args.num_actors,
+            gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size,
+            s3=_s3_options(args), overwrite=args.overwrite,
+            allow_output_inside_input=args.allow_output_inside_input,
+            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, tile_size=args.tile_size,
+        )
+        if args.address:
+            import ray
+
+            ray.init(address=args.address)
+        summary = run_enhance(config)
+    except DceBatchError as exc:
+        print(f"dce-batch enhance: {describe_error(exc)}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("dce-batch enhance: interrupted; finished images are in the manifest, run again to resume",
+              file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - the job itself failed: say so with the traceback
+        traceback.print_exc()
+        return EXIT_FAILED
+    print(summary.table())
+    return EXIT_SOME_FAILED if summary.error else EXIT_OK
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dce-batch train",
+        description="Train DCE-Net with Ray Train on a folder or s3:// prefix of (unpaired, low- and "
+                    "over-exposed) images. The same --name resumes a run.",
+    )
+    p.add_argument("--data", required=True, metavar="URI", help="training images: folder, glob, s3:// prefix or list file")
+    p.add_argument("--storage", default="./runs", metavar="URI", help="checkpoints and results (local or s3://; default ./runs)")
+    p.add_argument("--name", help="run name; a new name starts a run, an existing one resumes it (default: timestamped)")
+    p.add_argument("--export", metavar="PATH", help="write the final weights here (.safetensors with metadata; local or s3://)")
+    g = p.add_argument_group("scaling")
+    g.add_argument("--workers", type=int, default=2, help="training workers (default 2)")
+    g.add_argument("--gpu", action="store_true", help="one GPU per worker (same as --gpus-per-worker 1)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0)
+    g.add_argument("--cpus-per-worker", type=float, default=1.0)
+    g.add_argument("--max-failures", type=int, default=3, help="worker-group restarts from the latest checkpoint")
+    g = p.add_argument_group("recipe (defaults: the Zero-DCE authors')")
+    g.add_argument("--model-variant", choices=["full", "fast"], default="full")
+    g.add_argument("--epochs", type=int, default=200)
+    g.add_argument("--image-size", type=int, default=256, help="training crops/resizes to this size (default 256)")
+    g.add_argument("--base-size", type=int, help="decode images to this square size first (default: --image-size)")
+    g.add_argument("--min-crop", type=float, default=1.0,
+                   help="random crops cover this fraction of the side at least (default 1: whole image, resized)")
+    g.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    g.add_argument("--batch-size", type=int, default=8, help="per worker (default 8)")
+    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--grad-clip", type=float, default=0.1)
+    g.add_argument("--tv-weight", type=float, help="illumination smoothness weight (default 200; 1600 for fast)")
+    g.add_argument("--spatial-weight", type=float, help="spatial consistency weight (default 1)")
+    g.add_argument("--color-weight", type=float, help="colour constancy weight (default 5)")
+    g.add_argument("--exposure-weight", type=float, help="exposure control weight (default 10)")
+    g.add_argument("--exposure-target", type=float, help="well-exposedness level E (default 0.6)")
+    g.add_argument("--val-fraction", type=float, default=0.05)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto = bf16 autocast on GPUs, fp32 on CPUs")
+    g.add_argument("--max-images", type=int, help="train on a random subset of this many images")
+    g.add_argument("--keep-checkpoints", type=int, default=3, help="best checkpoints kept (the latest always is)")
+    g.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every N epochs (and after the last)")
+    g.add_argument("--inject-failure-at-epoch", type=int, help=argparse.SUPPRESS)
+    _add_s3_options(p)
+    return p
+
+
+def train_config_from_args(args: argparse.Namespace):
+    from .losses import LossWeights
+    from .training import TrainConfig
+
+    loss = LossWeights.for_variant(
+        args.model_variant, smoothness=args.tv_weight, spatial=args.spatial_weight, color=args.color_weight,
+        exposure=args.exposure_weight, exposure_target=args.exposure_target,
+    )
+    return TrainConfig(
+        data=args.data, storage=args.storage, name=args.name, workers=args.workers,
+        gpus_per_worker=max(args.gpus_per_worker, 1.0 if args.gpu else 0.0), cpus_per_worker=args.cpus_per_worker,
+        epochs=args.epochs, image_size=args.image_size, base_size=args.base_size, min_crop=args.min_crop,
+        hflip=not args.no_flip, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip, variant=args.model_variant, loss=loss, max_failures=args.max_failures,
+        val_fraction=args.val_fraction, seed=args.seed, export=args.export, keep_checkpoints=args.keep_checkpoints, checkpoint_every=args.checkpoint_every,
+        precision=args.precision, max_images=args.max_images, s3=_s3_options(args),
+        inject_failure_at_epoch=args.inject_failure_at_epoch,
+    )
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    from .training import run_training
+
+    args = train_parser().parse_args(argv)
+    try:
+        outcome = run_training(train_config_from_args(args))
+    except DceBatchError as exc:
+        print(f"dce-batch train: {describe_error(exc)}", file=sys.stderr)
+        return EXIT_INVALID
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+        return EXIT_FAILED
+    final = outcome.metrics
+    print(f"run finished: {final['epoch']} epochs, train loss {final['train_loss']:.4f}"
+          + (f", val loss {final['val_loss']:.4f}" if "val_loss" in final else "")
+          + f"; results in {outcome.run_uri}" + (f"; weights {outcome.export_uri}" if outcome.export_uri else ""))
+    return 0
+
+
+def convert_weights_main(argv: Sequence[str] | None = None) -> int:
+    from .weights import load_weights, save_weights
+
+    p = argparse.ArgumentParser(prog="dce-batch convert-weights",
+                                description="Import a published checkpoint (.pth) into the project's safetensors format.")
+    p.add_argument("source", help="checkpoint file (Zero-DCE, Zero-DCE++ or the seed's layout)")
+    p.add_argument("target", help="output .safetensors file")
+    p.add_argument("--name", help="model name recorded in the metadata (default: the target's file name)")
+    p.add_argument("--licence", default="as published by the checkpoint's authors")
+    args = p.parse_args(argv)
+    try:
+        loaded = load_weights(Path(args.source))
+        _, meta = save_weights(loaded.state_dict, args.target, name=args.name or Path(args.target).stem,
+                               variant=loaded.meta.variant, source=loaded.meta.source, licence=args.licence)
+    except DceBatchError as exc:
+        print(f"dce-batch convert-weights: {describe_error(exc)}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"wrote {args.target}: {meta.variant}, {meta.num_params:,} parameters, sha256 {meta.sha256}")
+    return 0
+
+
+def show_weights_main(argv: Sequence[str] | None = None) -> int:
+    from .weights import PACKAGED_WEIGHTS, load_weights
+
+    p = argparse.ArgumentParser(prog="dce-batch show-weights", description="Print a weights file's metadata.")
+    p.add_argument("weights", nargs="?", default=None,
+                   help=f"a shipped name ({', '.join(PACKAGED_WEIGHTS)}) or a file (default: the default model)")
+    args = p.parse_args(argv)
+    try:
+        meta = load_weights(args.weights).meta
+    except DceBatchError as exc:
+        print(f"dce-batch show-weights: {describe_error(exc)}", file=sys.stderr)
+        return EXIT_INVALID
+    print(json.dumps(vars(meta), indent=2, default=str))
+    return 0
+
+
+COMMANDS = {
+    "enhance": enhance_main,
+    "train": train_main,
+    "convert-weights": convert_weights_main,
+    "show-weights": show_weights_main,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: dce-batch {" + ",".join(COMMANDS) + "} [options]\n\n"
+              "  enhance           enhance images (no arguments: the bundled samples into ./enhanced/)\n"
+              "  train             train DCE-Net with Ray Train\n"
+              "  convert-weights   import a published checkpoint into the safetensors format\n"
+              "  show-weights      print a weights file's metadata", file=sys.stderr if argv else sys.stdout)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\ndce-batch: unknown command {argv[0]!r}", file=sys.stderr)
+            return EXIT_INVALID
+        return 0 if argv else EXIT_INVALID
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

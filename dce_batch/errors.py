@@ -1,0 +1,46 @@
+"""Errors a user can act on.
+
+Every error the library raises on purpose derives from :class:`DceBatchError`, so callers can
+tell "bad input or settings" from a bug. A manifest row's ``error`` column holds
+``TypeName: message`` (see :func:`describe_error`).
+"""
+
+from __future__ import annotations
+
+
+class DceBatchError(Exception):
+    """Base class of the errors dce_batch raises on purpose."""
+
+
+class ConfigError(DceBatchError, ValueError):
+    """A setting is invalid or settings contradict each other."""
+
+
+class ImageError(DceBatchError):
+    """An input image cannot be processed."""
+
+
+class UnsupportedImageError(ImageError):
+    """The bytes are not an image format Pillow can decode (or a mode dce_batch cannot handle)."""
+
+
+class CorruptImageError(ImageError):
+    """The file looks like an image but its data is truncated or damaged."""
+
+
+class ImageTooLargeError(ImageError):
+    """The image has more pixels than the configured limit (decompression-bomb protection)."""
+
+
+class WeightsError(DceBatchError):
+    """A weights file is missing, unreadable, of an unknown layout or fails its checksum."""
+
+
+class StorageError(DceBatchError):
+    """A path or URI cannot be resolved, listed, read or written."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """``TypeName: message``, the form stored in manifest rows and printed in summaries."""
+    message = str(exc).strip() or repr(exc)
+    return f"{type(exc).__name__}: {message}"

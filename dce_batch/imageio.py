@@ -1,0 +1,708 @@
+"""Image decoding and encoding: bytes <-> float32 RGB pixels plus the metadata worth keeping.
+
+The pipeline around the model is::
+
+    bytes --decode_image--> DecodedImage (float32 HxWx3 in [0, 1], alpha, EXIF, ICC, ...)
+          --model--> enhanced float32 HxWx3
+          --encode_image--> EncodedImage (bytes in JPEG/PNG/WebP/TIFF/BMP)
+
+Everything here is a pure function of its arguments: no Ray, no torch, no global Pillow settings
+changed (``Image.MAX_IMAGE_PIXELS`` and ``ImageFile.LOAD_TRUNCATED_IMAGES`` are left alone), so
+it is safe to call from any worker. Failures a user can act on are raised as the
+:mod:`dce_batch.errors` types with messages that say what to do.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from dce_batch.errors import (
+    ConfigError,
+    CorruptImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "DecodedImage",
+    "EncodeOptions",
+    "EncodedImage",
+    "decode_image",
+    "encode_image",
+    "extension_for",
+    "mean_luminance",
+    "output_format",
+    "output_format_for_path",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Default decompression-bomb limit: 100 MP covers every current camera sensor.
+DEFAULT_MAX_PIXELS: Final[int] = 100_000_000
+
+#: File extensions (lower case, with the dot) that the driver treats as images. Formats people
+#: store photos in and that Pillow decodes; a file whose content is something else still fails
+#: per file with :class:`UnsupportedImageError` rather than being skipped silently.
+IMAGE_EXTENSIONS: Final[frozenset[str]] = frozenset(
+    {
+        ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo",
+        ".png", ".apng",
+        ".webp",
+        ".bmp", ".dib",
+        ".tif", ".tiff",
+        ".gif",
+        ".jp2", ".j2k", ".jpf", ".jpx",
+        ".avif",
+        ".ppm", ".pgm", ".pbm", ".pnm",
+        ".tga",
+        ".qoi",
+    }
+)  # fmt: skip
+
+# Shown in "unsupported" messages; the decodable set is whatever Pillow identifies.
+_SUPPORTED_TEXT: Final = "JPEG, PNG, WebP, TIFF, BMP, GIF, MPO, JPEG 2000, AVIF, PNM, TGA, QOI"
+
+#: Rec.709 / sRGB luma weights, used for brightness statistics and for grayscale output.
+REC709_LUMA: Final[tuple[float, float, float]] = (0.2126, 0.7152, 0.0722)
+
+# Modes without colour: written back as grayscale. "La" is premultiplied LA.
+_GRAY_8BIT_MODES: Final = frozenset({"1", "L", "LA", "La"})
+_HIGH_DEPTH_MODES: Final = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+
+# "same" keeps these formats; any other source (GIF, PPM, JPEG 2000, ...) becomes PNG, because
+# re-encoding an enhanced photo through e.g. a 256-colour GIF palette would ruin it.
+_SAME_FORMAT: Final[dict[str, str]] = {
+    "JPEG": "JPEG",
+    "MPO": "JPEG",  # multi-picture JPEG: we keep the first picture only
+    "PNG": "PNG",
+    "WEBP": "WEBP",
+    "TIFF": "TIFF",
+    "BMP": "BMP",
+    "DIB": "BMP",  # Pillow registers .dib as "DIB"; such files open as "BMP"
+}
+_FALLBACK_FORMAT: Final = "PNG"
+_REQUESTED_FORMATS: Final[dict[str, str | None]] = {
+    "same": None,
+    "jpeg": "JPEG",
+    "jpg": "JPEG",
+    "png": "PNG",
+    "webp": "WEBP",
+}
+_EXTENSIONS: Final[dict[str, str]] = {
+    "JPEG": ".jpg",
+    "PNG": ".png",
+    "WEBP": ".webp",
+    "TIFF": ".tif",
+    "BMP": ".bmp",
+}
+_ALPHA_FORMATS: Final = frozenset({"PNG", "WEBP", "TIFF"})
+# Largest width/height the encoders accept (libjpeg, libwebp); PNG/TIFF/BMP go far beyond 100 MP.
+_MAX_SIDE: Final[dict[str, int]] = {"JPEG": 65500, "WEBP": 16383}
+
+_EXIF_ORIENTATION: Final = 0x0112
+_JPEG_MAX_MARKER_BYTES: Final = 65533  # an APP1 (EXIF) segment cannot be longer
+
+# What Pillow's decoders raise on damaged data. zlib.error comes from PNG/TIFF inflate.
+_DECODE_ERRORS: Final = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    struct.error,
+    zlib.error,
+)
+# Exceptions with which a plugin says "not my format" during identification (as Image.open).
+_NOT_THIS_FORMAT: Final = (SyntaxError, IndexError, TypeError, struct.error)
+
+
+# --------------------------------------------------------------------------------------------
+# Data types
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedImage:
+    """A decoded image ready for the model, plus what is needed to write it back faithfully.
+
+    Attributes:
+        pixels: float32 array of shape (H, W, 3), C-contiguous, values in [0, 1], upright (EXIF
+            orientation applied). For 8-bit sources it is exactly ``uint8 / 255`` in float32.
+        alpha: float32 array of shape (H, W) in [0, 1] if the source had transparency, else None.
+            The model never sees it; :func:`encode_image` puts it back.
+        format: Pillow's format name of the source, e.g. ``"JPEG"``, ``"PNG"``, ``"MPO"``.
+        mode: the source's Pillow mode, e.g. ``"RGB"``, ``"P"``, ``"I;16"``, ``"CMYK"``.
+        grayscale: the source had no colour; the output is written back as grayscale.
+        bit_depth: 8, or 16 for 16-bit, 32-bit integer and float sources (informational: Pillow
+            decodes 16-bit colour PNG/TIFF to 8 bits per channel, so their pixels are 8-bit).
+        exif: raw EXIF bytes of the source, as Pillow reads them, or None.
+        icc_profile: the source ICC profile if it is an RGB or gray profile, else None (CMYK
+            profiles are used for the CMYK -> RGB conversion and then dropped).
+
+    Arrays are not compared by ``==`` (``eq=False``): compare ``pixels`` explicitly.
+    """
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None
+    format: str
+    mode: str
+    grayscale: bool
+    bit_depth: int
+    exif: bytes | None = None
+    icc_profile: bytes | None = None
+
+    def __post_init__(self) -> None:
+        # Cheap structural checks: a malformed DecodedImage would otherwise fail far away (in
+        # the model or the encoder) with an unhelpful message.
+        if self.pixels.ndim != 3 or self.pixels.shape[2] != 3 or self.pixels.dtype != np.float32:
+            raise ValueError(
+                f"pixels must be float32 HxWx3, got {self.pixels.dtype} {self.pixels.shape}"
+            )
+        if self.alpha is not None and self.alpha.shape != self.pixels.shape[:2]:
+            raise ValueError(
+                f"alpha shape {self.alpha.shape} does not match pixels {self.pixels.shape[:2]}"
+            )
+        if self.bit_depth not in (8, 16):
+            raise ValueError(f"bit_depth must be 8 or 16, got {self.bit_depth}")
+
+    @property
+    def height(self) -> int:
+        """Displayed height in pixels (after EXIF orientation)."""
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Displayed width in pixels (after EXIF orientation)."""
+        return int(self.pixels.shape[1])
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How to write enhanced images.
+
+    Attributes:
+        format: ``"same"`` (keep the source format where sensible, see :func:`output_format`),
+            ``"jpeg"``, ``"png"`` or ``"webp"``. Case-insensitive; ``"jpg"`` means ``"jpeg"``.
+        quality: 1..100, used by JPEG and WebP.
+    """
+
+    format: str = "same"
+    quality: int = 95
+
+    def __post_init__(self) -> None:
+        # Normalise so that equal settings compare (and hash) equal.
+        object.__setattr__(self, "format", _normalise_requested(self.format))
+        if isinstance(self.quality, bool) or not isinstance(self.quality, (int, np.integer)):
+            raise ConfigError(f"quality must be an integer 1..100, got {self.quality!r}")
+        if not 1 <= int(self.quality) <= 100:
+            raise ConfigError(f"quality must be in 1..100, got {self.quality}")
+        object.__setattr__(self, "quality", int(self.quality))
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """Encoded output bytes with the Pillow format written and the matching file extension."""
+
+    data: bytes
+    format: str
+    extension: str
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode image bytes into upright float32 RGB pixels in [0, 1] plus metadata.
+
+    Multi-frame files (GIF, animated WebP, multi-page TIFF, MPO) give their first frame.
+
+    Args:
+        data: the encoded file content.
+        max_pixels: refuse images with more pixels than this, checked from the header before any
+            pixel data is decoded. This limit replaces Pillow's ``Image.MAX_IMAGE_PIXELS`` for
+            this call (it may be above or below it); the global is not modified.
+
+    Raises:
+        UnsupportedImageError: the bytes are not an image format Pillow recognises.
+        ImageTooLargeError: the image has more than ``max_pixels`` pixels.
+        CorruptImageError: the data is truncated or damaged.
+        ConfigError: ``max_pixels`` is not a positive integer.
+    """
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)):
+        raise ConfigError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    if max_pixels <= 0:
+        raise ConfigError(f"max_pixels must be a positive integer, got {max_pixels}")
+    data = bytes(data)  # accept bytearray/memoryview; BytesIO needs a stable buffer
+    if not data:
+        raise UnsupportedImageError(
+            f"empty file (0 bytes), not an image; supported: {_SUPPORTED_TEXT}. "
+            "Check that the upload or copy completed"
+        )
+
+    with warnings.catch_warnings():
+        # Some plugins still consult Pillow's own limit (e.g. when seeking frames); its warning
+        # is noise because our limit, checked below, is the one that applies. Pillow's
+        # UserWarnings about damaged metadata ("Corrupt EXIF data") would flood batch logs;
+        # damage that matters surfaces as an exception instead.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        _check_webp_canvas(data, max_pixels)
+        image = _identify(data)
+        fmt = str(image.format)
+        _check_size(image.size, max_pixels)
+        # Read before load(): the tile list (which says "16-bit") is gone afterwards.
+        bit_depth = _source_bit_depth(image)
+        _load(image, fmt)
+
+        mode = image.mode
+        # EXIF and ICC are read after load() because PNG may store them after the pixel data.
+        exif = image.info.get("exif") or None
+        icc = image.info.get("icc_profile") or None
+        _apply_orientation(image)
+        if mode == "CMYK":
+            image = _cmyk_to_rgb(image, icc)
+            icc = None  # pixels are sRGB now; a CMYK profile cannot describe them
+        pixels, alpha = _to_float(image)
+
+    return DecodedImage(
+        pixels=pixels,
+        alpha=alpha,
+        format=fmt,
+        mode=mode,
+        grayscale=_is_grayscale_mode(mode),
+        bit_depth=bit_depth,
+        exif=bytes(exif) if exif is not None else None,
+        icc_profile=_usable_icc(icc),
+    )
+
+
+def _identify(data: bytes) -> ImageFile.ImageFile:
+    """Open ``data`` lazily (header only), like :func:`PIL.Image.open` without its size check.
+
+    ``Image.open`` rejects images above ``2 * Image.MAX_IMAGE_PIXELS`` before returning. That
+    global is process-wide, so rather than raising it (and racing other threads) we run the same
+    plugin search ourselves and let :func:`_check_size` apply the caller's limit.
+    """
+    fp = io.BytesIO(data)
+    prefix = data[:16]
+    hints: list[str] = []
+    # First plugin whose signature check matched but whose header parser then gave up.
+    damaged: tuple[str, BaseException] | None = None
+    Image.preinit()  # the common plugins first, in Image.open's order
+    Image.init()
+    for fmt in tuple(Image.ID):
+        factory, accept = Image.OPEN[fmt]
+        verdict = accept(prefix) if accept else True
+        if isinstance(verdict, str):  # e.g. "... because AVIF support not installed"
+            hints.append(verdict)
+            continue
+        if not verdict:
+            continue
+        fp.seek(0)
+        try:
+            return factory(fp, "")
+        except _NOT_THIS_FORMAT as exc:
+            # Try the next plugin, as Image.open does. Plugins without a signature check (TGA,
+            # IM, ...) try every file, so only a signature match hints at a damaged header.
+            if accept is not None and damaged is None:
+                damaged = (fmt, exc)
+            continue
+        except Image.DecompressionBombError as exc:
+            # Only plugins that allocate while opening (WebP) check Pillow's limit here.
+            raise ImageTooLargeError(
+                f"{exc}; this exceeds Pillow's own hard limit for {fmt} files, which "
+                "--max-pixels cannot raise"
+            ) from exc
+        except _DECODE_ERRORS as exc:
+            if accept is None:
+                continue  # a guess by a plugin without a signature check, not evidence
+            raise CorruptImageError(
+                f"looks like {fmt} but its header cannot be read ({type(exc).__name__}: {exc}); "
+                "the file is damaged or truncated, re-export or re-download it"
+            ) from exc
+    if damaged is not None:
+        fmt, exc = damaged
+        raise CorruptImageError(
+            f"has a {fmt} signature but its header cannot be read ({type(exc).__name__}: {exc}); "
+            "the file is damaged or truncated, re-export or re-download it"
+        ) from exc
+    raise UnsupportedImageError(_describe_unrecognised(data, hints))
+
+
+def _describe_unrecognised(data: bytes, hints: list[str]) -> str:
+    """Say what the bytes look like, so the user can tell a bad file from a missing codec."""
+    head = data[:12]
+    printable = "".join(chr(b) if 32 <= b < 127 else "." for b in head)
+    message = f"not a recognised image format (first bytes {head.hex(' ')} {printable!r})"
+    if hints:
+        message += f": {hints[0]}"
+    elif data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"heif", b"mif1", b"msf1"):
+        message += ": HEIC/HEIF is not supported, convert it to JPEG first"
+    elif data.startswith(b"version https://git-lfs"):
+        message += ": this is a Git LFS pointer, run 'git lfs pull' to fetch the real file"
+    elif data.lstrip()[:1] in (b"<", b"{"):
+        message += ": the file is text (HTML/XML/JSON), probably an error page saved in its place"
+    return f"{message}; supported: {_SUPPORTED_TEXT}"
+
+
+def _check_size(size: tuple[int, int], max_pixels: int) -> None:
+    """Raise :class:`ImageTooLargeError` if ``size`` (from the header) exceeds ``max_pixels``."""
+    width, height = size
+    pixels = width * height
+    if pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"{width}x{height} = {pixels / 1e6:.1f} MP exceeds the limit of "
+            f"{max_pixels / 1e6:g} MP ({max_pixels:,} pixels); raise --max-pixels if this image "
+            "is expected"
+        )
+
+
+def _check_webp_canvas(data: bytes, max_pixels: int) -> None:
+    """Check a WebP canvas size from its first bytes.
+
+    Pillow's WebP plugin creates the decoder (which allocates the whole canvas) while opening,
+    i.e. before :func:`_check_size` could run, so the size is read from the RIFF header here.
+    """
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # extended: 24-bit canvas width-1, height-1
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+    elif chunk == b"VP8L":  # lossless: 14-bit width-1, height-1 after a 1-byte signature
+        bits = int.from_bytes(data[21:25], "little")
+        width = (bits & 0x3FFF) + 1
+        height = ((bits >> 14) & 0x3FFF) + 1
+    elif chunk == b"VP8 ":  # lossy: 14-bit width, height after the key frame start code
+        width = int.from_bytes(data[26:28], "little") & 0x3FFF
+        height = int.from_bytes(data[28:30], "little") & 0x3FFF
+    else:
+        return
+    _check_size((width, height), max_pixels)
+
+
+def _source_bit_depth(image: ImageFile.ImageFile) -> int:
+    """16 for 16-bit, 32-bit integer and float sources, else 8. Call before ``load()``."""
+    if image.mode in _HIGH_DEPTH_MODES:
+        return 16
+    # Pillow reduces 16-bit colour PNG/TIFF to 8-bit modes; the raw mode still says ";16".
+    for tile in image.tile:
+        args = tile.args
+        rawmode = args if isinstance(args, str) else (args[0] if args else None)
+        if isinstance(rawmode, str) and ";16" in rawmode:
+            return 16
+    return 8
+
+
+def _load(image: ImageFile.ImageFile, fmt: str) -> None:
+    """Decode the pixel data, turning decoder failures into :class:`CorruptImageError`."""
+    try:
+        image.load()
+    except Image.DecompressionBombError as exc:
+        # A plugin checked Pillow's global limit while decoding (e.g. GIF/TIFF internals).
+        raise ImageTooLargeError(
+            f"{exc}; this exceeds Pillow's own hard limit for {fmt} files, which "
+            "--max-pixels cannot raise"
+        ) from exc
+    except _DECODE_ERRORS as exc:
+        raise CorruptImageError(
+            f"{fmt} data is damaged or truncated ({type(exc).__name__}: {exc}); "
+            "re-export or re-download the file"
+        ) from exc
+
+
+def _apply_orientation(image: Image.Image) -> None:
+    """Rotate/flip ``image`` in place so it is upright, per its EXIF Orientation tag."""
+    try:
+        # in_place=True avoids a full copy when no rotation is needed.
+        ImageOps.exif_transpose(image, in_place=True)
+    except Exception as exc:  # noqa: BLE001 - malformed EXIF must not fail the image
+        logger.debug("ignoring unreadable EXIF orientation: %s", exc)
+
+
+def _cmyk_to_rgb(image: Image.Image, icc: bytes | None) -> Image.Image:
+    """Convert CMYK to RGB, through the embedded CMYK profile into sRGB when there is one.
+
+    Pillow's plain ``convert("RGB")`` ignores colour management, which noticeably distorts
+    print-oriented CMYK files; it is the fallback when there is no usable profile.
+    """
+    if icc is not None and _icc_colour_space(icc) == "CMYK":
+        try:
+            from PIL import ImageCms
+        except ImportError:  # Pillow built without LittleCMS
+            return image.convert("RGB")
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            srgb = ImageCms.createProfile("sRGB")
+            converted = ImageCms.profileToProfile(image, source, srgb, outputMode="RGB")
+            if converted is not None:
+                return converted
+        except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
+            logger.debug("CMYK profile unusable, converting without it: %s", exc)
+    return image.convert("RGB")
+
+
+def _is_grayscale_mode(mode: str) -> bool:
+    return mode in _GRAY_8BIT_MODES or mode in _HIGH_DEPTH_MODES
+
+
+def _to_float(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pixels as float32 HxWx3 in [0, 1] (C-contiguous) and alpha as float32 HxW or None."""
+    mode = image.mode
+    if mode in _HIGH_DEPTH_MODES:
+        # Transparency keys on 16-bit gray are ignored: there is no 16-bit gray+alpha mode.
+        gray = _high_depth_to_float(np.asarray(image), mode)
+        return _gray_to_rgb(gray), None
+    if mode in _GRAY_8BIT_MODES:
+        if image.has_transparency_data:
+            la = np.asarray(image.convert("LA"))  # also un-premultiplies "La"
+            return _gray_to_rgb(_u8_to_float(la[:, :, 0])), _u8_to_float(la[:, :, 1])
+        return _gray_to_rgb(_u8_to_float(np.asarray(image.convert("L")))), None
+
+    # Colour: RGB, RGBA, RGBa, RGBX, P, PA, YCbCr, HSV, LAB, ...
+    target = "RGBA" if image.has_transparency_data else "RGB"
+    if mode != target:
+        try:
+            image = image.convert(target)
+        except ValueError as exc:
+            raise UnsupportedImageError(
+                f"Pillow mode {mode!r} cannot be converted to {target} ({exc}); "
+                "convert the file to 8-bit RGB first"
+            ) from exc
+    array = np.asarray(image)
+    pixels = _u8_to_float(array[:, :, :3])
+    alpha = _u8_to_float(array[:, :, 3]) if target == "RGBA" else None
+    return pixels, alpha
+
+
+def _u8_to_float(array: np.ndarray) -> np.ndarray:
+    """``uint8 / 255`` computed in float32 (what the model was trained with), C-contiguous."""
+    out = np.ascontiguousarray(array, dtype=np.float32)
+    out /= np.float32(255.0)
+    return out
+
+
+def _high_depth_to_float(array: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit integer, 32-bit integer and float gray to float32 in [0, 1]."""
+    if mode == "F":
+        out = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        return np.clip(out, 0.0, 1.0, out=out)
+    if mode == "I":
+        # 32-bit integer images are in practice 16-bit data (old Pillow opened 16-bit PNG as I).
+        array = np.clip(array, 0, 65535)
+    out = array.astype(np.float32)  # also converts big-endian I;16B to native
+    out /= np.float32(65535.0)
+    return out
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def _icc_colour_space(icc: bytes) -> str | None:
+    """The ICC header's data colour space ("RGB", "GRAY", "CMYK", ...), or None if malformed."""
+    if len(icc) < 128 or icc[36:40] != b"acsp":
+        return None
+    return icc[16:20].decode("latin-1").strip()
+
+
+def _usable_icc(icc: bytes | None) -> bytes | None:
+    """Keep RGB and gray profiles; drop CMYK/Lab/other and malformed ones."""
+    if icc is None:
+        return None
+    return bytes(icc) if _icc_colour_space(icc) in ("RGB", "GRAY") else None
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+
+
+def mean_luminance(pixels: np.ndarray) -> float:
+    """Mean Rec.709 luma of an (..., 3) array of linear-scaled values in [0, 1].
+
+    Computed from per-channel means in float64, which equals the mean of per-pixel luma without
+    allocating an HxW temporary.
+    """
+    if pixels.ndim < 1 or pixels.shape[-1] != 3:
+        raise ValueError(f"expected an (..., 3) array, got shape {pixels.shape}")
+    if pixels.size == 0:
+        raise ValueError("mean_luminance of an empty image is undefined")
+    channel_means = pixels.reshape(-1, 3).mean(axis=0, dtype=np.float64)
+    return float(np.dot(channel_means, np.asarray(REC709_LUMA, dtype=np.float64)))
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding
+
+
+def output_format(source_format: str, requested: str) -> str:
+    """The Pillow format :func:`encode_image` writes for a source format and a requested one.
+
+    ``requested`` ``"jpeg"``/``"png"``/``"webp"`` wins; ``"same"`` keeps JPEG (also for MPO),
+    PNG, WebP, TIFF and BMP and writes PNG for anything else.
+    """
+    explicit = _REQUESTED_FORMATS[_normalise_requested(requested)]
+    if explicit is not None:
+        return explicit
+    return _SAME_FORMAT.get(source_format.upper(), _FALLBACK_FORMAT)
+
+
+def output_format_for_path(path: str, requested: str) -> str:
+    """:func:`output_format` decided from a file name's extension, before decoding.
+
+    Agrees with :func:`output_format` whenever the extension matches the content. Unknown
+    extensions map like unknown formats (PNG under ``"same"``).
+    """
+    extension = os.path.splitext(path.rstrip("/"))[1].lower()
+    Image.init()  # registered_extensions() only knows plugins that have been imported
+    source_format = Image.registered_extensions().get(extension, "")
+    return output_format(source_format, requested)
+
+
+def extension_for(fmt: str) -> str:
+    """File extension for an output format: ``"JPEG"`` -> ``".jpg"``, ``"TIFF"`` -> ``".tif"``."""
+    try:
+        return _EXTENSIONS[fmt.upper()]
+    except KeyError:
+        raise ConfigError(
+            f"no output extension for format {fmt!r}; expected one of {sorted(_EXTENSIONS)}"
+        ) from None
+
+
+def encode_image(
+    pixels: np.ndarray, source: DecodedImage, options: EncodeOptions, *, fmt: str | None = None
+) -> EncodedImage:
+    """Encode enhanced ``pixels`` in the format :func:`output_format` picks for ``source``.
+
+    ``fmt`` (a Pillow format name) overrides that choice: the batch job plans output names
+    from file extensions before decoding, and a file whose content differs from its extension
+    must still be written in the format its planned name says.
+
+    ``pixels`` (float32 HxWx3, any values; NaN counts as 0) are clipped to [0, 1] and rounded to
+    8 bits. Grayscale sources are written as grayscale (Rec.709 luma of ``pixels``), the source
+    alpha is re-attached where the format supports it (PNG, WebP, TIFF), and the ICC profile and
+    EXIF are kept where the format supports them, with EXIF Orientation reset to 1 because the
+    pixels are already upright.
+
+    Raises:
+        UnsupportedImageError: the image is wider or taller than the output format allows
+            (JPEG 65500, WebP 16383 pixels).
+        ValueError: ``pixels`` is not HxWx3 or its size differs from ``source``.
+    """
+    pixels = np.asarray(pixels)
+    expected = (source.height, source.width, 3)
+    if pixels.shape != expected:
+        raise ValueError(f"pixels must have shape {expected} (the source's), got {pixels.shape}")
+    fmt = (fmt or output_format(source.format, options.format)).upper()
+    extension_for(fmt)  # ConfigError for formats this module does not write
+    max_side = _MAX_SIDE.get(fmt)
+    if max_side is not None and max(source.width, source.height) > max_side:
+        raise UnsupportedImageError(
+            f"{source.width}x{source.height} is too large for {fmt} (at most {max_side} pixels "
+            "per side); choose --format png for this image"
+        )
+
+    values = _clip_unit(pixels)
+    alpha = source.alpha if fmt in _ALPHA_FORMATS else None
+    if source.grayscale:
+        luma = values @ np.asarray(REC709_LUMA, dtype=np.float32)
+        channels = [_to_u8(luma)]
+        mode = "L"
+    else:
+        channels = [_to_u8(values)]
+        mode = "RGB"
+    if alpha is not None:
+        channels.append(_to_u8(_clip_unit(alpha)))
+        mode += "A"
+    array = channels[0] if len(channels) == 1 else _stack_channels(channels)
+    image = Image.fromarray(array)
+    assert image.mode == mode, (image.mode, mode)
+
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **_save_options(fmt, mode, source, options))
+    return EncodedImage(data=buffer.getvalue(), format=fmt, extension=extension_for(fmt))
+
+
+def _clip_unit(values: np.ndarray) -> np.ndarray:
+    out = np.nan_to_num(values.astype(np.float32, copy=True), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _to_u8(values: np.ndarray) -> np.ndarray:
+    """[0, 1] float to uint8 by round-half-to-even of ``x * 255`` (inverse of ``/ 255``)."""
+    return np.rint(values * np.float32(255.0)).astype(np.uint8)
+
+
+def _stack_channels(channels: list[np.ndarray]) -> np.ndarray:
+    planes = [c if c.ndim == 3 else c[:, :, None] for c in channels]
+    return np.ascontiguousarray(np.concatenate(planes, axis=2))
+
+
+def _save_options(
+    fmt: str, mode: str, source: DecodedImage, options: EncodeOptions
+) -> dict[str, object]:
+    """Keyword arguments for ``Image.save``: quality and the metadata the format can carry."""
+    kwargs: dict[str, object] = {}
+    if fmt in ("JPEG", "WEBP"):
+        kwargs["quality"] = options.quality
+    if fmt == "TIFF":
+        kwargs["compression"] = "tiff_adobe_deflate"  # lossless and readable everywhere
+    if fmt == "BMP":
+        return kwargs  # Pillow writes neither ICC nor EXIF to BMP
+
+    # WebP has no grayscale; Pillow stores L/LA as RGB/RGBA, so only RGB profiles fit there.
+    stored_gray = mode in ("L", "LA") and fmt != "WEBP"
+    icc = source.icc_profile
+    if icc is not None and _icc_colour_space(icc) == ("GRAY" if stored_gray else "RGB"):
+        kwargs["icc_profile"] = icc
+
+    exif = _upright_exif(source.exif)
+    if exif is not None and fmt == "JPEG" and len(exif) > _JPEG_MAX_MARKER_BYTES:
+        logger.debug("dropping EXIF of %d bytes: too long for a JPEG APP1 segment", len(exif))
+        exif = None
+    if exif is not None:
+        kwargs["exif"] = exif
+    return kwargs
+
+
+def _upright_exif(raw: bytes | None) -> bytes | None:
+    """The source EXIF with Orientation set to 1, or None if absent or unreadable."""
+    if not raw:
+        return None
+    try:
+        exif = Image.Exif()
+        exif.load(raw)
+        if _EXIF_ORIENTATION in exif:
+            exif[_EXIF_ORIENTATION] = 1
+        data = exif.tobytes()
+    except Exception as exc:  # noqa: BLE001 - malformed EXIF is dropped, never fatal
+        logger.debug("dropping unreadable EXIF: %s", exc)
+        return None
+    # An EXIF block with no tags (e.g. only a thumbnail) is not worth writing.
+    return data if len(exif) else None
+
+
+def _normalise_requested(requested: str) -> str:
+    """Lower-case a requested output format and check it; ``"jpg"`` is ``"jpeg"``."""
+    if not isinstance(requested, str):
+        raise ConfigError(f"output format must be a string, got {requested!r}")
+    key = requested.strip().lower()
+    if key not in _REQUESTED_FORMATS:
+        raise ConfigError(
+            f"unknown output format {requested!r}; choose one of: same, jpeg, png, webp"
+        )
+    return "jpeg" if key == "jpg" else key

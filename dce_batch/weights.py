@@ -1,0 +1,322 @@
+"""Weights: the project's safetensors format with metadata, the shipped models, and importers.
+
+Like torchvision's weights objects, a dce_batch weights file says what it is (architecture,
+parameter count), how it was made (recipe, data, epochs, hardware), how good it is (metrics) and
+its licence. The format is a plain ``.safetensors`` file whose header metadata holds one key,
+``dce_batch``, with that information as JSON, including the sha256 of the tensors (checked on load).
+
+Published checkpoints are imported, never unpickled as arbitrary objects: ``torch.load`` runs
+with ``weights_only=True`` and the keys and layouts are mapped onto this project's modules:
+
+* the Zero-DCE authors' ``Epoch99.pth`` (keys ``e_conv1..7``, the official concatenation order);
+* the Zero-DCE++ authors' checkpoint (``e_convN.depth_conv/point_conv``);
+* the seed implementation's ``conv1..7`` file, which concatenates ``[x4, x3]``, ``[x5, x2]``,
+  ``[x6, x1]``: the input halves of its conv5/6/7 kernels are swapped into the official order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+from .errors import WeightsError
+from .model import DCENet, DCENetFast, ModelVariant, build_model
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "PACKAGED_WEIGHTS",
+    "LoadedWeights",
+    "WeightsMeta",
+    "default_weights_for",
+    "import_checkpoint",
+    "load_weights",
+    "read_weights_bytes",
+    "save_weights",
+    "state_dict_sha256",
+]
+
+METADATA_KEY = "dce_batch"
+FORMAT_VERSION = 1
+
+# Name -> file under dce_batch/weights/. Their metadata lives in the files themselves.
+PACKAGED_WEIGHTS: dict[str, str] = {
+    "zerodce_sice_v1": "zerodce_sice_v1.safetensors",
+    "zerodcepp_sice_v1": "zerodcepp_sice_v1.safetensors",
+}
+DEFAULT_WEIGHTS: dict[str, str] = {"full": "zerodce_sice_v1", "fast": "zerodcepp_sice_v1"}
+
+
+def default_weights_for(variant: ModelVariant) -> str:
+    return DEFAULT_WEIGHTS[variant]
+
+
+@dataclass(frozen=True)
+class WeightsMeta:
+    """What a weights file is, how it was made, how good it is and under which licence."""
+
+    name: str
+    variant: ModelVariant
+    num_params: int
+    sha256: str
+    source: str = ""
+    licence: str = ""
+    recipe: Mapping[str, Any] = field(default_factory=dict)
+    data: str = ""
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "WeightsMeta":
+        raw = json.loads(text)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    """A state dict in this project's layout plus its metadata; builds the model on demand."""
+
+    state_dict: Mapping[str, torch.Tensor]
+    meta: WeightsMeta
+
+    def build(self, *, scale: float = 1.0) -> DCENet | DCENetFast:
+        """The network in eval mode with these weights (``scale``: fast variant only)."""
+        model = build_model(self.meta.variant, scale=scale)
+        model.load_state_dict(dict(self.state_dict), strict=True)
+        return model.eval()
+
+
+def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """A checksum of the tensors alone (names, dtypes, shapes, values), independent of metadata."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_weights(
+    model_or_state: torch.nn.Module | Mapping[str, torch.Tensor],
+    path: str | Path | None,
+    *,
+    name: str,
+    variant: ModelVariant,
+    source: str = "",
+    licence: str = "",
+    recipe: Mapping[str, Any] | None = None,
+    data: str = "",
+    metrics: Mapping[str, Any] | None = None,
+) -> tuple[bytes, WeightsMeta]:
+    """Serialise weights with their metadata; write them to ``path`` when given.
+
+    Returns the file's bytes (so callers can write them to object storage) and the metadata.
+    """
+    state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+    _check_layout(state, variant, origin=name)
+    meta = WeightsMeta(
+        name=name,
+        variant=variant,
+        num_params=sum(t.numel() for t in state.values()),
+        sha256=state_dict_sha256(state),
+        source=source,
+        licence=licence,
+        recipe=dict(recipe or {}),
+        data=data,
+        metrics=dict(metrics or {}),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    blob = save_safetensors_bytes(state, metadata={METADATA_KEY: meta.to_json()})
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(blob)
+    return blob, meta
+
+
+def read_weights_bytes(spec: str | Path | None, *, variant: ModelVariant | None = None) -> tuple[bytes, str]:
+    """The raw bytes of a weights spec and the name it goes by.
+
+    ``spec`` is ``None`` (the shipped default of ``variant``, "full" if not given), a packaged name
+    such as ``zerodce_sice_v1``, or a local path. Object-storage URIs are read by the caller
+    through :mod:`dce_batch.storage` and passed to :func:`load_weights` as bytes.
+    """
+    if spec is None or str(spec) == "default":
+        spec = default_weights_for(variant or "full")
+    spec_str = str(spec)
+    if spec_str in PACKAGED_WEIGHTS:
+        resource = resources.files("dce_batch").joinpath("weights", PACKAGED_WEIGHTS[spec_str])
+        if not resource.is_file():
+            raise WeightsError(
+                f"the packaged weights {spec_str!r} are missing from this installation "
+                f"({PACKAGED_WEIGHTS[spec_str]}); reinstall dce-batch or pass --weights PATH"
+            )
+        return resource.read_bytes(), spec_str
+    path = Path(spec_str).expanduser()
+    if not path.is_file():
+        raise WeightsError(
+            f"weights {spec_str!r} not found: pass a file path, an s3:// URI, or one of the packaged "
+            f"names {sorted(PACKAGED_WEIGHTS)}"
+        )
+    return path.read_bytes(), path.name
+
+
+def load_weights(
+    spec: str | Path | bytes | None = None,
+    *,
+    variant: ModelVariant | None = None,
+    name: str | None = None,
+) -> LoadedWeights:
+    """Load weights from a spec (see :func:`read_weights_bytes`) or from raw file bytes.
+
+    safetensors files (the project's format) are verified against the sha256 in their metadata;
+    anything else is treated as a published PyTorch checkpoint and imported.
+    """
+    if isinstance(spec, (bytes, bytearray, memoryview)):
+        blob, label = bytes(spec), name or "weights"
+    else:
+        blob, label = read_weights_bytes(spec, variant=variant)
+        label = name or label
+    if blob[:8] and _looks_like_safetensors(blob):
+        loaded = _load_project_weights(blob, label)
+    else:
+        loaded = import_checkpoint(blob, name=_strip_suffix(label))
+    if variant is not None and loaded.meta.variant != variant:
+        raise WeightsError(
+            f"weights {label!r} are for the {loaded.meta.variant!r} variant, but --model-variant "
+            f"{variant!r} was asked for; drop one of the two or pass matching weights"
+        )
+    return loaded
+
+
+def _looks_like_safetensors(blob: bytes) -> bool:
+    # safetensors: 8-byte little-endian header length, then a JSON header starting with '{'.
+    if len(blob) < 10:
+        return False
+    header_len = int.from_bytes(blob[:8], "little")
+    return 0 < header_len < len(blob) and blob[8:9] == b"{"
+
+
+def _strip_suffix(label: str) -> str:
+    for suffix in (".safetensors", ".pth", ".pt", ".ckpt"):
+        if label.endswith(suffix):
+            return label[: -len(suffix)]
+    return label
+
+
+def _load_project_weights(blob: bytes, label: str) -> LoadedWeights:
+    try:
+        header_len = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8 : 8 + header_len])
+        state = load_safetensors_bytes(blob)
+    except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{label}: not a readable safetensors file ({exc})") from exc
+    meta_json = (header.get("__metadata__") or {}).get(METADATA_KEY)
+    if meta_json is None:
+        # A bare safetensors state dict (e.g. exported by other tools): infer what it is.
+        return _as_loaded(_map_known_layouts(state, label), name=_strip_suffix(label), source=label)
+    meta = WeightsMeta.from_json(meta_json)
+    _check_layout(state, meta.variant, origin=label)
+    actual = state_dict_sha256(state)
+    if actual != meta.sha256:
+        raise WeightsError(
+            f"{label}: tensor checksum {actual[:12]}... does not match the {meta.sha256[:12]}... recorded "
+            "in its metadata; the file is damaged or was edited: download or export it again"
+        )
+    return LoadedWeights(state_dict=state, meta=meta)
+
+
+def import_checkpoint(blob: bytes, *, name: str = "imported") -> LoadedWeights:
+    """Import a published PyTorch checkpoint (see module docstring) safely."""
+    try:
+        raw = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        raise WeightsError(
+            f"{name}: cannot read as a PyTorch checkpoint with weights_only=True ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); only plain state dicts of tensors are accepted"
+        ) from exc
+    state = _unwrap_state_dict(raw, name)
+    return _as_loaded(_map_known_layouts(state, name), name=name, source=f"imported from {name}")
+
+
+def _as_loaded(mapped: tuple[dict[str, torch.Tensor], ModelVariant, str], *, name: str, source: str) -> LoadedWeights:
+    state, variant, layout = mapped
+    _check_layout(state, variant, origin=name)
+    meta = WeightsMeta(
+        name=name,
+        variant=variant,
+        num_params=sum(t.numel() for t in state.values()),
+        sha256=state_dict_sha256(state),
+        source=f"{source} ({layout} layout)",
+        licence="as published by the checkpoint's authors",
+    )
+    return LoadedWeights(state_dict=state, meta=meta)
+
+
+def _unwrap_state_dict(raw: Any, name: str) -> dict[str, torch.Tensor]:
+    # Training checkpoints nest the weights ({"model": ...}, {"state_dict": ...}); DataParallel
+    # prefixes keys with "module.".
+    if isinstance(raw, Mapping):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if key in raw and isinstance(raw[key], Mapping):
+                raw = raw[key]
+                break
+    if not isinstance(raw, Mapping) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise WeightsError(f"{name}: expected a state dict of tensors, found {type(raw).__name__}")
+    return {k.removeprefix("module."): v.detach().to("cpu", torch.float32) for k, v in raw.items()}
+
+
+def _map_known_layouts(state: Mapping[str, torch.Tensor], name: str) -> tuple[dict[str, torch.Tensor], ModelVariant, str]:
+    """Rename/re-layout a state dict into this project's modules; (state, variant, layout name)."""
+    keys = set(state)
+    if "e_conv1.depth_conv.weight" in keys:
+        return dict(state), "fast", "Zero-DCE++"
+    if "e_conv1.weight" in keys:
+        return dict(state), "full", "Zero-DCE"
+    if "conv1.weight" in keys and "conv7.weight" in keys:
+        mapped = {}
+        for key, tensor in state.items():
+            index = int(key[4])
+            new_key = f"e_conv{index}{key[5:]}"
+            if index >= 5 and key.endswith("weight"):
+                # The seed concatenated [deep, shallow]; the official layout is [shallow, deep].
+                half = tensor.shape[1] // 2
+                tensor = torch.cat([tensor[:, half:], tensor[:, :half]], dim=1)
+            mapped[new_key] = tensor
+        return mapped, "full", "seed (reversed concatenation)"
+    raise WeightsError(
+        f"{name}: unknown checkpoint layout (keys {sorted(keys)[:4]}...); expected Zero-DCE (e_conv1..7), "
+        "Zero-DCE++ (e_convN.depth_conv/point_conv) or the seed's conv1..7"
+    )
+
+
+def _check_layout(state: Mapping[str, torch.Tensor], variant: ModelVariant, origin: str) -> None:
+    expected = build_model(variant).state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or wrong:
+        raise WeightsError(
+            f"{origin}: does not fit the {variant!r} network (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}, wrong shapes {wrong[:3]})"
+        )
+
+
+def describe(meta: WeightsMeta) -> str:
+    """One line for logs and summaries."""
+    return f"{meta.name} ({meta.variant}, {meta.num_params:,} params, sha256 {meta.sha256[:12]})"

@@ -1,0 +1,16 @@
+"""Entry point for `ray job submit --working-dir . -- python jobs/train.py --data URI [options]`.
+
+Same program as `dce-batch train`; see `python jobs/train.py --help`.
+"""
+
+import sys
+from pathlib import Path
+
+# Under `ray job submit --working-dir .` the project is not pip-installed on the cluster:
+# make the uploaded copy of the package importable (Ray puts the working dir on workers' path).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dce_batch.cli import train_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(train_main())

@@ -1,0 +1,844 @@
+"""Tests for dce_batch.imageio. Every image is generated here with Pillow/numpy."""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from dce_batch import imageio
+from dce_batch.errors import (
+    ConfigError,
+    CorruptImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
+from dce_batch.imageio import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    DecodedImage,
+    EncodedImage,
+    EncodeOptions,
+    decode_image,
+    encode_image,
+    extension_for,
+    mean_luminance,
+    output_format,
+    output_format_for_path,
+)
+
+ORIENTATION = 0x0112
+MAKE = 0x010F
+MODEL = 0x0110
+EXIF_IFD = 0x8769
+EXPOSURE_TIME = 0x829A
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+
+
+def rgb_array(height: int = 24, width: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def rgba_array(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 4), dtype=np.uint8)
+
+
+def smooth_rgb(height: int = 64, width: int = 96) -> np.ndarray:
+    """A gradient with mild noise: compresses differently at different qualities."""
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / width, y * 255 / height, (x + y) * 255 / (width + height)], axis=2)
+    noise = np.random.default_rng(1).normal(0, 12, base.shape)
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def save(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def open_bytes(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def as_u8_float(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.float32) / np.float32(255)
+
+
+def srgb_icc() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def icc_with_colour_space(space: bytes) -> bytes:
+    """The sRGB profile with its header's data colour space patched (enough for our checks)."""
+    icc = bytearray(srgb_icc())
+    icc[16:20] = space
+    return bytes(icc)
+
+
+def camera_exif(orientation: int | None = 6) -> Image.Exif:
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[ORIENTATION] = orientation
+    exif[MAKE] = "TestMaker"
+    exif[MODEL] = "Model X"
+    exif.get_ifd(EXIF_IFD)[EXPOSURE_TIME] = (1, 50)
+    return exif
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+def png_bytes(width: int, height: int, *, depth: int = 8, colour_type: int = 0, idat=None) -> bytes:
+    """A hand-made PNG; with ``idat=None`` it has a header but no pixel data at all."""
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    body = png_chunk(b"IHDR", ihdr)
+    if idat is not None:
+        body += png_chunk(b"IDAT", idat)
+    return b"\x89PNG\r\n\x1a\n" + body + png_chunk(b"IEND", b"")
+
+
+def png16_rgb(array: np.ndarray) -> bytes:
+    """A real 16-bit RGB PNG (Pillow cannot write one)."""
+    height, width, _ = array.shape
+    rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(height))
+    return png_bytes(width, height, depth=16, colour_type=2, idat=zlib.compress(rows))
+
+
+def tiff_associated_alpha(image: Image.Image) -> bytes:
+    """TIFF whose ExtraSamples says premultiplied alpha (Pillow always writes unassociated)."""
+    data = save(image, "TIFF")
+    entry = b"\x52\x01\x03\x00\x01\x00\x00\x00\x02\x00"  # tag 338, SHORT, count 1, value 2
+    assert data.count(entry) == 1
+    return data.replace(entry, entry[:-2] + b"\x01\x00")
+
+
+def check_pixels(decoded: DecodedImage, height: int, width: int) -> None:
+    pixels = decoded.pixels
+    assert pixels.dtype == np.float32
+    assert pixels.shape == (height, width, 3)
+    assert pixels.flags.c_contiguous
+    assert float(pixels.min()) >= 0.0 and float(pixels.max()) <= 1.0
+    assert (decoded.height, decoded.width) == (height, width)
+    if decoded.alpha is not None:
+        assert decoded.alpha.dtype == np.float32
+        assert decoded.alpha.shape == (height, width)
+        assert float(decoded.alpha.min()) >= 0.0 and float(decoded.alpha.max()) <= 1.0
+
+
+# ------------------------------------------------------------------------------------------
+# exact 8-bit round trip
+
+
+def test_decode_is_exactly_uint8_over_255():
+    array = rgb_array()
+    decoded = decode_image(save(Image.fromarray(array), "PNG"))
+    check_pixels(decoded, 24, 32)
+    np.testing.assert_array_equal(decoded.pixels, as_u8_float(array))
+    assert decoded.format == "PNG" and decoded.mode == "RGB"
+    assert decoded.alpha is None and not decoded.grayscale and decoded.bit_depth == 8
+    assert decoded.exif is None and decoded.icc_profile is None
+
+
+def test_png_round_trip_is_lossless():
+    array = rgb_array(seed=3)
+    decoded = decode_image(save(Image.fromarray(array), "PNG"))
+    encoded = encode_image(decoded.pixels, decoded, EncodeOptions())
+    assert isinstance(encoded, EncodedImage)
+    assert (encoded.format, encoded.extension) == ("PNG", ".png")
+    out = open_bytes(encoded.data)
+    assert out.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(out), array)
+
+
+def test_every_uint8_level_survives_encode():
+    levels = np.arange(256, dtype=np.uint8)
+    array = np.stack([levels, levels[::-1], levels], axis=1)[None].repeat(2, axis=0)  # 2x256x3
+    decoded = decode_image(save(Image.fromarray(array), "PNG"))
+    encoded = encode_image(decoded.pixels, decoded, EncodeOptions(format="png"))
+    np.testing.assert_array_equal(np.asarray(open_bytes(encoded.data)), array)
+
+
+def test_encode_clips_and_handles_nan():
+    decoded = decode_image(save(Image.fromarray(rgb_array(2, 2)), "PNG"))
+    pixels = np.array(
+        [[[-1.0, 2.0, np.nan], [0.5, np.inf, -np.inf]], [[0.0, 1.0, 0.25], [1e9, -1e9, 0.75]]],
+        dtype=np.float32,
+    )
+    out = np.asarray(open_bytes(encode_image(pixels, decoded, EncodeOptions()).data))
+    np.testing.assert_array_equal(
+        out, [[[0, 255, 0], [128, 255, 0]], [[0, 255, 64], [255, 0, 191]]]
+    )
+
+
+@pytest.mark.parametrize(("requested", "side"), [("webp", 16384), ("jpeg", 65501)])
+def test_encode_refuses_sizes_the_format_cannot_hold(requested, side):
+    decoded = decode_image(save(Image.new("RGB", (side, 1), (9, 9, 9)), "PNG"))
+    with pytest.raises(UnsupportedImageError, match="--format png"):
+        encode_image(decoded.pixels, decoded, EncodeOptions(format=requested))
+    narrower = decode_image(save(Image.new("RGB", (side - 1, 1), (9, 9, 9)), "PNG"))
+    encoded = encode_image(narrower.pixels, narrower, EncodeOptions(format=requested))
+    assert open_bytes(encoded.data).size == (side - 1, 1)
+
+
+def test_encode_rejects_wrong_shape():
+    decoded = decode_image(save(Image.fromarray(rgb_array(4, 6)), "PNG"))
+    with pytest.raises(ValueError, match="shape"):
+        encode_image(np.zeros((6, 4, 3), np.float32), decoded, EncodeOptions())
+    with pytest.raises(ValueError, match="shape"):
+        encode_image(np.zeros((4, 6), np.float32), decoded, EncodeOptions())
+
+
+# ------------------------------------------------------------------------------------------
+# EXIF orientation and metadata
+
+
+ORIENTED = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),  # rotate 90 degrees clockwise to display
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTED))
+def test_exif_orientation_is_applied(orientation):
+    array = rgb_array(20, 40, seed=orientation)  # 40 wide, 20 high
+    data = save(Image.fromarray(array), "PNG", exif=camera_exif(orientation))
+    decoded = decode_image(data)
+    expected = ORIENTED[orientation](array)
+    check_pixels(decoded, *expected.shape[:2])
+    np.testing.assert_array_equal(decoded.pixels, as_u8_float(expected))
+
+
+@pytest.mark.parametrize("requested", ["jpeg", "png", "webp"])
+def test_orientation_reset_and_exif_tags_kept(requested):
+    data = save(Image.fromarray(smooth_rgb(20, 40)), "JPEG", exif=camera_exif(6), quality=95)
+    decoded = decode_image(data)
+    assert decoded.pixels.shape == (40, 20, 3)  # rotated: 20 wide, 40 high
+    assert decoded.exif is not None
+    assert Image.Exif().load(decoded.exif) is None  # raw bytes are loadable
+
+    encoded = encode_image(decoded.pixels, decoded, EncodeOptions(format=requested))
+    out = open_bytes(encoded.data)
+    assert out.size == (20, 40)
+    exif = out.getexif()
+    assert exif[ORIENTATION] == 1
+    assert exif[MAKE] == "TestMaker" and exif[MODEL] == "Model X"
+    exposure = exif.get_ifd(EXIF_IFD)[EXPOSURE_TIME]  # a tuple or an IFDRational
+    assert (tuple(exposure) if isinstance(exposure, tuple) else float(exposure)) in ((1, 50), 0.02)
+    # Decoding the output again must not rotate a second time.
+    again = decode_image(encoded.data)
+    assert again.pixels.shape == (40, 20, 3)
+
+
+def test_malformed_exif_is_dropped_not_fatal():
+    decoded = decode_image(save(Image.fromarray(rgb_array(4, 4)), "PNG"))
+    broken = DecodedImage(
+        pixels=decoded.pixels,
+        alpha=None,
+        format="JPEG",
+        mode="RGB",
+        grayscale=False,
+        bit_depth=8,
+        exif=b"Exif\x00\x00this is not a TIFF header",
+    )
+    for requested in ("jpeg", "png", "webp"):
+        encoded = encode_image(broken.pixels, broken, EncodeOptions(format=requested))
+        assert not open_bytes(encoded.data).getexif()
+
+
+def test_icc_profile_kept():
+    icc = srgb_icc()
+    for source_format in ("JPEG", "PNG", "WEBP", "TIFF"):
+        data = save(Image.fromarray(smooth_rgb(16, 16)), source_format, icc_profile=icc)
+        decoded = decode_image(data)
+        assert decoded.icc_profile == icc, source_format
+        for requested in ("same", "jpeg", "png", "webp"):
+            encoded = encode_image(decoded.pixels, decoded, EncodeOptions(format=requested))
+            kept = open_bytes(encoded.data).info.get("icc_profile")
+            assert kept == icc, (source_format, requested)
+
+
+def test_gray_profile_kept_only_where_output_is_gray():
+    gray_icc = icc_with_colour_space(b"GRAY")
+    data = save(Image.new("L", (8, 8), 40), "PNG", icc_profile=gray_icc)
+    decoded = decode_image(data)
+    assert decoded.icc_profile == gray_icc
+    png = encode_image(decoded.pixels, decoded, EncodeOptions(format="png"))
+    assert open_bytes(png.data).info.get("icc_profile") == gray_icc
+    # WebP has no grayscale: a gray profile would not match its RGB data.
+    webp = encode_image(decoded.pixels, decoded, EncodeOptions(format="webp"))
+    assert open_bytes(webp.data).info.get("icc_profile") is None
+
+
+def test_bmp_output_has_no_metadata_and_no_alpha():
+    rgba = Image.fromarray(np.dstack([rgb_array(8, 8), np.full((8, 8), 7, np.uint8)]))
+    decoded = decode_image(save(rgba, "PNG", icc_profile=srgb_icc()))
+    bmp_source = DecodedImage(**{**decoded.__dict__, "format": "BMP"})
+    encoded = encode_image(decoded.pixels, bmp_source, EncodeOptions())
+    assert (encoded.format, encoded.extension) == ("BMP", ".bmp")
+    out = open_bytes(encoded.data)
+    assert out.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(rgba)[:, :, :3])
+
+
+# ------------------------------------------------------------------------------------------
+# modes
+
+
+def _p_image(transparent: bool) -> Image.Image:
+    image = Image.fromarray(rgb_array(10, 12)).quantize(16)
+    if transparent:
+        image.info["transparency"] = 0
+    return image
+
+
+def _rgb_colour_key_png() -> bytes:
+    """An RGB PNG whose tRNS chunk makes one colour transparent."""
+    array = rgb_array(10, 12)
+    array[:5] = (7, 0, 0)
+    return save(Image.fromarray(array), "PNG", transparency=(7, 0, 0))
+
+
+# (name, bytes factory, expected grayscale, expected alpha)
+MODE_CASES = [
+    ("RGB", lambda: save(Image.fromarray(rgb_array(10, 12)), "PNG"), False, False),
+    ("L", lambda: save(Image.fromarray(rgb_array(10, 12)[:, :, 0]), "PNG"), True, False),
+    ("LA", lambda: save(Image.fromarray(rgb_array(10, 12)[:, :, :2], "LA"), "PNG"), True, True),
+    ("La", lambda: tiff_associated_alpha(Image.new("LA", (12, 10), (100, 128))), True, True),
+    ("P", lambda: save(_p_image(False), "PNG"), False, False),
+    ("P+transparency", lambda: save(_p_image(True), "PNG"), False, True),
+    ("RGBA", lambda: save(Image.fromarray(rgba_array(10, 12)), "PNG"), False, True),
+    ("CMYK", lambda: save(Image.new("CMYK", (12, 10), (10, 200, 30, 40)), "JPEG"), False, False),
+    ("CMYK-tif", lambda: save(Image.new("CMYK", (12, 10), (9, 200, 30, 4)), "TIFF"), False, False),
+    ("1", lambda: save(Image.fromarray(rgb_array(10, 12)[:, :, 0] > 127), "PNG"), True, False),
+    ("I;16", lambda: save(Image.fromarray(np.full((10, 12), 1000, np.uint16)), "PNG"), True, False),
+    ("I;16B", lambda: save(Image.new("I;16B", (12, 10), 1000), "TIFF"), True, False),
+    ("I", lambda: save(Image.fromarray(np.full((10, 12), 1000, np.int32)), "TIFF"), True, False),
+    ("F", lambda: save(Image.fromarray(np.full((10, 12), 0.25, np.float32)), "TIFF"), True, False),
+    ("YCbCr", lambda: save(Image.new("YCbCr", (12, 10), (120, 100, 150)), "TIFF"), False, False),
+    ("tRNS", lambda: _rgb_colour_key_png(), False, True),
+    ("GIF", lambda: save(Image.fromarray(rgb_array(10, 12)).quantize(64), "GIF"), False, False),
+    ("BMP", lambda: save(Image.fromarray(rgb_array(10, 12)), "BMP"), False, False),
+    ("WEBP", lambda: save(Image.fromarray(rgb_array(10, 12)), "WEBP", lossless=True), False, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "grayscale", "has_alpha"), MODE_CASES, ids=[c[0] for c in MODE_CASES]
+)
+def test_modes_decode_to_float_rgb(name, make, grayscale, has_alpha):
+    data = make()
+    source = open_bytes(data)
+    decoded = decode_image(data)
+    check_pixels(decoded, 10, 12)
+    assert decoded.mode == source.mode
+    assert decoded.format == source.format
+    assert decoded.grayscale is grayscale
+    assert (decoded.alpha is not None) is has_alpha
+    if grayscale:  # all three channels equal
+        np.testing.assert_array_equal(decoded.pixels[:, :, 0], decoded.pixels[:, :, 1])
+        np.testing.assert_array_equal(decoded.pixels[:, :, 0], decoded.pixels[:, :, 2])
+    if source.mode in ("RGB", "P", "CMYK", "YCbCr", "L", "1", "LA", "RGBA"):
+        # 8-bit sources: exactly Pillow's own RGB conversion / 255.
+        np.testing.assert_array_equal(
+            decoded.pixels, as_u8_float(np.asarray(source.convert("RGBA").convert("RGB")))
+        )
+    # Every case encodes in every output format.
+    for requested in ("same", "jpeg", "png", "webp"):
+        encoded = encode_image(decoded.pixels, decoded, EncodeOptions(format=requested))
+        assert open_bytes(encoded.data).size == (12, 10)
+
+
+def test_premultiplied_la_is_unpremultiplied():
+    decoded = decode_image(tiff_associated_alpha(Image.new("LA", (12, 10), (100, 128))))
+    assert decoded.mode == "La"
+    # 100 premultiplied by alpha 128/255 -> about 199 straight.
+    assert abs(float(decoded.pixels[0, 0, 0]) * 255 - 199) <= 1
+    np.testing.assert_array_equal(decoded.alpha, np.float32(128) / np.float32(255))
+
+
+def test_rgba_premultiplied_in_memory_mode():
+    # Pillow 13 cannot write RGBa files, but the converter must still cope with the mode.
+    image = Image.new("RGBA", (3, 2), (200, 100, 50, 128)).convert("RGBa")
+    pixels, alpha = imageio._to_float(image)
+    assert pixels.shape == (2, 3, 3) and alpha is not None
+    np.testing.assert_allclose(pixels[0, 0] * 255, [200, 100, 50], atol=2)
+
+
+def test_alpha_kept_aside_and_reattached():
+    array = rgb_array(10, 12)
+    alpha = np.random.default_rng(5).integers(0, 256, (10, 12), dtype=np.uint8)
+    decoded = decode_image(save(Image.fromarray(np.dstack([array, alpha])), "PNG"))
+    np.testing.assert_array_equal(decoded.alpha, as_u8_float(alpha))
+    np.testing.assert_array_equal(decoded.pixels, as_u8_float(array))
+
+    png = open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions(format="png")).data)
+    assert png.mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(png)[:, :, 3], alpha)
+
+    webp = open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions(format="webp")).data)
+    assert webp.mode == "RGBA"
+    np.testing.assert_allclose(np.asarray(webp)[:, :, 3], alpha, atol=2)
+
+    tiff_source = decode_image(save(Image.fromarray(np.dstack([array, alpha])), "TIFF"))
+    tiff = encode_image(tiff_source.pixels, tiff_source, EncodeOptions(format="same"))
+    assert (tiff.format, tiff.extension) == ("TIFF", ".tif")
+    np.testing.assert_array_equal(np.asarray(open_bytes(tiff.data)), np.dstack([array, alpha]))
+
+    jpeg = open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions(format="jpeg")).data)
+    assert jpeg.mode == "RGB"  # JPEG has no alpha: dropped
+
+
+def test_palette_transparency_alpha():
+    image = _p_image(True)
+    decoded = decode_image(save(image, "PNG"))
+    expected = np.asarray(image.convert("RGBA"))[:, :, 3]
+    assert (expected == 0).any() and (expected == 255).any()
+    np.testing.assert_array_equal(decoded.alpha, as_u8_float(expected))
+    out = open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions(format="png")).data)
+    np.testing.assert_array_equal(np.asarray(out)[:, :, 3], expected)
+
+
+def test_grayscale_written_back_as_gray():
+    gray = rgb_array(10, 12)[:, :, 0]
+    decoded = decode_image(save(Image.fromarray(gray), "PNG"))
+    assert decoded.grayscale
+    # Per-channel model output: the written gray is the Rec.709 luma of it.
+    enhanced = decoded.pixels * np.array([1.0, 0.5, 0.25], np.float32)
+    png = open_bytes(encode_image(enhanced, decoded, EncodeOptions()).data)
+    assert png.mode == "L"
+    luma = enhanced @ np.array(imageio.REC709_LUMA, np.float32)
+    np.testing.assert_array_equal(np.asarray(png), np.rint(luma * 255).astype(np.uint8))
+    jpeg = encode_image(enhanced, decoded, EncodeOptions(format="jpeg"))
+    assert open_bytes(jpeg.data).mode == "L"
+    # Unchanged pixels give the source back exactly.
+    same = open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions()).data)
+    np.testing.assert_array_equal(np.asarray(same), gray)
+
+
+def test_gray_alpha_written_back_as_la():
+    array = rgb_array(10, 12)[:, :, :2]
+    decoded = decode_image(save(Image.fromarray(array, "LA"), "PNG"))
+    png = open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions()).data)
+    assert png.mode == "LA"
+    np.testing.assert_array_equal(np.asarray(png), array)
+    jpeg = open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions(format="jpeg")).data)
+    assert jpeg.mode == "L"
+
+
+def test_cmyk_jpeg():
+    data = save(Image.fromarray(smooth_rgb(16, 20)).convert("CMYK"), "JPEG", quality=90)
+    decoded = decode_image(data)
+    assert decoded.mode == "CMYK" and decoded.format == "JPEG" and not decoded.grayscale
+    expected = np.asarray(open_bytes(data).convert("RGB"))
+    np.testing.assert_array_equal(decoded.pixels, as_u8_float(expected))
+    encoded = encode_image(decoded.pixels, decoded, EncodeOptions())
+    out = open_bytes(encoded.data)
+    assert (encoded.format, out.mode) == ("JPEG", "RGB")
+
+
+def test_cmyk_profile_is_dropped_and_bad_profile_falls_back():
+    # The patched profile claims CMYK but holds RGB tags: the colour transform cannot be built,
+    # so decoding falls back to Pillow's plain conversion instead of failing.
+    cmyk_icc = icc_with_colour_space(b"CMYK")
+    data = save(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG", icc_profile=cmyk_icc)
+    decoded = decode_image(data)
+    assert decoded.icc_profile is None
+    np.testing.assert_array_equal(
+        decoded.pixels, as_u8_float(np.asarray(open_bytes(data).convert("RGB")))
+    )
+    out = open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions()).data)
+    assert out.info.get("icc_profile") is None
+
+
+def test_16bit_gray_png_scales_by_65535():
+    values = np.array([[0, 1, 255, 256], [1000, 32768, 65534, 65535]], dtype=np.uint16)
+    data = save(Image.fromarray(values), "PNG")
+    assert open_bytes(data).mode == "I;16"
+    decoded = decode_image(data)
+    assert decoded.bit_depth == 16 and decoded.grayscale and decoded.mode == "I;16"
+    expected = values.astype(np.float32) / np.float32(65535)
+    np.testing.assert_array_equal(decoded.pixels[:, :, 0], expected)
+    out = open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions()).data)
+    assert out.mode == "L"
+    np.testing.assert_array_equal(np.asarray(out), np.rint(expected * 255).astype(np.uint8))
+
+
+def test_big_endian_16bit_tiff():
+    values = np.array([[0, 258, 65535]], dtype=np.uint16)
+    data = save(Image.frombytes("I;16B", (3, 1), values.astype(">u2").tobytes()), "TIFF")
+    decoded = decode_image(data)
+    assert decoded.mode == "I;16B" and decoded.bit_depth == 16
+    np.testing.assert_array_equal(decoded.pixels[0, :, 0], values[0] / np.float32(65535))
+
+
+def test_int32_and_float_modes_are_clipped():
+    ints = np.array([[-5, 0, 65535, 70000]], dtype=np.int32)
+    decoded = decode_image(save(Image.fromarray(ints), "TIFF"))
+    assert decoded.mode == "I" and decoded.bit_depth == 16
+    np.testing.assert_array_equal(decoded.pixels[0, :, 0], [0, 0, 1, 1])
+
+    floats = np.array([[-0.5, 0.25, 2.0, np.nan]], dtype=np.float32)
+    decoded = decode_image(save(Image.fromarray(floats), "TIFF"))
+    assert decoded.mode == "F" and decoded.bit_depth == 16
+    np.testing.assert_array_equal(decoded.pixels[0, :, 0], [0, 0.25, 1, 0])
+
+
+def test_16bit_rgb_png():
+    values = np.random.default_rng(2).integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+    decoded = decode_image(png16_rgb(values))
+    assert decoded.bit_depth == 16 and not decoded.grayscale
+    check_pixels(decoded, 5, 7)
+    # Pillow keeps the high byte of each 16-bit sample.
+    np.testing.assert_array_equal(decoded.pixels, as_u8_float((values >> 8).astype(np.uint8)))
+
+
+# ------------------------------------------------------------------------------------------
+# multi-frame
+
+
+def test_animated_gif_first_frame():
+    frames = [Image.new("RGB", (12, 10), c) for c in ((200, 0, 0), (0, 200, 0), (0, 0, 200))]
+    data = save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
+    assert getattr(open_bytes(data), "n_frames", 1) == 3
+    decoded = decode_image(data)
+    assert decoded.format == "GIF"
+    np.testing.assert_array_equal(decoded.pixels[0, 0], as_u8_float(np.array([200, 0, 0])))
+    assert output_format(decoded.format, "same") == "PNG"
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "TIFF", "MPO"])
+def test_other_multi_frame_formats_first_frame(fmt):
+    first = Image.fromarray(np.full((10, 12, 3), (200, 10, 10), np.uint8))
+    second = Image.fromarray(np.full((10, 12, 3), (10, 10, 200), np.uint8))
+    kwargs = {"lossless": True} if fmt == "WEBP" else {}
+    data = save(first, fmt, save_all=True, append_images=[second], **kwargs)
+    decoded = decode_image(data)
+    assert decoded.format == fmt
+    np.testing.assert_allclose(decoded.pixels[5, 6] * 255, [200, 10, 10], atol=3)
+
+
+# ------------------------------------------------------------------------------------------
+# size limits (decompression bombs)
+
+
+def test_large_png_rejected():
+    data = save(Image.new("L", (2000, 2000)), "PNG")
+    with pytest.raises(ImageTooLargeError) as info:
+        decode_image(data, max_pixels=1_000_000)
+    message = str(info.value)
+    assert "2000x2000" in message and "4.0 MP" in message and "--max-pixels" in message
+    # The limit is inclusive.
+    assert decode_image(data, max_pixels=4_000_000).pixels.shape == (2000, 2000, 3)
+
+
+def test_size_checked_before_pixel_data_is_read():
+    header_only = png_bytes(2000, 2000)  # no IDAT: decoding it would be a CorruptImageError
+    with pytest.raises(ImageTooLargeError):
+        decode_image(header_only, max_pixels=1_000_000)
+    with pytest.raises(CorruptImageError):
+        decode_image(header_only, max_pixels=4_000_000)
+
+
+@pytest.mark.parametrize(("width", "height"), [(10_000, 9_500), (20_000, 10_000)])
+def test_limit_above_pillow_default(width, height):
+    """Our limit applies, not Pillow's MAX_IMAGE_PIXELS (it warns above 1x and refuses above 2x).
+
+    The PNGs declare 95 MP and 200 MP but hold almost no data, so "accepted" shows up as a
+    truncation error, cheaply.
+    """
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    assert pillow_limit is not None and width * height > pillow_limit
+    data = png_bytes(width, height, idat=zlib.compress(b"\x00" * 64))
+    with pytest.raises(ImageTooLargeError):
+        decode_image(data, max_pixels=width * height - 1)
+    for limit in (width * height, 10**9):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a DecompressionBombWarning would fail the test
+            with pytest.raises(CorruptImageError, match="truncated"):
+                decode_image(data, max_pixels=limit)
+    assert Image.MAX_IMAGE_PIXELS == pillow_limit
+
+
+def test_huge_limit_small_image_and_pillow_global_unchanged():
+    before = Image.MAX_IMAGE_PIXELS
+    decoded = decode_image(save(Image.fromarray(rgb_array()), "PNG"), max_pixels=10**10)
+    assert decoded.pixels.shape == (24, 32, 3)
+    assert Image.MAX_IMAGE_PIXELS == before
+    assert DEFAULT_MAX_PIXELS == 100_000_000
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"lossless": True}, {"quality": 80}, {"quality": 80, "exif": camera_exif(1)}]
+)
+def test_webp_size_checked_from_header(kwargs):
+    # lossless -> VP8L chunk, lossy -> "VP8 ", lossy with EXIF -> VP8X: all three headers.
+    data = save(Image.fromarray(rgb_array(23, 37)), "WEBP", **kwargs)
+    assert decode_image(data, max_pixels=23 * 37).pixels.shape == (23, 37, 3)
+    with pytest.raises(ImageTooLargeError, match="37x23"):
+        decode_image(data, max_pixels=23 * 37 - 1)
+
+
+def test_webp_canvas_checked_before_decoder_allocates():
+    # VP8X header declaring a 16000x16000 canvas, no image data.
+    dims = (16000 - 1).to_bytes(3, "little") * 2
+    vp8x = b"VP8X" + (10).to_bytes(4, "little") + b"\x00\x00\x00\x00" + dims
+    data = b"RIFF" + (4 + len(vp8x)).to_bytes(4, "little") + b"WEBP" + vp8x
+    with pytest.raises(ImageTooLargeError, match="16000x16000"):
+        decode_image(data)
+
+
+def test_invalid_max_pixels():
+    data = save(Image.new("RGB", (2, 2)), "PNG")
+    for bad in (0, -1, 1.5, True, "100"):
+        with pytest.raises(ConfigError):
+            decode_image(data, max_pixels=bad)
+
+
+# ------------------------------------------------------------------------------------------
+# damaged and unrecognised input
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_truncated_image_is_corrupt(fmt):
+    data = save(Image.fromarray(rgb_array(64, 64)), fmt)
+    with pytest.raises(CorruptImageError) as info:
+        decode_image(data[: len(data) // 2])
+    message = str(info.value)
+    assert "re-download" in message
+    if fmt in ("JPEG", "PNG"):
+        assert fmt in message and "truncated" in message
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF", "GIF", "BMP"])
+@pytest.mark.parametrize("keep", [20, 40, 100])
+def test_truncated_header_is_corrupt_not_unsupported(fmt, keep):
+    data = save(Image.fromarray(rgb_array(64, 64)), fmt)
+    with pytest.raises(CorruptImageError, match="re-download"):
+        decode_image(data[:keep])
+
+
+def test_damaged_png_header_is_corrupt():
+    data = bytearray(save(Image.fromarray(rgb_array(8, 8)), "PNG"))
+    data[20] ^= 0xFF  # inside IHDR: its CRC no longer matches
+    with pytest.raises(CorruptImageError, match="PNG"):
+        decode_image(bytes(data))
+
+
+def test_truncation_setting_not_changed():
+    from PIL import ImageFile
+
+    data = save(Image.fromarray(rgb_array(64, 64)), "JPEG")
+    with pytest.raises(CorruptImageError):
+        decode_image(data[:-200])
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_random_bytes_unsupported():
+    data = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    with pytest.raises(UnsupportedImageError) as info:
+        decode_image(data)
+    message = str(info.value)
+    assert "not a recognised image format" in message
+    assert data[:4].hex(" ") in message
+    assert "supported: JPEG, PNG" in message
+
+
+def test_empty_bytes_unsupported():
+    with pytest.raises(UnsupportedImageError, match="empty file") as info:
+        decode_image(b"")
+    assert "supported" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "hint"),
+    [
+        (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "error page"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12\n", "git lfs pull"),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64, "HEIC"),
+    ],
+)
+def test_unsupported_messages_say_what_to_do(data, hint):
+    with pytest.raises(UnsupportedImageError, match=hint):
+        decode_image(data)
+
+
+def test_errors_are_library_errors():
+    from dce_batch.errors import DceBatchError, ImageError
+
+    for exc in (UnsupportedImageError, CorruptImageError, ImageTooLargeError):
+        assert issubclass(exc, ImageError) and issubclass(exc, DceBatchError)
+
+
+# ------------------------------------------------------------------------------------------
+# encoding options and formats
+
+
+@pytest.mark.parametrize("requested", ["jpeg", "webp"])
+def test_quality_honoured(requested):
+    decoded = decode_image(save(Image.fromarray(smooth_rgb(128, 160)), "PNG"))
+    low = encode_image(decoded.pixels, decoded, EncodeOptions(format=requested, quality=20))
+    high = encode_image(decoded.pixels, decoded, EncodeOptions(format=requested, quality=95))
+    assert len(low.data) < len(high.data)
+    assert low.format == high.format == requested.upper()
+
+
+def test_png_output_is_lossless_regardless_of_quality():
+    decoded = decode_image(save(Image.fromarray(smooth_rgb()), "PNG"))
+    a = encode_image(decoded.pixels, decoded, EncodeOptions(format="png", quality=20))
+    b = encode_image(decoded.pixels, decoded, EncodeOptions(format="png", quality=95))
+    np.testing.assert_array_equal(np.asarray(open_bytes(a.data)), np.asarray(open_bytes(b.data)))
+
+
+@pytest.mark.parametrize(
+    ("source", "requested", "expected"),
+    [
+        ("JPEG", "same", "JPEG"),
+        ("MPO", "same", "JPEG"),
+        ("PNG", "same", "PNG"),
+        ("WEBP", "same", "WEBP"),
+        ("TIFF", "same", "TIFF"),
+        ("BMP", "same", "BMP"),
+        ("GIF", "same", "PNG"),
+        ("PPM", "same", "PNG"),
+        ("JPEG2000", "same", "PNG"),
+        ("", "same", "PNG"),
+        ("GIF", "jpeg", "JPEG"),
+        ("JPEG", "png", "PNG"),
+        ("TIFF", "webp", "WEBP"),
+        ("PNG", "JPG", "JPEG"),
+    ],
+)
+def test_output_format_table(source, requested, expected):
+    assert output_format(source, requested) == expected
+
+
+# (file name, Pillow save format, save kwargs)
+PATH_CASES = [
+    ("a.jpg", "JPEG", {}),
+    ("b.JPEG", "JPEG", {}),
+    ("c.jfif", "JPEG", {}),
+    ("d.mpo", "MPO", {"save_all": True}),
+    ("e.png", "PNG", {}),
+    ("f.webp", "WEBP", {}),
+    ("g.tif", "TIFF", {}),
+    ("h.tiff", "TIFF", {}),
+    ("i.bmp", "BMP", {}),
+    ("j.gif", "GIF", {}),
+    ("k.ppm", "PPM", {}),
+    ("l.tga", "TGA", {}),
+    ("dir.v2/m.Png", "PNG", {}),
+]
+
+
+@pytest.mark.parametrize(("name", "fmt", "kwargs"), PATH_CASES, ids=[c[0] for c in PATH_CASES])
+def test_output_format_for_path_agrees_with_content(name, fmt, kwargs):
+    image = Image.fromarray(rgb_array(8, 8))
+    data = save(image, fmt, **kwargs)
+    decoded = decode_image(data)
+    for requested in ("same", "jpeg", "png", "webp"):
+        planned = output_format_for_path(f"s3://bucket/in/{name}", requested)
+        assert planned == output_format(decoded.format, requested), (name, requested)
+        encoded = encode_image(decoded.pixels, decoded, EncodeOptions(format=requested))
+        assert encoded.format == planned
+        assert encoded.extension == extension_for(planned)
+        assert open_bytes(encoded.data).format == planned
+
+
+def test_output_format_for_unknown_extension():
+    assert output_format_for_path("photo.xyz", "same") == "PNG"
+    assert output_format_for_path("noext", "same") == "PNG"
+    assert output_format_for_path("noext", "jpeg") == "JPEG"
+
+
+def test_image_extensions():
+    assert all(ext.startswith(".") and ext == ext.lower() for ext in IMAGE_EXTENSIONS)
+    for ext in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif", ".mpo"):
+        assert ext in IMAGE_EXTENSIONS
+    # Every listed extension is one Pillow has a decoder for.
+    Image.init()
+    assert IMAGE_EXTENSIONS <= set(Image.registered_extensions())
+
+
+def test_extension_for():
+    assert extension_for("JPEG") == ".jpg"
+    assert extension_for("png") == ".png"
+    assert extension_for("WEBP") == ".webp"
+    assert extension_for("TIFF") == ".tif"
+    assert extension_for("BMP") == ".bmp"
+    with pytest.raises(ConfigError):
+        extension_for("GIF")
+
+
+def test_encode_options_validation():
+    assert EncodeOptions() == EncodeOptions(format="same", quality=95)
+    assert EncodeOptions(format="JPG").format == "jpeg"
+    assert EncodeOptions(format=" WebP ").format == "webp"
+    assert EncodeOptions(quality=np.int64(50)).quality == 50
+    for bad_format in ("gif", "tiff", "", None, 3):
+        with pytest.raises(ConfigError):
+            EncodeOptions(format=bad_format)
+    for bad_quality in (0, 101, -5, 95.0, True, "95"):
+        with pytest.raises(ConfigError):
+            EncodeOptions(quality=bad_quality)
+    with pytest.raises(ConfigError, match="unknown output format"):
+        output_format("PNG", "bmp")
+    with pytest.raises(ConfigError):
+        output_format_for_path("a.png", "gif")
+    with pytest.raises(AttributeError):
+        EncodeOptions().quality = 10  # frozen
+
+
+def test_decoded_image_validation():
+    pixels = np.zeros((2, 2, 3), np.float32)
+    ok = DecodedImage(pixels, None, "PNG", "RGB", False, 8)
+    assert (ok.width, ok.height) == (2, 2)
+    with pytest.raises(ValueError):
+        DecodedImage(np.zeros((2, 2), np.float32), None, "PNG", "L", True, 8)
+    with pytest.raises(ValueError):
+        DecodedImage(np.zeros((2, 2, 3), np.float64), None, "PNG", "RGB", False, 8)
+    with pytest.raises(ValueError):
+        DecodedImage(pixels, np.zeros((3, 2), np.float32), "PNG", "RGBA", False, 8)
+    with pytest.raises(ValueError):
+        DecodedImage(pixels, None, "PNG", "RGB", False, 12)
+
+
+# ------------------------------------------------------------------------------------------
+# statistics
+
+
+@pytest.mark.parametrize("value", [0.0, 0.1, 0.5, 1.0])
+def test_mean_luminance_constant(value):
+    pixels = np.full((7, 9, 3), value, np.float32)
+    assert mean_luminance(pixels) == pytest.approx(float(np.float32(value)), abs=1e-7)
+
+
+def test_mean_luminance_rec709_weights():
+    for channel, weight in enumerate((0.2126, 0.7152, 0.0722)):
+        pixels = np.zeros((4, 4, 3), np.float32)
+        pixels[:, :, channel] = 1.0
+        assert mean_luminance(pixels) == pytest.approx(weight)
+    array = np.random.default_rng(0).random((5, 6, 3), dtype=np.float32)
+    per_pixel = array.astype(np.float64) @ np.array([0.2126, 0.7152, 0.0722])
+    assert mean_luminance(array) == pytest.approx(float(per_pixel.mean()), rel=1e-9)
+    assert isinstance(mean_luminance(array), float)
+    with pytest.raises(ValueError):
+        mean_luminance(np.zeros((4, 4)))

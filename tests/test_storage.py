@@ -1,0 +1,583 @@
+"""Tests of dce_batch.storage against the real local filesystem and a real S3 server (moto)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from dce_batch import storage
+from dce_batch.errors import ConfigError, StorageError
+from dce_batch.storage import (
+    InputFile,
+    Location,
+    S3Options,
+    delete_tree_contents,
+    exists,
+    filesystem_for,
+    list_inputs,
+    read_bytes,
+    write_bytes_atomic,
+)
+
+IMAGES = (".jpg", ".jpeg", ".png")
+LOCAL = pafs.LocalFileSystem()
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_files(root: Path, names: list[str]) -> None:
+    """Create ``names`` (``/``-separated) under ``root``, each holding its own name."""
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(name.encode())
+
+
+def relpaths(files: list[InputFile]) -> list[str]:
+    return [f.relpath for f in files]
+
+
+@pytest.fixture
+def photo_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "photos"
+    make_files(
+        root,
+        [
+            "a.jpg",
+            "B.PNG",
+            "notes.txt",
+            "sub/c.jpeg",
+            "sub/deeper/d.JPG",
+            "sub/e.gif",
+            ".hidden.jpg",
+            ".cache/f.jpg",
+            "sub/.g.png",
+            "_manifest/part-0.jpg",
+            "sub/_manifest/h.jpg",
+            "x_manifest/i.jpg",
+        ],
+    )
+    return root
+
+
+# --- local listing -------------------------------------------------------------------------
+
+
+def test_local_folder_recursive_filters_extensions_and_skips_hidden(photo_tree: Path) -> None:
+    fs, files = list_inputs(str(photo_tree), extensions=IMAGES)
+    assert isinstance(fs, pafs.LocalFileSystem)
+    assert relpaths(files) == ["B.PNG", "a.jpg", "sub/c.jpeg", "sub/deeper/d.JPG", "x_manifest/i.jpg"]
+    first = files[1]
+    assert first.uri == first.path == str(photo_tree / "a.jpg")
+    assert first.size == len("a.jpg")
+    assert read_bytes(fs, first.path) == b"a.jpg"
+
+
+def test_local_folder_trailing_slash_relative_path_and_file_uri(
+    photo_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(photo_tree.parent)
+    expected = relpaths(list_inputs(str(photo_tree), extensions=IMAGES)[1])
+    assert relpaths(list_inputs("photos/", extensions=IMAGES)[1]) == expected
+    _, files = list_inputs(f"file://{photo_tree}", extensions=["jpg", "JPEG", ".png"])
+    assert relpaths(files) == expected
+
+
+def test_local_glob(photo_tree: Path) -> None:
+    _, files = list_inputs(f"{photo_tree}/**/*.jpg", extensions=IMAGES)
+    # relpaths are relative to the non-glob part; ** matches zero folders too; glob patterns
+    # are case-sensitive (d.JPG is not *.jpg) while the extension filter is not.
+    assert relpaths(files) == ["a.jpg", "x_manifest/i.jpg"]
+    _, files = list_inputs(f"{photo_tree}/sub/*.jp*g", extensions=IMAGES)
+    assert relpaths(files) == ["c.jpeg"]
+    _, files = list_inputs(f"{photo_tree}/**/*.[jJ][pP]*", extensions=IMAGES)
+    assert relpaths(files) == ["a.jpg", "sub/c.jpeg", "sub/deeper/d.JPG", "x_manifest/i.jpg"]
+    _, files = list_inputs(f"{photo_tree}/sub/*/*", extensions=IMAGES)
+    assert relpaths(files) == ["deeper/d.JPG"]  # extension filter applies to globs too
+
+
+def test_local_glob_without_match_says_what_was_searched(photo_tree: Path) -> None:
+    with pytest.raises(StorageError, match=r"matching '\*\.webp'"):
+        list_inputs(f"{photo_tree}/*.webp", extensions=IMAGES + (".webp",))
+
+
+def test_glob_regex_semantics() -> None:
+    regex = storage._glob_regex("**/x?/[!a]*.jpg")
+    assert regex.fullmatch("xy/b.jpg")
+    assert regex.fullmatch("p/q/xy/b1.jpg")
+    assert not regex.fullmatch("xy/a.jpg")
+    assert not regex.fullmatch("xyz/b.jpg")
+    assert not storage._glob_regex("*.jpg").fullmatch("sub/a.jpg")
+
+
+def test_single_file_is_taken_as_given(photo_tree: Path) -> None:
+    fs, files = list_inputs(str(photo_tree / "sub" / "e.gif"), extensions=IMAGES)
+    path = str(photo_tree / "sub/e.gif")
+    assert files == [InputFile(uri=path, path=path, relpath="e.gif", size=len("sub/e.gif"))]
+
+
+def test_folder_without_images_reports_skipped_count(tmp_path: Path) -> None:
+    make_files(tmp_path, ["readme.md", "data.bin", ".secret.jpg"])
+    with pytest.raises(StorageError, match=r"2 file\(s\) found but none ends in .jpg"):
+        list_inputs(str(tmp_path), extensions=[".jpg"])
+
+
+def test_missing_local_folder(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="no such file or folder"):
+        list_inputs(str(tmp_path / "nope"), extensions=IMAGES)
+
+
+def test_empty_extensions_rejected(photo_tree: Path) -> None:
+    with pytest.raises(ConfigError, match="extensions"):
+        list_inputs(str(photo_tree), extensions=[])
+
+
+# --- list files ----------------------------------------------------------------------------
+
+
+def test_txt_list_file_with_comments_relative_entries_and_duplicates(tmp_path: Path) -> None:
+    make_files(tmp_path, ["imgs/a/1.jpg", "imgs/b/2.png", "imgs/b/3.tif"])
+    listing = tmp_path / "imgs" / "list.txt"
+    listing.write_text(
+        textwrap.dedent(
+            f"""\
+            # images to enhance
+            a/1.jpg
+
+            {tmp_path}/imgs/b/2.png
+            ./b/3.tif
+            a/1.jpg
+            """
+        )
+    )
+    fs, files = list_inputs(str(listing), extensions=IMAGES)
+    assert isinstance(fs, pafs.LocalFileSystem)
+    # Taken as given (3.tif too), relative to the common folder imgs/, deduplicated, no stat.
+    assert relpaths(files) == ["a/1.jpg", "b/2.png", "b/3.tif"]
+    assert files[0].path == str(tmp_path / "imgs/a/1.jpg")
+    assert files[0].size is None
+
+
+def test_csv_list_file_uses_uri_column(tmp_path: Path) -> None:
+    make_files(tmp_path, ["x/p.jpg", "x/y/q.jpg"])
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"id,URI\n1,{tmp_path}/x/p.jpg\n2,x/y/q.jpg\n")
+    _, files = list_inputs(str(listing), extensions=IMAGES)
+    assert relpaths(files) == ["p.jpg", "y/q.jpg"]
+
+
+def test_csv_list_file_without_header(tmp_path: Path) -> None:
+    listing = tmp_path / "list.csv"
+    listing.write_text("a/1.jpg\nb/2.jpg\n")
+    _, files = list_inputs(str(listing), extensions=IMAGES)
+    assert relpaths(files) == ["a/1.jpg", "b/2.jpg"]
+
+
+def test_parquet_list_file_first_string_column(tmp_path: Path) -> None:
+    listing = tmp_path / "lists" / "list.parquet"
+    listing.parent.mkdir()
+    table = pa.table({"n": [1, 2], "image": ["../img/a.jpg", f"file://{tmp_path}/img/sub/b.jpg"]})
+    pq.write_table(table, listing)
+    _, files = list_inputs(str(listing), extensions=IMAGES)
+    assert [f.path for f in files] == [str(tmp_path / "img/a.jpg"), str(tmp_path / "img/sub/b.jpg")]
+    assert relpaths(files) == ["a.jpg", "sub/b.jpg"]
+
+
+def test_list_file_mixing_filesystems_is_config_error(tmp_path: Path) -> None:
+    listing = tmp_path / "list.txt"
+    listing.write_text("/data/a.jpg\ns3://bucket/b.jpg\n")
+    with pytest.raises(ConfigError, match="mixes filesystems"):
+        list_inputs(str(listing), extensions=IMAGES)
+
+
+def test_empty_list_file(tmp_path: Path) -> None:
+    listing = tmp_path / "list.lst"
+    listing.write_text("# nothing yet\n\n")
+    with pytest.raises(StorageError, match="lists no image URIs"):
+        list_inputs(str(listing), extensions=IMAGES)
+
+
+# --- Location ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "relpath",
+    ["../x", "/etc/passwd", "a/../../b", "a\\..\\..\\b", "..", "", "a//b", "./a", "a/", "s3://b/k"],
+)
+def test_child_rejects_escapes(tmp_path: Path, relpath: str) -> None:
+    location = Location.parse(str(tmp_path / "out"))
+    with pytest.raises(StorageError, match="invalid relative path"):
+        location.child(relpath)
+    with pytest.raises(StorageError):
+        location.child_uri(relpath)
+
+
+def test_child_and_child_uri_local(tmp_path: Path) -> None:
+    location = Location.parse(str(tmp_path / "out") + "/")
+    assert location.uri == location.path == str(tmp_path / "out")
+    assert location.child("a/b.png") == str(tmp_path / "out/a/b.png")
+    assert location.child_uri("a/b.png") == str(tmp_path / "out/a/b.png")
+    root = Location.parse("/")
+    assert root.child("etc/x") == "/etc/x"
+
+
+def test_child_s3_and_s3a_normalised() -> None:
+    options = S3Options(endpoint_url="http://127.0.0.1:1", access_key="k", secret_key="s")
+    location = Location.parse("s3a://bucket/out/", options)
+    assert location.uri == "s3://bucket/out"
+    assert location.path == "bucket/out"
+    assert location.child("x/y.jpg") == "bucket/out/x/y.jpg"
+    assert location.child_uri("x/y.jpg") == "s3://bucket/out/x/y.jpg"
+    assert Location.parse("s3://bucket", options).child_uri("k.jpg") == "s3://bucket/k.jpg"
+
+
+def test_contains_local_including_symlinks(tmp_path: Path) -> None:
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "input2").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "in", target_is_directory=True)
+    inp = Location.parse(str(tmp_path / "in"))
+    assert inp.contains(inp)
+    assert inp.contains(Location.parse(str(tmp_path / "in/sub/out")))  # need not exist yet
+    assert inp.contains(Location.parse(str(tmp_path / "link/out")))  # via the symlink
+    assert not inp.contains(Location.parse(str(tmp_path / "input2")))
+    assert not inp.contains(Location.parse(str(tmp_path)))
+
+
+def test_contains_s3_prefixes() -> None:
+    options = S3Options(endpoint_url="http://127.0.0.1:1", access_key="k", secret_key="s")
+    other_endpoint = S3Options(endpoint_url="http://127.0.0.1:2", access_key="k", secret_key="s")
+    inp = Location.parse("s3://b/in", options)
+    assert inp.contains(Location.parse("s3://b/in/out", options))
+    assert inp.contains(Location.parse("s3://b/in/", options))
+    assert not inp.contains(Location.parse("s3://b/input2", options))
+    assert not inp.contains(Location.parse("s3://b2/in/out", options))
+    assert not inp.contains(Location.parse("s3://b/in/out", other_endpoint))
+    assert Location.parse("s3://b", options).contains(inp)
+    assert not inp.contains(Location.parse("/b/in/out"))
+
+
+def test_location_pickles(tmp_path: Path) -> None:
+    location = Location.parse(str(tmp_path))
+    clone = pickle.loads(pickle.dumps(location))
+    assert clone == location
+    assert clone.child("a.jpg") == str(tmp_path / "a.jpg")
+
+
+# --- reading and writing locally ----------------------------------------------------------
+
+
+def test_write_bytes_atomic_local(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "deep" / "a.png"
+    write_bytes_atomic(LOCAL, str(target), b"first")
+    write_bytes_atomic(LOCAL, str(target), b"second")  # replaces
+    assert target.read_bytes() == b"second"
+    assert os.listdir(target.parent) == ["a.png"]  # no temp files left
+    assert exists(LOCAL, str(target))
+    assert not exists(LOCAL, str(tmp_path / "out/missing.png"))
+
+
+def test_write_bytes_atomic_local_failure_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "a.png"
+    target.write_bytes(b"old")
+    temp_names: list[str] = []
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        # The data is in the temp file now; record its name, then fail as a full disk would.
+        temp_names.extend(n for n in os.listdir(tmp_path) if n != "a.png")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(storage.os, "fsync", failing_fsync)
+    with pytest.raises(StorageError, match="cannot write .*a.png.*No space left"):
+        write_bytes_atomic(LOCAL, str(target), b"new content")
+    monkeypatch.setattr(storage.os, "fsync", real_fsync)
+
+    assert len(temp_names) == 1
+    assert temp_names[0].startswith(".a.png.") and temp_names[0].endswith(".tmp")
+    assert target.read_bytes() == b"old"  # the old file was never half-replaced
+    assert os.listdir(tmp_path) == ["a.png"]  # the temp file was removed
+
+
+def test_write_into_a_file_parent_is_storage_error(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"")
+    with pytest.raises(StorageError, match="cannot write"):
+        write_bytes_atomic(LOCAL, str(tmp_path / "f" / "a.png"), b"x")
+
+
+def test_read_missing_local_file(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="cannot read .*no such file"):
+        read_bytes(LOCAL, str(tmp_path / "nope.jpg"))
+
+
+def test_read_does_not_decompress(tmp_path: Path) -> None:
+    import gzip
+
+    path = tmp_path / "a.jpg.gz"
+    path.write_bytes(gzip.compress(b"abc"))
+    assert read_bytes(LOCAL, str(path)) == path.read_bytes()
+
+
+def test_delete_tree_contents_local(tmp_path: Path) -> None:
+    manifest = tmp_path / "_manifest"
+    make_files(manifest, ["a.parquet", "sub/b.json"])
+    delete_tree_contents(LOCAL, str(manifest))
+    assert manifest.is_dir() and list(manifest.iterdir()) == []
+    delete_tree_contents(LOCAL, str(tmp_path / "missing"))  # missing is fine
+    with pytest.raises(StorageError, match="refusing"):
+        delete_tree_contents(LOCAL, "/")
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(StorageError, match="not a folder"):
+        delete_tree_contents(LOCAL, str(tmp_path / "file"))
+
+
+def test_fsspec_memory_filesystem_round_trip() -> None:
+    location = Location.parse("memory://dce-test/out")
+    assert isinstance(location.filesystem, pafs.PyFileSystem)
+    path = location.child("a/b.jpg")
+    write_bytes_atomic(location.filesystem, path, b"mem")
+    assert read_bytes(location.filesystem, path) == b"mem"
+    fs, files = list_inputs("memory://dce-test/out", extensions=IMAGES)
+    assert relpaths(files) == ["a/b.jpg"]
+    assert files[0].uri.startswith("memory://")
+
+
+def test_non_object_store_fsspec_uses_temp_and_move(tmp_path: Path) -> None:
+    import fsspec
+
+    fs = pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem("file")))
+    write_bytes_atomic(fs, str(tmp_path / "d" / "x.png"), b"via fsspec")
+    assert (tmp_path / "d" / "x.png").read_bytes() == b"via fsspec"
+    assert os.listdir(tmp_path / "d") == ["x.png"]
+
+
+def test_unknown_scheme_and_missing_fsspec_package() -> None:
+    with pytest.raises(StorageError, match="unknown URI scheme"):
+        filesystem_for("nosuchscheme://bucket/x")
+    try:
+        import gcsfs  # noqa: F401
+    except ImportError:
+        with pytest.raises(StorageError, match="pip install gcsfs"):
+            filesystem_for("gs://bucket/x")
+
+
+# --- S3Options -----------------------------------------------------------------------------
+
+
+def test_s3_options_from_env_variables() -> None:
+    env = {
+        "AWS_ENDPOINT_URL": "http://global:1",
+        "AWS_ENDPOINT_URL_S3": "http://minio:9000",
+        "AWS_ACCESS_KEY_ID": "AK",
+        "AWS_SECRET_ACCESS_KEY": "SK",
+        "AWS_SESSION_TOKEN": "TOK",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+        "AWS_CONFIG_FILE": "/nonexistent/config",
+    }
+    options = S3Options.from_env(env)
+    assert options == S3Options("http://minio:9000", "eu-west-1", "AK", "SK", "TOK", None)
+    assert "SK" not in repr(options) and "TOK" not in repr(options)
+    assert S3Options.from_env(env, endpoint_url="https://r2.example").endpoint_url == "https://r2.example"
+    empty = S3Options.from_env({"AWS_SHARED_CREDENTIALS_FILE": "/x", "AWS_CONFIG_FILE": "/y"})
+    assert empty == S3Options()  # default chain on each node
+
+
+def test_s3_options_from_profile_files(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        "[default]\naws_access_key_id = DEFAULTKEY\naws_secret_access_key = defaultsecret\n\n"
+        "[minio]\naws_access_key_id = MINIOKEY\naws_secret_access_key = se%cret\n"
+    )
+    config = tmp_path / "config"
+    config.write_text(
+        "[default]\nregion = us-west-2\n\n"
+        "[profile minio]\nregion = eu-central-1\ns3 =\n  endpoint_url = http://minio.local:9000\n"
+    )
+    files = {"AWS_SHARED_CREDENTIALS_FILE": str(credentials), "AWS_CONFIG_FILE": str(config)}
+
+    minio = S3Options.from_env({**files, "AWS_PROFILE": "minio"})
+    assert minio == S3Options(
+        "http://minio.local:9000", "eu-central-1", "MINIOKEY", "se%cret", None, "minio"
+    )
+    default = S3Options.from_env(files)  # no keys in env: the default profile is used
+    assert (default.access_key, default.region, default.profile) == ("DEFAULTKEY", "us-west-2", "default")
+    # Environment keys and region beat the profile; --s3-endpoint beats everything.
+    mixed = S3Options.from_env(
+        {**files, "AWS_PROFILE": "minio", "AWS_ACCESS_KEY_ID": "E", "AWS_SECRET_ACCESS_KEY": "S",
+         "AWS_REGION": "ap-south-1"},
+        endpoint_url="http://cli:1",
+    )
+    assert (mixed.access_key, mixed.region, mixed.endpoint_url) == ("E", "ap-south-1", "http://cli:1")
+
+    with pytest.raises(ConfigError, match="'typo'.*not found"):
+        S3Options.from_env({**files, "AWS_PROFILE": "typo"})
+
+
+def test_s3_options_validation() -> None:
+    with pytest.raises(ConfigError, match="scheme"):
+        S3Options(endpoint_url="127.0.0.1:9000")
+    with pytest.raises(ConfigError, match="must not contain a path"):
+        S3Options(endpoint_url="http://host:9000/bucket")
+    with pytest.raises(ConfigError, match="incomplete"):
+        S3Options(access_key="only-the-key")
+
+
+def test_filesystem_for_custom_endpoint_defaults_region() -> None:
+    fs, path = filesystem_for("s3://bkt/a/b/", S3Options(endpoint_url="https://example.com:8443"))
+    assert path == "bkt/a/b"
+    assert isinstance(fs, pafs.S3FileSystem)
+    assert fs.region == "us-east-1"
+    assert storage._s3_endpoint(fs) == "https://example.com:8443"
+    with pytest.raises(StorageError, match="s3://bucket/prefix"):
+        filesystem_for("s3://", S3Options(endpoint_url="http://x:1"))
+
+
+# --- S3 end to end (moto_server) ------------------------------------------------------------
+
+
+@pytest.fixture
+def s3_photos(s3_server, s3_bucket: str) -> str:
+    for key in ["in/a.jpg", "in/sub/b.PNG", "in/sub/c.txt", "in/.hidden/d.jpg", "in/_manifest/e.jpg",
+                "input2/f.jpg", "other/g.jpg"]:
+        s3_server.put_object(s3_bucket, key, key.encode())
+    return s3_bucket
+
+
+@pytest.mark.s3
+def test_s3_list_prefix_read_write_exists_delete(s3_server, s3_photos: str) -> None:
+    options = s3_server.s3_options()
+    fs, files = list_inputs(f"s3://{s3_photos}/in/", options, extensions=IMAGES)
+    assert isinstance(fs, pafs.S3FileSystem)
+    assert relpaths(files) == ["a.jpg", "sub/b.PNG"]  # not input2/, .hidden, _manifest, .txt
+    assert files[0].uri == f"s3://{s3_photos}/in/a.jpg"
+    assert files[0].size == len("in/a.jpg")
+    assert read_bytes(fs, files[1].path) == b"in/sub/b.PNG"
+
+    out = Location.parse(f"s3://{s3_photos}/out", options)
+    target = out.child("sub/b.png")
+    write_bytes_atomic(out.filesystem, target, b"\x89PNG enhanced")
+    assert s3_server.get_object(s3_photos, "out/sub/b.png") == b"\x89PNG enhanced"
+    head = s3_server.client().head_object(Bucket=s3_photos, Key="out/sub/b.png")
+    assert head["ContentType"] == "image/png"
+    # No folder-marker objects, no temp objects: exactly the one key.
+    assert s3_server.list_keys(s3_photos, "out/") == ["out/sub/b.png"]
+    assert exists(fs, target) and exists(fs, f"{s3_photos}/out")
+    assert not exists(fs, f"{s3_photos}/out/nope.png")
+
+    write_bytes_atomic(fs, f"{s3_photos}/out/_manifest/part-0.parquet", b"m")
+    delete_tree_contents(fs, f"{s3_photos}/out/_manifest")
+    assert [k for k in s3_server.list_keys(s3_photos, "out/_manifest/") if not k.endswith("/")] == []
+    delete_tree_contents(fs, f"{s3_photos}/never-written")  # missing is fine
+    with pytest.raises(StorageError, match="whole bucket"):
+        delete_tree_contents(fs, s3_photos)
+
+
+@pytest.mark.s3
+def test_s3_failed_write_publishes_nothing(s3_server, s3_bucket: str) -> None:
+    fs, path = filesystem_for(f"s3://{s3_bucket}/out/a.jpg", s3_server.s3_options())
+    with pytest.raises(TypeError):
+        write_bytes_atomic(fs, path, None)  # type: ignore[arg-type]
+    assert s3_server.list_keys(s3_bucket) == []  # not even an empty object
+
+
+@pytest.mark.s3
+def test_s3_glob_and_single_object(s3_server, s3_photos: str) -> None:
+    options = s3_server.s3_options()
+    _, files = list_inputs(f"s3://{s3_photos}/in/**/*.[pP][nN][gG]", options, extensions=IMAGES)
+    assert relpaths(files) == ["sub/b.PNG"]
+    _, files = list_inputs(f"s3://{s3_photos}/*/*.jpg", options, extensions=IMAGES)
+    assert relpaths(files) == ["in/a.jpg", "input2/f.jpg", "other/g.jpg"]
+    _, files = list_inputs(f"s3://{s3_photos}/other/g.jpg", options, extensions=IMAGES)
+    assert files == [InputFile(f"s3://{s3_photos}/other/g.jpg", f"{s3_photos}/other/g.jpg", "g.jpg", 11)]
+
+
+@pytest.mark.s3
+def test_s3_list_file_with_relative_and_absolute_entries(s3_server, s3_photos: str) -> None:
+    s3_server.put_object(
+        s3_photos,
+        "lists/batch.txt",
+        f"# batch 1\n../in/a.jpg\ns3://{s3_photos}/other/g.jpg\n".encode(),
+    )
+    fs, files = list_inputs(f"s3://{s3_photos}/lists/batch.txt", s3_server.s3_options(), extensions=IMAGES)
+    assert isinstance(fs, pafs.S3FileSystem)
+    assert [f.uri for f in files] == [f"s3://{s3_photos}/in/a.jpg", f"s3://{s3_photos}/other/g.jpg"]
+    assert relpaths(files) == ["in/a.jpg", "other/g.jpg"]
+    assert read_bytes(fs, files[1].path) == b"other/g.jpg"
+
+    s3_server.put_object(s3_photos, "lists/bad.txt", b"../../elsewhere/x.jpg\n")
+    with pytest.raises(ConfigError, match="leaves the bucket"):
+        list_inputs(f"s3://{s3_photos}/lists/bad.txt", s3_server.s3_options(), extensions=IMAGES)
+
+
+@pytest.mark.s3
+def test_s3_missing_bucket_is_actionable(s3_server) -> None:
+    options = s3_server.s3_options()
+    with pytest.raises(StorageError) as caught:
+        list_inputs("s3://no-such-bucket-dce/in/", options, extensions=IMAGES)
+    message = str(caught.value)
+    assert "bucket 'no-such-bucket-dce' does not exist" in message
+    assert s3_server.endpoint_url in message and "AWS_ENDPOINT_URL" in message
+    fs, path = filesystem_for("s3://no-such-bucket-dce/x.jpg", options)
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket-dce' does not exist"):
+        write_bytes_atomic(fs, path, b"x")
+
+
+@pytest.mark.s3
+def test_s3_empty_prefix_and_unreachable_endpoint(s3_server, s3_bucket: str) -> None:
+    with pytest.raises(StorageError, match="no objects under this prefix"):
+        list_inputs(f"s3://{s3_bucket}/nothing/", s3_server.s3_options(), extensions=IMAGES)
+    dead = S3Options(endpoint_url="http://127.0.0.1:9", access_key="k", secret_key="s")
+    with pytest.raises(StorageError, match=r"cannot connect to endpoint http://127.0.0.1:9"):
+        list_inputs(f"s3://{s3_bucket}/x/", dead, extensions=IMAGES)
+
+
+@pytest.mark.s3
+def test_s3_from_env_uses_endpoint_variables(s3_server, s3_photos: str, monkeypatch) -> None:
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    _, files = list_inputs(f"s3://{s3_photos}/other", extensions=IMAGES)  # s3=None -> from_env
+    assert relpaths(files) == ["g.jpg"]
+
+
+_WORKER = """
+import pickle, sys
+fs, path = pickle.loads(sys.stdin.buffer.read())
+from dce_batch.storage import read_bytes, write_bytes_atomic
+write_bytes_atomic(fs, path + ".copy", read_bytes(fs, path))
+print("ok")
+"""
+
+
+@pytest.mark.s3
+def test_pickled_s3_filesystem_works_without_any_aws_env(s3_server, s3_photos: str, monkeypatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    fs, files = list_inputs(f"s3://{s3_photos}/in", s3_server.s3_options(), extensions=IMAGES)
+    clone = pickle.loads(pickle.dumps(fs))
+    assert read_bytes(clone, files[0].path) == b"in/a.jpg"
+
+    # What a Ray worker on another node sees: a fresh process, no AWS_* variables, no ~/.aws.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(HOME="/nonexistent", AWS_EC2_METADATA_DISABLED="true",
+               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    location = Location.parse(f"s3://{s3_photos}/in", s3_server.s3_options())
+    result = subprocess.run(
+        [sys.executable, "-c", _WORKER],
+        input=pickle.dumps((location.filesystem, location.child("a.jpg"))),
+        env=env, capture_output=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert s3_server.get_object(s3_photos, "in/a.jpg.copy") == b"in/a.jpg"
