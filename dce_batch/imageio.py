@@ -561,16 +561,20 @@ def output_format(source_format: str, requested: str) -> str:
     return _SAME_FORMAT.get(source_format.upper(), _FALLBACK_FORMAT)
 
 
+def format_of_extension(path: str) -> str:
+    """Pillow's format name for a file name's extension (``"JPEG"`` for ``x.jpeg``), or ``""``."""
+    extension = os.path.splitext(path.rstrip("/"))[1].lower()
+    Image.init()  # registered_extensions() only knows plugins that have been imported
+    return Image.registered_extensions().get(extension, "")
+
+
 def output_format_for_path(path: str, requested: str) -> str:
     """:func:`output_format` decided from a file name's extension, before decoding.
 
     Agrees with :func:`output_format` whenever the extension matches the content. Unknown
     extensions map like unknown formats (PNG under ``"same"``).
     """
-    extension = os.path.splitext(path.rstrip("/"))[1].lower()
-    Image.init()  # registered_extensions() only knows plugins that have been imported
-    source_format = Image.registered_extensions().get(extension, "")
-    return output_format(source_format, requested)
+    return output_format(format_of_extension(path), requested)
 
 
 def extension_for(fmt: str) -> str:

@@ -2,7 +2,7 @@
 
 The manifest is a Parquet dataset under ``OUTPUT/_manifest/``: ``part-<run_id>-<n>.parquet``
 files written as results arrive (so an interrupted run keeps what it finished) and, last,
-``run-<run_id>.json`` whose presence means the run completed. Every file is written with the
+``_run-<run_id>.json`` whose presence means the run completed. Every file is written with the
 one explicit :data:`MANIFEST_SCHEMA`, so pandas, DuckDB and Spark read the folder as one table
 (a null-typed column in one file and a string column in another is what usually breaks that).
 """
@@ -139,7 +139,7 @@ def completed_inputs(manifest: pa.Table, existing_outputs: set[str]) -> set[str]
 
 @dataclass
 class RunSummary:
-    """Counts and settings of one run; written as ``_manifest/run-<run_id>.json``."""
+    """Counts and settings of one run; written as ``_manifest/_run-<run_id>.json``."""
 
     run_id: str
     input: str
@@ -187,7 +187,8 @@ class RunSummary:
         return json.dumps(vars(self), indent=2, default=str)
 
     def write(self, fs: pafs.FileSystem, manifest_path: str) -> str:
-        path = f"{manifest_path}/run-{self.run_id}.json"
+        # A leading "_" keeps pandas/pyarrow/Spark from reading it as part of the Parquet dataset.
+        path = f"{manifest_path}/_run-{self.run_id}.json"
         write_bytes_atomic(fs, path, self.to_json().encode())
         return path
 

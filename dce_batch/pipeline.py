@@ -30,7 +30,14 @@ import pyarrow.fs as pafs
 
 from . import __version__
 from .errors import ConfigError, DceBatchError, StorageError, describe_error
-from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, EncodeOptions, extension_for, output_format_for_path
+from .imageio import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    EncodeOptions,
+    extension_for,
+    format_of_extension,
+    output_format_for_path,
+)
 from .inference import Enhancer, InferenceConfig
 from .manifest import (
     STATUS_ERROR,
@@ -143,7 +150,8 @@ class Plan:
 def output_relpath(relpath: str, fmt: str) -> str:
     """The input's relative path, with the extension changed only if the format changes."""
     stem, ext = posixpath.splitext(relpath)
-    if output_format_for_path(relpath, "same") == fmt and ext:
+    written_as = {"MPO": "JPEG"}.get(format_of_extension(relpath), format_of_extension(relpath))
+    if written_as == fmt:
         return relpath
     return stem + extension_for(fmt)
 
@@ -372,8 +380,9 @@ def _build_dataset(config, plan: Plan, input_fs, output: Location, blob: bytes, 
         "output_path": [w.output_path for w in plan.todo],
         "output_format": [w.output_format for w in plan.todo],
     })
-    # Small blocks so that reads, enhancement and writes overlap from the first images on.
-    blocks = max(1, min(math.ceil(table.num_rows / max(config.batch_size, 8)), 10_000))
+    # Blocks of one batch: reads, enhancement and writes overlap from the first images on, and
+    # manifest rows reach the driver (and disk) as each batch finishes, not in large bursts.
+    blocks = max(1, min(math.ceil(table.num_rows / config.batch_size), 10_000))
     return (
         ray.data.from_arrow(table)
         .repartition(blocks)

@@ -1,0 +1,113 @@
+"""Real Ray clusters for tests: an in-process local cluster, and a `ray start --head` node.
+
+* ``ray_local`` (session): ``ray.init(address="local")`` with 2 CPUs, shared by the tests that
+  run the Ray layers in-process. ``address="local"`` never attaches to another cluster that
+  happens to be running on the machine.
+* ``ray_head`` (session): a separate head node started with ``ray start --head`` in its own
+  temp dir on free ports outside Ray's worker port range (10002-19999), for
+  ``ray job submit`` tests. It is stopped by killing exactly the processes that belong to its
+  temp dir: a bare ``ray stop`` would kill every Ray process on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+RAY_BIN = str(Path(sys.executable).with_name("ray"))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def _free_port() -> int:
+    # Ephemeral ports come from 32768+ on Linux: outside Ray's worker range 10002-19999.
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not 10002 <= port <= 19999:
+            return port
+
+
+@dataclass
+class RayHead:
+    address: str  # http://127.0.0.1:<dashboard port>, what `ray job submit --address` takes
+    temp_dir: str
+
+    def env(self) -> dict[str, str]:
+        """Environment for `ray job submit` as a user would set it: token auth is on by default."""
+        env = dict(os.environ)
+        env["RAY_AUTH_MODE"] = "token"
+        env["RAY_ADDRESS"] = self.address
+        return env
+
+
+def _processes_of(temp_dir: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if temp_dir in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
+    dashboard_port = _free_port()
+    command = [
+        RAY_BIN, "start", "--head", f"--temp-dir={temp_dir}", f"--port={_free_port()}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+        f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}", f"--node-manager-port={_free_port()}",
+        f"--object-manager-port={_free_port()}", "--num-cpus=2", "--disable-usage-stats",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    head = RayHead(address=f"http://127.0.0.1:{dashboard_port}", temp_dir=temp_dir)
+    try:
+        assert result.returncode == 0, f"ray start failed:\n{result.stdout}\n{result.stderr}"
+        deadline = time.monotonic() + 60
+        while True:  # the job API answers once the dashboard is up
+            try:
+                urllib.request.urlopen(f"{head.address}/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:  # 401 without the token: it is up and guarded
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        yield head
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in _processes_of(temp_dir):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            time.sleep(2)
