@@ -26,7 +26,7 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -219,7 +219,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = ZeroDCELoss(config.loss)
 
-    start_epoch, history = 0, []
+    start_epoch, history, resumes = 0, [], 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -229,8 +229,11 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = int(state["epoch"]) + 1
+        resumes = int(state.get("resumes", 0)) + 1
+        history = history[:start_epoch]
         if rank == 0:
-            print(f"[dce-batch train] resumed from the checkpoint of epoch {start_epoch}/{config.epochs}", flush=True)
+            print(f"[dce-batch train] resumed after epoch {start_epoch} of {config.epochs} "
+                  f"(from its checkpoint; resume #{resumes})", flush=True)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if loop_config["has_val"] else None
@@ -247,7 +250,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             local_shuffle_seed=config.seed * 100_003 + epoch * 101 + rank, drop_last=False,
         )):
             if (config.inject_failure_at_epoch == epoch and start_epoch == 0 and rank == world - 1 and step == 1):
-                print(f"[dce-batch train] injected failure: worker {rank} exits in epoch {epoch}", flush=True)
+                print(f"[dce-batch train] injected failure: worker {rank} exits in epoch {epoch + 1}", flush=True)
+                time.sleep(2)  # mid-epoch, after the controller has registered the last checkpoint
                 os._exit(1)
             x = augment_batch(batch["image"], augment, generator)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -262,7 +266,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         val_metrics = _evaluate(model, val_shard, loss_fn, plain, device, world, autocast_dtype) if val_shard else {}
         elapsed = time.perf_counter() - started
         metrics = {"epoch": epoch + 1, **train_metrics, **val_metrics, "epoch_seconds": elapsed,
-                   "images_per_second": train_metrics["train_images"] / elapsed}
+                   "images_per_second": train_metrics["train_images"] / elapsed, "resumes": resumes}
         metrics["score"] = metrics.get("val_loss", metrics["train_loss"])
         history.append(metrics)
         save = (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
@@ -271,7 +275,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         if rank == 0 and save:
             with tempfile.TemporaryDirectory() as folder:
                 torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                            "epoch": epoch, "torch_rng": torch.get_rng_state()}, Path(folder) / CHECKPOINT_FILE)
+                            "epoch": epoch, "resumes": resumes, "torch_rng": torch.get_rng_state()},
+                           Path(folder) / CHECKPOINT_FILE)
                 (Path(folder) / HISTORY_FILE).write_text(json.dumps(history))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
@@ -464,7 +469,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
-
-
-def with_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:
-    return replace(config, **overrides)
