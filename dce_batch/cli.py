@@ -132,7 +132,10 @@ def train_parser() -> argparse.ArgumentParser:
         description="Train DCE-Net with Ray Train on a folder or s3:// prefix of (unpaired, low- and "
                     "over-exposed) images. The same --name resumes a run.",
     )
-    p.add_argument("--data", required=True, metavar="URI", help="training images: folder, glob, s3:// prefix or list file")
+    p.add_argument("--config", metavar="FILE",
+                   help="a TOML recipe whose keys are these options' long names (e.g. training/zerodce_sice_v1.toml); "
+                        "options given on the command line override it")
+    p.add_argument("--data", metavar="URI", help="training images: folder, glob, s3:// prefix or list file (required)")
     p.add_argument("--storage", default="./runs", metavar="URI", help="checkpoints and results (local or s3://; default ./runs)")
     p.add_argument("--name", help="run name; a new name starts a run, an existing one resumes it (default: timestamped)")
     p.add_argument("--export", metavar="PATH", help="write the final weights here (.safetensors with metadata; local or s3://)")
@@ -191,11 +194,41 @@ def train_config_from_args(args: argparse.Namespace):
     )
 
 
+def load_recipe(path: str, parser: argparse.ArgumentParser) -> dict[str, object]:
+    """A TOML recipe as argparse defaults; unknown keys are errors, not silently ignored."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the recipe {path}: {exc}") from exc
+    known = {action.dest for action in parser._actions}
+    recipe = {key.replace("-", "_"): value for key, value in raw.items()}
+    unknown = sorted(set(recipe) - known - {"config"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown recipe keys {unknown}; use the long option names of dce-batch train")
+    return recipe
+
+
+def parse_train_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = train_parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.config:
+        parser.set_defaults(**load_recipe(first.config, parser))
+    args = parser.parse_args(argv)
+    if not args.data:
+        raise ConfigError("--data is required (on the command line or in the --config recipe)")
+    return args
+
+
 def train_main(argv: Sequence[str] | None = None) -> int:
     from .training import run_training
 
-    args = train_parser().parse_args(argv)
     try:
+        args = parse_train_args(argv)
         outcome = run_training(train_config_from_args(args))
     except DceBatchError as exc:
         print(f"dce-batch train: {describe_error(exc)}", file=sys.stderr)

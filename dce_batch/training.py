@@ -19,6 +19,7 @@ per worker, loss weights 200/1/5/10 (1600 smoothness for the fast variant), E = 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -161,14 +162,47 @@ def _decode_batch(batch: dict[str, np.ndarray], filesystem, base_size: int, max_
     return {"uri": batch["uri"], "image": np.stack(images), "error": np.array(errors, dtype=object)}
 
 
-def load_training_data(config: TrainConfig):
-    """(train_ds, val_ds or None, image count, unreadable 'uri: reason' list)."""
-    import ray.data
+def split_files(files: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """Train/validation split by a seeded hash of each URI.
 
+    Stable however the data is listed, decoded or parallelised, and when images are added, so
+    a resumed run validates on exactly the same images. At least one validation image when
+    ``val_fraction > 0`` and there are two images or more.
+    """
+    if val_fraction <= 0 or len(files) < 2:
+        return list(files), []
+
+    def draw(uri: str) -> float:
+        return int.from_bytes(hashlib.sha256(f"{seed}:{uri}".encode()).digest()[:8], "big") / 2**64
+
+    draws = {f.uri: draw(f.uri) for f in files}
+    val = [f for f in files if draws[f.uri] < val_fraction]
+    if not val:
+        val = [min(files, key=lambda f: draws[f.uri])]
+    chosen = {f.uri for f in val}
+    return [f for f in files if f.uri not in chosen], val
+
+
+def load_training_data(config: TrainConfig):
+    """(train_ds, val_ds or None, readable image count, unreadable 'uri: reason' list)."""
     filesystem, files = list_inputs(config.data, config.s3, extensions=IMAGE_EXTENSIONS)
     if config.max_images is not None and len(files) > config.max_images:
         rng = np.random.default_rng(config.seed)
         files = [files[i] for i in sorted(rng.choice(len(files), config.max_images, replace=False))]
+    train_files, val_files = split_files(files, config.val_fraction, config.seed)
+    train, bad_train = _decoded_dataset(train_files, filesystem, config)
+    val, bad_val = _decoded_dataset(val_files, filesystem, config) if val_files else (None, [])
+    unreadable = bad_train + bad_val
+    count = len(files) - len(unreadable)
+    if train is None or count < 2:
+        raise ConfigError(f"only {count} readable training image(s) under {config.data}; need at least 2")
+    return train, val, count, unreadable
+
+
+def _decoded_dataset(files: list, filesystem, config: TrainConfig):
+    """Decode once in Ray Data tasks and materialise: (dataset of images or None, unreadable)."""
+    import ray.data
+
     table = pa.table({"path": [f.path for f in files], "uri": [f.uri for f in files]})
     # Enough blocks to decode in parallel everywhere, few enough to keep scheduling cheap.
     blocks = max(1, min(len(files) // 16, 200))
@@ -183,16 +217,10 @@ def load_training_data(config: TrainConfig):
         .materialize()
     )
     unreadable = [f"{r['uri']}: {r['error']}" for r in decoded.filter(lambda r: r["error"] is not None).take_all()]
+    if len(unreadable) == len(files):
+        return None, unreadable
     good = decoded.filter(lambda r: r["error"] is None).select_columns(["image"]).materialize()
-    count = good.count()
-    if count < 2:
-        raise ConfigError(f"only {count} readable training image(s) under {config.data}; need at least 2")
-    if config.val_fraction <= 0:
-        return good, None, count, unreadable
-    train, val = good.train_test_split(test_size=config.val_fraction, shuffle=True, seed=config.seed)
-    if val.count() == 0:
-        return good, None, count, unreadable
-    return train, val, count, unreadable
+    return good, unreadable
 
 
 # --------------------------------------------------------------------------------------------

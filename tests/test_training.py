@@ -166,3 +166,20 @@ def test_decode_and_augment_without_ray():
     assert cropped.shape == (4, 3, 24, 24) and 0 <= float(cropped.min()) and float(cropped.max()) <= 1
     again = augment_batch(images, AugmentConfig(image_size=24, min_crop=0.5), torch.Generator().manual_seed(0))
     assert torch.equal(cropped, again), "augmentation is reproducible from the generator"
+
+
+def test_validation_split_is_stable():
+    """Same seed, same validation images: however the files are ordered, and when more are added."""
+    from dce_batch.storage import InputFile
+    from dce_batch.training import split_files
+
+    files = [InputFile(uri=f"s3://b/sice/{i}.jpg", path=f"b/sice/{i}.jpg", relpath=f"{i}.jpg", size=1)
+             for i in range(400)]
+    train, val = split_files(files, 0.1, seed=0)
+    assert len(train) + len(val) == 400 and 20 <= len(val) <= 60
+    assert {f.uri for f in split_files(list(reversed(files)), 0.1, seed=0)[1]} == {f.uri for f in val}
+    more = files + [InputFile(uri=f"s3://b/sice/new{i}.jpg", path="", relpath="", size=1) for i in range(50)]
+    assert {f.uri for f in val} <= {f.uri for f in split_files(more, 0.1, seed=0)[1]}
+    assert {f.uri for f in split_files(files, 0.1, seed=1)[1]} != {f.uri for f in val}
+    assert split_files(files[:3], 0.05, seed=0)[1], "at least one validation image"
+    assert split_files(files, 0.0, seed=0) == (files, [])

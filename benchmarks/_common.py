@@ -1,0 +1,127 @@
+"""Helpers shared by the benchmark scripts (not a benchmark itself).
+
+Kept free of torch and ray imports so that a benchmark's parent process can stay small while
+its measurements run in child processes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/x.py` puts benchmarks/, not the repo, on sys.path
+    sys.path.insert(0, str(REPO))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def total_memory_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
+
+
+def version_of(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def hardware_line(torch_threads: int | str) -> str:
+    """One line: CPUs, memory, torch threads, versions (without importing torch or ray)."""
+    bf16 = "yes" if _cpu_flag("avx512_bf16") or _cpu_flag("amx_bf16") else "no"
+    return (f"hardware: {os.cpu_count()} CPUs ({cpu_model()}, native bf16: {bf16}), "
+            f"{total_memory_gib():.1f} GiB RAM, no GPU used | torch threads {torch_threads} | "
+            f"torch {version_of('torch')}, ray {version_of('ray')}, numpy {np.__version__}, "
+            f"python {platform.python_version()}")
+
+
+def _cpu_flag(flag: str) -> bool:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return flag in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def dark_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A deterministic synthetic low-light photo: float32 H x W x 3 in [0, ~0.2].
+
+    Smooth structure plus noise, built row-chunk by row-chunk in float32 so that making a 24 MP
+    image needs no temporaries larger than a few MB besides the image itself.
+    """
+    rng = np.random.default_rng(seed)
+    image = rng.random((height, width, 3), dtype=np.float32)  # noise in [0, 1)
+    image *= np.float32(0.1)
+    xs = np.arange(width, dtype=np.float32)
+    cos_x = np.cos(xs / np.float32(17.0))[None, :, None]
+    tint = np.asarray([1.0, 0.9, 0.75], dtype=np.float32)[None, None, :]
+    for r0 in range(0, height, 256):
+        r1 = min(height, r0 + 256)
+        ys = np.arange(r0, r1, dtype=np.float32)
+        sin_y = np.sin(ys / np.float32(13.0))[:, None, None]
+        block = image[r0:r1]
+        block += np.float32(0.25) + np.float32(0.2) * sin_y * cos_x
+        block *= np.float32(0.35) * tint
+    np.clip(image, 0.0, 1.0, out=image)
+    return image
+
+
+def image_size_for(spec: str) -> tuple[int, int]:
+    """``"6000x4000"`` -> (4000, 6000); ``"12"`` (megapixels) -> a 4:3 size near that many pixels.
+
+    Returns (height, width).
+    """
+    spec = spec.strip().lower()
+    if "x" in spec:
+        w, h = spec.split("x")
+        return int(h), int(w)
+    named = {"0.5": (612, 816), "2": (1224, 1632), "6": (2000, 3000), "12": (3000, 4000), "24": (4000, 6000)}
+    if spec in named:
+        return named[spec]
+    pixels = float(spec) * 1e6
+    width = int(round(math.sqrt(pixels * 4 / 3) / 8) * 8)
+    return int(round(pixels / width)), width
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table, right-aligned numbers, left-aligned text."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def fmt(cells: list[str]) -> str:
+        out = []
+        for cell, width in zip(cells, widths):
+            numeric = cell.replace(".", "", 1).replace("x", "").replace("-", "").replace("e", "").isdigit()
+            out.append(cell.rjust(width) if numeric else cell.ljust(width))
+        return "  ".join(out).rstrip()
+
+    lines = [fmt(headers), "  ".join("-" * w for w in widths)]
+    lines.extend(fmt(r) for r in rows)
+    return "\n".join(lines)
