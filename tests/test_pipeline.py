@@ -117,6 +117,10 @@ def test_local_folder_end_to_end(ray_local, mixed_inputs, tmp_path):
 
     frame = pd.read_parquet(out / "_manifest")
     assert len(frame) == 9 and set(frame["status"]) == {"ok", "error"}
+    import duckdb
+
+    counts = dict(duckdb.sql(f"SELECT status, count(*) FROM '{out}/_manifest/*.parquet' GROUP BY 1").fetchall())
+    assert counts == {"ok": 7, "error": 2}
     assert not any(out.rglob("*.tmp")), "no temporary files may be left behind"
 
 
