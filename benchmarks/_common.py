@@ -10,6 +10,7 @@ import math
 import os
 import platform
 import statistics
+import time
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -125,3 +126,102 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     lines = [fmt(headers), "  ".join("-" * w for w in widths)]
     lines.extend(fmt(r) for r in rows)
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
+# Other processes' CPU use while a benchmark runs (the machine may be shared)
+
+
+def _proc_table() -> dict[int, tuple[int, int, int]]:
+    """pid -> (ppid, CPU ticks incl. reaped children, start time) for every process in /proc."""
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        ppid = int(fields[1])
+        ticks = sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+        procs[int(entry)] = (ppid, ticks, int(fields[19]))
+    return procs
+
+
+def _system_busy_s() -> float:
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+
+
+def _descendants(procs: dict[int, tuple[int, int, int]], root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = {root}, [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+class LoadMonitor:
+    """CPU seconds used by processes outside this benchmark's process tree between start and stop.
+
+    Timings on a shared machine are only meaningful if nobody else was busy: every benchmark
+    prints this next to its results. (Processes that started and exited in between, with no
+    surviving parent to reap them, are missed, so this is a lower bound.)
+    """
+
+    def __init__(self) -> None:
+        self.root = os.getpid()
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.start()
+
+    def start(self) -> None:
+        self.busy_before = _system_busy_s()
+        self.before = _proc_table()
+        self.ours = _descendants(self.before, self.root)
+        self.started = time.perf_counter()
+
+    def foreign_cpu_s(self) -> tuple[float, float]:
+        """(CPU seconds of other processes, wall seconds) since start."""
+        after = _proc_table()
+        ours = self.ours | _descendants(after, self.root)
+        ticks = 0
+        for pid, (_, t, start) in after.items():
+            if pid in ours:
+                continue
+            old = self.before.get(pid)
+            ticks += t - old[1] if old and old[2] == start else t if start > self._boot_ticks_at_start() else 0
+        # Reaped children can carry CPU time from before the start: never report more than the
+        # whole machine was busy.
+        return min(ticks / self.tick, _system_busy_s() - self.busy_before), time.perf_counter() - self.started
+
+    def _boot_ticks_at_start(self) -> float:
+        # Processes whose start time (ticks since boot) is before our start existed already: if we
+        # did not see them at start, they are not new; count only genuinely new ones in full.
+        if not hasattr(self, "_start_ticks"):
+            with open("/proc/uptime") as f:
+                uptime = float(f.read().split()[0])
+            self._start_ticks = (uptime - (time.perf_counter() - self.started)) * self.tick
+        return self._start_ticks
+
+    def line(self) -> str:
+        cpu_s, wall_s = self.foreign_cpu_s()
+        share = cpu_s / max(wall_s * (os.cpu_count() or 1), 1e-9)
+        verdict = "quiet machine" if share < 0.05 else "WARNING: the machine was shared, timings are disturbed"
+        return (f"other processes used {cpu_s:.1f} CPU-s over these {wall_s:.0f} s "
+                f"({share:.0%} of {os.cpu_count()} CPUs): {verdict}")
+
+
+def foreign_load_now(seconds: float = 2.0) -> str:
+    """Sample other processes' CPU use for a moment before starting."""
+    monitor = LoadMonitor()
+    time.sleep(seconds)
+    cpu_s, wall_s = monitor.foreign_cpu_s()
+    return f"before start: other processes busy {cpu_s / wall_s:.2f} of {os.cpu_count()} CPUs"

@@ -106,6 +106,7 @@ def worker(spec: dict) -> dict:
     hwm_base = _rss_kib()
 
     times, tiled, pixels = [], None, None
+    before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(spec["repeats"]):
         pixels = None  # release the previous output before the next run
         started = time.perf_counter()
@@ -113,7 +114,8 @@ def worker(spec: dict) -> dict:
         times.append(time.perf_counter() - started)
         pixels, tiled = result.pixels, result.tiled
         del result
-    peak_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    peak_maxrss = after.ru_maxrss
     hwm = _vm_hwm_kib() if hwm_reset else None
 
     if spec.get("save"):
@@ -121,6 +123,10 @@ def worker(spec: dict) -> dict:
     return {
         "times": times,
         "tiled": tiled,
+        # per enhance() call: CPU seconds in user space and in the kernel, and minor page faults
+        "user_s": (after.ru_utime - before.ru_utime) / len(times),
+        "sys_s": (after.ru_stime - before.ru_stime) / len(times),
+        "minflt": (after.ru_minflt - before.ru_minflt) / len(times),
         "peak_over_kib": peak_maxrss - baseline_maxrss,
         "baseline_maxrss_kib": baseline_maxrss,
         "baseline_rss_kib": baseline_rss,
@@ -170,6 +176,9 @@ def main() -> int:
     parser.add_argument("--tile-size", type=int, default=1024, help="tile core side (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed runs per measurement, median reported (default: 3 up to 2 MP, else 1)")
+    parser.add_argument("--tile-sweep", default="256,512",
+                        help="extra tile sizes measured at the largest size up to 6 MP, side by side with the "
+                             "default tile (default: %(default)s; empty to skip)")
     parser.add_argument("--no-fast", action="store_true", help="skip the fast-variant rows")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per child process")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -186,9 +195,13 @@ def main() -> int:
           "each row is a fresh process; memory = peak ru_maxrss minus the baseline taken after torch, "
           "the model, a warm-up and the input image", flush=True)
 
+    tile_sweep = [int(t) for t in args.tile_sweep.split(",") if t.strip()] if args.tile_sweep else []
+    sweep_candidates = [hw for hw in sizes if hw[0] * hw[1] <= 6_100_000]
+    sweep_size = sweep_candidates[-1] if sweep_candidates and tile_sweep else None
+
     bytes_per_px, bpp_source = PRIOR_BYTES_PER_PIXEL, "prior"
     results: list[dict] = []
-    diffs: dict[tuple[int, int], float] = {}
+    diffs: dict[tuple[int, int, int], float] = {}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_tiling_") as tmp:
         for height, width in sizes:
@@ -199,36 +212,41 @@ def main() -> int:
             full_path = os.path.join(tmp, f"full_{width}x{height}.npy")
             full_ran = False
             if estimate_gb > args.max_full_gb:
-                results.append(dict(size=(height, width), mode="full", skipped=True,
+                results.append(dict(size=(height, width), mode="full", tile=None, skipped=True,
                                     note=f"skipped: est. {estimate_gb:.1f} GB > --max-full-gb {args.max_full_gb:g} "
                                          f"({bytes_per_px:.0f} B/px, {bpp_source})"))
             else:
                 r = run_child({**base, "mode": "full", "save": full_path}, args.timeout)
-                results.append(dict(size=(height, width), mode="full", **r))
+                results.append(dict(size=(height, width), mode="full", tile=None, **r))
                 if "error" not in r:
                     full_ran = True
                     bytes_per_px = r["peak_over_kib"] * 1024 / pixels
                     bpp_source = f"measured at {width}x{height}"
             _progress(results[-1], started)
-            tiled_path = os.path.join(tmp, f"tiled_{width}x{height}.npy")
-            r = run_child({**base, "mode": "tiled", "save": tiled_path if full_ran else None}, args.timeout)
-            results.append(dict(size=(height, width), mode="tiled", **r))
-            _progress(results[-1], started)
-            if full_ran and "error" not in r:
-                diffs[(height, width)] = max_abs_diff(full_path, tiled_path)
+            tiles = [args.tile_size] + ([t for t in tile_sweep if t != args.tile_size]
+                                        if (height, width) == sweep_size else [])
+            for tile in tiles:
+                tiled_path = os.path.join(tmp, f"tiled{tile}_{width}x{height}.npy")
+                r = run_child({**base, "tile_size": tile, "mode": "tiled", "save": tiled_path if full_ran else None},
+                              args.timeout)
+                results.append(dict(size=(height, width), mode="tiled", tile=tile, **r))
+                _progress(results[-1], started)
+                if full_ran and "error" not in r:
+                    diffs[(height, width, tile)] = max_abs_diff(full_path, tiled_path)
+                    os.remove(tiled_path)
+            if full_ran:
                 os.remove(full_path)
-                os.remove(tiled_path)
         if not args.no_fast:
             height, width = sizes[-1]
             base = dict(height=height, width=width, threads=args.threads, tile_size=args.tile_size,
                         repeats=args.repeats or (3 if height * width <= 2_100_000 else 1))
             for mode in ("fast-strips", "fast-1pass"):
                 r = run_child({**base, "mode": mode}, args.timeout)
-                results.append(dict(size=(height, width), mode=mode, **r))
+                results.append(dict(size=(height, width), mode=mode, tile=None, **r))
                 _progress(results[-1], started)
 
     print()
-    print(report(results, diffs, bytes_per_px, bpp_source))
+    print(report(results, diffs, bytes_per_px, bpp_source, args.tile_size))
     print(f"\ntotal benchmark time {time.perf_counter() - started:.0f} s")
     return 1 if any("error" in r for r in results) else 0
 
@@ -241,7 +259,8 @@ def _progress(r: dict, started: float) -> None:
         what = "ERROR " + r["error"]
     else:
         what = f"{median(r['times']):.2f} s, {r['peak_over_kib'] / 1024:.0f} MB over baseline"
-    print(f"  [{time.perf_counter() - started:5.0f} s] {width}x{height} {r['mode']}: {what}", file=sys.stderr,
+    tile = f" tile {r['tile']}" if r.get("tile") else ""
+    print(f"  [{time.perf_counter() - started:5.0f} s] {width}x{height} {r['mode']}{tile}: {what}", file=sys.stderr,
           flush=True)
 
 
@@ -249,59 +268,64 @@ MODE_LABEL = {"full": "DCE-Net full-frame", "tiled": "DCE-Net tiled", "fast-stri
               "fast-1pass": "Zero-DCE++ s12 1 pass"}
 
 
-def report(results: list[dict], diffs: dict, bytes_per_px: float, bpp_source: str) -> str:
-    by_key = {(r["size"], r["mode"]): r for r in results}
+def report(results: list[dict], diffs: dict, bytes_per_px: float, bpp_source: str, default_tile: int) -> str:
+    def ok(r: dict | None) -> bool:
+        return bool(r) and not r.get("skipped") and "error" not in r
+
+    full = {r["size"]: r for r in results if r["mode"] == "full"}
+    tiled_default = {r["size"]: r for r in results if r["mode"] == "tiled" and r["tile"] == default_tile}
     rows = []
     for r in results:
         height, width = r["size"]
         mp = height * width / 1e6
         label = MODE_LABEL[r["mode"]]
-        if r.get("skipped") or "error" in r:
-            rows.append([f"{width}x{height}", f"{mp:.1f}", label, "-", "-", "-", "-", "-",
-                         r.get("note") or ("ERROR " + r["error"])])
+        tile = str(r["tile"]) if r["tile"] else ("strips" if r["mode"] == "fast-strips" else "-")
+        if not ok(r):
+            rows.append([f"{width}x{height}", f"{mp:.1f}", label, tile] + ["-"] * 9
+                        + [r.get("note") or ("ERROR " + r["error"])])
             continue
         seconds, mem_mb = median(r["times"]), r["peak_over_kib"] / 1024
-        ref_mode = "full" if r["mode"] == "tiled" else ("tiled" if r["mode"].startswith("fast") else None)
-        ref = by_key.get((r["size"], ref_mode)) if ref_mode else None
-        if ref and not ref.get("skipped") and "error" not in ref:
+        ref = full.get(r["size"]) if r["mode"] == "tiled" else (
+            tiled_default.get(r["size"]) if r["mode"].startswith("fast") else None)
+        notes = []
+        if ok(ref):
             t_ratio = f"{seconds / median(ref['times']):.2f}"
             m_ratio = f"{mem_mb / max(ref['peak_over_kib'] / 1024, 1e-9):.3f}"
-            note = f"ratios vs {MODE_LABEL[ref_mode]}"
         else:
             t_ratio = m_ratio = "-"
-            note = ""
         if r["mode"] == "tiled" and not r["tiled"]:
-            note = (note + "; " if note else "") + "did not tile"
-        if r["mode"] == "fast-strips":
-            note = (note + "; " if note else "") + ("strips" if r["tiled"] else "one pass (below 2,097,152 px)")
+            notes.append("did not tile")
+        if r["mode"] == "fast-strips" and not r["tiled"]:
+            notes.append("one pass: below 2,097,152 px")
         if len(r["times"]) > 1:
-            note = (note + "; " if note else "") + f"median of {len(r['times'])}"
+            notes.append(f"median of {len(r['times'])}")
         hwm = r.get("hwm_over_kib")
         if hwm is not None and abs(hwm - r["peak_over_kib"]) > max(0.05 * r["peak_over_kib"], 20 * 1024):
-            note += f"; VmHWM check disagrees: {hwm / 1024:.0f} MB"
-        rows.append([f"{width}x{height}", f"{mp:.1f}", label, f"{seconds:.2f}", f"{mem_mb:.0f}",
-                     f"{mem_mb / mp:.0f}", t_ratio, m_ratio, note])
-    out = [table(["size", "MP", "mode", "seconds", "peak MB over baseline", "MB/MP", "time ratio", "mem ratio",
-                  "note"], rows)]
-    out.append("time/mem ratio: tiled row / full-frame row of the same size; Zero-DCE++ rows / DCE-Net tiled row "
-               "of the same size")
+            notes.append(f"VmHWM check disagrees: {hwm / 1024:.0f} MB")
+        rows.append([f"{width}x{height}", f"{mp:.1f}", label, tile, f"{seconds:.2f}", f"{r['user_s']:.2f}",
+                     f"{r['sys_s']:.2f}", f"{r['minflt'] / 1000:.0f}", f"{mem_mb:.0f}", f"{mem_mb / mp:.0f}",
+                     t_ratio, m_ratio, "; ".join(notes)])
+    out = [table(["size", "MP", "mode", "tile", "seconds", "cpu user s", "cpu sys s", "page faults k",
+                  "peak MB over baseline", "MB/MP", "time ratio", "mem ratio", "note"], rows)]
+    out.append("time/mem ratio: DCE-Net tiled row / DCE-Net full-frame row of the same size; Zero-DCE++ rows / "
+               f"DCE-Net tiled (tile {default_tile}) row of the same size. cpu user/sys s and page faults: per call")
     out.append(f"full-frame DCE-Net needs {bytes_per_px:.0f} bytes/pixel over baseline ({bpp_source}; "
                f"= {bytes_per_px * 1e6 / 2**30:.2f} GB per megapixel)")
-    checked = [r for r in results if r.get("hwm_over_kib") is not None]
+    checked = [r for r in results if ok(r) and r.get("hwm_over_kib") is not None]
     if checked:
         worst = max(abs(r["hwm_over_kib"] - r["peak_over_kib"]) / 1024 for r in checked)
-        out.append(f"cross-check: VmHWM reset method agrees with ru_maxrss within {worst:.0f} MB on all "
+        out.append(f"cross-check: the VmHWM-reset reading agrees with ru_maxrss within {worst:.0f} MB on all "
                    f"{len(checked)} measured rows")
-    for (height, width), diff in diffs.items():
-        out.append(f"tiled == full-frame at {width}x{height}: max abs diff {diff:.3g}")
-    largest = max((r for r in results if r["mode"] == "tiled" and "error" not in r),
+    for (height, width, tile), diff in diffs.items():
+        out.append(f"tiled (tile {tile}) == full-frame at {width}x{height}: max abs diff {diff:.3g}")
+    largest = max((r for r in results if r["mode"] == "tiled" and r["tile"] == default_tile and ok(r)),
                   key=lambda r: r["size"][0] * r["size"][1], default=None)
     if largest:
         height, width = largest["size"]
         out.append(f"a {height * width / 1e6:.0f} MP image ({width}x{height}) enhanced tiled in "
                    f"{median(largest['times']):.1f} s with {largest['peak_over_kib'] / 1024:.0f} MB peak over baseline "
-                   f"(input image {largest['input_mb']:.0f} MB, in the baseline; torch threads "
-                   f"{largest['torch_threads']})")
+                   f"(tile {default_tile}, torch threads {largest['torch_threads']}; the {largest['input_mb']:.0f} MB input "
+                   f"is in the baseline, the {largest['input_mb']:.0f} MB float32 output is counted)")
     return "\n".join(out)
 
 

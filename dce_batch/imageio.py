@@ -323,10 +323,7 @@ def _identify(data: bytes) -> ImageFile.ImageFile:
             continue
         except Image.DecompressionBombError as exc:
             # Only plugins that allocate while opening (WebP) check Pillow's limit here.
-            raise ImageTooLargeError(
-                f"{exc}; this exceeds Pillow's own hard limit for {fmt} files, which "
-                "--max-pixels cannot raise"
-            ) from exc
+            raise _pillow_limit_error(exc, fmt) from exc
         except _DECODE_ERRORS as exc:
             if accept is None:
                 continue  # a guess by a plugin without a signature check, not evidence
@@ -408,16 +405,19 @@ def _source_bit_depth(image: ImageFile.ImageFile) -> int:
     return 8
 
 
+def _pillow_limit_error(exc: Exception, fmt: str) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"{exc}; this exceeds Pillow's own hard limit for {fmt} files, which --max-pixels cannot raise"
+    )
+
+
 def _load(image: ImageFile.ImageFile, fmt: str) -> None:
     """Decode the pixel data, turning decoder failures into :class:`CorruptImageError`."""
     try:
         image.load()
     except Image.DecompressionBombError as exc:
         # A plugin checked Pillow's global limit while decoding (e.g. GIF/TIFF internals).
-        raise ImageTooLargeError(
-            f"{exc}; this exceeds Pillow's own hard limit for {fmt} files, which "
-            "--max-pixels cannot raise"
-        ) from exc
+        raise _pillow_limit_error(exc, fmt) from exc
     except _DECODE_ERRORS as exc:
         raise CorruptImageError(
             f"{fmt} data is damaged or truncated ({type(exc).__name__}: {exc}); "

@@ -270,13 +270,13 @@ class EnhanceActor:
                                         run_id=config.run_id, worker=worker, max_pixels=config.max_pixels)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        columns = {name: batch[name].to_pylist() for name in
+                   ("input_uri", "output_uri", "output_path", "output_format", "data", "read_error")}
         rows = []
         for i in range(batch.num_rows):
-            item = WorkItem(
-                input_uri=batch["input_uri"][i].as_py(), output_uri=batch["output_uri"][i].as_py(),
-                output_path=batch["output_path"][i].as_py(), output_format=batch["output_format"][i].as_py(),
-            )
-            rows.append(self.processor.process(item, batch["data"][i].as_py(), batch["read_error"][i].as_py()))
+            item = WorkItem(input_uri=columns["input_uri"][i], output_uri=columns["output_uri"][i],
+                            output_path=columns["output_path"][i], output_format=columns["output_format"][i])
+            rows.append(self.processor.process(item, columns["data"][i], columns["read_error"][i]))
         return rows_to_table(rows)
 
 

@@ -129,18 +129,9 @@ def save_weights(
     """
     state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
-    _check_layout(state, variant, origin=name)
-    meta = WeightsMeta(
-        name=name,
-        variant=variant,
-        num_params=sum(t.numel() for t in state.values()),
-        sha256=state_dict_sha256(state),
-        source=source,
-        licence=licence,
-        recipe=dict(recipe or {}),
-        data=data,
-        metrics=dict(metrics or {}),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    meta = _describe_state(
+        state, name=name, variant=variant, source=source, licence=licence, recipe=dict(recipe or {}),
+        data=data, metrics=dict(metrics or {}), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     blob = save_safetensors_bytes(state, metadata={METADATA_KEY: meta.to_json()})
     if path is not None:
@@ -256,16 +247,16 @@ def import_checkpoint(blob: bytes, *, name: str = "imported") -> LoadedWeights:
 
 def _as_loaded(mapped: tuple[dict[str, torch.Tensor], ModelVariant, str], *, name: str, source: str) -> LoadedWeights:
     state, variant, layout = mapped
-    _check_layout(state, variant, origin=name)
-    meta = WeightsMeta(
-        name=name,
-        variant=variant,
-        num_params=sum(t.numel() for t in state.values()),
-        sha256=state_dict_sha256(state),
-        source=f"{source} ({layout} layout)",
-        licence="as published by the checkpoint's authors",
-    )
+    meta = _describe_state(state, name=name, variant=variant, source=f"{source} ({layout} layout)",
+                           licence="as published by the checkpoint's authors")
     return LoadedWeights(state_dict=state, meta=meta)
+
+
+def _describe_state(state: Mapping[str, torch.Tensor], *, name: str, variant: ModelVariant, **fields: Any) -> WeightsMeta:
+    """Metadata of a state dict after checking it fits the variant: counts and checksum derived."""
+    _check_layout(state, variant, origin=name)
+    return WeightsMeta(name=name, variant=variant, num_params=sum(t.numel() for t in state.values()),
+                       sha256=state_dict_sha256(state), **fields)
 
 
 def _unwrap_state_dict(raw: Any, name: str) -> dict[str, torch.Tensor]:

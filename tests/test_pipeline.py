@@ -162,6 +162,19 @@ def test_changing_the_format_is_not_a_resume(ray_local, tmp_path):
     assert (out / "x.webp").is_file() and decode_image((out / "x.webp").read_bytes()).format == "WEBP"
 
 
+def test_published_checkpoint_as_weights(ray_local, tmp_path):
+    """--weights also takes the authors' .pth checkpoints, imported on the fly."""
+    from .shared_data import shared_path
+
+    checkpoint = shared_path("reference_weights", "zero_dce_pp_epoch99.pth")
+    source = tmp_path / "in"
+    _save(source / "x.png", _dark(90, 120), "PNG")
+    summary = run_enhance(_config(source, tmp_path / "out", weights=str(checkpoint), scale=4))
+    rows = _manifest(tmp_path / "out")
+    assert summary.ok == 1 and rows[0]["model_name"] == "zero_dce_pp_epoch99" and rows[0]["variant"] == "fast"
+    assert rows[0]["mean_luma_out"] > rows[0]["mean_luma_in"]
+
+
 def test_output_inside_input_is_refused(tmp_path):
     source = tmp_path / "in"
     _save(source / "x.png", _dark(30, 30), "PNG")
