@@ -13,6 +13,7 @@ from PIL import Image
 from dce_batch.imageio import decode_image, mean_luminance
 from dce_batch.manifest import read_manifest
 from dce_batch.storage import Location
+from dce_batch.weights import load_weights
 
 from .ray_cluster import RAY_BIN
 
@@ -55,3 +56,22 @@ def test_job_submit_without_the_token_is_refused(ray_head, tmp_path):
     result = subprocess.run([RAY_BIN, "job", "list", "--address", ray_head.address], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
+
+
+def test_training_job_submitted_to_a_running_cluster(ray_head, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        Image.fromarray((rng.random((40, 40, 3)) * rng.choice([60, 250])).astype(np.uint8)).save(data / f"{i}.png")
+    export = tmp_path / "model.safetensors"
+    command = [RAY_BIN, "job", "submit", "--address", ray_head.address, "--working-dir", str(REPO), "--",
+               "python", "jobs/train.py", "--data", str(data), "--workers", "1", "--epochs", "2",
+               "--image-size", "32", "--batch-size", "4", "--storage", str(tmp_path / "runs"), "--name", "submitted",
+               "--export", str(export)]
+    result = subprocess.run(command, cwd=REPO, env=ray_head.env(), capture_output=True, text=True, timeout=600)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert "epoch 2/2" in log and "run finished: 2 epochs" in log
+    assert load_weights(export).meta.metrics["epochs"] == 2
+    assert (tmp_path / "runs" / "submitted" / "metrics.json").is_file()

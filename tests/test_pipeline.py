@@ -175,6 +175,20 @@ def test_published_checkpoint_as_weights(ray_local, tmp_path):
     assert rows[0]["mean_luma_out"] > rows[0]["mean_luma_in"]
 
 
+def test_list_file_input(ray_local, tmp_path):
+    """A list of URIs instead of a listing: relative paths below the list's common folder."""
+    source = tmp_path / "photos"
+    _save(source / "2024" / "a.jpg", _dark(40, 40, 1), "JPEG")
+    _save(source / "2025" / "b.png", _dark(40, 40, 2), "PNG")
+    _save(source / "2025" / "not_listed.png", _dark(40, 40, 3), "PNG")
+    listing = tmp_path / "todo.txt"
+    listing.write_text(f"# inputs\n{source / '2024' / 'a.jpg'}\n{source / '2025' / 'b.png'}\n")
+    summary = run_enhance(_config(listing, tmp_path / "out"))
+    assert summary.ok == 2 and summary.total == 2
+    assert (tmp_path / "out" / "2024" / "a.jpg").is_file() and (tmp_path / "out" / "2025" / "b.png").is_file()
+    assert not (tmp_path / "out" / "2025" / "not_listed.png").exists()
+
+
 def test_output_inside_input_is_refused(tmp_path):
     source = tmp_path / "in"
     _save(source / "x.png", _dark(30, 30), "PNG")
@@ -274,6 +288,20 @@ def test_cli_exit_codes(tmp_path):
     assert refused.returncode == 2 and "inside INPUT" in refused.stderr
     invalid = _run_cli([str(source), str(tmp_path / "o2"), "--strength", "3"], cwd=tmp_path, env=_cli_env())
     assert invalid.returncode == 2 and "strength" in invalid.stderr
+
+
+@pytest.mark.slow
+def test_cli_against_s3_with_the_standard_aws_variables(s3_server, s3_bucket, tmp_path):
+    """As a user runs it: credentials and endpoint from AWS_* variables, nothing passed in code."""
+    buffer = io.BytesIO()
+    Image.fromarray(_dark(40, 56)).save(buffer, "JPEG")
+    client = s3_server.client()
+    client.put_object(Bucket=s3_bucket, Key="in/x.jpg", Body=buffer.getvalue())
+    env = {**_cli_env(), **s3_server.env()}
+    result = _run_cli([f"s3://{s3_bucket}/in/", f"s3://{s3_bucket}/out/", "--format", "png"], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    keys = set(s3_server.list_keys(s3_bucket))
+    assert "out/x.png" in keys and any(k.startswith("out/_manifest/_run-") for k in keys)
 
 
 @pytest.mark.slow

@@ -135,3 +135,27 @@ def test_safetensors_metadata_key_is_json():
     blob, meta = save_weights(_random_model(), None, name="t", variant="full")
     header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
     assert json.loads(header["__metadata__"][METADATA_KEY])["sha256"] == meta.sha256
+
+
+def test_convert_and_show_weights_commands(tmp_path, capsys):
+    from dce_batch.cli import main
+
+    source = shared_path("reference_weights", "seed_enhancer_model_v_10.pth")
+    target = tmp_path / "seed.safetensors"
+    assert main(["convert-weights", str(source), str(target), "--name", "seed_v10"]) == 0
+    converted = load_weights(target)
+    assert converted.meta.name == "seed_v10" and "seed" in converted.meta.source
+    assert converted.meta.sha256 == load_weights(source).meta.sha256
+    assert main(["show-weights", str(target)]) == 0
+    assert '"name": "seed_v10"' in capsys.readouterr().out
+    assert main(["convert-weights", str(tmp_path / "missing.pth"), str(tmp_path / "x.safetensors")]) == 2
+
+
+def test_shipped_weights_carry_their_metadata():
+    for name, variant, params in (("zerodce_sice_v1", "full", 79_416), ("zerodcepp_sice_v1", "fast", 10_561)):
+        meta = load_weights(name).meta
+        assert (meta.name, meta.variant, meta.num_params) == (name, variant, params)
+        assert meta.recipe["epochs"] >= 1 and meta.recipe["hardware"]["gpu"]
+        assert "val_loss" in meta.metrics and meta.licence and "SICE" in meta.data
+    assert load_weights().meta.name == "zerodce_sice_v1"
+    assert load_weights(variant="fast").meta.name == "zerodcepp_sice_v1"
