@@ -82,11 +82,13 @@ def enhance_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-actors", type=_num_actors, metavar="MIN[:MAX]",
                    help="actor pool size (default: 1 up to what the cluster's CPUs/GPUs hold)")
     g.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor, fractional allowed (default 0)")
-    g.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor (default 1)")
+    g.add_argument("--cpus-per-actor", type=float, default=None,
+                   help="CPUs per actor, fractional allowed (default 1; less on a one-CPU machine)")
     g.add_argument("--batch-size", type=int, default=4, help="images per actor call (default 4)")
     g = p.add_argument_group("limits")
     g.add_argument("--max-pixels", type=int, default=None, help="refuse images above this many pixels (default 100 MP)")
-    g.add_argument("--tile-size", type=int, default=1024, help="tile side for large images (default 1024)")
+    g.add_argument("--tile-size", type=int, default=None,
+                   help="tile side for exact tiled inference (default: 256 on CPUs, 1024 on GPUs)")
     g.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, a running local cluster, or a new one)")
     _add_s3_options(p)
     return p

@@ -64,7 +64,7 @@ from .storage import (
 )
 from .weights import LoadedWeights, load_weights, read_weights_bytes
 
-__all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "EnhanceConfig", "plan_actor_pool", "run_enhance", "sample_images_dir"]
+__all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "ActorPool", "EnhanceConfig", "plan_actor_pool", "run_enhance", "sample_images_dir"]
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 3
@@ -91,14 +91,14 @@ class EnhanceConfig:
     precision: str = "fp32"
     num_actors: tuple[int, int] | None = None
     gpus_per_actor: float = 0.0
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float | None = None  # None: 1, less on a one-CPU machine
     batch_size: int = 4
     s3: S3Options | None = None
     overwrite: bool = False
     allow_output_inside_input: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
-    tile_size: int = 1024
-    max_full_frame_pixels: int = 2_097_152
+    tile_size: int | None = None
+    max_full_frame_pixels: int | None = None
     progress_interval_s: float = 10.0
     manifest_part_rows: int = 5000
     run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
@@ -108,7 +108,7 @@ class EnhanceConfig:
             low, high = self.num_actors
             if low < 1 or high < low:
                 raise ConfigError(f"--num-actors must be MIN[:MAX] with 1 <= MIN <= MAX, got {low}:{high}")
-        if self.gpus_per_actor < 0 or self.cpus_per_actor < 0:
+        if self.gpus_per_actor < 0 or (self.cpus_per_actor or 0) < 0:
             raise ConfigError("--gpus-per-actor and --cpus-per-actor cannot be negative")
         if self.gpus_per_actor == 0 and self.cpus_per_actor == 0:
             raise ConfigError("an actor needs some CPU (--cpus-per-actor) or GPU (--gpus-per-actor)")
@@ -253,13 +253,14 @@ def read_inputs(batch: pa.Table, filesystem) -> pa.Table:
 class EnhanceActor:
     """Ray Data actor: loads the network once, then turns batches of inputs into manifest rows."""
 
-    def __init__(self, config: EnhanceConfig, weights_blob: bytes, weights_name: str, output_filesystem) -> None:
+    def __init__(self, config: EnhanceConfig, weights_blob: bytes, weights_name: str, output_filesystem,
+                 cpus: float = 1.0) -> None:
         import ray
         import torch
 
         if config.gpus_per_actor == 0:
             # Without this every actor would use every core and they would fight each other.
-            torch.set_num_threads(max(1, math.floor(config.cpus_per_actor)))
+            torch.set_num_threads(max(1, math.floor(cpus)))
         weights = load_weights(weights_blob, name=weights_name)
         enhancer = Enhancer(weights, config.inference_config(weights.meta.variant))
         context = ray.get_runtime_context()
@@ -280,25 +281,49 @@ class EnhanceActor:
         return rows_to_table(rows)
 
 
-def plan_actor_pool(config: EnhanceConfig, cluster_resources: dict[str, float]) -> tuple[int, int]:
-    """(min, max) actors: what --num-actors says, else what the cluster can hold now.
+READ_TASK_CPUS = 0.25
 
-    CPU actors leave a quarter of the CPUs (at least one) to the read tasks: on a small machine
-    an actor pool that takes every CPU starves the reads and the job stalls.
+
+@dataclass(frozen=True)
+class ActorPool:
+    min_size: int
+    max_size: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+
+
+def plan_actor_pool(config: EnhanceConfig, cluster_resources: dict[str, float]) -> ActorPool:
+    """How many actors, with which resources: what the flags say, else what the cluster holds.
+
+    The read tasks must always find CPU left over: an actor pool that takes every CPU starves
+    them and the job waits forever without an error. So CPU actors leave a quarter of the CPUs
+    (at least one read task's worth), the default of 1 CPU per actor shrinks on a one-CPU
+    machine, and flags that cannot leave room are refused with a ConfigError.
     """
+    cpus = float(cluster_resources.get("CPU", 0))
+    gpus = config.gpus_per_actor
+    cpus_per_actor = config.cpus_per_actor
+    if cpus_per_actor is None:
+        cpus_per_actor = 1.0 if cpus - 1.0 >= READ_TASK_CPUS else max(0.1, round(cpus - READ_TASK_CPUS, 2))
     if config.num_actors is not None:
-        return config.num_actors
-    if config.gpus_per_actor > 0:
-        high = int(cluster_resources.get("GPU", 0) // config.gpus_per_actor)
+        low, high = config.num_actors
+    elif gpus > 0:
+        high = int(cluster_resources.get("GPU", 0) // gpus)
         if high < 1:
             raise ConfigError(
                 "--gpus-per-actor was given but the cluster has no GPUs right now; on an autoscaling "
                 "cluster pass --num-actors MIN:MAX so Ray Data can ask for GPU nodes"
             )
-        return 1, high
-    cpus = cluster_resources.get("CPU", 1)
-    usable = cpus - max(1.0, cpus / 4)
-    return 1, max(1, int(usable // max(config.cpus_per_actor, 1e-9)))
+        low, high = 1, max(1, min(high, int((cpus - READ_TASK_CPUS) // max(cpus_per_actor, 1e-9))))
+    else:
+        usable = cpus - max(READ_TASK_CPUS, cpus / 4)
+        low, high = 1, max(1, int(usable // max(cpus_per_actor, 1e-9)))
+    if low * cpus_per_actor > cpus - READ_TASK_CPUS and cpus > 0:
+        raise ConfigError(
+            f"{low} actor(s) x {cpus_per_actor} CPU leave no CPU for reading inputs on this {cpus:g}-CPU "
+            f"cluster and the job would stall; lower --num-actors or --cpus-per-actor (fractions are fine)"
+        )
+    return ActorPool(low, high, cpus_per_actor, gpus)
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,12 +374,12 @@ def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = No
             if not ray.is_initialized():
                 ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
             resources = ray.cluster_resources()
-            low, high = plan_actor_pool(config, resources)
+            pool = plan_actor_pool(config, resources)
             summary.cluster = {"resources": {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
-                               "actors": [low, high]}
-            say(f"actor pool {low}..{high} x (CPU {config.cpus_per_actor}, GPU {config.gpus_per_actor}), "
-                f"batch {config.batch_size}; cluster {summary.cluster['resources']}")
-            dataset = _build_dataset(config, plan, input_fs, output, blob, weights_name, (low, high))
+                               "actors": asdict(pool)}
+            say(f"actor pool {pool.min_size}..{pool.max_size} x (CPU {pool.cpus_per_actor}, GPU "
+                f"{pool.gpus_per_actor}), batch {config.batch_size}; cluster {summary.cluster['resources']}")
+            dataset = _build_dataset(config, plan, input_fs, output, blob, weights_name, pool)
             progress = _Progress(len(plan.todo), config.progress_interval_s, say)
             for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                 writer.add(batch)
@@ -370,7 +395,7 @@ def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = No
     return summary
 
 
-def _build_dataset(config, plan: Plan, input_fs, output: Location, blob: bytes, weights_name: str, pool: tuple[int, int]):
+def _build_dataset(config, plan: Plan, input_fs, output: Location, blob: bytes, weights_name: str, pool: ActorPool):
     import ray.data
 
     table = pa.table({
@@ -382,20 +407,21 @@ def _build_dataset(config, plan: Plan, input_fs, output: Location, blob: bytes, 
     })
     # Blocks of one batch: reads, enhancement and writes overlap from the first images on, and
     # manifest rows reach the driver (and disk) as each batch finishes, not in large bursts.
-    blocks = max(1, min(math.ceil(table.num_rows / config.batch_size), 10_000))
+    # Sliced here rather than with .repartition(), whose tasks need a whole free CPU.
+    rows_per_block = max(config.batch_size, math.ceil(table.num_rows / 10_000))
+    blocks = [table.slice(start, rows_per_block) for start in range(0, table.num_rows, rows_per_block)]
     return (
-        ray.data.from_arrow(table)
-        .repartition(blocks)
+        ray.data.from_arrow(blocks)
         .map_batches(read_inputs, fn_kwargs={"filesystem": input_fs}, batch_size=config.batch_size,
-                     batch_format="pyarrow", num_cpus=0.25)
+                     batch_format="pyarrow", num_cpus=READ_TASK_CPUS)
         .map_batches(
             EnhanceActor,
-            fn_constructor_args=(config, blob, weights_name, output.filesystem),
-            compute=ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1]),
+            fn_constructor_args=(config, blob, weights_name, output.filesystem, pool.cpus_per_actor),
+            compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
             batch_size=config.batch_size,
             batch_format="pyarrow",
-            num_cpus=config.cpus_per_actor,
-            num_gpus=config.gpus_per_actor,
+            num_cpus=pool.cpus_per_actor,
+            num_gpus=pool.gpus_per_actor,
         )
     )
 

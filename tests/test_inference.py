@@ -37,7 +37,7 @@ def image():
 @pytest.mark.parametrize("tile", [32, 100])
 def test_tiled_inference_equals_full_frame(image, variant, scale, tile):
     weights = _weights(variant)
-    full = Enhancer(weights, InferenceConfig(scale=scale)).enhance(image)
+    full = Enhancer(weights, InferenceConfig(scale=scale, max_full_frame_pixels=10**9)).enhance(image)
     tiled = Enhancer(weights, InferenceConfig(scale=scale, tile_size=tile, max_full_frame_pixels=1000)).enhance(image)
     assert not full.tiled and tiled.tiled
     assert np.abs(tiled.pixels - full.pixels).max() < 1e-6
@@ -51,7 +51,7 @@ def test_tiled_inference_equals_full_frame(image, variant, scale, tile):
 def test_a_halo_of_six_is_not_enough(image):
     """The test above can fail: one pixel less of halo changes the output visibly."""
     weights = _weights("full")
-    full = Enhancer(weights).enhance(image).pixels
+    full = Enhancer(weights, InferenceConfig(max_full_frame_pixels=10**9)).enhance(image).pixels
     short = Enhancer(weights, InferenceConfig(tile_size=64, max_full_frame_pixels=1000))
     short.halo = 6
     assert np.abs(short.enhance(image).pixels - full).max() > 1e-4
@@ -59,7 +59,7 @@ def test_a_halo_of_six_is_not_enough(image):
 
 def test_tiling_is_exact_with_the_published_checkpoint(image):
     weights = load_weights(shared_path("reference_weights", "zero_dce_epoch99.pth"))
-    full = Enhancer(weights).enhance(image).pixels
+    full = Enhancer(weights, InferenceConfig(max_full_frame_pixels=10**9)).enhance(image).pixels
     tiled = Enhancer(weights, InferenceConfig(tile_size=50, max_full_frame_pixels=1000)).enhance(image)
     assert tiled.tiled and np.abs(tiled.pixels - full).max() < 1e-6
 
@@ -91,6 +91,15 @@ def test_bf16_on_cpu_is_close_to_fp32(image):
     bf16 = Enhancer(weights, InferenceConfig(precision="bf16")).enhance(image).pixels
     assert bf16.dtype == np.float32
     assert np.abs(bf16 - fp32).mean() < 0.02
+
+
+def test_cpu_defaults_tile_small_and_stay_exact(image):
+    weights = _weights("full")
+    auto = Enhancer(weights)
+    assert (auto.config.tile_size, auto.config.max_full_frame_pixels) == (256, 2 * 256 * 256)
+    result = auto.enhance(image)
+    full = Enhancer(weights, InferenceConfig(max_full_frame_pixels=10**9)).enhance(image)
+    assert result.tiled and np.abs(result.pixels - full.pixels).max() < 1e-6
 
 
 def test_invalid_settings_are_config_errors():

@@ -337,3 +337,39 @@ def test_interrupted_run_resumes_with_only_the_remainder(ray_local, tmp_path):
     assert len(ok_rows) == len({r["input_uri"] for r in ok_rows}) == 30, "no input has two ok rows"
     assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in source.glob("*.png"))
     assert not list(out.rglob("*.tmp"))
+
+
+def test_actor_pool_always_leaves_cpu_for_the_read_tasks():
+    """On small machines a pool that takes every CPU starves the reads and the job stalls."""
+    from dce_batch.pipeline import READ_TASK_CPUS, plan_actor_pool
+
+    def pool(cpus, **flags):
+        return plan_actor_pool(EnhanceConfig(input="/in", **flags), {"CPU": cpus})
+
+    for cpus in (1, 2, 4, 16):
+        p = pool(cpus)
+        assert p.min_size == 1 and p.max_size * p.cpus_per_actor <= cpus - READ_TASK_CPUS
+    assert (pool(2).max_size, pool(2).cpus_per_actor) == (1, 1.0)
+    assert pool(1).cpus_per_actor == 0.75
+    assert pool(16).max_size == 12
+    assert pool(2, num_actors=(2, 2), cpus_per_actor=0.5).cpus_per_actor == 0.5
+    with pytest.raises(ConfigError, match="stall"):
+        pool(2, num_actors=(2, 2), cpus_per_actor=0.9)
+    with pytest.raises(ConfigError, match="no GPUs"):
+        pool(4, gpus_per_actor=1)
+    gpu = plan_actor_pool(EnhanceConfig(input="/in", gpus_per_actor=0.25), {"CPU": 8, "GPU": 2})
+    assert (gpu.max_size, gpu.gpus_per_actor) == (7, 0.25)
+
+
+@pytest.mark.slow
+def test_one_cpu_cluster_does_not_stall(tmp_path):
+    """The default settings on a one-CPU machine (a subprocess: it needs its own Ray)."""
+    source = tmp_path / "in"
+    for i in range(3):
+        _save(source / f"{i}.png", _dark(40, 50, i), "PNG")
+    script = ("import ray, sys; ray.init(num_cpus=1, include_dashboard=False);"
+              "from dce_batch.pipeline import EnhanceConfig, run_enhance;"
+              "s = run_enhance(EnhanceConfig(input=sys.argv[1], output=sys.argv[2])); sys.exit(0 if s.ok == 3 else 1)")
+    result = subprocess.run([sys.executable, "-c", script, str(source), str(tmp_path / "out")], env=_cli_env(),
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
