@@ -10,8 +10,9 @@ import math
 import os
 import platform
 import statistics
-import time
 import sys
+import threading
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -56,6 +57,15 @@ def hardware_line(torch_threads: int | str) -> str:
             f"{total_memory_gib():.1f} GiB RAM, no GPU used | torch threads {torch_threads} | "
             f"torch {version_of('torch')}, ray {version_of('ray')}, numpy {np.__version__}, "
             f"python {platform.python_version()}")
+
+
+def malloc_env_line() -> str:
+    """glibc reads MALLOC_* variables (and GLIBC_TUNABLES) at start; set, they would blur allocator comparisons."""
+    found = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"}
+    if found:
+        return f"WARNING: allocator variables set, allocator comparisons are blurred: {found}"
+    return ("allocator: no MALLOC_*/GLIBC_TUNABLES set; library defaults call keep_freed_memory() "
+            "(mallopt M_MMAP_THRESHOLD 512 MB, M_TRIM_THRESHOLD 1 GB) when an Enhancer is built on a CPU")
 
 
 def _cpu_flag(flag: str) -> bool:
@@ -132,8 +142,24 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 # Other processes' CPU use while a benchmark runs (the machine may be shared)
 
 
+TAG = "DCE_BATCH_BENCH_RUN"
+
+
+def _tagged(pid: int, value: str) -> bool:
+    """Whether the process inherited this benchmark's tag (Ray workers do, via their raylet)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"{TAG}={value}".encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
 def _proc_table() -> dict[int, tuple[int, int, int]]:
-    """pid -> (ppid, CPU ticks incl. reaped children, start time) for every process in /proc."""
+    """pid -> (ppid, CPU ticks incl. reaped children, start time) for every process in /proc.
+
+    For pid 1 only its own time counts: it reaps orphans, e.g. this benchmark's own Ray workers
+    once their raylet is gone.
+    """
     procs = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -145,7 +171,7 @@ def _proc_table() -> dict[int, tuple[int, int, int]]:
             continue
         fields = text[text.rindex(")") + 2:].split()
         ppid = int(fields[1])
-        ticks = sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+        ticks = sum(int(v) for v in fields[11:15 if entry != "1" else 13])  # utime stime [cutime cstime]
         procs[int(entry)] = (ppid, ticks, int(fields[19]))
     return procs
 
@@ -173,14 +199,24 @@ class LoadMonitor:
     """CPU seconds used by processes outside this benchmark's process tree between start and stop.
 
     Timings on a shared machine are only meaningful if nobody else was busy: every benchmark
-    prints this next to its results. (Processes that started and exited in between, with no
-    surviving parent to reap them, are missed, so this is a lower bound.)
+    prints this next to its results. Our processes are our descendants plus anything carrying the
+    tag this sets in the environment (Ray workers inherit it). A background thread looks at every
+    new process once a second while it is alive, because an exited process that nobody reaped yet
+    (a zombie, e.g. a Ray worker of a cluster whose driver is gone) no longer shows its environment
+    but still shows its CPU time. Processes that started and exited in between, reaped by no
+    surviving parent, are missed, so this is a lower bound.
     """
+
+    SAMPLE_S = 1.0
 
     def __init__(self) -> None:
         self.root = os.getpid()
+        self.tag = os.environ.setdefault(TAG, f"{self.root}-{time.time():.0f}")
         self.tick = os.sysconf("SC_CLK_TCK")
+        self.seen: dict[tuple[int, int], bool] = {}  # (pid, start time) -> ours, judged while it lived
+        self._stop = threading.Event()
         self.start()
+        threading.Thread(target=self._watch, name="LoadMonitor", daemon=True).start()
 
     def start(self) -> None:
         self.busy_before = _system_busy_s()
@@ -188,19 +224,58 @@ class LoadMonitor:
         self.ours = _descendants(self.before, self.root)
         self.started = time.perf_counter()
 
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.SAMPLE_S):
+            try:
+                table = _proc_table()
+                descendants = None
+                for pid, (_, _, start) in table.items():
+                    if (pid, start) in self.seen:
+                        continue
+                    if descendants is None:
+                        descendants = _descendants(table, self.root)
+                    self.seen[(pid, start)] = pid in descendants or _tagged(pid, self.tag)
+            except Exception:  # noqa: BLE001 - a monitoring hiccup must not break a benchmark
+                pass
+
     def foreign_cpu_s(self) -> tuple[float, float]:
         """(CPU seconds of other processes, wall seconds) since start."""
         after = _proc_table()
         ours = self.ours | _descendants(after, self.root)
         ticks = 0
+        self.top: list[tuple[int, int]] = []  # (ticks, pid) of the foreign processes that used CPU
         for pid, (_, t, start) in after.items():
-            if pid in ours:
+            if pid in ours or self.seen.get((pid, start)) or _tagged(pid, self.tag):
                 continue
             old = self.before.get(pid)
-            ticks += t - old[1] if old and old[2] == start else t if start > self._boot_ticks_at_start() else 0
+            used = t - old[1] if old and old[2] == start else t if start > self._boot_ticks_at_start() else 0
+            ticks += used
+            if used > 0:
+                self.top.append((used, pid))
+        self.top.sort(reverse=True)
         # Reaped children can carry CPU time from before the start: never report more than the
         # whole machine was busy.
         return min(ticks / self.tick, _system_busy_s() - self.busy_before), time.perf_counter() - self.started
+
+    def top_line(self, count: int = 3) -> str:
+        """The foreign processes that used the most CPU (after foreign_cpu_s), as 'comm(pid) 1.2 s'."""
+        parts = []
+        for used, pid in [(u, p) for u, p in self.top if u / self.tick >= 0.1][:count]:
+            name = "?"
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    name = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:60]
+                if not name:  # kernel thread or zombie: fall back to the command name and state
+                    with open(f"/proc/{pid}/stat") as f:
+                        text = f.read()
+                    name = f"[{text[text.index('(') + 1:text.rindex(')')]}, state {text[text.rindex(')') + 2]}]"
+            except (OSError, ValueError):
+                pass
+            parts.append(f"{name} (pid {pid}) {used / self.tick:.1f} s")
+        return "; ".join(parts)
 
     def _boot_ticks_at_start(self) -> float:
         # Processes whose start time (ticks since boot) is before our start existed already: if we
@@ -215,8 +290,9 @@ class LoadMonitor:
         cpu_s, wall_s = self.foreign_cpu_s()
         share = cpu_s / max(wall_s * (os.cpu_count() or 1), 1e-9)
         verdict = "quiet machine" if share < 0.05 else "WARNING: the machine was shared, timings are disturbed"
+        top = self.top_line()
         return (f"other processes used {cpu_s:.1f} CPU-s over these {wall_s:.0f} s "
-                f"({share:.0%} of {os.cpu_count()} CPUs): {verdict}")
+                f"({share:.0%} of {os.cpu_count()} CPUs): {verdict}" + (f"; most: {top}" if top else ""))
 
 
 def foreign_load_now(seconds: float = 2.0) -> str:
@@ -224,4 +300,5 @@ def foreign_load_now(seconds: float = 2.0) -> str:
     monitor = LoadMonitor()
     time.sleep(seconds)
     cpu_s, wall_s = monitor.foreign_cpu_s()
+    monitor.stop()
     return f"before start: other processes busy {cpu_s / wall_s:.2f} of {os.cpu_count()} CPUs"

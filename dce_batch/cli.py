@@ -141,6 +141,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default="./runs", metavar="URI", help="checkpoints and results (local or s3://; default ./runs)")
     p.add_argument("--name", help="run name; a new name starts a run, an existing one resumes it (default: timestamped)")
     p.add_argument("--export", metavar="PATH", help="write the final weights here (.safetensors with metadata; local or s3://)")
+    p.add_argument("--init-weights", metavar="PATH|NAME",
+                   help="fine-tune: start from these weights (a shipped name, .safetensors or .pth) instead of random")
     g = p.add_argument_group("scaling")
     g.add_argument("--workers", type=int, default=2, help="training workers (default 2)")
     g.add_argument("--gpu", action="store_true", help="one GPU per worker (same as --gpus-per-worker 1)")
@@ -190,7 +192,8 @@ def train_config_from_args(args: argparse.Namespace):
         epochs=args.epochs, image_size=args.image_size, base_size=args.base_size, min_crop=args.min_crop,
         hflip=not args.no_flip, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, variant=args.model_variant, loss=loss, max_failures=args.max_failures,
-        val_fraction=args.val_fraction, seed=args.seed, export=args.export, keep_checkpoints=args.keep_checkpoints, checkpoint_every=args.checkpoint_every,
+        val_fraction=args.val_fraction, seed=args.seed, export=args.export, init_weights=args.init_weights,
+        keep_checkpoints=args.keep_checkpoints, checkpoint_every=args.checkpoint_every,
         precision=args.precision, max_images=args.max_images, s3=_s3_options(args),
         inject_failure_at_epoch=args.inject_failure_at_epoch,
     )

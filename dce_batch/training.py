@@ -38,6 +38,7 @@ import torch
 
 from .errors import ConfigError, StorageError, describe_error
 from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from .inference import keep_freed_memory
 from .losses import LossWeights, ZeroDCELoss
 from .model import ModelVariant, build_model, count_parameters, init_weights
 from .storage import Location, S3Options, filesystem_for, list_inputs, read_bytes, write_bytes_atomic
@@ -76,6 +77,7 @@ class TrainConfig:
     val_fraction: float = 0.05
     seed: int = 0
     export: str | None = None
+    init_weights: str | None = None
     keep_checkpoints: int = 3
     checkpoint_every: int = 1
     precision: str = "auto"
@@ -122,7 +124,7 @@ class TrainConfig:
     def recipe(self) -> dict[str, Any]:
         """The settings that define the trained model (for the weights' metadata)."""
         keep = ("epochs", "image_size", "base_size", "min_crop", "hflip", "batch_size", "lr", "weight_decay",
-                "grad_clip", "variant", "val_fraction", "seed", "workers", "precision", "max_images")
+                "grad_clip", "variant", "val_fraction", "seed", "workers", "precision", "max_images", "init_weights")
         recipe = {k: getattr(self, k) for k in keep}
         recipe["loss"] = asdict(self.loss)
         recipe["optimizer"] = "Adam"
@@ -135,8 +137,10 @@ class TrainingOutcome:
     run_uri: str
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
-    images: int
+    images: int  # readable images, training and validation together
     unreadable: list[str]
+    train_images: int  # of ``images``; each epoch uses all but the remainder of an equal split
+    val_images: int
     export_uri: str | None
     weights_meta: WeightsMeta | None
 
@@ -163,19 +167,20 @@ def _decode_batch(batch: dict[str, np.ndarray], filesystem, base_size: int, max_
 
 
 def split_files(files: list, val_fraction: float, seed: int) -> tuple[list, list]:
-    """Train/validation split by a seeded hash of each URI.
+    """Train/validation split by a seeded hash of each file's path relative to the data root.
 
-    Stable however the data is listed, decoded or parallelised, and when images are added, so
-    a resumed run validates on exactly the same images. At least one validation image when
+    Stable however the data is listed, decoded or parallelised, when images are added, and when
+    the data set is moved (a local folder copied to a bucket keeps its split), so a resumed run
+    validates on exactly the same images. At least one validation image when
     ``val_fraction > 0`` and there are two images or more.
     """
     if val_fraction <= 0 or len(files) < 2:
         return list(files), []
 
-    def draw(uri: str) -> float:
-        return int.from_bytes(hashlib.sha256(f"{seed}:{uri}".encode()).digest()[:8], "big") / 2**64
+    def draw(name: str) -> float:
+        return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "big") / 2**64
 
-    draws = {f.uri: draw(f.uri) for f in files}
+    draws = {f.uri: draw(f.relpath or f.uri) for f in files}
     val = [f for f in files if draws[f.uri] < val_fraction]
     if not val:
         val = [min(files, key=lambda f: draws[f.uri])]
@@ -238,11 +243,14 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, math.floor(config.cpus_per_worker)))
+        keep_freed_memory()
     autocast_dtype = torch.bfloat16 if (config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")) else None
 
     torch.manual_seed(config.seed)
     model = build_model(config.variant)
     init_weights(model)
+    if loop_config.get("init_state") is not None:  # fine-tuning: start from given weights
+        model.load_state_dict(loop_config["init_state"])
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = ZeroDCELoss(config.loss)
@@ -291,7 +299,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             optimizer.step()
             _accumulate(sums, terms, total, x.shape[0])
         train_metrics = _reduce(sums, world, device, prefix="train")
-        val_metrics = _evaluate(model, val_shard, loss_fn, plain, device, world, autocast_dtype) if val_shard else {}
+        val_metrics = (_evaluate(_unwrap(model), val_shard, loss_fn, plain, device, rank, world, autocast_dtype)
+                       if val_shard else {})
         elapsed = time.perf_counter() - started
         metrics = {"epoch": epoch + 1, **train_metrics, **val_metrics, "epoch_seconds": elapsed,
                    "images_per_second": train_metrics["train_images"] / elapsed, "resumes": resumes}
@@ -338,11 +347,15 @@ def _reduce(sums: torch.Tensor, world: int, device: torch.device, prefix: str) -
 
 
 @torch.no_grad()
-def _evaluate(model, shard, loss_fn, plain: AugmentConfig, device, world: int, autocast_dtype) -> dict[str, float]:
+def _evaluate(model, shard, loss_fn, plain: AugmentConfig, device, rank: int, world: int,
+              autocast_dtype) -> dict[str, float]:
+    """Mean losses over the whole (unsplit) validation set; this worker takes every world-th batch."""
     model.eval()
     sums = torch.zeros(len(LOSS_TERMS) + 2, dtype=torch.float64)
     generator = torch.Generator().manual_seed(0)
-    for batch in shard.iter_torch_batches(batch_size=32, device=device):
+    for index, batch in enumerate(shard.iter_torch_batches(batch_size=32, device=device)):
+        if index % world != rank:
+            continue
         x = augment_batch(batch["image"], plain, generator)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out = model(x)
@@ -374,9 +387,16 @@ def run_training(config: TrainConfig) -> TrainingOutcome:
     name = config.run_name()
     storage_fs, storage_path = filesystem_for(config.storage, config.s3)
     storage_location = Location.parse(config.storage, config.s3)
+    init_state = _initial_state(config)  # fail fast on bad --init-weights, before decoding data
     train_ds, val_ds, images, unreadable = load_training_data(config)
-    print(f"[dce-batch train] run {name!r}: {images} training images from {config.data}"
-          f" ({len(unreadable)} unreadable, skipped)", flush=True)
+    train_count, val_count = train_ds.count(), (val_ds.count() if val_ds is not None else 0)
+    print(f"[dce-batch train] run {name!r}: {images} images from {config.data} ({train_count} train,"
+          f" {val_count} validation; {len(unreadable)} unreadable, skipped)", flush=True)
+    if train_count % config.workers:
+        # Ray Train gives every worker the same number of rows (DDP steps must match), so the
+        # remainder sits out each epoch; the local shuffle changes which rows that is.
+        print(f"[dce-batch train]   {train_count % config.workers} training image(s) per epoch left out"
+              f" to split {train_count} evenly over {config.workers} workers", flush=True)
     for line in unreadable[:10]:
         print(f"[dce-batch train]   skipped {line}", flush=True)
 
@@ -385,7 +405,7 @@ def run_training(config: TrainConfig) -> TrainingOutcome:
         datasets["val"] = val_ds
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"config": config, "has_val": val_ds is not None},
+        train_loop_config={"config": config, "has_val": val_ds is not None, "init_state": init_state},
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.workers,
             use_gpu=config.use_gpu,
@@ -403,6 +423,9 @@ def run_training(config: TrainConfig) -> TrainingOutcome:
             ),
         ),
         datasets=datasets,
+        # Validation is not split by Ray (its equal split drops rows): each worker reads it whole
+        # and evaluates every world-th batch, so every validation image counts exactly once.
+        dataset_config=_data_config(),
     )
     result = trainer.fit()
     if result.error is not None:
@@ -423,6 +446,8 @@ def run_training(config: TrainConfig) -> TrainingOutcome:
         "final": final,
         "best": min(history, key=lambda m: m["score"]),
         "images": images,
+        "train_images": train_count,
+        "val_images": val_count,
         "unreadable": unreadable,
         "config": _jsonable(asdict(config)),
         "hardware": _hardware(config),
@@ -446,7 +471,32 @@ def run_training(config: TrainConfig) -> TrainingOutcome:
         export_uri = config.export
         print(f"[dce-batch train] exported weights to {export_uri} (sha256 {meta.sha256[:12]})", flush=True)
     return TrainingOutcome(run_path=run_path, run_uri=run_uri, metrics=final, history=history, images=images,
-                           unreadable=unreadable, export_uri=export_uri, weights_meta=meta)
+                           unreadable=unreadable, train_images=train_count, val_images=val_count,
+                           export_uri=export_uri, weights_meta=meta)
+
+
+def _data_config():
+    """Split "train" evenly; every worker reads "val" whole, in a fixed order (see _evaluate)."""
+    import ray.train
+
+    val_options = ray.train.DataConfig.default_ingest_options()
+    val_options.preserve_order = True  # the batch striding in _evaluate needs the same order everywhere
+    return ray.train.DataConfig(datasets_to_split=["train"], execution_options={"val": val_options})
+
+
+def _initial_state(config: TrainConfig) -> dict[str, torch.Tensor] | None:
+    """The --init-weights state dict (read once, on the driver), checked against the variant."""
+    if not config.init_weights:
+        return None
+    from .weights import load_weights
+
+    spec = config.init_weights
+    if "://" in spec and not spec.startswith("file://"):
+        fs, path = filesystem_for(spec, config.s3)
+        loaded = load_weights(read_bytes(fs, path), variant=config.variant, name=path.rsplit("/", 1)[-1])
+    else:
+        loaded = load_weights(spec.removeprefix("file://"), variant=config.variant)
+    return dict(loaded.state_dict)
 
 
 def plot_history(history: list[dict[str, Any]], title: str = "") -> bytes:
