@@ -6,6 +6,7 @@ its measurements run in child processes.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import platform
@@ -116,6 +117,16 @@ def image_size_for(spec: str) -> tuple[int, int]:
     pixels = float(spec) * 1e6
     width = int(round(math.sqrt(pixels * 4 / 3) / 8) * 8)
     return int(round(pixels / width)), width
+
+
+def image_set_parser(doc: str, images: int, size: str) -> argparse.ArgumentParser:
+    """The options every image-set benchmark shares: how many images, their size, Zero-DCE++'s scale."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=images, help="number of images (default: %(default)s)")
+    parser.add_argument("--size", default=size, help="WxH of each image (default: %(default)s)")
+    parser.add_argument("--scale", type=float, default=12.0, help="fast variant's scale (default: %(default)s)")
+    return parser
 
 
 def median(values: list[float]) -> float:

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, LoadMonitor, dark_image, foreign_load_now, hardware_line, table  # noqa: E402
+from _common import REPO, LoadMonitor, dark_image, foreign_load_now, hardware_line, image_set_parser, table  # noqa: E402
 
 
 def make_inputs(folder: Path, count: int, width: int, height: int) -> float:
@@ -178,12 +178,8 @@ def _quiet_ray_data() -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=24, help="number of images (default: %(default)s)")
-    parser.add_argument("--size", default="640x480", help="WxH (default: %(default)s)")
+    parser = image_set_parser(__doc__, images=24, size="640x480")
     parser.add_argument("--batch-size", type=int, default=4, help="job batch size (default: %(default)s)")
-    parser.add_argument("--scale", type=float, default=12.0, help="fast variant's scale (default: %(default)s)")
     parser.add_argument("--no-fast", action="store_true", help="skip the fast-variant rows")
     parser.add_argument("--no-trial", action="store_true",
                         help="skip the trials (2 actors x 0.9 / 0.75 CPU on 2 CPUs, defaults on 1 CPU)")

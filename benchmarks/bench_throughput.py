@@ -31,7 +31,6 @@ reported. CPU seconds (user, kernel) and the peak RSS are the process's own.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import resource
 import sys
@@ -41,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import LoadMonitor, dark_image, foreign_load_now, hardware_line, malloc_env_line, median, table  # noqa: E402
+from _common import LoadMonitor, dark_image, foreign_load_now, hardware_line, image_set_parser, malloc_env_line, median, table  # noqa: E402
 
 FULL_FRAME = {"max_full_frame_pixels": 10**9}
 
@@ -97,13 +96,9 @@ class ChildEnhancer:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=8, help="number of images (default: %(default)s)")
-    parser.add_argument("--size", default="1024x768", help="WxH of each image (default: %(default)s)")
+    parser = image_set_parser(__doc__, images=8, size="1024x768")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds, median reported (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process (default: %(default)s)")
-    parser.add_argument("--scale", type=float, default=12.0, help="fast variant's scale (default: %(default)s)")
     parser.add_argument("--no-extra", action="store_true",
                         help="skip the extra rows (fp32 full-frame with glibc's allocator, bf16 full-frame, "
                              "Zero-DCE++ in one pass)")
