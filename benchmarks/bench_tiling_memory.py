@@ -111,7 +111,7 @@ def worker(spec: dict) -> dict:
         overrides = {"tile_size": spec["tile_size"]}  # its budget resolves to two tiles' worth, as for a user
     if glibc_default:  # before building the Enhancer, which would otherwise call mallopt in this process
         inference.keep_freed_memory = lambda: None
-    weights = load_weights("zerodcepp_sice_v1") if model == "fast" else load_weights()
+    weights = load_weights("zerodcepp_sice_v2") if model == "fast" else load_weights()
     enhancer = Enhancer(weights, InferenceConfig(device="cpu", **overrides))
     enhancer.enhance(dark_image(64, 64, seed=1))  # loads oneDNN code pages, first-call setup
 

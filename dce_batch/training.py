@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -268,8 +269,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         resumes = int(state.get("resumes", 0)) + 1
         history = history[:start_epoch]
         if rank == 0:
-            print(f"[dce-batch train] resumed after epoch {start_epoch} of {config.epochs} "
-                  f"(from its checkpoint; resume #{resumes})", flush=True)
+            _worker_say(f"[dce-batch train] resumed after epoch {start_epoch} of {config.epochs} "
+                        f"(from its checkpoint; resume #{resumes})")
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if loop_config["has_val"] else None
@@ -286,7 +287,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             local_shuffle_seed=config.seed * 100_003 + epoch * 101 + rank, drop_last=False,
         )):
             if (config.inject_failure_at_epoch == epoch and start_epoch == 0 and rank == world - 1 and step == 1):
-                print(f"[dce-batch train] injected failure: worker {rank} exits in epoch {epoch + 1}", flush=True)
+                _worker_say(f"[dce-batch train] injected failure: worker {rank} exits in epoch {epoch + 1}")
                 time.sleep(2)  # mid-epoch, after the controller has registered the last checkpoint
                 os._exit(1)
             x = augment_batch(batch["image"], augment, generator)
@@ -308,7 +309,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         history.append(metrics)
         save = (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
         if rank == 0:
-            print(_epoch_line(metrics, config.epochs), flush=True)
+            _worker_say(_epoch_line(metrics, config.epochs))
         if rank == 0 and save:
             with tempfile.TemporaryDirectory() as folder:
                 torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
@@ -318,6 +319,12 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(metrics)
+
+
+def _worker_say(line: str) -> None:
+    # Not print(): Ray Train V2 patches print() in workers and each line reached the driver twice.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

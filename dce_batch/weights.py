@@ -52,9 +52,9 @@ FORMAT_VERSION = 1
 # Name -> file under dce_batch/weights/. Their metadata lives in the files themselves.
 PACKAGED_WEIGHTS: dict[str, str] = {
     "zerodce_sice_v1": "zerodce_sice_v1.safetensors",
-    "zerodcepp_sice_v1": "zerodcepp_sice_v1.safetensors",
+    "zerodcepp_sice_v2": "zerodcepp_sice_v2.safetensors",
 }
-DEFAULT_WEIGHTS: dict[str, str] = {"full": "zerodce_sice_v1", "fast": "zerodcepp_sice_v1"}
+DEFAULT_WEIGHTS: dict[str, str] = {"full": "zerodce_sice_v1", "fast": "zerodcepp_sice_v2"}
 
 
 def default_weights_for(variant: ModelVariant) -> str:

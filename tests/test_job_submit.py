@@ -73,5 +73,6 @@ def test_training_job_submitted_to_a_running_cluster(ray_head, tmp_path):
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     assert "epoch 2/2" in log and "run finished: 2 epochs" in log
+    assert log.count("] epoch 1/2 train") == 1, "each epoch's line reaches the user once"
     assert load_weights(export).meta.metrics["epochs"] == 2
     assert (tmp_path / "runs" / "submitted" / "metrics.json").is_file()

@@ -145,12 +145,12 @@ def test_fast_variant_trains_with_its_own_defaults_and_fine_tunes(ray_local, tra
     # --init-weights: start from the shipped fast model instead of random weights
     tuned = run_training(_config(training_images, tmp_path / "runs", name="tuned", variant="fast", epochs=1,
                                  workers=1, lr=1e-9, loss=LossWeights.for_variant("fast"),
-                                 init_weights="zerodcepp_sice_v1", export=str(tmp_path / "tuned.safetensors")))
-    shipped = load_weights("zerodcepp_sice_v1").state_dict
+                                 init_weights="zerodcepp_sice_v2", export=str(tmp_path / "tuned.safetensors")))
+    shipped = load_weights("zerodcepp_sice_v2").state_dict
     exported = load_weights(tmp_path / "tuned.safetensors").state_dict
     assert all(torch.allclose(exported[k], shipped[k], atol=1e-6) for k in shipped)
     assert tuned.history[0]["train_loss"] < outcome.history[0]["train_loss"]
-    assert tuned.weights_meta.recipe["init_weights"] == "zerodcepp_sice_v1"
+    assert tuned.weights_meta.recipe["init_weights"] == "zerodcepp_sice_v2"
     with pytest.raises(Exception, match="variant"):
         run_training(_config(training_images, tmp_path / "runs", name="wrong", variant="fast", epochs=1,
                              workers=1, init_weights="zerodce_sice_v1"))

@@ -44,7 +44,7 @@ def models(shared: Path, extra: list[str]) -> dict[str, tuple[object, float]]:
     found = {
         "ours zerodce_sice_v1": (load_weights("zerodce_sice_v1"), 1.0),
         "authors Zero-DCE": (load_weights(refs / "zero_dce_epoch99.pth"), 1.0),
-        "ours zerodcepp_sice_v1 (s12)": (load_weights("zerodcepp_sice_v1"), 12.0),
+        "ours zerodcepp_sice_v2 (s12)": (load_weights("zerodcepp_sice_v2"), 12.0),
         "authors Zero-DCE++ (s12)": (load_weights(refs / "zero_dce_pp_epoch99.pth"), 12.0),
     }
     for path in extra:

@@ -33,6 +33,9 @@ def main() -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--metrics-json", required=True, help="the run's metrics.json")
     parser.add_argument("--note", default="")
+    parser.add_argument("--data", default=DATA, help="where the training data came from and how it was prepared")
+    parser.add_argument("--recipe", action="append", default=[], metavar="KEY=VALUE",
+                        help="replace a recipe entry (e.g. init_weights=NAME when a run fine-tuned a local file)")
     args = parser.parse_args()
     loaded = load_weights(Path(args.exported))
     run = json.loads(Path(args.metrics_json).read_text())
@@ -42,13 +45,16 @@ def main() -> int:
     recipe["training_seconds"] = round(sum(m["epoch_seconds"] for m in history), 1)
     recipe["resumes"] = history[-1].get("resumes", 0)
     recipe["command"] = f"dce-batch train --config training/{args.name}.toml --data PATH/TO/sice_part1_train"
+    for item in args.recipe:
+        key, _, value = item.partition("=")
+        recipe[key] = value
     metrics = dict(loaded.meta.metrics)
     if args.note:
         metrics["note"] = args.note
     _, meta = save_weights(
         loaded.state_dict, args.target, name=args.name, variant=loaded.meta.variant,
         source=f"trained by dce_batch's training job (Ray Train), run {run['run']}", licence=LICENCE,
-        recipe=recipe, data=DATA, metrics=metrics,
+        recipe=recipe, data=args.data, metrics=metrics,
     )
     assert meta.sha256 == loaded.meta.sha256, "the tensors must not change"
     print(f"wrote {args.target}: {meta.name}, {meta.variant}, sha256 {meta.sha256}")
