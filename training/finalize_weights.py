@@ -46,7 +46,9 @@ def main() -> int:
     recipe["resumes"] = history[-1].get("resumes", 0)
     recipe["command"] = f"dce-batch train --config training/{args.name}.toml --data PATH/TO/sice_part1_train"
     for item in args.recipe:
-        key, _, value = item.partition("=")
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--recipe takes KEY=VALUE, got {item!r}")
         recipe[key] = value
     metrics = dict(loaded.meta.metrics)
     if args.note:
