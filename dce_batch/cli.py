@@ -5,8 +5,9 @@
 ``dce-batch enhance ...`` are the same program.
 
 Exit status of ``enhance``: 0 when every input succeeded (or was already done), 3 when the job
-finished but some inputs failed (their manifest rows say why), 2 for invalid settings or
-inputs, 1 when the job itself failed.
+finished but some inputs failed (their manifest rows say why), 2 for invalid arguments (settings,
+INPUT, OUTPUT, weights), 1 when the job itself failed at run time (storage, cluster), 130 when
+interrupted (Ctrl-C) and 143 when terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from .errors import ConfigError, DceBatchError, describe_error
 
 EXIT_FAILED = 1
 EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 def _num_actors(text: str) -> tuple[int, int]:
@@ -34,6 +37,17 @@ def _num_actors(text: str) -> tuple[int, int]:
     if len(parts) != 2 or parts[0] < 1 or parts[1] < parts[0]:
         raise argparse.ArgumentTypeError(f"expected MIN[:MAX] with 1 <= MIN <= MAX, got {text!r}")
     return parts[0], parts[1]
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text.strip().upper().rstrip("B"), ""
+    if number and number[-1] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        return int(float(number) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 4G or 512M, got {text!r}") from None
 
 
 def _add_s3_options(parser: argparse.ArgumentParser) -> None:
@@ -68,8 +82,9 @@ def enhance_parser() -> argparse.ArgumentParser:
     g.add_argument("--scale", type=float, default=12.0,
                    help="fast variant: estimate curves on an image downscaled by this factor (default 12)")
     g.add_argument("--strength", type=float, default=1.0, help="0 = unchanged ... 1 = full enhancement (default 1)")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="network precision; bf16/fp16 on GPUs (fp16 needs CUDA)")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="network precision (default auto: bf16 where the CPU or GPU computes it natively, "
+                        "within one 8-bit step of fp32; fp32 elsewhere). fp16 needs CUDA")
     g = p.add_argument_group("output")
     g.add_argument("--format", choices=["same", "jpeg", "png", "webp"], default="same",
                    help="output format (default: same as input)")
@@ -83,8 +98,15 @@ def enhance_parser() -> argparse.ArgumentParser:
                    help="actor pool size (default: 1 up to what the cluster's CPUs/GPUs hold)")
     g.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor, fractional allowed (default 0)")
     g.add_argument("--cpus-per-actor", type=float, default=None,
-                   help="CPUs per actor, fractional allowed (default 1; less on a one-CPU machine)")
-    g.add_argument("--batch-size", type=int, default=4, help="images per actor call (default 4)")
+                   help="CPUs per actor, fractional allowed (default 1: one actor per CPU)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="images per actor call (default 2 on CPUs, 16 on GPUs)")
+    g.add_argument("--pipeline", choices=["auto", "fused", "staged"], default="auto",
+                   help="fused: each actor reads, enhances and writes (default on CPUs); staged: CPU tasks "
+                        "decode and encode around actors that only run the network (default with GPUs)")
+    g.add_argument("--actor-memory", type=_size, metavar="BYTES",
+                   help="memory each actor declares to Ray, e.g. 4G (default: enough for --max-pixels)")
+    g.add_argument("--dashboard", action="store_true", help="start the Ray dashboard with the local cluster")
     g = p.add_argument_group("limits")
     g.add_argument("--max-pixels", type=int, default=None, help="refuse images above this many pixels (default 100 MP)")
     g.add_argument("--tile-size", type=int, default=None,
@@ -107,25 +129,67 @@ def enhance_main(argv: Sequence[str] | None = None) -> int:
             gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size,
             s3=_s3_options(args), overwrite=args.overwrite,
             allow_output_inside_input=args.allow_output_inside_input,
-            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, tile_size=args.tile_size,
+            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, tile_size=args.tile_size, pipeline=args.pipeline,
+            actor_memory=args.actor_memory, dashboard=args.dashboard,
         )
         if args.address:
-            import ray
+            import os
 
-            ray.init(address=args.address)
+            os.environ["RAY_ADDRESS"] = args.address  # run_enhance connects there
         summary = run_enhance(config)
-    except DceBatchError as exc:
-        print(f"dce-batch enhance: {describe_error(exc)}", file=sys.stderr)
-        return EXIT_INVALID
-    except KeyboardInterrupt:
-        print("dce-batch enhance: interrupted; finished images are in the manifest, run again to resume",
-              file=sys.stderr)
-        return 130
-    except Exception:  # noqa: BLE001 - the job itself failed: say so with the traceback
-        traceback.print_exc()
-        return EXIT_FAILED
+    except KeyboardInterrupt as exc:
+        terminated = type(exc).__name__ == "_Interrupted"
+        print(f"dce-batch enhance: {'terminated' if terminated else 'interrupted'}; finished images are in the "
+              "manifest, run again to resume", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - exit status by cause, message first
+        return _report_failure("dce-batch enhance", exc)
     print(summary.table())
     return EXIT_SOME_FAILED if summary.error else EXIT_OK
+
+
+def _report_failure(program: str, exc: Exception) -> int:
+    """Print why the command failed; 2 for invalid arguments, 1 for a run-time failure."""
+    from .errors import WeightsError
+
+    invalid = isinstance(exc, (ConfigError, WeightsError))
+    if isinstance(exc, DceBatchError):
+        print(f"{program}: {describe_error(exc)}", file=sys.stderr)
+    else:
+        cause = _dce_cause(exc)
+        if cause is not None:  # e.g. an actor's OutputWriteError wrapped by Ray
+            print(f"{program}: {describe_error(cause)}", file=sys.stderr)
+            invalid = isinstance(cause, (ConfigError, WeightsError))
+        else:
+            traceback.print_exc()
+    return EXIT_INVALID if invalid else EXIT_FAILED
+
+
+def _dce_cause(exc: BaseException) -> DceBatchError | None:
+    """The DceBatchError behind a wrapped exception.
+
+    Ray re-raises an error from an actor or task as a RayTaskError whose text holds the original
+    traceback (Ray Data's UserCodeException keeps no exception object), so the last
+    ``dce_batch.errors.<Type>: message`` line of that text is rebuilt as the error it was.
+    """
+    import re
+
+    from . import errors
+
+    seen = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DceBatchError):
+            return current
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
+    found = re.findall(r"dce_batch\.errors\.(\w+): ([^\n]*)", str(exc))
+    if found:
+        name, message = found[-1]
+        kind = getattr(errors, name, None)
+        if isinstance(kind, type) and issubclass(kind, DceBatchError):
+            return kind(message)
+    return None
 
 
 def train_parser() -> argparse.ArgumentParser:

@@ -40,6 +40,19 @@ class StorageError(DceBatchError):
     """A path or URI cannot be resolved, listed, read or written."""
 
 
+class OutputWriteError(StorageError):
+    """OUTPUT cannot be written (full, read-only, no permission, unreachable): the run stops.
+
+    Unlike a bad input, which becomes an ``error`` row, this fails the whole job (exit 1): every
+    further image would fail the same way, and the manifest must not claim outputs that were not
+    written. Running again resumes once the cause is fixed.
+    """
+
+
+class InputNotFoundError(ConfigError):
+    """INPUT does not exist or holds no images (an invalid argument: exit 2)."""
+
+
 def describe_error(exc: BaseException) -> str:
     """``TypeName: message``, the form stored in manifest rows and printed in summaries."""
     message = str(exc).strip() or repr(exc)

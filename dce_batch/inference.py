@@ -1,24 +1,36 @@
-"""Enhancing one image: device, precision, strength, and exact tiling for large images.
+"""Enhancing images: device, precision, strength, and exact tiling that batches across images.
 
-:class:`Enhancer` turns H x W x 3 float32 pixels in [0, 1] into enhanced pixels of the same size.
-Above a pixel budget it works tile by tile so that memory depends on the tile, not the image:
+:class:`Enhancer` turns H x W x 3 images (uint8, uint16 or float32 in [0, 1]) into enhanced images
+of the same size and dtype. Integer images stay integers end to end: each window is converted to
+float on the device and the result is rounded back per window, so memory holds the image twice in
+its own depth (not as float32) and a GPU receives uint8, a quarter of the bytes.
 
-* DCE-Net (and the fast variant at scale 1) sees at most :data:`RECEPTIVE_FIELD_RADIUS` = 7
-  pixels around each output pixel, so each tile is computed with a halo of 7 real pixels
-  (clipped at the image border, where the network's own zero padding applies in both cases) and
-  only its core is kept: the result equals full-frame inference.
-* The fast variant at scale > 1 estimates its 3 curve maps on a downscaled copy of the whole
-  image (small), then upsamples and applies them in horizontal strips.
+Tiling is exact. DCE-Net (and the fast variant at scale 1) sees at most
+:data:`RECEPTIVE_FIELD_RADIUS` = 7 pixels around each output pixel, so the image is cut into
+windows of one fixed size (``tile_size`` + 2 x 7 on each side) that always lie inside the image:
+the last window of a row or column is shifted back to end at the image border instead of being cut
+short. A window edge on the image border sees the network's own zero padding exactly as full-frame
+inference does; every other edge carries 7 pixels of real context that are dropped from the
+window's *core*. The cores cover the image, so the result equals full-frame inference (up to float
+rounding of differently shaped convolutions), and, because every window of a large image has the
+same shape, windows of different images share one batch on a GPU.
 
-The network runs under autocast for bf16/fp16; the curve itself is always applied in float32.
+The fast variant at scale > 1 estimates its 3 curve maps on a downscaled copy of the whole image
+(small), then upsamples and applies them in horizontal strips.
+
+Precision: ``auto`` picks bf16 where the hardware computes it natively (CPUs with AVX512-BF16 or
+AMX, CUDA GPUs with bf16) and fp32 elsewhere (fp16 on CUDA GPUs without bf16). The network then
+runs with bf16 weights in channels-last layout (faster than autocast on CPUs, and within one 8-bit
+step of fp32: benchmarks/bench_throughput.py); the curve iterations always run in float32.
+Asking for bf16 on a CPU that would emulate it (about 50x slower) is refused, not obeyed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
+import functools
 from dataclasses import dataclass, replace
-from typing import Iterator, Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -27,10 +39,25 @@ from .errors import ConfigError
 from .model import RECEPTIVE_FIELD_RADIUS, DCENet, DCENetFast, apply_curves
 from .weights import LoadedWeights
 
-__all__ = ["EnhanceResult", "Enhancer", "InferenceConfig", "Precision", "resolve_device", "tile_grid"]
+__all__ = [
+    "EnhanceResult",
+    "Enhancer",
+    "InferenceConfig",
+    "Precision",
+    "Window",
+    "cpu_has_native_bf16",
+    "resolve_device",
+    "resolve_precision",
+    "window_grid",
+]
 
-Precision = Literal["fp32", "bf16", "fp16"]
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_INTEGER_MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+#: Activation memory of DCE-Net per pixel of a forward pass, float32 (measured: 1164 B/px at
+#: 6 MP full-frame, benchmarks/bench_tiling_memory.py); half precision needs about half.
+NETWORK_BYTES_PER_PIXEL_FP32 = 1200
 
 
 @dataclass(frozen=True)
@@ -39,48 +66,92 @@ class InferenceConfig:
 
     Attributes:
         strength: scales the curve maps; 0 leaves the image unchanged, 1 is the model as trained.
-        precision: ``fp32``; ``bf16`` (CUDA, or CPUs with bf16 support); ``fp16`` (CUDA only).
+        precision: ``auto`` (native bf16 where the hardware has it, else fp32), ``fp32``,
+            ``bf16`` (CUDA, or CPUs with native bf16), ``fp16`` (CUDA only).
         device: ``auto`` (CUDA if present), ``cpu``, ``cuda`` or ``cuda:N``.
         scale: downscale factor of the fast variant's curve estimation (ignored by DCE-Net).
-        tile_size: side of a tile's core when tiling; ``None`` picks per device (below).
-        max_full_frame_pixels: images up to this many pixels run in one pass; larger ones tile.
-            ``None`` picks per device. DCE-Net needs about 1.2 KB of activations per pixel in fp32.
+        tile_size: side of a window's core when tiling; ``None`` picks per device (below).
+        max_full_frame_pixels: images up to this many pixels run as one window; larger ones are
+            tiled. ``None`` picks per device.
+        batch_pixels: at most this many pixels go through the network in one call (windows of
+            several images are stacked up to it). ``None`` picks per device.
 
-    On CPUs small tiles are faster as well as smaller: 256-pixel tiles keep the activations
-    cache- and allocator-friendly (benchmarks/bench_throughput.py), so CPU inference tiles
-    everything above two tiles' worth of pixels. GPUs get 1024-pixel tiles above 2 MP.
+    CPU defaults: 256-pixel tiles above two tiles' worth of pixels (small windows stay in cache
+    and keep memory flat), one window per call. GPU defaults: 1024-pixel tiles above 2 MP, and
+    up to 8 MP per call so that a GPU gets large batches.
     """
 
     strength: float = 1.0
-    precision: Precision = "fp32"
+    precision: Precision = "auto"
     device: str = "auto"
     scale: float = 1.0
     tile_size: int | None = None
     max_full_frame_pixels: int | None = None
+    batch_pixels: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.strength <= 1.0:
             raise ConfigError(f"strength must be in [0, 1] (0 = unchanged, 1 = full model), got {self.strength}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.scale < 1:
             raise ConfigError(f"scale must be >= 1, got {self.scale}")
         if self.tile_size is not None and self.tile_size < 16:
             raise ConfigError(f"tile_size must be at least 16 pixels, got {self.tile_size}")
         if self.max_full_frame_pixels is not None and self.max_full_frame_pixels < 1:
             raise ConfigError("max_full_frame_pixels must be positive")
+        if self.batch_pixels is not None and self.batch_pixels < 1:
+            raise ConfigError("batch_pixels must be positive")
 
     def for_device(self, device: torch.device) -> "InferenceConfig":
-        """These settings with the per-device tiling defaults filled in."""
-        tile = self.tile_size or (1024 if device.type == "cuda" else 256)
-        budget = self.max_full_frame_pixels or (2_097_152 if device.type == "cuda" else 2 * tile * tile)
-        return replace(self, tile_size=tile, max_full_frame_pixels=budget)
+        """These settings with the per-device defaults filled in (precision resolved too)."""
+        cuda = device.type == "cuda"
+        tile = self.tile_size or (1024 if cuda else 256)
+        budget = self.max_full_frame_pixels or (2_097_152 if cuda else 2 * tile * tile)
+        batch = self.batch_pixels or (8_388_608 if cuda else 1)
+        return replace(self, tile_size=tile, max_full_frame_pixels=budget, batch_pixels=batch,
+                       precision=resolve_precision(self.precision, device))
 
 
 @dataclass(frozen=True)
 class EnhanceResult:
-    pixels: np.ndarray  # float32 H x W x 3
+    pixels: np.ndarray  # H x W x 3, the input's dtype
     tiled: bool
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); else torch emulates it."""
+    try:
+        capabilities = torch.cpu.get_capabilities()  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):
+        capabilities = {}
+    if capabilities:
+        return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16") or capabilities.get("amx_tile"))
+    try:  # older torch: read the flags ourselves (Linux)
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """The precision a request means on ``device``; ConfigError for one that would be unusable."""
+    if device.type == "cuda":
+        if requested == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return requested
+    if requested == "auto":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if requested == "fp16":
+        raise ConfigError("fp16 needs a CUDA GPU; use --precision auto, fp32 or bf16 on CPUs")
+    if requested == "bf16" and not cpu_has_native_bf16():
+        raise ConfigError(
+            f"bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}, no native bf16) is emulated and "
+            "about 50x slower than fp32; use --precision auto (fp32 here) or fp32"
+        )
+    return requested
 
 
 def keep_freed_memory() -> None:
@@ -89,7 +160,7 @@ def keep_freed_memory() -> None:
     DCE-Net allocates and frees tens of MB per layer; by default glibc serves each such block
     with a fresh mmap, faults it in page by page and unmaps it again, which costs more CPU
     time than the convolutions (measured: 3x faster at 1024 x 768 with this, same pixels).
-    Memory stays bounded by the tile size. A no-op where glibc's mallopt is not available.
+    Memory stays bounded by the window size. A no-op where glibc's mallopt is not available.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -112,25 +183,57 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return device
 
 
-def tile_grid(height: int, width: int, tile: int, halo: int) -> Iterator[tuple[slice, slice, slice, slice]]:
-    """Tiles covering an image: ``(core_rows, core_cols, padded_rows, padded_cols)`` slices.
+@dataclass(frozen=True)
+class Window:
+    """A window of the image fed to the network, and the core of it that is kept.
 
-    The padded slices extend each core by ``halo`` pixels, clipped to the image.
+    ``top, left, height, width`` place the window in the image; ``core_*`` are image
+    coordinates of the kept part (half-open).
     """
-    for y0 in range(0, height, tile):
-        y1 = min(y0 + tile, height)
-        for x0 in range(0, width, tile):
-            x1 = min(x0 + tile, width)
-            yield (
-                slice(y0, y1),
-                slice(x0, x1),
-                slice(max(0, y0 - halo), min(height, y1 + halo)),
-                slice(max(0, x0 - halo), min(width, x1 + halo)),
-            )
+
+    top: int
+    left: int
+    height: int
+    width: int
+    core_top: int
+    core_bottom: int
+    core_left: int
+    core_right: int
+
+
+def _axis_windows(length: int, window: int, halo: int) -> list[tuple[int, int, int]]:
+    """``(start, core_start, core_stop)`` along one axis; windows of ``min(window, length)``.
+
+    Windows start every ``window - 2 * halo`` pixels; the last one is moved back so that it
+    ends at the border. A core keeps ``halo`` pixels away from every window edge that is not
+    an image border, and consecutive cores meet or overlap, so they cover the axis.
+    """
+    if length <= window:
+        return [(0, 0, length)]
+    step = window - 2 * halo
+    if step < 1:
+        raise ConfigError(f"tile window {window} is too small for a halo of {halo}")
+    starts = list(range(0, length - window, step)) + [length - window]
+    spans = []
+    for start in starts:
+        core_start = start + halo if start > 0 else 0
+        core_stop = start + window - halo if start + window < length else length
+        spans.append((start, core_start, core_stop))
+    return spans
+
+
+def window_grid(height: int, width: int, tile: int, halo: int) -> list[Window]:
+    """Windows of side ``tile + 2 * halo`` (clipped to the image) covering an image."""
+    side = tile + 2 * halo
+    return [
+        Window(top, left, min(side, height), min(side, width), core_top, core_bottom, core_left, core_right)
+        for top, core_top, core_bottom in _axis_windows(height, side, halo)
+        for left, core_left, core_right in _axis_windows(width, side, halo)
+    ]
 
 
 class Enhancer:
-    """A loaded network plus settings; call :meth:`enhance` on H x W x 3 float32 arrays.
+    """A loaded network plus settings; call :meth:`enhance` or :meth:`enhance_batch` on images.
 
     Build one per process (a Ray actor builds one in its constructor) and reuse it.
     """
@@ -140,80 +243,108 @@ class Enhancer:
         config = self.config = config.for_device(self.device)
         if self.device.type == "cpu":
             keep_freed_memory()
-        if config.precision == "fp16" and self.device.type != "cuda":
-            raise ConfigError("fp16 needs a CUDA GPU; use fp32 or bf16 on CPUs")
         self.weights = weights
         self.model: DCENet | DCENetFast = weights.build(scale=config.scale if weights.meta.variant == "fast" else 1.0)
-        self.model.to(self.device)
-        # Halo of real pixels around each tile (an attribute so a test can show 6 is not enough).
+        self.network_dtype = _DTYPES[config.precision]
+        # Channels-last: the images arrive as H x W x 3 (so the layout is free) and oneDNN's
+        # convolutions are faster on it (benchmarks/bench_throughput.py).
+        self.model.to(self.device, self.network_dtype).to(memory_format=torch.channels_last)
+        # Halo of real pixels around each window (an attribute so a test can show 6 is not enough).
         self.halo = RECEPTIVE_FIELD_RADIUS
 
     @property
     def variant(self) -> str:
         return self.model.variant
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=_DTYPES[self.config.precision])
+    @property
+    def precision(self) -> str:
+        """The precision the network really runs in (``auto`` resolved for this device)."""
+        return self.config.precision
 
     def _curves(self, x: torch.Tensor) -> torch.Tensor:
-        """Curve maps of ``x`` at its own resolution (float32, strength applied); x is on the device."""
-        with self._autocast():
-            curves = self.model.head(x)
-        curves = curves.float()
+        """Curve maps of ``x`` (float32, on the device) at its own resolution, float32, strength applied."""
+        curves = self.model.head(x.to(self.network_dtype)).float()
         if self.config.strength != 1.0:
             curves = curves * self.config.strength
         return curves
 
     @torch.inference_mode()
     def enhance(self, pixels: np.ndarray) -> EnhanceResult:
-        """Enhance an H x W x 3 float32 image in [0, 1]; returns float32 pixels of the same size."""
-        if pixels.ndim != 3 or pixels.shape[2] != 3:
-            raise ValueError(f"expected H x W x 3 pixels, got shape {pixels.shape}")
-        image = torch.from_numpy(np.asarray(pixels, dtype=np.float32)).permute(2, 0, 1)  # 3 x H x W view
-        out = torch.empty(pixels.shape, dtype=torch.float32)  # H x W x 3, filled tile by tile
-        if isinstance(self.model, DCENetFast) and self.model.scale != 1.0:
-            tiled = self._enhance_downscaled(image, out)
-        else:
-            tiled = self._enhance_tiles(image, out)
-        return EnhanceResult(pixels=out.numpy(), tiled=tiled)
+        """Enhance one H x W x 3 image (uint8, uint16, or float32 in [0, 1]); same size and dtype back."""
+        return self.enhance_batch([pixels])[0]
 
-    def _enhance_tiles(self, image: torch.Tensor, out: torch.Tensor) -> bool:
-        _, height, width = image.shape
-        cfg = self.config
-        tiled = height * width > cfg.max_full_frame_pixels
-        tile = cfg.tile_size if tiled else max(height, width)
-        for rows, cols, prow, pcol in tile_grid(height, width, tile, self.halo):
-            padded = image[:, prow, pcol].unsqueeze(0).to(self.device, non_blocking=True).contiguous()
-            curves = self._curves(padded)
-            if isinstance(self.model, DCENetFast):  # scale 1: one map for all iterations, same size
-                curves = self.model.upsample_curves(curves, padded.shape[-2:])
-            # Keep the core: its receptive field lies inside the padded tile.
-            core = (slice(None), slice(None), slice(rows.start - prow.start, rows.stop - prow.start),
-                    slice(cols.start - pcol.start, cols.stop - pcol.start))
-            enhanced = apply_curves(padded[core], curves[core])
-            out[rows, cols, :] = enhanced[0].permute(1, 2, 0).to("cpu")
+    @torch.inference_mode()
+    def enhance_batch(self, images: Sequence[np.ndarray]) -> list[EnhanceResult]:
+        """Enhance several images; windows of equal shape from different images share a forward pass."""
+        for pixels in images:
+            if pixels.ndim != 3 or pixels.shape[2] != 3:
+                raise ValueError(f"expected H x W x 3 pixels, got shape {pixels.shape}")
+            if pixels.dtype not in _INTEGER_MAX and pixels.dtype != np.float32:
+                raise ValueError(f"expected uint8, uint16 or float32 pixels, got {pixels.dtype}")
+        outputs = [np.empty_like(pixels) for pixels in images]
+        if isinstance(self.model, DCENetFast) and self.model.scale != 1.0:
+            tiled = [self._enhance_downscaled(pixels, out) for pixels, out in zip(images, outputs)]
+        else:
+            tiled = self._enhance_windows(images, outputs)
+        return [EnhanceResult(pixels=out, tiled=t) for out, t in zip(outputs, tiled)]
+
+    def _windows_of(self, height: int, width: int) -> list[Window]:
+        if height * width <= self.config.max_full_frame_pixels:
+            return [Window(0, 0, height, width, 0, height, 0, width)]
+        return window_grid(height, width, self.config.tile_size, self.halo)
+
+    def _enhance_windows(self, images: Sequence[np.ndarray], outputs: list[np.ndarray]) -> list[bool]:
+        # Every window of every image, grouped by shape so that each group can be stacked.
+        groups: dict[tuple[int, int], list[tuple[int, Window]]] = {}
+        tiled = []
+        for index, pixels in enumerate(images):
+            windows = self._windows_of(pixels.shape[0], pixels.shape[1])
+            tiled.append(len(windows) > 1)
+            for window in windows:
+                groups.setdefault((window.height, window.width), []).append((index, window))
+        for (height, width), members in groups.items():
+            per_call = max(1, self.config.batch_pixels // (height * width))
+            for start in range(0, len(members), per_call):
+                self._run_windows(images, outputs, members[start : start + per_call])
         return tiled
 
-    def _enhance_downscaled(self, image: torch.Tensor, out: torch.Tensor) -> bool:
+    def _run_windows(self, images, outputs, members: list[tuple[int, Window]]) -> None:
+        """One forward pass over equally shaped windows, their cores written into ``outputs``."""
+        batch = np.stack([images[i][w.top : w.top + w.height, w.left : w.left + w.width] for i, w in members])
+        x = _to_unit_float(torch.from_numpy(batch).to(self.device, non_blocking=True), batch.dtype)
+        x = x.permute(0, 3, 1, 2)  # N x 3 x H x W view, channels-last in memory
+        curves = self._curves(x)
+        if isinstance(self.model, DCENetFast):  # scale 1: one map for all iterations, same size
+            curves = self.model.upsample_curves(curves, x.shape[-2:])
+        for row, (index, w) in enumerate(members):
+            # Keep the core: its receptive field lies inside the window.
+            rows = slice(w.core_top - w.top, w.core_bottom - w.top)
+            cols = slice(w.core_left - w.left, w.core_right - w.left)
+            enhanced = apply_curves(x[row : row + 1, :, rows, cols], curves[row : row + 1, :, rows, cols])
+            outputs[index][w.core_top : w.core_bottom, w.core_left : w.core_right] = _from_unit_float(
+                enhanced[0].permute(1, 2, 0), outputs[index].dtype)
+
+    def _enhance_downscaled(self, pixels: np.ndarray, out: np.ndarray) -> bool:
         """Fast variant, scale > 1: curves from a small copy, applied to the full image in strips."""
         model = self.model
         assert isinstance(model, DCENetFast)
-        _, height, width = image.shape
-        small_size = model.downscaled_size(height, width)
-        full = image.unsqueeze(0).to(self.device)
-        small = torch.nn.functional.interpolate(full, size=small_size, mode="bilinear", align_corners=False)
-        del full
+        height, width = pixels.shape[:2]
+        image = torch.from_numpy(pixels)  # H x W x 3 on the CPU; moved strip by strip
+        small = self._downscaled(image, model.downscaled_size(height, width))
         curves = self._curves_of_small(small)  # 1 x 3 x h x w
         tiled = height * width > self.config.max_full_frame_pixels
         strip = max(1, self.config.max_full_frame_pixels // max(width, 1)) if tiled else height
         for r0 in range(0, height, strip):
             r1 = min(height, r0 + strip)
             maps = _upsample_rows_align_corners(curves, r0, r1, height, width)
-            x = image[:, r0:r1, :].unsqueeze(0).to(self.device)
-            out[r0:r1, :, :] = apply_curves(x, maps)[0].permute(1, 2, 0).to("cpu")
+            x = _to_unit_float(image[r0:r1].to(self.device), pixels.dtype).permute(2, 0, 1).unsqueeze(0)
+            out[r0:r1] = _from_unit_float(apply_curves(x, maps)[0].permute(1, 2, 0), out.dtype)
         return tiled
+
+    def _downscaled(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Bilinear downscale of the whole image (as the authors' F.interpolate), float32 1 x 3 x h x w."""
+        full = _to_unit_float(image.to(self.device), image.numpy().dtype).permute(2, 0, 1).unsqueeze(0)
+        return torch.nn.functional.interpolate(full.contiguous(), size=size, mode="bilinear", align_corners=False)
 
     def _curves_of_small(self, small: torch.Tensor) -> torch.Tensor:
         """Curve maps of the downscaled image, itself tiled exactly if it is large."""
@@ -221,11 +352,33 @@ class Enhancer:
         if h * w <= self.config.max_full_frame_pixels:
             return self._curves(small)
         curves = torch.empty((1, 3, h, w), dtype=torch.float32, device=small.device)
-        for rows, cols, prow, pcol in tile_grid(h, w, self.config.tile_size, self.halo):
-            c = self._curves(small[:, :, prow, pcol].contiguous())
-            curves[:, :, rows, cols] = c[:, :, rows.start - prow.start : rows.stop - prow.start,
-                                         cols.start - pcol.start : cols.stop - pcol.start]
+        for win in window_grid(h, w, self.config.tile_size, self.halo):
+            c = self._curves(small[:, :, win.top : win.top + win.height, win.left : win.left + win.width])
+            curves[:, :, win.core_top : win.core_bottom, win.core_left : win.core_right] = c[
+                :, :, win.core_top - win.top : win.core_bottom - win.top,
+                win.core_left - win.left : win.core_right - win.left]
         return curves
+
+
+def _to_unit_float(values: torch.Tensor, dtype: np.dtype) -> torch.Tensor:
+    """uint8/uint16 -> float32 in [0, 1] (exactly ``x / 255`` as the model was trained); float32 as is."""
+    maximum = _INTEGER_MAX.get(np.dtype(dtype))
+    if maximum is None:
+        return values
+    if values.dtype == torch.uint16:  # few kernels take uint16: widen first (exact)
+        values = values.to(torch.int32)
+    return values.float().div_(maximum)
+
+
+def _from_unit_float(values: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """float32 -> the output dtype on the CPU: integers rounded half-to-even after clipping to [0, 1]."""
+    maximum = _INTEGER_MAX.get(np.dtype(dtype))
+    if maximum is None:
+        return values.cpu().numpy()
+    quantised = values.clamp(0.0, 1.0).mul_(maximum).round_()
+    target = torch.uint8 if maximum == 255.0 else torch.int32
+    result = quantised.to(target).cpu().numpy()
+    return result if result.dtype == dtype else result.astype(dtype)
 
 
 def _upsample_rows_align_corners(curves: torch.Tensor, r0: int, r1: int, height: int, width: int) -> torch.Tensor:

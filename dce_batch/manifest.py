@@ -1,39 +1,59 @@
-"""The run manifest: one Parquet row per input, the resume set, and the run summary.
+"""The run manifest: one Parquet row per input, the resume set, the crash journal and the summary.
 
-The manifest is a Parquet dataset under ``OUTPUT/_manifest/``: ``part-<run_id>-<n>.parquet``
-files written as results arrive (so an interrupted run keeps what it finished) and, last,
-``_run-<run_id>.json`` whose presence means the run completed. Every file is written with the
-one explicit :data:`MANIFEST_SCHEMA`, so pandas, DuckDB and Spark read the folder as one table
-(a null-typed column in one file and a string column in another is what usually breaks that).
+The manifest is a Parquet dataset under ``OUTPUT/_manifest/``:
+
+* ``part-<run_id>-<n>.parquet``: rows written by the driver as results arrive;
+* ``_pending/<run_id>/<worker>-<id>.parquet``: the crash journal. Every actor writes the rows of
+  a batch here as soon as the batch's outputs are written, so a driver that is killed loses no
+  row: the next run folds a dead run's journal into a ``part-<run_id>-recovered-*`` file (minus
+  rows its parts already hold) and deletes it. Names starting with ``_`` are invisible to
+  pandas, pyarrow, Spark and DuckDB's ``*.parquet`` glob, so readers never see a row twice;
+* ``_run-<run_id>.json``, written last: the run summary, whose presence means the run completed.
+
+Every file is written with the one explicit :data:`MANIFEST_SCHEMA`, so pandas, DuckDB and Spark
+read the folder as one table; files written before a column existed read it as null.
+
+Resume is settings-aware: each row carries the canonical JSON of the settings that determined its
+output (``settings``) and its sha256 (``settings_sha256``); see :func:`dce_batch.plan.output_settings`.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import posixpath
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .errors import StorageError
 from .storage import MANIFEST_DIR, write_bytes_atomic
 
 __all__ = [
     "MANIFEST_DIR",
     "MANIFEST_SCHEMA",
+    "PENDING_DIR",
     "ManifestRow",
     "RunSummary",
-    "completed_inputs",
+    "latest_ok_rows",
     "read_manifest",
+    "recover_pending",
     "rows_to_table",
     "table_to_parquet_bytes",
+    "write_manifest_part",
+    "write_pending_part",
 ]
 
 STATUS_OK, STATUS_ERROR, STATUS_SKIPPED = "ok", "error", "skipped"
+PENDING_DIR = "_pending"
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -59,6 +79,11 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("duration_ms", pa.float32()),
         pa.field("worker", pa.string()),
         pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        # Added in 0.2: what made the output, for settings-aware resume.
+        pa.field("settings", pa.string()),
+        pa.field("settings_sha256", pa.string()),
+        pa.field("made_by_run_id", pa.string()),
+        pa.field("bit_depth", pa.int8()),
     ]
 )
 
@@ -89,6 +114,10 @@ class ManifestRow:
     duration_ms: float | None = None
     worker: str | None = None
     finished_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    settings: str | None = None
+    settings_sha256: str | None = None
+    made_by_run_id: str | None = None
+    bit_depth: int | None = None
 
 
 def rows_to_table(rows: Iterable[ManifestRow | Mapping[str, Any]]) -> pa.Table:
@@ -97,44 +126,159 @@ def rows_to_table(rows: Iterable[ManifestRow | Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(dicts, schema=MANIFEST_SCHEMA)
 
 
+def conform(table: pa.Table) -> pa.Table:
+    """``table`` with exactly the manifest's columns, in order (missing ones null)."""
+    columns = []
+    for schema_field in MANIFEST_SCHEMA:
+        if schema_field.name in table.column_names:
+            columns.append(table[schema_field.name].cast(schema_field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, schema_field.type))
+    return pa.Table.from_arrays(columns, schema=MANIFEST_SCHEMA)
+
+
 def table_to_parquet_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
-    pq.write_table(table.cast(MANIFEST_SCHEMA), sink, compression="zstd")
+    pq.write_table(conform(table), sink, compression="zstd")
     return sink.getvalue()
 
 
-def write_manifest_part(fs: pafs.FileSystem, manifest_path: str, run_id: str, index: int, table: pa.Table) -> str:
+def write_manifest_part(fs: pafs.FileSystem, manifest_path: str, run_id: str, index: int | str,
+                        table: pa.Table) -> str:
     """Write one part file atomically; returns its path."""
-    path = f"{manifest_path}/part-{run_id}-{index:05d}.parquet"
+    suffix = f"{index:05d}" if isinstance(index, int) else index
+    path = f"{manifest_path}/part-{run_id}-{suffix}.parquet"
     write_bytes_atomic(fs, path, table_to_parquet_bytes(table))
     return path
 
 
-def read_manifest(fs: pafs.FileSystem, manifest_path: str, columns: list[str] | None = None) -> pa.Table:
-    """All part files under ``manifest_path`` as one table (empty, with the schema, if none)."""
+def write_pending_part(fs: pafs.FileSystem, manifest_path: str, run_id: str, worker: str, table: pa.Table) -> str:
+    """Journal a batch's rows (an actor calls this once the batch's outputs are written)."""
+    safe_worker = "".join(c if c.isalnum() or c in "-_" else "-" for c in worker)[:60] or "worker"
+    path = f"{manifest_path}/{PENDING_DIR}/{run_id}/{safe_worker}-{uuid.uuid4().hex[:12]}.parquet"
+    write_bytes_atomic(fs, path, table_to_parquet_bytes(table))
+    return path
+
+
+def _parquet_files(fs: pafs.FileSystem, folder: str, *, recursive: bool) -> list[str]:
+    """Visible ``.parquet`` files in ``folder`` (none if it does not exist); StorageError if unreadable."""
+    selector = pafs.FileSelector(folder, allow_not_found=True, recursive=recursive)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(manifest_path, allow_not_found=True, recursive=False))
-    except OSError:
-        infos = []
-    parts = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")
-                   and not i.base_name.startswith("."))
+        infos = fs.get_file_info(selector)
+    except OSError as exc:
+        raise StorageError(f"cannot list the manifest {folder}: {exc}; the run stops rather than "
+                           "redo work an unreadable manifest may record") from exc
+    base = folder.rstrip("/") + "/"
+    files = []
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
+            continue
+        relative = info.path[len(base):] if info.path.startswith(base) else info.base_name
+        if any(part.startswith((".", "_")) for part in relative.split("/")):
+            continue  # temp files, and the journal when reading the parts
+        files.append(info.path)
+    return sorted(files)
+
+
+def _read_files(fs: pafs.FileSystem, files: list[str], columns: list[str] | None) -> pa.Table:
     schema = MANIFEST_SCHEMA if columns is None else pa.schema([MANIFEST_SCHEMA.field(c) for c in columns])
-    if not parts:
+    if not files:
         return schema.empty_table()
-    tables = [pq.read_table(p, filesystem=fs, columns=columns, schema=schema) for p in parts]
-    return pa.concat_tables(tables)
+    try:
+        # An explicit schema: files written before a column existed read it as null.
+        dataset = pads.dataset(files, schema=MANIFEST_SCHEMA, format="parquet", filesystem=fs)
+        return dataset.to_table(columns=columns)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise StorageError(f"cannot read the manifest ({len(files)} files, e.g. {files[0]}): {exc}; "
+                           "fix or move the damaged file, or start over with --overwrite") from exc
 
 
-def completed_inputs(manifest: pa.Table, existing_outputs: set[str]) -> set[str]:
-    """Input URIs with an ``ok`` row whose output still exists: what a resumed run skips."""
-    if manifest.num_rows == 0:
-        return set()
+def read_manifest(fs: pafs.FileSystem, manifest_path: str, columns: list[str] | None = None) -> pa.Table:
+    """All part files under ``manifest_path`` as one table (empty, with the schema, if none).
+
+    A missing folder is an empty manifest; a folder or file that cannot be listed or read raises
+    StorageError (never "no manifest": that would make a resume redo everything).
+    """
+    return _read_files(fs, _parquet_files(fs, manifest_path, recursive=False), columns)
+
+
+def read_pending(fs: pafs.FileSystem, manifest_path: str) -> dict[str, pa.Table]:
+    """The crash journal: run_id -> its journalled rows."""
+    pending_root = f"{manifest_path}/{PENDING_DIR}"
+    selector = pafs.FileSelector(pending_root, allow_not_found=True, recursive=True)
+    try:
+        infos = fs.get_file_info(selector)
+    except OSError as exc:
+        raise StorageError(f"cannot list the manifest journal {pending_root}: {exc}") from exc
+    by_run: dict[str, list[str]] = {}
+    for info in infos:
+        if info.type == pafs.FileType.File and info.path.endswith(".parquet") and not info.base_name.startswith("."):
+            run_id = posixpath.basename(posixpath.dirname(info.path))
+            by_run.setdefault(run_id, []).append(info.path)
+    return {run_id: _read_files(fs, sorted(files), None) for run_id, files in by_run.items()}
+
+
+def recover_pending(fs: pafs.FileSystem, manifest_path: str, *, skip_run: str | None = None,
+                    parts: pa.Table | None = None) -> int:
+    """Fold the journals of runs that died into part files; returns the number of rows recovered.
+
+    Rows already in a part (same run_id and input_uri) are not repeated; of journal rows for the
+    same input (a batch retried after its actor died) the latest wins. ``skip_run`` (the run in
+    progress) is left alone. ``parts`` may pass the already-read parts to save a read.
+    """
+    journals = read_pending(fs, manifest_path)
+    recovered = 0
+    for run_id, rows in journals.items():
+        if run_id == skip_run:
+            continue
+        if parts is None:
+            parts = read_manifest(fs, manifest_path, columns=["run_id", "input_uri"])
+        known = parts.filter(pc.equal(parts["run_id"], run_id))["input_uri"]
+        fresh = rows.filter(pc.invert(pc.is_in(rows["input_uri"], value_set=known.combine_chunks())))
+        fresh = _latest_per(fresh, "input_uri")
+        if fresh.num_rows:
+            write_manifest_part(fs, manifest_path, run_id, f"recovered-{uuid.uuid4().hex[:8]}", fresh)
+            recovered += fresh.num_rows
+        delete_pending(fs, manifest_path, run_id)
+    return recovered
+
+
+def delete_pending(fs: pafs.FileSystem, manifest_path: str, run_id: str) -> None:
+    """Delete a run's journal (its rows are in part files now)."""
+    folder = f"{manifest_path}/{PENDING_DIR}/{run_id}"
+    try:
+        fs.delete_dir(folder)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StorageError(f"cannot delete the journal {folder}: {exc}") from exc
+    if isinstance(fs, pafs.LocalFileSystem):  # the journal folder itself, once no run uses it
+        try:
+            os.rmdir(f"{manifest_path}/{PENDING_DIR}")
+        except OSError:
+            pass  # another run's journal is in it
+
+
+def _latest_per(table: pa.Table, key: str) -> pa.Table:
+    """One row per ``key``: the one with the latest ``finished_at``."""
+    if table.num_rows == 0:
+        return table
+    ordered = table.sort_by([(key, "ascending"), ("finished_at", "descending")])
+    keys = ordered[key].combine_chunks()
+    if len(keys) < 2:
+        return ordered
+    first = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1))
+    mask = pa.concat_arrays([pa.array([True]), first.fill_null(True)])
+    return ordered.filter(mask)
+
+
+def latest_ok_rows(manifest: pa.Table) -> pa.Table:
+    """The latest ``ok`` row of each (input_uri, output_uri): what made each existing output."""
     ok = manifest.filter(pc.equal(manifest["status"], STATUS_OK))
-    return {
-        input_uri
-        for input_uri, output_uri in zip(ok["input_uri"].to_pylist(), ok["output_uri"].to_pylist())
-        if output_uri in existing_outputs
-    }
+    if ok.num_rows == 0:
+        return ok
+    pair = pc.binary_join_element_wise(ok["input_uri"], ok["output_uri"].fill_null(""), "\x00")
+    return _latest_per(ok.append_column("_pair", pair), "_pair").drop_columns(["_pair"])
 
 
 @dataclass
@@ -162,6 +306,7 @@ class RunSummary:
     settings: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     cluster: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def add(self, table: pa.Table) -> None:
         """Fold a batch of manifest rows into the counts."""
@@ -170,8 +315,10 @@ class RunSummary:
         self.ok += statuses.count(STATUS_OK)
         self.error += statuses.count(STATUS_ERROR)
         self.skipped += statuses.count(STATUS_SKIPPED)
-        self.bytes_in += int(pc.sum(table["bytes_in"]).as_py() or 0)
-        self.bytes_out += int(pc.sum(table["bytes_out"]).as_py() or 0)
+        # Bytes of the inputs this run read (skipped rows repeat an earlier run's numbers).
+        processed = table.filter(pc.not_equal(table["status"], STATUS_SKIPPED))
+        self.bytes_in += int(pc.sum(processed["bytes_in"]).as_py() or 0)
+        self.bytes_out += int(pc.sum(processed["bytes_out"]).as_py() or 0)
         ok = table.filter(pc.equal(table["status"], STATUS_OK))
         pixels = pc.sum(pc.multiply(ok["width"].cast(pa.int64()), ok["height"].cast(pa.int64()))).as_py()
         self.megapixels += (pixels or 0) / 1e6

@@ -1,22 +1,31 @@
 """The enhancement job on Ray Data: the only module of the enhancement path that imports Ray.
 
-    driver: list inputs -> plan output names -> drop what an earlier run finished (resume)
-    Ray Data: path table -> read bytes (tasks) -> ImageProcessor in an actor pool
-              (decode -> enhance -> encode -> atomic write) -> manifest rows
-    driver: manifest rows -> Parquet parts under OUTPUT/_manifest/ (as they arrive), progress
-            lines, and last the run summary JSON and table
+    driver: weights, OUTPUT checks -> plan (list inputs, output names, resume set), while Ray starts
+    Ray Data, CPU nodes (fused):  plan rows -> EnhanceActor pool, one actor per CPU
+                                  (read -> decode -> enhance -> encode -> atomic write -> rows)
+    Ray Data, GPU nodes (staged): plan rows -> read + decode (CPU tasks) -> GpuEnhanceActor
+                                  (batches of equal-size windows from several images on the GPU)
+                                  -> encode + atomic write (CPU tasks) -> rows
+    driver: rows -> Parquet parts under OUTPUT/_manifest/, progress, and last the run summary
 
-Reading bytes in tasks (not ``read_images``) means a corrupt or unreadable file becomes an
-``error`` row instead of aborting the dataset, and writing inside the actor keeps source names.
+Why two shapes (benchmarks/bench_pipeline.py): on a CPU the network is >95 % of the work, so
+one actor per core that does everything for its images wastes nothing, and moves no pixels
+through the object store; on a GPU the network takes well under a millisecond per photo while
+decoding and encoding take several milliseconds of a CPU core, so those run on the node's other
+cores in parallel and the GPU gets large batches.
+
+Every actor journals its rows (``_manifest/_pending/``) as soon as a batch's outputs are written,
+so a driver that dies loses no row; the next run folds the journal into the manifest.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import math
 import os
-import posixpath
+import pickle
+import signal
 import sys
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -26,49 +35,42 @@ from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from . import __version__
-from .errors import ConfigError, DceBatchError, StorageError, describe_error
-from .imageio import (
-    DEFAULT_MAX_PIXELS,
-    IMAGE_EXTENSIONS,
-    EncodeOptions,
-    extension_for,
-    format_of_extension,
-    output_format_for_path,
-)
-from .inference import Enhancer, InferenceConfig
+from .errors import ConfigError, InputNotFoundError, StorageError
+from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, EncodeOptions
 from .manifest import (
     STATUS_ERROR,
-    STATUS_SKIPPED,
-    ManifestRow,
     RunSummary,
-    completed_inputs,
+    conform,
+    delete_pending,
     read_manifest,
+    recover_pending,
     rows_to_table,
     write_manifest_part,
+    write_pending_part,
 )
-from .model import ModelVariant
-from .process import ImageProcessor, WorkItem
-from .storage import (
-    MANIFEST_DIR,
-    InputFile,
-    Location,
-    S3Options,
-    delete_tree_contents,
-    filesystem_for,
-    list_files,
-    list_inputs,
-    read_bytes,
-)
-from .weights import LoadedWeights, load_weights, read_weights_bytes
+from .plan import Plan, existing_output_uris, input_table, output_settings, plan_run
+from .process import ImageProcessor, ImageReader, ImageState, ImageWriter, WorkItem
+from .storage import MANIFEST_DIR, Location, S3Options, filesystem_for, list_inputs, read_bytes
 
-__all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "ActorPool", "EnhanceConfig", "plan_actor_pool", "run_enhance", "sample_images_dir"]
+__all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "ActorPool", "EnhanceConfig", "plan_actor_pool", "run_enhance",
+           "sample_images_dir"]
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 3
 DEFAULT_OUTPUT = "./enhanced"
+
+#: Memory an actor needs beyond its images: Python, torch, the model, Ray's worker (measured).
+ACTOR_BASE_MEMORY = 700 << 20
+#: Bytes per pixel of the largest image an actor holds at once: input bytes, decoded and enhanced
+#: pixels, the encoder's copy and the output bytes, at 16 bits per channel (measured with
+#: benchmarks/bench_memory.py; 8-bit images need about half).
+ACTOR_BYTES_PER_PIXEL = 30
+#: Tasks of the staged (GPU) pipeline hold a batch of decoded images.
+TASK_BASE_MEMORY = 300 << 20
 
 
 def sample_images_dir() -> str:
@@ -83,16 +85,18 @@ class EnhanceConfig:
     input: str
     output: str = DEFAULT_OUTPUT
     weights: str | None = None
-    variant: ModelVariant | None = None
+    variant: str | None = None
     scale: float = 12.0
     format: str = "same"
     quality: int = 95
     strength: float = 1.0
-    precision: str = "fp32"
+    precision: str = "auto"
     num_actors: tuple[int, int] | None = None
     gpus_per_actor: float = 0.0
-    cpus_per_actor: float | None = None  # None: 1, less on a one-CPU machine
-    batch_size: int = 4
+    cpus_per_actor: float | None = None  # None: 1 per actor (its torch threads)
+    batch_size: int | None = None  # None: 2 images per CPU actor call, 16 per GPU actor call
+    pipeline: str = "auto"  # auto: fused on CPUs, staged with GPUs
+    actor_memory: int | None = None  # bytes; None: from max_pixels (see plan_actor_pool)
     s3: S3Options | None = None
     overwrite: bool = False
     allow_output_inside_input: bool = False
@@ -100,7 +104,9 @@ class EnhanceConfig:
     tile_size: int | None = None
     max_full_frame_pixels: int | None = None
     progress_interval_s: float = 10.0
-    manifest_part_rows: int = 5000
+    manifest_part_rows: int = 50_000
+    manifest_flush_s: float = 60.0
+    dashboard: bool = False
     run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
 
     def __post_init__(self) -> None:
@@ -112,14 +118,30 @@ class EnhanceConfig:
             raise ConfigError("--gpus-per-actor and --cpus-per-actor cannot be negative")
         if self.gpus_per_actor == 0 and self.cpus_per_actor == 0:
             raise ConfigError("an actor needs some CPU (--cpus-per-actor) or GPU (--gpus-per-actor)")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.variant not in (None, "full", "fast"):
             raise ConfigError(f"--model-variant must be full or fast, got {self.variant!r}")
+        if self.pipeline not in ("auto", "fused", "staged"):
+            raise ConfigError(f"--pipeline must be auto, fused or staged, got {self.pipeline!r}")
+        if self.max_pixels < 1:
+            raise ConfigError(f"--max-pixels must be positive, got {self.max_pixels}")
+        if self.actor_memory is not None and self.actor_memory < ACTOR_BASE_MEMORY:
+            raise ConfigError(f"--actor-memory must be at least {ACTOR_BASE_MEMORY >> 20} MB")
         self.inference_config()  # validates strength, precision, scale, tiling
         self.encode_options()  # validates format and quality
 
-    def inference_config(self, variant: str | None = None) -> InferenceConfig:
+    @property
+    def staged(self) -> bool:
+        return self.pipeline == "staged" or (self.pipeline == "auto" and self.gpus_per_actor > 0)
+
+    @property
+    def images_per_call(self) -> int:
+        return self.batch_size or (16 if self.staged else 2)
+
+    def inference_config(self, variant: str | None = None):
+        from .inference import InferenceConfig  # torch stays out of the driver until needed
+
         return InferenceConfig(
             strength=self.strength, precision=self.precision,  # type: ignore[arg-type]
             scale=self.scale if (variant or self.variant) == "fast" else 1.0,
@@ -131,157 +153,8 @@ class EnhanceConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# Planning (driver, no Ray): what to do with every input
+# Actor pool
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Plan:
-    todo: list[WorkItem] = field(default_factory=list)
-    input_paths: list[str] = field(default_factory=list)  # aligned with todo
-    skipped: list[ManifestRow] = field(default_factory=list)
-    refused: list[ManifestRow] = field(default_factory=list)  # bad names, collisions
-
-    @property
-    def total(self) -> int:
-        return len(self.todo) + len(self.skipped) + len(self.refused)
-
-
-def output_relpath(relpath: str, fmt: str) -> str:
-    """The input's relative path, with the extension changed only if the format changes."""
-    stem, ext = posixpath.splitext(relpath)
-    written_as = {"MPO": "JPEG"}.get(format_of_extension(relpath), format_of_extension(relpath))
-    if written_as == fmt:
-        return relpath
-    return stem + extension_for(fmt)
-
-
-def check_output_location(config: EnhanceConfig, inputs: list[InputFile], output: Location) -> None:
-    """Refuse an OUTPUT inside an INPUT folder: a later run would enhance its own outputs.
-
-    (A list file or a single image names its inputs explicitly; for those :func:`plan_run`
-    still refuses any output that would overwrite an input.)
-    """
-    if config.allow_output_inside_input or not inputs:
-        return
-    input_fs, input_path = filesystem_for(config.input, config.s3)
-    if input_fs.get_file_info(input_path).type == pafs.FileType.File:
-        return
-    root = Location(uri=config.input, filesystem=input_fs, path=inputs[0].root)
-    if root.contains(output):
-        raise ConfigError(
-            f"OUTPUT {output.uri} is inside INPUT {config.input}: a later run would enhance its own "
-            "outputs. Choose an OUTPUT outside INPUT, or pass --allow-output-inside-input"
-        )
-
-
-def plan_run(config: EnhanceConfig, inputs: list[InputFile], input_fs, output: Location, weights_meta,
-             run_id: str) -> Plan:
-    """Decide each input's output name, refuse unsafe ones, and skip what is already done."""
-    same_storage = type(input_fs) is type(output.filesystem)
-    input_paths = {f.path for f in inputs} if same_storage else set()
-    manifest_path = output.child(MANIFEST_DIR)
-    done: set[tuple[str, str]] = set()
-    if config.overwrite:
-        delete_tree_contents(output.filesystem, manifest_path)
-    else:
-        manifest = read_manifest(output.filesystem, manifest_path, columns=["input_uri", "output_uri", "status"])
-        if manifest.num_rows:
-            prefix_len = len(output.path.rstrip("/"))
-            existing = {output.uri + p[prefix_len:] for p in list_files(output.filesystem, output.path)}
-            ok_inputs = completed_inputs(manifest, existing)
-            done = {(i, o) for i, o in zip(manifest["input_uri"].to_pylist(), manifest["output_uri"].to_pylist())
-                    if i in ok_inputs and o in existing}
-
-    plan = Plan()
-    claimed: dict[str, str] = {}
-    common = dict(run_id=run_id, model_name=weights_meta.name, model_sha256=weights_meta.sha256,
-                  strength=config.strength, variant=weights_meta.variant, precision=config.precision)
-    for item in inputs:
-        try:
-            fmt = output_format_for_path(item.relpath, config.format)
-            rel = output_relpath(item.relpath, fmt)
-            out_path = output.child(rel)
-            out_uri = output.child_uri(rel)
-        except (DceBatchError, ValueError) as exc:
-            plan.refused.append(ManifestRow(input_uri=item.uri, status=STATUS_ERROR, error=describe_error(exc), **common))
-            continue
-        if out_uri in claimed:
-            plan.refused.append(ManifestRow(
-                input_uri=item.uri, status=STATUS_ERROR, **common,
-                error=f"OutputCollisionError: {claimed[out_uri]} already writes {out_uri}; rename one of them "
-                      "or use --format same"))
-            continue
-        if out_path in input_paths:
-            raise ConfigError(
-                f"the output for {item.uri} would overwrite the input {out_path}: choose another OUTPUT"
-            )
-        claimed[out_uri] = item.uri
-        if (item.uri, out_uri) in done:
-            plan.skipped.append(ManifestRow(input_uri=item.uri, output_uri=out_uri, status=STATUS_SKIPPED,
-                                            output_format=fmt, **common))
-            continue
-        plan.todo.append(WorkItem(input_uri=item.uri, output_uri=out_uri, output_path=out_path, output_format=fmt))
-        plan.input_paths.append(item.path)
-    return plan
-
-
-# --------------------------------------------------------------------------------------------
-# Ray Data stages
-# --------------------------------------------------------------------------------------------
-
-
-def read_inputs(batch: pa.Table, filesystem) -> pa.Table:
-    """Ray Data task: add each input's bytes (or why it could not be read).
-
-    Reads run in a few threads: object-store reads are latency-bound.
-    """
-    paths = batch["input_path"].to_pylist()
-
-    def fetch(path: str) -> tuple[bytes | None, str | None]:
-        try:
-            return read_bytes(filesystem, path), None
-        except StorageError as exc:
-            return None, describe_error(exc)
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, max(1, len(paths)))) as pool:
-        fetched = list(pool.map(fetch, paths))
-    return batch.append_column("data", pa.array([d for d, _ in fetched], pa.large_binary())).append_column(
-        "read_error", pa.array([e for _, e in fetched], pa.string()))
-
-
-class EnhanceActor:
-    """Ray Data actor: loads the network once, then turns batches of inputs into manifest rows."""
-
-    def __init__(self, config: EnhanceConfig, weights_blob: bytes, weights_name: str, output_filesystem,
-                 cpus: float = 1.0) -> None:
-        import ray
-        import torch
-
-        if config.gpus_per_actor == 0:
-            # Without this every actor would use every core and they would fight each other.
-            torch.set_num_threads(max(1, math.floor(cpus)))
-        weights = load_weights(weights_blob, name=weights_name)
-        enhancer = Enhancer(weights, config.inference_config(weights.meta.variant))
-        context = ray.get_runtime_context()
-        worker = f"{context.get_node_id()[:12]}/{(context.get_actor_id() or '')[:12]}"
-        if enhancer.device.type == "cuda":
-            worker += f"/{torch.cuda.get_device_name(enhancer.device)}"
-        self.processor = ImageProcessor(enhancer, config.encode_options(), output_filesystem,
-                                        run_id=config.run_id, worker=worker, max_pixels=config.max_pixels)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        columns = {name: batch[name].to_pylist() for name in
-                   ("input_uri", "output_uri", "output_path", "output_format", "data", "read_error")}
-        rows = []
-        for i in range(batch.num_rows):
-            item = WorkItem(input_uri=columns["input_uri"][i], output_uri=columns["output_uri"][i],
-                            output_path=columns["output_path"][i], output_format=columns["output_format"][i])
-            rows.append(self.processor.process(item, columns["data"][i], columns["read_error"][i]))
-        return rows_to_table(rows)
-
-
-READ_TASK_CPUS = 0.25
 
 
 @dataclass(frozen=True)
@@ -290,40 +163,223 @@ class ActorPool:
     max_size: int
     cpus_per_actor: float
     gpus_per_actor: float
+    memory_per_actor: int  # bytes, declared to Ray
+    image_pixel_limit: int  # largest image an actor takes (the memory bound's basis)
+    staged: bool = False
+    task_memory: int = 0  # staged: memory declared by each read/decode and encode/write task
+    limited_by: str = "CPU"
 
 
-def plan_actor_pool(config: EnhanceConfig, cluster_resources: dict[str, float]) -> ActorPool:
+def actor_memory_bytes(max_pixels: int) -> int:
+    """Memory one actor needs to enhance an image of ``max_pixels`` (windows bound the network's share)."""
+    return ACTOR_BASE_MEMORY + max_pixels * ACTOR_BYTES_PER_PIXEL
+
+
+def plan_actor_pool(config: EnhanceConfig, cluster_resources: dict[str, float], *, local_cluster: bool = False) -> ActorPool:
     """How many actors, with which resources: what the flags say, else what the cluster holds.
 
-    The read tasks must always find CPU left over: an actor pool that takes every CPU starves
-    them and the job waits forever without an error. So CPU actors leave a quarter of the CPUs
-    (at least one read task's worth), the default of 1 CPU per actor shrinks on a one-CPU
-    machine, and flags that cannot leave room are refused with a ConfigError.
+    CPU nodes: one actor per CPU (each runs one torch thread), as many as the cluster's memory
+    holds at ``memory_per_actor`` each. Nothing else needs CPU in the fused pipeline, so the pool
+    may take every core. GPU nodes (staged): actors by GPUs; CPU must be left for the read/decode
+    and encode/write tasks, or the job would stall without an error, so such settings are refused.
     """
     cpus = float(cluster_resources.get("CPU", 0))
+    memory = float(cluster_resources.get("memory", 0))
     gpus = config.gpus_per_actor
-    cpus_per_actor = config.cpus_per_actor
-    if cpus_per_actor is None:
-        cpus_per_actor = 1.0 if cpus - 1.0 >= READ_TASK_CPUS else max(0.1, round(cpus - READ_TASK_CPUS, 2))
+    staged = config.staged
+    cpus_per_actor = config.cpus_per_actor if config.cpus_per_actor is not None else 1.0
+    if cpus and cpus_per_actor > cpus:
+        cpus_per_actor = cpus  # a one-CPU cluster still gets its actor
+    actor_memory = config.actor_memory or actor_memory_bytes(config.max_pixels)
+    pixel_limit = min(config.max_pixels, max(1, (actor_memory - ACTOR_BASE_MEMORY) // ACTOR_BYTES_PER_PIXEL))
+    limited_by = "CPU"
     if config.num_actors is not None:
         low, high = config.num_actors
-    elif gpus > 0:
-        high = int(cluster_resources.get("GPU", 0) // gpus)
-        if high < 1:
-            raise ConfigError(
-                "--gpus-per-actor was given but the cluster has no GPUs right now; on an autoscaling "
-                "cluster pass --num-actors MIN:MAX so Ray Data can ask for GPU nodes"
-            )
-        low, high = 1, max(1, min(high, int((cpus - READ_TASK_CPUS) // max(cpus_per_actor, 1e-9))))
     else:
-        usable = cpus - max(READ_TASK_CPUS, cpus / 4)
-        low, high = 1, max(1, int(usable // max(cpus_per_actor, 1e-9)))
-    if low * cpus_per_actor > cpus - READ_TASK_CPUS and cpus > 0:
+        if gpus > 0:
+            high = int(cluster_resources.get("GPU", 0) // gpus)
+            limited_by = "GPU"
+            if high < 1:
+                raise ConfigError(
+                    "--gpus-per-actor was given but the cluster has no GPUs right now; on an autoscaling "
+                    "cluster pass --num-actors MIN:MAX so Ray Data can ask for GPU nodes")
+        else:
+            # Staged on CPUs (a test of the GPU path, mostly): leave a CPU for the tasks.
+            usable = cpus - 1 if staged else cpus
+            high = max(1, int(usable // max(cpus_per_actor, 1e-9)))
+        if memory and high * actor_memory > memory:
+            high = int(memory // actor_memory)
+            limited_by = "memory"
+            if high < 1:
+                raise ConfigError(
+                    f"one actor needs {actor_memory / 2**30:.1f} GiB to enhance images of up to "
+                    f"{config.max_pixels / 1e6:g} MP, but the cluster offers {memory / 2**30:.1f} GiB; lower "
+                    "--max-pixels (or --actor-memory), or add memory")
+        # A fixed-size pool starts every actor at once; an autoscaling cluster grows from one.
+        low = high if local_cluster else 1
+    reserved = (low * cpus_per_actor) if staged else 0.0
+    if staged and cpus and reserved > cpus - 1:
         raise ConfigError(
-            f"{low} actor(s) x {cpus_per_actor} CPU leave no CPU for reading inputs on this {cpus:g}-CPU "
-            f"cluster and the job would stall; lower --num-actors or --cpus-per-actor (fractions are fine)"
+            f"{low} actor(s) x {cpus_per_actor} CPU leave less than one CPU for reading, decoding and "
+            f"encoding images on this {cpus:g}-CPU cluster and the job would stall; lower --num-actors "
+            "or --cpus-per-actor (fractions are fine)")
+    if local_cluster and cpus and not staged and low * cpus_per_actor > cpus + 1e-9:
+        raise ConfigError(
+            f"{low} actor(s) x {cpus_per_actor} CPU do not fit this {cpus:g}-CPU machine and the job would "
+            "wait forever; lower --num-actors or --cpus-per-actor")
+    task_memory = TASK_BASE_MEMORY + config.images_per_call * min(pixel_limit, 25_000_000) * 8 if staged else 0
+    return ActorPool(low, high, cpus_per_actor, gpus, actor_memory, pixel_limit, staged, task_memory, limited_by)
+
+
+# --------------------------------------------------------------------------------------------
+# Ray Data stages
+# --------------------------------------------------------------------------------------------
+
+
+def _limit_reason(config: EnhanceConfig, pixel_limit: int) -> str | None:
+    """Why the pixel limit is below --max-pixels (the actor's memory), for error rows."""
+    if pixel_limit >= config.max_pixels:
+        return None
+    return (f"an actor has {(config.actor_memory or 0) / 2**30:.2f} GiB (--actor-memory), enough for images of up to "
+            f"{pixel_limit / 1e6:.1f} MP; give actors more memory to enhance it")
+
+
+def _worker_name(device_name: str | None = None) -> str:
+    import ray
+
+    context = ray.get_runtime_context()
+    name = f"{context.get_node_id()[:12]}/{(context.get_actor_id() or context.get_task_id() or '')[:12]}/pid{os.getpid()}"
+    return f"{name}/{device_name}" if device_name else name
+
+
+def _items(batch: pa.Table) -> list[WorkItem]:
+    columns = {name: batch[name].to_pylist() for name in
+               ("input_uri", "input_path", "output_uri", "output_path", "output_format", "settings", "settings_sha256")}
+    return [WorkItem(input_uri=columns["input_uri"][i], input_path=columns["input_path"][i],
+                     output_uri=columns["output_uri"][i], output_path=columns["output_path"][i],
+                     output_format=columns["output_format"][i], settings=columns["settings"][i],
+                     settings_sha256=columns["settings_sha256"][i]) for i in range(batch.num_rows)]
+
+
+def _build_enhancer(config: EnhanceConfig, weights_blob: bytes, weights_name: str, threads: int | None):
+    import torch
+
+    from .inference import Enhancer
+    from .weights import load_weights
+
+    if threads is not None:
+        # Without this every actor would use every core and they would fight each other.
+        torch.set_num_threads(threads)
+    weights = load_weights(weights_blob, name=weights_name)
+    return Enhancer(weights, config.inference_config(weights.meta.variant))
+
+
+class EnhanceActor:
+    """Fused pipeline: one per CPU; reads, enhances and writes its images, journals their rows."""
+
+    def __init__(self, config: EnhanceConfig, weights_blob: bytes, weights_name: str, input_filesystem,
+                 output: Location, pixel_limit: int, threads: int) -> None:
+        enhancer = _build_enhancer(config, weights_blob, weights_name, threads)
+        self.worker = _worker_name()
+        self.config, self.output = config, output
+        self.processor = ImageProcessor(enhancer, config.encode_options(), input_filesystem, output.filesystem,
+                                        run_id=config.run_id, worker=self.worker, max_pixels=pixel_limit,
+                                        limit_reason=_limit_reason(config, pixel_limit))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = rows_to_table(self.processor.process_batch(_items(batch)))
+        write_pending_part(self.output.filesystem, self.output.child(MANIFEST_DIR), self.config.run_id, self.worker, rows)
+        return rows
+
+
+def _pickle_states(states: list[ImageState]) -> pa.Table:
+    return pa.table({"state": pa.array([pickle.dumps(s, protocol=5) for s in states], pa.large_binary())})
+
+
+def _unpickle_states(batch: pa.Table) -> list[ImageState]:
+    return [pickle.loads(b) for b in batch["state"].to_pylist()]
+
+
+def read_decode_stage(batch: pa.Table, *, input_filesystem, run_id: str, pixel_limit: int,
+                      limit_reason: str | None) -> pa.Table:
+    """Staged pipeline, CPU task: read and decode a batch of inputs."""
+    import concurrent.futures
+
+    reader = ImageReader(input_filesystem, run_id=run_id, max_pixels=pixel_limit, limit_reason=limit_reason)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        states = list(reader.read_batch(_items(batch), pool))
+    return _pickle_states(states)
+
+
+class GpuEnhanceActor:
+    """Staged pipeline: only the network, on batches of windows from several images."""
+
+    def __init__(self, config: EnhanceConfig, weights_blob: bytes, weights_name: str) -> None:
+        self.enhancer = _build_enhancer(config, weights_blob, weights_name, None)
+        device = self.enhancer.device
+        if device.type == "cuda":
+            import torch
+
+            self.worker = _worker_name(torch.cuda.get_device_name(device))
+        else:
+            self.worker = _worker_name()
+        meta = self.enhancer.weights.meta
+        self.constants = dict(model_name=meta.name, model_sha256=meta.sha256, strength=self.enhancer.config.strength,
+                              variant=meta.variant, precision=self.enhancer.precision, worker=self.worker)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        states = _unpickle_states(batch)
+        todo = [s for s in states if s.decoded is not None]
+        for state in states:
+            for name, value in self.constants.items():
+                setattr(state.row, name, value)
+        if todo:
+            results = self.enhancer.enhance_batch([s.decoded.pixels for s in todo])
+            for state, result in zip(todo, results):
+                state.enhanced, state.row.tiled = result.pixels, result.tiled
+        return _pickle_states(states)
+
+
+def encode_write_stage(batch: pa.Table, *, config: EnhanceConfig, output: Location) -> pa.Table:
+    """Staged pipeline, CPU task: encode, write, and journal the rows."""
+    import concurrent.futures
+
+    writer = ImageWriter(config.encode_options(), output.filesystem)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        rows = rows_to_table(writer.write_batch(_unpickle_states(batch), pool))
+    write_pending_part(output.filesystem, output.child(MANIFEST_DIR), config.run_id, _worker_name(), rows)
+    return rows
+
+
+def _build_dataset(config: EnhanceConfig, todo: pa.Table, input_fs, output: Location, blob: bytes,
+                   weights_name: str, pool: ActorPool):
+    import ray.data
+
+    # Blocks of one call each: work overlaps from the first images on, and rows reach the driver
+    # (and disk) as each call finishes, not in large bursts.
+    per_call = config.images_per_call
+    rows_per_block = max(per_call, math.ceil(todo.num_rows / 10_000))
+    blocks = [todo.slice(start, rows_per_block) for start in range(0, todo.num_rows, rows_per_block)]
+    dataset = ray.data.from_arrow(blocks)
+    actors = ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size)
+    if not pool.staged:
+        threads = max(1, math.floor(pool.cpus_per_actor))
+        return dataset.map_batches(
+            EnhanceActor, fn_constructor_args=(config, blob, weights_name, input_fs, output, pool.image_pixel_limit, threads),
+            compute=actors, batch_size=per_call, batch_format="pyarrow", num_cpus=pool.cpus_per_actor,
+            memory=pool.memory_per_actor,
         )
-    return ActorPool(low, high, cpus_per_actor, gpus)
+    return (
+        dataset.map_batches(read_decode_stage, fn_kwargs=dict(input_filesystem=input_fs, run_id=config.run_id,
+                                                              pixel_limit=pool.image_pixel_limit,
+                                                              limit_reason=_limit_reason(config, pool.image_pixel_limit)),
+                            batch_size=per_call, batch_format="pyarrow", num_cpus=1, memory=pool.task_memory)
+        .map_batches(GpuEnhanceActor, fn_constructor_args=(config, blob, weights_name), compute=actors,
+                     batch_size=per_call, batch_format="pyarrow", num_cpus=pool.cpus_per_actor,
+                     num_gpus=pool.gpus_per_actor or None, memory=pool.memory_per_actor)
+        .map_batches(encode_write_stage, fn_kwargs=dict(config=config, output=output), batch_size=per_call,
+                     batch_format="pyarrow", num_cpus=1, memory=pool.task_memory)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,107 +387,292 @@ def plan_actor_pool(config: EnhanceConfig, cluster_resources: dict[str, float]) 
 # --------------------------------------------------------------------------------------------
 
 
-def resolve_weights(config: EnhanceConfig) -> tuple[bytes, str, LoadedWeights]:
-    """Weights bytes (read once, on the driver), their name, and the loaded weights."""
+@dataclass
+class ResolvedWeights:
+    blob: bytes
+    name: str
+    meta: Any  # WeightsMeta
+
+
+def resolve_weights(config: EnhanceConfig) -> ResolvedWeights:
+    """Weights bytes (read once, on the driver, shipped to the actors), their name and metadata."""
+    from .weights import load_weights, read_weights_bytes
+
     spec = config.weights
     if spec and "://" in spec and not spec.startswith("file://"):
         fs, path = filesystem_for(spec, config.s3)
-        blob, name = read_bytes(fs, path), posixpath.basename(path)
+        blob, name = read_bytes(fs, path), path.rsplit("/", 1)[-1]
     else:
         blob, name = read_weights_bytes(spec.removeprefix("file://") if spec else None, variant=config.variant)
     loaded = load_weights(blob, variant=config.variant, name=name)
-    return blob, name, loaded
+    return ResolvedWeights(blob, name, loaded.meta)
+
+
+def check_output_location(config: EnhanceConfig, output: Location) -> None:
+    """Refuse an OUTPUT inside an INPUT folder: a later run would enhance its own outputs.
+
+    (A list file or a single image names its inputs explicitly; for those :func:`plan_run`
+    still refuses any output that would overwrite an input.)
+    """
+    if config.allow_output_inside_input:
+        return
+    input_fs, input_path = filesystem_for(config.input, config.s3)
+    root = input_path
+    if set("*?[") & set(root):  # a glob: its fixed leading folders
+        root = "/".join(part for part in root.split("/")[: next(i for i, p in enumerate(root.split("/")) if set("*?[") & set(p))])
+    try:
+        info = input_fs.get_file_info(root)
+    except OSError as exc:
+        raise StorageError(f"cannot check INPUT {config.input}: {exc}") from exc
+    if info.type == pafs.FileType.NotFound:
+        raise InputNotFoundError(f"INPUT {config.input} does not exist (relative paths are taken from {os.getcwd()})")
+    if info.type == pafs.FileType.File:
+        return
+    if Location(uri=config.input, filesystem=input_fs, path=root).contains(output):
+        raise ConfigError(
+            f"OUTPUT {output.uri} is inside INPUT {config.input}: a later run would enhance its own "
+            "outputs. Choose an OUTPUT outside INPUT, or pass --allow-output-inside-input"
+        )
+
+
+def check_output_writable(output: Location) -> None:
+    """Fail before any work when OUTPUT cannot be written (read-only, no permission, no bucket)."""
+    from .errors import OutputWriteError
+    from .storage import write_bytes_atomic
+
+    if not isinstance(output.filesystem, pafs.LocalFileSystem):
+        return  # object stores: the first write says it (a probe would leave folder markers behind)
+    probe = f"{output.child(MANIFEST_DIR)}/.write-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        write_bytes_atomic(output.filesystem, probe, b"dce_batch checks that OUTPUT is writable")
+        output.filesystem.delete_file(probe)
+    except (StorageError, OSError) as exc:
+        raise OutputWriteError(f"OUTPUT {output.uri} cannot be written: {exc}") from exc
+
+
+@dataclass
+class _Prepared:
+    input_fs: pafs.FileSystem
+    plan: Plan
+    recovered: int
+
+
+def _prepare(config: EnhanceConfig, output: Location, weights: ResolvedWeights) -> _Prepared:
+    """List inputs, fold dead runs' journals in, and plan (runs while Ray starts)."""
+    try:
+        input_fs, inputs = list_inputs(config.input, config.s3, extensions=IMAGE_EXTENSIONS)
+    except StorageError as exc:
+        if str(exc).startswith("no input images") or "no such file" in str(exc):
+            raise InputNotFoundError(str(exc)) from exc
+        raise
+    listing = input_table(inputs)
+    del inputs
+    manifest_path = output.child(MANIFEST_DIR)
+    fs = output.filesystem
+    done, existing, recovered = None, None, 0
+    if config.overwrite:
+        from .storage import delete_tree_contents
+
+        delete_tree_contents(fs, manifest_path)
+    else:
+        recovered = recover_pending(fs, manifest_path, skip_run=config.run_id)
+        done = read_manifest(fs, manifest_path)
+        if pc.any(pc.equal(done["status"], "ok")).as_py():
+            existing = existing_output_uris(output)
+    meta = weights.meta
+
+    def settings_for(output_format: str) -> dict:
+        return output_settings(model_sha256=meta.sha256, variant=meta.variant, scale=config.scale,
+                               strength=config.strength, precision=config.precision, format=config.format,
+                               quality=config.quality, output_format=output_format)
+
+    constants = dict(model_name=meta.name, model_sha256=meta.sha256, strength=config.strength,
+                     variant=meta.variant, precision=config.precision)
+    plan = plan_run(listing=listing, input_fs=input_fs, output=output, run_id=config.run_id,
+                    settings_for=settings_for, requested_format=config.format, row_constants=constants,
+                    done=done, existing_outputs=existing)
+    return _Prepared(input_fs, plan, recovered)
+
+
+class _Background:
+    """Run a function in a daemon thread; :meth:`result` waits interruptibly (Ctrl-C works)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._run, args=(fn,), daemon=True, name="dce-plan").start()
+
+    def _run(self, fn) -> None:
+        try:
+            self._result = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def result(self) -> Any:
+        while not self._done.wait(0.2):
+            pass
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def _start_ray(config: EnhanceConfig, say: Callable[[str], None]) -> bool:
+    """Connect to RAY_ADDRESS or a `ray start` cluster on this machine, else start a local one.
+
+    Returns True when this call started the cluster (the caller then shuts it down).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        existing = canonicalize_bootstrap_address(None)  # what ray.init() would connect to
+    except Exception:  # noqa: BLE001 - private API moved: let ray.init decide
+        existing = "unknown"
+    if existing is not None:
+        ray.init(log_to_driver=True)
+        return False
+    # Our own local cluster: no dashboard unless asked (it costs seconds and CPU on a laptop).
+    ray.init(include_dashboard=config.dashboard, log_to_driver=True, logging_level="WARNING")
+    say(f"started a local Ray with {int(ray.cluster_resources().get('CPU', 0))} CPUs"
+        + ("" if config.dashboard else " (no dashboard; --dashboard adds one)"))
+    return True
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM (``ray job stop``, a scheduler's kill) handled like Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise _Interrupted()
 
 
 def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = None) -> RunSummary:
-    """Run the enhancement job on the current Ray cluster (starting a local one if needed)."""
+    """Run the enhancement job on the current Ray cluster (starting a local one if needed).
+
+    Ctrl-C (KeyboardInterrupt) or SIGTERM stops it promptly: the rows of finished images are
+    written to the manifest, no summary is written, and the exception propagates.
+    """
     import ray
 
     say = log or (lambda line: print(f"[dce-batch enhance] {line}", file=sys.stderr, flush=True))
     started = time.time()
-    blob, weights_name, weights = resolve_weights(config)
-    input_fs, inputs = list_inputs(config.input, config.s3, extensions=IMAGE_EXTENSIONS)
+    timings: dict[str, float] = {}
     output = Location.parse(config.output, config.s3)
-    check_output_location(config, inputs, output)
-    plan = plan_run(config, inputs, input_fs, output, weights.meta, config.run_id)
-    manifest_path = output.child(MANIFEST_DIR)
+    check_output_location(config, output)
+    check_output_writable(output)
+    weights = resolve_weights(config)
+    timings["weights_s"] = time.time() - started
+    previous_sigterm = None
+    owns_ray = False
+    try:
+        # Planning (listing, manifest, names) runs while Ray starts: both take seconds.
+        preparing = _Background(lambda: _prepare(config, output, weights))
+        owns_ray = _start_ray(config, say)
+        timings["ray_ready_s"] = time.time() - started
+        if threading.current_thread() is threading.main_thread():
+            # After ray.init, whose own handler would end the process without flushing the manifest.
+            previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+        prepared = preparing.result()
+        timings["planned_s"] = time.time() - started
+        return _run_plan(config, output, weights, prepared, started, timings, say)
+    finally:
+        if owns_ray:
+            ray.shutdown()
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
+
+def _run_plan(config: EnhanceConfig, output: Location, weights: ResolvedWeights, prepared: _Prepared,
+              started: float, timings: dict[str, float], say: Callable[[str], None]) -> RunSummary:
+    import ray
+    import ray.data
+
+    plan = prepared.plan
+    manifest_path = output.child(MANIFEST_DIR)
+    meta = weights.meta
     summary = RunSummary(
         run_id=config.run_id, input=config.input, output=output.uri,
         started_at=datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
-        model={"name": weights.meta.name, "variant": weights.meta.variant, "sha256": weights.meta.sha256,
-               "parameters": weights.meta.num_params, "source": weights.meta.source},
-        settings=_settings(config), versions=_versions(),
+        model={"name": meta.name, "variant": meta.variant, "sha256": meta.sha256,
+               "parameters": meta.num_params, "source": meta.source},
+        settings=_settings(config), versions=_versions(), timings=timings,
     )
-    writer = _ManifestWriter(output, manifest_path, config.run_id, config.manifest_part_rows, summary)
-    say(f"run {config.run_id}: {plan.total} inputs in {config.input}: {len(plan.todo)} to enhance, "
-        f"{len(plan.skipped)} already done, {len(plan.refused)} refused; model {weights.meta.name} "
-        f"({weights.meta.variant})")
-    writer.add(rows_to_table(plan.skipped + plan.refused))
-
+    writer = _ManifestWriter(output, manifest_path, config, summary)
+    say(f"run {config.run_id}: {plan.total} inputs in {config.input}: {plan.todo.num_rows} to enhance, "
+        f"{plan.skipped.num_rows} already done, {plan.refused.num_rows} refused; model {meta.name} ({meta.variant})"
+        + (f"; recovered {prepared.recovered} rows of an interrupted run" if prepared.recovered else ""))
+    writer.add(plan.skipped)
+    writer.add(plan.refused)
+    received = 0
     try:
-        if plan.todo:
-            if not ray.is_initialized():
-                ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+        if plan.todo.num_rows:
             resources = ray.cluster_resources()
-            pool = plan_actor_pool(config, resources)
+            local = _is_local_cluster()
+            pool = plan_actor_pool(config, resources, local_cluster=local)
             summary.cluster = {"resources": {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
                                "actors": asdict(pool)}
-            say(f"actor pool {pool.min_size}..{pool.max_size} x (CPU {pool.cpus_per_actor}, GPU "
-                f"{pool.gpus_per_actor}), batch {config.batch_size}; cluster {summary.cluster['resources']}")
-            dataset = _build_dataset(config, plan, input_fs, output, blob, weights_name, pool)
-            progress = _Progress(len(plan.todo), config.progress_interval_s, say)
+            say(f"{'staged' if pool.staged else 'fused'} pipeline: actors {pool.min_size}..{pool.max_size} x (CPU "
+                f"{pool.cpus_per_actor:g}, GPU {pool.gpus_per_actor:g}, memory {pool.memory_per_actor / 2**30:.1f} GiB for "
+                f"images up to {pool.image_pixel_limit / 1e6:g} MP; pool limited by {pool.limited_by}), "
+                f"{config.images_per_call} images per call, precision {config.precision}")
+            _quiet_ray_data()
+            dataset = _build_dataset(config, plan.todo, prepared.input_fs, output, weights.blob, weights.name, pool)
+            progress = _Progress(plan.todo.num_rows, config.progress_interval_s, say)
             for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                if "first_batch_s" not in timings:
+                    timings["first_batch_s"] = time.time() - started
                 writer.add(batch)
+                received += batch.num_rows
                 progress.update(batch)
     finally:
-        writer.flush()  # what finished is kept even when the run is interrupted
+        writer.flush()  # what finished is kept even when the run is interrupted or fails
+    if received >= plan.todo.num_rows:
+        # Every row reached a part: the journal is redundant (else the next run folds it in).
+        delete_pending(output.filesystem, manifest_path, config.run_id)
     summary.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     summary.elapsed_s = time.time() - started
-    processed = summary.ok + summary.error - len(plan.refused)
+    processed = summary.ok + summary.error - plan.refused.num_rows
     summary.images_per_s = processed / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     summary.megapixels_per_s = summary.megapixels / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     summary.write(output.filesystem, manifest_path)
     return summary
 
 
-def _build_dataset(config, plan: Plan, input_fs, output: Location, blob: bytes, weights_name: str, pool: ActorPool):
+def _quiet_ray_data() -> None:
+    """The driver prints its own progress; Ray Data's bars and INFO lines would bury it."""
+    import logging
+
     import ray.data
 
-    table = pa.table({
-        "input_uri": [w.input_uri for w in plan.todo],
-        "input_path": plan.input_paths,
-        "output_uri": [w.output_uri for w in plan.todo],
-        "output_path": [w.output_path for w in plan.todo],
-        "output_format": [w.output_format for w in plan.todo],
-    })
-    # Blocks of one batch: reads, enhancement and writes overlap from the first images on, and
-    # manifest rows reach the driver (and disk) as each batch finishes, not in large bursts.
-    # Sliced here rather than with .repartition(), whose tasks need a whole free CPU.
-    rows_per_block = max(config.batch_size, math.ceil(table.num_rows / 10_000))
-    blocks = [table.slice(start, rows_per_block) for start in range(0, table.num_rows, rows_per_block)]
-    return (
-        ray.data.from_arrow(blocks)
-        .map_batches(read_inputs, fn_kwargs={"filesystem": input_fs}, batch_size=config.batch_size,
-                     batch_format="pyarrow", num_cpus=READ_TASK_CPUS)
-        .map_batches(
-            EnhanceActor,
-            fn_constructor_args=(config, blob, weights_name, output.filesystem, pool.cpus_per_actor),
-            compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
-            batch_size=config.batch_size,
-            batch_format="pyarrow",
-            num_cpus=pool.cpus_per_actor,
-            num_gpus=pool.gpus_per_actor,
-        )
-    )
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def _is_local_cluster() -> bool:
+    """Whether the cluster is this machine alone (a fixed pool: start every actor at once)."""
+    import ray
+
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+    except Exception:  # noqa: BLE001
+        return False
+    return len(nodes) == 1 and not os.environ.get("RAY_ADDRESS", "").startswith(("ray://", "http"))
 
 
 class _ManifestWriter:
     """Buffers manifest rows and writes them as Parquet parts; folds them into the summary."""
 
-    def __init__(self, output: Location, manifest_path: str, run_id: str, part_rows: int, summary: RunSummary):
-        self.output, self.manifest_path, self.run_id = output, manifest_path, run_id
-        self.part_rows, self.summary = part_rows, summary
+    def __init__(self, output: Location, manifest_path: str, config: EnhanceConfig, summary: RunSummary):
+        self.output, self.manifest_path, self.run_id = output, manifest_path, config.run_id
+        self.part_rows, self.flush_s, self.summary = config.manifest_part_rows, config.manifest_flush_s, summary
         self.buffer: list[pa.Table] = []
         self.buffered = 0
         self.parts = 0
@@ -440,11 +681,13 @@ class _ManifestWriter:
     def add(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
+        table = conform(table)
         self.summary.add(table)
         self.buffer.append(table)
         self.buffered += table.num_rows
-        # Flush by size, and every 30 s so that an interrupted run loses little.
-        if self.buffered >= self.part_rows or time.monotonic() - self.last_flush > 30:
+        # By size, and now and then so that a reader of a long run sees progress (the actors'
+        # journal already keeps every row safe if the driver dies).
+        if self.buffered >= self.part_rows or time.monotonic() - self.last_flush > self.flush_s:
             self.flush()
 
     def flush(self) -> None:
@@ -457,7 +700,7 @@ class _ManifestWriter:
 
 
 class _Progress:
-    """A periodic 'n/total images, img/s' line on top of Ray Data's progress bars."""
+    """A periodic 'n/total images, img/s' line."""
 
     def __init__(self, total: int, interval_s: float, say: Callable[[str], None]) -> None:
         self.total, self.interval_s, self.say = total, interval_s, say
@@ -491,3 +734,4 @@ def _versions() -> dict[str, str]:
 
     return {"dce_batch": __version__, "ray": ray.__version__, "torch": torch.__version__, "pillow": PIL.__version__,
             "pyarrow": pa.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
+

@@ -61,7 +61,8 @@ class RayHead:
         return env
 
 
-def _processes_of(temp_dir: str) -> list[int]:
+def processes_of(temp_dir: str) -> list[int]:
+    """PIDs of the live processes whose command line names ``temp_dir`` (a cluster's own)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -105,7 +106,7 @@ def ray_head():
         yield head
     finally:
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in _processes_of(temp_dir):
+            for pid in processes_of(temp_dir):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:

@@ -1,13 +1,16 @@
-"""The enhancement job end to end on a real local Ray cluster (and planning without Ray)."""
+"""The enhancement job end to end on a real local Ray cluster."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -16,12 +19,20 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from dce_batch.errors import ConfigError
+from dce_batch.errors import ConfigError, InputNotFoundError
 from dce_batch.imageio import decode_image, mean_luminance
 from dce_batch.manifest import MANIFEST_SCHEMA, read_manifest
-from dce_batch.pipeline import EnhanceConfig, output_relpath, plan_run, run_enhance
-from dce_batch.storage import InputFile, Location
+from dce_batch.pipeline import (
+    ACTOR_BASE_MEMORY,
+    ACTOR_BYTES_PER_PIXEL,
+    EnhanceConfig,
+    plan_actor_pool,
+    run_enhance,
+)
+from dce_batch.storage import Location
 from dce_batch.weights import load_weights
+
+from .ray_cluster import processes_of
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
@@ -82,7 +93,7 @@ def test_local_folder_end_to_end(ray_local, mixed_inputs, tmp_path):
     for name, row in rows.items():
         assert row["run_id"] == summary.run_id
         assert row["model_sha256"] == weights.meta.sha256 and row["model_name"] == weights.meta.name
-        assert row["strength"] == 1.0 and row["variant"] == "full" and row["precision"] == "fp32"
+        assert row["strength"] == 1.0 and row["variant"] == "full" and row["precision"] in ("fp32", "bf16")
         assert row["duration_ms"] > 0 and row["worker"] and row["finished_at"] is not None
         if name in ("corrupt.jpg", "truncated.jpg"):
             assert row["status"] == "error" and row["output_uri"] is None
@@ -90,6 +101,7 @@ def test_local_folder_end_to_end(ray_local, mixed_inputs, tmp_path):
             assert row["error"].startswith(expected + ": ")
             continue
         assert row["status"] == "ok" and row["error"] is None
+        assert row["made_by_run_id"] == summary.run_id and json.loads(row["settings"])["strength"] == 1.0
         source = decode_image(Path(row["input_uri"]).read_bytes())
         output_path = Path(row["output_uri"])
         assert output_path.is_file() and str(output_path).startswith(str(out))
@@ -113,6 +125,7 @@ def test_local_folder_end_to_end(ray_local, mixed_inputs, tmp_path):
     saved = json.loads(summary_file.read_text())
     assert saved["ok"] == 7 and saved["error"] == 2 and saved["versions"]["ray"]
     assert "s3" not in saved["settings"]
+    assert not (out / "_manifest" / "_pending").exists(), "a finished run leaves no journal"
     import pandas as pd
 
     frame = pd.read_parquet(out / "_manifest")
@@ -137,10 +150,9 @@ def test_resume_skips_finished_inputs_and_overwrite_redoes_all(ray_local, tmp_pa
     rows = _manifest(out)
     ok_rows = [r for r in rows if r["status"] == "ok"]
     assert sorted(Path(r["input_uri"]).name for r in ok_rows if r["run_id"] == second.run_id) == ["img2.png"]
-    # img2 has two ok rows over time only because its output vanished; all others exactly one
     skipped = [r for r in rows if r["run_id"] == second.run_id and r["status"] == "skipped"]
     assert sorted(Path(r["input_uri"]).name for r in skipped) == ["img0.png", "img1.png", "img3.png"]
-    assert all(r["output_uri"] for r in skipped)
+    assert all(r["output_uri"] and r["made_by_run_id"] == first.run_id for r in skipped)
 
     third = run_enhance(_config(source, out, overwrite=True))
     assert (third.ok, third.skipped) == (4, 0)
@@ -150,6 +162,22 @@ def test_resume_skips_finished_inputs_and_overwrite_redoes_all(ray_local, tmp_pa
     for r in rows:
         per_input.setdefault(r["input_uri"], []).append(r["status"])
     assert all(statuses == ["ok"] for statuses in per_input.values())
+
+
+def test_resuming_with_other_settings_is_refused_and_changes_nothing(ray_local, tmp_path):
+    source = tmp_path / "in"
+    for i in range(3):
+        _save(source / f"img{i}.png", _dark(40, 50, i), "PNG")
+    out = tmp_path / "out"
+    run_enhance(_config(source, out, strength=1.0))
+    before = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    with pytest.raises(ConfigError, match=r"strength 1\.0 -> 0\.3") as info:
+        run_enhance(_config(source, out, strength=0.3))
+    assert "--overwrite" in str(info.value)
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == before
+    assert len(_manifest(out)) == 3, "the refused run wrote no rows"
+    redo = run_enhance(_config(source, out, strength=0.3, overwrite=True))
+    assert redo.ok == 3 and all(r["strength"] == pytest.approx(0.3) for r in _manifest(out))
 
 
 def test_changing_the_format_is_not_a_resume(ray_local, tmp_path):
@@ -196,6 +224,8 @@ def test_output_inside_input_is_refused(tmp_path):
         run_enhance(_config(source, source / "enhanced"))
     with pytest.raises(ConfigError, match="inside INPUT"):
         run_enhance(_config(source, source))
+    with pytest.raises(InputNotFoundError, match="does not exist"):
+        run_enhance(_config(tmp_path / "nope", tmp_path / "out"))
     assert not (source / "enhanced").exists()
 
 
@@ -206,27 +236,34 @@ def test_output_inside_input_when_allowed(ray_local, tmp_path):
     assert summary.ok == 1 and (source / "enhanced" / "x.png").is_file()
 
 
-def test_planning_refuses_escaping_and_colliding_names(tmp_path):
-    """Input keys can never make an output path escape OUTPUT; two inputs never share an output."""
-    output = Location.parse(str(tmp_path / "out"))
-    meta = load_weights().meta
-    inputs = [
-        InputFile(uri="s3://b/../../etc/evil.jpg", path="b/x/evil.jpg", relpath="../../etc/evil.jpg", size=1),
-        InputFile(uri="/in/a.png", path="/in/a.png", relpath="a.png", size=1),
-        InputFile(uri="/in/a.jpg", path="/in/a.jpg", relpath="a.jpg", size=1),
-        InputFile(uri="/in/b.gif", path="/in/b.gif", relpath="b.gif", size=1),
-    ]
-    config = _config(tmp_path / "in", tmp_path / "out", format="jpeg")
-    import pyarrow.fs as pafs
+def test_staged_pipeline_gives_the_fused_pipeline_s_outputs(ray_local, mixed_inputs, tmp_path):
+    """The GPU-node pipeline (decode tasks -> network actors on batches of windows -> encode
+    tasks) runs on CPUs too: same images, same rows, as the fused one."""
+    fused = run_enhance(_config(mixed_inputs, tmp_path / "fused", precision="fp32"))
+    staged = run_enhance(_config(mixed_inputs, tmp_path / "staged", precision="fp32", pipeline="staged",
+                                 cpus_per_actor=0.5, batch_size=4))
+    assert (staged.ok, staged.error) == (fused.ok, fused.error) == (7, 2)
+    fused_rows = {Path(r["input_uri"]).name: r for r in _manifest(tmp_path / "fused")}
+    for row in _manifest(tmp_path / "staged"):
+        name = Path(row["input_uri"]).name
+        assert row["status"] == fused_rows[name]["status"] and row["error"] == fused_rows[name]["error"]
+        if row["status"] == "ok":
+            a = decode_image(Path(row["output_uri"]).read_bytes()).pixels.astype(int)
+            b = decode_image(Path(fused_rows[name]["output_uri"]).read_bytes()).pixels.astype(int)
+            if row["output_format"] in ("PNG", "BMP"):  # lossless: the pixels themselves
+                assert np.abs(a - b).max() <= 1
+            assert row["worker"] and row["precision"] == "fp32" and row["tiled"] == fused_rows[name]["tiled"]
 
-    plan = plan_run(config, inputs, pafs.LocalFileSystem(), output, meta, "run1")
-    refused = {r.input_uri: r.error for r in plan.refused}
-    assert refused["s3://b/../../etc/evil.jpg"].startswith("StorageError")
-    assert "OutputCollisionError" in refused["/in/a.jpg"]
-    assert [w.output_path for w in plan.todo] == [str(tmp_path / "out" / "a.jpg"), str(tmp_path / "out" / "b.jpg")]
-    assert all(w.output_path.startswith(str(tmp_path / "out")) for w in plan.todo)
-    assert output_relpath("x/y.jpeg", "JPEG") == "x/y.jpeg"
-    assert output_relpath("x/y.gif", "PNG") == "x/y.png"
+
+def test_an_image_larger_than_the_actor_memory_allows_is_a_row_not_a_crash(ray_local, tmp_path):
+    source = tmp_path / "in"
+    _save(source / "small.png", _dark(40, 50), "PNG")
+    _save(source / "large.png", _dark(1000, 1200), "PNG")  # 1.2 MP
+    memory = ACTOR_BASE_MEMORY + 1_000_000 * ACTOR_BYTES_PER_PIXEL  # room for 1 MP
+    summary = run_enhance(_config(source, tmp_path / "out", actor_memory=memory))
+    rows = {Path(r["input_uri"]).name: r for r in _manifest(tmp_path / "out")}
+    assert (summary.ok, summary.error) == (1, 1) and rows["small.png"]["status"] == "ok"
+    assert rows["large.png"]["error"].startswith("ImageTooLargeError") and "--actor-memory" in rows["large.png"]["error"]
 
 
 def test_s3_prefix_to_prefix(ray_local, s3_server, s3_bucket, tmp_path):
@@ -242,6 +279,8 @@ def test_s3_prefix_to_prefix(ray_local, s3_server, s3_bucket, tmp_path):
     assert {"enhanced/day0/img0.jpg", "enhanced/day1/img1.png", "enhanced/day0/img2.jpg"} <= keys
     assert any(k.startswith("enhanced/_manifest/part-") and k.endswith(".parquet") for k in keys)
     assert f"enhanced/_manifest/_run-{summary.run_id}.json" in keys
+    # (pyarrow leaves empty "folder/" marker objects behind when it deletes; no journal object stays)
+    assert not any("_pending" in k and not k.endswith("/") for k in keys), sorted(keys)
     body = client.get_object(Bucket=s3_bucket, Key="enhanced/day1/img1.png")["Body"].read()
     assert decode_image(body).width == 64
     output = Location.parse(f"s3://{s3_bucket}/enhanced", s3_server.s3_options())
@@ -254,115 +293,228 @@ def test_s3_prefix_to_prefix(ray_local, s3_server, s3_bucket, tmp_path):
     assert (again.ok, again.skipped, again.error) == (0, 3, 1)
 
 
+def test_actor_pool_uses_every_cpu_within_memory():
+    """One actor per CPU (nothing else needs CPU in the fused pipeline), as many as memory holds."""
+    gib = 2**30
+
+    def pool(cpus, memory=64 * gib, local=True, **flags):
+        return plan_actor_pool(EnhanceConfig(input="/in", **flags), {"CPU": cpus, "memory": memory}, local_cluster=local)
+
+    for cpus in (1, 2, 4, 16):
+        p = pool(cpus)
+        assert (p.min_size, p.max_size, p.cpus_per_actor) == (cpus, cpus, 1.0)
+        assert p.memory_per_actor == ACTOR_BASE_MEMORY + 100_000_000 * ACTOR_BYTES_PER_PIXEL
+    assert pool(16, local=False).min_size == 1, "an autoscaling cluster grows the pool from one"
+    limited = pool(16, memory=10 * gib)
+    assert limited.limited_by == "memory" and limited.max_size == int(10 * gib // limited.memory_per_actor)
+    smaller_images = pool(16, memory=10 * gib, max_pixels=20_000_000)
+    assert smaller_images.max_size > limited.max_size
+    with pytest.raises(ConfigError, match="max-pixels"):
+        pool(4, memory=1 * gib)
+    assert pool(2, num_actors=(2, 2), cpus_per_actor=0.5).cpus_per_actor == 0.5
+    with pytest.raises(ConfigError, match="wait forever"):
+        pool(2, num_actors=(3, 3))
+    with pytest.raises(ConfigError, match="no GPUs"):
+        pool(4, gpus_per_actor=1)
+    gpu = plan_actor_pool(EnhanceConfig(input="/in", gpus_per_actor=0.25), {"CPU": 8, "GPU": 2, "memory": 64 * gib})
+    assert (gpu.max_size, gpu.gpus_per_actor, gpu.staged) == (8, 0.25, True)
+    with pytest.raises(ConfigError, match="stall"):  # staged: CPU must be left for decode/encode tasks
+        plan_actor_pool(EnhanceConfig(input="/in", gpus_per_actor=0.25, num_actors=(8, 8)),
+                        {"CPU": 8, "GPU": 2, "memory": 64 * gib})
+
+
+# --------------------------------------------------------------------------------------------
+# The command line, and processes that die
+# --------------------------------------------------------------------------------------------
+
+
 def _run_cli(args, cwd, env=None, timeout=300):
     return subprocess.run([sys.executable, str(REPO / "jobs" / "enhance.py"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _cli_env() -> dict[str, str]:
+@pytest.fixture()
+def ray_tmp():
+    """A short private Ray temp dir for a CLI subprocess (its own local cluster), cleaned after.
+
+    Short: Ray's socket paths must fit in 107 bytes. The processes of that cluster are found by
+    their temp dir and stopped exactly, never by name.
+    """
+    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    yield path
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in processes_of(path):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while processes_of(path) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _cli_env(ray_tmp: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
+    env["RAY_TMPDIR"] = ray_tmp
     return env
 
 
 @pytest.mark.slow
-def test_cli_default_run_enhances_the_bundled_samples(tmp_path):
+def test_cli_default_run_enhances_the_bundled_samples(tmp_path, ray_tmp):
     """The README's first command: no arguments, samples -> ./enhanced/, a local Ray started for it."""
-    result = _run_cli([], cwd=tmp_path, env=_cli_env())
+    result = _run_cli([], cwd=tmp_path, env=_cli_env(ray_tmp))
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = sorted(p.name for p in (tmp_path / "enhanced").iterdir() if p.is_file())
     samples = sorted(p.name for p in (REPO / "dce_batch" / "samples").iterdir() if p.suffix in (".jpg", ".png"))
     assert outputs == samples and len(samples) >= 4
     assert "ok" in result.stdout and "error" in result.stdout
+    assert not processes_of(ray_tmp), "the local cluster it started is stopped when it exits"
 
 
 @pytest.mark.slow
-def test_cli_exit_codes(tmp_path):
+def test_cli_exit_codes(tmp_path, ray_tmp):
     source = tmp_path / "in"
     _save(source / "good.png", _dark(30, 30), "PNG")
     (source / "bad.jpg").write_bytes(b"nope")
-    result = _run_cli([str(source), str(tmp_path / "out"), "--num-actors", "1"], cwd=tmp_path, env=_cli_env())
+    env = _cli_env(ray_tmp)
+    result = _run_cli([str(source), str(tmp_path / "out"), "--num-actors", "1"], cwd=tmp_path, env=env)
     assert result.returncode == 3, result.stderr[-3000:]
     assert "UnsupportedImageError" in result.stdout
-    refused = _run_cli([str(source), str(source / "out")], cwd=tmp_path, env=_cli_env())
+    # 2: invalid arguments, each with a message that says what to change
+    refused = _run_cli([str(source), str(source / "out")], cwd=tmp_path, env=env)
     assert refused.returncode == 2 and "inside INPUT" in refused.stderr
-    invalid = _run_cli([str(source), str(tmp_path / "o2"), "--strength", "3"], cwd=tmp_path, env=_cli_env())
+    invalid = _run_cli([str(source), str(tmp_path / "o2"), "--strength", "3"], cwd=tmp_path, env=env)
     assert invalid.returncode == 2 and "strength" in invalid.stderr
+    missing = _run_cli([str(tmp_path / "nothing-here"), str(tmp_path / "o3")], cwd=tmp_path, env=env)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    changed = _run_cli([str(source), str(tmp_path / "out"), "--strength", "0.5"], cwd=tmp_path, env=env)
+    assert changed.returncode == 2 and "strength 1.0 -> 0.5" in changed.stderr, changed.stderr[-2000:]
+    # 1: the job failed at run time (here OUTPUT cannot be written: it is a file)
+    (tmp_path / "blocked").write_text("a file where OUTPUT should be")
+    failed = _run_cli([str(source), str(tmp_path / "blocked")], cwd=tmp_path, env=env)
+    assert failed.returncode == 1 and "cannot be written" in failed.stderr, failed.stderr[-2000:]
+
+
+def _wait_for(condition, timeout_s: float, process: subprocess.Popen | None = None, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the job ended (exit {process.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _journalled(out: Path) -> int:
+    return len(list((out / "_manifest" / "_pending").rglob("*.parquet")))
+
+
+def _many_inputs(source: Path, count: int = 40) -> None:
+    for i in range(count):
+        _save(source / f"img{i:02d}.png", _dark(400, 600, i), "PNG", compress_level=1)
+
+
+def _check_exactly_once(out: Path, source: Path) -> None:
+    rows = _manifest(out)
+    ok_rows = [r for r in rows if r["status"] == "ok"]
+    assert len(ok_rows) == len({r["input_uri"] for r in ok_rows}), "no input has two ok rows"
+    assert sorted(Path(r["input_uri"]).name for r in ok_rows) == sorted(p.name for p in source.glob("*.png"))
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in source.glob("*.png"))
+    for row in ok_rows:
+        assert decode_image(Path(row["output_uri"]).read_bytes()).width == 600
+    assert not list(out.rglob("*.tmp")), "no half-written outputs"
 
 
 @pytest.mark.slow
-def test_cli_against_s3_with_the_standard_aws_variables(s3_server, s3_bucket, tmp_path):
-    """As a user runs it: credentials and endpoint from AWS_* variables, nothing passed in code."""
-    buffer = io.BytesIO()
-    Image.fromarray(_dark(40, 56)).save(buffer, "JPEG")
-    client = s3_server.client()
-    client.put_object(Bucket=s3_bucket, Key="in/x.jpg", Body=buffer.getvalue())
-    env = {**_cli_env(), **s3_server.env()}
-    result = _run_cli([f"s3://{s3_bucket}/in/", f"s3://{s3_bucket}/out/", "--format", "png"], cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    keys = set(s3_server.list_keys(s3_bucket))
-    assert "out/x.png" in keys and any(k.startswith("out/_manifest/_run-") for k in keys)
-
-
-@pytest.mark.slow
-def test_interrupted_run_resumes_with_only_the_remainder(ray_local, tmp_path):
-    source = tmp_path / "in"
-    for i in range(30):
-        _save(source / f"img{i:02d}.png", _dark(300, 400, i), "PNG")
-    out = tmp_path / "out"
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_run_stops_promptly_and_resumes_with_only_the_remainder(ray_local, tmp_path, ray_tmp, sig, code):
+    source, out = tmp_path / "in", tmp_path / "out"
+    _many_inputs(source)
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "jobs" / "enhance.py"), str(source), str(out), "--batch-size", "1",
-         "--num-actors", "1"], env=_cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [sys.executable, str(REPO / "jobs" / "enhance.py"), str(source), str(out), "--batch-size", "1"],
+        env=_cli_env(ray_tmp), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 180
-        while len(list(out.glob("*.png"))) < 4:
-            assert process.poll() is None, "the run ended before it could be interrupted"
-            assert time.monotonic() < deadline, "no outputs appeared"
-            time.sleep(0.1)
-        process.send_signal(signal.SIGINT)  # what Ctrl-C does
-        _, stderr = process.communicate(timeout=120)
+        # Mid-run: the actors have written rows for some images (and there are 40).
+        _wait_for(lambda: _journalled(out) >= 2, 300, process, "the first outputs")
+        process.send_signal(sig)  # what Ctrl-C (or `ray job stop`) does
+        _, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 130, stderr[-2000:]
+    assert process.returncode == code, stderr[-2000:]
     assert "run again to resume" in stderr
-    first = _manifest(out)
-    done_first = {r["input_uri"] for r in first if r["status"] == "ok"}
-    assert 1 <= len(done_first) < 30, "the interruption must leave work for the second run"
     assert not list(out.glob("_manifest/_run-*.json")), "an interrupted run writes no summary"
-    summary = run_enhance(EnhanceConfig(input=str(source), output=str(out), num_actors=(1, 1)))
-    assert summary.skipped == len(done_first)
-    assert summary.ok + summary.skipped == 30 and summary.error == 0
-    ok_rows = [r for r in _manifest(out) if r["status"] == "ok"]
-    assert len(ok_rows) == len({r["input_uri"] for r in ok_rows}) == 30, "no input has two ok rows"
-    assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in source.glob("*.png"))
-    assert not list(out.rglob("*.tmp"))
-
-
-def test_actor_pool_always_leaves_cpu_for_the_read_tasks():
-    """On small machines a pool that takes every CPU starves the reads and the job stalls."""
-    from dce_batch.pipeline import READ_TASK_CPUS, plan_actor_pool
-
-    def pool(cpus, **flags):
-        return plan_actor_pool(EnhanceConfig(input="/in", **flags), {"CPU": cpus})
-
-    for cpus in (1, 2, 4, 16):
-        p = pool(cpus)
-        assert p.min_size == 1 and p.max_size * p.cpus_per_actor <= cpus - READ_TASK_CPUS
-    assert (pool(2).max_size, pool(2).cpus_per_actor) == (1, 1.0)
-    assert pool(1).cpus_per_actor == 0.75
-    assert pool(16).max_size == 12
-    assert pool(2, num_actors=(2, 2), cpus_per_actor=0.5).cpus_per_actor == 0.5
-    with pytest.raises(ConfigError, match="stall"):
-        pool(2, num_actors=(2, 2), cpus_per_actor=0.9)
-    with pytest.raises(ConfigError, match="no GPUs"):
-        pool(4, gpus_per_actor=1)
-    gpu = plan_actor_pool(EnhanceConfig(input="/in", gpus_per_actor=0.25), {"CPU": 8, "GPU": 2})
-    assert (gpu.max_size, gpu.gpus_per_actor) == (7, 0.25)
+    assert not processes_of(ray_tmp), "its local cluster is stopped"
+    summary = run_enhance(EnhanceConfig(input=str(source), output=str(out)))
+    first_ok = summary.skipped
+    assert 2 <= first_ok < 40, "rows of what the interrupted run finished are kept"
+    assert summary.ok == 40 - first_ok and summary.error == 0, "the second run does only the remainder"
+    _check_exactly_once(out, source)
 
 
 @pytest.mark.slow
-def test_one_cpu_cluster_does_not_stall(tmp_path):
+def test_a_killed_driver_loses_no_finished_image(ray_local, tmp_path, ray_tmp):
+    """SIGKILL the driver mid-run: the next run folds the actors' journal in, does only the rest."""
+    source, out = tmp_path / "in", tmp_path / "out"
+    _many_inputs(source)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / "enhance.py"), str(source), str(out), "--batch-size", "1"],
+        env=_cli_env(ray_tmp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: _journalled(out) >= 3, 300, process, "the first outputs")
+        process.kill()
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    # Its cluster dies with it; make sure before looking (stopping exactly its processes).
+    for pid in processes_of(ray_tmp):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _wait_for(lambda: not processes_of(ray_tmp), 30, what="the killed run's processes to exit")
+    written = {p.name for p in out.glob("*.png")}
+    summary = run_enhance(EnhanceConfig(input=str(source), output=str(out)))
+    assert summary.skipped >= 3, "the journal kept the rows of images the dead run finished"
+    # Only the remainder: every image the dead run wrote *and journalled* is skipped; at most the
+    # batches in flight when it died (written but not yet journalled) are redone.
+    assert summary.skipped >= len(written) - 2 and summary.ok == 40 - summary.skipped
+    _check_exactly_once(out, source)
+
+
+@pytest.mark.slow
+def test_a_killed_actor_is_replaced_and_every_input_ends_once(ray_local, tmp_path):
+    source, out = tmp_path / "in", tmp_path / "out"
+    _many_inputs(source, 24)
+    outcome = {}
+
+    def run():
+        try:
+            outcome["summary"] = run_enhance(_config(source, out, batch_size=1, max_full_frame_pixels=None, tile_size=None))
+        except BaseException as exc:  # noqa: BLE001
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    _wait_for(lambda: _journalled(out) >= 1 or not thread.is_alive(), 300, what="the first journal part")
+    assert thread.is_alive(), outcome
+    pending = next((out / "_manifest" / "_pending").rglob("*.parquet"))
+    worker = pq.read_table(pending)["worker"][0].as_py()
+    pid = int(worker.rsplit("/pid", 1)[1])
+    os.kill(pid, signal.SIGKILL)  # exactly the actor process that wrote that batch
+    thread.join(timeout=300)
+    assert not thread.is_alive() and "error" not in outcome, outcome
+    assert outcome["summary"].ok == 24 and outcome["summary"].error == 0
+    workers = {r["worker"] for r in _manifest(out)}
+    assert any(w.endswith(f"/pid{pid}") for w in workers) and len(workers) >= 2
+    _check_exactly_once(out, source)
+
+
+@pytest.mark.slow
+def test_one_cpu_cluster_does_not_stall(tmp_path, ray_tmp):
     """The default settings on a one-CPU machine (a subprocess: it needs its own Ray)."""
     source = tmp_path / "in"
     for i in range(3):
@@ -370,6 +522,43 @@ def test_one_cpu_cluster_does_not_stall(tmp_path):
     script = ("import ray, sys; ray.init(num_cpus=1, include_dashboard=False);"
               "from dce_batch.pipeline import EnhanceConfig, run_enhance;"
               "s = run_enhance(EnhanceConfig(input=sys.argv[1], output=sys.argv[2])); sys.exit(0 if s.ok == 3 else 1)")
-    result = subprocess.run([sys.executable, "-c", script, str(source), str(tmp_path / "out")], env=_cli_env(),
+    result = subprocess.run([sys.executable, "-c", script, str(source), str(tmp_path / "out")], env=_cli_env(ray_tmp),
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _unshare_available() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                            "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _unshare_available(), reason="needs `unshare -m` and mount rights (root) for a small tmpfs")
+@pytest.mark.parametrize("situation", ["full", "read-only"])
+def test_an_output_that_fills_up_or_is_read_only_fails_the_run_and_claims_nothing(tmp_path, ray_tmp, situation):
+    """OUTPUT is a tiny tmpfs in a private mount namespace: a disk that fills up mid-run, or one
+    mounted read-only. Exit 1 with a clear message; every ok row in the manifest has its output."""
+    source, out, kept = tmp_path / "in", tmp_path / "out", tmp_path / "kept"
+    for i in range(12):
+        _save(source / f"img{i:02d}.png", (np.random.default_rng(i).random((300, 400, 3)) * 60).astype(np.uint8), "PNG")
+    out.mkdir()
+    kept.mkdir()
+    mount = f"mount -t tmpfs -o size={'1500k' if situation == 'full' else '1m'} tmpfs {out}"
+    if situation == "read-only":
+        mount += f" && mount -o remount,ro {out}"
+    script = (f"{mount} && {sys.executable} {REPO / 'jobs' / 'enhance.py'} {source} {out} --batch-size 1; "
+              f"code=$?; cp -a {out}/. {kept}/; exit $code")
+    result = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=_cli_env(ray_tmp),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    expected = "No space left" if situation == "full" else "Read-only file system"
+    last = result.stderr.strip().splitlines()[-1]  # the command's own message comes last
+    assert last.startswith("dce-batch enhance: OutputWriteError: ") and expected in last, result.stderr[-3000:]
+    if (kept / "_manifest").exists():
+        for row in _manifest(kept):
+            if row["status"] == "ok":  # claimed: then it was written, whole
+                assert decode_image((kept / Path(row["output_uri"]).name).read_bytes()).width == 400
+    assert not list(kept.rglob("*.tmp"))

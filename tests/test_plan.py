@@ -1,0 +1,162 @@
+"""Planning without Ray: output names, refusals, and settings-aware resume."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pytest
+
+from dce_batch.errors import ConfigError
+from dce_batch.manifest import MANIFEST_SCHEMA, ManifestRow, rows_to_table
+from dce_batch.plan import (
+    describe_settings_change,
+    input_table,
+    output_relpath,
+    output_settings,
+    plan_run,
+    settings_digest,
+)
+from dce_batch.storage import InputFile, Location
+
+
+def _settings_for(strength=1.0, quality=95, model="m" * 64, precision="auto"):
+    def settings_for(output_format):
+        return output_settings(model_sha256=model, variant="full", scale=12, strength=strength, precision=precision,
+                               format="same", quality=quality, output_format=output_format)
+    return settings_for
+
+
+def _plan(tmp_path, inputs, *, fmt="same", done=None, existing=None, settings_for=None):
+    output = Location.parse(str(tmp_path / "out"))
+    return plan_run(listing=input_table(inputs), input_fs=pafs.LocalFileSystem(), output=output, run_id="run2",
+                    settings_for=settings_for or _settings_for(), requested_format=fmt,
+                    row_constants={"model_name": "m", "model_sha256": "m" * 64, "strength": 1.0, "variant": "full",
+                                   "precision": "auto"},
+                    done=done, existing_outputs=None if existing is None else pa.array(existing, pa.string()))
+
+
+def _inputs(*relpaths, root="/in"):
+    return [InputFile(uri=f"{root}/{r}", path=f"{root}/{r}", relpath=r, size=1) for r in relpaths]
+
+
+def test_output_names_mirror_inputs_and_change_extension_only_with_the_format(tmp_path):
+    plan = _plan(tmp_path, _inputs("a.jpg", "sub/b.png", "c.gif", "d.JPEG", "e.mpo"))
+    out = tmp_path / "out"
+    assert plan.todo["output_path"].to_pylist() == [str(out / "a.jpg"), str(out / "sub/b.png"), str(out / "c.png"),
+                                                    str(out / "d.JPEG"), str(out / "e.mpo")]
+    assert plan.todo["output_format"].to_pylist() == ["JPEG", "PNG", "PNG", "JPEG", "JPEG"]
+    assert plan.todo["output_uri"].to_pylist() == plan.todo["output_path"].to_pylist()  # local: URIs are paths
+    webp = _plan(tmp_path, _inputs("a.jpg", "b.png"), fmt="webp")
+    assert [p.rsplit("/", 1)[1] for p in webp.todo["output_path"].to_pylist()] == ["a.webp", "b.webp"]
+    assert output_relpath("x/y.jpeg", "JPEG") == "x/y.jpeg" and output_relpath("x/y.gif", "PNG") == "x/y.png"
+
+
+def test_planning_refuses_escaping_colliding_and_reserved_names(tmp_path):
+    """Input keys can never make an output path escape OUTPUT, land in _manifest, or share an output."""
+    inputs = [
+        InputFile(uri="s3://b/../../etc/evil.jpg", path="b/x/evil.jpg", relpath="../../etc/evil.jpg", size=1),
+        *_inputs("a.png", "a.jpg", "b.gif", "_manifest/part-x.png", "_report/index.png", "ok/_manifest.png"),
+    ]
+    plan = _plan(tmp_path, inputs, fmt="jpeg")
+    refused = dict(zip(plan.refused["input_uri"].to_pylist(), plan.refused["error"].to_pylist()))
+    assert refused["s3://b/../../etc/evil.jpg"].startswith("StorageError")
+    assert "OutputCollisionError" in refused["/in/a.jpg"] and "/in/a.png" in refused["/in/a.jpg"]
+    assert refused["/in/_manifest/part-x.png"].startswith("ReservedNameError") and "_manifest" in refused["/in/_manifest/part-x.png"]
+    assert refused["/in/_report/index.png"].startswith("ReservedNameError")
+    out = tmp_path / "out"
+    assert plan.todo["output_path"].to_pylist() == [str(out / "a.jpg"), str(out / "b.jpg"), str(out / "ok/_manifest.jpg")]
+    assert set(plan.refused["status"].to_pylist()) == {"error"} and plan.refused.schema.equals(MANIFEST_SCHEMA)
+    assert plan.total == len(inputs)
+
+
+def test_an_output_that_would_overwrite_an_input_is_refused(tmp_path):
+    inputs = [InputFile(uri=str(tmp_path / "out" / "a.png"), path=str(tmp_path / "out" / "a.png"), relpath="a.png", size=1)]
+    with pytest.raises(ConfigError, match="overwrite the input"):
+        _plan(tmp_path, inputs)
+
+
+def _done_row(input_uri, output_uri, settings_for, output_format="PNG", run_id="run1", status="ok", age_s=60,
+              with_settings=True, **extra):
+    text, digest = settings_digest(settings_for(output_format))
+    return ManifestRow(run_id=run_id, input_uri=input_uri, output_uri=output_uri, status=status,
+                       output_format=output_format, strength=0.5, model_sha256="m" * 64, precision="bf16",
+                       settings=text if with_settings else None, settings_sha256=digest if with_settings else None,
+                       made_by_run_id=run_id, finished_at=datetime.now(timezone.utc) - timedelta(seconds=age_s),
+                       width=10, height=20, **extra)
+
+
+def test_resume_skips_only_outputs_that_exist_and_were_made_with_the_same_settings(tmp_path):
+    out = tmp_path / "out"
+    settings = _settings_for()
+    done = rows_to_table([
+        _done_row("/in/a.png", str(out / "a.png"), settings),
+        _done_row("/in/b.png", str(out / "b.png"), settings),  # output deleted since: redo
+        _done_row("/in/c.png", None, settings, status="error"),  # failed before: retry
+        _done_row("/in/d.png", str(out / "d.png"), settings, run_id="run0", age_s=600),
+        _done_row("/in/d.png", str(out / "d.png"), settings, run_id="run1", age_s=60),  # redone later: latest wins
+    ])
+    plan = _plan(tmp_path, _inputs("a.png", "b.png", "c.png", "d.png"), done=done,
+                 existing=[str(out / "a.png"), str(out / "d.png")])
+    assert plan.todo["input_uri"].to_pylist() == ["/in/b.png", "/in/c.png"]
+    skipped = {r["input_uri"]: r for r in plan.skipped.to_pylist()}
+    assert set(skipped) == {"/in/a.png", "/in/d.png"}
+    for row in skipped.values():
+        assert row["status"] == "skipped" and row["run_id"] == "run2"
+        # the settings of the run that made the output, never this run's
+        assert row["made_by_run_id"] == "run1" and row["strength"] == 0.5 and row["precision"] == "bf16"
+        assert (row["width"], row["height"]) == (10, 20) and row["duration_ms"] is None
+    assert plan.skipped.schema.equals(MANIFEST_SCHEMA)
+
+
+@pytest.mark.parametrize("change", [dict(strength=0.3), dict(quality=80), dict(model="n" * 64), dict(precision="fp32")])
+def test_resume_with_other_settings_is_refused_naming_the_difference(tmp_path, change):
+    out = tmp_path / "out"
+    done = rows_to_table([_done_row("/in/a.jpg", str(out / "a.jpg"), _settings_for(), output_format="JPEG")])
+    with pytest.raises(ConfigError) as info:
+        _plan(tmp_path, _inputs("a.jpg"), done=done, existing=[str(out / "a.jpg")], settings_for=_settings_for(**change))
+    message = str(info.value)
+    assert "--overwrite" in message and "new OUTPUT" in message
+    key, value = next(iter(change.items()))
+    assert {"model": "model_sha256"}.get(key, key) in message
+
+
+def test_quality_does_not_matter_for_lossless_outputs(tmp_path):
+    out = tmp_path / "out"
+    done = rows_to_table([_done_row("/in/a.png", str(out / "a.png"), _settings_for())])
+    plan = _plan(tmp_path, _inputs("a.png"), done=done, existing=[str(out / "a.png")],
+                 settings_for=_settings_for(quality=50))
+    assert plan.skipped.num_rows == 1 and plan.todo.num_rows == 0
+
+
+def test_outputs_from_a_manifest_without_settings_are_not_resumed_blindly(tmp_path):
+    out = tmp_path / "out"
+    done = rows_to_table([_done_row("/in/a.png", str(out / "a.png"), _settings_for(), with_settings=False)])
+    with pytest.raises(ConfigError, match="settings not recorded"):
+        _plan(tmp_path, _inputs("a.png"), done=done, existing=[str(out / "a.png")])
+
+
+def test_describe_settings_change():
+    a = json.dumps({"strength": 1.0, "quality": 95})
+    b = json.dumps({"strength": 0.3, "quality": 95})
+    assert describe_settings_change(a, b) == "strength 1.0 -> 0.3"
+
+
+def test_planning_a_large_listing_is_columnar(tmp_path):
+    """Every input is planned without a Python object per input (smoke test at 200k; the 1M
+    figure is benchmarks/bench_planning.py)."""
+    n = 200_000
+    listing = pa.table({
+        "uri": pa.array([f"/in/d{i % 100}/img{i}.jpg" for i in range(n)]),
+        "path": pa.array([f"/in/d{i % 100}/img{i}.jpg" for i in range(n)]),
+        "relpath": pa.array([f"d{i % 100}/img{i}.jpg" for i in range(n)]),
+        "size": pa.array([1] * n, pa.int64()),
+    })
+    output = Location.parse(str(tmp_path / "out"))
+    plan = plan_run(listing=listing, input_fs=pafs.LocalFileSystem(), output=output, run_id="r",
+                    settings_for=_settings_for(), requested_format="same", row_constants={}, done=None,
+                    existing_outputs=None)
+    assert plan.todo.num_rows == n and plan.refused.num_rows == 0
+    assert plan.todo["output_path"][n - 1].as_py() == str(tmp_path / "out" / f"d{(n - 1) % 100}/img{n - 1}.jpg")

@@ -1,0 +1,78 @@
+"""Images end to end without Ray: ImageProcessor, and what a failed write does."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs as pafs
+import pytest
+from PIL import Image
+
+from dce_batch.errors import OutputWriteError
+from dce_batch.imageio import EncodeOptions, decode_image, mean_luminance
+from dce_batch.inference import Enhancer, InferenceConfig
+from dce_batch.process import ImageProcessor, WorkItem
+from dce_batch.weights import load_weights
+
+FS = pafs.LocalFileSystem()
+
+
+@pytest.fixture(scope="module")
+def processor():
+    enhancer = Enhancer(load_weights(), InferenceConfig(precision="fp32"))
+    proc = ImageProcessor(enhancer, EncodeOptions(), FS, FS, run_id="r1", worker="w", max_pixels=1_000_000)
+    yield proc
+    proc.close()
+
+
+def _dark_png(path: Path, h=48, w=64, seed=0) -> None:
+    rng = np.random.default_rng(seed)
+    Image.fromarray((rng.random((h, w, 3)) * 50).astype(np.uint8)).save(path)
+
+
+def _item(source: Path, target: Path, fmt="PNG") -> WorkItem:
+    return WorkItem(input_uri=str(source), input_path=str(source), output_uri=str(target), output_path=str(target),
+                    output_format=fmt, settings='{"s":1}', settings_sha256="abc")
+
+
+def test_a_batch_reads_enhances_and_writes_each_image_or_says_why_not(processor, tmp_path):
+    (tmp_path / "in").mkdir()
+    _dark_png(tmp_path / "in" / "a.png")
+    _dark_png(tmp_path / "in" / "b.png", seed=1)
+    (tmp_path / "in" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    big = io.BytesIO()
+    Image.new("RGB", (1100, 1000)).save(big, "PNG")  # 1.1 MP > max_pixels
+    (tmp_path / "in" / "big.png").write_bytes(big.getvalue())
+    names = ["a.png", "missing.png", "bad.png", "b.png", "big.png"]
+    rows = processor.process_batch([_item(tmp_path / "in" / n, tmp_path / "out" / n) for n in names])
+    by_name = {Path(r.input_uri).name: r for r in rows}
+    assert [Path(r.input_uri).name for r in rows] == names
+    for name in ("a.png", "b.png"):
+        row = by_name[name]
+        assert row.status == "ok" and row.error is None and row.settings_sha256 == "abc" and row.made_by_run_id == "r1"
+        written = decode_image((tmp_path / "out" / name).read_bytes())
+        assert row.bytes_out == (tmp_path / "out" / name).stat().st_size
+        assert mean_luminance(written.pixels) > row.mean_luma_in and row.precision == "fp32"
+    assert by_name["missing.png"].error.startswith("StorageError")
+    assert by_name["bad.png"].error.startswith("CorruptImageError")
+    assert by_name["big.png"].error.startswith("ImageTooLargeError")
+    for name in ("missing.png", "bad.png", "big.png"):
+        row = by_name[name]
+        assert row.status == "error" and row.output_uri is None and row.settings is None
+        assert not (tmp_path / "out" / name).exists()
+
+
+def test_a_name_the_filesystem_rejects_is_that_image_s_error(processor, tmp_path):
+    _dark_png(tmp_path / "a.png")
+    target = tmp_path / "out" / ("x" * 300 + ".png")  # over the 255-byte name limit
+    row = processor.process_batch([_item(tmp_path / "a.png", target)])[0]
+    assert row.status == "error" and "StorageError" in row.error
+
+
+def test_an_output_that_cannot_be_written_stops_the_run(processor, tmp_path):
+    _dark_png(tmp_path / "a.png")
+    (tmp_path / "out").write_text("OUTPUT is a file, not a folder")
+    with pytest.raises(OutputWriteError, match="run stops"):
+        processor.process_batch([_item(tmp_path / "a.png", tmp_path / "out" / "a.png")])
