@@ -205,6 +205,8 @@ def _terminal_columns(stream: TextIO) -> int:
 # Loggers whose INFO lines (cluster start, dashboard URL, Ray Data's execution plan and
 # per-operator summaries) are noise for someone waiting for their images.
 _RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
+# Levels of those loggers before a quiet apply(), restored by a verbose one.
+_SAVED_LEVELS: dict[str, int] = {}
 
 
 @dataclass(frozen=True)
@@ -236,13 +238,20 @@ class RayQuietSettings:
         for key, value in self.environment.items():
             os.environ.setdefault(key, value)
         if self.verbose:
+            # Undo an earlier quiet apply() in this process (logging is process-wide).
+            _restore_ray_data_console()
+            while _SAVED_LEVELS:
+                name, level = _SAVED_LEVELS.popitem()
+                logging.getLogger(name).setLevel(level)
             return
         from ray.data import DataContext
 
         _quiet_ray_data_console(self.log_level)
         # After importing ray.data: its import configures the "ray.data" logger.
         for name in _RAY_LOGGERS:
-            logging.getLogger(name).setLevel(self.log_level)
+            logger = logging.getLogger(name)
+            _SAVED_LEVELS.setdefault(name, logger.level)
+            logger.setLevel(self.log_level)
         context = DataContext.get_current()
         for key, value in self.data_context.items():
             if hasattr(context, key):  # fields come and go between Ray releases
@@ -258,25 +267,49 @@ def _quiet_ray_data_console(level: int) -> None:
     A config the user set is left alone.
     """
     import copy
+    import hashlib
     import os
     import tempfile
 
-    if os.environ.get("RAY_DATA_LOGGING_CONFIG"):
-        return
+    configured = os.environ.get("RAY_DATA_LOGGING_CONFIG")
+    if configured and _OUR_CONFIG_MARK not in configured:
+        return  # the user's own logging config
     try:
         import yaml
         from ray.data._internal import logging as data_logging  # the default config lives here
     except ImportError:
         return
+    os.environ.pop("RAY_DATA_LOGGING_CONFIG", None)
     config = copy.deepcopy(data_logging._get_logging_config())
     for handler in config.get("handlers", {}).values():
         if str(handler.get("class", "")).endswith("PlainRayHandler"):  # the console handler
             handler["level"] = logging.getLevelName(level)
-    handle, path = tempfile.mkstemp(prefix="dce-batch-ray-data-logging-", suffix=".yaml")
-    with os.fdopen(handle, "w") as stream:
-        yaml.safe_dump(config, stream)
+    text = yaml.safe_dump(config)
+    # One file per content (not one per call): written next to itself, then renamed into place.
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    path = os.path.join(tempfile.gettempdir(), f"{_OUR_CONFIG_MARK}-{digest}.yaml")
+    if not os.path.exists(path):
+        handle, temporary = tempfile.mkstemp(prefix=f".{_OUR_CONFIG_MARK}-", dir=tempfile.gettempdir())
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
     os.environ["RAY_DATA_LOGGING_CONFIG"] = path
     data_logging.configure_logging()
+
+
+def _restore_ray_data_console() -> None:
+    import os
+
+    if _OUR_CONFIG_MARK in os.environ.get("RAY_DATA_LOGGING_CONFIG", ""):
+        del os.environ["RAY_DATA_LOGGING_CONFIG"]
+        try:
+            from ray.data._internal import logging as data_logging
+        except ImportError:
+            return
+        data_logging.configure_logging()
+
+
+_OUR_CONFIG_MARK = "dce-batch-ray-data-logging"
 
 
 def quiet_ray(verbose: bool) -> RayQuietSettings:

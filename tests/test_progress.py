@@ -180,3 +180,27 @@ def test_ray_output_is_kept_away_unless_verbose(mode, tmp_path):
         # certain to be there before shutdown.)
         assert any("Started a local Ray instance" in line for line in noise), output[-3000:]
         assert any(re.search(r"\sINFO\s", line) for line in noise), output[-3000:]
+
+
+def test_quiet_then_verbose_in_one_process_restores_ray_data_logging(monkeypatch):
+    """Settings are process-wide: a verbose run after a quiet one gets Ray Data's console back."""
+    import logging
+
+    import ray.data  # noqa: F401 - importing Ray sets up its loggers; measure after that
+
+    monkeypatch.delenv("RAY_DATA_LOGGING_CONFIG", raising=False)
+    ray_level = logging.getLogger("ray").level
+    quiet_ray(False).apply()
+    assert logging.getLogger("ray").level == logging.WARNING
+    assert "dce-batch-ray-data-logging" in os.environ["RAY_DATA_LOGGING_CONFIG"]
+    console = [h for h in logging.getLogger("ray.data").handlers if type(h).__name__ == "PlainRayHandler"]
+    assert console and all(h.level == logging.WARNING for h in console)
+    quiet_ray(True).apply()
+    assert "RAY_DATA_LOGGING_CONFIG" not in os.environ
+    assert logging.getLogger("ray").level == ray_level
+    console = [h for h in logging.getLogger("ray.data").handlers if type(h).__name__ == "PlainRayHandler"]
+    assert console and all(h.level == logging.INFO for h in console)
+    monkeypatch.setenv("RAY_DATA_LOGGING_CONFIG", "/somewhere/mine.yaml")
+    quiet_ray(False).apply()  # a user's own config is left alone
+    assert os.environ["RAY_DATA_LOGGING_CONFIG"] == "/somewhere/mine.yaml"
+    quiet_ray(True).apply()  # leave the process as it was for the other tests
