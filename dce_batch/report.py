@@ -161,14 +161,19 @@ def pick_run(runs: Sequence[str], summaries: Mapping[str, Any]) -> tuple[str, bo
     return runs[-1], False
 
 
+def _where(table: pa.Table, mask: pa.ChunkedArray | pa.Array) -> pa.Table:
+    """``table.filter(mask)``, without the copy when every row is kept (the common one-run case)."""
+    return table if pc.all(mask).as_py() in (True, None) else table.filter(mask)
+
+
 def resolve_outputs(manifest: pa.Table, run_id: str) -> pa.Table:
     """The run's outputs: its ``ok`` rows, plus its ``skipped`` rows with the columns of the
     latest earlier ``ok`` row for the same input and output (column ``made_by``: that run).
 
     Skipped rows whose making row is not in the manifest any more keep nulls.
     """
-    run = manifest.filter(pc.equal(manifest["run_id"], run_id))
-    ok = run.filter(pc.equal(run["status"], STATUS_OK))
+    run = _where(manifest, pc.equal(manifest["run_id"], run_id))
+    ok = _where(run, pc.equal(run["status"], STATUS_OK))
     ok = ok.append_column("made_by", ok["run_id"])
     skipped = run.filter(pc.equal(run["status"], STATUS_SKIPPED))
     if skipped.num_rows == 0:
@@ -228,7 +233,7 @@ def collect_report_data(fs: pafs.FileSystem, output_path: str, output_uri: str, 
     if later:
         notices.append(f"Later runs that did not finish are not shown: {', '.join(later)}.")
 
-    run_rows = manifest.filter(pc.equal(manifest["run_id"], run_id))
+    run_rows = _where(manifest, pc.equal(manifest["run_id"], run_id))
     statuses = run_rows["status"]
     counts = {status: int(pc.sum(pc.equal(statuses, status)).as_py() or 0)
               for status in (STATUS_OK, STATUS_SKIPPED, STATUS_ERROR)}
@@ -244,12 +249,13 @@ def collect_report_data(fs: pafs.FileSystem, output_path: str, output_uri: str, 
         notices.append(f"{unresolved} skipped outputs have no earlier ok row in the manifest; their sizes, "
                        "brightness and times are unknown.")
 
-    with_luma = outputs.filter(pc.and_(pc.is_valid(outputs["mean_luma_in"]), pc.is_valid(outputs["mean_luma_out"])))
-    luma_in = with_luma["mean_luma_in"].to_numpy(zero_copy_only=False).astype(np.float64)
-    luma_out = with_luma["mean_luma_out"].to_numpy(zero_copy_only=False).astype(np.float64)
+    # Column-wise (not whole-table filters and sorts): a million-row manifest stays a few columns.
+    has_luma = pc.and_(pc.is_valid(outputs["mean_luma_in"]), pc.is_valid(outputs["mean_luma_out"]))
+    luma_in = outputs["mean_luma_in"].filter(has_luma).to_numpy().astype(np.float64)
+    luma_out = outputs["mean_luma_out"].filter(has_luma).to_numpy().astype(np.float64)
 
-    by_input = outputs.sort_by([("input_uri", "ascending")])
-    picked = by_input.take(pa.array(sample_evenly(by_input.num_rows, max_pairs), pa.int64()))
+    by_input = pc.sort_indices(outputs["input_uri"])
+    picked = outputs.take(by_input.take(pa.array(sample_evenly(outputs.num_rows, max_pairs), pa.int64())))
     pairs = [Pair(input_uri=r["input_uri"], output_uri=r["output_uri"], width=r["width"], height=r["height"],
                   mean_luma_in=r["mean_luma_in"], mean_luma_out=r["mean_luma_out"], made_by=r["made_by"] or "?")
              for r in picked.to_pylist()]

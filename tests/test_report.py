@@ -352,3 +352,19 @@ def test_report_of_a_real_run_in_headless_chromium(samples_run, tmp_path, capsys
     for href in hrefs:  # every link opens an existing full-size file
         assert href.startswith("file://") and Path(unquote(urlsplit(href).path)).is_file(), href
     assert screenshot.stat().st_size > 10_000
+
+
+def test_thumbnails_are_upright_and_handle_odd_modes():
+    from dce_batch.report import thumbnail
+
+    rotated = thumbnail((Path(sample_images_dir()) / "coffee_dim_rotated.jpg").read_bytes())
+    assert (rotated.width, rotated.height) == (360, 240)  # stored 341 x 512 with EXIF orientation 6
+    for mode, array in (("I;16", (np.arange(64 * 40, dtype=np.uint16).reshape(40, 64) * 20)),
+                        ("CMYK", np.full((40, 64, 4), 60, np.uint8))):
+        buffer = io.BytesIO()
+        image = Image.fromarray(array, mode) if mode == "CMYK" else Image.fromarray(array)
+        image.save(buffer, "TIFF")
+        thumb = thumbnail(buffer.getvalue())
+        assert thumb.data_uri is not None and (thumb.width, thumb.height) == (64, 40), mode
+        decoded = Image.open(io.BytesIO(base64.b64decode(thumb.data_uri.split(",", 1)[1])))
+        assert decoded.mode == "RGB" and decoded.size == (64, 40)
