@@ -7,3 +7,18 @@ The Ray layers: :mod:`~dce_batch.pipeline` (enhancement job) and :mod:`~dce_batc
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "enhance_image", "models"]
+
+
+def __getattr__(name: str):
+    # Lazy (PEP 562): `import dce_batch` stays light (no torch) until one of these is used.
+    if name == "enhance_image":
+        from .models import enhance_image
+
+        return enhance_image
+    if name == "models":
+        import importlib
+
+        return importlib.import_module(".models", __name__)
+    raise AttributeError(f"module 'dce_batch' has no attribute {name!r}")

@@ -349,11 +349,82 @@ def show_weights_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def report_parser() -> argparse.ArgumentParser:
+    from .report import DEFAULT_MAX_PAIRS
+
+    p = argparse.ArgumentParser(
+        prog="dce-batch report",
+        description="Build OUTPUT/_report/index.html for the latest finished run under OUTPUT: summary, "
+                    "before/after pairs, brightness histograms, slowest and failed images, training curves. "
+                    "One self-contained file that opens offline.",
+    )
+    p.add_argument("output", metavar="OUTPUT", help="the run's OUTPUT folder or s3:// prefix")
+    p.add_argument("--max-pairs", type=int, default=DEFAULT_MAX_PAIRS,
+                   help=f"before/after pairs shown at most, evenly sampled (default {DEFAULT_MAX_PAIRS})")
+    p.add_argument("--run-id", help="report this run instead of the latest finished one")
+    p.add_argument("--link-expiry-hours", type=float, default=168.0,
+                   help="lifetime of presigned links to s3:// images (default 168 = 7 days, the most S3 allows); "
+                        "0 shows s3:// URIs as text instead of links")
+    _add_s3_options(p)
+    return p
+
+
+def report_main(argv: Sequence[str] | None = None) -> int:
+    from .report import build_report
+
+    args = report_parser().parse_args(argv)
+    try:
+        uri = build_report(args.output, s3=_s3_options(args), max_pairs=args.max_pairs, run_id=args.run_id,
+                           presign_expires_s=int(args.link_expiry_hours * 3600),
+                           log=lambda line: print(f"[dce-batch report] {line}", file=sys.stderr, flush=True))
+    except DceBatchError as exc:
+        print(f"dce-batch report: {describe_error(exc)}", file=sys.stderr)
+        return EXIT_INVALID
+    print(uri)
+    return 0
+
+
+def export_onnx_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dce-batch export-onnx",
+        description="Export weights to ONNX: input 'image' (N x 3 x H x W float32 in [0, 1], any N, H, W) and "
+                    "'strength' (float32 [1], 0..1), output 'enhanced'. Needs pip install 'dce-batch[onnx]'.",
+    )
+    p.add_argument("args", nargs="+", metavar="[WEIGHTS] OUT.onnx",
+                   help="weights (shipped name, .safetensors or .pth; default zerodce_sice_v1) and the output file")
+    p.add_argument("--model-variant", choices=["full", "fast"],
+                   help="pick the shipped weights of this variant when WEIGHTS is not given")
+    p.add_argument("--scale", type=float, default=12.0,
+                   help="fast variant: the downscale factor for curve estimation, fixed in the graph (default 12)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    return p
+
+
+def export_onnx_main(argv: Sequence[str] | None = None) -> int:
+    from .onnx_export import export_onnx
+
+    parser = export_onnx_parser()
+    args = parser.parse_args(argv)
+    if len(args.args) > 2:
+        parser.error("expected [WEIGHTS] OUT.onnx")
+    weights, target = (args.args if len(args.args) == 2 else (None, args.args[0]))
+    try:
+        info = export_onnx(weights, target, variant=args.model_variant, scale=args.scale, opset=args.opset)
+    except DceBatchError as exc:
+        print(f"dce-batch export-onnx: {describe_error(exc)}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"wrote {target}: {info.name} ({info.variant}{f', scale {info.scale:g}' if info.variant == 'fast' else ''}), "
+          f"opset {info.opset}, {info.bytes:,} bytes")
+    return 0
+
+
 COMMANDS = {
     "enhance": enhance_main,
     "train": train_main,
     "convert-weights": convert_weights_main,
     "show-weights": show_weights_main,
+    "report": report_main,
+    "export-onnx": export_onnx_main,
 }
 
 

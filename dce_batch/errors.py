@@ -57,3 +57,7 @@ def describe_error(exc: BaseException) -> str:
     """``TypeName: message``, the form stored in manifest rows and printed in summaries."""
     message = str(exc).strip() or repr(exc)
     return f"{type(exc).__name__}: {message}"
+
+
+class ReportError(DceBatchError):
+    """A run report cannot be built (no run manifest under OUTPUT, or an unknown run id)."""

@@ -1,0 +1,394 @@
+"""Model builders and a weights registry in the manner of torchvision.
+
+    from dce_batch import models
+    net = models.zero_dce(weights="zerodce_sice_v1")         # DCE-Net, eval mode, shipped weights
+    fast = models.zero_dce_pp(weights=models.ZeroDCEPP_Weights.DEFAULT, scale=12)
+    models.ZeroDCE_Weights.SICE_V1.meta["metrics"]["val_loss"]   # no torch, nothing loaded
+
+    from dce_batch import enhance_image                      # one PIL image, e.g. in a notebook
+    enhanced = enhance_image(Image.open("dark.jpg"), strength=0.8)
+
+Each shipped weights file ``dce_batch/weights/NAME.safetensors`` has a JSON sidecar
+``NAME.json`` (made by ``scripts/make_weights_sidecars.py`` from the file's own header and the
+training results; a test checks they agree), so the registry's metadata (recipe, metrics,
+licence, transforms, training curves) is read with the standard library alone: importing this
+module does not import torch. Tensors are read, and their checksum verified, only by a builder
+or :meth:`Weights.load`.
+
+Like torchvision, ``weights=None`` builds a randomly initialised network (the authors'
+initialisation), for training from scratch.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import io
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from .errors import ConfigError, WeightsError
+
+if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time
+    from PIL import Image
+
+    from .model import DCENet, DCENetFast
+    from .weights import LoadedWeights
+
+__all__ = [
+    "Weights",
+    "WeightsEnum",
+    "ZeroDCEPP_Weights",
+    "ZeroDCE_Weights",
+    "enhance_image",
+    "get_weights",
+    "list_weights",
+    "zero_dce",
+    "zero_dce_pp",
+]
+
+DEFAULT_FAST_SCALE = 12.0  # the authors' test setting, and `dce-batch enhance --scale`'s default
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One set of shipped weights: where it is and what it is, known before loading it.
+
+    Attributes:
+        name: the registry name (what ``--weights`` and ``weights=`` accept).
+        variant: ``full`` (DCE-Net) or ``fast`` (Zero-DCE++).
+        file: the file name under ``dce_batch/weights/``.
+        url: where to download it from, or None when it ships inside the package.
+        file_sha256, file_bytes: of the whole file (the tensors' own checksum is ``meta["sha256"]``).
+        meta: the metadata stored in the file: name, variant, num_params, sha256, source, licence,
+            recipe, data, metrics, created.
+        transforms_info: what the network expects as input and gives as output.
+        training: the training runs that made the weights, oldest first, each ``{"run", "source",
+            "history": [{"epoch", "train_loss", "val_loss", ...}, ...]}``.
+    """
+
+    name: str
+    variant: str
+    file: str
+    url: str | None
+    file_sha256: str
+    file_bytes: int
+    meta: Mapping[str, Any] = field(repr=False)
+    transforms_info: Mapping[str, str] = field(repr=False)
+    training: tuple[Mapping[str, Any], ...] = field(repr=False)
+
+    @property
+    def path(self) -> Path:
+        """The weights file inside the installed package."""
+        return Path(str(resources.files("dce_batch").joinpath("weights", self.file)))
+
+    @property
+    def num_params(self) -> int:
+        return int(self.meta["num_params"])
+
+    @property
+    def sha256(self) -> str:
+        """Checksum of the tensors (what the batch job's manifest records as ``model_sha256``)."""
+        return str(self.meta["sha256"])
+
+    def load(self) -> "LoadedWeights":
+        """The tensors and metadata (checksum verified); imports torch."""
+        from .weights import load_weights
+
+        try:
+            blob = self.path.read_bytes()
+        except OSError as exc:
+            raise WeightsError(f"the shipped weights {self.name!r} are missing from this installation "
+                               f"({self.path}): reinstall dce-batch") from exc
+        return load_weights(blob, name=self.file)
+
+    def transforms(self) -> "ImageToTensor":
+        """The preprocessing the network expects, as a callable: PIL image -> 1 x 3 x H x W tensor."""
+        return ImageToTensor()
+
+    @classmethod
+    def from_sidecar(cls, raw: Mapping[str, Any]) -> "Weights":
+        meta = raw["meta"]
+        return cls(name=raw["name"], variant=meta["variant"], file=raw["file"], url=raw.get("url"),
+                   file_sha256=raw["file_sha256"], file_bytes=int(raw["file_bytes"]), meta=meta,
+                   transforms_info=raw.get("transforms", {}), training=tuple(raw.get("training", ())))
+
+
+class ImageToTensor:
+    """PIL image -> float32 tensor 1 x 3 x H x W in [0, 1], upright, as the network expects.
+
+    Decodes through :mod:`dce_batch.imageio` (EXIF orientation, any mode, 16-bit, CMYK), like
+    the batch job. Alpha is dropped: use :func:`enhance_image` to keep it.
+    """
+
+    def __call__(self, image: "Image.Image"):
+        import torch
+
+        from .imageio import decode_image
+
+        decoded = decode_image(_pil_to_bytes(image), max_pixels=_pixel_limit(image))
+        return torch.from_numpy(decoded.pixels).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+    def __repr__(self) -> str:
+        return "ImageToTensor(RGB float32 [0, 1], N x 3 x H x W, EXIF orientation applied)"
+
+
+@functools.lru_cache(maxsize=None)
+def _sidecars() -> dict[str, Weights]:
+    folder = resources.files("dce_batch").joinpath("weights")
+    found: dict[str, Weights] = {}
+    for entry in folder.iterdir():
+        if entry.name.endswith(".json"):
+            weights = Weights.from_sidecar(json.loads(entry.read_text()))
+            found[weights.name] = weights
+    return found
+
+
+def _shipped(name: str) -> Weights:
+    try:
+        return _sidecars()[name]
+    except KeyError:
+        raise WeightsError(f"no shipped weights named {name!r} (sidecar {name}.json is missing); "
+                           f"shipped: {sorted(_sidecars())}") from None
+
+
+class WeightsEnum(enum.Enum):
+    """Base of the per-architecture enums; members forward to their :class:`Weights`."""
+
+    @property
+    def weights(self) -> Weights:
+        return _shipped(self.value)
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        return self.weights.meta
+
+    @property
+    def url(self) -> str | None:
+        return self.weights.url
+
+    def transforms(self) -> ImageToTensor:
+        return self.weights.transforms()
+
+    def load(self) -> "LoadedWeights":
+        return self.weights.load()
+
+
+class ZeroDCE_Weights(WeightsEnum):  # noqa: N801 - torchvision's naming
+    """Weights of DCE-Net (Zero-DCE), the ``full`` variant."""
+
+    SICE_V1 = "zerodce_sice_v1"
+    DEFAULT = "zerodce_sice_v1"  # an alias of SICE_V1 (same value)
+
+
+class ZeroDCEPP_Weights(WeightsEnum):  # noqa: N801
+    """Weights of Zero-DCE++, the ``fast`` variant."""
+
+    SICE_V2 = "zerodcepp_sice_v2"
+    DEFAULT = "zerodcepp_sice_v2"
+
+
+_ENUMS: dict[str, type[WeightsEnum]] = {"full": ZeroDCE_Weights, "fast": ZeroDCEPP_Weights}
+
+
+def list_weights(variant: str | None = None) -> list[str]:
+    """Names of the shipped weights (of one variant, if given)."""
+    return sorted(name for name, w in _sidecars().items() if variant in (None, w.variant))
+
+
+def get_weights(name: str) -> Weights:
+    """Shipped weights by registry name (``"zerodce_sice_v1"``) or enum name
+    (``"ZeroDCE_Weights.SICE_V1"``, ``"ZeroDCEPP_Weights.DEFAULT"``)."""
+    if "." in name and not name.endswith((".safetensors", ".pth", ".pt")):
+        enum_name, _, member = name.partition(".")
+        for enum_cls in _ENUMS.values():
+            if enum_cls.__name__ == enum_name and member in enum_cls.__members__:
+                return enum_cls[member].weights
+        raise WeightsError(f"unknown weights {name!r}; try one of {[str(m) for e in _ENUMS.values() for m in e]}")
+    return _shipped(name)
+
+
+def weights_for_sha256(sha256: str) -> Weights | None:
+    """The shipped weights whose tensors have this checksum (a manifest's ``model_sha256``)."""
+    return next((w for w in _sidecars().values() if w.sha256 == sha256), None)
+
+
+def _resolve(weights: Any, variant: str) -> "LoadedWeights | None":
+    """``weights=`` of a builder -> loaded weights of ``variant`` (None: random initialisation)."""
+    if weights is None:
+        return None
+    if isinstance(weights, WeightsEnum):
+        shipped = weights.weights
+    elif isinstance(weights, Weights):
+        shipped = weights
+    elif isinstance(weights, (str, Path)):
+        text = str(weights)
+        if text == "DEFAULT":
+            shipped = _ENUMS[variant].DEFAULT.weights
+        elif text in _sidecars() or (text.partition(".")[0] in {e.__name__ for e in _ENUMS.values()}):
+            shipped = get_weights(text)
+        else:  # a file: the project's .safetensors or a published checkpoint
+            from .weights import load_weights
+
+            loaded = load_weights(Path(text).expanduser())
+            _check_variant(loaded.meta.name, loaded.meta.variant, variant)
+            return loaded
+    else:
+        raise ConfigError(f"weights must be None, a name, a path or a {_ENUMS[variant].__name__} member, "
+                          f"got {type(weights).__name__}")
+    _check_variant(shipped.name, shipped.variant, variant)
+    return shipped.load()
+
+
+def _check_variant(name: str, actual: str, wanted: str) -> None:
+    if actual != wanted:
+        builder = {"full": "zero_dce", "fast": "zero_dce_pp"}[actual]
+        raise WeightsError(f"weights {name!r} are for the {actual!r} variant: build them with models.{builder}()")
+
+
+def zero_dce(*, weights: ZeroDCE_Weights | Weights | str | Path | None = None) -> "DCENet":
+    """DCE-Net (Zero-DCE), 79,416 parameters, in eval mode.
+
+    Args:
+        weights: ``None`` for a randomly initialised network (the authors' initialisation),
+            a :class:`ZeroDCE_Weights` member, a shipped name (``"zerodce_sice_v1"``,
+            ``"DEFAULT"``), or a weights file (this project's ``.safetensors`` or a published
+            Zero-DCE ``.pth`` checkpoint).
+
+    ``net(x)`` takes N x 3 x H x W in [0, 1] and returns a ``CurveOutput`` whose ``.image`` is the
+    enhanced batch; ``net(x, strength=0.5)`` applies half the curve.
+    """
+    from .model import DCENet, init_weights
+
+    loaded = _resolve(weights, "full")
+    if loaded is None:
+        model = DCENet()
+        init_weights(model)
+        return model.eval()
+    return loaded.build()  # type: ignore[return-value]
+
+
+def zero_dce_pp(*, weights: ZeroDCEPP_Weights | Weights | str | Path | None = None,
+                scale: float = DEFAULT_FAST_SCALE) -> "DCENetFast":
+    """Zero-DCE++ (the fast variant), 10,561 parameters, in eval mode.
+
+    ``scale``: the curves are estimated on the input downscaled by this factor (12, the
+    authors' and ``dce-batch enhance``'s default, suits photos; use 1 for small images).
+    ``weights`` as for :func:`zero_dce`, with :class:`ZeroDCEPP_Weights`.
+    """
+    from .model import DCENetFast, init_weights
+
+    loaded = _resolve(weights, "fast")
+    if loaded is None:
+        model = DCENetFast(scale=scale)
+        init_weights(model)
+        return model.eval()
+    return loaded.build(scale=scale)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# One image
+# --------------------------------------------------------------------------------------------
+
+
+def _pil_to_bytes(image: "Image.Image") -> bytes:
+    """Lossless bytes of a PIL image with its EXIF and ICC, for :func:`dce_batch.imageio.decode_image`.
+
+    Going through the batch job's decoder (rather than ``np.asarray``) gives notebook users the
+    same handling of orientation, palettes, 16-bit, CMYK and alpha as the job.
+    """
+    from PIL import Image as PILImage
+
+    if not isinstance(image, PILImage.Image):
+        raise ConfigError(f"expected a PIL.Image.Image, got {type(image).__name__}; use PIL.Image.open(path)")
+    extra: dict[str, Any] = {}
+    if image.info.get("icc_profile"):
+        extra["icc_profile"] = image.info["icc_profile"]
+    exif = image.getexif()
+    if len(exif):
+        extra["exif"] = exif.tobytes()
+    buffer = io.BytesIO()
+    # PNG holds every mode that PNG can (fast, uncompressed); TIFF the rest (CMYK, float, ...).
+    fmt = "PNG" if image.mode in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA") else "TIFF"
+    options = {"compress_level": 0} if fmt == "PNG" else {}
+    image.save(buffer, fmt, **options, **extra)
+    return buffer.getvalue()
+
+
+def _pixel_limit(image: "Image.Image") -> int:
+    # The caller already holds the decoded image in memory: no decompression-bomb limit applies.
+    return max(1, image.width * image.height)
+
+
+@functools.lru_cache(maxsize=4)
+def _enhancer(weights_key: str, variant: str, strength: float, scale: float, device: str, precision: str):
+    from .inference import Enhancer, InferenceConfig
+
+    loaded = _resolve(weights_key, variant)
+    assert loaded is not None
+    config = InferenceConfig(strength=strength, precision=precision,  # type: ignore[arg-type]
+                             device=device, scale=scale if variant == "fast" else 1.0)
+    return Enhancer(loaded, config)
+
+
+def enhance_image(
+    image: "Image.Image",
+    weights: str | WeightsEnum | Weights | Path | None = None,
+    strength: float = 1.0,
+    *,
+    scale: float = DEFAULT_FAST_SCALE,
+    device: str = "auto",
+    precision: str = "fp32",
+) -> "Image.Image":
+    """Enhance one PIL image and return a new PIL image, exactly as ``dce-batch enhance`` would.
+
+    Args:
+        image: any PIL image (RGB, grayscale, palette, 16-bit, CMYK, with or without alpha).
+            EXIF orientation is applied: the result is upright (its EXIF orientation is 1).
+        weights: a shipped name (default ``zerodce_sice_v1``; ``zerodcepp_sice_v2`` is the fast
+            variant), an enum member, or a weights file.
+        strength: 0 returns the image unchanged, 1 applies the model as trained.
+        scale: the fast variant's downscale factor for curve estimation (ignored by DCE-Net).
+        device, precision: as for ``dce-batch enhance`` (``auto`` uses CUDA when present).
+
+    The loaded network is cached (the last four settings), so calling this in a loop is cheap.
+    Grayscale stays grayscale and alpha is kept (the result is ``L``, ``LA``, ``RGB`` or ``RGBA``,
+    8 bits per channel), ICC profile and EXIF are kept.
+    """
+    from PIL import Image as PILImage
+
+    from .imageio import EncodeOptions, decode_image, encode_image
+
+    if weights is None:
+        weights = ZeroDCE_Weights.DEFAULT
+    key, variant = _weights_key(weights)
+    enhancer = _enhancer(key, variant, float(strength), float(scale), device, precision)
+    decoded = decode_image(_pil_to_bytes(image), max_pixels=_pixel_limit(image))
+    result = enhancer.enhance(decoded.pixels)
+    encoded = encode_image(result.pixels, decoded, EncodeOptions(format="png"), fmt="PNG")
+    out = PILImage.open(io.BytesIO(encoded.data))
+    out.load()
+    return out
+
+
+def _weights_key(weights: Any) -> tuple[str, str]:
+    """A hashable cache key for ``weights`` and the variant it is for."""
+    if isinstance(weights, WeightsEnum):
+        weights = weights.weights
+    if isinstance(weights, Weights):
+        return weights.name, weights.variant
+    text = str(weights)
+    if text == "DEFAULT":
+        text = ZeroDCE_Weights.DEFAULT.value
+    if text in _sidecars():
+        return text, _sidecars()[text].variant
+    try:
+        return text, get_weights(text).variant
+    except WeightsError:
+        pass
+    from .weights import load_weights  # a file: read once here to learn its variant
+
+    return text, load_weights(Path(text).expanduser()).meta.variant

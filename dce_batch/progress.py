@@ -1,0 +1,337 @@
+"""Driver-side progress of a batch run, as people expect it where they are looking.
+
+* On a terminal (the stream is a tty): a live tqdm bar with images done, images/s, errors and ETA.
+* In a non-interactive log (CI, ``ray job logs``, a file): a plain line every ``interval_s``
+  seconds and one at the end, because a redrawn bar turns into thousands of lines there.
+* ``quiet``: nothing but the errors (each failed input with its reason, up to a cap) and, from
+  the caller, the final summary.
+
+Failed inputs are printed as they arrive in every mode (a long run should not hide its first
+failures until the end), capped at ``max_error_lines`` so a broken bucket does not flood the log;
+the manifest has every one.
+
+:func:`quiet_ray` returns the settings that keep Ray's own INFO lines and Ray Data's progress
+bars out of the way unless ``verbose``. This module imports neither Ray nor torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, TextIO
+
+__all__ = ["Progress", "RayQuietSettings", "format_duration", "quiet_ray"]
+
+MAX_ERROR_LINES = 20
+
+
+def format_duration(seconds: float) -> str:
+    """``75`` -> ``"1m15s"``, ``3700`` -> ``"1h01m"``; ``"?"`` when unknown."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+class Progress:
+    """Progress of ``total`` images, reported on ``stream`` (stderr by default).
+
+    Args:
+        total: images the run will process (what is left to do, not what an earlier run did).
+        quiet: print only failed inputs; the caller prints the final summary.
+        interactive: ``True`` for the live bar, ``False`` for periodic lines; ``None`` decides
+            from ``stream.isatty()``.
+        interval_s: seconds between plain lines (non-interactive mode).
+        stream: where to write (the bar and the lines). Standard error by default, so that
+            standard output stays free for the final summary.
+        max_error_lines: failed inputs printed before the rest are left to the manifest.
+        refresh_s: least time between redraws of the live bar (tqdm's ``mininterval``).
+        clock: monotonic seconds; replaceable so tests need no sleeps.
+
+    Use :meth:`update` with counts, or :meth:`update_batch` with a batch of manifest rows
+    (a ``pyarrow.Table``), then :meth:`close` (or use it as a context manager).
+    """
+
+    def __init__(
+        self,
+        total: int,
+        *,
+        quiet: bool = False,
+        interactive: bool | None = None,
+        interval_s: float = 10.0,
+        stream: TextIO | None = None,
+        max_error_lines: int = MAX_ERROR_LINES,
+        refresh_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if total < 0:
+            raise ValueError(f"total must be >= 0, got {total}")
+        self.total = total
+        self.quiet = quiet
+        self.stream = stream if stream is not None else sys.stderr
+        if interactive is None:
+            interactive = _isatty(self.stream)
+        self.interactive = bool(interactive) and not quiet
+        self.interval_s = interval_s
+        self.max_error_lines = max_error_lines
+        self.clock = clock
+        self.done = 0
+        self.errors = 0
+        self.error_lines = 0
+        self.started = self.last_line = clock()
+        self.closed = False
+        self._bar = None
+        if self.interactive:
+            from tqdm.auto import tqdm
+
+            # miniters=1: redraw on any update once refresh_s has passed (not tqdm's adaptive
+            # skipping, which would leave a slow run's bar stale for many batches).
+            # A terminal that reports 0 columns (some container ttys) would get an empty bar.
+            sized = _terminal_columns(self.stream) > 0
+            self._bar = tqdm(total=total, unit="img", file=self.stream, dynamic_ncols=sized,
+                             ncols=None if sized else 100, mininterval=refresh_s, miniters=1, smoothing=0.1,
+                             desc="enhance")
+            self._bar.set_postfix_str("0 errors", refresh=False)
+
+    # -- counting -----------------------------------------------------------------------------
+
+    def update(self, images: int, errors: int = 0) -> None:
+        """``images`` more inputs finished, ``errors`` of them failed."""
+        if images < 0 or errors < 0 or errors > images:
+            raise ValueError(f"need 0 <= errors <= images, got images={images}, errors={errors}")
+        self.done += images
+        self.errors += errors
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"{self.errors} error{'s' if self.errors != 1 else ''}", refresh=False)
+            self._bar.update(images)
+        elif not self.quiet:
+            now = self.clock()
+            if now - self.last_line >= self.interval_s:
+                self._line(now)
+
+    def update_batch(self, batch: Any) -> None:
+        """Count a batch of manifest rows (a ``pyarrow.Table`` with ``status``, ``input_uri``,
+        ``error``) and print its failed inputs."""
+        statuses = batch.column("status").to_pylist()
+        failed = [i for i, status in enumerate(statuses) if status == "error"]
+        if failed:
+            uris = batch.column("input_uri").to_pylist()
+            messages = batch.column("error").to_pylist() if "error" in batch.column_names else [None] * len(uris)
+            for i in failed:
+                self.error(uris[i], messages[i] or "unknown error")
+        self.update(len(statuses), len(failed))
+
+    def error(self, input_uri: str, message: str) -> None:
+        """Print one failed input (in every mode, up to ``max_error_lines``)."""
+        self.error_lines += 1
+        if self.error_lines <= self.max_error_lines:
+            self._write(f"error: {input_uri}: {message}")
+        elif self.error_lines == self.max_error_lines + 1:
+            self._write(f"error: more inputs failed; the manifest lists every one with its reason "
+                        f"(only the first {self.max_error_lines} are printed here)")
+
+    # -- output ---------------------------------------------------------------------------------
+
+    def rate(self, now: float | None = None) -> float:
+        """Images per second since the start."""
+        elapsed = (self.clock() if now is None else now) - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def line(self, now: float | None = None) -> str:
+        """The plain progress line: done/total, errors, images/s and ETA."""
+        now = self.clock() if now is None else now
+        rate = self.rate(now)
+        remaining = self.total - self.done
+        eta = remaining / rate if rate > 0 else (0.0 if remaining == 0 else float("nan"))
+        percent = 100.0 * self.done / self.total if self.total else 100.0
+        return (f"{self.done}/{self.total} images ({percent:.0f}%), {self.errors} error"
+                f"{'s' if self.errors != 1 else ''}, {rate:.2f} images/s, "
+                f"elapsed {format_duration(now - self.started)}, ETA {format_duration(eta)}")
+
+    def _line(self, now: float) -> None:
+        self._write(self.line(now))
+        self.last_line = now
+
+    def _write(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """Finish: close the bar, or print the last plain line (not when quiet)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._bar is not None:
+            self._bar.close()
+        elif not self.quiet:
+            self._line(self.clock())
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _terminal_columns(stream: TextIO) -> int:
+    import os
+
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Ray's own output
+# --------------------------------------------------------------------------------------------
+
+# Loggers whose INFO lines (cluster start, dashboard URL, Ray Data's execution plan and
+# per-operator summaries) are noise for someone waiting for their images.
+_RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
+# Levels of those loggers before a quiet apply(), restored by a verbose one.
+_SAVED_LEVELS: dict[str, int] = {}
+
+
+@dataclass(frozen=True)
+class RayQuietSettings:
+    """What to apply to Ray so that its output stays out of the way (or not, when verbose).
+
+    Attributes:
+        verbose: the flag these settings were made for.
+        init_kwargs: extra keyword arguments for ``ray.init`` (the caller adds ``address`` etc.).
+        log_level: level for Ray's Python loggers on the driver.
+        data_context: attributes to set on ``ray.data.DataContext.get_current()``.
+        environment: environment variables to set before Ray starts; they reach the workers of a
+            local cluster (e.g. Ray's deduplication of repeated worker log lines).
+    """
+
+    verbose: bool
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
+    log_level: int = logging.INFO
+    data_context: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+
+    def apply(self) -> None:
+        """Set the logger levels, Ray Data context and environment in this (driver) process.
+
+        Call before ``ray.init(**settings.init_kwargs)`` and before building the dataset.
+        """
+        import os
+
+        for key, value in self.environment.items():
+            os.environ.setdefault(key, value)
+        if self.verbose:
+            # Undo an earlier quiet apply() in this process (logging is process-wide).
+            _restore_ray_data_console()
+            while _SAVED_LEVELS:
+                name, level = _SAVED_LEVELS.popitem()
+                logging.getLogger(name).setLevel(level)
+            return
+        from ray.data import DataContext
+
+        _quiet_ray_data_console(self.log_level)
+        # After importing ray.data: its import configures the "ray.data" logger.
+        for name in _RAY_LOGGERS:
+            logger = logging.getLogger(name)
+            _SAVED_LEVELS.setdefault(name, logger.level)
+            logger.setLevel(self.log_level)
+        context = DataContext.get_current()
+        for key, value in self.data_context.items():
+            if hasattr(context, key):  # fields come and go between Ray releases
+                setattr(context, key, value)
+
+
+def _quiet_ray_data_console(level: int) -> None:
+    """Raise the level of Ray Data's console handler, keeping its file log (ray-data.log) whole.
+
+    Ray Data re-creates its handlers from its logging config at every dataset execution, so a
+    level set on a handler would not last. The documented way is a config file named by
+    RAY_DATA_LOGGING_CONFIG; we write Ray's own default config with the console level raised.
+    A config the user set is left alone.
+    """
+    import copy
+    import hashlib
+    import os
+    import tempfile
+
+    configured = os.environ.get("RAY_DATA_LOGGING_CONFIG")
+    if configured and _OUR_CONFIG_MARK not in configured:
+        return  # the user's own logging config
+    try:
+        import yaml
+        from ray.data._internal import logging as data_logging  # the default config lives here
+    except ImportError:
+        return
+    os.environ.pop("RAY_DATA_LOGGING_CONFIG", None)
+    config = copy.deepcopy(data_logging._get_logging_config())
+    for handler in config.get("handlers", {}).values():
+        if str(handler.get("class", "")).endswith("PlainRayHandler"):  # the console handler
+            handler["level"] = logging.getLevelName(level)
+    text = yaml.safe_dump(config)
+    # One file per content (not one per call): written next to itself, then renamed into place.
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    path = os.path.join(tempfile.gettempdir(), f"{_OUR_CONFIG_MARK}-{digest}.yaml")
+    if not os.path.exists(path):
+        handle, temporary = tempfile.mkstemp(prefix=f".{_OUR_CONFIG_MARK}-", dir=tempfile.gettempdir())
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    os.environ["RAY_DATA_LOGGING_CONFIG"] = path
+    data_logging.configure_logging()
+
+
+def _restore_ray_data_console() -> None:
+    import os
+
+    if _OUR_CONFIG_MARK in os.environ.get("RAY_DATA_LOGGING_CONFIG", ""):
+        del os.environ["RAY_DATA_LOGGING_CONFIG"]
+        try:
+            from ray.data._internal import logging as data_logging
+        except ImportError:
+            return
+        data_logging.configure_logging()
+
+
+_OUR_CONFIG_MARK = "dce-batch-ray-data-logging"
+
+
+def quiet_ray(verbose: bool) -> RayQuietSettings:
+    """Settings that keep Ray's INFO lines and Ray Data's progress bars away unless ``verbose``.
+
+    Not verbose: Ray logs warnings and errors only, worker stdout/stderr is not streamed to the
+    driver (per-image failures reach the user through the manifest rows and :class:`Progress`;
+    a crashed actor still raises on the driver with its traceback), and Ray Data draws no
+    progress bars of its own (ours replaces them) and prints no execution plan or statistics.
+    Verbose: Ray's defaults, unchanged.
+    """
+    if verbose:
+        return RayQuietSettings(verbose=True, init_kwargs={"log_to_driver": True, "logging_level": logging.INFO})
+    return RayQuietSettings(
+        verbose=False,
+        init_kwargs={"log_to_driver": False, "logging_level": logging.WARNING},
+        log_level=logging.WARNING,
+        data_context={
+            "enable_progress_bars": False,
+            "enable_operator_progress_bars": False,
+            "print_on_execution_start": False,
+            "verbose_stats_logs": False,
+        },
+        environment={"RAY_DEDUP_LOGS": "1"},
+    )

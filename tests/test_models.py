@@ -1,0 +1,124 @@
+"""The torchvision-style model API, the weights registry's sidecars, and enhance_image."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dce_batch
+from dce_batch import models
+from dce_batch.errors import WeightsError
+from dce_batch.imageio import decode_image, mean_luminance
+from dce_batch.inference import Enhancer, InferenceConfig
+from dce_batch.model import DCENet, DCENetFast
+from dce_batch.pipeline import sample_images_dir
+from dce_batch.weights import PACKAGED_WEIGHTS, load_weights
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = Path(sample_images_dir())
+
+
+def test_metadata_is_available_without_torch():
+    code = ("import sys, dce_batch; from dce_batch import models; w = models.ZeroDCE_Weights.DEFAULT; "
+            "print(w.meta['name'], w.meta['num_params'], w.meta['metrics']['val_loss'] > 0, "
+            "len(w.weights.training[0]['history'])); assert 'torch' not in sys.modules, 'torch was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["zerodce_sice_v1", "79416", "True", "100"]
+
+
+def test_sidecars_agree_with_the_weights_files_and_training_results():
+    """The sidecars are derived data: regenerating them from the files changes nothing."""
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "make_weights_sidecars.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(models.list_weights()) == sorted(PACKAGED_WEIGHTS)
+    for name in PACKAGED_WEIGHTS:
+        shipped = models.get_weights(name)
+        loaded = load_weights(name)  # reads the tensors and verifies their checksum
+        assert dict(shipped.meta) == json.loads(loaded.meta.to_json())
+        assert shipped.variant == loaded.meta.variant and shipped.num_params == loaded.meta.num_params
+        assert shipped.path.stat().st_size == shipped.file_bytes
+        run = shipped.training[-1]
+        metrics = json.loads((REPO / run["source"]).read_text())
+        assert [e["val_loss"] for e in run["history"]] == [e["val_loss"] for e in metrics["history"]]
+
+
+def test_enum_members_and_names():
+    assert models.ZeroDCE_Weights.DEFAULT is models.ZeroDCE_Weights.SICE_V1  # an alias, as in torchvision
+    assert models.get_weights("ZeroDCEPP_Weights.DEFAULT").name == "zerodcepp_sice_v2"
+    assert models.ZeroDCEPP_Weights.SICE_V2.meta["variant"] == "fast"
+    assert models.ZeroDCE_Weights.SICE_V1.url is None  # ships in the package
+    assert models.list_weights("fast") == ["zerodcepp_sice_v2"]
+    with pytest.raises(WeightsError, match="no shipped weights named"):
+        models.get_weights("zerodce_nope")
+
+
+def test_builders_load_the_shipped_weights():
+    net = models.zero_dce(weights="zerodce_sice_v1")
+    assert isinstance(net, DCENet) and not net.training
+    reference = load_weights("zerodce_sice_v1").state_dict
+    assert all(torch.equal(net.state_dict()[k], reference[k]) for k in reference)
+    assert torch.equal(models.zero_dce(weights=models.ZeroDCE_Weights.DEFAULT).e_conv7.weight, net.e_conv7.weight)
+    fast = models.zero_dce_pp(weights="DEFAULT", scale=4)
+    assert isinstance(fast, DCENetFast) and fast.scale == 4.0
+    x = torch.rand(1, 3, 48, 64) * 0.3
+    with torch.no_grad():
+        assert net(x).image.mean() > x.mean() and fast(x).image.shape == x.shape
+
+
+def test_builders_take_files_and_refuse_the_wrong_variant(tmp_path):
+    path = tmp_path / "copy.safetensors"
+    path.write_bytes(models.get_weights("zerodce_sice_v1").path.read_bytes())
+    assert torch.equal(models.zero_dce(weights=path).e_conv1.bias, models.zero_dce(weights="DEFAULT").e_conv1.bias)
+    with pytest.raises(WeightsError, match="zero_dce_pp"):
+        models.zero_dce(weights="zerodcepp_sice_v2")
+    with pytest.raises(WeightsError, match="zero_dce\\(\\)"):
+        models.zero_dce_pp(weights=models.ZeroDCE_Weights.SICE_V1)
+
+
+def test_no_weights_is_a_random_initialisation():
+    a, b = models.zero_dce(), models.zero_dce()
+    assert not torch.equal(a.e_conv1.weight, b.e_conv1.weight)
+    assert float(a.e_conv1.weight.detach().std()) == pytest.approx(0.02, rel=0.3)  # the authors' N(0, 0.02)
+
+
+def test_enhance_image_matches_the_batch_job():
+    source = Image.open(SAMPLES / "coffee_dim_rotated.jpg")  # EXIF orientation 6: stored 341 x 512
+    out = dce_batch.enhance_image(source, strength=0.7)
+    assert out.size == (512, 341) and out.mode == "RGB"  # upright
+    decoded = decode_image((SAMPLES / "coffee_dim_rotated.jpg").read_bytes())
+    expected = Enhancer(load_weights("zerodce_sice_v1"), InferenceConfig(strength=0.7)).enhance(decoded.pixels).pixels
+    expected_u8 = np.rint(np.clip(expected, 0, 1) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(out), expected_u8)
+    assert mean_luminance(np.asarray(out, np.float32) / 255) > 2 * mean_luminance(decoded.pixels)
+    assert out.getexif().get(0x0112) in (None, 1) and out.info.get("icc_profile") == decoded.icc_profile
+
+
+def test_enhance_image_keeps_grayscale_and_alpha_and_fast_variant():
+    rng = np.random.default_rng(3)
+    rgba = Image.fromarray(np.dstack([(rng.random((30, 40, 3)) * 60).astype(np.uint8),
+                                      np.full((30, 40), 128, np.uint8)]), "RGBA")
+    out = dce_batch.enhance_image(rgba, weights="zerodcepp_sice_v2", scale=1)
+    assert out.mode == "RGBA" and (np.asarray(out)[..., 3] == 128).all()
+    gray = Image.fromarray((rng.random((20, 20)) * 50).astype(np.uint8), "L")
+    out = dce_batch.enhance_image(gray)
+    assert out.mode == "L" and np.asarray(out).mean() > np.asarray(gray).mean()
+    unchanged = dce_batch.enhance_image(gray, strength=0)
+    np.testing.assert_array_equal(np.asarray(unchanged), np.asarray(gray))
+
+
+def test_transforms_give_the_network_input():
+    tensor = models.ZeroDCE_Weights.DEFAULT.transforms()(Image.open(SAMPLES / "chelsea_night.png"))
+    assert tensor.shape == (1, 3, 213, 320) and tensor.dtype == torch.float32 and 0 <= tensor.min() <= tensor.max() <= 1
+    buffer = io.BytesIO()
+    Image.open(SAMPLES / "chelsea_night.png").save(buffer, "PNG")
+    np.testing.assert_array_equal(tensor[0].permute(1, 2, 0).numpy(), decode_image(buffer.getvalue()).pixels)

@@ -1,0 +1,370 @@
+"""The run report: the builder on synthetic manifests (several runs, no ok rows, a huge manifest,
+S3 with presigned links), and a real run over the bundled samples opened in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from dce_batch.errors import ReportError
+from dce_batch.manifest import MANIFEST_SCHEMA, ManifestRow, RunSummary, rows_to_table, write_manifest_part
+from dce_batch.pipeline import EnhanceConfig, run_enhance, sample_images_dir
+from dce_batch.report import (
+    build_report,
+    collect_report_data,
+    histogram_svg,
+    sample_evenly,
+    training_history,
+)
+from dce_batch.storage import Location
+
+SAMPLES = sorted(p.name for p in Path(sample_images_dir()).iterdir() if p.suffix in (".jpg", ".png"))
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+class Page(HTMLParser):
+    """The tags of a page that matter here: images, links, pair figures, scripts."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.images: list[dict[str, str]] = []
+        self.links: list[dict[str, str]] = []
+        self.tags: list[str] = []
+        self.figures = 0
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attributes = {k: v or "" for k, v in attrs}
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(attributes)
+        elif tag == "a":
+            self.links.append(attributes)
+        elif tag == "figure" and "pair" in attributes.get("class", ""):
+            self.figures += 1
+
+
+def _image(path: Path, seed: int, size=(64, 48)) -> int:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((rng.random((size[1], size[0], 3)) * 80).astype(np.uint8)).save(path)
+    return path.stat().st_size
+
+
+def _row(run_id: str, name: str, status: str, root: Path, *, minutes: int, error: str | None = None,
+         luma=(0.1, 0.4), duration=100.0, seed=0) -> ManifestRow:
+    input_uri, output_uri = str(root / "in" / name), str(root / "out" / name)
+    row = ManifestRow(run_id=run_id, input_uri=input_uri, status=status, finished_at=T0 + timedelta(minutes=minutes))
+    if status == "ok":
+        _image(Path(input_uri), seed)
+        _image(Path(output_uri), seed + 100)
+        row.output_uri, row.width, row.height = output_uri, 64, 48
+        row.mean_luma_in, row.mean_luma_out, row.duration_ms = luma[0], luma[1], duration
+        row.bytes_in = row.bytes_out = 1000
+        row.worker = f"node/{run_id}"
+    elif status == "skipped":
+        row.output_uri = output_uri
+    else:  # a failed input exists, it just is not a usable image
+        Path(input_uri).parent.mkdir(parents=True, exist_ok=True)
+        Path(input_uri).write_bytes(b"not an image")
+        row.error = error
+        row.duration_ms = duration
+    return row
+
+
+def _write_run(root: Path, run_id: str, rows: list[ManifestRow], *, finished=True, minutes=0) -> None:
+    location = Location.parse(str(root / "out"))
+    write_manifest_part(location.filesystem, location.child("_manifest"), run_id, 0, rows_to_table(rows))
+    if finished:
+        summary = RunSummary(run_id=run_id, input=str(root / "in"), output=location.uri,
+                             started_at=(T0 + timedelta(minutes=minutes)).isoformat(), elapsed_s=12.5,
+                             images_per_s=2.0, model={"name": "zerodce_sice_v1", "sha256": "not-shipped"},
+                             settings={"strength": 1.0}, versions={"dce_batch": "test"})
+        summary.add(rows_to_table(rows))
+        summary.write(location.filesystem, location.child("_manifest"))
+
+
+def test_latest_finished_run_with_skipped_rows_resolved_to_the_run_that_made_them(tmp_path):
+    hostile = "CorruptImageError: <script>alert(1)</script> & broken"
+    _write_run(tmp_path, "run-a", [
+        _row("run-a", "a.png", "ok", tmp_path, minutes=1, luma=(0.05, 0.35), duration=900, seed=1),
+        _row("run-a", "sub/b.png", "ok", tmp_path, minutes=2, luma=(0.15, 0.45), duration=300, seed=2),
+        _row("run-a", "c.png", "error", tmp_path, minutes=3, error="CorruptImageError: first try"),
+    ], minutes=0)
+    _write_run(tmp_path, "run-b", [
+        _row("run-b", "a.png", "skipped", tmp_path, minutes=11),
+        _row("run-b", "sub/b.png", "skipped", tmp_path, minutes=11),
+        _row("run-b", "c.png", "error", tmp_path, minutes=12, error=hostile, duration=50),
+        _row("run-b", "d.png", "ok", tmp_path, minutes=13, luma=(0.25, 0.55), duration=600, seed=4),
+    ], minutes=10)
+    _write_run(tmp_path, "run-c", [_row("run-c", "e.png", "ok", tmp_path, minutes=21, seed=5)], finished=False)
+
+    out = Location.parse(str(tmp_path / "out"))
+    data = collect_report_data(out.filesystem, out.path, out.uri)
+    assert data.run_id == "run-b" and data.finished and data.runs == ["run-a", "run-b", "run-c"]
+    assert data.counts == {"ok": 1, "skipped": 2, "error": 1, "total": 4}
+    assert [(Path(p.input_uri).name, p.made_by) for p in data.pairs] == [("a.png", "run-a"), ("d.png", "run-b"),
+                                                                         ("b.png", "run-a")]
+    assert sorted(np.round(data.luma_in, 3)) == [0.05, 0.15, 0.25]
+    assert sorted(np.round(data.luma_out, 3)) == [0.35, 0.45, 0.55]
+    assert [Path(r["input_uri"]).name for r in data.slowest] == ["a.png", "d.png", "b.png", "c.png"]
+    assert [r["error"] for r in data.failed] == [hostile] and data.errors_by_type == {"CorruptImageError": 1}
+    assert any("run-c" in n for n in data.notices) and any("run-a" in n for n in data.notices)
+
+    uri = build_report(str(tmp_path / "out"))
+    assert uri == str(tmp_path / "out" / "_report" / "index.html")
+    text = Path(uri).read_text()
+    page = Page(text)
+    assert "script" not in page.tags and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; broken" in text
+    assert page.figures == 3 and len(page.images) == 6
+    for img in page.images:  # every thumbnail is an inline JPEG that decodes
+        assert img["src"].startswith("data:image/jpeg;base64,")
+        thumb = Image.open(io.BytesIO(base64.b64decode(img["src"].split(",", 1)[1])))
+        assert thumb.size == (int(img["width"]), int(img["height"])) == (64, 48)
+    report_dir = Path(uri).parent
+    targets = {link["href"] for link in page.links}
+    assert "../sub/b.png" in targets and "../d.png" in targets  # outputs: relative to the report
+    for href in targets:
+        path = Path(unquote(urlsplit(href).path)) if href.startswith("file://") else (report_dir / unquote(href))
+        assert path.resolve().is_file(), href
+    assert "made by run run-a" in text and "12.5 s" in text
+    assert "loss curves" in text and "Not available" in text  # not shipped weights, no pointer
+
+
+def test_a_run_without_ok_rows(tmp_path):
+    _write_run(tmp_path, "only-errors", [
+        _row("only-errors", f"x{i}.jpg", "error", tmp_path, minutes=i, error="UnsupportedImageError: nope")
+        for i in range(3)])
+    uri = build_report(str(tmp_path / "out"))
+    text = Path(uri).read_text()
+    assert Page(text).figures == 0 and "no enhanced images" in text and "Failed inputs (3)" in text
+    assert "UnsupportedImageError" in text and "No brightness figures" in text
+
+
+def test_unfinished_run_is_reported_with_a_warning(tmp_path):
+    _write_run(tmp_path, "cut", [_row("cut", "a.png", "ok", tmp_path, minutes=1)], finished=False)
+    text = Path(build_report(str(tmp_path / "out"))).read_text()
+    assert "did not finish" in text and Page(text).figures == 1
+
+
+def test_no_manifest_is_a_clear_error(tmp_path):
+    with pytest.raises(ReportError, match="no run manifest"):
+        build_report(str(tmp_path))
+    from dce_batch.cli import main
+
+    assert main(["report", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_a_huge_manifest_is_sampled(tmp_path):
+    """200,000 rows: only max_pairs images are read (the rest are never touched)."""
+    count = 200_000
+    root = tmp_path / "out"
+    names = [f"{root}/img{i:06d}.jpg" for i in range(count)]
+    rng = np.random.default_rng(0)
+    table = pa.table({
+        "run_id": ["big"] * count, "input_uri": [n.replace("/out/", "/in/") for n in names], "output_uri": names,
+        "status": ["ok"] * (count - 10) + ["error"] * 10, "error": [None] * (count - 10) + ["CorruptImageError: x"] * 10,
+        "mean_luma_in": rng.random(count).astype(np.float32) * 0.2,
+        "mean_luma_out": rng.random(count).astype(np.float32) * 0.3 + 0.3,
+        "duration_ms": rng.random(count).astype(np.float32) * 1000, "width": [640] * count, "height": [480] * count,
+        "finished_at": [T0] * count,
+    })
+    full = pa.table({f.name: table[f.name] if f.name in table.column_names else pa.nulls(count, f.type)
+                     for f in MANIFEST_SCHEMA}, schema=MANIFEST_SCHEMA)
+    location = Location.parse(str(root))
+    write_manifest_part(location.filesystem, location.child("_manifest"), "big", 0, full)
+    sampled = sample_evenly(count - 10, 8)  # the ok rows, in input order (names are zero-padded)
+    for i in (sampled[0], sampled[4]):  # two of the sampled images exist
+        _image(Path(names[i]), i)
+        _image(Path(names[i].replace("/out/", "/in/")), i)
+    text = Path(build_report(str(root), max_pairs=8)).read_text()
+    page = Page(text)
+    assert page.figures == 8 and "8 evenly spaced of 199,990" in text and "Failed inputs (10)" in text
+    assert len(page.images) == 4 and text.count("unavailable") == 12  # 6 sampled pairs have no files
+    assert len(text) < 400_000
+
+
+def test_sample_evenly_and_histogram():
+    assert sample_evenly(5, 24) == [0, 1, 2, 3, 4]
+    assert sample_evenly(100, 4) == [12, 37, 62, 87]
+    assert sample_evenly(0, 4) == [] and sample_evenly(3, 0) == []
+    svg = histogram_svg(np.array([0.05, 0.06, 0.5]), np.array([0.4, 0.41, 0.9]), bins=10)
+    assert svg.startswith("<svg") and svg.count("<rect") == 4 + 2  # 4 non-empty bars + 2 legend swatches
+
+
+def test_loss_curves_of_own_weights_through_metrics_uri(tmp_path):
+    from dce_batch.model import DCENet
+    from dce_batch.weights import save_weights
+
+    metrics = tmp_path / "run" / "metrics.json"
+    metrics.parent.mkdir()
+    metrics.write_text(json.dumps({"run": "mine", "history": [
+        {"epoch": 1, "train_loss": 1.0, "val_loss": 1.1}, {"epoch": 2, "train_loss": 0.8, "val_loss": 0.9}]}))
+    weights = tmp_path / "mine.safetensors"
+    _, meta = save_weights(DCENet(), weights, name="mine", variant="full", recipe={"metrics_uri": str(metrics)})
+    found_meta, runs = training_history({"model": {"sha256": meta.sha256}, "settings": {"weights": str(weights)}}, None)
+    assert found_meta["name"] == "mine" and runs[0]["run"] == "mine" and len(runs[0]["history"]) == 2
+    shipped_meta, shipped_runs = training_history({"model": {"sha256": _shipped_sha("zerodcepp_sice_v2")}}, None)
+    assert shipped_meta["name"] == "zerodcepp_sice_v2" and [r["run"] for r in shipped_runs] == [
+        "zerodcepp_sice_v1", "zerodcepp_sice_v2_stage2", "zerodcepp_sice_v2"]
+
+
+def _shipped_sha(name: str) -> str:
+    from dce_batch.models import get_weights
+
+    return get_weights(name).sha256
+
+
+@pytest.mark.s3
+def test_report_on_s3_with_presigned_links(s3_server, s3_bucket, tmp_path):
+    options = s3_server.s3_options()
+    prefix = f"s3://{s3_bucket}/out"
+    location = Location.parse(prefix, options)
+    images = {}
+    for i, name in enumerate(["a.png", "dir/b c.png"]):  # a space: the key must be encoded in the link
+        for side in ("in", "out"):
+            buffer = io.BytesIO()
+            Image.fromarray(np.full((20, 30, 3), 10 + 40 * i, np.uint8)).save(buffer, "PNG")
+            key = f"{side}/{name}"
+            s3_server.put_object(s3_bucket, key, buffer.getvalue())
+            images[f"s3://{s3_bucket}/{key}"] = buffer.getvalue()
+    rows = [ManifestRow(run_id="s3run", input_uri=f"s3://{s3_bucket}/in/{n}", output_uri=f"s3://{s3_bucket}/out/{n}",
+                        status="ok", width=30, height=20, mean_luma_in=0.1, mean_luma_out=0.4, duration_ms=10.0,
+                        finished_at=T0) for n in ["a.png", "dir/b c.png"]]
+    write_manifest_part(location.filesystem, location.child("_manifest"), "s3run", 0, rows_to_table(rows))
+
+    uri = build_report(prefix, s3=options)
+    assert uri == f"{prefix}/_report/index.html"
+    text = s3_server.get_object(s3_bucket, "out/_report/index.html").decode()
+    page = Page(text)
+    assert page.figures == 2 and all(img["src"].startswith("data:image/jpeg") for img in page.images)
+    presigned = [link["href"] for link in page.links if "X-Amz-Signature=" in link["href"]]
+    assert len(presigned) == 4 + 4  # each image and each "input"/"output" text link
+    fetched = {}
+    for href in presigned:
+        with urllib.request.urlopen(href, timeout=10) as response:  # a plain HTTPS/HTTP GET, no credentials
+            fetched[unquote(urlsplit(href).path)] = response.read()
+    assert sorted(fetched.values()) == sorted(images.values())
+    assert "presigned HTTPS URLs valid until" in text
+
+    text = Path(_download(s3_server, s3_bucket, build_report(prefix, s3=options, presign_expires_s=0), tmp_path)).read_text()
+    assert "X-Amz-Signature" not in text and f"s3://{s3_bucket}/out/dir/b c.png" in text
+    assert "shown by URI, not linked (presigned links were turned off)" in text
+
+
+def _download(s3_server, bucket: str, uri: str, tmp_path: Path) -> Path:
+    key = uri.split(f"s3://{bucket}/", 1)[1]
+    target = tmp_path / "index.html"
+    target.write_bytes(s3_server.get_object(bucket, key))
+    return target
+
+
+def test_cli_prints_the_report_path(tmp_path):
+    _write_run(tmp_path, "r1", [_row("r1", "a.png", "ok", tmp_path, minutes=1)])
+    done = subprocess.run([sys.executable, "-m", "dce_batch.cli", "report", str(tmp_path / "out"), "--max-pairs", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / "out" / "_report" / "index.html")
+
+
+# --------------------------------------------------------------------------------------------
+# A real run, a real browser
+# --------------------------------------------------------------------------------------------
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def samples_run(ray_local, tmp_path_factory) -> Path:
+    """The real job over the bundled samples."""
+    out = tmp_path_factory.mktemp("samples") / "enhanced"
+    summary = run_enhance(EnhanceConfig(input=sample_images_dir(), output=str(out)), log=lambda line: None)
+    assert summary.ok == len(SAMPLES) and summary.error == 0
+    return out
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_report_of_a_real_run_in_headless_chromium(samples_run, tmp_path, capsys):
+    browser = find_chromium()
+    if browser is None:
+        pytest.skip("no Chromium found (looked for chromium, chromium-browser, google-chrome on PATH): "
+                    "install Debian's package with `apt-get install -y chromium` (.ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    index = Path(build_report(str(samples_run)))
+    screenshot = tmp_path / "report.png"
+    problems: list[str] = []
+    # A new, empty profile; Playwright drives the system's Chromium and never downloads its own.
+    with sync_playwright() as playwright, tempfile.TemporaryDirectory(dir=tmp_path) as profile:
+        context = playwright.chromium.launch_persistent_context(
+            profile, executable_path=browser, headless=True, args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900})
+        try:
+            page = context.new_page()
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("requestfailed", lambda r: problems.append(f"failed request: {r.url} {r.failure}"))
+            page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+            page.goto(index.as_uri(), wait_until="load")
+            images = page.evaluate("Array.from(document.images).map(i => ({complete: i.complete, "
+                                   "width: i.naturalWidth, alt: i.alt}))")
+            pairs = page.locator("figure.pair").count()
+            summary = page.inner_text("#summary")
+            pair_text = page.inner_text("#pairs")
+            hrefs = page.evaluate("Array.from(document.querySelectorAll('#pairs a')).map(a => a.href)")
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            context.close()
+    with capsys.disabled():
+        print(f"\nreport screenshot: {screenshot}")
+    assert problems == []
+    assert pairs == len(SAMPLES) and len(images) == 2 * len(SAMPLES)
+    assert all(i["complete"] and i["width"] > 0 for i in images), images
+    for name in SAMPLES:
+        assert name in pair_text
+    assert "5\ninputs" in summary and "5\nenhanced (ok)" in summary and "0\nfailed" in summary
+    assert "zerodce_sice_v1" in summary
+    for href in hrefs:  # every link opens an existing full-size file
+        assert href.startswith("file://") and Path(unquote(urlsplit(href).path)).is_file(), href
+    assert screenshot.stat().st_size > 10_000
+
+
+def test_thumbnails_are_upright_and_handle_odd_modes():
+    from dce_batch.report import thumbnail
+
+    rotated = thumbnail((Path(sample_images_dir()) / "coffee_dim_rotated.jpg").read_bytes())
+    assert (rotated.width, rotated.height) == (360, 240)  # stored 341 x 512 with EXIF orientation 6
+    for mode, array in (("I;16", (np.arange(64 * 40, dtype=np.uint16).reshape(40, 64) * 20)),
+                        ("CMYK", np.full((40, 64, 4), 60, np.uint8))):
+        buffer = io.BytesIO()
+        image = Image.fromarray(array, mode) if mode == "CMYK" else Image.fromarray(array)
+        image.save(buffer, "TIFF")
+        thumb = thumbnail(buffer.getvalue())
+        assert thumb.data_uri is not None and (thumb.width, thumb.height) == (64, 40), mode
+        decoded = Image.open(io.BytesIO(base64.b64decode(thumb.data_uri.split(",", 1)[1])))
+        assert decoded.mode == "RGB" and decoded.size == (64, 40)
