@@ -107,6 +107,12 @@ def enhance_parser() -> argparse.ArgumentParser:
     g.add_argument("--actor-memory", type=_size, metavar="BYTES",
                    help="memory each actor declares to Ray, e.g. 4G (default: enough for --max-pixels)")
     g.add_argument("--dashboard", action="store_true", help="start the Ray dashboard with the local cluster")
+    g = p.add_argument_group("what you see")
+    g.add_argument("--report", action=argparse.BooleanOptionalAction, default=None,
+                   help="build OUTPUT/_report/index.html at the end (default: yes for local OUTPUTs, no for "
+                        "object storage, whose report would hold presigned links)")
+    g.add_argument("--quiet", action="store_true", help="print only errors and the final summary")
+    g.add_argument("--verbose", action="store_true", help="also Ray's own INFO lines and the actors' logs")
     g = p.add_argument_group("limits")
     g.add_argument("--max-pixels", type=int, default=None, help="refuse images above this many pixels (default 100 MP)")
     g.add_argument("--tile-size", type=int, default=None,
@@ -130,7 +136,8 @@ def enhance_main(argv: Sequence[str] | None = None) -> int:
             s3=_s3_options(args), overwrite=args.overwrite,
             allow_output_inside_input=args.allow_output_inside_input,
             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, tile_size=args.tile_size, pipeline=args.pipeline,
-            actor_memory=args.actor_memory, dashboard=args.dashboard,
+            actor_memory=args.actor_memory, dashboard=args.dashboard, report=args.report, quiet=args.quiet,
+            verbose=args.verbose,
         )
         if args.address:
             import os
@@ -145,6 +152,8 @@ def enhance_main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - exit status by cause, message first
         return _report_failure("dce-batch enhance", exc)
     print(summary.table())
+    if summary.report:
+        print(f"report: {summary.report}")
     return EXIT_SOME_FAILED if summary.error else EXIT_OK
 
 

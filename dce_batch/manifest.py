@@ -307,6 +307,7 @@ class RunSummary:
     versions: dict[str, str] = field(default_factory=dict)
     cluster: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    report: str = ""  # URI of the HTML report, when one was built (after this summary was written)
 
     def add(self, table: pa.Table) -> None:
         """Fold a batch of manifest rows into the counts."""

@@ -39,10 +39,9 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from . import __version__
-from .errors import ConfigError, InputNotFoundError, StorageError
+from .errors import ConfigError, InputNotFoundError, StorageError, describe_error
 from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, EncodeOptions
 from .manifest import (
-    STATUS_ERROR,
     RunSummary,
     conform,
     delete_pending,
@@ -54,6 +53,7 @@ from .manifest import (
 )
 from .plan import Plan, existing_output_uris, input_table, output_settings, plan_run
 from .process import ImageProcessor, ImageReader, ImageState, ImageWriter, WorkItem
+from .progress import Progress
 from .storage import MANIFEST_DIR, Location, S3Options, filesystem_for, list_inputs, read_bytes
 
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "ActorPool", "EnhanceConfig", "plan_actor_pool", "run_enhance",
@@ -107,6 +107,9 @@ class EnhanceConfig:
     manifest_part_rows: int = 50_000
     manifest_flush_s: float = 60.0
     dashboard: bool = False
+    quiet: bool = False  # only errors and the final summary
+    verbose: bool = False  # Ray's own INFO lines and worker logs too
+    report: bool | None = None  # build OUTPUT/_report/index.html; None: for local OUTPUTs
     run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
 
     def __post_init__(self) -> None:
@@ -126,6 +129,8 @@ class EnhanceConfig:
             raise ConfigError(f"--pipeline must be auto, fused or staged, got {self.pipeline!r}")
         if self.max_pixels < 1:
             raise ConfigError(f"--max-pixels must be positive, got {self.max_pixels}")
+        if self.quiet and self.verbose:
+            raise ConfigError("--quiet and --verbose contradict each other; pass one")
         if self.actor_memory is not None and self.actor_memory < ACTOR_BASE_MEMORY:
             raise ConfigError(f"--actor-memory must be at least {ACTOR_BASE_MEMORY >> 20} MB")
         self.inference_config()  # validates strength, precision, scale, tiling
@@ -522,10 +527,15 @@ class _Background:
 def _start_ray(config: EnhanceConfig, say: Callable[[str], None]) -> bool:
     """Connect to RAY_ADDRESS or a `ray start` cluster on this machine, else start a local one.
 
-    Returns True when this call started the cluster (the caller then shuts it down).
+    Returns True when this call started the cluster (the caller then shuts it down). Ray's own
+    INFO lines, worker logs and Ray Data's bars stay out of the way unless ``config.verbose``.
     """
     import ray
 
+    from .progress import quiet_ray
+
+    quiet = quiet_ray(config.verbose)
+    quiet.apply()
     if ray.is_initialized():
         return False
     try:
@@ -535,13 +545,17 @@ def _start_ray(config: EnhanceConfig, say: Callable[[str], None]) -> bool:
     except Exception:  # noqa: BLE001 - private API moved: let ray.init decide
         existing = "unknown"
     if existing is not None:
-        ray.init(log_to_driver=True)
+        ray.init(**quiet.init_kwargs)
         return False
     # Our own local cluster: no dashboard unless asked (it costs seconds and CPU on a laptop).
-    ray.init(include_dashboard=config.dashboard, log_to_driver=True, logging_level="WARNING")
+    ray.init(include_dashboard=config.dashboard, **quiet.init_kwargs)
     say(f"started a local Ray with {int(ray.cluster_resources().get('CPU', 0))} CPUs"
         + ("" if config.dashboard else " (no dashboard; --dashboard adds one)"))
     return True
+
+
+def _silent(line: str) -> None:  # noqa: ARG001 - --quiet
+    return None
 
 
 class _Interrupted(KeyboardInterrupt):
@@ -561,6 +575,8 @@ def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = No
     import ray
 
     say = log or (lambda line: print(f"[dce-batch enhance] {line}", file=sys.stderr, flush=True))
+    if config.quiet:
+        say = _silent
     started = time.time()
     timings: dict[str, float] = {}
     output = Location.parse(config.output, config.s3)
@@ -621,15 +637,18 @@ def _run_plan(config: EnhanceConfig, output: Location, weights: ResolvedWeights,
                 f"{pool.cpus_per_actor:g}, GPU {pool.gpus_per_actor:g}, memory {pool.memory_per_actor / 2**30:.1f} GiB for "
                 f"images up to {pool.image_pixel_limit / 1e6:g} MP; pool limited by {pool.limited_by}), "
                 f"{config.images_per_call} images per call, precision {config.precision}")
-            _quiet_ray_data()
             dataset = _build_dataset(config, plan.todo, prepared.input_fs, output, weights.blob, weights.name, pool)
-            progress = _Progress(plan.todo.num_rows, config.progress_interval_s, say)
-            for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-                if "first_batch_s" not in timings:
-                    timings["first_batch_s"] = time.time() - started
-                writer.add(batch)
-                received += batch.num_rows
-                progress.update(batch)
+            progress = Progress(plan.todo.num_rows, quiet=config.quiet, interval_s=config.progress_interval_s,
+                                interactive=False if config.verbose else None)
+            try:
+                for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    if "first_batch_s" not in timings:
+                        timings["first_batch_s"] = time.time() - started
+                    writer.add(batch)
+                    received += batch.num_rows
+                    progress.update_batch(batch)
+            finally:
+                progress.close()
     finally:
         writer.flush()  # what finished is kept even when the run is interrupted or fails
     if received >= plan.todo.num_rows:
@@ -641,19 +660,16 @@ def _run_plan(config: EnhanceConfig, output: Location, weights: ResolvedWeights,
     summary.images_per_s = processed / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     summary.megapixels_per_s = summary.megapixels / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     summary.write(output.filesystem, manifest_path)
+    wants_report = config.report if config.report is not None else isinstance(output.filesystem, pafs.LocalFileSystem)
+    if wants_report:
+        from .report import build_report
+
+        try:
+            summary.report = build_report(config.output, s3=config.s3, log=say, run_id=config.run_id)
+        except Exception as exc:  # noqa: BLE001 - the images are done; a report failure must not hide that
+            print(f"[dce-batch enhance] warning: the report could not be built: {describe_error(exc)}",
+                  file=sys.stderr, flush=True)
     return summary
-
-
-def _quiet_ray_data() -> None:
-    """The driver prints its own progress; Ray Data's bars and INFO lines would bury it."""
-    import logging
-
-    import ray.data
-
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def _is_local_cluster() -> bool:
@@ -697,26 +713,6 @@ class _ManifestWriter:
         write_manifest_part(self.output.filesystem, self.manifest_path, self.run_id, self.parts, table)
         self.parts += 1
         self.buffer, self.buffered, self.last_flush = [], 0, time.monotonic()
-
-
-class _Progress:
-    """A periodic 'n/total images, img/s' line."""
-
-    def __init__(self, total: int, interval_s: float, say: Callable[[str], None]) -> None:
-        self.total, self.interval_s, self.say = total, interval_s, say
-        self.done = self.errors = 0
-        self.started = self.last = time.monotonic()
-
-    def update(self, batch: pa.Table) -> None:
-        self.done += batch.num_rows
-        self.errors += batch["status"].to_pylist().count(STATUS_ERROR)
-        now = time.monotonic()
-        if now - self.last >= self.interval_s or self.done == self.total:
-            rate = self.done / max(now - self.started, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-            self.say(f"{self.done}/{self.total} images ({self.errors} errors), {rate:.2f} images/s, "
-                     f"ETA {eta:.0f} s")
-            self.last = now
 
 
 def _settings(config: EnhanceConfig) -> dict[str, Any]:

@@ -205,6 +205,7 @@ def _terminal_columns(stream: TextIO) -> int:
 # Loggers whose INFO lines (cluster start, dashboard URL, Ray Data's execution plan and
 # per-operator summaries) are noise for someone waiting for their images.
 _RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
+_RAY_DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
 # Levels of those loggers before a quiet apply(), restored by a verbose one.
 _SAVED_LEVELS: dict[str, int] = {}
 
@@ -252,6 +253,9 @@ class RayQuietSettings:
             logger = logging.getLogger(name)
             _SAVED_LEVELS.setdefault(name, logger.level)
             logger.setLevel(self.log_level)
+        # Its one warning says that its bars are off: ours replace them, so that is no news.
+        _SAVED_LEVELS.setdefault(_RAY_DATA_PROGRESS_LOGGER, logging.getLogger(_RAY_DATA_PROGRESS_LOGGER).level)
+        logging.getLogger(_RAY_DATA_PROGRESS_LOGGER).setLevel(max(self.log_level, logging.ERROR))
         context = DataContext.get_current()
         for key, value in self.data_context.items():
             if hasattr(context, key):  # fields come and go between Ray releases
