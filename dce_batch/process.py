@@ -73,7 +73,7 @@ class ImageProcessor:
             decoded = decode_image(data, max_pixels=self.max_pixels)
             row.input_format, row.width, row.height = decoded.format, decoded.width, decoded.height
             row.mean_luma_in = mean_luminance(decoded.pixels)
-            result = self.enhancer.enhance(decoded.pixels)
+            result = self.enhancer.enhance(decoded.to_float())
             row.tiled = result.tiled
             row.mean_luma_out = mean_luminance(result.pixels)
             encoded = encode_image(result.pixels, decoded, self.encode, fmt=item.output_format)
