@@ -40,6 +40,10 @@ class StorageError(DceBatchError):
     """A path or URI cannot be resolved, listed, read or written."""
 
 
+class MissingDependencyError(DceBatchError, ImportError):
+    """An optional dependency (an extra such as ``dce-batch[plot]``) is not installed."""
+
+
 def describe_error(exc: BaseException) -> str:
     """``TypeName: message``, the form stored in manifest rows and printed in summaries."""
     message = str(exc).strip() or repr(exc)

@@ -492,7 +492,7 @@ def _is_deep_colour(image: ImageFile.ImageFile, fmt: str) -> bool:
         return image.tag_v2.get(_TIFF_PHOTOMETRIC) == _TIFF_RGB and set(bits) == {16}
     if fmt != "PNG" or image.mode in _HIGH_DEPTH_MODES:
         return False
-    for tile in image.tile:
+    for tile in image.tile or ():  # Pillow < 11 leaves None when there is no image data
         # Index 3 is the decoder arguments (Pillow >= 11 names it .args); the raw mode comes first.
         args = tile[3]
         rawmode = args if isinstance(args, str) else (args[0] if args else None)
