@@ -520,6 +520,8 @@ def _decode_deep_colour(data: bytes, image: ImageFile.ImageFile, fmt: str) -> De
         planar = associated_alpha = False
     else:
         exif = None  # Pillow exposes no EXIF block for TIFF sources (their tags are IFD0's)
+        # Stored size: recent Pillow reports a TIFF's size already turned by its Orientation.
+        width, height = image.tag_v2[_IFD0_WIDTH], image.tag_v2[_IFD0_HEIGHT]
         planar = image.tag_v2.get(_TIFF_PLANAR_CONFIGURATION) == 2
         extra = image.tag_v2.get(_TIFF_EXTRA_SAMPLES)
         extra = extra if isinstance(extra, tuple) else (extra,)

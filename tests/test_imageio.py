@@ -138,11 +138,19 @@ def png16_rgb(array: np.ndarray) -> bytes:
     return png16(array)
 
 
-def tiff16(array: np.ndarray, *, extra_samples: int | None = None, planar: bool = False) -> bytes:
+def tiff16(
+    array: np.ndarray,
+    *,
+    extra_samples: int | None = None,
+    planar: bool = False,
+    orientation: int | None = None,
+    icc: bytes | None = None,
+) -> bytes:
     """A hand-made little-endian, uncompressed 16-bit TIFF (Pillow cannot write 16-bit colour).
 
     ``array`` is HxW (gray) or HxWxS; ``extra_samples`` is the ExtraSamples value of the last
-    sample (1 associated alpha, 2 unassociated alpha); ``planar`` stores one plane per sample.
+    sample (1 associated alpha, 2 unassociated alpha); ``planar`` stores one plane per sample;
+    ``orientation`` and ``icc`` add the Orientation and ICC profile tags.
     """
     array = array if array.ndim == 3 else array[:, :, None]
     height, width, samples = array.shape
@@ -159,12 +167,12 @@ def tiff16(array: np.ndarray, *, extra_samples: int | None = None, planar: bool 
         body.extend(b"\x00" * (offset - len(body)) + struct.pack(f"<{len(values)}{fmt}", *values))
         return offset
 
-    def entry(tag: int, kind: int, values: list[int]) -> bytes:
-        fmt, size = {3: ("H", 2), 4: ("I", 4)}[kind]
+    def entry(tag: int, kind: int, values: list[int] | bytes) -> bytes:
+        fmt, size = {3: ("H", 2), 4: ("I", 4), 7: ("B", 1)}[kind]
         if len(values) * size <= 4:
             inline = struct.pack(f"<{len(values)}{fmt}", *values).ljust(4, b"\x00")
         else:
-            inline = struct.pack("<I", out_of_line(fmt, values))
+            inline = struct.pack("<I", out_of_line(fmt, list(values)))
         return struct.pack("<HHI", tag, kind, len(values)) + inline
 
     entries = [
@@ -174,6 +182,7 @@ def tiff16(array: np.ndarray, *, extra_samples: int | None = None, planar: bool 
         entry(259, 3, [1]),  # no compression
         entry(262, 3, [2 if samples >= 3 else 1]),  # RGB or min-is-black
         entry(273, 4, strip_offsets),
+        *([entry(274, 3, [orientation])] if orientation is not None else []),
         entry(277, 3, [samples]),
         entry(278, 4, [height]),
         entry(279, 4, [len(strip) for strip in strips]),
@@ -181,6 +190,8 @@ def tiff16(array: np.ndarray, *, extra_samples: int | None = None, planar: bool 
     ]
     if extra_samples is not None:
         entries.append(entry(338, 3, [extra_samples]))
+    if icc is not None:
+        entries.append(entry(34675, 7, icc))
     ifd_offset = len(body) + len(body) % 2
     body += b"\x00" * (ifd_offset - len(body))
     body += struct.pack("<H", len(entries)) + b"".join(entries) + b"\x00\x00\x00\x00"
@@ -755,6 +766,19 @@ def test_16bit_metadata_and_orientation():
         assert (tags.get_ifd(EXIF_IFD)[PIXEL_X], tags.get_ifd(EXIF_IFD)[PIXEL_Y]) == (4, 7)
         again = decode_image(encoded.data)
         np.testing.assert_array_equal(again.pixels, np.rot90(values, -1))  # not rotated twice
+
+
+def test_16bit_tiff_orientation_and_icc():
+    icc = srgb_icc()
+    values = np.random.default_rng(4).integers(0, 65536, (4, 7, 3), dtype=np.uint16)
+    decoded = decode_image(tiff16(values, orientation=8, icc=icc))
+    assert decoded.bit_depth == 16 and decoded.icc_profile == icc
+    np.testing.assert_array_equal(decoded.pixels, np.rot90(values, 1))  # Orientation 8
+    encoded = encode_image(decoded.pixels, decoded, EncodeOptions())
+    out = open_bytes(encoded.data)
+    assert (out.format, out.size) == ("TIFF", (4, 7)) and out.info.get("icc_profile") == icc
+    assert out.getexif().get(ORIENTATION, 1) == 1  # upright pixels, no orientation written
+    np.testing.assert_array_equal(decode_image(encoded.data).pixels, np.rot90(values, 1))
 
 
 def test_corrupt_16bit_colour_is_corrupt():
