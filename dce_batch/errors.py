@@ -53,6 +53,10 @@ class InputNotFoundError(ConfigError):
     """INPUT does not exist or holds no images (an invalid argument: exit 2)."""
 
 
+class MissingDependencyError(DceBatchError, ImportError):
+    """An optional dependency (an extra such as ``dce-batch[plot]``) is not installed."""
+
+
 def describe_error(exc: BaseException) -> str:
     """``TypeName: message``, the form stored in manifest rows and printed in summaries."""
     message = str(exc).strip() or repr(exc)

@@ -1,10 +1,22 @@
-"""Image decoding and encoding: bytes <-> float32 RGB pixels plus the metadata worth keeping.
+"""Image decoding and encoding: bytes <-> RGB pixels in their native integer depth plus the metadata
+worth keeping.
 
 The pipeline around the model is::
 
-    bytes --decode_image--> DecodedImage (float32 HxWx3 in [0, 1], alpha, EXIF, ICC, ...)
-          --model--> enhanced float32 HxWx3
+    bytes --decode_image--> DecodedImage (uint8 or uint16 HxWx3, alpha, EXIF, ICC, ...)
+          --DecodedImage.to_float()--> float32 HxWx3 in [0, 1] --model--> enhanced float32 HxWx3
           --encode_image--> EncodedImage (bytes in JPEG/PNG/WebP/TIFF/BMP)
+
+Pixels stay in the source's integer depth until the model needs them: a 100 MP photo is 300 MB
+as uint8 but 1.2 GB as float32, and GPU workers move uint8 tiles. Sources with more than 8 bits
+per channel (16-bit PNG and TIFF, 16/32-bit integer and float gray) come as uint16, so the curves
+work on their real shadow levels instead of 8-bit steps, and their PNG/TIFF outputs are written at
+16 bits per channel.
+
+Pillow identifies every file, checks its size before any pixel is decoded (decompression bombs),
+reads EXIF/ICC and orientation, and does all 8-bit work. Pillow cannot hold 16-bit colour (it cuts
+16-bit RGB(A) PNG/TIFF to 8 bits when loading), so those pixels are decoded and encoded with
+``imagecodecs`` (libpng, libtiff) and 16-bit TIFFs are written with ``tifffile``.
 
 Everything here is a pure function of its arguments: no Ray, no torch, no global Pillow settings
 changed (``Image.MAX_IMAGE_PIXELS`` and ``ImageFile.LOAD_TRUNCATED_IMAGES`` are left alone), so
@@ -45,6 +57,8 @@ __all__ = [
     "mean_luminance",
     "output_format",
     "output_format_for_path",
+    "to_uint8",
+    "to_unit_float",
 ]
 
 logger = logging.getLogger(__name__)
@@ -108,10 +122,23 @@ _EXTENSIONS: Final[dict[str, str]] = {
     "BMP": ".bmp",
 }
 _ALPHA_FORMATS: Final = frozenset({"PNG", "WEBP", "TIFF"})
+# Output formats that store 16 bits per channel: 16-bit sources are written at 16 bits there.
+_DEEP_FORMATS: Final = frozenset({"PNG", "TIFF"})
 # Largest width/height the encoders accept (libjpeg, libwebp); PNG/TIFF/BMP go far beyond 100 MP.
 _MAX_SIDE: Final[dict[str, int]] = {"JPEG": 65500, "WEBP": 16383}
 
 _EXIF_ORIENTATION: Final = 0x0112
+_EXIF_IFD: Final = 0x8769
+# Pixel-dimension tags that must describe the written (upright) image: IFD0's ImageWidth and
+# ImageLength, and the Exif IFD's PixelXDimension and PixelYDimension.
+_IFD0_WIDTH, _IFD0_HEIGHT = 0x0100, 0x0101
+_EXIF_PIXEL_X, _EXIF_PIXEL_Y = 0xA002, 0xA003
+_TIFF_BITS_PER_SAMPLE: Final = 258
+_TIFF_PHOTOMETRIC: Final = 262
+_TIFF_RGB: Final = 2
+_TIFF_PLANAR_CONFIGURATION: Final = 284
+_TIFF_EXTRA_SAMPLES: Final = 338
+_TIFF_ASSOCIATED_ALPHA: Final = 1
 _JPEG_MAX_MARKER_BYTES: Final = 65533  # an APP1 (EXIF) segment cannot be longer
 
 # What Pillow's decoders raise on damaged data. zlib.error comes from PNG/TIFF inflate.
@@ -134,20 +161,26 @@ _NOT_THIS_FORMAT: Final = (SyntaxError, IndexError, TypeError, struct.error)
 # Data types
 
 
+_MAX_LEVEL: Final[dict[np.dtype, float]] = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
 @dataclass(frozen=True, eq=False)
 class DecodedImage:
-    """A decoded image ready for the model, plus what is needed to write it back faithfully.
+    """A decoded image in its native integer depth, plus what is needed to write it back faithfully.
 
     Attributes:
-        pixels: float32 array of shape (H, W, 3), C-contiguous, values in [0, 1], upright (EXIF
-            orientation applied). For 8-bit sources it is exactly ``uint8 / 255`` in float32.
-        alpha: float32 array of shape (H, W) in [0, 1] if the source had transparency, else None.
-            The model never sees it; :func:`encode_image` puts it back.
+        pixels: C-contiguous array of shape (H, W, 3), upright (EXIF orientation applied):
+            ``uint8`` for 8-bit sources, ``uint16`` for sources with more than 8 bits per channel
+            (16-bit PNG/TIFF colour and gray, ``I;16``, ``I`` clipped to 0..65535, ``F`` scaled
+            from [0, 1] to 0..65535). Gray sources have three equal channels. Use
+            :meth:`to_float` for the model's float32 input.
+        alpha: array of shape (H, W), same dtype as ``pixels``, if the source had transparency,
+            else None. The model never sees it; :func:`encode_image` puts it back.
         format: Pillow's format name of the source, e.g. ``"JPEG"``, ``"PNG"``, ``"MPO"``.
         mode: the source's Pillow mode, e.g. ``"RGB"``, ``"P"``, ``"I;16"``, ``"CMYK"``.
         grayscale: the source had no colour; the output is written back as grayscale.
-        bit_depth: 8, or 16 for 16-bit, 32-bit integer and float sources (informational: Pillow
-            decodes 16-bit colour PNG/TIFF to 8 bits per channel, so their pixels are 8-bit).
+        bit_depth: 8 or 16, always the depth of ``pixels.dtype``. PNG and TIFF outputs of 16-bit
+            images are written at 16 bits per channel.
         exif: raw EXIF bytes of the source, as Pillow reads them, or None.
         icc_profile: the source ICC profile if it is an RGB or gray profile, else None (CMYK
             profiles are used for the CMYK -> RGB conversion and then dropped).
@@ -167,16 +200,25 @@ class DecodedImage:
     def __post_init__(self) -> None:
         # Cheap structural checks: a malformed DecodedImage would otherwise fail far away (in
         # the model or the encoder) with an unhelpful message.
-        if self.pixels.ndim != 3 or self.pixels.shape[2] != 3 or self.pixels.dtype != np.float32:
+        pixels = self.pixels
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype not in _MAX_LEVEL:
             raise ValueError(
-                f"pixels must be float32 HxWx3, got {self.pixels.dtype} {self.pixels.shape}"
+                f"pixels must be uint8 or uint16 HxWx3, got {pixels.dtype} {pixels.shape}"
             )
-        if self.alpha is not None and self.alpha.shape != self.pixels.shape[:2]:
+        if not pixels.flags.c_contiguous:
+            raise ValueError("pixels must be C-contiguous (use np.ascontiguousarray)")
+        if self.alpha is not None:
+            if self.alpha.shape != pixels.shape[:2]:
+                raise ValueError(
+                    f"alpha shape {self.alpha.shape} does not match pixels {pixels.shape[:2]}"
+                )
+            if self.alpha.dtype != pixels.dtype:
+                raise ValueError(f"alpha dtype {self.alpha.dtype} differs from pixels {pixels.dtype}")
+        expected_depth = 8 if pixels.dtype == np.uint8 else 16
+        if self.bit_depth != expected_depth:
             raise ValueError(
-                f"alpha shape {self.alpha.shape} does not match pixels {self.pixels.shape[:2]}"
+                f"bit_depth must be {expected_depth} for {pixels.dtype} pixels, got {self.bit_depth}"
             )
-        if self.bit_depth not in (8, 16):
-            raise ValueError(f"bit_depth must be 8 or 16, got {self.bit_depth}")
 
     @property
     def height(self) -> int:
@@ -187,6 +229,34 @@ class DecodedImage:
     def width(self) -> int:
         """Displayed width in pixels (after EXIF orientation)."""
         return int(self.pixels.shape[1])
+
+    def to_float(self) -> np.ndarray:
+        """The pixels as a new float32 HxWx3 array in [0, 1], the model's input.
+
+        Exactly ``uint8 / 255`` in float32 for 8-bit images (what the model was trained with) and
+        ``uint16 / 65535`` for 16-bit ones.
+        """
+        return to_unit_float(self.pixels)
+
+
+def to_unit_float(array: np.ndarray) -> np.ndarray:
+    """A uint8, uint16 or float array as float32 in [0, 1] (a new array for integer input).
+
+    Integers are divided by their dtype's maximum in float32 (``uint8 / 255``, ``uint16 / 65535``).
+    Float arrays are returned as float32 with their values unchanged (no copy if already float32).
+
+    Raises:
+        ValueError: any other dtype.
+    """
+    array = np.asarray(array)
+    level = _MAX_LEVEL.get(array.dtype)
+    if level is not None:
+        out = array.astype(np.float32)
+        out /= np.float32(level)
+        return out
+    if np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.float32, copy=False)
+    raise ValueError(f"expected a uint8, uint16 or float array, got {array.dtype}")
 
 
 @dataclass(frozen=True)
@@ -221,12 +291,26 @@ class EncodedImage:
     extension: str
 
 
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """A uint8, uint16 or float array as uint8, rounded as :func:`encode_image` does for 8-bit
+    outputs: uint8 unchanged (the same array), uint16 to ``round(x / 257)``, float in [0, 1] to
+    ``round(x * 255)`` after clipping (NaN counts as 0).
+
+    Raises:
+        ValueError: any other dtype.
+    """
+    array = np.asarray(array)
+    if array.dtype not in _MAX_LEVEL and not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"expected a uint8, uint16 or float array, got {array.dtype}")
+    return _to_depth(array, np.dtype(np.uint8))
+
+
 # --------------------------------------------------------------------------------------------
 # Decoding
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode image bytes into upright float32 RGB pixels in [0, 1] plus metadata.
+    """Decode image bytes into upright RGB pixels in their native depth (uint8/uint16) plus metadata.
 
     Multi-frame files (GIF, animated WebP, multi-page TIFF, MPO) give their first frame.
 
@@ -264,8 +348,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         image = _identify(data)
         fmt = str(image.format)
         _check_size(image.size, max_pixels)
-        # Read before load(): the tile list (which says "16-bit") is gone afterwards.
-        bit_depth = _source_bit_depth(image)
+        if _is_deep_colour(image, fmt):
+            return _decode_deep_colour(data, image, fmt)
         _load(image, fmt)
 
         mode = image.mode
@@ -276,7 +360,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         if mode == "CMYK":
             image = _cmyk_to_rgb(image, icc)
             icc = None  # pixels are sRGB now; a CMYK profile cannot describe them
-        pixels, alpha = _to_float(image)
+        pixels, alpha = _pil_to_arrays(image)
+        del image
 
     return DecodedImage(
         pixels=pixels,
@@ -284,7 +369,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         format=fmt,
         mode=mode,
         grayscale=_is_grayscale_mode(mode),
-        bit_depth=bit_depth,
+        bit_depth=8 if pixels.dtype == np.uint8 else 16,
         exif=bytes(exif) if exif is not None else None,
         icc_profile=_usable_icc(icc),
     )
@@ -392,17 +477,152 @@ def _check_webp_canvas(data: bytes, max_pixels: int) -> None:
     _check_size((width, height), max_pixels)
 
 
-def _source_bit_depth(image: ImageFile.ImageFile) -> int:
-    """16 for 16-bit, 32-bit integer and float sources, else 8. Call before ``load()``."""
-    if image.mode in _HIGH_DEPTH_MODES:
-        return 16
-    # Pillow reduces 16-bit colour PNG/TIFF to 8-bit modes; the raw mode still says ";16".
-    for tile in image.tile:
-        args = tile.args
+def _is_deep_colour(image: ImageFile.ImageFile, fmt: str) -> bool:
+    """16-bit colour (or gray + alpha) PNG/TIFF, which Pillow would cut to 8 bits when loading.
+
+    Decided from the header, before ``load()``. PNG: Pillow opens such files in 8-bit modes but
+    their raw mode still says ``;16``. TIFF: RGB photometric with 16 bits per sample (Pillow also
+    misreads planar 16-bit RGB as 8-bit). 16-bit gray without alpha (``I;16``) stays with Pillow,
+    which decodes it exactly; other 16-bit TIFF colour spaces (CMYK, YCbCr, Lab) also stay with
+    Pillow and come out 8-bit.
+    """
+    if fmt == "TIFF":
+        bits = image.tag_v2.get(_TIFF_BITS_PER_SAMPLE)
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        return image.tag_v2.get(_TIFF_PHOTOMETRIC) == _TIFF_RGB and set(bits) == {16}
+    if fmt != "PNG" or image.mode in _HIGH_DEPTH_MODES:
+        return False
+    for tile in image.tile or ():  # Pillow < 11 leaves None when there is no image data
+        # Index 3 is the decoder arguments (Pillow >= 11 names it .args); the raw mode comes first.
+        args = tile[3]
         rawmode = args if isinstance(args, str) else (args[0] if args else None)
         if isinstance(rawmode, str) and ";16" in rawmode:
-            return 16
-    return 8
+            return True
+    return False
+
+
+def _decode_deep_colour(data: bytes, image: ImageFile.ImageFile, fmt: str) -> DecodedImage:
+    """Decode a 16-bit colour or gray+alpha PNG/TIFF to uint16 with imagecodecs (libpng/libtiff).
+
+    Pillow has already identified the file and checked its size; it still supplies the metadata
+    (ICC, EXIF, orientation, TIFF tags), but never decodes the pixels.
+    """
+    import imagecodecs
+
+    width, height = image.size
+    mode = image.mode
+    icc = image.info.get("icc_profile") or None
+    if fmt == "PNG":
+        # The eXIf chunk may follow the pixel data, where Pillow reads it only on load().
+        exif = image.info.get("exif") or _png_chunk_after_pixels(data, b"eXIf")
+        # Pillow's getexif() on a PNG decodes the pixels when info has no "exif": give it one.
+        image.info["exif"] = exif or b""
+        planar = associated_alpha = False
+    else:
+        exif = None  # Pillow exposes no EXIF block for TIFF sources (their tags are IFD0's)
+        # Stored size: recent Pillow reports a TIFF's size already turned by its Orientation.
+        width, height = image.tag_v2[_IFD0_WIDTH], image.tag_v2[_IFD0_HEIGHT]
+        planar = image.tag_v2.get(_TIFF_PLANAR_CONFIGURATION) == 2
+        extra = image.tag_v2.get(_TIFF_EXTRA_SAMPLES)
+        extra = extra if isinstance(extra, tuple) else (extra,)
+        associated_alpha = mode == "RGBa" or _TIFF_ASSOCIATED_ALPHA in extra
+    try:
+        orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception as exc:  # noqa: BLE001 - malformed EXIF must not fail the image
+        logger.debug("ignoring unreadable EXIF orientation: %s", exc)
+        orientation = 1
+    image.close()
+    del image
+
+    try:
+        if fmt == "PNG":
+            array = imagecodecs.png_decode(data)
+        else:
+            array = imagecodecs.tiff_decode(data, index=0)
+    except MemoryError:
+        raise
+    except (RuntimeError, ValueError) as exc:  # imagecodecs' PngError/TiffError are RuntimeErrors
+        raise CorruptImageError(
+            f"16-bit {fmt} data is damaged or truncated ({type(exc).__name__}: {exc}); "
+            "re-export or re-download the file"
+        ) from exc
+    if planar and array.ndim == 3 and array.shape[1:] == (height, width):
+        array = np.moveaxis(array, 0, -1)  # libtiff returns separate planes as (S, H, W)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.dtype != np.uint16 or array.shape[:2] != (height, width) or array.shape[2] > 4:
+        raise UnsupportedImageError(
+            f"16-bit {fmt} ({mode}) decoded to {array.dtype} {array.shape}, not {height}x{width} "
+            "16-bit gray or colour; convert the file to 16-bit RGB first"
+        )
+
+    channels = array.shape[2]
+    colour = array[:, :, :3] if channels >= 3 else array[:, :, :1].repeat(3, axis=2)
+    alpha = array[:, :, channels - 1] if channels in (2, 4) else None
+    if associated_alpha and alpha is not None:
+        colour = _unpremultiply(colour, alpha)
+    pixels = np.ascontiguousarray(_orient(colour, orientation))
+    if alpha is not None:
+        alpha = np.ascontiguousarray(_orient(alpha, orientation))
+    del array, colour
+    return DecodedImage(
+        pixels=pixels,
+        alpha=alpha,
+        format=fmt,
+        mode=mode,
+        grayscale=channels <= 2,
+        bit_depth=16,
+        exif=bytes(exif) if exif else None,
+        icc_profile=_usable_icc(icc),
+    )
+
+
+def _png_chunk_after_pixels(data: bytes, kind: bytes) -> bytes | None:
+    """The payload of the first ``kind`` chunk after a PNG's image data, or None.
+
+    Only chunk headers are read (each is skipped by its length); Pillow reads the chunks before
+    the image data when it opens the file.
+    """
+    offset, seen_pixels = 8, False
+    while offset + 8 <= len(data):
+        length, chunk = struct.unpack(">I4s", data[offset : offset + 8])
+        if chunk == b"IDAT":
+            seen_pixels = True
+        elif seen_pixels and chunk == kind:
+            return data[offset + 8 : offset + 8 + length]
+        elif chunk == b"IEND":
+            break
+        offset += 12 + length
+    return None
+
+
+def _unpremultiply(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Straight colour from premultiplied 16-bit colour (as Pillow does for 8-bit RGBa/La)."""
+    scale = np.where(alpha > 0, np.float32(65535.0) / np.maximum(alpha, 1), 0).astype(np.float32)
+    straight = np.rint(colour * scale[:, :, None])
+    return np.clip(straight, 0, 65535).astype(np.uint16)
+
+
+def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """A view of ``array`` (H x W [x C]) made upright per an EXIF Orientation value (1..8).
+
+    The same transposes as Pillow's ``ImageOps.exif_transpose``.
+    """
+    if orientation == 2:
+        return array[:, ::-1]
+    if orientation == 3:
+        return array[::-1, ::-1]
+    if orientation == 4:
+        return array[::-1]
+    if orientation == 5:
+        return array.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(array, -1)
+    if orientation == 7:
+        return array.swapaxes(0, 1)[::-1, ::-1]
+    if orientation == 8:
+        return np.rot90(array, 1)
+    return array
 
 
 def _pillow_limit_error(exc: Exception, fmt: str) -> ImageTooLargeError:
@@ -460,53 +680,65 @@ def _is_grayscale_mode(mode: str) -> bool:
     return mode in _GRAY_8BIT_MODES or mode in _HIGH_DEPTH_MODES
 
 
-def _to_float(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """Pixels as float32 HxWx3 in [0, 1] (C-contiguous) and alpha as float32 HxW or None."""
+def _pil_to_arrays(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pixels as C-contiguous HxWx3 (uint8, or uint16 for high-depth gray) and alpha HxW or None.
+
+    Closes ``image`` (and any converted copy) as soon as its array is made, so that no more than
+    one decoded copy of the pixels is alive besides the array being built.
+    """
     mode = image.mode
     if mode in _HIGH_DEPTH_MODES:
         # Transparency keys on 16-bit gray are ignored: there is no 16-bit gray+alpha mode.
-        gray = _high_depth_to_float(np.asarray(image), mode)
-        return _gray_to_rgb(gray), None
+        gray = _release(image)
+        return _gray_to_rgb(_high_depth_to_u16(gray, mode)), None
     if mode in _GRAY_8BIT_MODES:
         if image.has_transparency_data:
-            la = np.asarray(image.convert("LA"))  # also un-premultiplies "La"
-            return _gray_to_rgb(_u8_to_float(la[:, :, 0])), _u8_to_float(la[:, :, 1])
-        return _gray_to_rgb(_u8_to_float(np.asarray(image.convert("L")))), None
+            la = _release(_converted(image, "LA"))  # also un-premultiplies "La"
+            return _gray_to_rgb(la[:, :, 0]), np.ascontiguousarray(la[:, :, 1])
+        return _gray_to_rgb(_release(_converted(image, "L"))), None
 
     # Colour: RGB, RGBA, RGBa, RGBX, P, PA, YCbCr, HSV, LAB, ...
     target = "RGBA" if image.has_transparency_data else "RGB"
-    if mode != target:
-        try:
-            image = image.convert(target)
-        except ValueError as exc:
-            raise UnsupportedImageError(
-                f"Pillow mode {mode!r} cannot be converted to {target} ({exc}); "
-                "convert the file to 8-bit RGB first"
-            ) from exc
+    try:
+        array = _release(_converted(image, target))
+    except ValueError as exc:
+        raise UnsupportedImageError(
+            f"Pillow mode {mode!r} cannot be converted to {target} ({exc}); "
+            "convert the file to 8-bit RGB first"
+        ) from exc
+    if target == "RGBA":
+        return np.ascontiguousarray(array[:, :, :3]), np.ascontiguousarray(array[:, :, 3])
+    # np.asarray of a Pillow image is a read-only view of an exported bytes copy; callers may
+    # write in place (torch.from_numpy needs writable memory), so own it.
+    return np.array(array, order="C"), None
+
+
+def _converted(image: Image.Image, mode: str) -> Image.Image:
+    """``image`` in ``mode``; the source is closed when a converted copy replaces it."""
+    if image.mode == mode:
+        return image
+    converted = image.convert(mode)
+    image.close()
+    return converted
+
+
+def _release(image: Image.Image) -> np.ndarray:
+    """The image's pixels as an array; the Pillow image is closed (its memory freed) at once."""
     array = np.asarray(image)
-    pixels = _u8_to_float(array[:, :, :3])
-    alpha = _u8_to_float(array[:, :, 3]) if target == "RGBA" else None
-    return pixels, alpha
+    image.close()
+    return array
 
 
-def _u8_to_float(array: np.ndarray) -> np.ndarray:
-    """``uint8 / 255`` computed in float32 (what the model was trained with), C-contiguous."""
-    out = np.ascontiguousarray(array, dtype=np.float32)
-    out /= np.float32(255.0)
-    return out
-
-
-def _high_depth_to_float(array: np.ndarray, mode: str) -> np.ndarray:
-    """16-bit integer, 32-bit integer and float gray to float32 in [0, 1]."""
+def _high_depth_to_u16(array: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit integer, 32-bit integer and float gray to uint16 (0..65535)."""
     if mode == "F":
         out = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-        return np.clip(out, 0.0, 1.0, out=out)
+        np.clip(out, 0.0, 1.0, out=out)
+        return np.rint(out * np.float32(65535.0)).astype(np.uint16)
     if mode == "I":
         # 32-bit integer images are in practice 16-bit data (old Pillow opened 16-bit PNG as I).
-        array = np.clip(array, 0, 65535)
-    out = array.astype(np.float32)  # also converts big-endian I;16B to native
-    out /= np.float32(65535.0)
-    return out
+        return np.clip(array, 0, 65535).astype(np.uint16)
+    return array.astype(np.uint16)  # also converts big-endian I;16B to native
 
 
 def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
@@ -532,17 +764,23 @@ def _usable_icc(icc: bytes | None) -> bytes | None:
 
 
 def mean_luminance(pixels: np.ndarray) -> float:
-    """Mean Rec.709 luma of an (..., 3) array of linear-scaled values in [0, 1].
+    """Mean Rec.709 luma, in [0, 1], of an (..., 3) uint8, uint16 or float array.
 
-    Computed from per-channel means in float64, which equals the mean of per-pixel luma without
-    allocating an HxW temporary.
+    Integer arrays are normalised by their dtype's maximum (255, 65535); float arrays are taken
+    as values in [0, 1]. Computed from per-channel means in float64, which equals the mean of
+    per-pixel luma without allocating an HxW temporary.
     """
+    pixels = np.asarray(pixels)
     if pixels.ndim < 1 or pixels.shape[-1] != 3:
         raise ValueError(f"expected an (..., 3) array, got shape {pixels.shape}")
     if pixels.size == 0:
         raise ValueError("mean_luminance of an empty image is undefined")
+    level = _MAX_LEVEL.get(pixels.dtype)
+    if level is None and not np.issubdtype(pixels.dtype, np.floating):
+        raise ValueError(f"expected a uint8, uint16 or float array, got {pixels.dtype}")
     channel_means = pixels.reshape(-1, 3).mean(axis=0, dtype=np.float64)
-    return float(np.dot(channel_means, np.asarray(REC709_LUMA, dtype=np.float64)))
+    luma = float(np.dot(channel_means, np.asarray(REC709_LUMA, dtype=np.float64)))
+    return luma / level if level is not None else luma
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,21 +834,26 @@ def encode_image(
     from file extensions before decoding, and a file whose content differs from its extension
     must still be written in the format its planned name says.
 
-    ``pixels`` (float32 HxWx3, any values; NaN counts as 0) are clipped to [0, 1] and rounded to
-    8 bits. Grayscale sources are written as grayscale (Rec.709 luma of ``pixels``), the source
-    alpha is re-attached where the format supports it (PNG, WebP, TIFF), and the ICC profile and
-    EXIF are kept where the format supports them, with EXIF Orientation reset to 1 because the
-    pixels are already upright.
+    ``pixels`` is HxWx3 ``uint8``, ``uint16``, or float in [0, 1] (any values: NaN counts as 0,
+    the rest is clipped). PNG and TIFF outputs of 16-bit sources are written at 16 bits per
+    channel (uint16 exactly, float rounded to 65535 levels, uint8 scaled by 257); everything else
+    at 8 bits (float rounded to 255 levels, uint16 as ``round(x / 257)``). Grayscale sources are
+    written as grayscale (Rec.709 luma of ``pixels``), the source alpha is re-attached where the
+    format supports it (PNG, WebP, TIFF), and the ICC profile and EXIF are kept where the format
+    supports them, with EXIF Orientation reset to 1 (the pixels are already upright) and the EXIF
+    pixel dimensions set to the written size.
 
     Raises:
         UnsupportedImageError: the image is wider or taller than the output format allows
             (JPEG 65500, WebP 16383 pixels).
-        ValueError: ``pixels`` is not HxWx3 or its size differs from ``source``.
+        ValueError: ``pixels`` is not HxWx3 uint8/uint16/float or its size differs from ``source``.
     """
     pixels = np.asarray(pixels)
     expected = (source.height, source.width, 3)
     if pixels.shape != expected:
         raise ValueError(f"pixels must have shape {expected} (the source's), got {pixels.shape}")
+    if pixels.dtype not in _MAX_LEVEL and not np.issubdtype(pixels.dtype, np.floating):
+        raise ValueError(f"pixels must be uint8, uint16 or float, got {pixels.dtype}")
     fmt = (fmt or output_format(source.format, options.format)).upper()
     extension_for(fmt)  # ConfigError for formats this module does not write
     max_side = _MAX_SIDE.get(fmt)
@@ -620,25 +863,29 @@ def encode_image(
             "per side); choose --format png for this image"
         )
 
-    values = _clip_unit(pixels)
+    depth = np.dtype(np.uint16 if source.bit_depth == 16 and fmt in _DEEP_FORMATS else np.uint8)
     alpha = source.alpha if fmt in _ALPHA_FORMATS else None
     if source.grayscale:
-        luma = values @ np.asarray(REC709_LUMA, dtype=np.float32)
-        channels = [_to_u8(luma)]
+        channels = [_to_depth(_luma(pixels), depth)]
         mode = "L"
     else:
-        channels = [_to_u8(values)]
+        channels = [_to_depth(pixels, depth)]
         mode = "RGB"
     if alpha is not None:
-        channels.append(_to_u8(_clip_unit(alpha)))
+        channels.append(_to_depth(alpha, depth))
         mode += "A"
     array = channels[0] if len(channels) == 1 else _stack_channels(channels)
-    image = Image.fromarray(array)
-    assert image.mode == mode, (image.mode, mode)
+    del channels
 
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **_save_options(fmt, mode, source, options))
-    return EncodedImage(data=buffer.getvalue(), format=fmt, extension=extension_for(fmt))
+    if depth == np.uint16:
+        data = _encode_16bit(array, fmt, mode, source)
+    else:
+        image = Image.fromarray(array)
+        assert image.mode == mode, (image.mode, mode)
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, **_save_options(fmt, mode, source, options))
+        data = buffer.getvalue()
+    return EncodedImage(data=data, format=fmt, extension=extension_for(fmt))
 
 
 def _clip_unit(values: np.ndarray) -> np.ndarray:
@@ -646,14 +893,87 @@ def _clip_unit(values: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def _to_u8(values: np.ndarray) -> np.ndarray:
-    """[0, 1] float to uint8 by round-half-to-even of ``x * 255`` (inverse of ``/ 255``)."""
-    return np.rint(values * np.float32(255.0)).astype(np.uint8)
+def _luma(pixels: np.ndarray) -> np.ndarray:
+    """Rec.709 luma (HxW float32 in [0, 1]) of uint8/uint16/float HxWx3 pixels."""
+    values = _clip_unit(to_unit_float(pixels))
+    luma = values @ np.asarray(REC709_LUMA, dtype=np.float32)
+    return np.clip(luma, 0.0, 1.0, out=luma)
+
+
+def _to_depth(values: np.ndarray, depth: np.dtype) -> np.ndarray:
+    """uint8/uint16/float values as ``depth`` (uint8 or uint16), by the rules of encode_image."""
+    if values.dtype == depth:
+        return values
+    if values.dtype == np.uint8:  # to 16 bits: 255 -> 65535 exactly
+        return values.astype(np.uint16) * np.uint16(257)
+    if values.dtype == np.uint16:  # to 8 bits: round(x / 257); x / 257 is never exactly n + 0.5
+        return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    # [0, 1] float to integers by round-half-to-even of x * max (the inverse of x / max).
+    level = np.float32(_MAX_LEVEL[depth])
+    return np.rint(_clip_unit(values) * level).astype(depth)
 
 
 def _stack_channels(channels: list[np.ndarray]) -> np.ndarray:
     planes = [c if c.ndim == 3 else c[:, :, None] for c in channels]
     return np.ascontiguousarray(np.concatenate(planes, axis=2))
+
+
+def _encode_16bit(array: np.ndarray, fmt: str, mode: str, source: DecodedImage) -> bytes:
+    """16-bit PNG (imagecodecs/libpng) or TIFF (tifffile) with the ICC profile and EXIF kept.
+
+    Pillow cannot hold 16-bit colour, so it cannot write these. ``array`` is HxW (gray), HxWx2
+    (gray + alpha), HxWx3 (RGB) or HxWx4 (RGBA) uint16.
+    """
+    gray = mode in ("L", "LA")
+    icc = source.icc_profile
+    if icc is not None and _icc_colour_space(icc) != ("GRAY" if gray else "RGB"):
+        icc = None
+    if fmt == "PNG":
+        import imagecodecs
+
+        png = bytes(imagecodecs.png_encode(array))
+        exif = _upright_exif(source.exif, source.width, source.height)
+        return _png_with_metadata(png, icc, exif)
+
+    import tifffile
+
+    exif = _upright_exif(source.exif, source.width, source.height)
+    if exif is not None:
+        # Pillow exposes no EXIF block for TIFF sources, so this is a PNG/JPEG with a .tif name.
+        logger.debug("16-bit TIFF output: source EXIF not written (tifffile writes no Exif IFD)")
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer,
+        array,
+        photometric="minisblack" if gray else "rgb",
+        planarconfig="contig",
+        extrasamples=("unassalpha",) if mode.endswith("A") else None,
+        compression="zlib",  # Adobe Deflate (tag value 8), as the 8-bit TIFFs: lossless, common
+        iccprofile=icc,
+        metadata=None,  # no tifffile JSON in ImageDescription
+        software=False,
+    )
+    return buffer.getvalue()
+
+
+def _png_with_metadata(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
+    """``png`` with iCCP and eXIf chunks inserted after IHDR (both must precede the image data)."""
+    chunks = b""
+    if icc is not None:
+        # Profile name, NUL, compression method 0 (zlib), compressed profile (PNG spec 11.3.3.3).
+        chunks += _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc))
+    if exif is not None:
+        # eXIf holds the TIFF-structured EXIF without the JPEG "Exif\0\0" prefix.
+        chunks += _png_chunk(b"eXIf", exif.removeprefix(b"Exif\x00\x00"))
+    if not chunks:
+        return png
+    ihdr_end = 8 + 12 + struct.unpack(">I", png[8:12])[0]
+    return png[:ihdr_end] + chunks + png[ihdr_end:]
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
 
 
 def _save_options(
@@ -674,7 +994,7 @@ def _save_options(
     if icc is not None and _icc_colour_space(icc) == ("GRAY" if stored_gray else "RGB"):
         kwargs["icc_profile"] = icc
 
-    exif = _upright_exif(source.exif)
+    exif = _upright_exif(source.exif, source.width, source.height)
     if exif is not None and fmt == "JPEG" and len(exif) > _JPEG_MAX_MARKER_BYTES:
         logger.debug("dropping EXIF of %d bytes: too long for a JPEG APP1 segment", len(exif))
         exif = None
@@ -683,8 +1003,13 @@ def _save_options(
     return kwargs
 
 
-def _upright_exif(raw: bytes | None) -> bytes | None:
-    """The source EXIF with Orientation set to 1, or None if absent or unreadable."""
+def _upright_exif(raw: bytes | None, width: int, height: int) -> bytes | None:
+    """The source EXIF for an upright ``width`` x ``height`` output, or None if absent/unreadable.
+
+    Orientation becomes 1, and the pixel-dimension tags that are present (IFD0 ImageWidth and
+    ImageLength, Exif IFD PixelXDimension and PixelYDimension) are set to the written size:
+    after a 90-degree EXIF rotation the source's values are swapped.
+    """
     if not raw:
         return None
     try:
@@ -692,6 +1017,14 @@ def _upright_exif(raw: bytes | None) -> bytes | None:
         exif.load(raw)
         if _EXIF_ORIENTATION in exif:
             exif[_EXIF_ORIENTATION] = 1
+        for tag, value in ((_IFD0_WIDTH, width), (_IFD0_HEIGHT, height)):
+            if tag in exif:
+                exif[tag] = value
+        if _EXIF_IFD in exif:
+            exif_ifd = exif.get_ifd(_EXIF_IFD)  # a live dict: tobytes() writes what is set here
+            for tag, value in ((_EXIF_PIXEL_X, width), (_EXIF_PIXEL_Y, height)):
+                if tag in exif_ifd:
+                    exif_ifd[tag] = value
         data = exif.tobytes()
     except Exception as exc:  # noqa: BLE001 - malformed EXIF is dropped, never fatal
         logger.debug("dropping unreadable EXIF: %s", exc)

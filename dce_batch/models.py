@@ -130,7 +130,7 @@ class ImageToTensor:
         from .imageio import decode_image
 
         decoded = decode_image(_pil_to_bytes(image), max_pixels=_pixel_limit(image))
-        return torch.from_numpy(decoded.pixels).permute(2, 0, 1).unsqueeze(0).contiguous()
+        return torch.from_numpy(decoded.to_float()).permute(2, 0, 1).unsqueeze(0).contiguous()
 
     def __repr__(self) -> str:
         return "ImageToTensor(RGB float32 [0, 1], N x 3 x H x W, EXIF orientation applied)"
@@ -341,7 +341,7 @@ def enhance_image(
     *,
     scale: float = DEFAULT_FAST_SCALE,
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> "Image.Image":
     """Enhance one PIL image and return a new PIL image, exactly as ``dce-batch enhance`` would.
 

@@ -328,10 +328,9 @@ def thumbnail(data: bytes, side: int = THUMBNAIL_SIDE) -> Thumbnail:
         if image.mode in ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "YCbCr"):
             image = ImageOps.exif_transpose(image).convert("RGB")
         else:
-            from .imageio import decode_image
+            from .imageio import decode_image, to_uint8
 
-            pixels = decode_image(data, max_pixels=THUMBNAIL_MAX_PIXELS).pixels
-            image = Image.fromarray(np.rint(np.clip(pixels, 0, 1) * 255).astype(np.uint8))
+            image = Image.fromarray(to_uint8(decode_image(data, max_pixels=THUMBNAIL_MAX_PIXELS).pixels))
         image.thumbnail((side, side), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=THUMBNAIL_QUALITY, optimize=True)

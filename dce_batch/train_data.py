@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import ImageError, describe_error
-from .imageio import decode_image
+from .imageio import decode_image, to_uint8
 
 __all__ = ["AugmentConfig", "DecodeResult", "augment_batch", "decode_for_training"]
 
@@ -39,8 +39,9 @@ def decode_for_training(data: bytes, base_size: int, *, max_pixels: int) -> Deco
         decoded = decode_image(data, max_pixels=max_pixels)
     except ImageError as exc:
         return DecodeResult(None, describe_error(exc))
-    rgb = np.rint(np.clip(decoded.pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
-    image = Image.fromarray(rgb)
+    # Training works on 8-bit base images (16-bit sources are rounded to 8 bits here).
+    image = Image.fromarray(to_uint8(decoded.pixels))
+    del decoded
     if image.size != (base_size, base_size):
         image = image.resize((base_size, base_size), Image.Resampling.LANCZOS)
     return DecodeResult(np.asarray(image, dtype=np.uint8), None)

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .errors import ConfigError, StorageError, describe_error
+from .errors import ConfigError, MissingDependencyError, StorageError, describe_error
 from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from .inference import keep_freed_memory
 from .losses import LossWeights, ZeroDCELoss
@@ -462,7 +462,7 @@ def run_training(config: TrainConfig) -> TrainingOutcome:
         "history": history,
     }
     write_bytes_atomic(result.filesystem, f"{run_path}/metrics.json", json.dumps(summary, indent=2).encode())
-    write_bytes_atomic(result.filesystem, f"{run_path}/loss_curves.png", plot_history(history, title=name))
+    _write_loss_curves(result.filesystem, run_path, history, name)
 
     export_uri, meta = None, None
     if config.export:
@@ -506,9 +506,30 @@ def _initial_state(config: TrainConfig) -> dict[str, torch.Tensor] | None:
     return dict(loaded.state_dict)
 
 
+def _write_loss_curves(filesystem, run_path: str, history: list[dict[str, Any]], name: str) -> bool:
+    """Write ``loss_curves.png`` beside ``metrics.json``; without matplotlib, say so and skip it."""
+    try:
+        png = plot_history(history, title=name)
+    except MissingDependencyError as exc:
+        print(f"[dce-batch train] loss_curves.png skipped: {exc}", flush=True)
+        return False
+    write_bytes_atomic(filesystem, f"{run_path}/loss_curves.png", png)
+    return True
+
+
 def plot_history(history: list[dict[str, Any]], title: str = "") -> bytes:
-    """Loss curves (total and each term, train and validation) as PNG bytes."""
-    import matplotlib
+    """Loss curves (total and each term, train and validation) as PNG bytes.
+
+    Raises:
+        MissingDependencyError: matplotlib (the ``plot`` extra) is not installed.
+    """
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "plotting the loss curves needs matplotlib, an optional dependency: "
+            "pip install 'dce-batch[plot]' (metrics.json has the same numbers)"
+        ) from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

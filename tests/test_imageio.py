@@ -8,6 +8,7 @@ import warnings
 import zlib
 
 import numpy as np
+import PIL
 import pytest
 from PIL import Image, ImageCms
 
@@ -30,6 +31,8 @@ from dce_batch.imageio import (
     mean_luminance,
     output_format,
     output_format_for_path,
+    to_uint8,
+    to_unit_float,
 )
 
 ORIENTATION = 0x0112
@@ -37,6 +40,8 @@ MAKE = 0x010F
 MODEL = 0x0110
 EXIF_IFD = 0x8769
 EXPOSURE_TIME = 0x829A
+PIXEL_X, PIXEL_Y = 0xA002, 0xA003
+IMAGE_WIDTH, IMAGE_LENGTH = 0x0100, 0x0101
 
 
 # ------------------------------------------------------------------------------------------
@@ -86,13 +91,16 @@ def icc_with_colour_space(space: bytes) -> bytes:
     return bytes(icc)
 
 
-def camera_exif(orientation: int | None = 6) -> Image.Exif:
+def camera_exif(orientation: int | None = 6, **exif_ifd: object) -> Image.Exif:
+    """EXIF with Make/Model in IFD0 and an Exif IFD (ExposureTime plus ``exif_ifd`` tags)."""
     exif = Image.Exif()
     if orientation is not None:
         exif[ORIENTATION] = orientation
     exif[MAKE] = "TestMaker"
     exif[MODEL] = "Model X"
-    exif.get_ifd(EXIF_IFD)[EXPOSURE_TIME] = (1, 50)
+    # Assigned as a dict: Pillow < 11 drops tags set through get_ifd() on a new Exif.
+    tags = {"EXPOSURE_TIME": (1, 50), **exif_ifd}
+    exif[EXIF_IFD] = {globals()[name]: value for name, value in tags.items()}
     return exif
 
 
@@ -110,11 +118,92 @@ def png_bytes(width: int, height: int, *, depth: int = 8, colour_type: int = 0, 
     return b"\x89PNG\r\n\x1a\n" + body + png_chunk(b"IEND", b"")
 
 
-def png16_rgb(array: np.ndarray) -> bytes:
-    """A real 16-bit RGB PNG (Pillow cannot write one)."""
-    height, width, _ = array.shape
+PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # samples per pixel -> PNG colour type
+
+
+def png16(array: np.ndarray, *, before: bytes = b"", after: bytes = b"") -> bytes:
+    """A real 16-bit PNG (Pillow cannot write 16-bit colour): HxW gray, HxWx2 gray+alpha, HxWx3
+    RGB or HxWx4 RGBA. ``before``/``after`` are extra chunks placed before/after the IDAT."""
+    array = array if array.ndim == 3 else array[:, :, None]
+    height, width, samples = array.shape
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, PNG_COLOUR_TYPES[samples], 0, 0, 0)
     rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(height))
-    return png_bytes(width, height, depth=16, colour_type=2, idat=zlib.compress(rows))
+    return (
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + before
+        + png_chunk(b"IDAT", zlib.compress(rows)) + after + png_chunk(b"IEND", b"")
+    )  # fmt: skip
+
+
+def png16_rgb(array: np.ndarray) -> bytes:
+    return png16(array)
+
+
+def tiff16(
+    array: np.ndarray,
+    *,
+    extra_samples: int | None = None,
+    planar: bool = False,
+    orientation: int | None = None,
+    icc: bytes | None = None,
+) -> bytes:
+    """A hand-made little-endian, uncompressed 16-bit TIFF (Pillow cannot write 16-bit colour).
+
+    ``array`` is HxW (gray) or HxWxS; ``extra_samples`` is the ExtraSamples value of the last
+    sample (1 associated alpha, 2 unassociated alpha); ``planar`` stores one plane per sample;
+    ``orientation`` and ``icc`` add the Orientation and ICC profile tags.
+    """
+    array = array if array.ndim == 3 else array[:, :, None]
+    height, width, samples = array.shape
+    planes = [array[:, :, i] for i in range(samples)] if planar else [array]
+    strips = [np.ascontiguousarray(plane).astype("<u2").tobytes() for plane in planes]
+    body = bytearray(b"II*\x00\x00\x00\x00\x00")
+    strip_offsets = []
+    for strip in strips:
+        strip_offsets.append(len(body))
+        body += strip
+
+    def out_of_line(fmt: str, values: list[int]) -> int:
+        offset = len(body) + len(body) % 2
+        body.extend(b"\x00" * (offset - len(body)) + struct.pack(f"<{len(values)}{fmt}", *values))
+        return offset
+
+    def entry(tag: int, kind: int, values: list[int] | bytes) -> bytes:
+        fmt, size = {3: ("H", 2), 4: ("I", 4), 7: ("B", 1)}[kind]
+        if len(values) * size <= 4:
+            inline = struct.pack(f"<{len(values)}{fmt}", *values).ljust(4, b"\x00")
+        else:
+            inline = struct.pack("<I", out_of_line(fmt, list(values)))
+        return struct.pack("<HHI", tag, kind, len(values)) + inline
+
+    entries = [
+        entry(256, 4, [width]),
+        entry(257, 4, [height]),
+        entry(258, 3, [16] * samples),
+        entry(259, 3, [1]),  # no compression
+        entry(262, 3, [2 if samples >= 3 else 1]),  # RGB or min-is-black
+        entry(273, 4, strip_offsets),
+        *([entry(274, 3, [orientation])] if orientation is not None else []),
+        entry(277, 3, [samples]),
+        entry(278, 4, [height]),
+        entry(279, 4, [len(strip) for strip in strips]),
+        entry(284, 3, [2 if planar else 1]),
+    ]
+    if extra_samples is not None:
+        entries.append(entry(338, 3, [extra_samples]))
+    if icc is not None:
+        entries.append(entry(34675, 7, icc))
+    ifd_offset = len(body) + len(body) % 2
+    body += b"\x00" * (ifd_offset - len(body))
+    body += struct.pack("<H", len(entries)) + b"".join(entries) + b"\x00\x00\x00\x00"
+    body[4:8] = struct.pack("<I", ifd_offset)
+    return bytes(body)
+
+
+def gradient16(height: int = 48, width: int = 96, channels: int = 3) -> np.ndarray:
+    """A dark 16-bit ramp with thousands of distinct levels below 8-bit level 16 (shadows)."""
+    ramp = np.arange(height * width, dtype=np.uint32).reshape(height, width) % 4096
+    planes = [(ramp * 1 + c * 7) % 4096 for c in range(channels)]
+    return np.stack(planes, axis=2).astype(np.uint16)
 
 
 def tiff_associated_alpha(image: Image.Image) -> bytes:
@@ -125,17 +214,19 @@ def tiff_associated_alpha(image: Image.Image) -> bytes:
     return data.replace(entry, entry[:-2] + b"\x01\x00")
 
 
-def check_pixels(decoded: DecodedImage, height: int, width: int) -> None:
+def check_pixels(decoded: DecodedImage, height: int, width: int, dtype=np.uint8) -> None:
     pixels = decoded.pixels
-    assert pixels.dtype == np.float32
+    assert pixels.dtype == dtype
+    assert decoded.bit_depth == (8 if dtype == np.uint8 else 16)
     assert pixels.shape == (height, width, 3)
-    assert pixels.flags.c_contiguous
-    assert float(pixels.min()) >= 0.0 and float(pixels.max()) <= 1.0
+    assert pixels.flags.c_contiguous and pixels.flags.writeable
     assert (decoded.height, decoded.width) == (height, width)
     if decoded.alpha is not None:
-        assert decoded.alpha.dtype == np.float32
+        assert decoded.alpha.dtype == dtype
         assert decoded.alpha.shape == (height, width)
-        assert float(decoded.alpha.min()) >= 0.0 and float(decoded.alpha.max()) <= 1.0
+    as_float = decoded.to_float()
+    assert as_float.dtype == np.float32 and as_float.shape == (height, width, 3)
+    assert float(as_float.min()) >= 0.0 and float(as_float.max()) <= 1.0
 
 
 # ------------------------------------------------------------------------------------------
@@ -146,7 +237,8 @@ def test_decode_is_exactly_uint8_over_255():
     array = rgb_array()
     decoded = decode_image(save(Image.fromarray(array), "PNG"))
     check_pixels(decoded, 24, 32)
-    np.testing.assert_array_equal(decoded.pixels, as_u8_float(array))
+    np.testing.assert_array_equal(decoded.pixels, array)
+    np.testing.assert_array_equal(decoded.to_float(), as_u8_float(array))
     assert decoded.format == "PNG" and decoded.mode == "RGB"
     assert decoded.alpha is None and not decoded.grayscale and decoded.bit_depth == 8
     assert decoded.exif is None and decoded.icc_profile is None
@@ -224,7 +316,7 @@ def test_exif_orientation_is_applied(orientation):
     decoded = decode_image(data)
     expected = ORIENTED[orientation](array)
     check_pixels(decoded, *expected.shape[:2])
-    np.testing.assert_array_equal(decoded.pixels, as_u8_float(expected))
+    np.testing.assert_array_equal(decoded.pixels, expected)
 
 
 @pytest.mark.parametrize("requested", ["jpeg", "png", "webp"])
@@ -317,6 +409,23 @@ def _rgb_colour_key_png() -> bytes:
     return save(Image.fromarray(array), "PNG", transparency=(7, 0, 0))
 
 
+# TIFF modes that Pillow reads only from 13.0 (dce-batch requires 11.3): premultiplied gray+alpha
+# and YCbCr as Pillow writes it.
+PILLOW_13_TIFF_MODES = ("La", "YCbCr")
+
+
+def skip_unless_pillow_reads(data: bytes, name: str) -> None:
+    """On a Pillow that cannot read ``data``, check it becomes an image error, then skip."""
+    try:
+        open_bytes(data)
+    except (OSError, SyntaxError, ValueError):
+        from dce_batch.errors import ImageError
+
+        with pytest.raises(ImageError):  # an error row, never a crash
+            decode_image(data)
+        pytest.skip(f"Pillow {PIL.__version__} cannot read {name} TIFF files (Pillow >= 13 can)")
+
+
 # (name, bytes factory, expected grayscale, expected alpha)
 MODE_CASES = [
     ("RGB", lambda: save(Image.fromarray(rgb_array(10, 12)), "PNG"), False, False),
@@ -344,11 +453,14 @@ MODE_CASES = [
 @pytest.mark.parametrize(
     ("name", "make", "grayscale", "has_alpha"), MODE_CASES, ids=[c[0] for c in MODE_CASES]
 )
-def test_modes_decode_to_float_rgb(name, make, grayscale, has_alpha):
+def test_modes_decode_to_native_rgb(name, make, grayscale, has_alpha):
     data = make()
+    if name in PILLOW_13_TIFF_MODES:
+        skip_unless_pillow_reads(data, name)
     source = open_bytes(data)
     decoded = decode_image(data)
-    check_pixels(decoded, 10, 12)
+    # 16/32-bit integer and float gray come as uint16, everything else as uint8.
+    check_pixels(decoded, 10, 12, np.uint16 if name in ("I;16", "I;16B", "I", "F") else np.uint8)
     assert decoded.mode == source.mode
     assert decoded.format == source.format
     assert decoded.grayscale is grayscale
@@ -359,36 +471,39 @@ def test_modes_decode_to_float_rgb(name, make, grayscale, has_alpha):
     if source.mode in ("RGB", "P", "CMYK", "YCbCr", "L", "1", "LA", "RGBA"):
         # 8-bit sources: exactly Pillow's own RGB conversion / 255.
         np.testing.assert_array_equal(
-            decoded.pixels, as_u8_float(np.asarray(source.convert("RGBA").convert("RGB")))
+            decoded.pixels, np.asarray(source.convert("RGBA").convert("RGB"))
         )
-    # Every case encodes in every output format.
+    # Every case encodes in every output format, from native and from float pixels.
     for requested in ("same", "jpeg", "png", "webp"):
-        encoded = encode_image(decoded.pixels, decoded, EncodeOptions(format=requested))
-        assert open_bytes(encoded.data).size == (12, 10)
+        for pixels in (decoded.pixels, decoded.to_float()):
+            encoded = encode_image(pixels, decoded, EncodeOptions(format=requested))
+            assert open_bytes(encoded.data).size == (12, 10)
 
 
 def test_premultiplied_la_is_unpremultiplied():
-    decoded = decode_image(tiff_associated_alpha(Image.new("LA", (12, 10), (100, 128))))
+    data = tiff_associated_alpha(Image.new("LA", (12, 10), (100, 128)))
+    skip_unless_pillow_reads(data, "La")
+    decoded = decode_image(data)
     assert decoded.mode == "La"
     # 100 premultiplied by alpha 128/255 -> about 199 straight.
-    assert abs(float(decoded.pixels[0, 0, 0]) * 255 - 199) <= 1
-    np.testing.assert_array_equal(decoded.alpha, np.float32(128) / np.float32(255))
+    assert abs(int(decoded.pixels[0, 0, 0]) - 199) <= 1
+    np.testing.assert_array_equal(decoded.alpha, 128)
 
 
 def test_rgba_premultiplied_in_memory_mode():
     # Pillow 13 cannot write RGBa files, but the converter must still cope with the mode.
     image = Image.new("RGBA", (3, 2), (200, 100, 50, 128)).convert("RGBa")
-    pixels, alpha = imageio._to_float(image)
-    assert pixels.shape == (2, 3, 3) and alpha is not None
-    np.testing.assert_allclose(pixels[0, 0] * 255, [200, 100, 50], atol=2)
+    pixels, alpha = imageio._pil_to_arrays(image)
+    assert pixels.shape == (2, 3, 3) and pixels.dtype == np.uint8 and alpha is not None
+    np.testing.assert_allclose(pixels[0, 0], [200, 100, 50], atol=2)
 
 
 def test_alpha_kept_aside_and_reattached():
     array = rgb_array(10, 12)
     alpha = np.random.default_rng(5).integers(0, 256, (10, 12), dtype=np.uint8)
     decoded = decode_image(save(Image.fromarray(np.dstack([array, alpha])), "PNG"))
-    np.testing.assert_array_equal(decoded.alpha, as_u8_float(alpha))
-    np.testing.assert_array_equal(decoded.pixels, as_u8_float(array))
+    np.testing.assert_array_equal(decoded.alpha, alpha)
+    np.testing.assert_array_equal(decoded.pixels, array)
 
     png = open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions(format="png")).data)
     assert png.mode == "RGBA"
@@ -412,7 +527,7 @@ def test_palette_transparency_alpha():
     decoded = decode_image(save(image, "PNG"))
     expected = np.asarray(image.convert("RGBA"))[:, :, 3]
     assert (expected == 0).any() and (expected == 255).any()
-    np.testing.assert_array_equal(decoded.alpha, as_u8_float(expected))
+    np.testing.assert_array_equal(decoded.alpha, expected)
     out = open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions(format="png")).data)
     np.testing.assert_array_equal(np.asarray(out)[:, :, 3], expected)
 
@@ -422,7 +537,7 @@ def test_grayscale_written_back_as_gray():
     decoded = decode_image(save(Image.fromarray(gray), "PNG"))
     assert decoded.grayscale
     # Per-channel model output: the written gray is the Rec.709 luma of it.
-    enhanced = decoded.pixels * np.array([1.0, 0.5, 0.25], np.float32)
+    enhanced = decoded.to_float() * np.array([1.0, 0.5, 0.25], np.float32)
     png = open_bytes(encode_image(enhanced, decoded, EncodeOptions()).data)
     assert png.mode == "L"
     luma = enhanced @ np.array(imageio.REC709_LUMA, np.float32)
@@ -449,7 +564,7 @@ def test_cmyk_jpeg():
     decoded = decode_image(data)
     assert decoded.mode == "CMYK" and decoded.format == "JPEG" and not decoded.grayscale
     expected = np.asarray(open_bytes(data).convert("RGB"))
-    np.testing.assert_array_equal(decoded.pixels, as_u8_float(expected))
+    np.testing.assert_array_equal(decoded.pixels, expected)
     encoded = encode_image(decoded.pixels, decoded, EncodeOptions())
     out = open_bytes(encoded.data)
     assert (encoded.format, out.mode) == ("JPEG", "RGB")
@@ -462,24 +577,29 @@ def test_cmyk_profile_is_dropped_and_bad_profile_falls_back():
     data = save(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG", icc_profile=cmyk_icc)
     decoded = decode_image(data)
     assert decoded.icc_profile is None
-    np.testing.assert_array_equal(
-        decoded.pixels, as_u8_float(np.asarray(open_bytes(data).convert("RGB")))
-    )
+    np.testing.assert_array_equal(decoded.pixels, np.asarray(open_bytes(data).convert("RGB")))
     out = open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions()).data)
     assert out.info.get("icc_profile") is None
 
 
-def test_16bit_gray_png_scales_by_65535():
+def test_16bit_gray_png_kept_at_16_bits_and_scales_by_65535():
     values = np.array([[0, 1, 255, 256], [1000, 32768, 65534, 65535]], dtype=np.uint16)
     data = save(Image.fromarray(values), "PNG")
     assert open_bytes(data).mode == "I;16"
     decoded = decode_image(data)
     assert decoded.bit_depth == 16 and decoded.grayscale and decoded.mode == "I;16"
+    check_pixels(decoded, 2, 4, np.uint16)
+    for channel in range(3):
+        np.testing.assert_array_equal(decoded.pixels[:, :, channel], values)
     expected = values.astype(np.float32) / np.float32(65535)
-    np.testing.assert_array_equal(decoded.pixels[:, :, 0], expected)
+    np.testing.assert_array_equal(decoded.to_float()[:, :, 0], expected)
+    # PNG output of a 16-bit source stays 16-bit gray, value for value.
     out = open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions()).data)
-    assert out.mode == "L"
-    np.testing.assert_array_equal(np.asarray(out), np.rint(expected * 255).astype(np.uint8))
+    assert out.mode in ("I;16", "I;16B", "I")
+    np.testing.assert_array_equal(np.asarray(out), values)
+    # 8-bit formats get round(x / 257), i.e. round(x / 65535 * 255).
+    jpeg = open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions(format="jpeg")).data)
+    assert jpeg.mode == "L" and jpeg.size == (4, 2)
 
 
 def test_big_endian_16bit_tiff():
@@ -487,28 +607,190 @@ def test_big_endian_16bit_tiff():
     data = save(Image.frombytes("I;16B", (3, 1), values.astype(">u2").tobytes()), "TIFF")
     decoded = decode_image(data)
     assert decoded.mode == "I;16B" and decoded.bit_depth == 16
-    np.testing.assert_array_equal(decoded.pixels[0, :, 0], values[0] / np.float32(65535))
+    np.testing.assert_array_equal(decoded.pixels[0, :, 0], values[0])
+    np.testing.assert_array_equal(decoded.to_float()[0, :, 0], values[0] / np.float32(65535))
 
 
 def test_int32_and_float_modes_are_clipped():
     ints = np.array([[-5, 0, 65535, 70000]], dtype=np.int32)
     decoded = decode_image(save(Image.fromarray(ints), "TIFF"))
     assert decoded.mode == "I" and decoded.bit_depth == 16
-    np.testing.assert_array_equal(decoded.pixels[0, :, 0], [0, 0, 1, 1])
+    np.testing.assert_array_equal(decoded.pixels[0, :, 0], [0, 0, 65535, 65535])
 
     floats = np.array([[-0.5, 0.25, 2.0, np.nan]], dtype=np.float32)
     decoded = decode_image(save(Image.fromarray(floats), "TIFF"))
     assert decoded.mode == "F" and decoded.bit_depth == 16
-    np.testing.assert_array_equal(decoded.pixels[0, :, 0], [0, 0.25, 1, 0])
+    # 0.25 * 65535 = 16383.75 -> 16384
+    np.testing.assert_array_equal(decoded.pixels[0, :, 0], [0, 16384, 65535, 0])
+
+
+# ------------------------------------------------------------------------------------------
+# 16-bit colour: decoded from its 16-bit values, written back at 16 bits
 
 
 def test_16bit_rgb_png():
     values = np.random.default_rng(2).integers(0, 65536, (5, 7, 3), dtype=np.uint16)
     decoded = decode_image(png16_rgb(values))
-    assert decoded.bit_depth == 16 and not decoded.grayscale
-    check_pixels(decoded, 5, 7)
-    # Pillow keeps the high byte of each 16-bit sample.
-    np.testing.assert_array_equal(decoded.pixels, as_u8_float((values >> 8).astype(np.uint8)))
+    assert decoded.bit_depth == 16 and not decoded.grayscale and decoded.mode == "RGB"
+    check_pixels(decoded, 5, 7, np.uint16)
+    np.testing.assert_array_equal(decoded.pixels, values)  # not just the high byte
+
+
+@pytest.mark.parametrize(
+    "make", [png16, tiff16, lambda a: tiff16(a, planar=True)], ids=["png", "tiff", "tiff-planar"]
+)
+def test_16bit_precision_survives_decode_and_encode(make):
+    values = gradient16()
+    assert len(np.unique(values)) == 4096 and values.max() < 16 * 257  # all below 8-bit level 16
+    decoded = decode_image(make(values))
+    check_pixels(decoded, *values.shape[:2], np.uint16)
+    np.testing.assert_array_equal(decoded.pixels, values)
+    encoded = encode_image(decoded.pixels, decoded, EncodeOptions())
+    assert encoded.format == decoded.format
+    again = decode_image(encoded.data)
+    assert again.bit_depth == 16
+    np.testing.assert_array_equal(again.pixels, values)
+    # The model's float output (here: the input itself) is rounded to the same 65536 levels.
+    from_float = decode_image(encode_image(decoded.to_float(), decoded, EncodeOptions()).data)
+    np.testing.assert_array_equal(from_float.pixels, values)
+
+
+def test_16bit_gray_plus_alpha_and_gray_tiff():
+    gray_alpha = gradient16(channels=2)
+    decoded = decode_image(png16(gray_alpha))
+    assert decoded.grayscale and decoded.bit_depth == 16
+    check_pixels(decoded, *gray_alpha.shape[:2], np.uint16)
+    for channel in range(3):
+        np.testing.assert_array_equal(decoded.pixels[:, :, channel], gray_alpha[:, :, 0])
+    np.testing.assert_array_equal(decoded.alpha, gray_alpha[:, :, 1])
+    out = encode_image(decoded.pixels, decoded, EncodeOptions())
+    again = decode_image(out.data)
+    assert again.grayscale and again.bit_depth == 16
+    np.testing.assert_array_equal(again.pixels, decoded.pixels)
+    np.testing.assert_array_equal(again.alpha, gray_alpha[:, :, 1])
+
+    gray = gray_alpha[:, :, 0]
+    tiff = decode_image(tiff16(gray))
+    assert tiff.grayscale and tiff.bit_depth == 16 and tiff.mode.startswith("I;16")
+    np.testing.assert_array_equal(tiff.pixels[:, :, 1], gray)
+    out = open_bytes(encode_image(tiff.pixels, tiff, EncodeOptions()).data)
+    assert out.format == "TIFF"
+    np.testing.assert_array_equal(np.asarray(out), gray)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16bit_alpha_stays_16_bit(fmt):
+    values = np.random.default_rng(7).integers(0, 65536, (6, 9, 4), dtype=np.uint16)
+    data = png16(values) if fmt == "PNG" else tiff16(values, extra_samples=2)
+    decoded = decode_image(data)
+    assert (decoded.format, decoded.bit_depth, decoded.grayscale) == (fmt, 16, False)
+    check_pixels(decoded, 6, 9, np.uint16)
+    np.testing.assert_array_equal(decoded.pixels, values[:, :, :3])
+    np.testing.assert_array_equal(decoded.alpha, values[:, :, 3])
+    again = decode_image(encode_image(decoded.pixels, decoded, EncodeOptions()).data)
+    np.testing.assert_array_equal(again.pixels, values[:, :, :3])
+    np.testing.assert_array_equal(again.alpha, values[:, :, 3])
+    # 8-bit formats with alpha get it rounded to 8 bits; JPEG has none.
+    webp = open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions(format="webp")).data)
+    assert webp.mode == "RGBA"
+    assert open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions(format="jpeg")).data).mode == "RGB"
+
+
+def test_16bit_premultiplied_tiff_alpha_is_unpremultiplied():
+    # Straight (40000, 20000, 0) at alpha 32768 (about half) is stored premultiplied.
+    alpha = 32768
+    straight = np.array([40000, 20000, 0])
+    stored = np.rint(straight * alpha / 65535).astype(np.uint16)
+    values = np.tile(np.append(stored, alpha).astype(np.uint16), (2, 3, 1))
+    decoded = decode_image(tiff16(values, extra_samples=1))
+    np.testing.assert_array_equal(decoded.alpha, alpha)
+    # Undoing the premultiplication loses at most one 16-bit level to the rounding above.
+    assert np.abs(decoded.pixels.astype(int) - straight).max() <= 1
+
+
+def test_16bit_png_to_8bit_formats_rounds_x_over_257():
+    # Each value is chosen so that round(x / 257) differs from the high byte (x >> 8).
+    levels = np.array([200, 1000, 20000, 60000, 65535], dtype=np.uint16)
+    expected = np.array([1, 4, 78, 233, 255], dtype=np.uint8)  # high bytes: 0, 3, 78, 234, 255
+    assert (expected != levels >> 8).sum() >= 3
+    colour = np.stack([levels, levels[::-1], levels], axis=1)[None].repeat(3, axis=0)  # 3x5x3
+    decoded = decode_image(png16(colour))
+    bmp = np.asarray(open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions(), fmt="BMP").data))
+    np.testing.assert_array_equal(bmp, np.stack([expected, expected[::-1], expected], axis=1)[None].repeat(3, axis=0))
+    # Every 16-bit level: round(x / 257) == round(x / 65535 * 255).
+    every = np.arange(65536, dtype=np.uint32).reshape(256, 256).astype(np.uint16)
+    source = decode_image(png16(every))
+    gray_bmp = np.asarray(open_bytes(encode_image(source.pixels, source, EncodeOptions(), fmt="BMP").data))
+    np.testing.assert_array_equal(gray_bmp, np.floor(every / 257 + 0.5).astype(np.uint8))
+
+    # JPEG: flat 16x16 patches (whole JPEG blocks); gray JPEG keeps flat blocks exactly.
+    patches = np.repeat(np.repeat(levels[None], 16, axis=0), 16, axis=1)  # 16 x 80
+    gray = decode_image(png16(patches))
+    jpeg = open_bytes(encode_image(gray.pixels, gray, EncodeOptions(format="jpeg")).data)
+    assert jpeg.mode == "L"
+    np.testing.assert_array_equal(np.asarray(jpeg)[8, 8::16], expected)
+    rgb = decode_image(png16(np.stack([patches] * 3, axis=2)[:, :, [0, 1, 2]]))
+    rgb_jpeg = np.asarray(open_bytes(encode_image(rgb.pixels, rgb, EncodeOptions(format="jpeg")).data))
+    assert np.abs(rgb_jpeg[8, 8::16].astype(int) - expected[:, None]).max() <= 1  # YCbCr rounding
+
+
+def test_uint8_pixels_for_a_16bit_source_are_scaled_by_257():
+    decoded = decode_image(png16(np.full((2, 3, 3), 1000, np.uint16)))
+    eight = np.array([[[0, 128, 255]] * 3] * 2, dtype=np.uint8)
+    out = imagecodecs_png_decode(encode_image(eight, decoded, EncodeOptions()).data)
+    np.testing.assert_array_equal(out, eight.astype(np.uint16) * 257)
+
+
+def imagecodecs_png_decode(data: bytes) -> np.ndarray:
+    import imagecodecs
+
+    return imagecodecs.png_decode(data)
+
+
+def test_16bit_metadata_and_orientation():
+    icc = srgb_icc()
+    exif = camera_exif(6, PIXEL_X=7, PIXEL_Y=4)
+    iccp = png_chunk(b"iCCP", b"sRGB\x00\x00" + zlib.compress(icc))
+    values = np.random.default_rng(3).integers(0, 65536, (4, 7, 3), dtype=np.uint16)
+    # eXIf after the image data: Pillow reads it only on load(), which the 16-bit path skips.
+    exif_chunk = png_chunk(b"eXIf", exif.tobytes()[6:])
+    for before, after in ((iccp + exif_chunk, b""), (iccp, exif_chunk)):
+        decoded = decode_image(png16(values, before=before, after=after))
+        assert decoded.icc_profile == icc and decoded.exif is not None
+        np.testing.assert_array_equal(decoded.pixels, np.rot90(values, -1))  # Orientation 6
+        encoded = encode_image(decoded.pixels, decoded, EncodeOptions())
+        out = open_bytes(encoded.data)
+        assert out.info.get("icc_profile") == icc
+        tags = out.getexif()
+        assert tags[ORIENTATION] == 1 and tags[MAKE] == "TestMaker"
+        assert (tags.get_ifd(EXIF_IFD)[PIXEL_X], tags.get_ifd(EXIF_IFD)[PIXEL_Y]) == (4, 7)
+        again = decode_image(encoded.data)
+        np.testing.assert_array_equal(again.pixels, np.rot90(values, -1))  # not rotated twice
+
+
+def test_16bit_tiff_orientation_and_icc():
+    icc = srgb_icc()
+    values = np.random.default_rng(4).integers(0, 65536, (4, 7, 3), dtype=np.uint16)
+    decoded = decode_image(tiff16(values, orientation=8, icc=icc))
+    assert decoded.bit_depth == 16 and decoded.icc_profile == icc
+    np.testing.assert_array_equal(decoded.pixels, np.rot90(values, 1))  # Orientation 8
+    encoded = encode_image(decoded.pixels, decoded, EncodeOptions())
+    out = open_bytes(encoded.data)
+    assert (out.format, out.size) == ("TIFF", (4, 7)) and out.info.get("icc_profile") == icc
+    assert out.getexif().get(ORIENTATION, 1) == 1  # upright pixels, no orientation written
+    np.testing.assert_array_equal(decode_image(encoded.data).pixels, np.rot90(values, 1))
+
+
+def test_corrupt_16bit_colour_is_corrupt():
+    for data in (png16(gradient16()), tiff16(gradient16())):
+        with pytest.raises(CorruptImageError, match="re-download"):
+            decode_image(data[: len(data) // 2])
+
+
+def test_16bit_colour_size_checked_before_decoding():
+    data = png16(gradient16(40, 50))
+    with pytest.raises(ImageTooLargeError, match="50x40"):
+        decode_image(data, max_pixels=40 * 50 - 1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -521,7 +803,7 @@ def test_animated_gif_first_frame():
     assert getattr(open_bytes(data), "n_frames", 1) == 3
     decoded = decode_image(data)
     assert decoded.format == "GIF"
-    np.testing.assert_array_equal(decoded.pixels[0, 0], as_u8_float(np.array([200, 0, 0])))
+    np.testing.assert_array_equal(decoded.pixels[0, 0], [200, 0, 0])
     assert output_format(decoded.format, "same") == "PNG"
 
 
@@ -533,7 +815,7 @@ def test_other_multi_frame_formats_first_frame(fmt):
     data = save(first, fmt, save_all=True, append_images=[second], **kwargs)
     decoded = decode_image(data)
     assert decoded.format == fmt
-    np.testing.assert_allclose(decoded.pixels[5, 6] * 255, [200, 10, 10], atol=3)
+    np.testing.assert_allclose(decoded.pixels[5, 6], [200, 10, 10], atol=3)
 
 
 # ------------------------------------------------------------------------------------------
@@ -808,17 +1090,105 @@ def test_encode_options_validation():
 
 
 def test_decoded_image_validation():
-    pixels = np.zeros((2, 2, 3), np.float32)
+    pixels = np.zeros((2, 2, 3), np.uint8)
     ok = DecodedImage(pixels, None, "PNG", "RGB", False, 8)
     assert (ok.width, ok.height) == (2, 2)
+    deep = DecodedImage(np.zeros((2, 2, 3), np.uint16), np.zeros((2, 2), np.uint16), "PNG", "RGBA", False, 16)
+    assert deep.bit_depth == 16
     with pytest.raises(ValueError):
-        DecodedImage(np.zeros((2, 2), np.float32), None, "PNG", "L", True, 8)
+        DecodedImage(np.zeros((2, 2), np.uint8), None, "PNG", "L", True, 8)
+    for dtype in (np.float32, np.float64, np.int16, np.uint32):  # native integer depths only
+        with pytest.raises(ValueError, match="uint8 or uint16"):
+            DecodedImage(np.zeros((2, 2, 3), dtype), None, "PNG", "RGB", False, 8)
+    with pytest.raises(ValueError, match="shape"):
+        DecodedImage(pixels, np.zeros((3, 2), np.uint8), "PNG", "RGBA", False, 8)
+    with pytest.raises(ValueError, match="dtype"):
+        DecodedImage(pixels, np.zeros((2, 2), np.uint16), "PNG", "RGBA", False, 8)
+    with pytest.raises(ValueError, match="bit_depth"):
+        DecodedImage(pixels, None, "PNG", "RGB", False, 16)  # must match the dtype
+    with pytest.raises(ValueError, match="bit_depth"):
+        DecodedImage(np.zeros((2, 2, 3), np.uint16), None, "PNG", "RGB", False, 8)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        DecodedImage(np.zeros((2, 4, 3), np.uint8)[:, ::2], None, "PNG", "RGB", False, 8)
+
+
+def test_encode_rejects_other_dtypes():
+    decoded = decode_image(save(Image.fromarray(rgb_array(4, 6)), "PNG"))
+    for dtype in (np.int32, np.uint32, bool):
+        with pytest.raises(ValueError, match="uint8, uint16 or float"):
+            encode_image(np.zeros((4, 6, 3), dtype), decoded, EncodeOptions())
+
+
+# ------------------------------------------------------------------------------------------
+# float conversion
+
+
+def test_to_float_is_exactly_uint8_over_255():
+    levels = np.arange(256, dtype=np.uint8)
+    array = np.stack([levels, levels[::-1], levels], axis=1)[None].repeat(2, axis=0)  # 2x256x3
+    decoded = decode_image(save(Image.fromarray(array), "PNG"))
+    as_float = decoded.to_float()
+    assert as_float.dtype == np.float32 and as_float.flags.c_contiguous
+    # Bit for bit what the model was trained with: float32(uint8) / float32(255).
+    np.testing.assert_array_equal(as_float, array.astype(np.float32) / np.float32(255))
+    assert as_float[0, 0, 0] == 0.0 and as_float[0, 255, 0] == 1.0
+    assert as_float[0, 51, 0] == np.float32(0.2)  # 51 / 255 is exactly 0.2 rounded to float32
+    # A new array each call: the model may write into it without touching the decoded pixels.
+    assert not np.shares_memory(as_float, decoded.pixels)
+    assert not np.shares_memory(decoded.to_float(), as_float)
+
+
+def test_to_unit_float():
+    every = np.arange(65536, dtype=np.uint16)
+    np.testing.assert_array_equal(to_unit_float(every), every.astype(np.float32) / np.float32(65535))
+    assert to_unit_float(every)[-1] == 1.0 and to_unit_float(every)[32768] == np.float32(32768 / 65535)
+    floats = np.array([0.25, 1.5, -1.0], np.float32)
+    assert to_unit_float(floats) is floats  # float32 is passed through untouched
+    np.testing.assert_array_equal(to_unit_float(floats.astype(np.float64)), floats)
+    for bad in (np.zeros(3, np.int32), np.zeros(3, bool), np.zeros(3, np.uint32)):
+        with pytest.raises(ValueError):
+            to_unit_float(bad)
+
+
+def test_to_uint8():
+    eight = np.arange(256, dtype=np.uint8)
+    assert to_uint8(eight) is eight
+    sixteen = np.array([0, 128, 129, 385, 386, 65535], np.uint16)  # 128/257 < 0.5 < 129/257
+    np.testing.assert_array_equal(to_uint8(sixteen), [0, 0, 1, 1, 2, 255])
+    floats = np.array([-1.0, np.nan, 0.5, 1 / 255, 2.0], np.float32)
+    np.testing.assert_array_equal(to_uint8(floats), [0, 0, 128, 1, 255])  # 127.5 rounds to even
     with pytest.raises(ValueError):
-        DecodedImage(np.zeros((2, 2, 3), np.float64), None, "PNG", "RGB", False, 8)
-    with pytest.raises(ValueError):
-        DecodedImage(pixels, np.zeros((3, 2), np.float32), "PNG", "RGBA", False, 8)
-    with pytest.raises(ValueError):
-        DecodedImage(pixels, None, "PNG", "RGB", False, 12)
+        to_uint8(np.zeros(2, np.int64))
+
+
+# ------------------------------------------------------------------------------------------
+# EXIF pixel dimensions
+
+
+@pytest.mark.parametrize("requested", ["jpeg", "png", "webp"])
+def test_exif_dimensions_match_the_written_image_after_rotation(requested):
+    exif = camera_exif(6, PIXEL_X=40, PIXEL_Y=20)  # stored 40 wide x 20 high, shown 20 x 40
+    exif[IMAGE_WIDTH], exif[IMAGE_LENGTH] = 40, 20
+    data = save(Image.fromarray(smooth_rgb(20, 40)), "JPEG", exif=exif, quality=95)
+    source_tags = open_bytes(data).getexif()
+    assert source_tags.get_ifd(EXIF_IFD)[PIXEL_X] == 40 and source_tags[IMAGE_WIDTH] == 40
+    decoded = decode_image(data)
+    assert (decoded.width, decoded.height) == (20, 40)
+    out = open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions(format=requested)).data)
+    assert out.size == (20, 40)
+    tags = out.getexif()
+    assert tags[ORIENTATION] == 1
+    assert (tags[IMAGE_WIDTH], tags[IMAGE_LENGTH]) == (20, 40)
+    assert (tags.get_ifd(EXIF_IFD)[PIXEL_X], tags.get_ifd(EXIF_IFD)[PIXEL_Y]) == (20, 40)
+    assert tags.get_ifd(EXIF_IFD)[EXPOSURE_TIME] is not None  # the rest of the Exif IFD kept
+
+
+def test_exif_dimension_tags_not_invented():
+    data = save(Image.fromarray(smooth_rgb(20, 40)), "JPEG", exif=camera_exif(8))
+    decoded = decode_image(data)
+    tags = open_bytes(encode_image(decoded.pixels, decoded, EncodeOptions()).data).getexif()
+    assert tags[ORIENTATION] == 1
+    assert IMAGE_WIDTH not in tags and PIXEL_X not in tags.get_ifd(EXIF_IFD)
 
 
 # ------------------------------------------------------------------------------------------
@@ -842,3 +1212,18 @@ def test_mean_luminance_rec709_weights():
     assert isinstance(mean_luminance(array), float)
     with pytest.raises(ValueError):
         mean_luminance(np.zeros((4, 4)))
+    with pytest.raises(ValueError):
+        mean_luminance(np.zeros((4, 4, 3), np.int32))
+
+
+@pytest.mark.parametrize(("dtype", "level"), [(np.uint8, 255), (np.uint16, 65535)])
+def test_mean_luminance_normalises_integers(dtype, level):
+    assert mean_luminance(np.full((3, 5, 3), level, dtype)) == pytest.approx(1.0, abs=1e-12)
+    assert mean_luminance(np.zeros((3, 5, 3), dtype)) == 0.0
+    array = np.random.default_rng(1).integers(0, level + 1, (6, 7, 3)).astype(dtype)
+    expected = mean_luminance(array.astype(np.float64) / level)
+    assert mean_luminance(array) == pytest.approx(expected, rel=1e-12)
+    # Green alone at full scale is its weight.
+    green = np.zeros((2, 2, 3), dtype)
+    green[:, :, 1] = level
+    assert mean_luminance(green) == pytest.approx(0.7152)

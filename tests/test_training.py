@@ -202,3 +202,26 @@ def test_validation_split_is_stable():
         "a data set copied from a bucket to a disk keeps its split"
     assert split_files(files[:3], 0.05, seed=0)[1], "at least one validation image"
     assert split_files(files, 0.0, seed=0) == (files, [])
+
+
+def test_loss_curves_are_optional(tmp_path, monkeypatch, capsys):
+    """matplotlib is the `plot` extra: without it the run skips the PNG and says why."""
+    import sys
+
+    import pyarrow.fs as pafs
+
+    from dce_batch.errors import MissingDependencyError
+    from dce_batch.training import LOSS_TERMS, _write_loss_curves, plot_history
+
+    history = [{"epoch": e, "train_loss": 1.0 / e, **{f"train_{t}": 0.5 / e for t in LOSS_TERMS}} for e in (1, 2)]
+    fs = pafs.LocalFileSystem()
+    assert _write_loss_curves(fs, str(tmp_path), history, "with")
+    assert (tmp_path / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    (tmp_path / "loss_curves.png").unlink()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    with pytest.raises(MissingDependencyError, match=r"dce-batch\[plot\]"):
+        plot_history(history)
+    assert not _write_loss_curves(fs, str(tmp_path), history, "without")
+    assert not (tmp_path / "loss_curves.png").exists()
+    assert "loss_curves.png skipped" in capsys.readouterr().out

@@ -103,7 +103,7 @@ def main() -> int:
     for set_name in SETS:
         files = sorted(p for p in (shared / "data" / "lowlight_real" / set_name).iterdir() if p.is_file())
         for index, path in enumerate(files):
-            pixels = shrink(decode_image(path.read_bytes()).pixels, args.longest)
+            pixels = shrink(decode_image(path.read_bytes()).to_float(), args.longest)
             outputs = {}
             for name, enhancer in enhancers.items():
                 out = enhancer.enhance(pixels).pixels
