@@ -39,6 +39,7 @@ from .storage import MANIFEST_DIR, write_bytes_atomic
 
 __all__ = [
     "MANIFEST_DIR",
+    "COMPACT_SCHEMA",
     "MANIFEST_SCHEMA",
     "PENDING_DIR",
     "ManifestRow",
@@ -180,26 +181,41 @@ def _parquet_files(fs: pafs.FileSystem, folder: str, *, recursive: bool) -> list
     return sorted(files)
 
 
-def _read_files(fs: pafs.FileSystem, files: list[str], columns: list[str] | None) -> pa.Table:
-    schema = MANIFEST_SCHEMA if columns is None else pa.schema([MANIFEST_SCHEMA.field(c) for c in columns])
+# Columns with few distinct values (run ids, model hashes, settings JSON): read dictionary-encoded
+# by the driver, a million rows take a third of the memory (benchmarks/bench_planning.py).
+_REPETITIVE = frozenset({"run_id", "status", "error", "input_format", "output_format", "model_name", "model_sha256",
+                         "variant", "precision", "worker", "settings", "settings_sha256", "made_by_run_id"})
+COMPACT_SCHEMA = pa.schema([
+    pa.field(f.name, pa.dictionary(pa.int32(), pa.string()), f.nullable) if f.name in _REPETITIVE else f
+    for f in MANIFEST_SCHEMA
+])
+
+
+def _read_files(fs: pafs.FileSystem, files: list[str], columns: list[str] | None, compact: bool = False) -> pa.Table:
+    full = COMPACT_SCHEMA if compact else MANIFEST_SCHEMA
+    schema = full if columns is None else pa.schema([full.field(c) for c in columns])
     if not files:
         return schema.empty_table()
     try:
         # An explicit schema: files written before a column existed read it as null.
-        dataset = pads.dataset(files, schema=MANIFEST_SCHEMA, format="parquet", filesystem=fs)
+        file_format = pads.ParquetFileFormat(read_options=pads.ParquetReadOptions(
+            dictionary_columns=sorted(_REPETITIVE))) if compact else "parquet"
+        dataset = pads.dataset(files, schema=full, format=file_format, filesystem=fs)
         return dataset.to_table(columns=columns)
     except (OSError, pa.ArrowInvalid) as exc:
         raise StorageError(f"cannot read the manifest ({len(files)} files, e.g. {files[0]}): {exc}; "
                            "fix or move the damaged file, or start over with --overwrite") from exc
 
 
-def read_manifest(fs: pafs.FileSystem, manifest_path: str, columns: list[str] | None = None) -> pa.Table:
+def read_manifest(fs: pafs.FileSystem, manifest_path: str, columns: list[str] | None = None, *,
+                  compact: bool = False) -> pa.Table:
     """All part files under ``manifest_path`` as one table (empty, with the schema, if none).
 
     A missing folder is an empty manifest; a folder or file that cannot be listed or read raises
-    StorageError (never "no manifest": that would make a resume redo everything).
+    StorageError (never "no manifest": that would make a resume redo everything). ``compact``
+    reads the repetitive string columns dictionary-encoded (:data:`COMPACT_SCHEMA`).
     """
-    return _read_files(fs, _parquet_files(fs, manifest_path, recursive=False), columns)
+    return _read_files(fs, _parquet_files(fs, manifest_path, recursive=False), columns, compact)
 
 
 def read_pending(fs: pafs.FileSystem, manifest_path: str) -> dict[str, pa.Table]:
@@ -273,12 +289,11 @@ def _latest_per(table: pa.Table, key: str) -> pa.Table:
 
 
 def latest_ok_rows(manifest: pa.Table) -> pa.Table:
-    """The latest ``ok`` row of each (input_uri, output_uri): what made each existing output."""
-    ok = manifest.filter(pc.equal(manifest["status"], STATUS_OK))
-    if ok.num_rows == 0:
-        return ok
-    pair = pc.binary_join_element_wise(ok["input_uri"], ok["output_uri"].fill_null(""), "\x00")
-    return _latest_per(ok.append_column("_pair", pair), "_pair").drop_columns(["_pair"])
+    """The latest ``ok`` row of each output: what made the file now at ``output_uri``."""
+    ok = manifest.filter(pc.equal(manifest["status"].cast(pa.string()), STATUS_OK))
+    if ok.num_rows == 0 or pc.count_distinct(ok["output_uri"]).as_py() == ok.num_rows:
+        return ok  # the usual case: each output made once (a hash count, not a sort)
+    return _latest_per(ok, "output_uri")
 
 
 @dataclass
@@ -311,21 +326,22 @@ class RunSummary:
 
     def add(self, table: pa.Table) -> None:
         """Fold a batch of manifest rows into the counts."""
-        statuses = table["status"].to_pylist()
+        statuses = table["status"].cast(pa.string()).to_pylist()
         self.total += len(statuses)
         self.ok += statuses.count(STATUS_OK)
         self.error += statuses.count(STATUS_ERROR)
         self.skipped += statuses.count(STATUS_SKIPPED)
         # Bytes of the inputs this run read (skipped rows repeat an earlier run's numbers).
-        processed = table.filter(pc.not_equal(table["status"], STATUS_SKIPPED))
+        status = table["status"].cast(pa.string())
+        processed = table.filter(pc.not_equal(status, STATUS_SKIPPED))
         self.bytes_in += int(pc.sum(processed["bytes_in"]).as_py() or 0)
         self.bytes_out += int(pc.sum(processed["bytes_out"]).as_py() or 0)
-        ok = table.filter(pc.equal(table["status"], STATUS_OK))
+        ok = table.filter(pc.equal(status, STATUS_OK))
         pixels = pc.sum(pc.multiply(ok["width"].cast(pa.int64()), ok["height"].cast(pa.int64()))).as_py()
         self.megapixels += (pixels or 0) / 1e6
         if STATUS_ERROR in statuses:
-            errors = table.filter(pc.equal(table["status"], STATUS_ERROR))
-            for uri, message in zip(errors["input_uri"].to_pylist(), errors["error"].to_pylist()):
+            errors = table.filter(pc.equal(table["status"].cast(pa.string()), STATUS_ERROR))
+            for uri, message in zip(errors["input_uri"].to_pylist(), errors["error"].cast(pa.string()).to_pylist()):
                 kind = (message or "Error").split(":", 1)[0]
                 self.errors_by_type[kind] = self.errors_by_type.get(kind, 0) + 1
                 if len(self.first_errors) < 20:

@@ -481,8 +481,8 @@ def _prepare(config: EnhanceConfig, output: Location, weights: ResolvedWeights) 
         delete_tree_contents(fs, manifest_path)
     else:
         recovered = recover_pending(fs, manifest_path, skip_run=config.run_id)
-        done = read_manifest(fs, manifest_path)
-        if pc.any(pc.equal(done["status"], "ok")).as_py():
+        done = read_manifest(fs, manifest_path, compact=True)
+        if pc.any(pc.equal(done["status"].cast(pa.string()), "ok")).as_py():
             existing = existing_output_uris(output)
     meta = weights.meta
 
@@ -697,19 +697,22 @@ class _ManifestWriter:
     def add(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
-        table = conform(table)
-        self.summary.add(table)
-        self.buffer.append(table)
-        self.buffered += table.num_rows
-        # By size, and now and then so that a reader of a long run sees progress (the actors'
-        # journal already keeps every row safe if the driver dies).
-        if self.buffered >= self.part_rows or time.monotonic() - self.last_flush > self.flush_s:
-            self.flush()
+        # Large tables (a million skipped rows) go in slices: each is made a plain table only as
+        # it is written, so memory holds the compact form plus one part.
+        for start in range(0, table.num_rows, self.part_rows):
+            piece = table.slice(start, self.part_rows)
+            self.summary.add(piece)
+            self.buffer.append(piece)
+            self.buffered += piece.num_rows
+            # By size, and now and then so that a reader of a long run sees progress (the
+            # actors' journal already keeps every row safe if the driver dies).
+            if self.buffered >= self.part_rows or time.monotonic() - self.last_flush > self.flush_s:
+                self.flush()
 
     def flush(self) -> None:
         if not self.buffer:
             return
-        table = pa.concat_tables(self.buffer)
+        table = pa.concat_tables([conform(piece) for piece in self.buffer])
         write_manifest_part(self.output.filesystem, self.manifest_path, self.run_id, self.parts, table)
         self.parts += 1
         self.buffer, self.buffered, self.last_flush = [], 0, time.monotonic()

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -148,6 +150,12 @@ def _per_extension(relpaths: pa.Array, requested_format: str) -> tuple[pa.Array,
     return fmt_column, out_rel
 
 
+def _keep(values, mask):
+    """``values`` filtered by ``mask``, without a copy when every row is kept (the usual case)."""
+    return values if pc.all(mask).as_py() else pc.filter(values, mask) if not isinstance(values, pa.Table) \
+        else values.filter(mask)
+
+
 def _join_path(base: str, rel: pa.Array) -> pa.Array:
     prefix = base if base in ("", "/") else base.rstrip("/") + "/"
     return pc.binary_join_element_wise(pa.scalar(prefix), rel, "")
@@ -190,25 +198,30 @@ def plan_run(*, listing: pa.Table, input_fs: pafs.FileSystem, output: Location, 
     refused_mask = pc.or_(unsafe, reserved)
 
     output_path = _join_path(output.path, out_rel)
-    output_uri = _join_path(output.uri, out_rel)
+    # Local paths are their own URIs: one array serves as both.
+    output_uri = output_path if output.uri == output.path else _join_path(output.uri, out_rel)
 
     # Two inputs may not share an output (a.png and a.jpg with --format jpeg): the first claims it.
     candidates = pc.indices_nonzero(pc.invert(refused_mask))
-    order = pc.take(candidates, pc.sort_indices(
-        pa.table({"o": pc.take(out_rel, candidates), "i": candidates}),
-        sort_keys=[("o", "ascending"), ("i", "ascending")]))
-    sorted_rel = pc.take(out_rel, order)
     claimer: dict[int, int] = {}  # colliding row -> the row that claimed the output first
-    if len(sorted_rel) > 1:
+    if pc.count_distinct(_keep(out_rel, pc.invert(refused_mask))).as_py() < len(candidates):  # rare: sort only then
+        order = pc.take(candidates, pc.sort_indices(
+            pa.table({"o": pc.take(out_rel, candidates), "i": candidates}),
+            sort_keys=[("o", "ascending"), ("i", "ascending")]))
+        sorted_rel = pc.take(out_rel, order)
         same = pc.equal(sorted_rel.slice(1), sorted_rel.slice(0, len(sorted_rel) - 1))
         for pos in pc.indices_nonzero(same).to_pylist():
             row, previous = order[pos + 1].as_py(), order[pos].as_py()
             claimer[row] = claimer.get(previous, previous)
-    collided = pc.is_in(pa.array(range(len(out_rel)), pa.int64()), value_set=pa.array(sorted(claimer), pa.int64()))
-    refused_mask = pc.or_(refused_mask, collided)
+    if claimer:
+        collided = np.zeros(len(out_rel), dtype=bool)
+        collided[list(claimer)] = True
+        refused_mask = pc.or_(refused_mask, pa.array(collided))
 
-    # An output must never replace an input (OUTPUT == INPUT with a list file, say).
-    if type(input_fs) is type(output.filesystem):
+    # An output must never replace an input (OUTPUT == INPUT with a list file, say); only inputs
+    # inside OUTPUT could be hit, so the full lookup runs only when there are some.
+    inside = pc.starts_with(listing["path"], output.path.rstrip("/") + "/")
+    if type(input_fs) is type(output.filesystem) and pc.any(inside).as_py():
         clash = pc.and_(pc.invert(refused_mask), pc.is_in(output_path, value_set=listing["path"].combine_chunks()))
         if pc.any(clash).as_py():
             row = pc.indices_nonzero(clash)[0].as_py()
@@ -237,18 +250,23 @@ def plan_run(*, listing: pa.Table, input_fs: pafs.FileSystem, output: Location, 
     refused_table = _row_errors(refused, errors, {"run_id": run_id, **row_constants})
 
     keep = pc.invert(refused_mask)
-    formats = pc.filter(fmt, keep)
+    formats = _keep(fmt, keep)
     settings_by_format = {f: settings_digest(settings_for(f)) for f in pc.unique(formats).to_pylist()}
     distinct = pa.array(list(settings_by_format), pa.string())
-    index = pc.index_in(formats, value_set=distinct)
+    # One settings JSON per output format, referenced by every row (dictionary-encoded).
+    index = pc.index_in(formats, value_set=distinct).cast(pa.int32())
+    input_uri = _keep(listing["uri"], keep)
+    # Local inputs: the path is the URI, so one array serves as both.
+    input_path = input_uri if listing["uri"].equals(listing["path"]) else _keep(listing["path"], keep)
+    kept_output_path = _keep(output_path, keep)
     todo = pa.table({
-        "input_uri": pc.filter(listing["uri"], keep),
-        "input_path": pc.filter(listing["path"], keep),
-        "output_uri": pc.filter(output_uri, keep),
-        "output_path": pc.filter(output_path, keep),
+        "input_uri": input_uri,
+        "input_path": input_path,
+        "output_uri": kept_output_path if output_uri is output_path else _keep(output_uri, keep),
+        "output_path": kept_output_path,
         "output_format": formats,
-        "settings": pc.take(pa.array([v[0] for v in settings_by_format.values()], pa.string()), index),
-        "settings_sha256": pc.take(pa.array([v[1] for v in settings_by_format.values()], pa.string()), index),
+        "settings": pa.DictionaryArray.from_arrays(index, pa.array([v[0] for v in settings_by_format.values()])),
+        "settings_sha256": pa.DictionaryArray.from_arrays(index, pa.array([v[1] for v in settings_by_format.values()])),
     })
 
     skipped = MANIFEST_SCHEMA.empty_table()
@@ -258,58 +276,104 @@ def plan_run(*, listing: pa.Table, input_fs: pafs.FileSystem, output: Location, 
 
 
 def _resume(todo: pa.Table, manifest: pa.Table, existing_outputs: pa.Array | None, run_id: str) -> tuple[pa.Table, pa.Table]:
-    """Split ``todo`` into what remains and skipped rows copied from the runs that made the outputs."""
-    made = latest_ok_rows(manifest)
-    if existing_outputs is not None and made.num_rows:
-        made = made.filter(pc.is_in(made["output_uri"], value_set=existing_outputs))
-    if made.num_rows == 0:
+    """Split ``todo`` into what remains and skipped rows copied from the runs that made the outputs.
+
+    A hash lookup of each planned output among the outputs the manifest says were made (``index_in``,
+    linear in the manifest's size), then the same input and the same settings are required. Only
+    row numbers and key columns are handled until the end, so a million-row manifest is copied once.
+    """
+    rows = pc.indices_nonzero(pc.equal(manifest["status"].cast(pa.string()), "ok"))
+    keys = manifest.select(["output_uri", "input_uri", "settings_sha256", "finished_at"]).take(rows)
+    keys = keys.append_column("_row", rows)
+    if keys.num_rows and pc.count_distinct(keys["output_uri"]).as_py() < keys.num_rows:
+        keys = latest_ok_rows(keys.append_column("status", pa.array(["ok"] * keys.num_rows)))
+    if existing_outputs is not None and keys.num_rows:
+        keys = _keep(keys, pc.is_in(keys["output_uri"], value_set=existing_outputs))
+    if keys.num_rows == 0:
         return todo, MANIFEST_SCHEMA.empty_table()
-    keys = todo.select(["input_uri", "output_uri", "settings", "settings_sha256"]).rename_columns(
-        ["input_uri", "output_uri", "want_settings", "want_sha256"])
-    matched = made.join(keys, keys=["input_uri", "output_uri"], join_type="inner")
-    if matched.num_rows == 0:
+    position = pc.index_in(todo["output_uri"], value_set=keys["output_uri"].combine_chunks())
+    found = pc.is_valid(position)
+    at = pc.fill_null(position, 0)
+    # The same output from another input (a.png, then a.jpg with --format png) is not this input's.
+    same_input = pc.equal(pc.take(keys["input_uri"], at), todo["input_uri"])
+    matched = pc.and_(found, pc.fill_null(same_input, False))
+    if not pc.any(matched).as_py():
         return todo, MANIFEST_SCHEMA.empty_table()
-    differs = pc.fill_null(pc.not_equal(matched["settings_sha256"], matched["want_sha256"]), True)
+    position = _keep(position, matched)
+    wanted = todo.select(["settings", "settings_sha256"])
+    wanted = _keep(wanted, matched)
+    differs = pc.fill_null(pc.not_equal(pc.take(keys["settings_sha256"], position).cast(pa.string()),
+                                        wanted["settings_sha256"].cast(pa.string())), True)
+    earlier_rows = pc.take(keys["_row"], position)
     if pc.any(differs).as_py():
-        conflicts = matched.filter(differs)
-        examples = {}
-        for old, new in zip(conflicts["settings"].to_pylist(), conflicts["want_settings"].to_pylist()):
+        conflicts = pc.indices_nonzero(differs)
+        examples: dict[tuple, str] = {}
+        for row in conflicts.to_pylist():
+            old = manifest["settings"][earlier_rows[row].as_py()].as_py()
+            new = wanted["settings"][row].as_py()
             examples.setdefault((old, new), describe_settings_change(old, new))
             if len(examples) >= 3:
                 break
         raise ConfigError(
-            f"{conflicts.num_rows} of the outputs already in OUTPUT were made with other settings "
+            f"{len(conflicts)} of the outputs already in OUTPUT were made with other settings "
             f"({'; '.join(examples.values())}). Resuming would mix them with new ones and the manifest "
             "would describe outputs that were never made. Choose a new OUTPUT, run again with the "
             "earlier settings, or pass --overwrite to redo everything"
         )
-    now = datetime.now(timezone.utc)
-    n = matched.num_rows
-    made_by = pc.coalesce(matched["made_by_run_id"], matched["run_id"])
-    skipped = matched.drop_columns(["want_settings", "want_sha256"])
+    earlier = manifest.take(earlier_rows)
+    n = earlier.num_rows
     replacements = {
         "run_id": pa.array([run_id] * n, pa.string()),
         "status": pa.array([STATUS_SKIPPED] * n, pa.string()),
-        "made_by_run_id": made_by,
-        "finished_at": pa.array([now] * n, MANIFEST_SCHEMA.field("finished_at").type),
+        "made_by_run_id": pc.coalesce(earlier["made_by_run_id"], earlier["run_id"]),
+        "finished_at": pa.array([datetime.now(timezone.utc)] * n, MANIFEST_SCHEMA.field("finished_at").type),
         "duration_ms": pa.nulls(n, pa.float32()),
         "worker": pa.nulls(n, pa.string()),
     }
+    skipped = earlier
     for name, column in replacements.items():
-        skipped = skipped.set_column(skipped.schema.get_field_index(name), name, column)
-    remaining = todo.filter(pc.invert(pc.is_in(todo["input_uri"], value_set=skipped["input_uri"].combine_chunks())))
-    return remaining, conform(skipped)
+        index = skipped.schema.get_field_index(name)
+        skipped = skipped.set_column(index, pa.field(name, column.type), column)
+    return todo.filter(pc.invert(matched)), skipped
 
 
 def existing_output_uris(output: Location) -> pa.Array:
     """URIs of every file under OUTPUT (one listing instead of a request per output)."""
-    selector = pafs.FileSelector(output.path, allow_not_found=True, recursive=True)
-    try:
-        infos = output.filesystem.get_file_info(selector)
-    except OSError as exc:
-        raise StorageError(f"cannot list {output.uri} to check which outputs exist: {exc}") from exc
     base = output.path.rstrip("/")
-    paths = pa.array([info.path for info in infos if info.type == pafs.FileType.File], pa.string())
-    del infos
+    if isinstance(output.filesystem, pafs.LocalFileSystem):
+        paths = _walk_local(base)
+    else:
+        selector = pafs.FileSelector(output.path, allow_not_found=True, recursive=True)
+        try:
+            infos = output.filesystem.get_file_info(selector)
+        except OSError as exc:
+            raise StorageError(f"cannot list {output.uri} to check which outputs exist: {exc}") from exc
+        paths = pa.array([info.path for info in infos if info.type == pafs.FileType.File], pa.string())
+        del infos
     relative = pc.utf8_slice_codeunits(paths, start=len(base))
     return pc.binary_join_element_wise(pa.scalar(output.uri.rstrip("/")), relative, "")
+
+
+def _walk_local(base: str) -> pa.Array:
+    """Every file under ``base`` as Arrow strings, folder by folder (no object per file kept)."""
+    chunks: list[pa.Array] = []
+    pending = [base]
+    try:
+        while pending:
+            folder = pending.pop()
+            names = []
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    else:
+                        names.append(entry.path)
+            if names:
+                chunks.append(pa.array(names, pa.string()))
+    except FileNotFoundError:
+        if not chunks and not os.path.exists(base):
+            return pa.array([], pa.string())
+        raise
+    except OSError as exc:
+        raise StorageError(f"cannot list {base} to check which outputs exist: {exc}") from exc
+    return pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())

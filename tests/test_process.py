@@ -76,3 +76,20 @@ def test_an_output_that_cannot_be_written_stops_the_run(processor, tmp_path):
     (tmp_path / "out").write_text("OUTPUT is a file, not a folder")
     with pytest.raises(OutputWriteError, match="run stops"):
         processor.process_batch([_item(tmp_path / "a.png", tmp_path / "out" / "a.png")])
+
+
+def test_a_16_bit_png_is_enhanced_from_its_16_bit_values_and_stays_16_bit(processor, tmp_path):
+    """Shadows quantised to 8 bits would be stretched into bands; 16-bit values are kept throughout."""
+    import imagecodecs
+
+    ramp = np.linspace(0, 3000, 200 * 300, dtype=np.float64).reshape(200, 300)  # dark: 0..4.6 % of full scale
+    source = np.ascontiguousarray(np.stack([ramp, ramp * 0.9, ramp * 0.8], axis=2).astype(np.uint16))
+    (tmp_path / "deep.png").write_bytes(imagecodecs.png_encode(source))
+    row = processor.process_batch([_item(tmp_path / "deep.png", tmp_path / "out" / "deep.png")])[0]
+    assert row.status == "ok" and row.bit_depth == 16, row.error
+    written = decode_image((tmp_path / "out" / "deep.png").read_bytes())
+    assert written.pixels.dtype == np.uint16 and written.bit_depth == 16
+    expected = processor.enhancer.enhance(source).pixels
+    assert np.array_equal(written.pixels, expected)
+    # far more distinct levels than 8 bits could hold in this dark range
+    assert len(np.unique(written.pixels[..., 0])) > 1000
