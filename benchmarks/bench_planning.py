@@ -2,7 +2,7 @@
 
 What the driver does before any image is touched: list the inputs (here a 1,000,000-line list
 file), fold dead runs' journals in, read the manifest, list OUTPUT to see which outputs exist,
-and plan every input's output name, refusals and resume set (``dce_batch.pipeline._prepare``,
+and plan every input's output name, refusals and resume set (``dce_batch.pipeline.plan_inputs``,
 the same call the job makes). Each scenario runs in a fresh child process; it prints the wall
 time and the child's peak resident memory (``VmHWM``: the high-water mark of the whole
 process, Python, torch, ray and pyarrow included, reset just before planning). Target: under 2 minutes and 2 GiB.
@@ -120,7 +120,7 @@ def run_scenario(n: int, scenario: str) -> dict:
     _reset_peak()  # a child's peak starts at its parent's (Linux copies it on fork): start from now
     baseline = _status_mib("VmRSS")
     started = time.perf_counter()
-    prepared = pipeline._prepare(config, Location.parse(config.output), weights)
+    prepared = pipeline.plan_inputs(config, Location.parse(config.output), weights)
     seconds = time.perf_counter() - started
     plan = prepared.plan
     return {"scenario": scenario, "todo": plan.todo.num_rows, "skipped": plan.skipped.num_rows,

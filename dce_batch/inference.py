@@ -37,6 +37,7 @@ import torch
 
 from .errors import ConfigError
 from .model import RECEPTIVE_FIELD_RADIUS, DCENet, DCENetFast, apply_curves
+from .settings import check_inference_settings
 from .weights import LoadedWeights
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "cpu_has_native_bf16",
     "resolve_device",
     "resolve_precision",
+    "balanced_grid",
     "window_grid",
 ]
 
@@ -90,18 +92,9 @@ class InferenceConfig:
     batch_pixels: int | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.strength <= 1.0:
-            raise ConfigError(f"strength must be in [0, 1] (0 = unchanged, 1 = full model), got {self.strength}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
-        if self.scale < 1:
-            raise ConfigError(f"scale must be >= 1, got {self.scale}")
-        if self.tile_size is not None and self.tile_size < 16:
-            raise ConfigError(f"tile_size must be at least 16 pixels, got {self.tile_size}")
-        if self.max_full_frame_pixels is not None and self.max_full_frame_pixels < 1:
-            raise ConfigError("max_full_frame_pixels must be positive")
-        if self.batch_pixels is not None and self.batch_pixels < 1:
-            raise ConfigError("batch_pixels must be positive")
+        check_inference_settings(strength=self.strength, precision=self.precision, scale=self.scale,
+                                 tile_size=self.tile_size, max_full_frame_pixels=self.max_full_frame_pixels,
+                                 batch_pixels=self.batch_pixels)
 
     def for_device(self, device: torch.device) -> "InferenceConfig":
         """These settings with the per-device defaults filled in (precision resolved too)."""
@@ -223,12 +216,36 @@ def _axis_windows(length: int, window: int, halo: int) -> list[tuple[int, int, i
 
 
 def window_grid(height: int, width: int, tile: int, halo: int) -> list[Window]:
-    """Windows of side ``tile + 2 * halo`` (clipped to the image) covering an image."""
+    """Windows of side ``tile + 2 * halo`` (clipped to the image) covering an image.
+
+    All of one size, so that windows of different images can be stacked into one batch (GPUs).
+    """
     side = tile + 2 * halo
     return [
         Window(top, left, min(side, height), min(side, width), core_top, core_bottom, core_left, core_right)
         for top, core_top, core_bottom in _axis_windows(height, side, halo)
         for left, core_left, core_right in _axis_windows(width, side, halo)
+    ]
+
+
+def _axis_split(length: int, tile: int, halo: int) -> list[tuple[int, int, int, int]]:
+    """``(start, stop, core_start, core_stop)``: ``ceil(length / tile)`` equal cores plus halos."""
+    count = max(1, -(-length // tile))
+    bounds = [round(i * length / count) for i in range(count + 1)]
+    return [(max(0, a - halo), min(length, b + halo), a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def balanced_grid(height: int, width: int, tile: int, halo: int) -> list[Window]:
+    """Windows whose cores split the image evenly (at most ``tile`` on a side), each with its halo.
+
+    Computes the least: no window overlaps another beyond the halos (fixed-size windows shifted
+    back at the border compute up to 40 % more on small photos). Used on CPUs, where windows
+    run one at a time and need not share a size.
+    """
+    return [
+        Window(top, left, bottom - top, right - left, core_top, core_bottom, core_left, core_right)
+        for top, bottom, core_top, core_bottom in _axis_split(height, tile, halo)
+        for left, right, core_left, core_right in _axis_split(width, tile, halo)
     ]
 
 
@@ -291,7 +308,8 @@ class Enhancer:
     def _windows_of(self, height: int, width: int) -> list[Window]:
         if height * width <= self.config.max_full_frame_pixels:
             return [Window(0, 0, height, width, 0, height, 0, width)]
-        return window_grid(height, width, self.config.tile_size, self.halo)
+        grid = window_grid if self.config.batch_pixels > 1 else balanced_grid
+        return grid(height, width, self.config.tile_size, self.halo)
 
     def _enhance_windows(self, images: Sequence[np.ndarray], outputs: list[np.ndarray]) -> list[bool]:
         # Every window of every image, grouped by shape so that each group can be stacked.

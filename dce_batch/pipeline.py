@@ -54,6 +54,7 @@ from .manifest import (
 from .plan import Plan, existing_output_uris, input_table, output_settings, plan_run
 from .process import ImageProcessor, ImageReader, ImageState, ImageWriter, WorkItem
 from .progress import Progress
+from .settings import check_inference_settings
 from .storage import MANIFEST_DIR, Location, S3Options, filesystem_for, list_inputs, read_bytes
 
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "ActorPool", "EnhanceConfig", "plan_actor_pool", "run_enhance",
@@ -63,12 +64,13 @@ EXIT_OK = 0
 EXIT_SOME_FAILED = 3
 DEFAULT_OUTPUT = "./enhanced"
 
-#: Memory an actor needs beyond its images: Python, torch, the model, Ray's worker (measured).
+#: Memory an actor needs beyond its image: Python, torch, the model and a window's activations
+#: (384 MiB measured) plus Ray's worker and headroom.
 ACTOR_BASE_MEMORY = 700 << 20
-#: Bytes per pixel of the largest image an actor holds at once: input bytes, decoded and enhanced
-#: pixels, the encoder's copy and the output bytes, at 16 bits per channel (measured with
-#: benchmarks/bench_memory.py; 8-bit images need about half).
-ACTOR_BYTES_PER_PIXEL = 30
+#: Bytes per pixel of the image an actor holds: input bytes, decoded and enhanced pixels, the
+#: encoder's copy and the output bytes. benchmarks/bench_memory.py measured 28-30 B/px for
+#: 16-bit PNGs and 10-11 for 8-bit JPEGs (24 to 100 MP); 32 covers the worst with a margin.
+ACTOR_BYTES_PER_PIXEL = 32
 #: Tasks of the staged (GPU) pipeline hold a batch of decoded images.
 TASK_BASE_MEMORY = 300 << 20
 
@@ -133,7 +135,8 @@ class EnhanceConfig:
             raise ConfigError("--quiet and --verbose contradict each other; pass one")
         if self.actor_memory is not None and self.actor_memory < ACTOR_BASE_MEMORY:
             raise ConfigError(f"--actor-memory must be at least {ACTOR_BASE_MEMORY >> 20} MB")
-        self.inference_config()  # validates strength, precision, scale, tiling
+        check_inference_settings(strength=self.strength, precision=self.precision, scale=self.scale,
+                                 tile_size=self.tile_size, max_full_frame_pixels=self.max_full_frame_pixels)
         self.encode_options()  # validates format and quality
 
     @property
@@ -399,16 +402,23 @@ class ResolvedWeights:
     meta: Any  # WeightsMeta
 
 
-def resolve_weights(config: EnhanceConfig) -> ResolvedWeights:
-    """Weights bytes (read once, on the driver, shipped to the actors), their name and metadata."""
-    from .weights import load_weights, read_weights_bytes
+def read_weights_spec(config: EnhanceConfig) -> tuple[bytes, str]:
+    """The weights file's bytes (read once, on the driver, shipped to the actors) and its name."""
+    from .weights import read_weights_bytes
 
     spec = config.weights
     if spec and "://" in spec and not spec.startswith("file://"):
         fs, path = filesystem_for(spec, config.s3)
-        blob, name = read_bytes(fs, path), path.rsplit("/", 1)[-1]
-    else:
-        blob, name = read_weights_bytes(spec.removeprefix("file://") if spec else None, variant=config.variant)
+        return read_bytes(fs, path), path.rsplit("/", 1)[-1]
+    return read_weights_bytes(spec.removeprefix("file://") if spec else None, variant=config.variant)
+
+
+def resolve_weights(config: EnhanceConfig, blob: bytes | None = None, name: str | None = None) -> ResolvedWeights:
+    """The weights, checked (sha256, layout, variant) and with their metadata."""
+    from .weights import load_weights
+
+    if blob is None:
+        blob, name = read_weights_spec(config)
     loaded = load_weights(blob, variant=config.variant, name=name)
     return ResolvedWeights(blob, name, loaded.meta)
 
@@ -462,8 +472,19 @@ class _Prepared:
     recovered: int
 
 
-def _prepare(config: EnhanceConfig, output: Location, weights: ResolvedWeights) -> _Prepared:
-    """List inputs, fold dead runs' journals in, and plan (runs while Ray starts)."""
+def _prepare(config: EnhanceConfig, output: Location, blob: bytes, name: str, started: float,
+             timings: dict[str, float]) -> tuple[ResolvedWeights, _Prepared]:
+    """Weights, then list inputs, fold dead runs' journals in, and plan (runs while Ray starts)."""
+    weights = resolve_weights(config, blob, name)
+    timings["weights_s"] = time.time() - started
+    prepared = plan_inputs(config, output, weights)
+    import ray.data  # noqa: F401 - a second of imports, paid here rather than after Ray is up
+
+    return weights, prepared
+
+
+def plan_inputs(config: EnhanceConfig, output: Location, weights: ResolvedWeights) -> _Prepared:
+    """List inputs, fold dead runs' journals in, read the manifest and plan every input."""
     try:
         input_fs, inputs = list_inputs(config.input, config.s3, extensions=IMAGE_EXTENSIONS)
     except StorageError as exc:
@@ -582,19 +603,19 @@ def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = No
     output = Location.parse(config.output, config.s3)
     check_output_location(config, output)
     check_output_writable(output)
-    weights = resolve_weights(config)
-    timings["weights_s"] = time.time() - started
+    blob, name = read_weights_spec(config)  # a missing file or unknown name fails here, before Ray starts
     previous_sigterm = None
     owns_ray = False
     try:
-        # Planning (listing, manifest, names) runs while Ray starts: both take seconds.
-        preparing = _Background(lambda: _prepare(config, output, weights))
+        # Loading the weights (torch), listing, reading the manifest and planning run in a thread
+        # while Ray starts in this one: each takes seconds, and they overlap.
+        preparing = _Background(lambda: _prepare(config, output, blob, name, started, timings))
         owns_ray = _start_ray(config, say)
         timings["ray_ready_s"] = time.time() - started
         if threading.current_thread() is threading.main_thread():
             # After ray.init, whose own handler would end the process without flushing the manifest.
             previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
-        prepared = preparing.result()
+        weights, prepared = preparing.result()
         timings["planned_s"] = time.time() - started
         return _run_plan(config, output, weights, prepared, started, timings, say)
     finally:
