@@ -1,297 +1,216 @@
-"""The Ray job's overhead: the same images through a plain loop and through ``run_enhance``.
+"""The job against the plain loops it replaces, end to end, as a user runs each command.
 
-What it proves: how much wall time the Ray Data job (``dce_batch.pipeline.run_enhance``: read tasks,
-an actor pool of ``ImageProcessor``, manifest) costs or saves against the simplest possible
-program doing the same work, a single-process loop over ``ImageProcessor`` (read bytes -> decode ->
-enhance -> encode -> atomic write), on the same generated images, in one run:
+Three commands on the same images, each a fresh process timed from start to exit (Python start,
+imports, model load, Ray start, work, shutdown), in rotating order over several rounds:
 
-* plain loop, 1 torch thread (what one Ray CPU actor gets) and 2 torch threads (the whole machine);
-* ``run_enhance`` with the library's defaults (no ``num_actors``, no ``cpus_per_actor``: the pool that
-  ``plan_actor_pool`` picks, on 2 CPUs 1 actor x 1 CPU; the log line is printed);
-* ``run_enhance`` with 2 actors (``num_actors=(2, 2)``, ``cpus_per_actor=0.5``; each actor still runs
-  1 torch thread, so 2 actors use both cores);
-* the same for the fast variant (Zero-DCE++ at scale 12): plain loop, and the job with both pools;
-* trials (``--no-trial`` skips them), each in a child process with its own Ray cluster, killed after
-  ``--trial-timeout`` seconds: ``num_actors=(2, 2)`` with ``cpus_per_actor`` 0.9 (leaves 0.2 CPU, less
-  than a read task's ``READ_TASK_CPUS`` = 0.25, so ``plan_actor_pool`` must refuse it with a
-  ConfigError) and 0.75 (leaves 0.5: must run), and the defaults on a 1-CPU cluster
-  (``ray.init(num_cpus=1)``: the default 1 CPU per actor must shrink so that reads still run). A row
-  says how many images were written before a kill, or the ConfigError's message.
+* **authors' loop**: benchmarks/authors_loop.py, the Zero-DCE authors' network one image at a time
+  in fp32 (their test script's way), torch on every core;
+* **bare loop**: this project's pieces in one process with the job's default settings
+  (``ImageProcessor``: decode, the default precision and tiling, encode, atomic write), torch on
+  every core, no Ray;
+* **job**: ``python jobs/enhance.py IN OUT --no-report`` with its defaults (a local Ray started for
+  it, one actor per CPU).
 
-Every model runs with the library's CPU inference defaults (``InferenceConfig(device="cpu")``).
+Part 1 prints the median wall time of each on the image set and the ratios the throughput issue
+asks for; it also checks that the job's default precision stays within one 8-bit step of fp32.
+Part 2 runs the bare loop and the job on 16, 64 and 512 images (the set repeated) to show how
+the job's fixed start-up cost is spread over larger collections.
 
-Ray startup (``ray.init(address="local", num_cpus=2)``) is timed and reported on its own; a job's
-time is the wall time of ``run_enhance`` (planning, actor start with its torch import and model load,
-reading, enhancing, writing, manifest). Actor busy time is the sum of the manifest's per-image
-``duration_ms`` (decode -> write), so "job - busy/actors" is what the job adds around the work.
-Every run writes to a fresh output folder (nothing is skipped by resume).
-
-    python benchmarks/bench_pipeline.py            # 24 images of 640x480 (~2 min on 2 cores)
-    python benchmarks/bench_pipeline.py --quick    # 8 images of 320x240, no trials (~30 s)
+    python benchmarks/bench_pipeline.py                       # DICM from ../shared, else synthetic
+    python benchmarks/bench_pipeline.py --images DIR --rounds 3 --sizes 16,64,512
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, LoadMonitor, dark_image, foreign_load_now, hardware_line, image_set_parser, table  # noqa: E402
+from _common import REPO, dark_image, foreign_load_now, hardware_line, median, table
+
+DICM = Path(os.environ.get("DCE_SHARED", REPO.parent / "shared")) / "data" / "lowlight_real" / "DICM"
 
 
-def make_inputs(folder: Path, count: int, width: int, height: int) -> float:
-    """``count`` dark JPEGs (quality 92) in ``folder``; returns their total megapixels."""
-    import numpy as np
+def synthetic_set(folder: Path, count: int = 64) -> Path:
+    """DICM-like: 640x480 and 800x480 dark JPEGs."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        pixels = (dark_image(height, width, seed=100 + i) * 255).round().astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, "JPEG", quality=92)
-        (folder / f"img_{i:03d}.jpg").write_bytes(buffer.getvalue())
-    return count * width * height / 1e6
+        h, w = (480, 640) if i % 2 else (480, 800)
+        Image.fromarray((dark_image(h, w, seed=i) * 255).astype("uint8")).save(folder / f"{i:03d}.jpg", quality=92)
+    return folder
 
 
-def plain_loop(inputs: Path, output: Path, variant: str, threads: int, scale: float) -> dict:
-    """Single process: the job's per-image work without Ray. Model load is timed separately."""
+def repeated_set(source: Path, folder: Path, count: int) -> Path:
+    """``count`` images: the source set's files, repeated under new names (hard links when possible)."""
+    files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        src = files[i % len(files)]
+        dst = folder / f"{i:04d}_{src.name}"
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+    return folder
+
+
+def bare_loop(source: str, target: str) -> None:
+    """Child: the project's own loop, the job's default settings, no Ray."""
+    started = time.time()
     import pyarrow.fs as pafs
     import torch
 
-    from dce_batch.imageio import EncodeOptions
+    from dce_batch.imageio import EncodeOptions, IMAGE_EXTENSIONS
     from dce_batch.inference import Enhancer, InferenceConfig
     from dce_batch.process import ImageProcessor, WorkItem
-    from dce_batch.storage import read_bytes
     from dce_batch.weights import load_weights
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        started = time.perf_counter()
-        weights = load_weights(None, variant=variant)
-        enhancer = Enhancer(weights, InferenceConfig(device="cpu", scale=scale if variant == "fast" else 1.0))
-        fs = pafs.LocalFileSystem()
-        processor = ImageProcessor(enhancer, EncodeOptions(), fs, run_id="bench-plain")
-        load_s = time.perf_counter() - started
-        files = sorted(inputs.iterdir())
-        started = time.perf_counter()
-        ok = 0
-        for path in files:
-            out = output / path.name
-            item = WorkItem(input_uri=str(path), output_uri=str(out), output_path=str(out), output_format="JPEG")
-            row = processor.process(item, read_bytes(fs, str(path)))
-            ok += row.status == "ok"
-        loop_s = time.perf_counter() - started
-    finally:
-        torch.set_num_threads(previous)
-    return {"load_s": load_s, "job_s": loop_s, "ok": ok, "n": len(files), "busy_s": loop_s, "actors": 0}
+    fs = pafs.LocalFileSystem()
+    enhancer = Enhancer(load_weights(), InferenceConfig())
+    processor = ImageProcessor(enhancer, EncodeOptions(), fs, fs, run_id="bare")
+    os.makedirs(target, exist_ok=True)
+    items = [WorkItem(input_uri=str(p), input_path=str(p), output_uri=str(Path(target) / p.name),
+                      output_path=str(Path(target) / p.name),
+                      output_format={"jpg": "JPEG", "jpeg": "JPEG"}.get(p.suffix[1:].lower(), "PNG"))
+             for p in sorted(Path(source).iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    for item in items:  # one at a time, as a plain loop does
+        processor.process_batch([item])
+    print(json.dumps({"images": len(items), "process_seconds": time.time() - started,
+                      "precision": enhancer.precision, "threads": torch.get_num_threads()}))
 
 
-def ray_job(inputs: Path, output: Path, variant: str, actors: int | None, cpus: float | None, scale: float,
-            batch: int) -> dict:
-    """``run_enhance`` timed; ``actors``/``cpus`` None leave ``num_actors``/``cpus_per_actor`` at their defaults."""
-    from dce_batch.manifest import read_manifest
-    from dce_batch.pipeline import EnhanceConfig, run_enhance
-    from dce_batch.storage import Location
-
-    lines: list[str] = []
-    config = EnhanceConfig(input=str(inputs), output=str(output), variant=variant, scale=scale,
-                           num_actors=(actors, actors) if actors else None, cpus_per_actor=cpus, batch_size=batch,
-                           progress_interval_s=3600)
+def run_command(kind: str, source: Path, target: Path, ray_tmp: str) -> dict:
+    shutil.rmtree(target, ignore_errors=True)
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp)
+    env.pop("RAY_ADDRESS", None)
+    if kind == "authors":
+        command = [sys.executable, str(REPO / "benchmarks" / "authors_loop.py"), str(source), str(target)]
+    elif kind == "bare":
+        command = [sys.executable, __file__, "--bare", str(source), str(target)]
+    else:
+        command = [sys.executable, str(REPO / "jobs" / "enhance.py"), str(source), str(target), "--no-report", "--quiet"]
     started = time.perf_counter()
-    summary = run_enhance(config, log=lines.append)
-    job_s = time.perf_counter() - started
-    rows = read_manifest(Location.parse(str(output)).filesystem, str(output / "_manifest")).to_pylist()
-    busy = sum((r["duration_ms"] or 0) for r in rows) / 1000
-    pool = summary.cluster.get("actors") or {}
-    return {"job_s": job_s, "ok": summary.ok, "n": summary.total, "busy_s": busy,
-            "actors": pool.get("max_size") or actors or 1, "pool": pool,
-            "workers": len({r["worker"] for r in rows}), "log": lines}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=3600)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result = {"wall_s": seconds}
+    if kind == "job":
+        summary = json.loads(next((target / "_manifest").glob("_run-*.json")).read_text())
+        result.update(images=summary["ok"], timings=summary["timings"], elapsed_s=summary["elapsed_s"],
+                      precision=summary["settings"]["precision"])
+    else:
+        result.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    _stop_cluster(ray_tmp)
+    return result
 
 
-def pool_text(pool: dict) -> str:
-    if not pool:
-        return "?"
-    size = (f"{pool['min_size']}" if pool["min_size"] == pool["max_size"]
-            else f"{pool['min_size']}..{pool['max_size']}")
-    return f"{size} actor{'s' if pool['max_size'] > 1 else ''} x {pool['cpus_per_actor']:g} CPU"
+def _stop_cluster(ray_tmp: str) -> None:
+    """Leftover processes of the job's own cluster (there should be none), stopped by temp dir."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if ray_tmp.encode() in (entry / "cmdline").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                pass
 
 
-def trial_child(args: argparse.Namespace, inputs: Path, output: Path, actors: int | None, cpus: float | None,
-                num_cpus: int) -> dict:
-    """A DCE-Net job in a separate process with its own ``num_cpus`` cluster, killed after --trial-timeout."""
-    spec = json.dumps({"inputs": str(inputs), "output": str(output), "batch": args.batch_size, "actors": actors,
-                       "cpus": cpus, "num_cpus": num_cpus})
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--trial", spec]
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=args.trial_timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)  # the child's own session: its driver, raylet, GCS and agents, nothing else
-        proc.communicate()
-        time.sleep(3)  # its workers (own process groups) exit once their raylet is gone
-        done = len(list(output.glob("*.jpg"))) if output.exists() else 0
-        return {"stalled": True, "after_s": time.perf_counter() - started, "done": done}
-    for line in out.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    return {"error": (err or out).strip().splitlines()[-1] if (err or out).strip() else f"exit {proc.returncode}"}
+def precision_check(source: Path, limit: int = 16) -> str:
+    """Largest 8-bit difference between the default precision and fp32, on the set's first images."""
+    import numpy as np
 
+    from dce_batch.imageio import decode_image
+    from dce_batch.inference import Enhancer, InferenceConfig
+    from dce_batch.weights import load_weights
 
-def run_trial(spec: dict) -> None:
-    import ray
-
-    from dce_batch.errors import ConfigError
-
-    started = time.perf_counter()
-    ray.init(address="local", num_cpus=spec["num_cpus"], include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    init_s = time.perf_counter() - started
-    _quiet_ray_data()
-    try:
-        r = ray_job(Path(spec["inputs"]), Path(spec["output"]), "full", spec["actors"], spec["cpus"], 12.0,
-                    spec["batch"])
-        r["log"] = [line for line in r["log"] if line.startswith("actor pool")][:1]
-    except ConfigError as exc:
-        r = {"refused": f"{type(exc).__name__}: {exc}"}
-    r["init_s"] = init_s
-    print("RESULT " + json.dumps(r), flush=True)
-    ray.shutdown()
-
-
-def _quiet_ray_data() -> None:
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    if hasattr(ctx, "enable_operator_progress_bars"):
-        ctx.enable_operator_progress_bars = False
+    weights = load_weights()
+    default, fp32 = Enhancer(weights, InferenceConfig()), Enhancer(weights, InferenceConfig(precision="fp32"))
+    worst, differing, pixels = 0, 0, 0
+    for path in sorted(source.iterdir())[:limit]:
+        decoded = decode_image(path.read_bytes())
+        a = default.enhance(decoded.pixels).pixels.astype(int)
+        b = fp32.enhance(decoded.pixels).pixels.astype(int)
+        worst = max(worst, int(np.abs(a - b).max()))
+        differing += int((a != b).sum())
+        pixels += a.size
+    return (f"default precision {default.precision} vs fp32 on {min(limit, len(list(source.iterdir())))} images: "
+            f"max 8-bit difference {worst}, {100 * differing / pixels:.1f} % of values differ")
 
 
 def main() -> int:
-    parser = image_set_parser(__doc__, images=24, size="640x480")
-    parser.add_argument("--batch-size", type=int, default=4, help="job batch size (default: %(default)s)")
-    parser.add_argument("--no-fast", action="store_true", help="skip the fast-variant rows")
-    parser.add_argument("--no-trial", action="store_true",
-                        help="skip the trials (2 actors x 0.9 / 0.75 CPU on 2 CPUs, defaults on 1 CPU)")
-    parser.add_argument("--trial-timeout", type=float, default=60.0,
-                        help="seconds before a trial counts as stalled (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="8 images of 320x240, no trial")
-    parser.add_argument("--trial", help=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, help="image folder (default: ../shared DICM, else 64 synthetic)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", default="16,64,512", help="collection sizes for part 2 ('' skips it)")
+    parser.add_argument("--bare", nargs=2, help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
-    if args.trial:
-        run_trial(json.loads(args.trial))
+    if args.bare:
+        bare_loop(*args.bare)
         return 0
-    if args.quick:
-        args.images, args.size, args.no_trial = 8, "320x240", True
-
-    import torch
-
-    print(hardware_line("1 per process (plain loop also with 2); 1 per Ray actor (floor of cpus_per_actor)"),
-          flush=True)
-    print(foreign_load_now(), flush=True)
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    results: list[tuple[str, dict]] = []
-    with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp_name:
-        tmp = Path(tmp_name)
-        inputs = tmp / "in"
-        megapixels = make_inputs(inputs, args.images, width, height)
-        print(f"{args.images} dark JPEGs of {width}x{height} ({megapixels:.2f} MP) in {inputs}; batch size "
-              f"{args.batch_size}; output JPEG quality 95", flush=True)
-        monitor = LoadMonitor()
-        counter = iter(range(1000))
-
-        def out_dir() -> Path:
-            return tmp / f"out{next(counter)}"
-
-        def record(name: str, r: dict) -> None:
-            results.append((name, r))
-            what = ("stalled" if r.get("stalled") else ("ERROR " + r["error"]) if "error" in r
-                    else r["refused"] if "refused" in r else f"{r['job_s']:.2f} s")
-            print(f"  [{time.perf_counter() - monitor.started:5.0f} s] {name}: {what}", file=sys.stderr, flush=True)
-
-        variants = ["full"] + ([] if args.no_fast else ["fast"])
-        label = {"full": "DCE-Net", "fast": f"Zero-DCE++ s{args.scale:g}"}
-        for variant in variants:
-            record(f"{label[variant]}: plain loop, 1 thread", plain_loop(inputs, out_dir(), variant, 1, args.scale))
-            record(f"{label[variant]}: plain loop, 2 threads", plain_loop(inputs, out_dir(), variant, 2, args.scale))
-        torch.set_num_threads(1)  # the driver only plans and collects while Ray runs
-
-        import ray
-
-        started = time.perf_counter()
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        init_s = time.perf_counter() - started
-        _quiet_ray_data()
-        print(f"  ray.init(address='local', num_cpus=2): {init_s:.2f} s", file=sys.stderr, flush=True)
-        pool_lines = []
-        try:
-            for variant in variants:
-                for actors, cpus in ((None, None), (2, 0.5)):
-                    r = ray_job(inputs, out_dir(), variant, actors, cpus, args.scale, args.batch_size)
-                    pool_lines += [line for line in r["log"] if line.startswith("actor pool")][:1]
-                    what = (f"defaults ({pool_text(r['pool'])})" if actors is None
-                            else f"{actors} actors x {cpus:g} CPU")
-                    record(f"{label[variant]}: Ray job, {what}", r)
-        finally:
-            ray.shutdown()
-        if not args.no_trial:
-            for actors, cpus, num_cpus in ((2, 0.9, 2), (2, 0.75, 2), (None, None, 1)):
-                r = trial_child(args, inputs, out_dir(), actors, cpus, num_cpus)
-                pool_lines += [f"{line} [trial]" for line in r.get("log", [])]
-                what = (f"{actors} actors x {cpus:g} CPU" if actors else
-                        f"defaults ({pool_text(r['pool'])})" if r.get("pool") else "defaults")
-                record(f"DCE-Net: Ray job, {what} [trial, own {num_cpus}-CPU cluster]", r)
-        foreign = monitor.line()
-
-    plain_ref = {v: next(r for n, r in results if n == f"{label[v]}: plain loop, 1 thread") for v in variants}
-    rows = []
-    for name, r in results:
-        variant = "fast" if name.startswith("Zero") else "full"
-        if r.get("stalled"):
-            rows.append([name, "-", "-", "-", "-", "-", f"STALLED: {r['done']} of {args.images} images written "
-                         f"after {r['after_s']:.0f} s, killed"])
-            continue
-        if "error" in r:
-            rows.append([name, "-", "-", "-", "-", "-", "ERROR " + r["error"]])
-            continue
-        if "refused" in r:
-            rows.append([name, "-", "-", "-", "-", "-", f"REFUSED before start: {r['refused']}"])
-            continue
-        images_per_s = r["n"] / r["job_s"]
-        ratio = r["job_s"] / plain_ref[variant]["job_s"]
-        note = []
-        if r["actors"]:
-            overhead = r["job_s"] - r["busy_s"] / r["actors"]
-            note.append(f"actor busy {r['busy_s']:.1f} s; job - busy/actors = {overhead:.1f} s")
-            if r.get("workers") and r["workers"] != r["actors"]:
-                note.append(f"{r['workers']} actors did work")
-            if "init_s" in r:
-                note.append(f"its ray.init {r['init_s']:.1f} s not included")
-        else:
-            note.append(f"model load {r['load_s']:.2f} s not included")
-        if r["ok"] != r["n"]:
-            note.append(f"only {r['ok']}/{r['n']} ok")
-        rows.append([name, f"{r['job_s']:.2f}", f"{images_per_s:.2f}", f"{r['n'] * width * height / 1e6 / r['job_s']:.2f}",
-                     f"{ratio:.2f}", str(r["ok"]), "; ".join(note)])
-    print()
-    print(table(["run", "wall s", "images/s", "MP/s", "ratio to plain 1 thread", "ok", "note"], rows))
-    print(f"Ray startup, timed separately: ray.init(address='local', num_cpus=2) took {init_s:.2f} s "
-          "(not in any row)")
-    print("ratio: this row's wall time / the plain loop's with 1 thread, same model (below 1: faster)")
-    for line in pool_lines:
-        print(f"job log: {line}")
-    print(foreign)
+    print(hardware_line("all cores (each command's default)"))
+    print(foreign_load_now())
+    work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
+    ray_tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")
+    try:
+        source = args.images or (DICM if DICM.is_dir() else synthetic_set(work / "synthetic"))
+        images = len([p for p in source.iterdir() if p.is_file()])
+        megapixels = _megapixels(source)
+        print(f"images: {source} ({images} files, {megapixels:.1f} MP); {args.rounds} rounds in rotating order")
+        print(precision_check(source))
+        kinds = ["authors", "bare", "job"]
+        results: dict[str, list[dict]] = {k: [] for k in kinds}
+        for round_ in range(args.rounds):
+            for kind in kinds[round_ % 3:] + kinds[: round_ % 3]:
+                results[kind].append(run_command(kind, source, work / f"out_{kind}", ray_tmp))
+        walls = {k: median([r["wall_s"] for r in v]) for k, v in results.items()}
+        rows = [[name, f"{walls[k]:.1f}", " ".join(f"{r['wall_s']:.1f}" for r in results[k]),
+                 f"{images / walls[k]:.2f}", f"{walls['authors'] / walls[k]:.2f}x"]
+                for k, name in (("authors", "authors' loop (fp32, one image per forward)"),
+                                ("bare", "bare loop, the job's settings, no Ray"), ("job", "the job (dce-batch enhance)"))]
+        print(table(["command", "median wall s", "rounds", "images/s", "speed vs authors' loop"], rows))
+        job = results["job"][len(results["job"]) // 2]
+        print(f"job: precision {job['precision']}; timings of the median run: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in job["timings"].items()) + f", elapsed {job['elapsed_s']:.1f} s")
+        print(f"job images/s / bare loop images/s: {walls['bare'] / walls['job']:.2f} (target >= 0.90); "
+              f"job speed / authors' loop: {walls['authors'] / walls['job']:.2f}x (target >= 3)")
+        if args.sizes:
+            rows = []
+            for count in [int(n) for n in args.sizes.split(",")]:
+                folder = repeated_set(source, work / f"set{count}", count)
+                bare = run_command("bare", folder, work / "out_bare_n", ray_tmp)["wall_s"]
+                job = run_command("job", folder, work / "out_job_n", ray_tmp)
+                first = job["timings"].get("first_batch_s", float("nan"))
+                rows.append([str(count), f"{bare:.1f}", f"{job['wall_s']:.1f}", f"{count / bare:.2f}",
+                             f"{count / job['wall_s']:.2f}", f"{bare / job['wall_s']:.2f}", f"{first:.1f}"])
+                shutil.rmtree(folder)
+            print(table(["images", "bare loop s", "job s", "bare images/s", "job images/s", "job / bare",
+                         "job: first result at s"], rows))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        _stop_cluster(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     return 0
+
+
+def _megapixels(folder: Path) -> float:
+    from PIL import Image
+
+    total = 0
+    for path in folder.iterdir():
+        if path.is_file():
+            with Image.open(path) as image:
+                total += image.width * image.height
+    return total / 1e6
 
 
 if __name__ == "__main__":
