@@ -14,7 +14,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from dce_batch import storage
+from dce_batch.storage import io as storage_io
+from dce_batch.storage.listing import glob_regex
+from dce_batch.storage.uris import s3_endpoint
 from dce_batch.errors import ConfigError, StorageError
 from dce_batch.storage import (
     InputFile,
@@ -110,12 +112,12 @@ def test_local_glob_without_match_says_what_was_searched(photo_tree: Path) -> No
 
 
 def test_glob_regex_semantics() -> None:
-    regex = storage._glob_regex("**/x?/[!a]*.jpg")
+    regex = glob_regex("**/x?/[!a]*.jpg")
     assert regex.fullmatch("xy/b.jpg")
     assert regex.fullmatch("p/q/xy/b1.jpg")
     assert not regex.fullmatch("xy/a.jpg")
     assert not regex.fullmatch("xyz/b.jpg")
-    assert not storage._glob_regex("*.jpg").fullmatch("sub/a.jpg")
+    assert not glob_regex("*.jpg").fullmatch("sub/a.jpg")
 
 
 def test_single_file_is_taken_as_given(photo_tree: Path) -> None:
@@ -297,10 +299,10 @@ def test_write_bytes_atomic_local_failure_leaves_nothing(
         temp_names.extend(n for n in os.listdir(tmp_path) if n != "a.png")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(storage.os, "fsync", failing_fsync)
+    monkeypatch.setattr(storage_io.os, "fsync", failing_fsync)
     with pytest.raises(StorageError, match="cannot write .*a.png.*No space left"):
         write_bytes_atomic(LOCAL, str(target), b"new content")
-    monkeypatch.setattr(storage.os, "fsync", real_fsync)
+    monkeypatch.setattr(storage_io.os, "fsync", real_fsync)
 
     assert len(temp_names) == 1
     assert temp_names[0].startswith(".a.png.") and temp_names[0].endswith(".tmp")
@@ -370,57 +372,88 @@ def test_unknown_scheme_and_missing_fsspec_package() -> None:
             filesystem_for("gs://bucket/x")
 
 
-# --- S3Options -----------------------------------------------------------------------------
+# --- S3Options (botocore resolution) --------------------------------------------------------
 
 
-def test_s3_options_from_env_variables() -> None:
-    env = {
-        "AWS_ENDPOINT_URL": "http://global:1",
-        "AWS_ENDPOINT_URL_S3": "http://minio:9000",
-        "AWS_ACCESS_KEY_ID": "AK",
-        "AWS_SECRET_ACCESS_KEY": "SK",
-        "AWS_SESSION_TOKEN": "TOK",
-        "AWS_DEFAULT_REGION": "eu-west-1",
-        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
-        "AWS_CONFIG_FILE": "/nonexistent/config",
-    }
-    options = S3Options.from_env(env)
-    assert options == S3Options("http://minio:9000", "eu-west-1", "AK", "SK", "TOK", None)
-    assert "SK" not in repr(options) and "TOK" not in repr(options)
-    assert S3Options.from_env(env, endpoint_url="https://r2.example").endpoint_url == "https://r2.example"
-    empty = S3Options.from_env({"AWS_SHARED_CREDENTIALS_FILE": "/x", "AWS_CONFIG_FILE": "/y"})
-    assert empty == S3Options()  # default chain on each node
+@pytest.fixture
+def aws_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A clean AWS environment: no AWS_* variables, empty config files, no metadata service.
+
+    Returns a function that writes the config/credentials files and sets variables.
+    """
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    config, credentials = tmp_path / "aws_config", tmp_path / "aws_credentials"
+    config.write_text("")
+    credentials.write_text("")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+    def setup(config_text: str = "", credentials_text: str = "", **variables: str) -> None:
+        config.write_text(config_text)
+        credentials.write_text(credentials_text)
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+
+    return setup
 
 
-def test_s3_options_from_profile_files(tmp_path: Path) -> None:
-    credentials = tmp_path / "credentials"
-    credentials.write_text(
-        "[default]\naws_access_key_id = DEFAULTKEY\naws_secret_access_key = defaultsecret\n\n"
-        "[minio]\naws_access_key_id = MINIOKEY\naws_secret_access_key = se%cret\n"
+def test_s3_options_from_env_variables(aws_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    aws_env(
+        AWS_ENDPOINT_URL="http://global:1",
+        AWS_ENDPOINT_URL_S3="http://minio:9000",
+        AWS_ACCESS_KEY_ID="AK",
+        AWS_SECRET_ACCESS_KEY="SK",
+        AWS_SESSION_TOKEN="TOK",
+        AWS_DEFAULT_REGION="eu-west-1",
+        AWS_MAX_ATTEMPTS="4",
     )
-    config = tmp_path / "config"
-    config.write_text(
-        "[default]\nregion = us-west-2\n\n"
-        "[profile minio]\nregion = eu-central-1\ns3 =\n  endpoint_url = http://minio.local:9000\n"
-    )
-    files = {"AWS_SHARED_CREDENTIALS_FILE": str(credentials), "AWS_CONFIG_FILE": str(config)}
+    options = S3Options.from_env()
+    # Keys are not read: each node's own credential chain finds them.
+    assert options == S3Options("http://minio:9000", "eu-west-1", max_attempts=4)
+    assert S3Options.from_env(endpoint_url="https://r2.example").endpoint_url == "https://r2.example"
+    monkeypatch.setenv("AWS_REGION", "ap-south-1")  # beats AWS_DEFAULT_REGION (monkeypatch restores)
+    assert S3Options.from_env().region == "ap-south-1"
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    assert S3Options.from_env().endpoint_url == "http://global:1"
+    monkeypatch.setenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")
+    assert S3Options.from_env().endpoint_url is None
+    assert S3Options.from_env(endpoint_url="http://cli:1").endpoint_url == "http://cli:1"
 
-    minio = S3Options.from_env({**files, "AWS_PROFILE": "minio"})
-    assert minio == S3Options(
-        "http://minio.local:9000", "eu-central-1", "MINIOKEY", "se%cret", None, "minio"
-    )
-    default = S3Options.from_env(files)  # no keys in env: the default profile is used
-    assert (default.access_key, default.region, default.profile) == ("DEFAULTKEY", "us-west-2", "default")
-    # Environment keys and region beat the profile; --s3-endpoint beats everything.
-    mixed = S3Options.from_env(
-        {**files, "AWS_PROFILE": "minio", "AWS_ACCESS_KEY_ID": "E", "AWS_SECRET_ACCESS_KEY": "S",
-         "AWS_REGION": "ap-south-1"},
-        endpoint_url="http://cli:1",
-    )
-    assert (mixed.access_key, mixed.region, mixed.endpoint_url) == ("E", "ap-south-1", "http://cli:1")
 
+def test_s3_options_from_env_without_anything(aws_env) -> None:
+    assert S3Options.from_env() == S3Options()  # AWS itself, the default chain on each node
+
+
+def test_s3_options_from_profile_files(aws_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    aws_env(
+        config_text=(
+            "[default]\nregion = us-west-2\n\n"
+            "[profile minio]\nregion = eu-central-1\nservices = local-minio\nmax_attempts = 7\n\n"
+            "[services local-minio]\ns3 =\n  endpoint_url = http://minio.local:9000\n\n"
+            "[profile r2]\nendpoint_url = https://acct.r2.example\n"
+        ),
+        credentials_text="[minio]\naws_access_key_id = MINIOKEY\naws_secret_access_key = se%cret\n",
+    )
+    default = S3Options.from_env()
+    assert (default.region, default.profile, default.endpoint_url) == ("us-west-2", None, None)
+
+    monkeypatch.setenv("AWS_PROFILE", "minio")
+    minio = S3Options.from_env()
+    assert minio == S3Options("http://minio.local:9000", "eu-central-1", profile="minio", max_attempts=7)
+    assert minio.access_key is None  # the profile's keys stay in its file
+    # A services section beats the profile's own endpoint_url; the environment beats both.
+    assert S3Options.from_env(profile="r2").endpoint_url == "https://acct.r2.example"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://env:1")
+    assert S3Options.from_env().endpoint_url == "http://env:1"
+    monkeypatch.setenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")
+    assert S3Options.from_env().endpoint_url is None
+
+    monkeypatch.setenv("AWS_PROFILE", "typo")
     with pytest.raises(ConfigError, match="'typo'.*not found"):
-        S3Options.from_env({**files, "AWS_PROFILE": "typo"})
+        S3Options.from_env()
 
 
 def test_s3_options_validation() -> None:
@@ -430,16 +463,71 @@ def test_s3_options_validation() -> None:
         S3Options(endpoint_url="http://host:9000/bucket")
     with pytest.raises(ConfigError, match="incomplete"):
         S3Options(access_key="only-the-key")
+    with pytest.raises(ConfigError, match="session token"):
+        S3Options(session_token="t")
+    with pytest.raises(ConfigError, match="anonymous"):
+        S3Options(access_key="k", secret_key="s", anonymous=True)
+    with pytest.raises(ConfigError, match="max_attempts"):
+        S3Options(max_attempts=0)
+    with pytest.raises(ConfigError, match="timeouts"):
+        S3Options(request_timeout_s=0)
+    options = S3Options(access_key="AKID", secret_key="very-secret", session_token="very-token")
+    assert "very-secret" not in repr(options) and "very-token" not in repr(options)
 
 
-def test_filesystem_for_custom_endpoint_defaults_region() -> None:
+def test_filesystem_for_custom_endpoint_defaults_region(aws_env) -> None:
+    aws_env(AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s")
     fs, path = filesystem_for("s3://bkt/a/b/", S3Options(endpoint_url="https://example.com:8443"))
     assert path == "bkt/a/b"
     assert isinstance(fs, pafs.S3FileSystem)
     assert fs.region == "us-east-1"
-    assert storage._s3_endpoint(fs) == "https://example.com:8443"
+    assert s3_endpoint(fs) == "https://example.com:8443"
     with pytest.raises(StorageError, match="s3://bucket/prefix"):
         filesystem_for("s3://", S3Options(endpoint_url="http://x:1"))
+
+
+def test_no_credentials_at_all_fails_fast(aws_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    endpoint = S3Options(endpoint_url="http://127.0.0.1:1")
+    with pytest.raises(ConfigError, match="no AWS credentials found.*AWS_ACCESS_KEY_ID"):
+        filesystem_for("s3://bkt/x", endpoint)
+    with pytest.raises(ConfigError, match="no AWS credentials found"):
+        filesystem_for("s3://bkt/x", S3Options(region="us-east-1"))  # AWS itself too
+    # Half a key pair in the environment is a mistake worth naming.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKID")
+    with pytest.raises(ConfigError, match="(?i)partial credentials"):
+        filesystem_for("s3://bkt/x", endpoint)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    # Public buckets, and keys given in code, need nothing from the environment.
+    filesystem_for("s3://bkt/x", S3Options(endpoint_url="http://127.0.0.1:1", anonymous=True))
+    filesystem_for("s3://bkt/x", S3Options(endpoint_url="http://127.0.0.1:1", access_key="k", secret_key="s"))
+
+
+def test_failing_credential_process_is_config_error(aws_env, tmp_path: Path) -> None:
+    script = tmp_path / "broken-credentials.sh"
+    script.write_text("#!/bin/sh\necho 'token expired, run aws sso login' >&2\nexit 1\n")
+    script.chmod(0o755)
+    aws_env(config_text=f"[profile broken]\ncredential_process = {script}\n", AWS_PROFILE="broken")
+    with pytest.raises(ConfigError, match="profile 'broken'.*token expired"):
+        filesystem_for("s3://bkt/x", S3Options.from_env(endpoint_url="http://127.0.0.1:1"))
+
+
+def test_pickled_filesystem_carries_settings_not_credentials(aws_env) -> None:
+    secret, token = "s3cr3t-from-env-7f1c", "t0ken-from-env-93ab"
+    aws_env(AWS_ACCESS_KEY_ID="AKIDENV", AWS_SECRET_ACCESS_KEY=secret, AWS_SESSION_TOKEN=token,
+            AWS_ENDPOINT_URL="http://127.0.0.1:1", AWS_PROFILE="team",
+            config_text="[profile team]\nregion = eu-north-1\nmax_attempts = 6\n")
+    location = Location.parse("s3://bkt/out")
+    blob = pickle.dumps(location)
+    assert secret.encode() not in blob and token.encode() not in blob and b"AKIDENV" not in blob
+    clone = pickle.loads(blob)
+    assert clone.filesystem.options == S3Options("http://127.0.0.1:1", "eu-north-1", profile="team", max_attempts=6)
+    assert clone.filesystem.region == "eu-north-1"
+    # Keys given in code are what that caller asked for: they travel with the filesystem.
+    explicit = Location.parse("s3://bkt/out", S3Options(endpoint_url="http://127.0.0.1:1",
+                                                        access_key="AKIDCODE", secret_key="code-secret"))
+    clone = pickle.loads(pickle.dumps(explicit))
+    assert clone.filesystem.options.secret_key == "code-secret"
+    assert os.environ["AWS_PROFILE"] == "team"  # building it did not leave the variables changed
 
 
 # --- S3 end to end (moto_server) ------------------------------------------------------------
