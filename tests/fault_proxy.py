@@ -8,8 +8,8 @@ to the real server and, for a seeded share of them, answers with a fault instead
 * ``drop``: the connection is reset before the request reaches the server;
 * ``drop_after``: the request is executed by the server, then the connection is reset instead
   of answering (the client cannot know its request took effect);
-* ``truncate``: the server's answer is sent with only half of its body, then the connection is
-  reset (a connection dropped mid-download);
+* ``truncate``: the server's answer is sent with only half of its body (or, without a body, only
+  its status line), then the connection is reset (a connection dropped mid-download);
 * ``stall``: no answer for ``stall_s`` seconds, then a reset (a hung server or network).
 
 Which requests fail is decided per request from ``seed``, the request's method, path and
@@ -23,8 +23,12 @@ bodies (re-sent chunked, so ``Content-Encoding: aws-chunked`` payloads with thei
 trailers arrive intact) and ``Expect: 100-continue`` (answered by the proxy, which then reads the
 body and forwards the request without the expectation).
 
-Requests and injected faults are counted per operation (``GET`` ``PUT`` ``HEAD`` ``DELETE``
-``POST`` and ``LIST`` for bucket listings), so tests can assert that faults really happened.
+Requests, injected faults and retries (a request repeating one whose last attempt was faulted)
+are counted per operation (``GET`` ``PUT`` ``HEAD`` ``DELETE`` ``POST`` and ``LIST`` for bucket
+listings), so tests can assert that faults really happened and were retried. ``fail_first=n``
+fails the first ``n`` attempts of every request, for tests that need an exact retry count;
+``first_fault_on=("LIST", ...)`` faults the first request of those operations whatever the draw,
+so that a short run cannot miss an operation that makes only a few requests.
 
 Fixtures: ``fault_proxy`` (function scope: a proxy in front of the session's ``s3_server``,
 faults off until a test sets ``fault_rate``).
@@ -83,6 +87,8 @@ class ProxyStats:
 
     requests: collections.Counter = field(default_factory=collections.Counter)  # operation -> n
     faults: collections.Counter = field(default_factory=collections.Counter)  # (operation, kind) -> n
+    #: operation -> requests that repeated a request whose previous attempt was faulted (retries)
+    retries: collections.Counter = field(default_factory=collections.Counter)
 
     def faults_on(self, operation: str) -> int:
         return sum(n for (op, _kind), n in self.faults.items() if op == operation)
@@ -98,9 +104,14 @@ class ProxyStats:
     def total_requests(self) -> int:
         return sum(self.requests.values())
 
+    @property
+    def total_retries(self) -> int:
+        return sum(self.retries.values())
+
     def summary(self) -> str:
         ops = ", ".join(f"{op} {n} ({self.faults_on(op)} faulted)" for op, n in sorted(self.requests.items()))
-        return f"{self.total_requests} requests, {self.total_faults} faults injected: {ops}"
+        return (f"{self.total_requests} requests, {self.total_faults} faults injected, "
+                f"{self.total_retries} retries seen: {ops}")
 
 
 class FaultProxy:
@@ -115,6 +126,8 @@ class FaultProxy:
         seed: int = 0,
         stall_s: float = 30.0,
         normalise: Callable[[str], str] | None = None,
+        fail_first: int = 0,
+        first_fault_on: Iterable[str] = (),
     ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname or not parts.port:
@@ -122,9 +135,15 @@ class FaultProxy:
         self.upstream_host, self.upstream_port = parts.hostname, parts.port
         self.seed = seed
         self.stall_s = stall_s
+        self.fail_first = fail_first  # fail the first n attempts of every request, whatever the rate
+        # Operations whose first request is faulted whatever the draw: a short run then cannot
+        # miss one of them by chance.
+        self.first_fault_on = frozenset(first_fault_on)
+        self._faulted_operations: set[str] = set()
         self.normalise = normalise or (lambda key: key)
         self._lock = threading.Lock()
         self._seen: collections.Counter = collections.Counter()
+        self._last_faulted: set[str] = set()
         self._stats = ProxyStats()
         self._released = threading.Event()  # set on stop: stalled handlers give up at once
         self.configure(fault_rate=fault_rate, kinds=kinds)
@@ -150,7 +169,8 @@ class FaultProxy:
     def stats(self) -> ProxyStats:
         """A snapshot of the counts."""
         with self._lock:
-            return ProxyStats(collections.Counter(self._stats.requests), collections.Counter(self._stats.faults))
+            return ProxyStats(*(collections.Counter(counter) for counter in
+                                (self._stats.requests, self._stats.faults, self._stats.retries)))
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -194,18 +214,22 @@ class FaultProxy:
             attempt = self._seen[key]
             self._seen[key] += 1
             self._stats.requests[operation] += 1
+            if key in self._last_faulted:
+                self._stats.retries[operation] += 1
             rate, kinds = self.fault_rate, self.kinds
             fault = None
-            if rate > 0:
-                # A fresh generator per request: the draw depends on what the request is, not on
-                # the order in which concurrent requests arrived.
-                rng = random.Random(f"{self.seed}|{key}|{attempt}")
-                if rng.random() < rate:
-                    fault = rng.choice(kinds)
-                    if fault == "truncate" and method == "HEAD":
-                        fault = "drop_after"  # nothing to cut short
+            # A fresh generator per request: the draw depends on what the request is, not on
+            # the order in which concurrent requests arrived.
+            rng = random.Random(f"{self.seed}|{key}|{attempt}")
+            forced = operation in self.first_fault_on and operation not in self._faulted_operations
+            if forced or attempt < self.fail_first or (rate > 0 and rng.random() < rate):
+                fault = rng.choice(kinds)
             if fault is not None:
                 self._stats.faults[(operation, fault)] += 1
+                self._faulted_operations.add(operation)
+                self._last_faulted.add(key)
+            else:
+                self._last_faulted.discard(key)
         return operation, fault
 
 
@@ -315,6 +339,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fault == "drop_after":
             self._reset()
             return
+        if fault == "truncate" and (self.command == "HEAD" or len(data) < 2):
+            # Nothing to cut short in the body: cut the head instead, after the status line.
+            self.wfile.write(f"HTTP/1.1 {status} {reason}\r\n".encode())
+            self.wfile.flush()
+            self._reset()
+            return
         self.send_response(status, reason)
         for name, value in headers:
             if name.lower() != "content-length" or self.command == "HEAD":
@@ -324,7 +354,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
-        if fault == "truncate" and len(data) > 1:
+        if fault == "truncate":
             self.wfile.write(data[: len(data) // 2])
             self.wfile.flush()
             self._reset()
@@ -333,16 +363,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 _RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{6}")
+_TEST_BUCKET = re.compile(r"test-[0-9a-f]{16}")  # tests/s3_server.py's s3_bucket names
 
 
-def normalise_run_ids(key: str) -> str:
-    """Map dce_batch run ids (``20250101T120000-abc123``) in request keys to one constant."""
-    return _RUN_ID.sub("<run>", key)
+def normalise_names(key: str) -> str:
+    """Map names that differ from run to run (dce_batch run ids such as
+    ``20250101T120000-abc123``, the ``s3_bucket`` fixture's bucket names) to constants."""
+    return _TEST_BUCKET.sub("<bucket>", _RUN_ID.sub("<run>", key))
 
 
 @pytest.fixture
 def fault_proxy(s3_server) -> Iterator[FaultProxy]:
     """A :class:`FaultProxy` in front of the session's moto_server; no faults until configured."""
-    with FaultProxy(s3_server.endpoint_url, normalise=normalise_run_ids) as proxy:
+    with FaultProxy(s3_server.endpoint_url, normalise=normalise_names) as proxy:
         yield proxy
 

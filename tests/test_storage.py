@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -669,3 +671,68 @@ def test_pickled_s3_filesystem_works_without_any_aws_env(s3_server, s3_photos: s
     )
     assert result.returncode == 0, result.stderr.decode()
     assert s3_server.get_object(s3_photos, "in/a.jpg.copy") == b"in/a.jpg"
+
+
+# --- credentials resolved on each node (moto that checks them) ------------------------------
+
+
+def _credential_process_profile(tmp_path: Path, name: str, access_key: str, secret_key: str) -> tuple[Path, Path]:
+    """A config file whose profile ``name`` gets its keys from a credential_process script that
+    logs each call. Returns (config file, call log)."""
+    calls = tmp_path / f"{name}-calls.log"
+    script = tmp_path / f"{name}-credentials.sh"
+    payload = json.dumps({"Version": 1, "AccessKeyId": access_key, "SecretAccessKey": secret_key})
+    script.write_text(f"#!/bin/sh\necho called >> '{calls}'\necho '{payload}'\n")
+    script.chmod(0o755)
+    config = tmp_path / f"{name}-config"
+    config.write_text(f"[profile {name}]\ncredential_process = {script}\nregion = us-east-1\n")
+    return config, calls
+
+
+_NODE = """
+import pickle, sys
+fs, path = pickle.loads(sys.stdin.buffer.read())
+from dce_batch.storage import read_bytes, write_bytes_atomic
+write_bytes_atomic(fs, path + ".copy", read_bytes(fs, path))
+print("ok")
+"""
+
+
+@pytest.mark.s3
+def test_profile_name_travels_and_each_node_resolves_its_credentials(
+    s3_auth_server, tmp_path: Path, aws_env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node given the pickled filesystem uses the driver's profile *name* with its own config
+    and credential_process; no key travels, and without the profile name it is refused."""
+    bucket = "creds-" + uuid.uuid4().hex[:12]
+    s3_auth_server.make_bucket(bucket)
+    s3_auth_server.put_object(bucket, "in/a.jpg", b"payload")
+    config, calls = _credential_process_profile(tmp_path, "dce-proc", *s3_auth_server.create_user("proc-user"))
+    aws_env(AWS_PROFILE="dce-proc", AWS_ENDPOINT_URL=s3_auth_server.endpoint_url)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+
+    location = Location.parse(f"s3://{bucket}/in")  # the driver: from_env, profile dce-proc
+    assert relpaths(list_inputs(location.uri, extensions=IMAGES)[1]) == ["a.jpg"]
+    with_profile = pickle.dumps((location.filesystem, location.child("a.jpg")))
+    assert b"proc-user" not in with_profile and s3_auth_server.secret_key.encode() not in with_profile
+    without_profile = pickle.dumps((
+        Location.parse(f"s3://{bucket}/in", S3Options(s3_auth_server.endpoint_url, "us-east-1")).filesystem,
+        location.child("a.jpg"),
+    ))
+
+    # The node: the same config file as the driver (its own ~/.aws), but no AWS_PROFILE.
+    node_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    node_env.update(AWS_CONFIG_FILE=str(config), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+                    AWS_EC2_METADATA_DISABLED="true", HOME=str(tmp_path),
+                    PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    calls_before = calls.read_text().count("called")
+    result = subprocess.run([sys.executable, "-c", _NODE], input=with_profile, env=node_env,
+                            capture_output=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert s3_auth_server.get_object(bucket, "in/a.jpg.copy") == b"payload"
+    assert calls.read_text().count("called") > calls_before  # the node ran credential_process
+
+    refused = subprocess.run([sys.executable, "-c", _NODE], input=without_profile, env=node_env,
+                             capture_output=True, timeout=120, check=False)
+    assert refused.returncode != 0
+    assert b"StorageError: cannot read" in refused.stderr and b"access denied" in refused.stderr
