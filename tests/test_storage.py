@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 from pathlib import Path
@@ -736,3 +737,119 @@ def test_profile_name_travels_and_each_node_resolves_its_credentials(
                              capture_output=True, timeout=120, check=False)
     assert refused.returncode != 0
     assert b"StorageError: cannot read" in refused.stderr and b"access denied" in refused.stderr
+
+
+# --- credentials end to end: the CLI on a real Ray -----------------------------------------
+
+
+def _jpeg(seed: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = (np.random.default_rng(seed).random((40, 56, 3)) * 70).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _cli_env(ray_tmp: str, **aws: str) -> dict[str, str]:
+    """The environment of a user's shell: their AWS_* variables, a Ray of the job's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}
+    env.update(AWS_EC2_METADATA_DISABLED="true", RAY_TMPDIR=ray_tmp, **aws)
+    return env
+
+
+def _manifest_rows(s3_server, bucket: str) -> list[dict]:
+    fs, path = filesystem_for(f"s3://{bucket}/out/_manifest", s3_server.s3_options())
+    from dce_batch.manifest import read_manifest
+
+    return read_manifest(fs, path).to_pylist()
+
+
+@pytest.mark.s3
+@pytest.mark.ray
+@pytest.mark.slow
+def test_cli_never_writes_credentials_anywhere(s3_server, s3_bucket: str) -> None:
+    """Secret and session token appear in no output, log, manifest or summary, also when an
+    input fails and a read fails."""
+    secret = "dceSECRET" + uuid.uuid4().hex
+    token = "dceTOKEN" + uuid.uuid4().hex
+    for i in range(3):
+        s3_server.put_object(s3_bucket, f"in/ok{i}.jpg", _jpeg(i))
+    s3_server.put_object(s3_bucket, "in/corrupt.jpg", b"\xff\xd8\xff this is not a JPEG")
+    s3_server.put_object(s3_bucket, "lists/batch.txt",
+                         b"../in/ok0.jpg\n../in/ok1.jpg\n../in/ok2.jpg\n../in/corrupt.jpg\n../in/missing.jpg\n")
+    with tempfile.TemporaryDirectory(prefix="dce-ray-", dir="/tmp") as ray_tmp:
+        env = _cli_env(ray_tmp, AWS_ENDPOINT_URL=s3_server.endpoint_url, AWS_ACCESS_KEY_ID="AKIADCELEAKTEST",
+                       AWS_SECRET_ACCESS_KEY=secret, AWS_SESSION_TOKEN=token, AWS_REGION="us-east-1")
+        result = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "jobs" / "enhance.py"), f"s3://{s3_bucket}/lists/batch.txt",
+             f"s3://{s3_bucket}/out/", "--num-actors", "1"],
+            cwd=REPO_ROOT, env=env, capture_output=True, timeout=600, check=False,
+        )
+        assert result.returncode == 3, result.stderr.decode()[-3000:]  # the job ran; 2 inputs failed
+        ray_files = [p for p in Path(ray_tmp).rglob("*") if p.is_file() and not p.is_symlink()]
+        places = {"stdout": result.stdout, "stderr": result.stderr}
+        places.update({str(p): p.read_bytes() for p in ray_files if p.stat().st_size < 200_000_000})
+
+    rows = {r["input_uri"].rsplit("/", 1)[1]: r for r in _manifest_rows(s3_server, s3_bucket)}
+    assert {name: r["status"] for name, r in rows.items()} == {
+        "ok0.jpg": "ok", "ok1.jpg": "ok", "ok2.jpg": "ok", "corrupt.jpg": "error", "missing.jpg": "error"}
+    assert rows["missing.jpg"]["error"].startswith("StorageError: cannot read")
+    assert rows["corrupt.jpg"]["error"].startswith(("CorruptImageError", "UnsupportedImageError"))
+    outputs = [k for k in s3_server.list_keys(s3_bucket, "out/")]
+    assert any(k.startswith("out/_manifest/part-") for k in outputs)
+    assert any(k.startswith("out/_manifest/_run-") and k.endswith(".json") for k in outputs)
+    places.update({f"s3://{s3_bucket}/{k}": s3_server.get_object(s3_bucket, k) for k in outputs})
+
+    assert sum(1 for name in places if name.endswith(".log") or name.endswith(".out") or name.endswith(".err")) >= 5
+    print(f"searched {len(places)} places for the secret and token:", sorted(places)[:8], "...")
+    for needle in (secret, token):
+        leaks = [name for name, data in places.items() if needle.encode() in data]
+        assert not leaks, f"credential found in {leaks}"
+
+
+@pytest.mark.s3
+@pytest.mark.ray
+@pytest.mark.slow
+def test_cli_with_a_credential_process_profile(s3_auth_server, tmp_path: Path) -> None:
+    """A profile whose keys come from credential_process works end to end: the driver and the
+    Ray workers each run the process (the server rejects anything else)."""
+    bucket = "proc-" + uuid.uuid4().hex[:12]
+    s3_auth_server.make_bucket(bucket)
+    for i in range(3):
+        s3_auth_server.put_object(bucket, f"in/img{i}.jpg", _jpeg(i))
+    access_key, secret_key = s3_auth_server.create_user("cli-proc-user")
+    calls = tmp_path / "calls.log"
+    script = tmp_path / "credentials.sh"
+    payload = json.dumps({"Version": 1, "AccessKeyId": access_key, "SecretAccessKey": secret_key})
+    # Logs the process that asked (through the shell that popen may put in between).
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        p=$PPID
+        if [ "$(cat /proc/$p/comm)" = "sh" ]; then p=$(awk '/^PPid:/ {{print $2}}' /proc/$p/status); fi
+        echo "$p" >> '{calls}'
+        echo '{payload}'
+        """))
+    script.chmod(0o755)
+    config = tmp_path / "config"
+    config.write_text(f"[profile dce-proc]\ncredential_process = {script}\nregion = us-east-1\n")
+
+    with tempfile.TemporaryDirectory(prefix="dce-ray-", dir="/tmp") as ray_tmp:
+        env = _cli_env(ray_tmp, AWS_PROFILE="dce-proc", AWS_CONFIG_FILE=str(config),
+                       AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+                       AWS_ENDPOINT_URL=s3_auth_server.endpoint_url)
+        process = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "jobs" / "enhance.py"), f"s3://{bucket}/in/", f"s3://{bucket}/out/",
+             "--num-actors", "1"],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    keys = s3_auth_server.list_keys(bucket, "out/")
+    assert {"out/img0.jpg", "out/img1.jpg", "out/img2.jpg"} <= set(keys)
+    callers = set(calls.read_text().split())
+    assert str(process.pid) in callers  # the driver (listing, manifest, summary)
+    assert callers - {str(process.pid)}, "no Ray worker resolved credentials itself"
