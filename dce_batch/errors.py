@@ -40,6 +40,11 @@ class StorageError(DceBatchError):
     """A path or URI cannot be resolved, listed, read or written."""
 
 
+class CredentialsError(StorageError):
+    """No credentials for object storage can be found, or their source (a profile's
+    ``credential_process``, an expired SSO session ...) failed."""
+
+
 def describe_error(exc: BaseException) -> str:
     """``TypeName: message``, the form stored in manifest rows and printed in summaries."""
     message = str(exc).strip() or repr(exc)

@@ -20,7 +20,7 @@ import pytest
 from dce_batch.storage import io as storage_io
 from dce_batch.storage.listing import glob_regex
 from dce_batch.storage.uris import s3_endpoint
-from dce_batch.errors import ConfigError, StorageError
+from dce_batch.errors import ConfigError, CredentialsError, StorageError
 from dce_batch.storage import (
     InputFile,
     Location,
@@ -491,13 +491,13 @@ def test_filesystem_for_custom_endpoint_defaults_region(aws_env) -> None:
 
 def test_no_credentials_at_all_fails_fast(aws_env, monkeypatch: pytest.MonkeyPatch) -> None:
     endpoint = S3Options(endpoint_url="http://127.0.0.1:1")
-    with pytest.raises(ConfigError, match="no AWS credentials found.*AWS_ACCESS_KEY_ID"):
+    with pytest.raises(CredentialsError, match="no AWS credentials found.*AWS_ACCESS_KEY_ID"):
         filesystem_for("s3://bkt/x", endpoint)
-    with pytest.raises(ConfigError, match="no AWS credentials found"):
+    with pytest.raises(CredentialsError, match="no AWS credentials found"):
         filesystem_for("s3://bkt/x", S3Options(region="us-east-1"))  # AWS itself too
     # Half a key pair in the environment is a mistake worth naming.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKID")
-    with pytest.raises(ConfigError, match="(?i)partial credentials"):
+    with pytest.raises(CredentialsError, match="(?i)partial credentials"):
         filesystem_for("s3://bkt/x", endpoint)
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     # Public buckets, and keys given in code, need nothing from the environment.
@@ -505,12 +505,12 @@ def test_no_credentials_at_all_fails_fast(aws_env, monkeypatch: pytest.MonkeyPat
     filesystem_for("s3://bkt/x", S3Options(endpoint_url="http://127.0.0.1:1", access_key="k", secret_key="s"))
 
 
-def test_failing_credential_process_is_config_error(aws_env, tmp_path: Path) -> None:
+def test_failing_credential_process_is_credentials_error(aws_env, tmp_path: Path) -> None:
     script = tmp_path / "broken-credentials.sh"
     script.write_text("#!/bin/sh\necho 'token expired, run aws sso login' >&2\nexit 1\n")
     script.chmod(0o755)
     aws_env(config_text=f"[profile broken]\ncredential_process = {script}\n", AWS_PROFILE="broken")
-    with pytest.raises(ConfigError, match="profile 'broken'.*token expired"):
+    with pytest.raises(CredentialsError, match="profile 'broken'.*token expired"):
         filesystem_for("s3://bkt/x", S3Options.from_env(endpoint_url="http://127.0.0.1:1"))
 
 
@@ -853,3 +853,99 @@ def test_cli_with_a_credential_process_profile(s3_auth_server, tmp_path: Path) -
     callers = set(calls.read_text().split())
     assert str(process.pid) in callers  # the driver (listing, manifest, summary)
     assert callers - {str(process.pid)}, "no Ray worker resolved credentials itself"
+
+
+# --- the columnar listing ---------------------------------------------------------------------
+
+
+def _as_files(table: pa.Table) -> list[InputFile]:
+    return [InputFile(**row) for row in table.to_pylist()]
+
+
+def test_list_inputs_table_schema_order_and_equivalence(photo_tree: Path) -> None:
+    from dce_batch.storage import INPUT_TABLE_SCHEMA, list_inputs_table
+
+    for source in (str(photo_tree), f"{photo_tree}/**/*.[jJ][pP]*", str(photo_tree / "sub" / "e.gif")):
+        fs, table = list_inputs_table(source, extensions=IMAGES)
+        assert table.schema == INPUT_TABLE_SCHEMA
+        relpaths_ = table.column("relpath").to_pylist()
+        assert relpaths_ == sorted(relpaths_)
+        assert _as_files(table) == list_inputs(source, extensions=IMAGES)[1]
+
+
+def test_list_inputs_table_odd_names_and_globs(tmp_path: Path) -> None:
+    from dce_batch.storage import list_inputs_table
+
+    names = ["a b+(1).jpg", "a b+(2).jpg", "é/ü [x].png", "dots.in.name.JPG", "q?.jpg", "back\\slash.jpg",
+             "ab.jpg", "a.b/c.jpg"]
+    make_files(tmp_path / "in", names)
+    _, table = list_inputs_table(str(tmp_path / "in"), extensions=IMAGES)
+    assert table.column("relpath").to_pylist() == sorted(names)
+    assert table.column("size").to_pylist() == [len(n.encode()) for n in sorted(names)]
+    glob = lambda pattern: list_inputs_table(f"{tmp_path}/in/{pattern}", extensions=IMAGES)[1].column("relpath").to_pylist()  # noqa: E731
+    assert glob("a b+(?).jpg") == ["a b+(1).jpg", "a b+(2).jpg"]  # regex characters are literals
+    assert glob("*/ü [[]x].png") == ["é/ü [x].png"]
+    assert glob("[!a]*.jpg") == ["back\\slash.jpg", "q?.jpg"]
+    assert glob("**/c.jpg") == ["a.b/c.jpg"]
+
+
+def test_list_inputs_table_large_text_list_file(tmp_path: Path) -> None:
+    """A 200,000-line list file with comments, blank lines, CRLF, BOM, duplicates and relative,
+    absolute and file:// entries, parsed column-wise."""
+    from dce_batch.storage import list_inputs_table
+
+    n = 200_000
+    lines = ["# generated"]
+    for i in range(n):
+        if i % 3 == 0:
+            lines.append(f"photos/day{i % 7}/img{i:06d}.jpg")  # relative to the list file
+        elif i % 3 == 1:
+            lines.append(f"  {tmp_path}/photos/day{i % 7}/img{i:06d}.jpg  ")
+        else:
+            lines.append(f"file://{tmp_path}/photos/./day{i % 7}/img{i:06d}.jpg")
+        if i % 1000 == 0:
+            lines += ["", "# comment", f"photos/day{i % 7}/img{i:06d}.jpg"]  # a duplicate
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode())
+    fs, table = list_inputs_table(str(listing), extensions=IMAGES)
+    assert isinstance(fs, pafs.LocalFileSystem)
+    assert table.num_rows == n
+    assert table.column("relpath")[0].as_py() == "day0/img000000.jpg"
+    paths = table.column("path").to_pylist()
+    assert len(set(paths)) == n and all(p.startswith(f"{tmp_path}/photos/day") for p in paths)
+    assert table.column("uri").to_pylist() == paths  # local inputs: the URI is the path
+    assert table.column("size").null_count == n
+
+
+def test_list_file_errors_name_the_entry(tmp_path: Path) -> None:
+    from dce_batch.storage import list_inputs_table
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"a.jpg\n\xff\xfe not utf-8\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        list_inputs_table(str(bad), extensions=IMAGES)
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("uri\n/data/a.jpg\ngs://bucket/b.jpg\n")
+    with pytest.raises(ConfigError, match=r"mixes filesystems \(local: /data/a.jpg; gs: gs://bucket/b.jpg\)"):
+        list_inputs_table(str(mixed), extensions=IMAGES)
+
+
+@pytest.mark.s3
+def test_s3_prefix_listing_pages_through_keys(s3_server, s3_bucket: str) -> None:
+    """More keys than one ListObjectsV2 page (1,000), with folder markers and hidden keys."""
+    from dce_batch.storage import list_inputs_table
+
+    client = s3_server.client()
+    expected = []
+    for i in range(1_150):
+        key = f"big/p{i % 4}/k{i:05d}.jpg"
+        client.put_object(Bucket=s3_bucket, Key=key, Body=b"x" * (i % 50))
+        expected.append(key.removeprefix("big/"))
+    for key in ["big/p0/", "big/.hidden/x.jpg", "big/_manifest/part.jpg", "big/notes.txt"]:
+        client.put_object(Bucket=s3_bucket, Key=key, Body=b"")
+    fs, table = list_inputs_table(f"s3://{s3_bucket}/big", s3_server.s3_options(), extensions=IMAGES)
+    assert table.column("relpath").to_pylist() == sorted(expected)
+    assert table.column("size").to_pylist()[:3] == [0, 4, 8]  # k00000, k00004, k00008 in p0
+    assert table.column("uri")[0].as_py() == f"s3://{s3_bucket}/big/p0/k00000.jpg"
+    _, one_level = list_inputs_table(f"s3://{s3_bucket}/big/p1/*.jpg", s3_server.s3_options(), extensions=IMAGES)
+    assert one_level.num_rows == len([k for k in expected if k.startswith("p1/")])

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-from ..errors import ConfigError
+from ..errors import ConfigError, CredentialsError
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "PortableS3FileSystem", "S3Options", "s3_filesystem"]
 
@@ -193,7 +193,7 @@ def split_endpoint(endpoint_url: str) -> tuple[str, str]:
 
 
 def check_credentials(options: S3Options) -> None:
-    """ConfigError now if no credentials can be found at all, instead of a vague error later.
+    """CredentialsError now if no credentials can be found at all, not a vague error later.
 
     Without credentials the AWS SDK sends requests that fail with an unhelpful error (or, on a
     non-AWS machine, first waits for the instance-metadata service). The driver must list the
@@ -205,7 +205,7 @@ def check_credentials(options: S3Options) -> None:
     aws_env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
     problem = _credential_problem(options.profile, aws_env)
     if problem is not None:
-        raise ConfigError(problem)
+        raise CredentialsError(problem)
 
 
 @functools.lru_cache(maxsize=16)
@@ -305,8 +305,13 @@ class PortableS3FileSystem(pafs.S3FileSystem):
     def __init__(self, options: S3Options) -> None:
         if options.region is None:
             raise ValueError("PortableS3FileSystem needs a region; use s3_filesystem()")
+        kwargs = _pyarrow_kwargs(options)
         with _profile_environment(options.profile):
-            super().__init__(**_pyarrow_kwargs(options))
+            try:
+                super().__init__(**kwargs)
+            except TypeError:  # pyarrow < 16 has no allow_delayed_open
+                kwargs.pop("allow_delayed_open")
+                super().__init__(**kwargs)
         self._options = options
 
     @property
@@ -359,7 +364,8 @@ def s3_filesystem(options: S3Options, bucket: str) -> PortableS3FileSystem:
     """The filesystem for ``bucket``, with everything a remote node needs settled here.
 
     Runs on the driver: fills in the region (from the profile, the custom endpoint's default,
-    or by asking AWS where the bucket lives) and checks that credentials exist at all.
+    or by asking AWS where the bucket lives) and checks that credentials exist at all
+    (CredentialsError if not).
     """
     options = _with_profile_settings(options)
     check_credentials(options)

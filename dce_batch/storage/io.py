@@ -4,8 +4,9 @@ Writes are atomic: a file appears under its final name only once it is complete,
 a pre-empted node never leaves a half-written image that a later run would mistake for done.
 
 On S3, transient failures (throttling, 5xx answers, dropped connections, timeouts) are retried
-inside the AWS SDK with the strategy the filesystem was built with (see :mod:`.aws`); nothing
-here loops on them.
+inside the AWS SDK with the strategy the filesystem was built with (see :mod:`.aws`). The one
+failure the SDK does not retry (an error answer to a GET of a tiny object, see
+:func:`read_bytes`) is retried here.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from __future__ import annotations
 import mimetypes
 import os
 import posixpath
+import random
+import time
 import uuid
 
 import pyarrow.fs as pafs
 
 from ..errors import StorageError
+from .aws import PortableS3FileSystem
 from .uris import display, fsspec_protocol, get_info, storage_error
 
 __all__ = ["delete_tree_contents", "exists", "list_files", "read_bytes", "write_bytes_atomic"]
@@ -29,14 +33,33 @@ _OBJECT_STORE_PROTOCOLS = frozenset(
 )
 
 
+# pyarrow reads an S3 object into a buffer of exactly the object's size. When S3 answers that GET
+# with an error (503 SlowDown, 500 InternalError), the AWS SDK writes the XML error body into the
+# same buffer; for objects smaller than that body (a few hundred bytes) it overflows, and the SDK
+# reports "Failed to flush response stream" (INTERNAL_FAILURE), which it does not retry. Found
+# with tests/fault_proxy.py; read_bytes retries exactly this, nothing else.
+_OVERFLOWED_ERROR_BODY = "Failed to flush response stream"
+
+
+def _backoff_s(attempt: int) -> float:
+    """Exponential backoff with full jitter: up to 0.05 s, 0.1 s, 0.2 s ... (at most 20 s)."""
+    return random.uniform(0.0, min(20.0, 0.05 * 2**attempt))
+
+
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
     """The whole content of ``path``; StorageError saying why if it cannot be read."""
-    try:
-        # compression=None: never transparently gunzip a file just because it ends in .gz.
-        with fs.open_input_stream(path, compression=None) as stream:
-            return stream.read()
-    except OSError as exc:
-        raise storage_error(exc, "read", fs, path) from exc
+    attempts = fs.options.max_attempts if isinstance(fs, PortableS3FileSystem) else 1
+    for attempt in range(attempts):
+        try:
+            # compression=None: never transparently gunzip a file just because it ends in .gz.
+            with fs.open_input_stream(path, compression=None) as stream:
+                return stream.read()
+        except OSError as exc:
+            if attempt + 1 < attempts and _OVERFLOWED_ERROR_BODY in str(exc):
+                time.sleep(_backoff_s(attempt))
+                continue
+            raise storage_error(exc, "read", fs, path) from exc
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def list_files(fs: pafs.FileSystem, path: str) -> set[str]:

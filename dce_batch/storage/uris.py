@@ -74,7 +74,7 @@ def filesystem_for(uri: str, s3: S3Options | None = None) -> tuple[pafs.FileSyst
 
     * local paths and ``file://`` -> ``(LocalFileSystem, absolute path)``
     * ``s3://`` / ``s3a://`` -> ``(PortableS3FileSystem, "bucket/key")``; ``s3=None`` means
-      :meth:`S3Options.from_env`. ConfigError if no AWS credentials can be found at all.
+      :meth:`S3Options.from_env`. CredentialsError if no AWS credentials can be found at all.
     * other schemes -> fsspec, wrapped for pyarrow, if its implementation is installed
 
     Trailing slashes are dropped from the returned path.
