@@ -949,3 +949,16 @@ def test_s3_prefix_listing_pages_through_keys(s3_server, s3_bucket: str) -> None
     assert table.column("uri")[0].as_py() == f"s3://{s3_bucket}/big/p0/k00000.jpg"
     _, one_level = list_inputs_table(f"s3://{s3_bucket}/big/p1/*.jpg", s3_server.s3_options(), extensions=IMAGES)
     assert one_level.num_rows == len([k for k in expected if k.startswith("p1/")])
+
+
+@pytest.mark.s3
+def test_environment_keys_beat_the_profile_for_listing_too(s3_server, s3_photos: str, aws_env) -> None:
+    """As in the AWS SDKs, keys in the environment win over AWS_PROFILE, also for the driver's
+    paged listing (botocore would otherwise look only at the profile, which has no keys)."""
+    aws_env(config_text="[profile region-only]\nregion = us-east-1\n", AWS_PROFILE="region-only",
+            AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+            AWS_ENDPOINT_URL=s3_server.endpoint_url)
+    from dce_batch.storage import list_inputs_table
+
+    _, table = list_inputs_table(f"s3://{s3_photos}/in/", extensions=IMAGES)
+    assert table.column("relpath").to_pylist() == ["a.jpg", "sub/b.PNG"]

@@ -236,6 +236,23 @@ def split_glob(path: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
+def _listing_keys(options: S3Options) -> dict[str, str | None]:
+    """Keys for the driver's listing client, in the precedence the filesystem's SDK uses.
+
+    Keys given in code come first; then keys in the environment, which the AWS SDK inside
+    pyarrow prefers to any profile (a botocore session with a profile set would skip them);
+    else none, and botocore resolves the profile's credentials (SSO, credential_process ...).
+    """
+    if options.has_keys:
+        return {"aws_access_key_id": options.access_key, "aws_secret_access_key": options.secret_key,
+                "aws_session_token": options.session_token}
+    access_key, secret_key = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if access_key and secret_key:
+        return {"aws_access_key_id": access_key, "aws_secret_access_key": secret_key,
+                "aws_session_token": os.environ.get("AWS_SESSION_TOKEN") or None}
+    return {}
+
+
 def _s3_pages(fs: PortableS3FileSystem, base: str, recursive: bool) -> Iterator[tuple[pa.Array, pa.Array]]:
     """(paths, sizes) of the objects under ``base``, one ListObjectsV2 page at a time."""
     import botocore
@@ -259,12 +276,7 @@ def _s3_pages(fs: PortableS3FileSystem, base: str, recursive: bool) -> Iterator[
     )
     try:
         client = botocore_session(options.profile).create_client(
-            "s3",
-            endpoint_url=options.endpoint_url,
-            aws_access_key_id=options.access_key,
-            aws_secret_access_key=options.secret_key,
-            aws_session_token=options.session_token,
-            config=config,
+            "s3", endpoint_url=options.endpoint_url, config=config, **_listing_keys(options)
         )
         request = {"Bucket": bucket, "Prefix": prefix}
         if not recursive:
