@@ -149,14 +149,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", default="10,20,30,40,50", help="fault rates in %% (default: %(default)s)")
     parser.add_argument("--images", type=int, default=17, help="images per job run (default: %(default)s)")
-    parser.add_argument("--reads", type=int, default=200, help="reads per strategy in part 2 (default: %(default)s)")
+    parser.add_argument("--reads", type=int, default=200,
+                        help="reads per strategy in part 2; 0 skips part 2 (default: %(default)s)")
     parser.add_argument("--read-rates", default="10,30,50", help="fault rates of part 2 (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="job at 20 and 40 %%, 100 reads at 30 %%")
     args = parser.parse_args()
     if args.quick:
         args.rates, args.read_rates, args.reads = "20,40", "30", 100
-    rates = [float(r) / 100 for r in args.rates.split(",")]
+    rates = [float(r) / 100 for r in args.rates.split(",") if r.strip()]
     read_rates = [float(r) / 100 for r in args.read_rates.split(",")]
 
     print(hardware_line("n/a (storage benchmark)"), flush=True)
@@ -178,13 +179,17 @@ def main() -> None:
                   + ("" if len(survived) == len(job_rows) or not survived
                      else f" (failed at: {', '.join(r[0] for r in job_rows if r[0] not in survived)})"))
 
-            print(f"\nPart 2: {args.reads} reads (HEAD + GET) per strategy, 8 threads, one filesystem each",
-                  flush=True)
+            if args.reads <= 0:
+                read_rates = []
+            else:
+                print(f"\nPart 2: {args.reads} reads (HEAD + GET) per strategy, 8 threads, one filesystem each",
+                      flush=True)
             read_rows = []
             for rate in read_rates:
                 read_rows.extend(run_reads(server, rate, args.reads, args.seed))
-            print(table(["fault rate", "retry strategy", "failed reads", "requests", "faults", "retries", "wall s"],
-                        read_rows))
+            if read_rows:
+                print(table(["fault rate", "retry strategy", "failed reads", "requests", "faults", "retries",
+                             "wall s"], read_rows))
             for rate in read_rates:
                 rows = [r for r in read_rows if r[0] == f"{rate:.0%}"]
                 ours = float(rows[0][6])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import os
 import threading
 from collections.abc import Iterator
@@ -202,22 +203,22 @@ def check_credentials(options: S3Options) -> None:
     """
     if options.has_keys or options.anonymous:
         return
-    aws_env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
-    problem = _credential_problem(options.profile, aws_env)
+    # The answer depends on the AWS_* environment: cache by a digest of it (no secrets kept).
+    aws_env = sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))
+    problem = _credential_problem(options.profile, hashlib.sha256(repr(aws_env).encode()).hexdigest())
     if problem is not None:
         raise CredentialsError(problem)
 
 
 @functools.lru_cache(maxsize=16)
-def _credential_problem(profile: str | None, _aws_env: tuple) -> str | None:
-    """Why no credentials are available, or None. Cached per profile and AWS_* environment (the
-    key), so a ``credential_process`` or SSO lookup is not repeated for every URI."""
+def _credential_problem(profile: str | None, _aws_env_digest: str) -> str | None:
+    """Why no credentials are available, or None. Cached per profile and AWS_* environment, so a
+    ``credential_process`` or SSO lookup is not repeated for every URI."""
     import botocore.exceptions
 
     # The SDK inside pyarrow takes keys from the environment first, whatever the profile; a
     # botocore session with a profile set would skip them, so look at them here.
-    env = dict(_aws_env)
-    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
         return None
     session = botocore_session(profile)
     where = f"profile {profile!r}" if profile else "the environment and the default profile"

@@ -551,6 +551,11 @@ def _storage_kind(uri: str) -> str:
 def _entry_paths(uris: pa.Array, kind: str, fs: pafs.FileSystem) -> pa.Array:
     """Filesystem paths of listed URIs, all of storage ``kind`` on ``fs``."""
     if kind == "local":
+        # file:///abs/path (or file://localhost/...) without %-escapes is just its path.
+        simple_file = pc.and_(pc.match_substring_regex(uris, "(?i)^file://(localhost)?/"),
+                              pc.invert(pc.match_substring(uris, "%")))
+        if pc.any(simple_file).as_py():
+            uris = pc.if_else(simple_file, pc.replace_substring_regex(uris, "(?i)^file://(localhost)?", ""), uris)
         plain = pc.and_(
             pc.starts_with(uris, "/"),
             pc.invert(pc.match_substring_regex(uris, _NEEDS_NORMPATH)),
