@@ -57,6 +57,11 @@ class MissingDependencyError(DceBatchError, ImportError):
     """An optional dependency (an extra such as ``dce-batch[plot]``) is not installed."""
 
 
+class CredentialsError(StorageError):
+    """No credentials for object storage can be found, or their source (a profile's
+    ``credential_process``, an expired SSO session ...) failed."""
+
+
 def describe_error(exc: BaseException) -> str:
     """``TypeName: message``, the form stored in manifest rows and printed in summaries."""
     message = str(exc).strip() or repr(exc)

@@ -30,12 +30,11 @@ from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import StorageError
-from .storage import MANIFEST_DIR, write_bytes_atomic
+from .storage import MANIFEST_DIR, read_bytes, write_bytes_atomic
 
 __all__ = [
     "MANIFEST_DIR",
@@ -196,15 +195,36 @@ def _read_files(fs: pafs.FileSystem, files: list[str], columns: list[str] | None
     schema = full if columns is None else pa.schema([full.field(c) for c in columns])
     if not files:
         return schema.empty_table()
-    try:
-        # An explicit schema: files written before a column existed read it as null.
-        file_format = pads.ParquetFileFormat(read_options=pads.ParquetReadOptions(
-            dictionary_columns=sorted(_REPETITIVE))) if compact else "parquet"
-        dataset = pads.dataset(files, schema=full, format=file_format, filesystem=fs)
-        return dataset.to_table(columns=columns)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise StorageError(f"cannot read the manifest ({len(files)} files, e.g. {files[0]}): {exc}; "
-                           "fix or move the damaged file, or start over with --overwrite") from exc
+    tables = []
+    for path in files:
+        # Whole files through read_bytes (retried, also for the tiny-object case pyarrow's own
+        # reader does not retry), then parsed in memory.
+        data = read_bytes(fs, path)
+        try:
+            table = pq.read_table(pa.BufferReader(data), read_dictionary=sorted(_REPETITIVE) if compact else None)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise StorageError(f"cannot read the manifest part {path}: {exc}; fix or move the damaged file, "
+                               "or start over with --overwrite") from exc
+        # Files written before a column existed read it as null; every part gets one schema.
+        tables.append(_to_schema(table, full, columns))
+    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+
+def _to_schema(table: pa.Table, schema: pa.Schema, columns: list[str] | None) -> pa.Table:
+    names = columns or schema.names
+    arrays = []
+    for name in names:
+        target = schema.field(name).type
+        if name in table.column_names:
+            column = table[name]
+            if column.type != target:
+                column = column.cast(target.value_type if pa.types.is_dictionary(target) else target)
+                if pa.types.is_dictionary(target):
+                    column = column.dictionary_encode()
+            arrays.append(column)
+        else:
+            arrays.append(pa.nulls(table.num_rows, target))
+    return pa.Table.from_arrays(arrays, schema=pa.schema([schema.field(n) for n in names]))
 
 
 def read_manifest(fs: pafs.FileSystem, manifest_path: str, columns: list[str] | None = None, *,

@@ -51,11 +51,11 @@ from .manifest import (
     write_manifest_part,
     write_pending_part,
 )
-from .plan import Plan, existing_output_uris, input_table, output_settings, plan_run
+from .plan import Plan, existing_output_uris, output_settings, plan_run
 from .process import ImageProcessor, ImageReader, ImageState, ImageWriter, WorkItem
 from .progress import Progress
 from .settings import check_inference_settings
-from .storage import MANIFEST_DIR, Location, S3Options, filesystem_for, list_inputs, read_bytes
+from .storage import MANIFEST_DIR, Location, S3Options, filesystem_for, list_inputs_table, read_bytes
 
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "ActorPool", "EnhanceConfig", "plan_actor_pool", "run_enhance",
            "sample_images_dir"]
@@ -486,13 +486,11 @@ def _prepare(config: EnhanceConfig, output: Location, blob: bytes, name: str, st
 def plan_inputs(config: EnhanceConfig, output: Location, weights: ResolvedWeights) -> _Prepared:
     """List inputs, fold dead runs' journals in, read the manifest and plan every input."""
     try:
-        input_fs, inputs = list_inputs(config.input, config.s3, extensions=IMAGE_EXTENSIONS)
+        input_fs, listing = list_inputs_table(config.input, config.s3, extensions=IMAGE_EXTENSIONS)
     except StorageError as exc:
         if str(exc).startswith("no input images") or "no such file" in str(exc):
             raise InputNotFoundError(str(exc)) from exc
         raise
-    listing = input_table(inputs)
-    del inputs
     manifest_path = output.child(MANIFEST_DIR)
     fs = output.filesystem
     done, existing, recovered = None, None, 0

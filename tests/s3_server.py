@@ -8,11 +8,14 @@ Fixtures:
 
 * ``s3_server`` (session): the running server; see :class:`S3Server`.
 * ``s3_bucket`` (function): a fresh, uniquely named, empty bucket on it.
+* ``s3_auth_server`` (session): a second moto_server that *checks* credentials (IAM users,
+  signatures, policies), for tests that must prove which credentials a node used.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -92,6 +95,18 @@ class S3Server:
         """Download ``s3://bucket/key``."""
         return self.client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
+    def create_user(self, name: str) -> tuple[str, str]:
+        """A new IAM user allowed everything; returns its (access key, secret key)."""
+        import boto3
+
+        iam = boto3.client("iam", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
+                           aws_secret_access_key=self.secret_key, region_name=self.region)
+        iam.create_user(UserName=name)
+        iam.put_user_policy(UserName=name, PolicyName="all", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return key["AccessKeyId"], key["SecretAccessKey"]
+
     def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
         """All keys under ``prefix``, sorted."""
         paginator = self.client().get_paginator("list_objects_v2")
@@ -141,13 +156,14 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait(timeout=_STOP_TIMEOUT_S)
 
 
-def _start(log_path: Path) -> tuple[subprocess.Popen, str]:
+def _start(log_path: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """Start moto_server on a free port and wait until it answers HTTP."""
     last_log = ""
     for _attempt in range(3):  # the free port may be grabbed between probing and binding
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(extra_env or {})
         with open(log_path, "wb") as log:
             # Output goes to a file: a pipe nobody reads would eventually block the server.
             process = subprocess.Popen(
@@ -163,9 +179,7 @@ def _start(log_path: Path) -> tuple[subprocess.Popen, str]:
     pytest.fail(f"moto_server did not start on 127.0.0.1 (log {log_path}):\n{last_log}")
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """A real S3 endpoint (moto_server) for the whole test session."""
+def _require_moto() -> None:
     if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
         # Not a skip: the test extra installs it, so its absence is a broken install that
         # would otherwise silently hide every S3 test.
@@ -173,6 +187,12 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             "moto[server] is not installed, so the S3 tests cannot run; "
             "install the test extra: pip install -e '.[test]'"
         )
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 endpoint (moto_server) for the whole test session."""
+    _require_moto()
     log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
     process, url = _start(log_path)
     try:
@@ -185,3 +205,25 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def s3_bucket(s3_server: S3Server) -> str:
     """A new, empty bucket with a unique name on ``s3_server``."""
     return s3_server.make_bucket(f"test-{uuid.uuid4().hex[:16]}")
+
+
+# Requests moto serves before it starts checking credentials: the three that create the admin.
+_BOOTSTRAP_REQUESTS = 3
+
+
+@pytest.fixture(scope="session")
+def s3_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A moto_server that rejects unknown keys, bad signatures and missing credentials.
+
+    Its ``access_key`` / ``secret_key`` are an admin IAM user's (any other keys are refused);
+    :meth:`S3Server.create_user` makes more.
+    """
+    _require_moto()
+    log_path = tmp_path_factory.mktemp("moto_auth") / "moto_server.log"
+    process, url = _start(log_path, {"INITIAL_NO_AUTH_ACTION_COUNT": str(_BOOTSTRAP_REQUESTS)})
+    try:
+        admin = S3Server(endpoint_url=url)
+        access_key, secret_key = admin.create_user("admin")  # the bootstrap requests
+        yield S3Server(endpoint_url=url, access_key=access_key, secret_key=secret_key)
+    finally:
+        _stop(process)

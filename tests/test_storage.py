@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import textwrap
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,8 +17,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from dce_batch import storage
-from dce_batch.errors import ConfigError, StorageError
+from dce_batch.storage import io as storage_io
+from dce_batch.storage.listing import glob_regex
+from dce_batch.storage.uris import s3_endpoint
+from dce_batch.errors import ConfigError, CredentialsError, StorageError
 from dce_batch.storage import (
     InputFile,
     Location,
@@ -110,12 +115,12 @@ def test_local_glob_without_match_says_what_was_searched(photo_tree: Path) -> No
 
 
 def test_glob_regex_semantics() -> None:
-    regex = storage._glob_regex("**/x?/[!a]*.jpg")
+    regex = glob_regex("**/x?/[!a]*.jpg")
     assert regex.fullmatch("xy/b.jpg")
     assert regex.fullmatch("p/q/xy/b1.jpg")
     assert not regex.fullmatch("xy/a.jpg")
     assert not regex.fullmatch("xyz/b.jpg")
-    assert not storage._glob_regex("*.jpg").fullmatch("sub/a.jpg")
+    assert not glob_regex("*.jpg").fullmatch("sub/a.jpg")
 
 
 def test_single_file_is_taken_as_given(photo_tree: Path) -> None:
@@ -297,10 +302,10 @@ def test_write_bytes_atomic_local_failure_leaves_nothing(
         temp_names.extend(n for n in os.listdir(tmp_path) if n != "a.png")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(storage.os, "fsync", failing_fsync)
+    monkeypatch.setattr(storage_io.os, "fsync", failing_fsync)
     with pytest.raises(StorageError, match="cannot write .*a.png.*No space left"):
         write_bytes_atomic(LOCAL, str(target), b"new content")
-    monkeypatch.setattr(storage.os, "fsync", real_fsync)
+    monkeypatch.setattr(storage_io.os, "fsync", real_fsync)
 
     assert len(temp_names) == 1
     assert temp_names[0].startswith(".a.png.") and temp_names[0].endswith(".tmp")
@@ -370,57 +375,88 @@ def test_unknown_scheme_and_missing_fsspec_package() -> None:
             filesystem_for("gs://bucket/x")
 
 
-# --- S3Options -----------------------------------------------------------------------------
+# --- S3Options (botocore resolution) --------------------------------------------------------
 
 
-def test_s3_options_from_env_variables() -> None:
-    env = {
-        "AWS_ENDPOINT_URL": "http://global:1",
-        "AWS_ENDPOINT_URL_S3": "http://minio:9000",
-        "AWS_ACCESS_KEY_ID": "AK",
-        "AWS_SECRET_ACCESS_KEY": "SK",
-        "AWS_SESSION_TOKEN": "TOK",
-        "AWS_DEFAULT_REGION": "eu-west-1",
-        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
-        "AWS_CONFIG_FILE": "/nonexistent/config",
-    }
-    options = S3Options.from_env(env)
-    assert options == S3Options("http://minio:9000", "eu-west-1", "AK", "SK", "TOK", None)
-    assert "SK" not in repr(options) and "TOK" not in repr(options)
-    assert S3Options.from_env(env, endpoint_url="https://r2.example").endpoint_url == "https://r2.example"
-    empty = S3Options.from_env({"AWS_SHARED_CREDENTIALS_FILE": "/x", "AWS_CONFIG_FILE": "/y"})
-    assert empty == S3Options()  # default chain on each node
+@pytest.fixture
+def aws_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A clean AWS environment: no AWS_* variables, empty config files, no metadata service.
+
+    Returns a function that writes the config/credentials files and sets variables.
+    """
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    config, credentials = tmp_path / "aws_config", tmp_path / "aws_credentials"
+    config.write_text("")
+    credentials.write_text("")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+    def setup(config_text: str = "", credentials_text: str = "", **variables: str) -> None:
+        config.write_text(config_text)
+        credentials.write_text(credentials_text)
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+
+    return setup
 
 
-def test_s3_options_from_profile_files(tmp_path: Path) -> None:
-    credentials = tmp_path / "credentials"
-    credentials.write_text(
-        "[default]\naws_access_key_id = DEFAULTKEY\naws_secret_access_key = defaultsecret\n\n"
-        "[minio]\naws_access_key_id = MINIOKEY\naws_secret_access_key = se%cret\n"
+def test_s3_options_from_env_variables(aws_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    aws_env(
+        AWS_ENDPOINT_URL="http://global:1",
+        AWS_ENDPOINT_URL_S3="http://minio:9000",
+        AWS_ACCESS_KEY_ID="AK",
+        AWS_SECRET_ACCESS_KEY="SK",
+        AWS_SESSION_TOKEN="TOK",
+        AWS_DEFAULT_REGION="eu-west-1",
+        AWS_MAX_ATTEMPTS="4",
     )
-    config = tmp_path / "config"
-    config.write_text(
-        "[default]\nregion = us-west-2\n\n"
-        "[profile minio]\nregion = eu-central-1\ns3 =\n  endpoint_url = http://minio.local:9000\n"
-    )
-    files = {"AWS_SHARED_CREDENTIALS_FILE": str(credentials), "AWS_CONFIG_FILE": str(config)}
+    options = S3Options.from_env()
+    # Keys are not read: each node's own credential chain finds them.
+    assert options == S3Options("http://minio:9000", "eu-west-1", max_attempts=4)
+    assert S3Options.from_env(endpoint_url="https://r2.example").endpoint_url == "https://r2.example"
+    monkeypatch.setenv("AWS_REGION", "ap-south-1")  # beats AWS_DEFAULT_REGION (monkeypatch restores)
+    assert S3Options.from_env().region == "ap-south-1"
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    assert S3Options.from_env().endpoint_url == "http://global:1"
+    monkeypatch.setenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")
+    assert S3Options.from_env().endpoint_url is None
+    assert S3Options.from_env(endpoint_url="http://cli:1").endpoint_url == "http://cli:1"
 
-    minio = S3Options.from_env({**files, "AWS_PROFILE": "minio"})
-    assert minio == S3Options(
-        "http://minio.local:9000", "eu-central-1", "MINIOKEY", "se%cret", None, "minio"
-    )
-    default = S3Options.from_env(files)  # no keys in env: the default profile is used
-    assert (default.access_key, default.region, default.profile) == ("DEFAULTKEY", "us-west-2", "default")
-    # Environment keys and region beat the profile; --s3-endpoint beats everything.
-    mixed = S3Options.from_env(
-        {**files, "AWS_PROFILE": "minio", "AWS_ACCESS_KEY_ID": "E", "AWS_SECRET_ACCESS_KEY": "S",
-         "AWS_REGION": "ap-south-1"},
-        endpoint_url="http://cli:1",
-    )
-    assert (mixed.access_key, mixed.region, mixed.endpoint_url) == ("E", "ap-south-1", "http://cli:1")
 
+def test_s3_options_from_env_without_anything(aws_env) -> None:
+    assert S3Options.from_env() == S3Options()  # AWS itself, the default chain on each node
+
+
+def test_s3_options_from_profile_files(aws_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    aws_env(
+        config_text=(
+            "[default]\nregion = us-west-2\n\n"
+            "[profile minio]\nregion = eu-central-1\nservices = local-minio\nmax_attempts = 7\n\n"
+            "[services local-minio]\ns3 =\n  endpoint_url = http://minio.local:9000\n\n"
+            "[profile r2]\nendpoint_url = https://acct.r2.example\n"
+        ),
+        credentials_text="[minio]\naws_access_key_id = MINIOKEY\naws_secret_access_key = se%cret\n",
+    )
+    default = S3Options.from_env()
+    assert (default.region, default.profile, default.endpoint_url) == ("us-west-2", None, None)
+
+    monkeypatch.setenv("AWS_PROFILE", "minio")
+    minio = S3Options.from_env()
+    assert minio == S3Options("http://minio.local:9000", "eu-central-1", profile="minio", max_attempts=7)
+    assert minio.access_key is None  # the profile's keys stay in its file
+    # A services section beats the profile's own endpoint_url; the environment beats both.
+    assert S3Options.from_env(profile="r2").endpoint_url == "https://acct.r2.example"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://env:1")
+    assert S3Options.from_env().endpoint_url == "http://env:1"
+    monkeypatch.setenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")
+    assert S3Options.from_env().endpoint_url is None
+
+    monkeypatch.setenv("AWS_PROFILE", "typo")
     with pytest.raises(ConfigError, match="'typo'.*not found"):
-        S3Options.from_env({**files, "AWS_PROFILE": "typo"})
+        S3Options.from_env()
 
 
 def test_s3_options_validation() -> None:
@@ -430,16 +466,71 @@ def test_s3_options_validation() -> None:
         S3Options(endpoint_url="http://host:9000/bucket")
     with pytest.raises(ConfigError, match="incomplete"):
         S3Options(access_key="only-the-key")
+    with pytest.raises(ConfigError, match="session token"):
+        S3Options(session_token="t")
+    with pytest.raises(ConfigError, match="anonymous"):
+        S3Options(access_key="k", secret_key="s", anonymous=True)
+    with pytest.raises(ConfigError, match="max_attempts"):
+        S3Options(max_attempts=0)
+    with pytest.raises(ConfigError, match="timeouts"):
+        S3Options(request_timeout_s=0)
+    options = S3Options(access_key="AKID", secret_key="very-secret", session_token="very-token")
+    assert "very-secret" not in repr(options) and "very-token" not in repr(options)
 
 
-def test_filesystem_for_custom_endpoint_defaults_region() -> None:
+def test_filesystem_for_custom_endpoint_defaults_region(aws_env) -> None:
+    aws_env(AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s")
     fs, path = filesystem_for("s3://bkt/a/b/", S3Options(endpoint_url="https://example.com:8443"))
     assert path == "bkt/a/b"
     assert isinstance(fs, pafs.S3FileSystem)
     assert fs.region == "us-east-1"
-    assert storage._s3_endpoint(fs) == "https://example.com:8443"
+    assert s3_endpoint(fs) == "https://example.com:8443"
     with pytest.raises(StorageError, match="s3://bucket/prefix"):
         filesystem_for("s3://", S3Options(endpoint_url="http://x:1"))
+
+
+def test_no_credentials_at_all_fails_fast(aws_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    endpoint = S3Options(endpoint_url="http://127.0.0.1:1")
+    with pytest.raises(CredentialsError, match="no AWS credentials found.*AWS_ACCESS_KEY_ID"):
+        filesystem_for("s3://bkt/x", endpoint)
+    with pytest.raises(CredentialsError, match="no AWS credentials found"):
+        filesystem_for("s3://bkt/x", S3Options(region="us-east-1"))  # AWS itself too
+    # Half a key pair in the environment is a mistake worth naming.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKID")
+    with pytest.raises(CredentialsError, match="(?i)partial credentials"):
+        filesystem_for("s3://bkt/x", endpoint)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    # Public buckets, and keys given in code, need nothing from the environment.
+    filesystem_for("s3://bkt/x", S3Options(endpoint_url="http://127.0.0.1:1", anonymous=True))
+    filesystem_for("s3://bkt/x", S3Options(endpoint_url="http://127.0.0.1:1", access_key="k", secret_key="s"))
+
+
+def test_failing_credential_process_is_credentials_error(aws_env, tmp_path: Path) -> None:
+    script = tmp_path / "broken-credentials.sh"
+    script.write_text("#!/bin/sh\necho 'token expired, run aws sso login' >&2\nexit 1\n")
+    script.chmod(0o755)
+    aws_env(config_text=f"[profile broken]\ncredential_process = {script}\n", AWS_PROFILE="broken")
+    with pytest.raises(CredentialsError, match="profile 'broken'.*token expired"):
+        filesystem_for("s3://bkt/x", S3Options.from_env(endpoint_url="http://127.0.0.1:1"))
+
+
+def test_pickled_filesystem_carries_settings_not_credentials(aws_env) -> None:
+    secret, token = "s3cr3t-from-env-7f1c", "t0ken-from-env-93ab"
+    aws_env(AWS_ACCESS_KEY_ID="AKIDENV", AWS_SECRET_ACCESS_KEY=secret, AWS_SESSION_TOKEN=token,
+            AWS_ENDPOINT_URL="http://127.0.0.1:1", AWS_PROFILE="team",
+            config_text="[profile team]\nregion = eu-north-1\nmax_attempts = 6\n")
+    location = Location.parse("s3://bkt/out")
+    blob = pickle.dumps(location)
+    assert secret.encode() not in blob and token.encode() not in blob and b"AKIDENV" not in blob
+    clone = pickle.loads(blob)
+    assert clone.filesystem.options == S3Options("http://127.0.0.1:1", "eu-north-1", profile="team", max_attempts=6)
+    assert clone.filesystem.region == "eu-north-1"
+    # Keys given in code are what that caller asked for: they travel with the filesystem.
+    explicit = Location.parse("s3://bkt/out", S3Options(endpoint_url="http://127.0.0.1:1",
+                                                        access_key="AKIDCODE", secret_key="code-secret"))
+    clone = pickle.loads(pickle.dumps(explicit))
+    assert clone.filesystem.options.secret_key == "code-secret"
+    assert os.environ["AWS_PROFILE"] == "team"  # building it did not leave the variables changed
 
 
 # --- S3 end to end (moto_server) ------------------------------------------------------------
@@ -581,3 +672,293 @@ def test_pickled_s3_filesystem_works_without_any_aws_env(s3_server, s3_photos: s
     )
     assert result.returncode == 0, result.stderr.decode()
     assert s3_server.get_object(s3_photos, "in/a.jpg.copy") == b"in/a.jpg"
+
+
+# --- credentials resolved on each node (moto that checks them) ------------------------------
+
+
+def _credential_process_profile(tmp_path: Path, name: str, access_key: str, secret_key: str) -> tuple[Path, Path]:
+    """A config file whose profile ``name`` gets its keys from a credential_process script that
+    logs each call. Returns (config file, call log)."""
+    calls = tmp_path / f"{name}-calls.log"
+    script = tmp_path / f"{name}-credentials.sh"
+    payload = json.dumps({"Version": 1, "AccessKeyId": access_key, "SecretAccessKey": secret_key})
+    script.write_text(f"#!/bin/sh\necho called >> '{calls}'\necho '{payload}'\n")
+    script.chmod(0o755)
+    config = tmp_path / f"{name}-config"
+    config.write_text(f"[profile {name}]\ncredential_process = {script}\nregion = us-east-1\n")
+    return config, calls
+
+
+_NODE = """
+import pickle, sys
+fs, path = pickle.loads(sys.stdin.buffer.read())
+from dce_batch.storage import read_bytes, write_bytes_atomic
+write_bytes_atomic(fs, path + ".copy", read_bytes(fs, path))
+print("ok")
+"""
+
+
+@pytest.mark.s3
+def test_profile_name_travels_and_each_node_resolves_its_credentials(
+    s3_auth_server, tmp_path: Path, aws_env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node given the pickled filesystem uses the driver's profile *name* with its own config
+    and credential_process; no key travels, and without the profile name it is refused."""
+    bucket = "creds-" + uuid.uuid4().hex[:12]
+    s3_auth_server.make_bucket(bucket)
+    s3_auth_server.put_object(bucket, "in/a.jpg", b"payload")
+    config, calls = _credential_process_profile(tmp_path, "dce-proc", *s3_auth_server.create_user("proc-user"))
+    aws_env(AWS_PROFILE="dce-proc", AWS_ENDPOINT_URL=s3_auth_server.endpoint_url)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+
+    location = Location.parse(f"s3://{bucket}/in")  # the driver: from_env, profile dce-proc
+    assert relpaths(list_inputs(location.uri, extensions=IMAGES)[1]) == ["a.jpg"]
+    with_profile = pickle.dumps((location.filesystem, location.child("a.jpg")))
+    assert b"proc-user" not in with_profile and s3_auth_server.secret_key.encode() not in with_profile
+    without_profile = pickle.dumps((
+        Location.parse(f"s3://{bucket}/in", S3Options(s3_auth_server.endpoint_url, "us-east-1")).filesystem,
+        location.child("a.jpg"),
+    ))
+
+    # The node: the same config file as the driver (its own ~/.aws), but no AWS_PROFILE.
+    node_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    node_env.update(AWS_CONFIG_FILE=str(config), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+                    AWS_EC2_METADATA_DISABLED="true", HOME=str(tmp_path),
+                    PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    calls_before = calls.read_text().count("called")
+    result = subprocess.run([sys.executable, "-c", _NODE], input=with_profile, env=node_env,
+                            capture_output=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert s3_auth_server.get_object(bucket, "in/a.jpg.copy") == b"payload"
+    assert calls.read_text().count("called") > calls_before  # the node ran credential_process
+
+    refused = subprocess.run([sys.executable, "-c", _NODE], input=without_profile, env=node_env,
+                             capture_output=True, timeout=120, check=False)
+    assert refused.returncode != 0
+    assert b"StorageError: cannot read" in refused.stderr and b"access denied" in refused.stderr
+
+
+# --- credentials end to end: the CLI on a real Ray -----------------------------------------
+
+
+def _jpeg(seed: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = (np.random.default_rng(seed).random((40, 56, 3)) * 70).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _cli_env(ray_tmp: str, **aws: str) -> dict[str, str]:
+    """The environment of a user's shell: their AWS_* variables, a Ray of the job's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}
+    env.update(AWS_EC2_METADATA_DISABLED="true", RAY_TMPDIR=ray_tmp, **aws)
+    return env
+
+
+def _manifest_rows(s3_server, bucket: str) -> list[dict]:
+    fs, path = filesystem_for(f"s3://{bucket}/out/_manifest", s3_server.s3_options())
+    from dce_batch.manifest import read_manifest
+
+    return read_manifest(fs, path).to_pylist()
+
+
+@pytest.mark.s3
+@pytest.mark.ray
+@pytest.mark.slow
+def test_cli_never_writes_credentials_anywhere(s3_server, s3_bucket: str) -> None:
+    """Secret and session token appear in no output, log, manifest or summary, also when an
+    input fails and a read fails."""
+    secret = "dceSECRET" + uuid.uuid4().hex
+    token = "dceTOKEN" + uuid.uuid4().hex
+    for i in range(3):
+        s3_server.put_object(s3_bucket, f"in/ok{i}.jpg", _jpeg(i))
+    s3_server.put_object(s3_bucket, "in/corrupt.jpg", b"\xff\xd8\xff this is not a JPEG")
+    s3_server.put_object(s3_bucket, "lists/batch.txt",
+                         b"../in/ok0.jpg\n../in/ok1.jpg\n../in/ok2.jpg\n../in/corrupt.jpg\n../in/missing.jpg\n")
+    with tempfile.TemporaryDirectory(prefix="dce-ray-", dir="/tmp") as ray_tmp:
+        env = _cli_env(ray_tmp, AWS_ENDPOINT_URL=s3_server.endpoint_url, AWS_ACCESS_KEY_ID="AKIADCELEAKTEST",
+                       AWS_SECRET_ACCESS_KEY=secret, AWS_SESSION_TOKEN=token, AWS_REGION="us-east-1")
+        result = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "jobs" / "enhance.py"), f"s3://{s3_bucket}/lists/batch.txt",
+             f"s3://{s3_bucket}/out/", "--num-actors", "1"],
+            cwd=REPO_ROOT, env=env, capture_output=True, timeout=600, check=False,
+        )
+        assert result.returncode == 3, result.stderr.decode()[-3000:]  # the job ran; 2 inputs failed
+        ray_files = [p for p in Path(ray_tmp).rglob("*") if p.is_file() and not p.is_symlink()]
+        places = {"stdout": result.stdout, "stderr": result.stderr}
+        places.update({str(p): p.read_bytes() for p in ray_files if p.stat().st_size < 200_000_000})
+
+    rows = {r["input_uri"].rsplit("/", 1)[1]: r for r in _manifest_rows(s3_server, s3_bucket)}
+    assert {name: r["status"] for name, r in rows.items()} == {
+        "ok0.jpg": "ok", "ok1.jpg": "ok", "ok2.jpg": "ok", "corrupt.jpg": "error", "missing.jpg": "error"}
+    assert rows["missing.jpg"]["error"].startswith("StorageError: cannot read")
+    assert rows["corrupt.jpg"]["error"].startswith(("CorruptImageError", "UnsupportedImageError"))
+    outputs = [k for k in s3_server.list_keys(s3_bucket, "out/")]
+    assert any(k.startswith("out/_manifest/part-") for k in outputs)
+    assert any(k.startswith("out/_manifest/_run-") and k.endswith(".json") for k in outputs)
+    places.update({f"s3://{s3_bucket}/{k}": s3_server.get_object(s3_bucket, k) for k in outputs})
+
+    assert sum(1 for name in places if name.endswith(".log") or name.endswith(".out") or name.endswith(".err")) >= 5
+    print(f"searched {len(places)} places for the secret and token:", sorted(places)[:8], "...")
+    for needle in (secret, token):
+        leaks = [name for name, data in places.items() if needle.encode() in data]
+        assert not leaks, f"credential found in {leaks}"
+
+
+@pytest.mark.s3
+@pytest.mark.ray
+@pytest.mark.slow
+def test_cli_with_a_credential_process_profile(s3_auth_server, tmp_path: Path) -> None:
+    """A profile whose keys come from credential_process works end to end: the driver and the
+    Ray workers each run the process (the server rejects anything else)."""
+    bucket = "proc-" + uuid.uuid4().hex[:12]
+    s3_auth_server.make_bucket(bucket)
+    for i in range(3):
+        s3_auth_server.put_object(bucket, f"in/img{i}.jpg", _jpeg(i))
+    access_key, secret_key = s3_auth_server.create_user("cli-proc-user")
+    calls = tmp_path / "calls.log"
+    script = tmp_path / "credentials.sh"
+    payload = json.dumps({"Version": 1, "AccessKeyId": access_key, "SecretAccessKey": secret_key})
+    # Logs the process that asked (through the shell that popen may put in between).
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        p=$PPID
+        if [ "$(cat /proc/$p/comm)" = "sh" ]; then p=$(awk '/^PPid:/ {{print $2}}' /proc/$p/status); fi
+        echo "$p" >> '{calls}'
+        echo '{payload}'
+        """))
+    script.chmod(0o755)
+    config = tmp_path / "config"
+    config.write_text(f"[profile dce-proc]\ncredential_process = {script}\nregion = us-east-1\n")
+
+    with tempfile.TemporaryDirectory(prefix="dce-ray-", dir="/tmp") as ray_tmp:
+        env = _cli_env(ray_tmp, AWS_PROFILE="dce-proc", AWS_CONFIG_FILE=str(config),
+                       AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+                       AWS_ENDPOINT_URL=s3_auth_server.endpoint_url)
+        process = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "jobs" / "enhance.py"), f"s3://{bucket}/in/", f"s3://{bucket}/out/",
+             "--num-actors", "1"],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    keys = s3_auth_server.list_keys(bucket, "out/")
+    assert {"out/img0.jpg", "out/img1.jpg", "out/img2.jpg"} <= set(keys)
+    callers = set(calls.read_text().split())
+    assert str(process.pid) in callers  # the driver (listing, manifest, summary)
+    assert callers - {str(process.pid)}, "no Ray worker resolved credentials itself"
+
+
+# --- the columnar listing ---------------------------------------------------------------------
+
+
+def _as_files(table: pa.Table) -> list[InputFile]:
+    return [InputFile(**row) for row in table.to_pylist()]
+
+
+def test_list_inputs_table_schema_order_and_equivalence(photo_tree: Path) -> None:
+    from dce_batch.storage import INPUT_TABLE_SCHEMA, list_inputs_table
+
+    for source in (str(photo_tree), f"{photo_tree}/**/*.[jJ][pP]*", str(photo_tree / "sub" / "e.gif")):
+        fs, table = list_inputs_table(source, extensions=IMAGES)
+        assert table.schema == INPUT_TABLE_SCHEMA
+        relpaths_ = table.column("relpath").to_pylist()
+        assert relpaths_ == sorted(relpaths_)
+        assert _as_files(table) == list_inputs(source, extensions=IMAGES)[1]
+
+
+def test_list_inputs_table_odd_names_and_globs(tmp_path: Path) -> None:
+    from dce_batch.storage import list_inputs_table
+
+    names = ["a b+(1).jpg", "a b+(2).jpg", "é/ü [x].png", "dots.in.name.JPG", "q?.jpg", "back\\slash.jpg",
+             "ab.jpg", "a.b/c.jpg"]
+    make_files(tmp_path / "in", names)
+    _, table = list_inputs_table(str(tmp_path / "in"), extensions=IMAGES)
+    assert table.column("relpath").to_pylist() == sorted(names)
+    assert table.column("size").to_pylist() == [len(n.encode()) for n in sorted(names)]
+    glob = lambda pattern: list_inputs_table(f"{tmp_path}/in/{pattern}", extensions=IMAGES)[1].column("relpath").to_pylist()  # noqa: E731
+    assert glob("a b+(?).jpg") == ["a b+(1).jpg", "a b+(2).jpg"]  # regex characters are literals
+    assert glob("*/ü [[]x].png") == ["é/ü [x].png"]
+    assert glob("[!a]*.jpg") == ["back\\slash.jpg", "q?.jpg"]
+    assert glob("**/c.jpg") == ["a.b/c.jpg"]
+
+
+def test_list_inputs_table_large_text_list_file(tmp_path: Path) -> None:
+    """A 200,000-line list file with comments, blank lines, CRLF, BOM, duplicates and relative,
+    absolute and file:// entries, parsed column-wise."""
+    from dce_batch.storage import list_inputs_table
+
+    n = 200_000
+    lines = ["# generated"]
+    for i in range(n):
+        if i % 3 == 0:
+            lines.append(f"photos/day{i % 7}/img{i:06d}.jpg")  # relative to the list file
+        elif i % 3 == 1:
+            lines.append(f"  {tmp_path}/photos/day{i % 7}/img{i:06d}.jpg  ")
+        else:
+            lines.append(f"file://{tmp_path}/photos/./day{i % 7}/img{i:06d}.jpg")
+        if i % 1000 == 0:
+            lines += ["", "# comment", f"photos/day{i % 7}/img{i:06d}.jpg"]  # a duplicate
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode())
+    fs, table = list_inputs_table(str(listing), extensions=IMAGES)
+    assert isinstance(fs, pafs.LocalFileSystem)
+    assert table.num_rows == n
+    assert table.column("relpath")[0].as_py() == "day0/img000000.jpg"
+    paths = table.column("path").to_pylist()
+    assert len(set(paths)) == n and all(p.startswith(f"{tmp_path}/photos/day") for p in paths)
+    assert table.column("uri").to_pylist() == paths  # local inputs: the URI is the path
+    assert table.column("size").null_count == n
+
+
+def test_list_file_errors_name_the_entry(tmp_path: Path) -> None:
+    from dce_batch.storage import list_inputs_table
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"a.jpg\n\xff\xfe not utf-8\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        list_inputs_table(str(bad), extensions=IMAGES)
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("uri\n/data/a.jpg\ngs://bucket/b.jpg\n")
+    with pytest.raises(ConfigError, match=r"mixes filesystems \(local: /data/a.jpg; gs: gs://bucket/b.jpg\)"):
+        list_inputs_table(str(mixed), extensions=IMAGES)
+
+
+@pytest.mark.s3
+def test_s3_prefix_listing_pages_through_keys(s3_server, s3_bucket: str) -> None:
+    """More keys than one ListObjectsV2 page (1,000), with folder markers and hidden keys."""
+    from dce_batch.storage import list_inputs_table
+
+    client = s3_server.client()
+    expected = []
+    for i in range(1_150):
+        key = f"big/p{i % 4}/k{i:05d}.jpg"
+        client.put_object(Bucket=s3_bucket, Key=key, Body=b"x" * (i % 50))
+        expected.append(key.removeprefix("big/"))
+    for key in ["big/p0/", "big/.hidden/x.jpg", "big/_manifest/part.jpg", "big/notes.txt"]:
+        client.put_object(Bucket=s3_bucket, Key=key, Body=b"")
+    fs, table = list_inputs_table(f"s3://{s3_bucket}/big", s3_server.s3_options(), extensions=IMAGES)
+    assert table.column("relpath").to_pylist() == sorted(expected)
+    assert table.column("size").to_pylist()[:3] == [0, 4, 8]  # k00000, k00004, k00008 in p0
+    assert table.column("uri")[0].as_py() == f"s3://{s3_bucket}/big/p0/k00000.jpg"
+    _, one_level = list_inputs_table(f"s3://{s3_bucket}/big/p1/*.jpg", s3_server.s3_options(), extensions=IMAGES)
+    assert one_level.num_rows == len([k for k in expected if k.startswith("p1/")])
+
+
+@pytest.mark.s3
+def test_environment_keys_beat_the_profile_for_listing_too(s3_server, s3_photos: str, aws_env) -> None:
+    """As in the AWS SDKs, keys in the environment win over AWS_PROFILE, also for the driver's
+    paged listing (botocore would otherwise look only at the profile, which has no keys)."""
+    aws_env(config_text="[profile region-only]\nregion = us-east-1\n", AWS_PROFILE="region-only",
+            AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+            AWS_ENDPOINT_URL=s3_server.endpoint_url)
+    from dce_batch.storage import list_inputs_table
+
+    _, table = list_inputs_table(f"s3://{s3_photos}/in/", extensions=IMAGES)
+    assert table.column("relpath").to_pylist() == ["a.jpg", "sub/b.PNG"]

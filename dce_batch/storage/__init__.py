@@ -1,0 +1,41 @@
+"""Paths and URIs on local disks and object storage, behind one small API.
+
+* :mod:`.aws`: S3 settings resolved with botocore (:class:`S3Options`), and the S3 filesystem
+  that carries them, but no credentials, to every Ray node.
+* :mod:`.uris`: URI -> filesystem (:func:`filesystem_for`), folders (:class:`Location`), and
+  low-level errors turned into :class:`~dce_batch.errors.StorageError` messages.
+* :mod:`.listing`: finding inputs (:func:`list_inputs_table`, :func:`list_inputs`).
+* :mod:`.io`: reading, atomic writing, checking and deleting files.
+
+Nothing here imports Ray, so all of it is tested with plain pytest.
+"""
+
+from .aws import PortableS3FileSystem, S3Options
+from .io import delete_tree_contents, exists, list_files, read_bytes, write_bytes_atomic
+from .listing import (
+    INPUT_TABLE_SCHEMA,
+    LIST_FILE_SUFFIXES,
+    MANIFEST_DIR,
+    InputFile,
+    list_inputs,
+    list_inputs_table,
+)
+from .uris import Location, filesystem_for
+
+__all__ = [
+    "INPUT_TABLE_SCHEMA",
+    "LIST_FILE_SUFFIXES",
+    "MANIFEST_DIR",
+    "InputFile",
+    "Location",
+    "PortableS3FileSystem",
+    "S3Options",
+    "delete_tree_contents",
+    "exists",
+    "filesystem_for",
+    "list_files",
+    "list_inputs",
+    "list_inputs_table",
+    "read_bytes",
+    "write_bytes_atomic",
+]

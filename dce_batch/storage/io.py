@@ -1,0 +1,185 @@
+"""Reading, writing, checking and deleting files on any :mod:`pyarrow.fs` filesystem.
+
+Writes are atomic: a file appears under its final name only once it is complete, so a crash or
+a pre-empted node never leaves a half-written image that a later run would mistake for done.
+
+On S3, transient failures (throttling, 5xx answers, dropped connections, timeouts) are retried
+inside the AWS SDK with the strategy the filesystem was built with (see :mod:`.aws`). The one
+failure the SDK does not retry (an error answer to a GET of a tiny object, see
+:func:`read_bytes`) is retried here.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import posixpath
+import random
+import time
+import uuid
+
+import pyarrow.fs as pafs
+
+from ..errors import StorageError
+from .aws import PortableS3FileSystem
+from .uris import display, fsspec_protocol, get_info, storage_error
+
+__all__ = ["delete_tree_contents", "exists", "list_files", "read_bytes", "write_bytes_atomic"]
+
+# fsspec protocols whose single upload is already atomic (the object appears only when complete).
+# Other fsspec filesystems (sftp, smb, ...) get a temp file + rename like local disks.
+_OBJECT_STORE_PROTOCOLS = frozenset(
+    {"gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "hf", "memory", "r2", "b2", "wasb", "wasbs"}
+)
+
+
+# pyarrow reads an S3 object into a buffer of exactly the object's size. When S3 answers that GET
+# with an error (503 SlowDown, 500 InternalError), the AWS SDK writes the XML error body into the
+# same buffer; for objects smaller than that body (a few hundred bytes) it overflows, and the SDK
+# reports "Failed to flush response stream" (INTERNAL_FAILURE), which it does not retry. Found
+# with tests/fault_proxy.py; read_bytes retries exactly this, nothing else.
+_OVERFLOWED_ERROR_BODY = "Failed to flush response stream"
+
+
+def _backoff_s(attempt: int) -> float:
+    """Exponential backoff with full jitter: up to 0.05 s, 0.1 s, 0.2 s ... (at most 20 s)."""
+    return random.uniform(0.0, min(20.0, 0.05 * 2**attempt))
+
+
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    """The whole content of ``path``; StorageError saying why if it cannot be read."""
+    attempts = fs.options.max_attempts if isinstance(fs, PortableS3FileSystem) else 1
+    for attempt in range(attempts):
+        try:
+            # compression=None: never transparently gunzip a file just because it ends in .gz.
+            with fs.open_input_stream(path, compression=None) as stream:
+                return stream.read()
+        except OSError as exc:
+            if attempt + 1 < attempts and _OVERFLOWED_ERROR_BODY in str(exc):
+                time.sleep(_backoff_s(attempt))
+                continue
+            raise storage_error(exc, "read", fs, path) from exc
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def list_files(fs: pafs.FileSystem, path: str) -> set[str]:
+    """Paths of every file under the folder ``path`` (recursive); empty if it does not exist.
+
+    One listing instead of a request per file: how a resumed run checks which outputs exist.
+    """
+    selector = pafs.FileSelector(path, allow_not_found=True, recursive=True)
+    infos = get_info(fs, selector, "list", path)
+    return {info.path for info in infos if info.type == pafs.FileType.File}
+
+
+def exists(fs: pafs.FileSystem, path: str) -> bool:
+    """Whether a file or folder (prefix) exists at ``path``."""
+    return get_info(fs, path, "check", path).type != pafs.FileType.NotFound
+
+
+def temp_name(path: str) -> str:
+    """Hidden temp name next to ``path``: skipped by listings, recognisable as debris."""
+    folder, name = posixpath.split(path)
+    # Keep within the usual 255-byte name limit even for long names.
+    stem = name.encode("utf-8")[:200].decode("utf-8", "ignore")
+    return posixpath.join(folder, f".{stem}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def _write_local_atomic(path: str, data: bytes) -> None:
+    """Temp file in the same folder, fsync, rename over the final name."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    temp = temp_name(path)
+    # os.open with 0o666 lets the umask decide permissions, as for any normally created file
+    # (tempfile.mkstemp would leave outputs readable by their owner only).
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            # Data on disk before the rename: after a crash the name holds old or new, never half.
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _write_stream(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """One streamed upload; on S3 the object appears only when ``close`` completes it."""
+    # Check the payload *before* opening: a stream closed after a failed first write would
+    # publish an empty object under the final name.
+    payload = memoryview(data)
+    content_type = mimetypes.guess_type(path)[0]
+    metadata = None
+    if content_type and isinstance(fs, pafs.S3FileSystem):
+        metadata = {"Content-Type": content_type}  # so browsers/consoles preview outputs
+    stream = fs.open_output_stream(path, compression=None, metadata=metadata)
+    try:
+        stream.write(payload)
+    finally:
+        # pyarrow does not complete a multipart upload whose parts failed, so closing after an
+        # I/O error cannot publish a partial object; it only reports the error.
+        stream.close()
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that no half-written file is ever visible under its name.
+
+    Local disks: temp file (``.<name>.<random>.tmp``) in the same folder, fsync, atomic rename.
+    S3 and object stores: one PUT / multipart upload is already atomic, so write directly.
+    Other fsspec filesystems: temp file then move. Parent folders are created as needed
+    (but no folder-marker objects on S3).
+    """
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            _write_local_atomic(path, data)
+        elif isinstance(fs, pafs.S3FileSystem):
+            _write_stream(fs, path, data)
+        else:
+            parent = posixpath.dirname(path)
+            if parent:
+                fs.create_dir(parent, recursive=True)
+            if fsspec_protocol(fs) in _OBJECT_STORE_PROTOCOLS:
+                _write_stream(fs, path, data)
+            else:
+                temp = temp_name(path)
+                try:
+                    _write_stream(fs, temp, data)
+                    fs.move(temp, path)
+                except BaseException:
+                    try:
+                        fs.delete_file(temp)
+                    except OSError:
+                        pass
+                    raise
+    except OSError as exc:
+        raise storage_error(exc, "write", fs, path) from exc
+
+
+def delete_tree_contents(fs: pafs.FileSystem, path: str) -> None:
+    """Delete everything inside folder/prefix ``path`` (for ``--overwrite``); missing is fine.
+
+    Refuses filesystem roots and whole buckets: the folders this is meant for (manifests) are
+    always below OUTPUT, so a root here is a bug or a typo, not an intent.
+    """
+    stripped = path.strip("/")
+    if not stripped or (not isinstance(fs, pafs.LocalFileSystem) and "/" not in stripped):
+        raise StorageError(
+            f"refusing to delete the contents of {display(fs, path) or '/'}: it is a filesystem "
+            "root or a whole bucket; point at a folder inside it"
+        )
+    info = get_info(fs, path, "delete", path)
+    if info.type == pafs.FileType.NotFound:
+        return
+    if info.type == pafs.FileType.File:
+        raise StorageError(
+            f"cannot delete the contents of {display(fs, path)}: it is a file, not a folder"
+        )
+    try:
+        fs.delete_dir_contents(path, missing_dir_ok=True)
+    except OSError as exc:
+        raise storage_error(exc, "delete", fs, path) from exc

@@ -1,0 +1,325 @@
+"""Object storage under injected faults (issue 9, item 2).
+
+Every storage operation, and the whole enhancement job (in-process and as the CLI), runs through
+tests/fault_proxy.py in front of moto_server, which answers a seeded 20 % of the requests with
+503 SlowDown, 500 InternalError, a connection reset before or after the server acted, or a
+response cut off mid-body. Everything must still succeed, exactly once, and the proxy's counts
+prove that faults were injected (and retried) on reads, writes and listings.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dce_batch.errors import StorageError
+from dce_batch.imageio import decode_image
+from dce_batch.manifest import ManifestRow, read_manifest, rows_to_table, write_manifest_part
+from dce_batch.storage import (
+    S3Options,
+    delete_tree_contents,
+    exists,
+    filesystem_for,
+    list_files,
+    list_inputs_table,
+    read_bytes,
+    write_bytes_atomic,
+)
+from tests.fault_proxy import FaultProxy, fault_proxy  # noqa: F401 - fault_proxy is a fixture
+
+pytestmark = pytest.mark.s3
+
+REPO = Path(__file__).resolve().parents[1]
+RATE = 0.2
+#: Every fault the proxy knows except stalls (which cost a timeout each; tested on their own).
+ALL_KINDS = ("slow_down", "internal_error", "drop", "drop_after", "truncate")
+IMAGES = (".jpg", ".png")
+
+
+def _options(proxy: FaultProxy, **overrides) -> S3Options:
+    settings = dict(endpoint_url=proxy.url, region="us-east-1", access_key="testing", secret_key="testing")
+    settings.update(overrides)
+    return S3Options(**settings)
+
+
+def _image_bytes(seed: int, fmt: str = "JPEG", size: tuple[int, int] = (48, 64)) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = (rng.random((*size, 3)) * 80).astype(np.uint8)  # dark
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+# --- the proxy itself -----------------------------------------------------------------------
+
+
+def _read_head(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_proxy_answers_expect_continue_and_passes_chunked_bodies(fault_proxy, s3_server, s3_bucket) -> None:
+    body = os.urandom(70_000)
+    host, port = fault_proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            f"PUT /{s3_bucket}/raw/chunked.bin HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        assert _read_head(sock).startswith(b"HTTP/1.1 100")  # the body is sent only after this
+        for start in range(0, len(body), 30_000):
+            part = body[start : start + 30_000]
+            sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+        sock.sendall(b"0\r\n\r\n")
+        assert _read_head(sock).startswith(b"HTTP/1.1 200")
+    assert s3_server.get_object(s3_bucket, "raw/chunked.bin") == body
+    assert fault_proxy.stats().requests == {"PUT": 1}
+
+
+def _outcomes(proxy: FaultProxy, bucket: str, n: int) -> list[str]:
+    """What a real S3 client (botocore, retries off) gets for ``n`` GETs of distinct keys."""
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+
+    client = boto3.client("s3", endpoint_url=proxy.url, aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1",
+                          config=botocore.config.Config(retries={"total_max_attempts": 1}))
+    outcome = []
+    for i in range(n):
+        try:
+            client.get_object(Bucket=bucket, Key=f"k{i}")["Body"].read()
+            outcome.append("ok")
+        except botocore.exceptions.ClientError as exc:
+            outcome.append(exc.response["Error"]["Code"])
+        except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError):
+            outcome.append("reset")
+    return outcome
+
+
+def test_proxy_faults_are_seeded_counted_and_s3_shaped(s3_server, s3_bucket) -> None:
+    for i in range(40):
+        s3_server.put_object(s3_bucket, f"k{i}", b"x" * 100)
+    runs = []
+    for _ in range(2):
+        with FaultProxy(s3_server.endpoint_url, fault_rate=0.5, kinds=("slow_down", "internal_error", "drop"),
+                        seed=7) as proxy:
+            runs.append((_outcomes(proxy, s3_bucket, 40), proxy.stats()))
+    (first, stats), (second, _) = runs
+    assert first == second  # the same requests fail in every run
+    assert stats.requests == {"GET": 40}
+    assert stats.faults_of("slow_down") == first.count("SlowDown") > 0
+    assert stats.faults_of("internal_error") == first.count("InternalError") > 0
+    assert stats.faults_of("drop") == first.count("reset") > 0
+    assert first.count("ok") == 40 - stats.total_faults
+
+
+# --- every storage operation at 20 % ---------------------------------------------------------
+
+
+def test_every_storage_operation_survives_20_percent_faults(fault_proxy, s3_server, s3_bucket) -> None:
+    originals = {f"in/d{i % 3}/img{i:02d}.jpg": _image_bytes(i) for i in range(24)}
+    for key, data in originals.items():
+        s3_server.put_object(s3_bucket, key, data)
+    s3_server.put_object(s3_bucket, "lists/some.txt", b"".join(f"../{k}\n".encode() for k in list(originals)[:10]))
+    options = _options(fault_proxy)
+    fs, _ = filesystem_for(f"s3://{s3_bucket}", options)
+    fault_proxy.configure(fault_rate=RATE, kinds=ALL_KINDS)
+
+    # Listings: a prefix (paged by botocore), a glob, a list file, and pyarrow's own listing.
+    _, table = list_inputs_table(f"s3://{s3_bucket}/in/", options, extensions=IMAGES)
+    assert table.column("relpath").to_pylist() == sorted(k.removeprefix("in/") for k in originals)
+    _, globbed = list_inputs_table(f"s3://{s3_bucket}/in/d1/*.jpg", options, extensions=IMAGES)
+    assert globbed.num_rows == 8
+    _, listed = list_inputs_table(f"s3://{s3_bucket}/lists/some.txt", options, extensions=IMAGES)
+    assert listed.num_rows == 10
+    assert list_files(fs, f"{s3_bucket}/in") == {f"{s3_bucket}/{k}" for k in originals}
+
+    # Reads and checks.
+    for key, data in originals.items():
+        assert read_bytes(fs, f"{s3_bucket}/{key}") == data
+        assert exists(fs, f"{s3_bucket}/{key}")
+    assert not exists(fs, f"{s3_bucket}/in/missing.jpg")
+
+    # Writes: single PUTs and a multipart upload (parts, then completion), byte-exact.
+    written = {f"out/img{i:02d}.jpg": _image_bytes(100 + i) for i in range(24)}
+    for key, data in written.items():
+        write_bytes_atomic(fs, f"{s3_bucket}/{key}", data)
+    large = {f"out/large{i}.bin": os.urandom(12 * 1024 * 1024) for i in range(2)}  # 2 parts each
+    for key, data in large.items():
+        write_bytes_atomic(fs, f"{s3_bucket}/{key}", data)
+
+    # Manifest parts: written and read back through the same filesystem.
+    manifest = f"{s3_bucket}/out/_manifest"
+    rows = rows_to_table([ManifestRow(run_id="r", input_uri=f"s3://b/{name}", status="ok") for name in "abc"])
+    for index in range(4):
+        write_manifest_part(fs, manifest, "r", index, rows)
+    assert read_manifest(fs, manifest, columns=["input_uri", "status"]).num_rows == 12
+
+    # Deletes (DeleteObjects batches).
+    delete_tree_contents(fs, manifest)
+    for i in range(2):
+        write_bytes_atomic(fs, f"{s3_bucket}/scratch{i}/a.jpg", b"a")
+        delete_tree_contents(fs, f"{s3_bucket}/scratch{i}")
+
+    stats = fault_proxy.stats()
+    fault_proxy.configure(fault_rate=0.0)
+    for key, data in written.items():
+        assert s3_server.get_object(s3_bucket, key) == data
+    for key, data in large.items():
+        assert s3_server.get_object(s3_bucket, key) == data
+    # (pyarrow keeps an emptied folder as a "name/" marker object)
+    assert not [k for k in s3_server.list_keys(s3_bucket)
+                if k.endswith(".parquet") or (k.startswith("scratch") and not k.endswith("/"))]
+    print(stats.summary())
+    for operation in ("GET", "PUT", "LIST", "HEAD", "POST"):
+        assert stats.faults_on(operation) > 0, f"no fault was injected on {operation}: {stats.summary()}"
+    for kind in ALL_KINDS:
+        assert stats.faults_of(kind) > 0, f"no {kind} fault was injected: {stats.summary()}"
+    assert stats.total_retries == stats.total_faults  # every fault was retried
+
+
+def test_retries_do_not_run_out_over_a_long_job(fault_proxy, s3_server, s3_bucket) -> None:
+    """Every request's first attempt fails; 150 of them need 150 retries from one filesystem.
+
+    The AWS SDK's "standard" strategy, as pyarrow wraps it, would stop retrying for good after
+    100 (benchmarks/bench_s3_faults.py shows it); the filesystem's strategy must not.
+    """
+    for i in range(150):
+        s3_server.put_object(s3_bucket, f"k{i}.jpg", b"x")
+    fs, _ = filesystem_for(f"s3://{s3_bucket}", _options(fault_proxy))
+    fault_proxy.fail_first = 1
+    fault_proxy.configure(kinds=("slow_down", "drop"))
+    for i in range(150):
+        assert exists(fs, f"{s3_bucket}/k{i}.jpg")
+    stats = fault_proxy.stats()
+    assert stats.requests["HEAD"] == 300 and stats.total_faults == 150 and stats.total_retries == 150
+
+
+@pytest.mark.parametrize("kind", ["slow_down", "internal_error"])
+def test_error_answers_to_reads_of_tiny_objects_are_retried(fault_proxy, s3_server, s3_bucket, kind) -> None:
+    """The AWS SDK does not retry an error answer whose XML body is longer than the object it
+    was reading ("Failed to flush response stream"); read_bytes does."""
+    sizes = (1, 2, 100, 250, 1_000)
+    for size in sizes:
+        s3_server.put_object(s3_bucket, f"tiny/{size}.txt", b"x" * size)
+    fs, _ = filesystem_for(f"s3://{s3_bucket}", _options(fault_proxy))
+    fault_proxy.fail_first = 1
+    fault_proxy.configure(kinds=(kind,))
+    for size in sizes:
+        assert read_bytes(fs, f"{s3_bucket}/tiny/{size}.txt") == b"x" * size
+    stats = fault_proxy.stats()
+    # Every HEAD and GET failed once and was retried (a retry of ours opens the object again,
+    # hence a few more HEADs).
+    assert stats.requests["GET"] == 2 * len(sizes) and stats.requests["HEAD"] >= 2 * len(sizes)
+    assert stats.total_retries == stats.total_faults == 2 * len(sizes)
+
+
+def test_a_stalled_request_times_out_and_is_retried(fault_proxy, s3_server, s3_bucket) -> None:
+    s3_server.put_object(s3_bucket, "x.jpg", b"data")
+    fs, _ = filesystem_for(f"s3://{s3_bucket}", _options(fault_proxy, request_timeout_s=1.0))
+    fault_proxy.fail_first = 1
+    fault_proxy.configure(kinds=("stall",))  # no answer for 30 s unless the client gives up
+    assert read_bytes(fs, f"{s3_bucket}/x.jpg") == b"data"
+    stats = fault_proxy.stats()
+    assert stats.faults_of("stall") == stats.total_retries == 2  # the HEAD and the GET
+
+
+def test_retries_give_up_with_an_actionable_error(fault_proxy, s3_server, s3_bucket) -> None:
+    s3_server.put_object(s3_bucket, "x.jpg", b"data")
+    fs, _ = filesystem_for(f"s3://{s3_bucket}", _options(fault_proxy, max_attempts=3))
+    fault_proxy.configure(fault_rate=1.0, kinds=("slow_down",))
+    with pytest.raises(StorageError, match=r"kept asking to slow down .* after 3 attempts.*AWS_MAX_ATTEMPTS"):
+        read_bytes(fs, f"{s3_bucket}/x.jpg")
+    assert fault_proxy.stats().requests["HEAD"] == 3
+
+
+# --- the whole job at 20 % --------------------------------------------------------------------
+
+N_IMAGES = 17
+# A job makes only a handful of LIST requests: their first is always faulted, the rest drawn.
+JOB_OPERATIONS = frozenset({"GET", "PUT", "LIST"})
+
+
+def _put_inputs(s3_server, bucket: str) -> set[str]:
+    uris = set()
+    for i in range(N_IMAGES):
+        fmt, ext = ("PNG", "png") if i % 3 == 0 else ("JPEG", "jpg")
+        key = f"raw/day{i % 2}/img{i:02d}.{ext}"
+        s3_server.put_object(bucket, key, _image_bytes(i, fmt, (40 + i, 56)))
+        uris.add(f"s3://{bucket}/{key}")
+    return uris
+
+
+def _check_job_output(s3_server, bucket: str, inputs: set[str], options: S3Options) -> None:
+    fs, _ = filesystem_for(f"s3://{bucket}/enhanced", options)
+    rows = read_manifest(fs, f"{bucket}/enhanced/_manifest").to_pylist()
+    assert sorted(r["input_uri"] for r in rows) == sorted(inputs)  # every input exactly once
+    assert {r["status"] for r in rows} == {"ok"}, [r["error"] for r in rows if r["status"] != "ok"]
+    for row in rows:
+        key = row["output_uri"].removeprefix(f"s3://{bucket}/")
+        image = decode_image(s3_server.get_object(bucket, key))
+        assert (image.width, image.height) == (row["width"], row["height"])
+
+
+def _assert_faults_on_reads_writes_listings(proxy: FaultProxy) -> None:
+    stats = proxy.stats()
+    print(stats.summary())
+    for operation in JOB_OPERATIONS:
+        assert stats.faults_on(operation) > 0, f"no fault was injected on {operation}: {stats.summary()}"
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_job_prefix_to_prefix_through_20_percent_faults(ray_local, fault_proxy, s3_server, s3_bucket) -> None:
+    from dce_batch.pipeline import EnhanceConfig, run_enhance
+
+    inputs = _put_inputs(s3_server, s3_bucket)
+    options = _options(fault_proxy)
+    fault_proxy.configure(fault_rate=RATE, kinds=ALL_KINDS)
+    fault_proxy.first_fault_on = JOB_OPERATIONS
+    summary = run_enhance(EnhanceConfig(
+        input=f"s3://{s3_bucket}/raw/", output=f"s3://{s3_bucket}/enhanced/", s3=options, batch_size=2,
+        run_id="20250101T000000-faults", progress_interval_s=5.0,
+    ))
+    _assert_faults_on_reads_writes_listings(fault_proxy)
+    fault_proxy.configure(fault_rate=0.0)
+    assert (summary.ok, summary.error, summary.skipped) == (N_IMAGES, 0, 0)
+    _check_job_output(s3_server, s3_bucket, inputs, options)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_cli_prefix_to_prefix_through_20_percent_faults(fault_proxy, s3_server, s3_bucket) -> None:
+    inputs = _put_inputs(s3_server, s3_bucket)
+    fault_proxy.configure(fault_rate=RATE, kinds=ALL_KINDS)
+    fault_proxy.first_fault_on = JOB_OPERATIONS
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}
+    env.update(s3_server.env())
+    env["AWS_ENDPOINT_URL"] = fault_proxy.url
+    # A Ray of its own: never attach to another cluster on this machine.
+    with tempfile.TemporaryDirectory(prefix="dce-ray-", dir="/tmp") as ray_tmp:
+        env["RAY_TMPDIR"] = ray_tmp
+        result = subprocess.run(
+            [sys.executable, str(REPO / "jobs" / "enhance.py"), f"s3://{s3_bucket}/raw/",
+             f"s3://{s3_bucket}/enhanced/", "--num-actors", "1", "--batch-size", "2"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_faults_on_reads_writes_listings(fault_proxy)
+    fault_proxy.configure(fault_rate=0.0)
+    _check_job_output(s3_server, s3_bucket, inputs, s3_server.s3_options())
