@@ -315,14 +315,22 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, default=DEFAULT_EXPOSURE_TARGET,
                    help=f"mean brightness the exposure error is measured against (default {DEFAULT_EXPOSURE_TARGET})")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: steady timings, and no oversubscription on a shared machine)")
     return p
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    from .evaluate import DEFAULT_CONFIGURATIONS, evaluate, parse_configuration, set_from_paths, write_reports
+    from .evaluate import (DEFAULT_CONFIGURATIONS, evaluate, parse_configuration, set_from_paths, unique_set_names,
+                           write_reports)
 
     args = evaluate_parser().parse_args(argv)
     try:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
         out = Path(args.out)
         sets = [set_from_paths(low, ref) for low, ref in args.paired] + [set_from_paths(d) for d in args.unpaired]
         if args.simulate:
@@ -341,6 +349,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
                 sets.append(set_from_paths(str(low), str(high)))
         if not sets:
             raise ConfigError("nothing to evaluate: give --paired LOW REF, --unpaired DIR or --simulate LEVELS")
+        sets = unique_set_names(sets)
         configurations = [parse_configuration(spec) for spec in (args.configs or DEFAULT_CONFIGURATIONS)]
 
         def progress(result) -> None:
@@ -352,7 +361,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
                            max_side=args.max_side, exposure_target=args.target, progress=progress)
         paths = write_reports(results, out, configurations=configurations, sets=sets, settings={
             "max_images": args.max_images, "max_side": args.max_side, "exposure_target": args.target,
-            "simulate": args.simulate, "seed": args.seed, "device": args.device})
+            "simulate": args.simulate, "seed": args.seed, "device": args.device,
+            "threads": args.threads})
     except DceBatchError as exc:
         print(f"dce-batch evaluate: {describe_error(exc)}", file=sys.stderr)
         return EXIT_INVALID

@@ -25,6 +25,7 @@ import csv
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -93,13 +94,17 @@ def no_reference_stats(pixels: np.ndarray, exposure_target: float = DEFAULT_EXPO
     mean_rgb = x.reshape(-1, 3).mean(axis=0)
     cb = (mean_rgb[2] - mean) / 1.8556
     cr = (mean_rgb[0] - mean) / 1.5748
+    with warnings.catch_warnings():
+        # skimage drops zero wavelet coefficients; a perfectly flat image has none left (NaN).
+        warnings.simplefilter("ignore", RuntimeWarning)
+        noise = float(sigma_fn(x, average_sigmas=True, channel_axis=-1))
     return {
         "mean": mean,
         "exposure_error": abs(mean - exposure_target),
         "clip_shadows": float((u8.max(axis=2) == 0).mean()),
         "clip_highlights": float((u8.max(axis=2) == 255).mean()),
         "colour_cast": float(math.hypot(cb, cr)),
-        "noise": float(sigma_fn(x, average_sigmas=True, channel_axis=-1)),
+        "noise": noise if math.isfinite(noise) else 0.0,
     }
 
 
@@ -237,6 +242,16 @@ def set_from_paths(low: str, reference: str | None = None) -> EvalSet:
     path = Path(low)
     name = path.parent.name if path.name.lower() in ("low", "input", "inputs") else path.name
     return EvalSet(name=name or str(path), low=path, reference=Path(reference) if reference else None)
+
+
+def unique_set_names(sets: Sequence[EvalSet]) -> list[EvalSet]:
+    """The sets, a repeated name getting ``-2``, ``-3``, ... (tables are keyed by set name)."""
+    seen: dict[str, int] = {}
+    out = []
+    for s in sets:
+        seen[s.name] = seen.get(s.name, 0) + 1
+        out.append(s if seen[s.name] == 1 else replace(s, name=f"{s.name}-{seen[s.name]}"))
+    return out
 
 
 # --------------------------------------------------------------------------------------------

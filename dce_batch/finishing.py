@@ -231,18 +231,19 @@ _MAX_STAT_SAMPLES = 16_384
 
 def _noise_sigmas(ycc: torch.Tensor, luma: torch.Tensor) -> torch.Tensor:
     """Per image and channel, the noise level of N x C x h x w: a low quantile of the local
-    standard deviation over 5 x 5 windows.
+    RMS of the detail (the image minus its 5 x 5 box mean) over 5 x 5 windows.
 
-    Local standard deviations are what the filter compares with its threshold, so measuring
-    noise the same way keeps the threshold calibrated whatever the noise's spatial correlation
-    (demosaicing, JPEG); a high-pass estimator misses correlated noise. The low quantile picks
-    flat regions; pure-black (clipped) pixels are left out because clipping hides their noise.
+    The detail layer drops gradients and shading, so a clean image reads as clean; the windows
+    are about as large as the filter's, so noise that demosaicing or JPEG made spatially
+    correlated is measured as the filter sees it (a pixel-difference estimator misses most of
+    it). The low quantile picks flat regions; pure-black (clipped) pixels are left out because
+    clipping hides their noise.
     """
     r = _NOISE_WINDOW_RADIUS
     ycc = params_copy(ycc, max_pixels=4 * _MAX_STAT_SAMPLES, patch=64)
     luma = params_copy(luma, max_pixels=4 * _MAX_STAT_SAMPLES, patch=64)
-    mean = _box(ycc, r)
-    std = (_box(ycc * ycc, r) - mean * mean).clamp_min_(0.0).sqrt_().flatten(2)
+    detail = ycc - _box(ycc, r)  # a box mean keeps gradients: what is left is noise and edges
+    std = _box(detail * detail, r).sqrt_().flatten(2)
     valid = (_box(luma, r) > 1.5 / 255.0).flatten(1)
     step = max(1, valid.shape[1] // _MAX_STAT_SAMPLES)
     std, valid = std[:, :, ::step], valid[:, ::step]
