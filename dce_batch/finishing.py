@@ -57,7 +57,10 @@ PARAM_SIGMA_LUMA = 1   # noise standard deviation of the input's luma
 PARAM_SIGMA_CHROMA = 2 # noise standard deviation of the input's chroma (Cb, Cr averaged)
 NUM_PARAMS = 3
 
-_DARK_INPUT_FULL, _DARK_INPUT_END = 0.2, 0.35
+# Exposure fitted to the scene (see _exposure_params).
+_DARK_INPUT_FULL, _DARK_INPUT_END = 0.2, 0.35      # input mean luma: full correction .. none
+_BLACK_LEVEL, _BLACK_REGION_RADIUS = 2.5 / 255.0, 4  # "black region": 9 x 9 mean under this
+_NIGHT_BLACK_FULL, _NIGHT_BLACK_END = 0.2, 0.5     # black fraction of the frame: full .. none
 
 _LUMA = (0.2126, 0.7152, 0.0722)  # BT.709
 _CB_SCALE, _CR_SCALE = 1.8556, 1.5748  # Cb = (B - Y) / 1.8556, Cr = (R - Y) / 1.5748
@@ -256,22 +259,47 @@ def _noise_sigmas(ycc: torch.Tensor, luma: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _exposure_exponent(luma: torch.Tensor, target: float, max_boost: float) -> torch.Tensor:
-    """Per image, the exponent g in [1 / max_boost, 1] with mean(luma ** g) closest to ``target``.
+def _exposure_exponent(luma: torch.Tensor, weight: torch.Tensor, target: float, max_boost: float) -> torch.Tensor:
+    """Per image, the exponent g in [1 / max_boost, 1] whose weighted mean of ``luma ** g`` is
+    closest to ``target`` (``luma``, ``weight``: N x 1 x h x w).
 
-    Only brightens: an image already at or above the target keeps g = 1. Bisection on the
-    small copy (the mean of luma ** g falls monotonically with g).
+    Only brightens: an image already at or above the target keeps g = 1. Bisection on a
+    strided sample (the mean of luma ** g falls monotonically with g).
     """
-    flat = luma.flatten(1)
-    flat = flat[:, :: max(1, flat.shape[1] // _MAX_STAT_SAMPLES)].clamp(1e-6, 1.0)
+    step = max(1, luma[0].numel() // _MAX_STAT_SAMPLES)
+    flat = luma.flatten(1)[:, ::step].clamp(1e-6, 1.0)
+    weight = weight.flatten(1)[:, ::step]
+    weight = weight / weight.sum(dim=1, keepdim=True).clamp_min(1e-12)
     lo = torch.full((flat.shape[0], 1), 1.0 / max_boost, device=flat.device, dtype=flat.dtype)
     hi = torch.ones_like(lo)
     for _ in range(16):  # the exponent to within 1e-5
         mid = 0.5 * (lo + hi)
-        too_bright = flat.pow(mid).mean(dim=1, keepdim=True) > target
+        too_bright = (flat.pow(mid) * weight).sum(dim=1, keepdim=True) > target
         lo = torch.where(too_bright, mid, lo)
         hi = torch.where(too_bright, hi, mid)
     return hi.squeeze(1)
+
+
+def _exposure_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, target: float,
+                     max_boost: float) -> torch.Tensor:
+    """The exposure exponent per image, fitted to the scene.
+
+    * Regions that are black in the input (a 9 x 9 mean under 2.5/255: night sky, unlit
+      corners) hold no signal to reveal: they are left out of the mean that is brought to the
+      target, and when they cover much of the frame it is a night scene, which keeps the
+      network's look (full correction up to 20 % black, none from 50 %).
+    * Inputs that are not dark (mean luma from 0.2 up to 0.35) get less and less correction,
+      so a well-exposed photo keeps its tone whatever the curves did.
+    """
+    luma_in = _luma(low_small)
+    signal = (_box(luma_in, _BLACK_REGION_RADIUS) >= _BLACK_LEVEL).float()
+    exponent = _exposure_exponent(_luma(enhanced_small), signal, target, max_boost)
+    black = 1.0 - signal.mean(dim=(1, 2, 3))
+    night = ((_NIGHT_BLACK_END - black) / (_NIGHT_BLACK_END - _NIGHT_BLACK_FULL)).clamp(0.0, 1.0)
+    dark = ((_DARK_INPUT_END - luma_in.mean(dim=(1, 2, 3))) / (_DARK_INPUT_END - _DARK_INPUT_FULL)).clamp(0.0, 1.0)
+    no_signal = signal.flatten(1).sum(dim=1) == 0
+    strength = torch.where(no_signal, torch.zeros_like(dark), dark * night)
+    return 1.0 - strength * (1.0 - exponent)
 
 
 @torch.inference_mode()
@@ -288,14 +316,8 @@ def finish_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, config:
     enhanced_small = enhanced_small.float().clamp(0.0, 1.0)
     params = torch.zeros((low_small.shape[0], NUM_PARAMS), dtype=torch.float32, device=low_small.device)
     target = config.exposure_target
-    if target is None:
-        params[:, PARAM_TONE] = 1.0
-    else:
-        exponent = _exposure_exponent(_luma(enhanced_small), target, config.max_exposure_boost)
-        # Exposure is for dark scenes: full correction for inputs darker than 0.2 mean luma,
-        # none from 0.35 up, so well-exposed photos keep their tone whatever the curves did.
-        darkness = ((_DARK_INPUT_END - _luma(low_small).mean(dim=(1, 2, 3))) / (_DARK_INPUT_END - _DARK_INPUT_FULL))
-        params[:, PARAM_TONE] = 1.0 - darkness.clamp(0.0, 1.0) * (1.0 - exponent)
+    params[:, PARAM_TONE] = 1.0 if target is None else _exposure_params(
+        low_small, enhanced_small, target, config.max_exposure_boost)
     if config.denoising:
         y, cbcr = _to_ycbcr(low_small)
         sigmas = _noise_sigmas(torch.cat((y, cbcr), dim=1), y)

@@ -123,12 +123,25 @@ def test_exposure_leaves_a_well_exposed_image_alone():
         assert float((out - enhanced).abs().max()) < 0.5 * STEP
 
 
-def test_exposure_is_bounded_for_near_black_scenes():
-    low = torch.full((1, 3, 32, 32), 0.004)
-    enhanced = torch.full((1, 3, 32, 32), 0.01)
+def test_exposure_is_bounded_for_very_dark_scenes():
+    low = torch.full((1, 3, 32, 32), 3.0 / 255.0)  # dim but not black: there is signal to lift
+    enhanced = torch.full((1, 3, 32, 32), 0.02)
     config = FinishConfig(denoise="off")
     params = finish_params(low, enhanced, config)
     assert float(params[0, PARAM_TONE]) == pytest.approx(1.0 / config.max_exposure_boost, abs=1e-4)
+
+
+def test_exposure_keeps_a_night_scene_black():
+    # 60 % of the frame is black sky (no signal), the rest a lit town: a night scene.
+    low = torch.zeros((1, 3, 100, 100))
+    low[..., 60:, :] = 0.08
+    enhanced = low * 3.0
+    out = finish_image(low, enhanced, FinishConfig(denoise="off"))
+    assert torch.equal(out, enhanced)
+    # The same town under a sky that still has some light is brightened toward the target.
+    low[..., :60, :] = 0.02
+    out = finish_image(low, low * 3.0, FinishConfig(denoise="off"))
+    assert float(out.mean()) > float((low * 3.0).mean()) + 0.1
 
 
 def test_params_shape_and_noise_estimate_track_the_noise():
