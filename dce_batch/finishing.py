@@ -42,6 +42,7 @@ __all__ = [
     "finish_params",
     "finish_tiles",
     "params_copy",
+    "parse_exposure",
 ]
 
 DenoiseMode = Literal["auto", "off"]
@@ -60,7 +61,8 @@ NUM_PARAMS = 3
 # Exposure fitted to the scene (see _exposure_params).
 _DARK_INPUT_FULL, _DARK_INPUT_END = 0.2, 0.35      # input mean luma: full correction .. none
 _BLACK_LEVEL, _BLACK_REGION_RADIUS = 2.5 / 255.0, 4  # "black region": 9 x 9 mean under this
-_NIGHT_BLACK_FULL, _NIGHT_BLACK_END = 0.2, 0.5     # black fraction of the frame: full .. none
+_NIGHT_BLACK_FULL, _NIGHT_BLACK_END = 0.12, 0.35   # black fraction of the frame: full .. none
+_SHADOW_GAIN = 2.0                                 # exposure never multiplies a value by more
 
 _LUMA = (0.2126, 0.7152, 0.0722)  # BT.709
 _CB_SCALE, _CR_SCALE = 1.8556, 1.5748  # Cb = (B - Y) / 1.8556, Cr = (R - Y) / 1.5748
@@ -124,6 +126,19 @@ class FinishConfig:
     def enabled(self) -> bool:
         """False when finishing changes nothing (the caller may skip it)."""
         return self.denoising or self.exposure_target is not None
+
+
+def parse_exposure(text: str) -> ExposureSetting:
+    """``--exposure`` on a command line: ``auto``, ``off`` or a target mean brightness (0.45)."""
+    text = text.strip().lower()
+    if text in ("auto", "off"):
+        return text  # type: ignore[return-value]
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--exposure must be auto, off or a target mean brightness in (0, 1), got {text!r}") from None
+    FinishConfig(exposure=value)  # validates the range with the same message as the config
+    return value
 
 
 def finish_halo(config: FinishConfig) -> int:
@@ -259,6 +274,18 @@ def _noise_sigmas(ycc: torch.Tensor, luma: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _exposure_curve(x: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+    """``min(x ** g, SHADOW_GAIN * x)``: a power curve whose gain in the deep shadows is capped.
+
+    A plain power has infinite slope at black, which turns the near-black of a night sky
+    (and its JPEG and sensor residue) into a coloured haze; the cap keeps blacks black and
+    leaves mid-tones and highlights to the power. Monotonic, maps [0, 1] onto [0, 1]. Per
+    channel: measured against scaling RGB by the luma ratio, it clips nothing and amplifies
+    less chroma noise.
+    """
+    return torch.minimum(x.pow(exponent), x * _SHADOW_GAIN)
+
+
 def _exposure_exponent(luma: torch.Tensor, weight: torch.Tensor, target: float, max_boost: float) -> torch.Tensor:
     """Per image, the exponent g in [1 / max_boost, 1] whose weighted mean of ``luma ** g`` is
     closest to ``target`` (``luma``, ``weight``: N x 1 x h x w).
@@ -274,7 +301,7 @@ def _exposure_exponent(luma: torch.Tensor, weight: torch.Tensor, target: float, 
     hi = torch.ones_like(lo)
     for _ in range(16):  # the exponent to within 1e-5
         mid = 0.5 * (lo + hi)
-        too_bright = (flat.pow(mid) * weight).sum(dim=1, keepdim=True) > target
+        too_bright = (_exposure_curve(flat, mid) * weight).sum(dim=1, keepdim=True) > target
         lo = torch.where(too_bright, mid, lo)
         hi = torch.where(too_bright, hi, mid)
     return hi.squeeze(1)
@@ -287,7 +314,7 @@ def _exposure_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, targ
     * Regions that are black in the input (a 9 x 9 mean under 2.5/255: night sky, unlit
       corners) hold no signal to reveal: they are left out of the mean that is brought to the
       target, and when they cover much of the frame it is a night scene, which keeps the
-      network's look (full correction up to 20 % black, none from 50 %).
+      network's look (full correction up to 12 % black, none from 35 %).
     * Inputs that are not dark (mean luma from 0.2 up to 0.35) get less and less correction,
       so a well-exposed photo keeps its tone whatever the curves did.
     """
@@ -331,9 +358,8 @@ def finish_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, config:
 
 
 def _tone(x: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
-    """Global exposure: each channel to the power g (per image). Measured against scaling RGB
-    by the luma ratio, per-channel powers clip nothing and amplify less chroma noise."""
-    return x.clamp(0.0, 1.0).pow(exponent.view(-1, 1, 1, 1))
+    """Global exposure on each channel (per image exponent); see :func:`_exposure_curve`."""
+    return _exposure_curve(x.clamp(0.0, 1.0), exponent.view(-1, 1, 1, 1))
 
 
 @torch.inference_mode()

@@ -18,6 +18,7 @@ from dce_batch.finishing import (
     finish_params,
     finish_tiles,
     params_copy,
+    parse_exposure,
 )
 
 STEP = 1.0 / 255.0  # one 8-bit step
@@ -197,3 +198,11 @@ def test_cuda_matches_cpu():
     gpu = finish_image(low.cuda(), enhanced.cuda(), config).cpu()
     assert float((cpu - gpu).abs().max()) < 0.5 * STEP
     assert np.isfinite(gpu.numpy()).all()
+
+
+def test_parse_exposure_for_the_command_line():
+    assert parse_exposure("auto") == "auto" and parse_exposure("OFF") == "off"
+    assert parse_exposure("0.5") == 0.5
+    for bad in ("bright", "1.5", "0"):
+        with pytest.raises(ConfigError, match="exposure"):
+            parse_exposure(bad)
