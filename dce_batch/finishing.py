@@ -5,17 +5,17 @@ stage runs after the network, in torch on the same device (CPU or CUDA), batched
 
 * :func:`finish_params`, once per image on small copies of the input and of the network's output
   (see :func:`params_copy`): the noise level of the input (luma and chroma: a low quantile of
-  the local standard deviation) and the global exposure curve that brings the output's mean
-  luma to the target.
+  the local RMS of its detail layer) and the global exposure curve that brings the mean luma
+  of the output's lit regions to the target (night scenes keep the network's look).
 * :func:`finish_tiles`, per tile: the exposure curve, then a luma/chroma split (BT.709 Y'CbCr)
   and on each a guided filter with a local Wiener gain (He et al. 2013; Lee 1980) that removes
   the *local* noise variance: the input's noise times the gain that the curves and the
   exposure gave each region (``gain = box(Y_out) / box(Y_in)``). Shadows lifted 10x are
   smoothed hard, mid-tones and clean images hardly at all, and texture above the noise stays.
-  Chroma (the blotchy purple grain) gets a wider window than luma.
+  Chroma (the blotchy purple grain) is held to a higher threshold than luma.
 
-Every local operation is a box mean over the valid pixels of a window (integral images along
-each axis), so a tile that carries :func:`finish_halo` pixels of real context on each side gives
+Every local operation is a box mean over the valid pixels of a window (prefix sums along each
+axis), so a tile that carries :func:`finish_halo` pixels of real context on each side gives
 exactly the full-frame values on its core; at the image border both see the same clipped windows.
 
 Defaults were chosen by measurement on simulated pairs and real low-light sets
@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Literal, Union
 
 import torch
-import torch.nn.functional as F
 
 from .errors import ConfigError
 
@@ -73,11 +72,11 @@ class FinishConfig:
     """Settings of the finishing stage.
 
     Attributes:
-        denoise: ``auto`` (noise-aware luma + chroma guided filtering) or ``off``.
+        denoise: ``auto`` (noise-aware luma + chroma filtering) or ``off``.
         denoise_strength: scales the smoothing threshold; 0 disables, 1 is the measured
             default, 2 smooths harder.
-        exposure: ``auto`` (mean luma to :data:`DEFAULT_EXPOSURE_TARGET` for dark inputs), a
-            target mean luma in (0, 1), or ``off``.
+        exposure: ``auto`` (mean luma of the lit regions to :data:`DEFAULT_EXPOSURE_TARGET`
+            for dark inputs), a target mean luma in (0, 1) used the same way, or ``off``.
         max_exposure_boost: bound on the exposure curve (the exponent never goes below
             1 / this), so near-black scenes are not pushed into noise.
         radius: half-width of the filter's windows (and of the one the local gain is measured
@@ -236,8 +235,6 @@ def _box(x: torch.Tensor, radius: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------------
 # Global step
-
-
 
 
 _NOISE_WINDOW_RADIUS = 2    # 5 x 5 windows
