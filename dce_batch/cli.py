@@ -1,4 +1,4 @@
-"""Command line: ``dce-batch enhance|train|convert-weights|show-weights``.
+"""Command line: ``dce-batch enhance|train|convert-weights|show-weights|evaluate``.
 
 ``jobs/enhance.py`` and ``jobs/train.py`` are thin wrappers around :func:`enhance_main` and
 :func:`train_main`, so ``ray job submit --working-dir . -- python jobs/enhance.py ...`` and
@@ -424,6 +424,89 @@ def export_onnx_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INVALID
     print(f"wrote {target}: {info.name} ({info.variant}{f', scale {info.scale:g}' if info.variant == 'fast' else ''}), "
           f"opset {info.opset}, {info.bytes:,} bytes")
+def evaluate_parser() -> argparse.ArgumentParser:
+    from .finishing import DEFAULT_EXPOSURE_TARGET
+
+    p = argparse.ArgumentParser(
+        prog="dce-batch evaluate",
+        description="Compare enhancement configurations side by side: PSNR/SSIM on paired sets (low and "
+                    "reference folders matched by file name), no-reference statistics on every set. Runs "
+                    "in-process (no Ray); writes results.json, per_image.csv and summary.md.",
+    )
+    p.add_argument("--paired", nargs=2, action="append", default=[], metavar=("LOW", "REFERENCE"),
+                   help="a folder of inputs and a folder of references with the same file names (repeatable)")
+    p.add_argument("--unpaired", action="append", default=[], metavar="DIR",
+                   help="a folder of inputs without references (repeatable)")
+    p.add_argument("--simulate", metavar="LEVEL[,LEVEL]",
+                   help="also build simulated low-light pairs at these levels (see dce_batch.lowlight_sim.LEVELS) "
+                        "from --simulate-from, under OUT/simulated/")
+    p.add_argument("--simulate-from", metavar="DIR", help="well-exposed images to darken for --simulate")
+    p.add_argument("--simulate-max-side", type=int, default=600,
+                   help="downsize references to this longer side first (default 600, LOL-like)")
+    p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    p.add_argument("--config", action="append", default=[], metavar="LABEL[:key=value,...]", dest="configs",
+                   help="a configuration (repeatable). Keys: weights, strength, finish=on|off, denoise=auto|off, "
+                        "denoise_strength, exposure=auto|off|TARGET, folder (already-enhanced images), scale. "
+                        "'input' alone is the unenhanced input. Default: input, network:finish=off, default")
+    p.add_argument("--out", default="evaluation", metavar="DIR", help="where to write the reports (default ./evaluation)")
+    p.add_argument("--max-images", type=int, help="at most this many images per set (first by name)")
+    p.add_argument("--max-side", type=int, help="downsize images whose longer side exceeds this first (speed)")
+    p.add_argument("--target", type=float, default=DEFAULT_EXPOSURE_TARGET,
+                   help=f"mean brightness the exposure error is measured against (default {DEFAULT_EXPOSURE_TARGET})")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: steady timings, and no oversubscription on a shared machine)")
+    return p
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    from .evaluate import (DEFAULT_CONFIGURATIONS, evaluate, parse_configuration, set_from_paths, unique_set_names,
+                           write_reports)
+
+    args = evaluate_parser().parse_args(argv)
+    try:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+        out = Path(args.out)
+        sets = [set_from_paths(low, ref) for low, ref in args.paired] + [set_from_paths(d) for d in args.unpaired]
+        if args.simulate:
+            from .lowlight_sim import LEVELS, write_simulated_set
+
+            if not args.simulate_from:
+                raise ConfigError("--simulate needs --simulate-from DIR (well-exposed images)")
+            source = Path(args.simulate_from)
+            references = sorted(p for p in source.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")) \
+                if source.is_dir() else []
+            for name in filter(None, (n.strip() for n in args.simulate.split(","))):
+                if name not in LEVELS:
+                    raise ConfigError(f"unknown simulation level {name!r}; choose from {sorted(LEVELS)}")
+                low, high = write_simulated_set(references, out / "simulated" / name, LEVELS[name], seed=args.seed,
+                                                max_side=args.simulate_max_side)
+                sets.append(set_from_paths(str(low), str(high)))
+        if not sets:
+            raise ConfigError("nothing to evaluate: give --paired LOW REF, --unpaired DIR or --simulate LEVELS")
+        sets = unique_set_names(sets)
+        configurations = [parse_configuration(spec) for spec in (args.configs or DEFAULT_CONFIGURATIONS)]
+
+        def progress(result) -> None:
+            score = f" PSNR {result.psnr:.2f} SSIM {result.ssim:.3f}" if result.psnr is not None else ""
+            print(f"{result.set}/{result.image} [{result.configuration}]{score} "
+                  f"mean {result.stats_out['mean']:.3f} ({result.seconds:.2f} s)", file=sys.stderr, flush=True)
+
+        results = evaluate(sets, configurations, device=args.device, max_images=args.max_images,
+                           max_side=args.max_side, exposure_target=args.target, progress=progress)
+        paths = write_reports(results, out, configurations=configurations, sets=sets, settings={
+            "max_images": args.max_images, "max_side": args.max_side, "exposure_target": args.target,
+            "simulate": args.simulate, "seed": args.seed, "device": args.device,
+            "threads": args.threads})
+    except DceBatchError as exc:
+        print(f"dce-batch evaluate: {describe_error(exc)}", file=sys.stderr)
+        return EXIT_INVALID
+    print(paths["markdown"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
@@ -434,6 +517,7 @@ COMMANDS = {
     "show-weights": show_weights_main,
     "report": report_main,
     "export-onnx": export_onnx_main,
+    "evaluate": evaluate_main,
 }
 
 
@@ -444,7 +528,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               "  enhance           enhance images (no arguments: the bundled samples into ./enhanced/)\n"
               "  train             train DCE-Net with Ray Train\n"
               "  convert-weights   import a published checkpoint into the safetensors format\n"
-              "  show-weights      print a weights file's metadata", file=sys.stderr if argv else sys.stdout)
+              "  show-weights      print a weights file's metadata\n"
+              "  evaluate          compare configurations: PSNR/SSIM on paired sets, no-reference stats\n"
+              "  report            build OUTPUT/_report/index.html for a finished run\n"
+              "  export-onnx       export the network to ONNX (dynamic size, strength as an input)",
+              file=sys.stderr if argv else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\ndce-batch: unknown command {argv[0]!r}", file=sys.stderr)
             return EXIT_INVALID

@@ -1,0 +1,209 @@
+"""The finishing stage: denoising, exposure, exact tiling, the per-image parameters (CPU, seconds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dce_batch.errors import ConfigError
+from dce_batch.finishing import (
+    DEFAULT_EXPOSURE_TARGET,
+    NUM_PARAMS,
+    PARAM_SIGMA_LUMA,
+    PARAM_TONE,
+    FinishConfig,
+    finish_halo,
+    finish_image,
+    finish_params,
+    finish_tiles,
+    params_copy,
+    parse_exposure,
+)
+
+STEP = 1.0 / 255.0  # one 8-bit step
+
+
+def _scene(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """A 1 x 3 x H x W 'photo' in [0, 1]: smooth gradients, flat patches and hard edges."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    base = torch.stack((0.3 + 0.4 * xx, 0.2 + 0.5 * yy, 0.5 - 0.3 * xx * yy))
+    blocks = (torch.rand(3, height // 16 + 1, width // 16 + 1, generator=g) * 0.4 - 0.2)
+    blocks = blocks.repeat_interleave(16, 1).repeat_interleave(16, 2)[:, :height, :width]
+    return (base + blocks).clamp(0.02, 0.98).unsqueeze(0)
+
+
+def _noisy_dark_pair(height: int = 96, width: int = 128, gain: float = 8.0, sigma: float = 2.0 * STEP, seed: int = 0):
+    """(low, enhanced): a dark noisy input and a 'curve' output that lifted it ``gain`` times."""
+    g = torch.Generator().manual_seed(seed)
+    clean = _scene(height, width, seed) / gain
+    low = (clean + sigma * torch.randn(clean.shape, generator=g)).clamp(0.0, 1.0)
+    return low, (low * gain).clamp(0.0, 1.0)
+
+
+def _local_std(x: torch.Tensor) -> float:
+    """Noise of a flat image: its standard deviation (flat: nothing else varies)."""
+    return float(x.std())
+
+
+def test_denoise_lowers_the_noise_of_a_flat_image_without_shifting_its_mean():
+    g = torch.Generator().manual_seed(1)
+    low = (0.05 + 0.004 * torch.randn((1, 3, 128, 128), generator=g)).clamp(0, 1)
+    enhanced = low * 8.0  # what strong curves do to a dark flat wall: mean 0.4, noise x8
+    config = FinishConfig(exposure="off")
+    out = finish_image(low, enhanced, config)
+    assert _local_std(out) < 0.5 * _local_std(enhanced)  # measured: 0.31
+    for channel in range(3):
+        assert abs(float(out[0, channel].mean() - enhanced[0, channel].mean())) < 0.5 * STEP
+
+
+def test_denoise_strength_orders_the_smoothing_and_off_changes_nothing():
+    low, enhanced = _noisy_dark_pair()
+    flat = (slice(None), slice(None), slice(8, 40), slice(8, 40))
+    residual = {}
+    for strength in (0.5, 1.0, 2.0):
+        out = finish_image(low, enhanced, FinishConfig(exposure="off", denoise_strength=strength))
+        residual[strength] = _local_std(out[flat] - _scene(96, 128)[flat])
+    assert residual[2.0] < residual[1.0] < residual[0.5]
+    off = finish_image(low, enhanced, FinishConfig(exposure="off", denoise="off"))
+    assert torch.equal(off, enhanced.clamp(0, 1))
+
+
+def test_a_clean_image_is_left_nearly_alone():
+    clean = _scene(96, 128)
+    out = finish_image(clean, clean, FinishConfig(exposure="off"))
+    assert float((out - clean).abs().max()) < STEP
+
+
+@pytest.mark.parametrize("tile", [32, 45])
+def test_tiles_with_the_halo_match_the_full_frame(tile):
+    low, enhanced = _noisy_dark_pair(110, 150, seed=3)
+    low = torch.cat((low, _noisy_dark_pair(110, 150, gain=4.0, seed=4)[0]))  # a batch of two images
+    enhanced = torch.cat((enhanced, (low[1:] * 4.0).clamp(0, 1)))
+    config = FinishConfig(exposure=0.5)
+    params = finish_params(params_copy(low), params_copy(enhanced), config)
+    full = finish_tiles(low, enhanced, params, config)
+    halo = finish_halo(config)
+    assert halo == 2 * config.radius
+    worst = _worst_tile_error(low, enhanced, params, config, full, tile, halo)
+    assert worst < STEP  # in practice float rounding, ~1e-6
+    # One pixel less context is visibly wrong: the halo is not generous, it is needed.
+    assert _worst_tile_error(low, enhanced, params, config, full, tile, halo - 1) > 1e-4
+
+
+def _worst_tile_error(low, enhanced, params, config, full, tile, halo) -> float:
+    _, _, height, width = low.shape
+    worst = 0.0
+    for y0 in range(0, height, tile):
+        for x0 in range(0, width, tile):
+            y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
+            py0, px0, py1, px1 = max(0, y0 - halo), max(0, x0 - halo), min(height, y1 + halo), min(width, x1 + halo)
+            out = finish_tiles(low[..., py0:py1, px0:px1], enhanced[..., py0:py1, px0:px1], params, config)
+            core = out[..., y0 - py0:y1 - py0, x0 - px0:x1 - px0]
+            worst = max(worst, float((core - full[..., y0:y1, x0:x1]).abs().max()))
+    return worst
+
+
+def test_exposure_moves_a_dark_result_toward_the_target():
+    low = 0.02 + _scene(80, 120) * 0.06  # a dark input (mean luma ~0.05) without black regions
+    enhanced = low.pow(0.4)  # curves that left it at ~0.29
+    before = float(enhanced.mean())
+    out = finish_image(low, enhanced, FinishConfig(denoise="off"))
+    after = float(out.mean())
+    assert before < 0.3
+    assert abs(after - DEFAULT_EXPOSURE_TARGET) < 0.03  # luma and RGB means agree to ~0.01 here
+    assert bool((out <= 2.0 * enhanced + 1e-6).all())  # shadow gain capped: blacks stay black
+    custom = finish_image(low, enhanced, FinishConfig(denoise="off", exposure=0.35))
+    assert abs(float(custom.mean()) - 0.35) < 0.03
+
+
+def test_exposure_leaves_a_well_exposed_image_alone():
+    image = _scene(80, 120)  # mean ~0.45 as input and as output
+    for enhanced in (image, (image * 0.7)):  # even if the curves had darkened it
+        out = finish_image(image, enhanced, FinishConfig(denoise="off"))
+        assert float((out - enhanced).abs().max()) < 0.5 * STEP
+
+
+def test_exposure_is_bounded_for_very_dark_scenes():
+    low = torch.full((1, 3, 32, 32), 3.0 / 255.0)  # dim but not black: there is signal to lift
+    enhanced = torch.full((1, 3, 32, 32), 0.02)
+    config = FinishConfig(denoise="off")
+    params = finish_params(low, enhanced, config)
+    assert float(params[0, PARAM_TONE]) == pytest.approx(1.0 / config.max_exposure_boost, abs=1e-4)
+
+
+def test_exposure_keeps_a_night_scene_black():
+    # 60 % of the frame is black sky (no signal), the rest a lit town: a night scene.
+    low = torch.zeros((1, 3, 100, 100))
+    low[..., 60:, :] = 0.08
+    enhanced = low * 3.0
+    out = finish_image(low, enhanced, FinishConfig(denoise="off"))
+    assert torch.equal(out, enhanced)
+    # The same town under a sky that still has some light is brightened toward the target.
+    low[..., :60, :] = 0.02
+    out = finish_image(low, low * 3.0, FinishConfig(denoise="off"))
+    assert float(out.mean()) > float((low * 3.0).mean()) + 0.1
+
+
+def test_params_shape_and_noise_estimate_track_the_noise():
+    low_quiet, enh_quiet = _noisy_dark_pair(sigma=1.0 * STEP, seed=5)
+    low_loud, enh_loud = _noisy_dark_pair(sigma=4.0 * STEP, seed=5)
+    params = finish_params(torch.cat((low_quiet, low_loud)), torch.cat((enh_quiet, enh_loud)), FinishConfig())
+    assert params.shape == (2, NUM_PARAMS) and params.dtype == torch.float32
+    quiet, loud = float(params[0, PARAM_SIGMA_LUMA]), float(params[1, PARAM_SIGMA_LUMA])
+    assert 2.0 < loud / quiet < 6.0  # 4x the noise reads as about 4x
+
+
+def test_params_copy_is_a_mosaic_of_full_resolution_patches():
+    small = torch.rand(1, 3, 300, 400)
+    assert params_copy(small) is small
+    big = torch.rand(2, 3, 1500, 2100)
+    copy = params_copy(big)
+    assert copy.shape == (2, 3, 512, 512)
+    assert torch.equal(copy[..., :128, :128], big[..., :128, :128])  # top-left patch, untouched pixels
+    assert torch.equal(copy[..., -128:, -128:], big[..., -128:, -128:])  # bottom-right patch
+    # Noise survives (a downscaled copy would average it away).
+    noise = 0.02 * torch.randn(1, 1, 1500, 2100, generator=torch.Generator().manual_seed(0))
+    assert float(params_copy(noise).std()) == pytest.approx(0.02, rel=0.05)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"denoise": "maybe"}, {"denoise_strength": -1.0}, {"exposure": "bright"}, {"exposure": 1.5},
+    {"exposure": 0.0}, {"max_exposure_boost": 0.5}, {"radius": 0}, {"luma_noise_factor": -1.0},
+])
+def test_invalid_settings_are_config_errors(kwargs):
+    with pytest.raises(ConfigError):
+        FinishConfig(**kwargs)
+
+
+def test_disabled_finishing_reports_itself():
+    assert not FinishConfig(denoise="off", exposure="off").enabled
+    assert finish_halo(FinishConfig(denoise="off")) == 0
+    assert FinishConfig().enabled and FinishConfig().exposure_target == DEFAULT_EXPOSURE_TARGET
+
+
+def test_shape_errors_are_clear():
+    low, enhanced = _noisy_dark_pair(32, 32)
+    with pytest.raises(ValueError, match="params"):
+        finish_tiles(low, enhanced, torch.zeros(2, NUM_PARAMS), FinishConfig())
+    with pytest.raises(ValueError, match="same|one shape"):
+        finish_params(low, enhanced[..., :16], FinishConfig())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu():
+    low, enhanced = _noisy_dark_pair(200, 300, seed=7)
+    config = FinishConfig()
+    cpu = finish_image(low, enhanced, config)
+    gpu = finish_image(low.cuda(), enhanced.cuda(), config).cpu()
+    assert float((cpu - gpu).abs().max()) < 0.5 * STEP
+    assert np.isfinite(gpu.numpy()).all()
+
+
+def test_parse_exposure_for_the_command_line():
+    assert parse_exposure("auto") == "auto" and parse_exposure("OFF") == "off"
+    assert parse_exposure("0.5") == 0.5
+    for bad in ("bright", "1.5", "0"):
+        with pytest.raises(ConfigError, match="exposure"):
+            parse_exposure(bad)
