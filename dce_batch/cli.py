@@ -39,6 +39,15 @@ def _num_actors(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def _exposure(text: str):
+    from .settings import parse_exposure
+
+    try:
+        return parse_exposure(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _size(text: str) -> int:
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     number, unit = text.strip().upper().rstrip("B"), ""
@@ -82,6 +91,13 @@ def enhance_parser() -> argparse.ArgumentParser:
     g.add_argument("--scale", type=float, default=12.0,
                    help="fast variant: estimate curves on an image downscaled by this factor (default 12)")
     g.add_argument("--strength", type=float, default=1.0, help="0 = unchanged ... 1 = full enhancement (default 1)")
+    g.add_argument("--denoise", choices=["auto", "off"], default="auto",
+                   help="noise-aware denoising of what the curves lifted (default auto: strength follows the "
+                        "measured noise and the local gain; clean images are left alone)")
+    g.add_argument("--denoise-strength", type=float, default=1.0, help="0..4, 1 = the measured default")
+    g.add_argument("--exposure", type=_exposure, default="auto",
+                   help="auto (default: dark scenes are brought to a natural brightness, night scenes keep "
+                        "their look, bright ones are left alone), off, or a target mean brightness such as 0.45")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="network precision (default auto: bf16 where the CPU or GPU computes it natively, "
                         "within one 8-bit step of fp32; fp32 elsewhere). fp16 needs CUDA")
@@ -131,7 +147,8 @@ def enhance_main(argv: Sequence[str] | None = None) -> int:
         config = EnhanceConfig(
             input=args.input or sample_images_dir(), output=args.output, weights=args.weights,
             variant=args.model_variant, scale=args.scale, format=args.format, quality=args.quality,
-            strength=args.strength, precision=args.precision, num_actors=args.num_actors,
+            strength=args.strength, precision=args.precision, num_actors=args.num_actors, denoise=args.denoise,
+            denoise_strength=args.denoise_strength, exposure=args.exposure,
             gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size,
             s3=_s3_options(args), overwrite=args.overwrite,
             allow_output_inside_input=args.allow_output_inside_input,

@@ -282,7 +282,7 @@ class ImageResult:
 def _read(path: Path, max_side: int | None) -> np.ndarray:
     from .imageio import decode_image
 
-    pixels = decode_image(path.read_bytes()).pixels
+    pixels = decode_image(path.read_bytes()).to_float()
     if max_side and max(pixels.shape[:2]) > max_side:
         from PIL import Image
 
@@ -334,9 +334,9 @@ class _Runner:
 def apply_finishing(finish: FinishConfig | None, low: np.ndarray, enhanced: np.ndarray, device) -> np.ndarray:
     """The finishing stage on one image, as the job applies it after the network.
 
-    Until finishing lives inside :class:`~dce_batch.inference.Enhancer`, this runs it at full
-    frame on the network's output (finishing is exact under tiling, so the tiled job computes
-    the same pixels).
+    It runs at full frame on the network's output, cached per image across configurations
+    (the job's Enhancer runs it tile by tile after the network; finishing is exact under
+    tiling, so both compute the same pixels).
     """
     if finish is None or not finish.enabled:
         return enhanced

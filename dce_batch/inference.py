@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .finishing import FinishConfig, finish_halo, finish_params, finish_tiles, params_copy
 from .model import RECEPTIVE_FIELD_RADIUS, DCENet, DCENetFast, apply_curves
 from .settings import check_inference_settings
 from .weights import LoadedWeights
@@ -77,6 +78,8 @@ class InferenceConfig:
             tiled. ``None`` picks per device.
         batch_pixels: at most this many pixels go through the network in one call (windows of
             several images are stacked up to it). ``None`` picks per device.
+        finish: denoising and exposure after the curves (:mod:`dce_batch.finishing`), or None
+            for the network alone. The job turns it on by default.
 
     CPU defaults: 256-pixel tiles above two tiles' worth of pixels (small windows stay in cache
     and keep memory flat), one window per call. GPU defaults: 1024-pixel tiles above 2 MP, and
@@ -90,6 +93,7 @@ class InferenceConfig:
     tile_size: int | None = None
     max_full_frame_pixels: int | None = None
     batch_pixels: int | None = None
+    finish: FinishConfig | None = None
 
     def __post_init__(self) -> None:
         check_inference_settings(strength=self.strength, precision=self.precision, scale=self.scale,
@@ -299,31 +303,70 @@ class Enhancer:
             if pixels.dtype not in _INTEGER_MAX and pixels.dtype != np.float32:
                 raise ValueError(f"expected uint8, uint16 or float32 pixels, got {pixels.dtype}")
         outputs = [np.empty_like(pixels) for pixels in images]
+        finish = self.finishing
+        # With finishing, the network's output goes to a 16-bit (or float) stage first: the
+        # finishing windows read their neighbours' context, so it cannot work in place.
+        stages = outputs if finish is None else [
+            np.empty(p.shape, np.float32 if p.dtype == np.float32 else np.uint16) for p in images]
         if isinstance(self.model, DCENetFast) and self.model.scale != 1.0:
-            tiled = [self._enhance_downscaled(pixels, out) for pixels, out in zip(images, outputs)]
+            tiled = [self._enhance_downscaled(pixels, stage) for pixels, stage in zip(images, stages)]
         else:
-            tiled = self._enhance_windows(images, outputs)
+            tiled = self._over_windows(images, self.halo, lambda members: self._run_windows(images, stages, members))
+        if finish is not None:
+            params = torch.cat([self._finish_params(pixels, stage, finish) for pixels, stage in zip(images, stages)])
+            self._over_windows(images, finish_halo(finish),
+                               lambda members: self._finish_windows(images, stages, outputs, members, params, finish))
         return [EnhanceResult(pixels=out, tiled=t) for out, t in zip(outputs, tiled)]
 
-    def _windows_of(self, height: int, width: int) -> list[Window]:
+    @property
+    def finishing(self) -> FinishConfig | None:
+        """The finishing in effect: none when off, or when strength 0 asks for the input unchanged."""
+        finish = self.config.finish
+        if finish is None or not finish.enabled or self.config.strength == 0.0:
+            return None
+        return finish
+
+    def _finish_params(self, pixels: np.ndarray, stage: np.ndarray, finish: FinishConfig) -> torch.Tensor:
+        """Per-image statistics from small copies of the input and the network's output (1 x P)."""
+        def small(array: np.ndarray) -> torch.Tensor:
+            copy = params_copy(torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0))  # picks pixels, no float copy
+            return _to_unit_float(copy.contiguous().to(self.device), array.dtype)
+
+        return finish_params(small(pixels), small(stage), finish)
+
+    def _finish_windows(self, images, stages, outputs, members: list[tuple[int, Window]], params: torch.Tensor,
+                        finish: FinishConfig) -> None:
+        """Finishing on equally shaped windows of input and network output; cores into ``outputs``."""
+        def stack(arrays) -> torch.Tensor:
+            batch = np.stack([arrays[i][w.top : w.top + w.height, w.left : w.left + w.width] for i, w in members])
+            return _to_unit_float(torch.from_numpy(batch).to(self.device, non_blocking=True), batch.dtype).permute(0, 3, 1, 2)
+
+        rows = torch.tensor([i for i, _ in members], device=params.device)
+        finished = finish_tiles(stack(images), stack(stages), params[rows], finish)
+        for row, (index, w) in enumerate(members):
+            core = finished[row, :, w.core_top - w.top : w.core_bottom - w.top, w.core_left - w.left : w.core_right - w.left]
+            outputs[index][w.core_top : w.core_bottom, w.core_left : w.core_right] = _from_unit_float(
+                core.permute(1, 2, 0), outputs[index].dtype)
+
+    def _windows_of(self, height: int, width: int, halo: int) -> list[Window]:
         if height * width <= self.config.max_full_frame_pixels:
             return [Window(0, 0, height, width, 0, height, 0, width)]
         grid = window_grid if self.config.batch_pixels > 1 else balanced_grid
-        return grid(height, width, self.config.tile_size, self.halo)
+        return grid(height, width, self.config.tile_size, halo)
 
-    def _enhance_windows(self, images: Sequence[np.ndarray], outputs: list[np.ndarray]) -> list[bool]:
-        # Every window of every image, grouped by shape so that each group can be stacked.
+    def _over_windows(self, images: Sequence[np.ndarray], halo: int, run) -> list[bool]:
+        """Call ``run(members)`` on every window of every image, equally shaped ones stacked."""
         groups: dict[tuple[int, int], list[tuple[int, Window]]] = {}
         tiled = []
         for index, pixels in enumerate(images):
-            windows = self._windows_of(pixels.shape[0], pixels.shape[1])
+            windows = self._windows_of(pixels.shape[0], pixels.shape[1], halo)
             tiled.append(len(windows) > 1)
             for window in windows:
                 groups.setdefault((window.height, window.width), []).append((index, window))
         for (height, width), members in groups.items():
             per_call = max(1, self.config.batch_pixels // (height * width))
             for start in range(0, len(members), per_call):
-                self._run_windows(images, outputs, members[start : start + per_call])
+                run(members[start : start + per_call])
         return tiled
 
     def _run_windows(self, images, outputs, members: list[tuple[int, Window]]) -> None:

@@ -54,7 +54,7 @@ from .manifest import (
 from .plan import Plan, existing_output_uris, output_settings, plan_run
 from .process import ImageProcessor, ImageReader, ImageState, ImageWriter, WorkItem
 from .progress import Progress
-from .settings import check_inference_settings
+from .settings import FinishConfig, check_inference_settings
 from .storage import MANIFEST_DIR, Location, S3Options, filesystem_for, list_inputs_table, read_bytes
 
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "ActorPool", "EnhanceConfig", "plan_actor_pool", "run_enhance",
@@ -93,6 +93,9 @@ class EnhanceConfig:
     quality: int = 95
     strength: float = 1.0
     precision: str = "auto"
+    denoise: str = "auto"  # noise-aware denoising after the curves (dce_batch.finishing); "off"
+    denoise_strength: float = 1.0
+    exposure: float | str = "auto"  # scene-fitted exposure: "auto", "off" or a target mean brightness
     num_actors: tuple[int, int] | None = None
     gpus_per_actor: float = 0.0
     cpus_per_actor: float | None = None  # None: 1 per actor (its torch threads)
@@ -137,6 +140,7 @@ class EnhanceConfig:
             raise ConfigError(f"--actor-memory must be at least {ACTOR_BASE_MEMORY >> 20} MB")
         check_inference_settings(strength=self.strength, precision=self.precision, scale=self.scale,
                                  tile_size=self.tile_size, max_full_frame_pixels=self.max_full_frame_pixels)
+        self.finish_config()  # validates denoise and exposure
         self.encode_options()  # validates format and quality
 
     @property
@@ -154,7 +158,12 @@ class EnhanceConfig:
             strength=self.strength, precision=self.precision,  # type: ignore[arg-type]
             scale=self.scale if (variant or self.variant) == "fast" else 1.0,
             tile_size=self.tile_size, max_full_frame_pixels=self.max_full_frame_pixels,
+            finish=self.finish_config(),
         )
+
+    def finish_config(self) -> FinishConfig:
+        return FinishConfig(denoise=self.denoise, denoise_strength=self.denoise_strength,  # type: ignore[arg-type]
+                            exposure=self.exposure)
 
     def encode_options(self) -> EncodeOptions:
         return EncodeOptions(format=self.format, quality=self.quality)
@@ -506,9 +515,12 @@ def plan_inputs(config: EnhanceConfig, output: Location, weights: ResolvedWeight
     meta = weights.meta
 
     def settings_for(output_format: str) -> dict:
+        finish = config.finish_config()
+        finishing = None if not finish.enabled else {
+            "denoise": finish.denoise, "denoise_strength": finish.denoise_strength, "exposure": finish.exposure}
         return output_settings(model_sha256=meta.sha256, variant=meta.variant, scale=config.scale,
                                strength=config.strength, precision=config.precision, format=config.format,
-                               quality=config.quality, output_format=output_format)
+                               quality=config.quality, output_format=output_format, finishing=finishing)
 
     constants = dict(model_name=meta.name, model_sha256=meta.sha256, strength=config.strength,
                      variant=meta.variant, precision=config.precision)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal, Union
+
 from .errors import ConfigError
 
-__all__ = ["PRECISIONS", "check_inference_settings"]
+__all__ = ["DEFAULT_EXPOSURE_TARGET", "PRECISIONS", "FinishConfig", "check_inference_settings", "parse_exposure"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -24,3 +27,86 @@ def check_inference_settings(*, strength: float, precision: str, scale: float, t
         raise ConfigError("max_full_frame_pixels must be positive")
     if batch_pixels is not None and batch_pixels < 1:
         raise ConfigError("batch_pixels must be positive")
+
+
+DenoiseMode = Literal["auto", "off"]
+ExposureSetting = Union[float, Literal["auto", "off"]]
+
+# Mean luma (BT.709, non-linear) that "auto" exposure aims at: about where well-exposed
+# photographs sit (LOL references 0.45, Kodak 0.42).
+DEFAULT_EXPOSURE_TARGET = 0.45
+
+
+@dataclass(frozen=True)
+class FinishConfig:
+    """Settings of the finishing stage.
+
+    Attributes:
+        denoise: ``auto`` (noise-aware luma + chroma filtering) or ``off``.
+        denoise_strength: scales the smoothing threshold; 0 disables, 1 is the measured
+            default, 2 smooths harder.
+        exposure: ``auto`` (mean luma of the lit regions to :data:`DEFAULT_EXPOSURE_TARGET`
+            for dark inputs), a target mean luma in (0, 1) used the same way, or ``off``.
+        max_exposure_boost: bound on the exposure curve (the exponent never goes below
+            1 / this), so near-black scenes are not pushed into noise.
+        radius: half-width of the filter's windows (and of the one the local gain is measured
+            over), in pixels; the tiling halo is twice this.
+        luma_noise_factor, chroma_noise_factor: the noise variance each filter removes, as a
+            multiple of the estimated local noise standard deviation (before ``denoise_strength``).
+    """
+
+    denoise: DenoiseMode = "auto"
+    denoise_strength: float = 1.0
+    exposure: ExposureSetting = "auto"
+    max_exposure_boost: float = 2.5
+    radius: int = 3
+    luma_noise_factor: float = 0.9
+    chroma_noise_factor: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.denoise not in ("auto", "off"):
+            raise ConfigError(f"denoise must be 'auto' or 'off', got {self.denoise!r}")
+        if not 0.0 <= self.denoise_strength <= 4.0:
+            raise ConfigError(f"denoise strength must be in [0, 4] (1 = default), got {self.denoise_strength}")
+        if isinstance(self.exposure, str):
+            if self.exposure not in ("auto", "off"):
+                raise ConfigError(f"exposure must be 'auto', 'off' or a target mean brightness in (0, 1), "
+                                  f"got {self.exposure!r}")
+        elif isinstance(self.exposure, bool) or not 0.0 < float(self.exposure) < 1.0:
+            raise ConfigError(f"exposure target must be a mean brightness in (0, 1), e.g. 0.45; got {self.exposure!r}")
+        if self.max_exposure_boost < 1.0:
+            raise ConfigError(f"max_exposure_boost must be >= 1, got {self.max_exposure_boost}")
+        if not 1 <= self.radius <= 32:
+            raise ConfigError(f"radius must be in 1..32 pixels, got {self.radius}")
+        if self.luma_noise_factor < 0 or self.chroma_noise_factor < 0:
+            raise ConfigError("noise factors must be non-negative")
+
+    @property
+    def denoising(self) -> bool:
+        return self.denoise != "off" and self.denoise_strength > 0
+
+    @property
+    def exposure_target(self) -> float | None:
+        if self.exposure == "off":
+            return None
+        return DEFAULT_EXPOSURE_TARGET if self.exposure == "auto" else float(self.exposure)
+
+    @property
+    def enabled(self) -> bool:
+        """False when finishing changes nothing (the caller may skip it)."""
+        return self.denoising or self.exposure_target is not None
+
+
+def parse_exposure(text: str) -> ExposureSetting:
+    """``--exposure`` on a command line: ``auto``, ``off`` or a target mean brightness (0.45)."""
+    text = text.strip().lower()
+    if text in ("auto", "off"):
+        return text  # type: ignore[return-value]
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--exposure must be auto, off or a target mean brightness in (0, 1), got {text!r}") from None
+    FinishConfig(exposure=value)  # validates the range with the same message as the config
+    return value
+
+
