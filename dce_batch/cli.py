@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -123,6 +124,10 @@ def enhance_parser() -> argparse.ArgumentParser:
     g.add_argument("--actor-memory", type=_size, metavar="BYTES",
                    help="memory each actor declares to Ray, e.g. 4G (default: enough for --max-pixels)")
     g.add_argument("--dashboard", action="store_true", help="start the Ray dashboard with the local cluster")
+    g.add_argument("--engine", choices=["auto", "ray", "local"], default="auto",
+                   help="ray: Ray Data actors (on RAY_ADDRESS, a running cluster, or a local one it starts); local: "
+                        "worker processes on this machine; auto (default): local for up to 1,000 images when no "
+                        "cluster is running and no GPUs are asked for, else ray")
     g = p.add_argument_group("what you see")
     g.add_argument("--report", action=argparse.BooleanOptionalAction, default=None,
                    help="build OUTPUT/_report/index.html at the end (default: yes for local OUTPUTs, no for "
@@ -153,14 +158,12 @@ def enhance_main(argv: Sequence[str] | None = None) -> int:
             s3=_s3_options(args), overwrite=args.overwrite,
             allow_output_inside_input=args.allow_output_inside_input,
             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, tile_size=args.tile_size, pipeline=args.pipeline,
-            actor_memory=args.actor_memory, dashboard=args.dashboard, report=args.report, quiet=args.quiet,
+            actor_memory=args.actor_memory, dashboard=args.dashboard, engine=args.engine, report=args.report, quiet=args.quiet,
             verbose=args.verbose,
         )
         if args.address:
-            import os
-
             os.environ["RAY_ADDRESS"] = args.address  # run_enhance connects there
-        summary = run_enhance(config)
+        summary = run_enhance(config, shutdown=False)
     except KeyboardInterrupt as exc:
         terminated = type(exc).__name__ == "_Interrupted"
         print(f"dce-batch enhance: {'terminated' if terminated else 'interrupted'}; finished images are in the "
@@ -171,7 +174,12 @@ def enhance_main(argv: Sequence[str] | None = None) -> int:
     print(summary.table())
     if summary.report:
         print(f"report: {summary.report}")
-    return EXIT_SOME_FAILED if summary.error else EXIT_OK
+    code = EXIT_SOME_FAILED if summary.error else EXIT_OK
+    # Everything is written. Leave now: a local cluster this run started ends with this process
+    # (its processes share its fate), without a second or more of orderly Ray shutdown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _report_failure(program: str, exc: Exception) -> int:

@@ -39,9 +39,10 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from . import __version__
-from .errors import ConfigError, InputNotFoundError, StorageError, describe_error
+from .errors import ConfigError, InputNotFoundError, StorageError, WeightsError, describe_error
 from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, EncodeOptions
 from .manifest import (
+    ManifestRow,
     RunSummary,
     conform,
     delete_pending,
@@ -55,6 +56,7 @@ from .plan import Plan, existing_output_uris, output_settings, plan_run
 from .process import ImageProcessor, ImageReader, ImageState, ImageWriter, WorkItem
 from .progress import Progress
 from .settings import FinishConfig, check_inference_settings
+from .weights_header import read_header_metadata
 from .storage import MANIFEST_DIR, Location, S3Options, filesystem_for, list_inputs_table, read_bytes
 
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "ActorPool", "EnhanceConfig", "plan_actor_pool", "run_enhance",
@@ -112,6 +114,7 @@ class EnhanceConfig:
     manifest_part_rows: int = 50_000
     manifest_flush_s: float = 60.0
     dashboard: bool = False
+    engine: str = "auto"  # ray | local | auto (see choose_engine)
     quiet: bool = False  # only errors and the final summary
     verbose: bool = False  # Ray's own INFO lines and worker logs too
     report: bool | None = None  # build OUTPUT/_report/index.html; None: for local OUTPUTs
@@ -130,6 +133,10 @@ class EnhanceConfig:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.variant not in (None, "full", "fast"):
             raise ConfigError(f"--model-variant must be full or fast, got {self.variant!r}")
+        if self.engine not in ("auto", "ray", "local"):
+            raise ConfigError(f"--engine must be auto, ray or local, got {self.engine!r}")
+        if self.engine == "local" and (self.gpus_per_actor > 0 or self.pipeline == "staged"):
+            raise ConfigError("--engine local runs the fused CPU pipeline; GPUs and --pipeline staged need --engine ray")
         if self.pipeline not in ("auto", "fused", "staged"):
             raise ConfigError(f"--pipeline must be auto, fused or staged, got {self.pipeline!r}")
         if self.max_pixels < 1:
@@ -413,7 +420,7 @@ class ResolvedWeights:
 
 def read_weights_spec(config: EnhanceConfig) -> tuple[bytes, str]:
     """The weights file's bytes (read once, on the driver, shipped to the actors) and its name."""
-    from .weights import read_weights_bytes
+    from .weights_header import read_weights_bytes
 
     spec = config.weights
     if spec and "://" in spec and not spec.startswith("file://"):
@@ -423,11 +430,22 @@ def read_weights_spec(config: EnhanceConfig) -> tuple[bytes, str]:
 
 
 def resolve_weights(config: EnhanceConfig, blob: bytes | None = None, name: str | None = None) -> ResolvedWeights:
-    """The weights, checked (sha256, layout, variant) and with their metadata."""
-    from .weights import load_weights
+    """The weights' bytes and metadata.
 
+    The project's own files are read from their header (no torch in the driver: the workers load
+    and verify the tensors, sha256 included); published checkpoints are imported here.
+    """
     if blob is None:
         blob, name = read_weights_spec(config)
+    header = read_header_metadata(blob)
+    if header is not None:
+        if config.variant is not None and header.variant != config.variant:
+            raise WeightsError(
+                f"weights {name!r} are for the {header.variant!r} variant, but --model-variant {config.variant!r} "
+                "was asked for; drop one of the two or pass matching weights")
+        return ResolvedWeights(blob, name, header)
+    from .weights import load_weights
+
     loaded = load_weights(blob, variant=config.variant, name=name)
     return ResolvedWeights(blob, name, loaded.meta)
 
@@ -487,8 +505,6 @@ def _prepare(config: EnhanceConfig, output: Location, blob: bytes, name: str, st
     weights = resolve_weights(config, blob, name)
     timings["weights_s"] = time.time() - started
     prepared = plan_inputs(config, output, weights)
-    import ray.data  # noqa: F401 - a second of imports, paid here rather than after Ray is up
-
     return weights, prepared
 
 
@@ -569,13 +585,7 @@ def _start_ray(config: EnhanceConfig, say: Callable[[str], None]) -> bool:
     quiet.apply()
     if ray.is_initialized():
         return False
-    try:
-        from ray._private.services import canonicalize_bootstrap_address
-
-        existing = canonicalize_bootstrap_address(None)  # what ray.init() would connect to
-    except Exception:  # noqa: BLE001 - private API moved: let ray.init decide
-        existing = "unknown"
-    if existing is not None:
+    if not _starts_local_cluster():
         ray.init(**quiet.init_kwargs)
         return False
     # Our own local cluster: no dashboard unless asked (it costs seconds and CPU on a laptop).
@@ -589,6 +599,20 @@ def _silent(line: str) -> None:  # noqa: ARG001 - --quiet
     return None
 
 
+def _starts_local_cluster() -> bool:
+    """Whether ray.init() here would start a new local cluster (rather than join one)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address(None) is None  # what ray.init() would connect to
+    except Exception:  # noqa: BLE001 - private API moved: assume a cluster is joined
+        return False
+
+
 class _Interrupted(KeyboardInterrupt):
     """SIGTERM (``ray job stop``, a scheduler's kill) handled like Ctrl-C."""
 
@@ -597,14 +621,16 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
     raise _Interrupted()
 
 
-def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = None) -> RunSummary:
-    """Run the enhancement job on the current Ray cluster (starting a local one if needed).
+def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = None,
+                shutdown: bool = True) -> RunSummary:
+    """Run the enhancement job: on the current Ray cluster, a local one it starts, or (small runs
+    with no cluster around, see :func:`choose_engine`) a pool of local processes.
 
     Ctrl-C (KeyboardInterrupt) or SIGTERM stops it promptly: the rows of finished images are
     written to the manifest, no summary is written, and the exception propagates.
+    ``shutdown=False`` leaves a local cluster this call started running (the CLI exits right
+    after, and the cluster's processes end with it).
     """
-    import ray
-
     say = log or (lambda line: print(f"[dce-batch enhance] {line}", file=sys.stderr, flush=True))
     if config.quiet:
         say = _silent
@@ -616,30 +642,68 @@ def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = No
     blob, name = read_weights_spec(config)  # a missing file or unknown name fails here, before Ray starts
     previous_sigterm = None
     owns_ray = False
+    local_pool = None
     try:
-        # Loading the weights (torch), listing, reading the manifest and planning run in a thread
-        # while Ray starts in this one: each takes seconds, and they overlap.
-        preparing = _Background(lambda: _prepare(config, output, blob, name, started, timings))
-        owns_ray = _start_ray(config, say)
-        timings["ray_ready_s"] = time.time() - started
         if threading.current_thread() is threading.main_thread():
-            # After ray.init, whose own handler would end the process without flushing the manifest.
             previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+        # Loading the weights (torch), listing, reading the manifest and planning run in a thread
+        # while the engine starts in this one: each takes seconds, and they overlap.
+        preparing = _Background(lambda: _prepare(config, output, blob, name, started, timings))
+        engine = "ray" if config.engine == "ray" else None
+        if engine is None and (config.engine == "local" or _could_run_locally(config)):
+            # The local workers start (and import torch) while the driver plans; if the plan turns
+            # out too large for them, Ray takes over and they are dismissed.
+            local_pool = _start_local_pool(config, output, blob, name)
+            weights, prepared = preparing.result()
+            engine = choose_engine(config, prepared.plan.todo.num_rows)
+            if engine != "local":
+                local_pool.close(cancel=True)
+                local_pool = None
+        if engine != "local":
+            owns_ray = _start_ray(config, say)
+            timings["ray_ready_s"] = time.time() - started
+            if previous_sigterm is not None:
+                # Again after ray.init, whose own handler would end the process without flushing the manifest.
+                signal.signal(signal.SIGTERM, _on_sigterm)
         weights, prepared = preparing.result()
         timings["planned_s"] = time.time() - started
-        return _run_plan(config, output, weights, prepared, started, timings, say)
+        return _run_plan(config, output, weights, prepared, started, timings, say, engine or "ray", local_pool)
     finally:
-        if owns_ray:
+        if local_pool is not None:
+            local_pool.close(cancel=True)
+        if owns_ray and shutdown:
+            import ray
+
             ray.shutdown()
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
 
 
-def _run_plan(config: EnhanceConfig, output: Location, weights: ResolvedWeights, prepared: _Prepared,
-              started: float, timings: dict[str, float], say: Callable[[str], None]) -> RunSummary:
-    import ray
-    import ray.data
+#: Collections up to this many images run in local processes when no cluster is running (Ray's
+#: start-up would cost more than it saves); larger ones start a local Ray (benchmarks/bench_pipeline.py).
+LOCAL_MAX_IMAGES = 1000
 
+
+def _could_run_locally(config: EnhanceConfig) -> bool:
+    return config.engine == "auto" and config.gpus_per_actor == 0 and config.pipeline != "staged" \
+        and config.num_actors is None and _starts_local_cluster()
+
+
+def choose_engine(config: EnhanceConfig, images: int) -> str:
+    """``local`` (a process pool on this machine) or ``ray`` for a run with ``images`` to do.
+
+    ``auto`` picks local only when nothing else asks for Ray: no cluster is running or named
+    (RAY_ADDRESS, ``ray start``, ``ray job submit``), no GPUs or staged pipeline or actor counts are
+    asked for, and at most :data:`LOCAL_MAX_IMAGES` images are to do.
+    """
+    if config.engine != "auto":
+        return config.engine
+    return "local" if _could_run_locally(config) and images <= LOCAL_MAX_IMAGES else "ray"
+
+
+def _run_plan(config: EnhanceConfig, output: Location, weights: ResolvedWeights, prepared: _Prepared,
+              started: float, timings: dict[str, float], say: Callable[[str], None], engine: str,
+              local_pool=None) -> RunSummary:
     plan = prepared.plan
     manifest_path = output.child(MANIFEST_DIR)
     meta = weights.meta
@@ -657,30 +721,26 @@ def _run_plan(config: EnhanceConfig, output: Location, weights: ResolvedWeights,
     writer.add(plan.skipped)
     writer.add(plan.refused)
     received = 0
+    progress = Progress(plan.todo.num_rows, quiet=config.quiet, interval_s=config.progress_interval_s,
+                        interactive=False if config.verbose else None)
+
+    def take(rows: pa.Table) -> None:
+        nonlocal received
+        if rows.num_rows:
+            if "first_batch_s" not in timings:
+                timings["first_batch_s"] = time.time() - started
+            writer.add(rows)
+            received += rows.num_rows
+            progress.update_batch(rows)
+
     try:
-        if plan.todo.num_rows:
-            resources = ray.cluster_resources()
-            local = _is_local_cluster()
-            pool = plan_actor_pool(config, resources, local_cluster=local)
-            summary.cluster = {"resources": {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
-                               "actors": asdict(pool)}
-            say(f"{'staged' if pool.staged else 'fused'} pipeline: actors {pool.min_size}..{pool.max_size} x (CPU "
-                f"{pool.cpus_per_actor:g}, GPU {pool.gpus_per_actor:g}, memory {pool.memory_per_actor / 2**30:.1f} GiB for "
-                f"images up to {pool.image_pixel_limit / 1e6:g} MP; pool limited by {pool.limited_by}), "
-                f"{config.images_per_call} images per call, precision {config.precision}")
-            dataset = _build_dataset(config, plan.todo, prepared.input_fs, output, weights.blob, weights.name, pool)
-            progress = Progress(plan.todo.num_rows, quiet=config.quiet, interval_s=config.progress_interval_s,
-                                interactive=False if config.verbose else None)
-            try:
-                for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    if "first_batch_s" not in timings:
-                        timings["first_batch_s"] = time.time() - started
-                    writer.add(batch)
-                    received += batch.num_rows
-                    progress.update_batch(batch)
-            finally:
-                progress.close()
+        todo = plan.todo
+        if todo.num_rows and engine == "local":
+            _run_local(config, todo, prepared, local_pool, summary, say, take)
+        elif todo.num_rows:
+            _run_ray(config, todo, prepared, output, weights, summary, say, take)
     finally:
+        progress.close()
         writer.flush()  # what finished is kept even when the run is interrupted or fails
     if received >= plan.todo.num_rows:
         # Every row reached a part: the journal is redundant (else the next run folds it in).
@@ -701,6 +761,57 @@ def _run_plan(config: EnhanceConfig, output: Location, weights: ResolvedWeights,
             print(f"[dce-batch enhance] warning: the report could not be built: {describe_error(exc)}",
                   file=sys.stderr, flush=True)
     return summary
+
+
+def _run_ray(config, todo, prepared, output, weights, summary, say, take) -> None:
+    import ray
+
+    resources = ray.cluster_resources()
+    pool = plan_actor_pool(config, resources, local_cluster=_is_local_cluster())
+    summary.cluster = {"engine": "ray", "resources": {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
+                       "actors": asdict(pool)}
+    say(f"{'staged' if pool.staged else 'fused'} pipeline on Ray: actors {pool.min_size}..{pool.max_size} x (CPU "
+        f"{pool.cpus_per_actor:g}, GPU {pool.gpus_per_actor:g}, memory {pool.memory_per_actor / 2**30:.1f} GiB for "
+        f"images up to {pool.image_pixel_limit / 1e6:g} MP; pool limited by {pool.limited_by}), "
+        f"{config.images_per_call} images per call, precision {config.precision}")
+    dataset = _build_dataset(config, todo, prepared.input_fs, output, weights.blob, weights.name, pool)
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        take(batch)
+
+
+def _local_pool_plan(config: EnhanceConfig) -> ActorPool:
+    resources = {"CPU": float(os.cpu_count() or 1), "memory": _available_memory() * 0.8}
+    return plan_actor_pool(config, resources, local_cluster=True)
+
+
+def _start_local_pool(config: EnhanceConfig, output: Location, blob: bytes, name: str):
+    from .local import LocalPool
+
+    pool = _local_pool_plan(config)
+    local = LocalPool(pool.max_size, (config, blob, name, output, pool.image_pixel_limit))
+    local.start()
+    return local
+
+
+def _run_local(config, todo, prepared, local, summary, say, take) -> None:
+    pool = _local_pool_plan(config)
+    summary.cluster = {"engine": "local", "resources": {"CPU": os.cpu_count()}, "actors": asdict(pool)}
+    say(f"fused pipeline in {local.workers} local processes (no cluster running and {todo.num_rows} images: "
+        f"starting Ray would cost more than it saves; --engine ray to use it), {config.images_per_call} images "
+        f"per call, precision {config.precision}")
+    per_call = config.images_per_call
+    batches = (_items(todo.slice(start, per_call)) for start in range(0, todo.num_rows, per_call))
+    for rows in local.run(batches, prepared.input_fs):
+        take(rows)
+
+
+def _available_memory() -> float:
+    try:
+        import psutil
+
+        return float(psutil.virtual_memory().available)
+    except ImportError:  # psutil comes with Ray; a bare install may lack it
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def _is_local_cluster() -> bool:
@@ -758,10 +869,10 @@ def _settings(config: EnhanceConfig) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
-    import PIL
-    import ray
-    import torch
+    from importlib.metadata import version
 
-    return {"dce_batch": __version__, "ray": ray.__version__, "torch": torch.__version__, "pillow": PIL.__version__,
+    import PIL
+
+    return {"dce_batch": __version__, "ray": version("ray"), "torch": version("torch"), "pillow": PIL.__version__,
             "pyarrow": pa.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
 

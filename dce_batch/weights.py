@@ -32,6 +32,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from .errors import WeightsError
 from .model import DCENet, DCENetFast, ModelVariant, build_model
+from .weights_header import DEFAULT_WEIGHTS, PACKAGED_WEIGHTS, default_weights_for, read_weights_bytes
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -48,18 +49,6 @@ __all__ = [
 
 METADATA_KEY = "dce_batch"
 FORMAT_VERSION = 1
-
-# Name -> file under dce_batch/weights/. Their metadata lives in the files themselves.
-PACKAGED_WEIGHTS: dict[str, str] = {
-    "zerodce_sice_v1": "zerodce_sice_v1.safetensors",
-    "zerodcepp_sice_v2": "zerodcepp_sice_v2.safetensors",
-}
-DEFAULT_WEIGHTS: dict[str, str] = {"full": "zerodce_sice_v1", "fast": "zerodcepp_sice_v2"}
-
-
-def default_weights_for(variant: ModelVariant) -> str:
-    return DEFAULT_WEIGHTS[variant]
-
 
 @dataclass(frozen=True)
 class WeightsMeta:
@@ -138,33 +127,6 @@ def save_weights(
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(blob)
     return blob, meta
-
-
-def read_weights_bytes(spec: str | Path | None, *, variant: ModelVariant | None = None) -> tuple[bytes, str]:
-    """The raw bytes of a weights spec and the name it goes by.
-
-    ``spec`` is ``None`` (the shipped default of ``variant``, "full" if not given), a packaged name
-    such as ``zerodce_sice_v1``, or a local path. Object-storage URIs are read by the caller
-    through :mod:`dce_batch.storage` and passed to :func:`load_weights` as bytes.
-    """
-    if spec is None or str(spec) == "default":
-        spec = default_weights_for(variant or "full")
-    spec_str = str(spec)
-    if spec_str in PACKAGED_WEIGHTS:
-        resource = resources.files("dce_batch").joinpath("weights", PACKAGED_WEIGHTS[spec_str])
-        if not resource.is_file():
-            raise WeightsError(
-                f"the packaged weights {spec_str!r} are missing from this installation "
-                f"({PACKAGED_WEIGHTS[spec_str]}); reinstall dce-batch or pass --weights PATH"
-            )
-        return resource.read_bytes(), spec_str
-    path = Path(spec_str).expanduser()
-    if not path.is_file():
-        raise WeightsError(
-            f"weights {spec_str!r} not found: pass a file path, an s3:// URI, or one of the packaged "
-            f"names {sorted(PACKAGED_WEIGHTS)}"
-        )
-    return path.read_bytes(), path.name
 
 
 def load_weights(

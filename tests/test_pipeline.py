@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -363,14 +364,23 @@ def _cli_env(ray_tmp: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_cli_default_run_enhances_the_bundled_samples(tmp_path, ray_tmp):
-    """The README's first command: no arguments, samples -> ./enhanced/, a local Ray started for it."""
+    """The README's first command: no arguments, samples -> ./enhanced/ and a report; with no cluster
+    running, 5 images run in local worker processes. The same run on Ray gives the same images."""
     result = _run_cli([], cwd=tmp_path, env=_cli_env(ray_tmp))
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = sorted(p.name for p in (tmp_path / "enhanced").iterdir() if p.is_file())
     samples = sorted(p.name for p in (REPO / "dce_batch" / "samples").iterdir() if p.suffix in (".jpg", ".png"))
     assert outputs == samples and len(samples) >= 4
     assert "ok" in result.stdout and "error" in result.stdout
-    assert not processes_of(ray_tmp), "the local cluster it started is stopped when it exits"
+    assert result.stdout.strip().splitlines()[-1] == f"report: {tmp_path / 'enhanced' / '_report' / 'index.html'}"
+    summary = json.loads(next((tmp_path / "enhanced" / "_manifest").glob("_run-*.json")).read_text())
+    assert summary["cluster"]["engine"] == "local" and "local processes" in result.stderr
+    on_ray = _run_cli(["--engine", "ray", "--no-report", str(REPO / "dce_batch" / "samples"), str(tmp_path / "ray")],
+                      cwd=tmp_path, env=_cli_env(ray_tmp))
+    assert on_ray.returncode == 0, on_ray.stderr[-3000:]
+    for name in samples:
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "enhanced" / name).read_bytes()
+    _wait_for(lambda: not processes_of(ray_tmp), 30, what="the local cluster it started to stop with it")
 
 
 @pytest.mark.slow
@@ -427,14 +437,51 @@ def _check_exactly_once(out: Path, source: Path) -> None:
     assert not list(out.rglob("*.tmp")), "no half-written outputs"
 
 
+def descendants(pid: int) -> set[int]:
+    """Live processes below ``pid`` (its workers: a local pool's fork server and workers, or Ray's)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _describe(pids: set[int]) -> str:
+    return "; ".join(f"{pid}: {(Path('/proc') / str(pid) / 'cmdline').read_bytes()[:80]!r}" for pid in _alive(pids))
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_an_interrupted_run_stops_promptly_and_resumes_with_only_the_remainder(ray_local, tmp_path, ray_tmp, sig, code):
+@pytest.mark.parametrize("sig,code,engine", [(signal.SIGINT, 130, "ray"), (signal.SIGTERM, 143, "ray"),
+                                             (signal.SIGINT, 130, "local")])
+def test_an_interrupted_run_stops_promptly_and_resumes_with_only_the_remainder(ray_local, tmp_path, ray_tmp, sig,
+                                                                               code, engine):
     source, out = tmp_path / "in", tmp_path / "out"
     _many_inputs(source)
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "jobs" / "enhance.py"), str(source), str(out), "--batch-size", "1"],
-        env=_cli_env(ray_tmp), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [sys.executable, str(REPO / "jobs" / "enhance.py"), str(source), str(out), "--batch-size", "1",
+         "--engine", engine], env=_cli_env(ray_tmp), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         # Mid-run: the actors have written rows for some images (and there are 40).
         _wait_for(lambda: _journalled(out) >= 2, 300, process, "the first outputs")
@@ -446,7 +493,7 @@ def test_an_interrupted_run_stops_promptly_and_resumes_with_only_the_remainder(r
     assert process.returncode == code, stderr[-2000:]
     assert "run again to resume" in stderr
     assert not list(out.glob("_manifest/_run-*.json")), "an interrupted run writes no summary"
-    assert not processes_of(ray_tmp), "its local cluster is stopped"
+    _wait_for(lambda: not processes_of(ray_tmp), 30, what="its local cluster to stop")
     summary = run_enhance(EnhanceConfig(input=str(source), output=str(out)))
     first_ok = summary.skipped
     assert 2 <= first_ok < 40, "rows of what the interrupted run finished are kept"
@@ -455,15 +502,17 @@ def test_an_interrupted_run_stops_promptly_and_resumes_with_only_the_remainder(r
 
 
 @pytest.mark.slow
-def test_a_killed_driver_loses_no_finished_image(ray_local, tmp_path, ray_tmp):
-    """SIGKILL the driver mid-run: the next run folds the actors' journal in, does only the rest."""
+@pytest.mark.parametrize("engine", ["ray", "local"])
+def test_a_killed_driver_loses_no_finished_image(ray_local, tmp_path, ray_tmp, engine):
+    """SIGKILL the driver mid-run: the next run folds the workers' journal in, does only the rest."""
     source, out = tmp_path / "in", tmp_path / "out"
     _many_inputs(source)
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "jobs" / "enhance.py"), str(source), str(out), "--batch-size", "1"],
-        env=_cli_env(ray_tmp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [sys.executable, str(REPO / "jobs" / "enhance.py"), str(source), str(out), "--batch-size", "1",
+         "--engine", engine], env=_cli_env(ray_tmp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for(lambda: _journalled(out) >= 3, 300, process, "the first outputs")
+        workers = descendants(process.pid)
         process.kill()
         process.wait(timeout=30)
     finally:
@@ -476,6 +525,16 @@ def test_a_killed_driver_loses_no_finished_image(ray_local, tmp_path, ray_tmp):
         except ProcessLookupError:
             pass
     _wait_for(lambda: not processes_of(ray_tmp), 30, what="the killed run's processes to exit")
+    if engine == "local":
+        # The local pool's fork server and workers end with the driver (PR_SET_PDEATHSIG).
+        _wait_for(lambda: not _alive(workers), 30, what=f"the killed run's workers to exit: {_describe(workers)}")
+    else:
+        # Ray's workers outlive a killed raylet until their next call to it fails (minutes when
+        # busy): stop exactly those this run started before the next run plans.
+        for pid in _alive(workers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _wait_for(lambda: not _alive(workers), 30, what=f"the killed run's workers to exit: {_describe(workers)}")
     written = {p.name for p in out.glob("*.png")}
     summary = run_enhance(EnhanceConfig(input=str(source), output=str(out)))
     assert summary.skipped >= 3, "the journal kept the rows of images the dead run finished"
