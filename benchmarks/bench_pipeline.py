@@ -8,8 +8,9 @@ imports, model load, Ray start, work, shutdown), in rotating order over several 
 * **bare loop**: this project's pieces in one process with the job's default settings
   (``ImageProcessor``: decode, the default precision and tiling, encode, atomic write), torch on
   every core, no Ray;
-* **job**: ``python jobs/enhance.py IN OUT --no-report`` with its defaults (a local Ray started for
-  it, one actor per CPU).
+* **job**: ``python jobs/enhance.py IN OUT --no-report --quiet`` with its defaults (with no cluster
+  running and up to 1,000 images: the local engine, one worker process per CPU);
+* **job on Ray**: the same with ``--engine ray`` (a local Ray started for it, one actor per CPU).
 
 Part 1 prints the median wall time of each on the image set and the ratios the throughput issue
 asks for; it also checks that the job's default precision stays within one 8-bit step of fp32.
@@ -98,16 +99,18 @@ def run_command(kind: str, source: Path, target: Path, ray_tmp: str) -> dict:
         command = [sys.executable, __file__, "--bare", str(source), str(target)]
     else:
         command = [sys.executable, str(REPO / "jobs" / "enhance.py"), str(source), str(target), "--no-report", "--quiet"]
+        if kind == "job_ray":
+            command += ["--engine", "ray"]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=3600)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{kind} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     result = {"wall_s": seconds}
-    if kind == "job":
+    if kind.startswith("job"):
         summary = json.loads(next((target / "_manifest").glob("_run-*.json")).read_text())
         result.update(images=summary["ok"], timings=summary["timings"], elapsed_s=summary["elapsed_s"],
-                      precision=summary["settings"]["precision"])
+                      precision=summary["settings"]["precision"], engine=summary["cluster"].get("engine", "ray"))
     else:
         result.update(json.loads(done.stdout.strip().splitlines()[-1]))
     _stop_cluster(ray_tmp)
@@ -167,34 +170,40 @@ def main() -> int:
         megapixels = _megapixels(source)
         print(f"images: {source} ({images} files, {megapixels:.1f} MP); {args.rounds} rounds in rotating order")
         print(precision_check(source))
-        kinds = ["authors", "bare", "job"]
+        kinds = ["authors", "bare", "job", "job_ray"]
         results: dict[str, list[dict]] = {k: [] for k in kinds}
         for round_ in range(args.rounds):
-            for kind in kinds[round_ % 3:] + kinds[: round_ % 3]:
+            for kind in kinds[round_ % len(kinds):] + kinds[: round_ % len(kinds)]:
                 results[kind].append(run_command(kind, source, work / f"out_{kind}", ray_tmp))
         walls = {k: median([r["wall_s"] for r in v]) for k, v in results.items()}
         rows = [[name, f"{walls[k]:.1f}", " ".join(f"{r['wall_s']:.1f}" for r in results[k]),
                  f"{images / walls[k]:.2f}", f"{walls['authors'] / walls[k]:.2f}x"]
                 for k, name in (("authors", "authors' loop (fp32, one image per forward)"),
-                                ("bare", "bare loop, the job's settings, no Ray"), ("job", "the job (dce-batch enhance)"))]
+                                ("bare", "bare loop, the job's settings, no Ray"),
+                                ("job", f"the job, defaults ({results['job'][0]['engine']} engine)"),
+                                ("job_ray", "the job, --engine ray (a local Ray)"))]
         print(table(["command", "median wall s", "rounds", "images/s", "speed vs authors' loop"], rows))
         job = results["job"][len(results["job"]) // 2]
-        print(f"job: precision {job['precision']}; timings of the median run: "
+        print(f"job: precision {job['precision']}, {job['engine']} engine; timings of the median run: "
               + ", ".join(f"{k} {v:.1f}" for k, v in job["timings"].items()) + f", elapsed {job['elapsed_s']:.1f} s")
-        print(f"job images/s / bare loop images/s: {walls['bare'] / walls['job']:.2f} (target >= 0.90); "
-              f"job speed / authors' loop: {walls['authors'] / walls['job']:.2f}x (target >= 3)")
+        print(f"job images/s / bare loop images/s: {walls['bare'] / walls['job']:.2f} (target >= 0.90; on Ray "
+              f"{walls['bare'] / walls['job_ray']:.2f}); job speed / authors' loop: {walls['authors'] / walls['job']:.2f}x "
+              f"(target >= 3; on Ray {walls['authors'] / walls['job_ray']:.2f}x)")
         if args.sizes:
             rows = []
             for count in [int(n) for n in args.sizes.split(",")]:
                 folder = repeated_set(source, work / f"set{count}", count)
                 bare = run_command("bare", folder, work / "out_bare_n", ray_tmp)["wall_s"]
                 job = run_command("job", folder, work / "out_job_n", ray_tmp)
-                first = job["timings"].get("first_batch_s", float("nan"))
-                rows.append([str(count), f"{bare:.1f}", f"{job['wall_s']:.1f}", f"{count / bare:.2f}",
-                             f"{count / job['wall_s']:.2f}", f"{bare / job['wall_s']:.2f}", f"{first:.1f}"])
+                on_ray = run_command("job_ray", folder, work / "out_ray_n", ray_tmp)
+                rows.append([str(count), f"{bare:.1f}", f"{job['wall_s']:.1f}", f"{on_ray['wall_s']:.1f}",
+                             f"{count / bare:.2f}", f"{count / job['wall_s']:.2f}", f"{count / on_ray['wall_s']:.2f}",
+                             f"{bare / job['wall_s']:.2f}", f"{bare / on_ray['wall_s']:.2f}",
+                             f"{job['timings'].get('first_batch_s', float('nan')):.1f}",
+                             f"{on_ray['timings'].get('first_batch_s', float('nan')):.1f}"])
                 shutil.rmtree(folder)
-            print(table(["images", "bare loop s", "job s", "bare images/s", "job images/s", "job / bare",
-                         "job: first result at s"], rows))
+            print(table(["images", "bare s", "job s", "job on Ray s", "bare img/s", "job img/s", "Ray img/s",
+                         "job / bare", "Ray / bare", "job: 1st result s", "Ray: 1st result s"], rows))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         _stop_cluster(ray_tmp)

@@ -189,6 +189,7 @@ def test_quiet_then_verbose_in_one_process_restores_ray_data_logging(monkeypatch
     import ray.data  # noqa: F401 - importing Ray sets up its loggers; measure after that
 
     monkeypatch.delenv("RAY_DATA_LOGGING_CONFIG", raising=False)
+    quiet_ray(True).apply()  # undo what earlier tests in this process (jobs run quietly) applied
     ray_level = logging.getLogger("ray").level
     quiet_ray(False).apply()
     assert logging.getLogger("ray").level == logging.WARNING
