@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -44,30 +45,31 @@ def prepare_files(n: int) -> Path:
     """The list file, and OUTPUT with n empty outputs and two manifests (all done, half done)."""
     work = _workdir(n)
     marker = work / "ready"
-    if marker.exists():
-        return work
     import pyarrow as pa
 
     from dce_batch.manifest import MANIFEST_SCHEMA, write_manifest_part
-    from dce_batch.pipeline import EnhanceConfig
-    from dce_batch.plan import output_settings, settings_digest
+    from dce_batch.pipeline import EnhanceConfig, run_output_settings
+    from dce_batch.plan import settings_digest
     from dce_batch.storage import Location
     from dce_batch.weights import load_weights
 
+    meta = load_weights().meta
+    out = work / "out"
+    config = EnhanceConfig(input=str(work / "inputs.txt"), output=str(out))
+    text, digest = settings_digest(run_output_settings(config, meta, "JPEG"))
+    # Made once and reused, as long as the manifests hold the current default settings.
+    if marker.exists() and marker.read_text().split("\n")[0] == digest:
+        return work
     started = time.time()
     work.mkdir(parents=True, exist_ok=True)
+    for name in ("all", "half"):
+        shutil.rmtree(work / f"manifest_{name}", ignore_errors=True)
     relpaths = [f"d{i % 1000:03d}/img{i:07d}.jpg" for i in range(n)]
     (work / "inputs.txt").write_text("".join(f"/data/photos/{r}\n" for r in relpaths))
-    out = work / "out"
     for folder in {r.split("/")[0] for r in relpaths}:
         (out / folder).mkdir(parents=True, exist_ok=True)
     for r in relpaths:
         (out / r).touch()
-    meta = load_weights().meta
-    config = EnhanceConfig(input=str(work / "inputs.txt"), output=str(out))
-    text, digest = settings_digest(output_settings(
-        model_sha256=meta.sha256, variant=meta.variant, scale=config.scale, strength=config.strength,
-        precision=config.precision, format=config.format, quality=config.quality, output_format="JPEG"))
     output = Location.parse(str(out))
     for name, count in (("all", n), ("half", n // 2)):
         manifest = work / f"manifest_{name}"
@@ -90,7 +92,7 @@ def prepare_files(n: int) -> Path:
                     MANIFEST_SCHEMA.field("finished_at").type),
             })
             write_manifest_part(_local_fs(), str(manifest), "earlier", start // 200_000, table_)
-    marker.write_text(f"made in {time.time() - started:.0f} s\n")
+    marker.write_text(f"{digest}\nmade in {time.time() - started:.0f} s\n")
     return work
 
 
@@ -153,7 +155,7 @@ def main() -> int:
     started = time.time()
     work = prepare_files(args.inputs)
     print(f"inputs: {args.inputs:,}-line list file; OUTPUT with {args.inputs:,} existing outputs in {work} "
-          f"(set up {'now' if time.time() - started > 2 else 'earlier'}: {(work / 'ready').read_text().strip()})")
+          f"(set up {'now' if time.time() - started > 2 else 'earlier'}: {(work / 'ready').read_text().split(chr(10))[1]})")
     rows = []
     for scenario in SCENARIOS:
         child = subprocess.run([sys.executable, __file__, "--inputs", str(args.inputs), "--scenario", scenario],

@@ -57,7 +57,8 @@ def _child(conn, spec: dict, threads: int, size: tuple[int, int], count: int) ->
     if spec["glibc_default"]:  # must precede the Enhancer, whose constructor calls it on CPUs
         inference.keep_freed_memory = lambda: None
     weights = load_weights("zerodcepp_sice_v2") if spec["model"] == "fast" else load_weights()
-    enhancer = Enhancer(weights, InferenceConfig(device="cpu", **spec["config"]))
+    # fp32 unless the row says otherwise: the library's own default is "auto" (bf16 where native)
+    enhancer = Enhancer(weights, InferenceConfig(device="cpu", **{"precision": "fp32", **spec["config"]}))
     height, width = size
     images = [dark_image(height, width, seed=i) for i in range(count)]
     enhancer.enhance(images[0])

@@ -508,6 +508,17 @@ def _prepare(config: EnhanceConfig, output: Location, blob: bytes, name: str, st
     return weights, prepared
 
 
+def run_output_settings(config: EnhanceConfig, meta, output_format: str) -> dict:
+    """The output settings (``plan.output_settings``) a run with ``config`` and weights ``meta``
+    records for its outputs of ``output_format``: what resume compares."""
+    finish = config.finish_config()
+    finishing = None if not finish.enabled else {
+        "denoise": finish.denoise, "denoise_strength": finish.denoise_strength, "exposure": finish.exposure}
+    return output_settings(model_sha256=meta.sha256, variant=meta.variant, scale=config.scale,
+                           strength=config.strength, precision=config.precision, format=config.format,
+                           quality=config.quality, output_format=output_format, finishing=finishing)
+
+
 def plan_inputs(config: EnhanceConfig, output: Location, weights: ResolvedWeights) -> _Prepared:
     """List inputs, fold dead runs' journals in, read the manifest and plan every input."""
     try:
@@ -531,12 +542,7 @@ def plan_inputs(config: EnhanceConfig, output: Location, weights: ResolvedWeight
     meta = weights.meta
 
     def settings_for(output_format: str) -> dict:
-        finish = config.finish_config()
-        finishing = None if not finish.enabled else {
-            "denoise": finish.denoise, "denoise_strength": finish.denoise_strength, "exposure": finish.exposure}
-        return output_settings(model_sha256=meta.sha256, variant=meta.variant, scale=config.scale,
-                               strength=config.strength, precision=config.precision, format=config.format,
-                               quality=config.quality, output_format=output_format, finishing=finishing)
+        return run_output_settings(config, meta, output_format)
 
     constants = dict(model_name=meta.name, model_sha256=meta.sha256, strength=config.strength,
                      variant=meta.variant, precision=config.precision)

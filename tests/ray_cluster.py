@@ -26,12 +26,16 @@ from pathlib import Path
 import pytest
 
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
+# Ray Train's controller checks on its workers every 2 s by default, so each tiny training run in
+# the tests ends up to 2 s after its workers do: poll faster (a test-only setting).
+FAST_TRAIN_POLLING = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 
 
 @pytest.fixture(scope="session")
 def ray_local():
     import ray
 
+    os.environ.update({k: os.environ.get(k, v) for k, v in FAST_TRAIN_POLLING.items()})
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     yield ray
@@ -88,7 +92,8 @@ def ray_head():
         f"--runtime-env-agent-port={_free_port()}", f"--node-manager-port={_free_port()}",
         f"--object-manager-port={_free_port()}", "--num-cpus=2", "--disable-usage-stats",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env={**FAST_TRAIN_POLLING, **os.environ})
     head = RayHead(address=f"http://127.0.0.1:{dashboard_port}", temp_dir=temp_dir)
     try:
         assert result.returncode == 0, f"ray start failed:\n{result.stdout}\n{result.stderr}"

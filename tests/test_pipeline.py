@@ -567,8 +567,11 @@ def test_a_killed_actor_is_replaced_and_every_input_ends_once(ray_local, tmp_pat
     thread.join(timeout=300)
     assert not thread.is_alive() and "error" not in outcome, outcome
     assert outcome["summary"].ok == 24 and outcome["summary"].error == 0
-    workers = {r["worker"] for r in _manifest(out)}
-    assert any(w.endswith(f"/pid{pid}") for w in workers) and len(workers) >= 2
+    assert pid not in descendants(1), "the kill landed on an actor of this run"
+    # Which actor's row is final for the killed actor's images is not fixed: Ray re-runs a batch
+    # whose actor died before replying, possibly after that actor journalled it. What must hold is
+    # one final row and one valid output per input.
+    assert len({r["worker"] for r in _manifest(out)}) >= 2
     _check_exactly_once(out, source)
 
 
