@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.devcarry/wheels
 rm -rf .devcarry && mkdir -p "$out" .devcarry/tmp
-py=3.12
+py=${DEVICE_PYTHON:-3.12}  # the device image's Python
 dl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$py" --implementation cp \
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
         -d .devcarry/tmp "$@"; }
@@ -16,22 +16,21 @@ dl "ray==$(python3 -c 'import ray; print(ray.__version__)' 2>/dev/null || echo 2
 # protobuf, pyyaml, requests, aiohttp, grpcio, pyarrow, pandas, fsspec).
 dl jsonschema jsonschema-specifications referencing rpds-py attrs
 wheel=$(ls .devcarry/tmp/ray-*.whl)
-mkdir .devcarry/tmp/ray && (cd .devcarry/tmp/ray && python3 -m zipfile -e "../$(basename "$wheel")" .)
-(cd .devcarry/tmp/ray/ray && rm -rf jars rllib serve tune llm dashboard/client tests */tests)
-# A wheel is a zip: repack the slimmed tree under the same name (pip checks RECORD only on install
-# of files it lists; missing files are not an error for a --no-deps --target install).
-(cd .devcarry/tmp/ray && python3 - "$wheel" <<'PY'
-import os, sys, zipfile
-target = os.path.join("..", "..", "wheels", os.path.basename(sys.argv[1]))
-with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
-    for root, _, files in os.walk("."):
-        for name in files:
-            path = os.path.join(root, name)
-            z.write(path, os.path.relpath(path, "."))
+# A wheel is a zip: copy it entry by entry, leaving out what a one-node Ray Data run never loads.
+# Copying the entries (not extracting and re-zipping) keeps their Unix modes: Ray's gcs_server and
+# raylet must stay executable. pip checks RECORD only for files it installs, so the missing ones are
+# not an error for a --no-deps --target install.
+python3 - "$wheel" "$out" <<'PY'
+import os, re, sys, zipfile
+source, out = sys.argv[1], sys.argv[2]
+left_out = re.compile(r"^ray/(jars|rllib|serve|tune|llm|dashboard/client|tests|[^/]+/tests)/")
+with zipfile.ZipFile(source) as zin, zipfile.ZipFile(os.path.join(out, os.path.basename(source)), "w") as zout:
+    for info in zin.infolist():
+        if not left_out.match(info.filename):
+            zout.writestr(info, zin.read(info), compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
 PY
-)
-mv .devcarry/tmp/*.whl "$out"/ 2>/dev/null || true
-rm -f "$out/$(basename "$wheel")".orig
+rm -f "$wheel"  # the original, now repacked: it must not overwrite the slim one
+mv .devcarry/tmp/*.whl "$out"/
 rm -rf .devcarry/tmp
 ls -la "$out"
 du -sh .devcarry
