@@ -673,7 +673,13 @@ def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = No
                 signal.signal(signal.SIGTERM, _on_sigterm)
         weights, prepared = preparing.result()
         timings["planned_s"] = time.time() - started
-        return _run_plan(config, output, weights, prepared, started, timings, say, engine or "ray", local_pool)
+        summary = _run_plan(config, output, weights, prepared, started, timings, say, engine or "ray", local_pool)
+        if local_pool is not None:
+            # All work done: let the idle workers exit in order, so that nothing (their queues'
+            # semaphores) is left for multiprocessing's resource tracker to warn about at exit.
+            local_pool.close()
+            local_pool = None
+        return summary
     finally:
         if local_pool is not None:
             local_pool.close(cancel=True)
