@@ -35,7 +35,8 @@ FAST_TRAIN_POLLING = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 def ray_local():
     import ray
 
-    os.environ.update({k: os.environ.get(k, v) for k, v in FAST_TRAIN_POLLING.items()})
+    for name, value in FAST_TRAIN_POLLING.items():
+        os.environ.setdefault(name, value)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     yield ray

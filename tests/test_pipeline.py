@@ -546,7 +546,7 @@ def test_a_killed_driver_loses_no_finished_image(ray_local, tmp_path, ray_tmp, e
 
 
 @pytest.mark.slow
-def test_a_killed_actor_is_replaced_and_every_input_ends_once(ray_local, tmp_path):
+def test_a_killed_actor_loses_no_input_and_every_input_ends_once(ray_local, tmp_path):
     source, out = tmp_path / "in", tmp_path / "out"
     _many_inputs(source, 24)
     outcome = {}
@@ -568,11 +568,11 @@ def test_a_killed_actor_is_replaced_and_every_input_ends_once(ray_local, tmp_pat
     thread.join(timeout=300)
     assert not thread.is_alive() and "error" not in outcome, outcome
     assert outcome["summary"].ok == 24 and outcome["summary"].error == 0
-    assert pid not in descendants(1), "the kill landed on an actor of this run"
-    # Which actor's row is final for the killed actor's images is not fixed: Ray re-runs a batch
-    # whose actor died before replying, possibly after that actor journalled it. What must hold is
-    # one final row and one valid output per input.
-    assert len({r["worker"] for r in _manifest(out)}) >= 2
+    assert not _alive({pid}), "the actor that wrote the first rows is dead"
+    # Which actor's row is final for the killed actor's images is not fixed (Ray re-runs a batch
+    # whose actor died before replying, possibly after that actor journalled it), nor whether its
+    # replacement gets work before the other actor finishes: what must hold is one final row and
+    # one valid output per input.
     _check_exactly_once(out, source)
 
 
