@@ -313,3 +313,12 @@ def foreign_load_now(seconds: float = 2.0) -> str:
     cpu_s, wall_s = monitor.foreign_cpu_s()
     monitor.stop()
     return f"before start: other processes busy {cpu_s / wall_s:.2f} of {os.cpu_count()} CPUs"
+
+
+def status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM, ...) in MiB; NaN where there is none."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")

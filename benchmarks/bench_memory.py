@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, hardware_line, table
+from _common import REPO, hardware_line, status_mib, table
 
 CASES = {
     "24mp-jpeg": (4000, 6000, "jpeg"),
@@ -57,13 +57,6 @@ def make_image(path: Path, height: int, width: int, kind: str) -> None:
         path.write_bytes(imagecodecs.png_encode(image, level=1))
 
 
-def _status_mib(name: str) -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(name + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
 
 def run_case(path: str) -> dict:
     """Child: one image through an actor's code; RSS before and peak during."""
@@ -91,13 +84,13 @@ def run_case(path: str) -> dict:
                                       "PNG", input_path=str(warm))])
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")  # VmHWM := current RSS
-    before = _status_mib("VmRSS")
+    before = status_mib("VmRSS")
     started = time.perf_counter()
     row = processor.process_batch([item])[0]
     seconds = time.perf_counter() - started
     out.unlink(missing_ok=True)
     return {"status": row.status, "error": row.error, "pixels": row.width * row.height if row.width else 0,
-            "bit_depth": row.bit_depth, "before_mib": before, "peak_mib": _status_mib("VmHWM"), "seconds": seconds}
+            "bit_depth": row.bit_depth, "before_mib": before, "peak_mib": status_mib("VmHWM"), "seconds": seconds}
 
 
 def main() -> int:

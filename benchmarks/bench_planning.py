@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import REPO, hardware_line, table
+from _common import REPO, hardware_line, status_mib, table
 
 SCENARIOS = ("fresh", "resume", "half")
 
@@ -120,13 +120,13 @@ def run_scenario(n: int, scenario: str) -> dict:
 
     weights = pipeline.resolve_weights(config)
     _reset_peak()  # a child's peak starts at its parent's (Linux copies it on fork): start from now
-    baseline = _status_mib("VmRSS")
+    baseline = status_mib("VmRSS")
     started = time.perf_counter()
     prepared = pipeline.plan_inputs(config, Location.parse(config.output), weights)
     seconds = time.perf_counter() - started
     plan = prepared.plan
     return {"scenario": scenario, "todo": plan.todo.num_rows, "skipped": plan.skipped.num_rows,
-            "refused": plan.refused.num_rows, "seconds": seconds, "peak_rss_mib": _status_mib("VmHWM"),
+            "refused": plan.refused.num_rows, "seconds": seconds, "peak_rss_mib": status_mib("VmHWM"),
             "rss_before_mib": baseline, "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -134,13 +134,6 @@ def _reset_peak() -> None:
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")  # resets VmHWM to the current RSS
 
-
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> int:

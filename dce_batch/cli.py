@@ -449,6 +449,9 @@ def export_onnx_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INVALID
     print(f"wrote {target}: {info.name} ({info.variant}{f', scale {info.scale:g}' if info.variant == 'fast' else ''}), "
           f"opset {info.opset}, {info.bytes:,} bytes")
+    return 0
+
+
 def evaluate_parser() -> argparse.ArgumentParser:
     from .finishing import DEFAULT_EXPOSURE_TARGET
 

@@ -81,6 +81,19 @@ def processes_of(temp_dir: str) -> list[int]:
     return pids
 
 
+def stop_processes_of(temp_dir: str, wait_s: float = 10.0) -> None:
+    """Stop exactly the processes of the cluster in ``temp_dir``: SIGTERM, then SIGKILL for what is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in processes_of(temp_dir):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait_s
+        while processes_of(temp_dir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
@@ -111,10 +124,4 @@ def ray_head():
                 time.sleep(1)
         yield head
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in processes_of(temp_dir):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            time.sleep(2)
+        stop_processes_of(temp_dir)

@@ -33,7 +33,7 @@ from dce_batch.pipeline import (
 from dce_batch.storage import Location
 from dce_batch.weights import load_weights
 
-from .ray_cluster import processes_of
+from .ray_cluster import processes_of, stop_processes_of
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
@@ -343,15 +343,7 @@ def ray_tmp():
     """
     path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     yield path
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in processes_of(path):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 10
-        while processes_of(path) and time.monotonic() < deadline:
-            time.sleep(0.2)
+    stop_processes_of(path)
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -520,11 +512,7 @@ def test_a_killed_driver_loses_no_finished_image(ray_local, tmp_path, ray_tmp, e
         if process.poll() is None:
             process.kill()
     # Its cluster dies with it; make sure before looking (stopping exactly its processes).
-    for pid in processes_of(ray_tmp):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    stop_processes_of(ray_tmp)
     _wait_for(lambda: not processes_of(ray_tmp), 30, what="the killed run's processes to exit")
     if engine == "local":
         # The local pool's fork server and workers end with the driver (PR_SET_PDEATHSIG).
