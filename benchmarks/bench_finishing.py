@@ -10,13 +10,15 @@ decodes them; CPU default tiling):
 
 * network: ``Enhancer(weights, InferenceConfig(precision=P))``;
 * network + finishing: the same with ``finish=FinishConfig()`` (the job's default);
-* network + denoise only, network + exposure only.
+* network + denoise only, network + exposure only;
+* network + finishing with one chroma pass (``chroma_refine_radius=0``, the earlier default):
+  what the second chroma pass costs.
 
 Each round times one pass over all images per row, the row order rotating each round; the
 median of ``--repeats`` rounds is reported. Also checks that finishing tile by tile equals
 finishing at full frame within an 8-bit step.
 
-    python benchmarks/bench_finishing.py             # 4 images of 1024x768, 3 rounds
+    python benchmarks/bench_finishing.py             # 4 images of 1024x768, 5 rounds
     python benchmarks/bench_finishing.py --quick     # 2 images of 640x480
 """
 
@@ -32,7 +34,7 @@ from _common import LoadMonitor, dark_image, foreign_load_now, hardware_line, im
 
 def main() -> None:
     parser = image_set_parser(__doc__, images=4, size="1024x768")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="2 images of 640x480")
     args = parser.parse_args()
@@ -57,7 +59,8 @@ def main() -> None:
     weights = load_weights()
     default_precision = Enhancer(weights).precision
     finishes = {"": None, " + finishing": FinishConfig(), " + denoise only": FinishConfig(exposure="off"),
-                " + exposure only": FinishConfig(denoise="off")}
+                " + exposure only": FinishConfig(denoise="off"),
+                " + finishing, one chroma pass": FinishConfig(chroma_refine_radius=0)}
     rows = {}
     for precision in dict.fromkeys([default_precision, "fp32"]):
         for suffix, finish in finishes.items():
@@ -92,6 +95,8 @@ def main() -> None:
     for precision in dict.fromkeys([default_precision, "fp32"]):
         cost = seconds[f"network {precision} + finishing"] / seconds[f"network {precision}"] - 1
         print(f"finishing adds {cost:+.1%} to the {precision} network (the issue allows +30 %)")
+        second = seconds[f"network {precision} + finishing"] / seconds[f"network {precision} + finishing, one chroma pass"] - 1
+        print(f"the second chroma pass adds {second:+.1%} to the {precision} network + one-pass finishing")
     print(f"finishing in tiles vs full frame: max 8-bit difference {tiled_diff}")
     print(foreign)
 

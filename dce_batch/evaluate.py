@@ -146,12 +146,13 @@ class EvalConfiguration:
         return out
 
 
-_FINISH_KEYS = {"denoise", "denoise_strength", "exposure"}
+_FINISH_KEYS = {"denoise", "denoise_strength", "exposure", "chroma_refine_radius"}
 
 
 def parse_configuration(spec: str) -> EvalConfiguration:
     """``LABEL[:key=value,...]``. Keys: ``weights``, ``strength``, ``finish=on|off``, ``denoise``
-    (auto/off), ``denoise_strength``, ``exposure`` (auto/off/0.45), ``folder``, ``scale``.
+    (auto/off), ``denoise_strength``, ``exposure`` (auto/off/0.45), ``chroma_refine_radius`` (0: one
+    chroma pass, the earlier default), ``folder``, ``scale``.
     The label ``input`` alone is the unenhanced input. Example:
     ``authors:weights=../shared/reference_weights/zero_dce_epoch99.pth,finish=off``.
     """
@@ -190,6 +191,11 @@ def parse_configuration(spec: str) -> EvalConfiguration:
         if "exposure" in values:
             exposure = values["exposure"]
             overrides["exposure"] = exposure if exposure in ("auto", "off") else _number(exposure, spec)
+        if "chroma_refine_radius" in values:
+            radius = _number(values["chroma_refine_radius"], spec)
+            if radius != int(radius):
+                raise ConfigError(f"configuration {spec!r}: chroma_refine_radius must be a whole number of pixels")
+            overrides["chroma_refine_radius"] = int(radius)
         finish = replace(finish, **overrides)
     return EvalConfiguration(
         label=label, weights=values.get("weights"), strength=_number(values.get("strength", "1"), spec),

@@ -12,7 +12,10 @@ stage runs after the network, in torch on the same device (CPU or CUDA), batched
   the *local* noise variance: the input's noise times the gain that the curves and the
   exposure gave each region (``gain = box(Y_out) / box(Y_in)``). Shadows lifted 10x are
   smoothed hard, mid-tones and clean images hardly at all, and texture above the noise stays.
-  Chroma (the blotchy purple grain) is held to a higher threshold than luma.
+  Chroma (the blotchy purple grain) is held to a higher threshold than luma and goes through
+  an empirical Wiener filter over larger windows whose signal variance comes from a pilot
+  estimate, its local mean (the two-stage idea of BM3D, Dabov et al. 2007): the pilot's variance
+  estimates the signal far better than ``noisy variance - noise variance``.
 
 Every local operation is a box mean over the valid pixels of a window (prefix sums along each
 axis), so a tile that carries :func:`finish_halo` pixels of real context on each side gives
@@ -28,10 +31,11 @@ import math
 
 import torch
 
-from .settings import DEFAULT_EXPOSURE_TARGET, ExposureSetting, FinishConfig, parse_exposure
+from .settings import DEFAULT_EXPOSURE_TARGET, FINISH_METHOD, ExposureSetting, FinishConfig, parse_exposure
 
 __all__ = [
     "DEFAULT_EXPOSURE_TARGET",
+    "FINISH_METHOD",
     "FinishConfig",
     "NUM_PARAMS",
     "finish_halo",
@@ -62,9 +66,12 @@ def finish_halo(config: FinishConfig) -> int:
     """Pixels of real context a tile needs on each side for :func:`finish_tiles` to be exact.
 
     The filter is two box means deep (window statistics, then the average of the per-window
-    coefficients); the gain is one box, evaluated where the statistics are.
+    coefficients); the gain is one box, evaluated where the statistics are. Chroma's pilot is a
+    box mean, read through two box means of the second pass's radius.
     """
-    return 2 * config.radius if config.denoising else 0
+    if not config.denoising:
+        return 0
+    return max(2 * config.radius, config.radius + 2 * config.chroma_refine_radius)
 
 
 def params_copy(image: torch.Tensor, max_pixels: int = 262_144, patch: int = 128) -> torch.Tensor:
@@ -116,19 +123,23 @@ def _to_rgb(y: torch.Tensor, cbcr: torch.Tensor) -> torch.Tensor:
 def _window_sums(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
     """Sums over ``[i - radius, i + radius]`` along ``dim`` (-1 or -2), clipped to the valid range.
 
-    One prefix sum, then differences of two shifted views of it: the cost does not depend on
-    the radius. ``prefix[j] = sum(x[:clamp(j - radius, 0, n)])``, so window i is
-    ``prefix[i + 2r + 1] - prefix[i]``.
+    One prefix sum ``C``, then window i is ``C[min(i + r, n - 1)] - C[i - r - 1]`` (the second
+    term only where ``i > r``): the cost does not depend on the radius, and the two steps run
+    in place on one buffer (this is most of the finishing's time).
     """
     n = x.shape[dim]
     running = x.cumsum(dim)
-    zeros_shape = list(x.shape)
-    zeros_shape[dim] = radius + 1
-    last = running.narrow(dim, n - 1, 1)
-    tail_shape = list(x.shape)
-    tail_shape[dim] = radius
-    prefix = torch.cat((x.new_zeros(zeros_shape), running, last.expand(tail_shape)), dim=dim)
-    return prefix.narrow(dim, 2 * radius + 1, n) - prefix.narrow(dim, 0, n)
+    out = torch.empty_like(running)
+    inside = n - radius  # windows whose right end lies inside the range
+    if inside > 0:
+        out.narrow(dim, 0, inside).copy_(running.narrow(dim, radius, inside))
+        tail = out.narrow(dim, inside, n - inside)
+        tail.copy_(running.narrow(dim, n - 1, 1).expand_as(tail))
+        if inside > 1:
+            out.narrow(dim, radius + 1, inside - 1).sub_(running.narrow(dim, 0, inside - 1))
+    else:
+        out.copy_(running.narrow(dim, n - 1, 1).expand_as(out))
+    return out
 
 
 def _window_counts(n: int, radius: int, device: torch.device) -> torch.Tensor:
@@ -148,7 +159,7 @@ def _box(x: torch.Tensor, radius: int) -> torch.Tensor:
     height, width = x.shape[-2:]
     sums = _window_sums(_window_sums(x, radius, -2), radius, -1)
     counts = _window_counts(height, radius, x.device).view(-1, 1) * _window_counts(width, radius, x.device)
-    return sums * counts.reciprocal_()
+    return sums.mul_(counts.reciprocal_())
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,32 +310,67 @@ def finish_tiles(low: torch.Tensor, enhanced: torch.Tensor, params: torch.Tensor
 
 
 def _denoise(low: torch.Tensor, out: torch.Tensor, params: torch.Tensor, config: FinishConfig) -> torch.Tensor:
-    """Luma and chroma, each its own guide, through a guided filter (He et al.) whose gain is
-    the local Wiener gain ``(var - noise_var)+ / var`` (as in Lee's filter).
+    """Luma through a guided filter (He et al.) whose gain is the local Wiener gain
+    ``(var - noise_var)+ / var`` (as in Lee's filter); chroma through a second, wider Wiener
+    filter whose signal variance comes from a pilot estimate (see :func:`_empirical_wiener`).
 
     He's gain ``var / (var + eps)`` leaves half of a flat region's noise in place when eps is the
     noise variance; the Wiener gain removes it and keeps texture that stands above the noise.
     The coefficients are averaged over the window as in the guided filter, which avoids blocky
-    transitions. All window statistics go through two batched box means.
+    transitions. With ``chroma_refine_radius=0`` chroma goes through the luma's filter instead
+    (one pass, the earlier default).
     """
     r = config.radius
+    two_pass = config.chroma_refine_radius > 0
     y, cbcr = _to_ycbcr(out)
-    ycc = torch.cat((y, cbcr), dim=1)
-    stats = _box(torch.cat((_luma(low), ycc, ycc * ycc), dim=1), r)
-    mean_low, mean, mean_sq = stats[:, 0:1], stats[:, 1:4], stats[:, 4:7]
+    squares = y * y if two_pass else torch.cat((y, cbcr), dim=1).square_()
+    stats = _box(torch.cat((_luma(low), y, cbcr, squares), dim=1), r)
+    mean_low, mean_y, mean_c = stats[:, 0:1], stats[:, 1:2], stats[:, 2:4]
     # Local gain of the whole chain (curves and exposure): how much the input's noise grew here.
-    gain = (mean[:, 0:1] / mean_low.clamp_min(2.0 / 255.0)).clamp_(1.0, 30.0)
+    gain = (mean_y / mean_low.clamp_min(2.0 / 255.0)).clamp_(1.0, 30.0)
     k = config.denoise_strength
-    sigma_in = torch.stack((config.luma_noise_factor * params[:, PARAM_SIGMA_LUMA],
-                            config.chroma_noise_factor * params[:, PARAM_SIGMA_CHROMA],
-                            config.chroma_noise_factor * params[:, PARAM_SIGMA_CHROMA]), dim=1)
-    noise_var = (k * gain * sigma_in.view(-1, 3, 1, 1)).square_()
+    sigma_luma = (k * config.luma_noise_factor) * params[:, PARAM_SIGMA_LUMA].view(-1, 1, 1, 1)
+    sigma_chroma = (k * config.chroma_noise_factor) * params[:, PARAM_SIGMA_CHROMA].view(-1, 1, 1, 1)
+    noise_var_luma = (gain * sigma_luma).square_()
+    noise_var_chroma = (gain * sigma_chroma).square_()
+    if two_pass:
+        y = _lee(y, mean_y, stats[:, 4:5], noise_var_luma, r)
+        # The chroma's pilot is its window mean: the chroma grain is strong and the colour of
+        # most regions changes slowly (measured: as good as a first Lee pass, and cheaper).
+        chroma = _empirical_wiener(cbcr, mean_c, noise_var_chroma, config.chroma_refine_radius)
+    else:
+        ycc = _lee(torch.cat((y, cbcr), dim=1), stats[:, 1:4], stats[:, 4:7],
+                   torch.cat((noise_var_luma, noise_var_chroma, noise_var_chroma), dim=1), r)
+        y, chroma = ycc[:, 0:1], ycc[:, 1:3]
+    return _to_rgb(y, chroma)
+
+
+def _lee(x: torch.Tensor, mean: torch.Tensor, mean_sq: torch.Tensor, noise_var: torch.Tensor, radius: int) -> torch.Tensor:
+    """Guided filter of ``x`` (its own guide) with the Wiener gain, from its window ``mean`` and
+    ``mean_sq`` (box means of radius ``radius``)."""
     var = (mean_sq - mean * mean).clamp_min_(0.0)
     a = (var - noise_var).clamp_min_(0.0) / (var + 1e-12)
-    b = mean - a * mean
-    coeffs = _box(torch.cat((a, b), dim=1), r)
-    ycc = coeffs[:, 0:3] * ycc + coeffs[:, 3:6]
-    return _to_rgb(ycc[:, 0:1], ycc[:, 1:3])
+    coeffs = _box(torch.cat((a, mean - a * mean), dim=1), radius)
+    channels = x.shape[1]
+    return coeffs[:, :channels] * x + coeffs[:, channels:]
+
+
+def _empirical_wiener(noisy: torch.Tensor, pilot: torch.Tensor, noise_var: torch.Tensor, radius: int) -> torch.Tensor:
+    """A guided-filter-style local Wiener filter of ``noisy`` whose signal statistics (window
+    mean and variance) come from ``pilot``, a first, smoother estimate, instead of from
+    ``noisy variance - noise variance``: the two-stage idea of BM3D (Dabov et al. 2007).
+
+    Measured on simulated pairs (benchmarks/quality): on chroma it adds 0.01-0.03 SSIM on the
+    noisy sets and takes nothing from clean ones; on luma it blurred texture. Taking the window
+    mean from the pilot too (not from ``noisy``) measured the same and saves two box means.
+    """
+    channels = noisy.shape[1]
+    stats = _box(torch.cat((pilot, pilot * pilot), dim=1), radius)
+    mean, mean_sq = stats.split(channels, dim=1)
+    signal_var = (mean_sq - mean * mean).clamp_min_(0.0)
+    a = signal_var / (signal_var + noise_var + 1e-12)
+    coeffs = _box(torch.cat((a, mean - a * mean), dim=1), radius)
+    return coeffs[:, :channels] * noisy + coeffs[:, channels:]
 
 
 def finish_image(low: torch.Tensor, enhanced: torch.Tensor, config: FinishConfig) -> torch.Tensor:

@@ -55,7 +55,7 @@ from .manifest import (
 from .plan import Plan, existing_output_uris, output_settings, plan_run
 from .process import ImageProcessor, ImageReader, ImageState, ImageWriter, WorkItem
 from .progress import Progress
-from .settings import FinishConfig, check_inference_settings
+from .settings import FINISH_METHOD, FinishConfig, check_inference_settings
 from .weights_header import read_header_metadata
 from .storage import MANIFEST_DIR, Location, S3Options, filesystem_for, list_inputs_table, read_bytes
 
@@ -513,7 +513,8 @@ def run_output_settings(config: EnhanceConfig, meta, output_format: str) -> dict
     records for its outputs of ``output_format``: what resume compares."""
     finish = config.finish_config()
     finishing = None if not finish.enabled else {
-        "denoise": finish.denoise, "denoise_strength": finish.denoise_strength, "exposure": finish.exposure}
+        "denoise": finish.denoise, "denoise_strength": finish.denoise_strength, "exposure": finish.exposure,
+        "method": FINISH_METHOD}
     return output_settings(model_sha256=meta.sha256, variant=meta.variant, scale=config.scale,
                            strength=config.strength, precision=config.precision, format=config.format,
                            quality=config.quality, output_format=output_format, finishing=finishing)

@@ -37,6 +37,11 @@ ExposureSetting = Union[float, Literal["auto", "off"]]
 DEFAULT_EXPOSURE_TARGET = 0.45
 
 
+# Names the finishing algorithm in the output settings that resume compares, so outputs made by
+# an earlier algorithm are never silently mixed with new ones. Change it whenever the pixels change.
+FINISH_METHOD = "lee-wiener-2"
+
+
 @dataclass(frozen=True)
 class FinishConfig:
     """Settings of the finishing stage.
@@ -53,6 +58,8 @@ class FinishConfig:
             over), in pixels; the tiling halo is twice this.
         luma_noise_factor, chroma_noise_factor: the noise variance each filter removes, as a
             multiple of the estimated local noise standard deviation (before ``denoise_strength``).
+        chroma_refine_radius: half-width of the windows of the second, empirical-Wiener pass
+            on chroma (0 skips it); the tiling halo grows by twice this.
     """
 
     denoise: DenoiseMode = "auto"
@@ -62,6 +69,7 @@ class FinishConfig:
     radius: int = 3
     luma_noise_factor: float = 0.9
     chroma_noise_factor: float = 3.0
+    chroma_refine_radius: int = 5
 
     def __post_init__(self) -> None:
         if self.denoise not in ("auto", "off"):
@@ -78,6 +86,9 @@ class FinishConfig:
             raise ConfigError(f"max_exposure_boost must be >= 1, got {self.max_exposure_boost}")
         if not 1 <= self.radius <= 32:
             raise ConfigError(f"radius must be in 1..32 pixels, got {self.radius}")
+        if not 0 <= self.chroma_refine_radius <= 32:
+            raise ConfigError(f"chroma_refine_radius must be in 0..32 pixels (0 = no second pass), "
+                              f"got {self.chroma_refine_radius}")
         if self.luma_noise_factor < 0 or self.chroma_noise_factor < 0:
             raise ConfigError("noise factors must be non-negative")
 

@@ -165,28 +165,30 @@ def test_resume_skips_finished_inputs_and_overwrite_redoes_all(ray_local, tmp_pa
     assert all(statuses == ["ok"] for statuses in per_input.values())
 
 
-def test_resuming_with_other_settings_is_refused_and_changes_nothing(ray_local, tmp_path):
+def test_resuming_with_other_settings_is_refused_and_changes_nothing(tmp_path):
+    # Planning refuses before any engine starts, so local worker processes serve (the Ray engine
+    # plans with the same code: test_resume_skips_finished_inputs_and_overwrite_redoes_all).
     source = tmp_path / "in"
     for i in range(3):
         _save(source / f"img{i}.png", _dark(40, 50, i), "PNG")
     out = tmp_path / "out"
-    run_enhance(_config(source, out, strength=1.0))
+    run_enhance(_config(source, out, strength=1.0, engine="local"))
     before = {p.name: p.read_bytes() for p in out.glob("*.png")}
     with pytest.raises(ConfigError, match=r"strength 1\.0 -> 0\.3") as info:
-        run_enhance(_config(source, out, strength=0.3))
+        run_enhance(_config(source, out, strength=0.3, engine="local"))
     assert "--overwrite" in str(info.value)
     assert {p.name: p.read_bytes() for p in out.glob("*.png")} == before
     assert len(_manifest(out)) == 3, "the refused run wrote no rows"
-    redo = run_enhance(_config(source, out, strength=0.3, overwrite=True))
+    redo = run_enhance(_config(source, out, strength=0.3, overwrite=True, engine="local"))
     assert redo.ok == 3 and all(r["strength"] == pytest.approx(0.3) for r in _manifest(out))
 
 
-def test_changing_the_format_is_not_a_resume(ray_local, tmp_path):
+def test_changing_the_format_is_not_a_resume(tmp_path):
     source = tmp_path / "in"
     _save(source / "x.png", _dark(30, 30), "PNG")
     out = tmp_path / "out"
-    run_enhance(_config(source, out))
-    again = run_enhance(_config(source, out, format="webp", quality=80))
+    run_enhance(_config(source, out, engine="local"))
+    again = run_enhance(_config(source, out, format="webp", quality=80, engine="local"))
     assert again.ok == 1 and again.skipped == 0
     assert (out / "x.webp").is_file() and decode_image((out / "x.webp").read_bytes()).format == "WEBP"
 

@@ -138,6 +138,27 @@ def test_outputs_from_a_manifest_without_settings_are_not_resumed_blindly(tmp_pa
         _plan(tmp_path, _inputs("a.png"), done=done, existing=[str(out / "a.png")])
 
 
+def test_outputs_of_an_earlier_finishing_algorithm_are_not_resumed(tmp_path):
+    """The job's settings name the finishing algorithm, so a new release never mixes its pixels
+    with an earlier one's under the same flags."""
+    from types import SimpleNamespace
+
+    from dce_batch.pipeline import EnhanceConfig, run_output_settings
+    from dce_batch.settings import FINISH_METHOD
+
+    out = tmp_path / "out"
+    meta = SimpleNamespace(sha256="m" * 64, variant="full")
+    now = run_output_settings(EnhanceConfig(input="/in", output=str(out)), meta, "PNG")
+    assert now["finishing"]["method"] == FINISH_METHOD
+    earlier = dict(now, finishing={k: v for k, v in now["finishing"].items() if k != "method"})
+    done = rows_to_table([_done_row("/in/a.png", str(out / "a.png"), lambda fmt: earlier)])
+    with pytest.raises(ConfigError, match=f"finishing .*'method': '{FINISH_METHOD}'"):
+        _plan(tmp_path, _inputs("a.png"), done=done, existing=[str(out / "a.png")], settings_for=lambda fmt: now)
+    same = rows_to_table([_done_row("/in/a.png", str(out / "a.png"), lambda fmt: now)])
+    plan = _plan(tmp_path, _inputs("a.png"), done=same, existing=[str(out / "a.png")], settings_for=lambda fmt: now)
+    assert plan.skipped.num_rows == 1
+
+
 def test_describe_settings_change():
     a = json.dumps({"strength": 1.0, "quality": 95})
     b = json.dumps({"strength": 0.3, "quality": 95})
