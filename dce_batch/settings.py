@@ -54,12 +54,13 @@ class FinishConfig:
             for dark inputs), a target mean luma in (0, 1) used the same way, or ``off``.
         max_exposure_boost: bound on the exposure curve (the exponent never goes below
             1 / this), so near-black scenes are not pushed into noise.
-        radius: half-width of the filter's windows (and of the one the local gain is measured
-            over), in pixels; the tiling halo is twice this.
+        radius: half-width of the luma filter's windows (and of the one the local gain and the
+            chroma's pilot are measured over), in pixels.
         luma_noise_factor, chroma_noise_factor: the noise variance each filter removes, as a
             multiple of the estimated local noise standard deviation (before ``denoise_strength``).
-        chroma_refine_radius: half-width of the windows of the second, empirical-Wiener pass
-            on chroma (0 skips it); the tiling halo grows by twice this.
+        chroma_refine_radius: half-width of the windows of chroma's empirical Wiener filter;
+            0 filters chroma like luma instead (the earlier one-pass default). The tiling halo
+            is ``max(2 * radius, radius + 2 * chroma_refine_radius)`` (13 by default).
     """
 
     denoise: DenoiseMode = "auto"
