@@ -20,6 +20,7 @@ so a driver that dies loses no row; the next run folds the journal into the mani
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pickle
@@ -541,14 +542,11 @@ def plan_inputs(config: EnhanceConfig, output: Location, weights: ResolvedWeight
         if pc.any(pc.equal(done["status"].cast(pa.string()), "ok")).as_py():
             existing = existing_output_uris(output)
     meta = weights.meta
-
-    def settings_for(output_format: str) -> dict:
-        return run_output_settings(config, meta, output_format)
-
     constants = dict(model_name=meta.name, model_sha256=meta.sha256, strength=config.strength,
                      variant=meta.variant, precision=config.precision)
     plan = plan_run(listing=listing, input_fs=input_fs, output=output, run_id=config.run_id,
-                    settings_for=settings_for, requested_format=config.format, row_constants=constants,
+                    settings_for=functools.partial(run_output_settings, config, meta),
+                    requested_format=config.format, row_constants=constants,
                     done=done, existing_outputs=existing)
     return _Prepared(input_fs, plan, recovered)
 

@@ -88,7 +88,7 @@ class FinishConfig:
         if not 1 <= self.radius <= 32:
             raise ConfigError(f"radius must be in 1..32 pixels, got {self.radius}")
         if not 0 <= self.chroma_refine_radius <= 32:
-            raise ConfigError(f"chroma_refine_radius must be in 0..32 pixels (0 = no second pass), "
+            raise ConfigError(f"chroma_refine_radius must be in 0..32 pixels (0 filters chroma like luma), "
                               f"got {self.chroma_refine_radius}")
         if self.luma_noise_factor < 0 or self.chroma_noise_factor < 0:
             raise ConfigError("noise factors must be non-negative")
