@@ -54,6 +54,9 @@ def version_of(package: str) -> str:
 def hardware_line(torch_threads: int | str) -> str:
     """One line: CPUs, memory, torch threads, versions (without importing torch or ray)."""
     bf16 = "yes" if _cpu_flag("avx512_bf16") or _cpu_flag("amx_bf16") else "no"
+    for cap in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):  # kernels capped below the hardware
+        if os.environ.get(cap):
+            bf16 += f", {cap}={os.environ[cap]}"
     return (f"hardware: {os.cpu_count()} CPUs ({cpu_model()}, native bf16: {bf16}), "
             f"{total_memory_gib():.1f} GiB RAM, no GPU used | torch threads {torch_threads} | "
             f"torch {version_of('torch')}, ray {version_of('ray')}, numpy {np.__version__}, "

@@ -3,7 +3,7 @@
 What it proves: how much the job's default finishing (noise-aware denoise + exposure,
 ``dce_batch.finishing``, run by the ``Enhancer`` tile by tile after the network) adds to DCE-Net on
 one CPU thread, on the same images, as a ratio to the network alone, at the default precision
-(bf16 where the CPU has it natively) and in fp32. The issue allows at most +30 %.
+(int8 on x86 CPUs, see dce_batch.quantization) and in fp32. The issue allows at most +30 %.
 
 Rows (one process, ``torch.set_num_threads(--threads)``, 1 by default; 8-bit images as the job
 decodes them; CPU default tiling):

@@ -14,7 +14,8 @@ Rows:
 * DCE-Net fp32, CPU default tiles but glibc's default allocator: ``dce_batch.inference.keep_freed_memory``
   is replaced by a no-op in that process before the Enhancer is built, so every activation above
   glibc's mmap threshold is mapped, faulted in page by page and unmapped on each call;
-* DCE-Net bf16 autocast, CPU default; Zero-DCE++ at scale 12, CPU default (strips);
+* DCE-Net bf16, CPU default (where the CPU has native bf16); DCE-Net int8 (``dce_batch.quantization``,
+  x86 CPUs), CPU default; Zero-DCE++ at scale 12, CPU default (strips);
 * extra rows (``--no-extra`` drops them): DCE-Net fp32 full-frame with glibc's default allocator (the
   CPU default before commit 2c3c7fe for images up to 2 MP), DCE-Net bf16 full-frame, and Zero-DCE++
   s12 in one pass (its behaviour before 2c3c7fe up to 2 MP).
@@ -57,7 +58,7 @@ def _child(conn, spec: dict, threads: int, size: tuple[int, int], count: int) ->
     if spec["glibc_default"]:  # must precede the Enhancer, whose constructor calls it on CPUs
         inference.keep_freed_memory = lambda: None
     weights = load_weights("zerodcepp_sice_v2") if spec["model"] == "fast" else load_weights()
-    # fp32 unless the row says otherwise: the library's own default is "auto" (bf16 where native)
+    # fp32 unless the row says otherwise: the library's own default is "auto" (int8 on x86 CPUs)
     enhancer = Enhancer(weights, InferenceConfig(device="cpu", **{"precision": "fp32", **spec["config"]}))
     height, width = size
     images = [dark_image(height, width, seed=i) for i in range(count)]
@@ -126,6 +127,7 @@ def main() -> int:
         "DCE-Net fp32, full-frame": spec("full", FULL_FRAME),
         "DCE-Net fp32, CPU default, glibc allocator": spec("full", glibc_default=True),
         "DCE-Net bf16, CPU default": spec("full", {"precision": "bf16"}),
+        "DCE-Net int8, CPU default": spec("full", {"precision": "int8"}),
         f"{fast} fp32, CPU default": spec("fast"),
     }
     if not args.no_extra:
@@ -134,6 +136,12 @@ def main() -> int:
             "DCE-Net bf16, full-frame": spec("full", {"precision": "bf16", **FULL_FRAME}),
             f"{fast} fp32, one pass": spec("fast", FULL_FRAME),
         })
+    from dce_batch.inference import cpu_has_native_bf16
+    from dce_batch.quantization import int8_available
+
+    for name in list(specs):  # rows this CPU cannot run (bf16 would be emulated and is refused)
+        if ("bf16" in name and not cpu_has_native_bf16()) or ("int8" in name and not int8_available()):
+            del specs[name]
     children: dict[str, ChildEnhancer] = {}
     try:
         for name, s in specs.items():  # started one after another: warm-ups do not overlap

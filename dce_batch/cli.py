@@ -99,9 +99,10 @@ def enhance_parser() -> argparse.ArgumentParser:
     g.add_argument("--exposure", type=_exposure, default="auto",
                    help="auto (default: dark scenes are brought to a natural brightness, night scenes keep "
                         "their look, bright ones are left alone), off, or a target mean brightness such as 0.45")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="network precision (default auto: bf16 where the CPU or GPU computes it natively, "
-                        "within one 8-bit step of fp32; fp32 elsewhere). fp16 needs CUDA")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
+                   help="network precision (default auto: int8 on x86 CPUs, within 3 8-bit steps of fp32 and "
+                        "1.8-2.8x its speed; bf16 on GPUs and on other CPUs that compute it natively, within one "
+                        "step; fp32 elsewhere). fp16 needs CUDA, int8 an x86 CPU")
     g = p.add_argument_group("output")
     g.add_argument("--format", choices=["same", "jpeg", "png", "webp"], default="same",
                    help="output format (default: same as input)")

@@ -34,6 +34,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .finishing import DEFAULT_EXPOSURE_TARGET, FinishConfig
+from .settings import PRECISIONS
 
 __all__ = [
     "PSNR_CAP",
@@ -132,6 +133,7 @@ class EvalConfiguration:
     folder: Path | None = None
     identity: bool = False
     scale: float = 12.0
+    precision: str = "auto"
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"label": self.label}
@@ -142,7 +144,7 @@ class EvalConfiguration:
             out["folder"] = str(self.folder)
         else:
             out.update(kind="enhance", weights=self.weights or "default", strength=self.strength,
-                       finish=asdict(self.finish) if self.finish else "off")
+                       precision=self.precision, finish=asdict(self.finish) if self.finish else "off")
         return out
 
 
@@ -152,7 +154,7 @@ _FINISH_KEYS = {"denoise", "denoise_strength", "exposure", "chroma_refine_radius
 def parse_configuration(spec: str) -> EvalConfiguration:
     """``LABEL[:key=value,...]``. Keys: ``weights``, ``strength``, ``finish=on|off``, ``denoise``
     (auto/off), ``denoise_strength``, ``exposure`` (auto/off/0.45), ``chroma_refine_radius`` (0: one
-    chroma pass, the earlier default), ``folder``, ``scale``.
+    chroma pass, the earlier default), ``folder``, ``scale``, ``precision`` (as ``--precision``).
     The label ``input`` alone is the unenhanced input. Example:
     ``authors:weights=../shared/reference_weights/zero_dce_epoch99.pth,finish=off``.
     """
@@ -168,7 +170,7 @@ def parse_configuration(spec: str) -> EvalConfiguration:
         if not eq:
             raise ConfigError(f"configuration {spec!r}: {item!r} is not key=value")
         values[key.strip().replace("-", "_")] = value.strip()
-    known = {"weights", "strength", "finish", "folder", "scale"} | _FINISH_KEYS
+    known = {"weights", "strength", "finish", "folder", "scale", "precision"} | _FINISH_KEYS
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"configuration {spec!r}: unknown keys {unknown}; known: {sorted(known)}")
@@ -197,9 +199,12 @@ def parse_configuration(spec: str) -> EvalConfiguration:
                 raise ConfigError(f"configuration {spec!r}: chroma_refine_radius must be a whole number of pixels")
             overrides["chroma_refine_radius"] = int(radius)
         finish = replace(finish, **overrides)
+    precision = values.get("precision", "auto")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"configuration {spec!r}: precision must be one of {', '.join(PRECISIONS)}")
     return EvalConfiguration(
         label=label, weights=values.get("weights"), strength=_number(values.get("strength", "1"), spec),
-        finish=finish, scale=_number(values.get("scale", "12"), spec),
+        finish=finish, scale=_number(values.get("scale", "12"), spec), precision=precision,
     )
 
 
@@ -311,7 +316,7 @@ class _Runner:
         self.config = config
         self.key = None
         if not config.identity and config.folder is None:
-            self.key = (config.weights, config.strength, config.scale)
+            self.key = (config.weights, config.strength, config.scale, config.precision)
             if self.key not in enhancers:
                 from .inference import Enhancer, InferenceConfig
                 from .weights import load_weights
@@ -319,7 +324,7 @@ class _Runner:
                 weights = load_weights(config.weights)
                 scale = config.scale if weights.meta.variant == "fast" else 1.0
                 enhancers[self.key] = Enhancer(weights, InferenceConfig(strength=config.strength, device=device,
-                                                                        scale=scale))
+                                                                        scale=scale, precision=config.precision))
             self.enhancer = enhancers[self.key]
         self._outputs = {p.stem: p for p in _list_images(config.folder)} if config.folder else {}
 

@@ -18,9 +18,10 @@ same shape, windows of different images share one batch on a GPU.
 The fast variant at scale > 1 estimates its 3 curve maps on a downscaled copy of the whole image
 (small), then upsamples and applies them in horizontal strips.
 
-Precision: ``auto`` picks bf16 where the hardware computes it natively (CPUs with AVX512-BF16 or
-AMX, CUDA GPUs with bf16) and fp32 elsewhere (fp16 on CUDA GPUs without bf16). The network then
-runs with bf16 weights in channels-last layout (faster than autocast on CPUs, and within one 8-bit
+Precision: ``auto`` picks int8 for DCE-Net on x86 CPUs (:mod:`dce_batch.quantization`: the fastest
+there with or without native bf16, within 3 8-bit steps of fp32), bf16 on CUDA GPUs that have it
+(fp16 on others), and elsewhere bf16 where the CPU computes it natively, else fp32. bf16 runs
+with bf16 weights in channels-last layout (faster than autocast on CPUs, and within one 8-bit
 step of fp32: benchmarks/bench_throughput.py); the curve iterations always run in float32.
 Asking for bf16 on a CPU that would emulate it (about 50x slower) is refused, not obeyed.
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import platform
 from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
@@ -38,6 +40,7 @@ import torch
 from .errors import ConfigError
 from .finishing import FinishConfig, finish_halo, finish_params, finish_tiles, params_copy
 from .model import RECEPTIVE_FIELD_RADIUS, DCENet, DCENetFast, apply_curves
+from .quantization import int8_available, quantize_curve_head
 from .settings import check_inference_settings
 from .weights import LoadedWeights
 
@@ -54,8 +57,9 @@ __all__ = [
     "window_grid",
 ]
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+# int8 quantizes inside the network (dce_batch.quantization): it takes float32 like fp32.
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
 _INTEGER_MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 #: Activation memory of DCE-Net per pixel of a forward pass, float32 (measured: 1164 B/px at
@@ -100,14 +104,15 @@ class InferenceConfig:
                                  tile_size=self.tile_size, max_full_frame_pixels=self.max_full_frame_pixels,
                                  batch_pixels=self.batch_pixels)
 
-    def for_device(self, device: torch.device) -> "InferenceConfig":
-        """These settings with the per-device defaults filled in (precision resolved too)."""
+    def for_device(self, device: torch.device, variant: str = "full") -> "InferenceConfig":
+        """These settings with the per-device defaults filled in (precision resolved too, for a
+        model of ``variant``)."""
         cuda = device.type == "cuda"
         tile = self.tile_size or (1024 if cuda else 256)
         budget = self.max_full_frame_pixels or (2_097_152 if cuda else 2 * tile * tile)
         batch = self.batch_pixels or (8_388_608 if cuda else 1)
         return replace(self, tile_size=tile, max_full_frame_pixels=budget, batch_pixels=batch,
-                       precision=resolve_precision(self.precision, device))
+                       precision=resolve_precision(self.precision, device, variant))
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,13 @@ class EnhanceResult:
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); else torch emulates it."""
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); else torch emulates it.
+
+    The hardware flag is not enough: torch must also dispatch its AVX-512 kernels (it does not
+    when ``ATEN_CPU_CAPABILITY`` caps it, e.g. at ``avx2``), or bf16 is emulated all the same.
+    """
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
+        return False
     try:
         capabilities = torch.cpu.get_capabilities()  # type: ignore[attr-defined]
     except (AttributeError, RuntimeError):
@@ -133,16 +144,29 @@ def cpu_has_native_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """The precision a request means on ``device``; ConfigError for one that would be unusable."""
+def resolve_precision(requested: str, device: torch.device, variant: str = "full") -> str:
+    """The precision a request means on ``device`` for a model of ``variant``; ConfigError for one
+    that would be unusable."""
     if device.type == "cuda":
         if requested == "auto":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if requested == "int8":
+            raise ConfigError("int8 runs on CPUs; on a GPU use --precision auto (bf16 or fp16)")
         return requested
     if requested == "auto":
+        # int8 is the fastest on every x86 CPU measured (2.8x fp32 where bf16 is native and
+        # 2.0x there; 1.8x fp32 with AVX2 only), within 3 8-bit steps of fp32 (mean 0.36).
+        if int8_available() and variant == "full":  # the fast variant is already cheap: not quantized
+            return "int8"
         return "bf16" if cpu_has_native_bf16() else "fp32"
     if requested == "fp16":
-        raise ConfigError("fp16 needs a CUDA GPU; use --precision auto, fp32 or bf16 on CPUs")
+        raise ConfigError("fp16 needs a CUDA GPU; use --precision auto, fp32, bf16 or int8 on CPUs")
+    if requested == "int8" and not int8_available():
+        raise ConfigError(f"int8 needs an x86-64 CPU with oneDNN (this is {platform.machine()}); "
+                          "use --precision auto or fp32")
+    if requested == "int8" and variant != "full":
+        raise ConfigError("int8 quantizes DCE-Net (the full model); run the fast variant with --precision auto, "
+                          "fp32 or bf16")
     if requested == "bf16" and not cpu_has_native_bf16():
         raise ConfigError(
             f"bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}, no native bf16) is emulated and "
@@ -261,7 +285,7 @@ class Enhancer:
 
     def __init__(self, weights: LoadedWeights, config: InferenceConfig = InferenceConfig()) -> None:
         self.device = resolve_device(config.device)
-        config = self.config = config.for_device(self.device)
+        config = self.config = config.for_device(self.device, weights.meta.variant)
         if self.device.type == "cpu":
             keep_freed_memory()
         self.weights = weights
@@ -270,6 +294,7 @@ class Enhancer:
         # Channels-last: the images arrive as H x W x 3 (so the layout is free) and oneDNN's
         # convolutions are faster on it (benchmarks/bench_throughput.py).
         self.model.to(self.device, self.network_dtype).to(memory_format=torch.channels_last)
+        self._head = quantize_curve_head(self.model) if config.precision == "int8" else self.model.head
         # Halo of real pixels around each window (an attribute so a test can show 6 is not enough).
         self.halo = RECEPTIVE_FIELD_RADIUS
 
@@ -284,7 +309,7 @@ class Enhancer:
 
     def _curves(self, x: torch.Tensor) -> torch.Tensor:
         """Curve maps of ``x`` (float32, on the device) at its own resolution, float32, strength applied."""
-        curves = self.model.head(x.to(self.network_dtype)).float()
+        curves = self._head(x.to(self.network_dtype)).float()
         if self.config.strength != 1.0:
             curves = curves * self.config.strength
         return curves

@@ -102,12 +102,14 @@ def test_parse_configurations():
     assert parse_configuration("net:finish=off").finish is None
     assert parse_configuration("x:denoise-strength=2").finish.denoise_strength == 2.0
     assert parse_configuration("one-pass:chroma-refine-radius=0").finish.chroma_refine_radius == 0
+    assert parse_configuration("x:precision=fp32").precision == "fp32" and default.precision == "auto"
 
 
 @pytest.mark.parametrize("spec, message", [
     (":weights=a", "no label"), ("x:colour=1", "unknown keys"), ("x:strength", "key=value"),
     ("x:strength=lots", "not a number"), ("x:exposure=2", "exposure"), ("x:folder=/nonexistent/dir", "does not exist"),
     ("x:chroma_refine_radius=2.5", "whole number"), ("x:chroma_refine_radius=99", "0..32"),
+    ("x:precision=int4", "precision must be one of"),
 ])
 def test_bad_configurations_say_what_is_wrong(spec, message):
     with pytest.raises(ConfigError, match=message):

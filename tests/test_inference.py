@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -5,6 +9,7 @@ import torch
 from dce_batch.errors import ConfigError
 from dce_batch.inference import Enhancer, InferenceConfig, cpu_has_native_bf16, resolve_precision, window_grid
 from dce_batch.model import DCENet, DCENetFast, init_weights
+from dce_batch.quantization import int8_available
 from dce_batch.weights import LoadedWeights, WeightsMeta, load_weights, state_dict_sha256
 
 from .shared_data import shared_path
@@ -133,8 +138,11 @@ def test_strength_zero_returns_input_and_strength_tones_down(image):
 
 def test_precision_auto_follows_the_hardware(image):
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    native = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert resolve_precision("auto", cpu) == ("int8" if int8_available() else native)
+    assert resolve_precision("auto", cpu, "fast") == native  # the fast variant is not quantized
     assert Enhancer(_weights("full")).precision == resolve_precision("auto", cpu)
+    assert Enhancer(_weights("fast")).precision == native
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16", cpu)
 
@@ -158,6 +166,30 @@ def test_bf16_that_would_be_emulated_is_refused():
         resolve_precision("bf16", torch.device("cpu"))
 
 
+def test_kernels_capped_at_avx2_mean_no_native_bf16():
+    """On an AVX2-only CPU bf16 is emulated (~50x slower): auto must pick fp32 and an explicit
+    bf16 must be refused. Capping torch's kernels at AVX2 puts any x86 machine in that state."""
+    script = ("import torch\n"
+              "from dce_batch.errors import ConfigError\n"
+              "from dce_batch.inference import cpu_has_native_bf16, resolve_precision\n"
+              "cpu = torch.device('cpu')\n"
+              "try:\n"
+              "    resolve_precision('bf16', cpu)\n"
+              "    refused = ''\n"
+              "except ConfigError as error:\n"
+              "    refused = str(error)\n"
+              "print(torch.backends.cpu.get_cpu_capability(), cpu_has_native_bf16(), resolve_precision('auto', cpu))\n"
+              "print(refused)\n")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    first, refusal = result.stdout.splitlines()[:2]
+    if not first.startswith("AVX2"):
+        pytest.skip(f"torch does not dispatch AVX2 kernels on this CPU ({first.split()[0]})")
+    assert first == f"AVX2 False {'int8' if int8_available() else 'fp32'}"
+    assert "emulated" in refusal and "AVX2" in refusal
+
+
 def test_cpu_defaults_tile_small_and_stay_exact(image):
     weights = _weights("full")
     auto = Enhancer(weights, _fp32())
@@ -169,7 +201,7 @@ def test_cpu_defaults_tile_small_and_stay_exact(image):
 
 def test_invalid_settings_are_config_errors():
     weights = _weights("full")
-    for bad in (dict(strength=1.5), dict(precision="int8"), dict(scale=0.5), dict(tile_size=4), dict(batch_pixels=0)):
+    for bad in (dict(strength=1.5), dict(precision="int4"), dict(scale=0.5), dict(tile_size=4), dict(batch_pixels=0)):
         with pytest.raises(ConfigError):
             InferenceConfig(**bad)
     if not torch.cuda.is_available():
