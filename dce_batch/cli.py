@@ -101,7 +101,7 @@ def enhance_parser() -> argparse.ArgumentParser:
                         "their look, bright ones are left alone), off, or a target mean brightness such as 0.45")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
                    help="network precision (default auto: int8 on x86 CPUs, within 3 8-bit steps of fp32 and "
-                        "1.8-2.8x its speed; bf16 on GPUs and on other CPUs that compute it natively, within one "
+                        "1.8-3.2x its speed; bf16 on GPUs and on other CPUs that compute it natively, within one "
                         "step; fp32 elsewhere). fp16 needs CUDA, int8 an x86 CPU")
     g = p.add_argument_group("output")
     g.add_argument("--format", choices=["same", "jpeg", "png", "webp"], default="same",

@@ -154,8 +154,9 @@ def resolve_precision(requested: str, device: torch.device, variant: str = "full
             raise ConfigError("int8 runs on CPUs; on a GPU use --precision auto (bf16 or fp16)")
         return requested
     if requested == "auto":
-        # int8 is the fastest on every x86 CPU measured (2.8x fp32 where bf16 is native and
-        # 2.0x there; 1.8x fp32 with AVX2 only), within 3 8-bit steps of fp32 (mean 0.36).
+        # int8 is the fastest on every x86 CPU measured (3.2x fp32 and 1.6x bf16 where bf16 is
+        # native, 1.8x fp32 with AVX2 kernels), within 3 8-bit steps of fp32 (measured at most 2,
+        # mean 0.25): benchmarks/bench_throughput.py.
         if int8_available() and variant == "full":  # the fast variant is already cheap: not quantized
             return "int8"
         return "bf16" if cpu_has_native_bf16() else "fp32"
