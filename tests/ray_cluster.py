@@ -106,8 +106,12 @@ def ray_head():
         f"--runtime-env-agent-port={_free_port()}", f"--node-manager-port={_free_port()}",
         f"--object-manager-port={_free_port()}", "--num-cpus=2", "--disable-usage-stats",
     ]
+    # A job's entrypoint (`python jobs/...`) runs with the head's PATH: put this interpreter's
+    # folder first, as an activated virtual environment does, so that it also works when the
+    # suite runs as `.venv/bin/python -m pytest` without activating.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     result = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                            env={**FAST_TRAIN_POLLING, **os.environ})
+                            env={**FAST_TRAIN_POLLING, **os.environ, "PATH": path})
     head = RayHead(address=f"http://127.0.0.1:{dashboard_port}", temp_dir=temp_dir)
     try:
         assert result.returncode == 0, f"ray start failed:\n{result.stdout}\n{result.stderr}"
