@@ -3,8 +3,8 @@
 CPUs without native bf16 (AVX2-only machines: most laptops and many cloud VMs) run the network
 in fp32, about half the speed of a CPU with native bf16. Post-training static quantization makes
 the seven convolutions int8 (oneDNN's kernels: AVX2's ``vpmaddubsw`` or AVX-512 VNNI). Measured
-with the library's CPU defaults on one thread (``benchmarks/bench_throughput.py``): about 2x fp32
-with kernels capped at AVX2, 3x fp32 and 1.7x bf16 on an AVX-512 CPU with native bf16.
+with the library's CPU defaults on two threads (``benchmarks/bench_throughput.py --quick``): 1.8x
+fp32 with kernels capped at AVX2, 3.2x fp32 and 1.6x bf16 on an AVX-512 CPU with native bf16.
 
 Only the curve estimation is quantized: the input image, the 8 curve iterations and the
 finishing stay float32, so a curve-map error ``dA`` moves a pixel by about ``dA * x * (1 - x)``
@@ -64,8 +64,8 @@ def int8_available() -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def calibration_crops() -> tuple[torch.Tensor, ...]:
-    """1 x 3 x 32 x 32 float32 crops of the bundled samples (4 per image, at 2 brightnesses)."""
+def calibration_crops() -> torch.Tensor:
+    """N x 3 x 32 x 32 float32 crops of the bundled samples (4 per image, at 2 brightnesses)."""
     from PIL import Image
 
     crops = []
@@ -82,7 +82,7 @@ def calibration_crops() -> tuple[torch.Tensor, ...]:
                 crops.extend(crop.pow(gamma) for gamma in _GAMMAS)
     if not crops:
         raise ConfigError("the bundled sample images are missing: int8 calibration needs them (reinstall dce-batch)")
-    return tuple(crops)
+    return torch.cat(crops)
 
 
 _ACTIVATION_LEVELS = 127  # 7-bit activations (reduce_range): see the module docstring
@@ -124,11 +124,10 @@ class QuantizedCurveHead(nn.Module):
         # The largest ReLU output of e_conv1..6 and the largest |output| of e_conv7 (min/max
         # observers over the calibration crops).
         peaks = {name: float((out.abs() if name == "e_conv7" else out).max()) for name, out in pre_activations.items()}
-        # Post-ReLU activations are in [0, peak]: zero point 0, 127 levels.
-        self.scales = {name: max(peaks[name], 1e-6) / _ACTIVATION_LEVELS for name in _CONVS[:6]}
-        # e_conv7's output (before tanh) is signed and no convolution reads it: all 8 bits,
-        # symmetric around zero.
-        self.qparams = {**{name: (scale, 0) for name, scale in self.scales.items()},
+        # Output (scale, zero point) per convolution. Post-ReLU activations are in [0, peak]: zero
+        # point 0, 127 levels. e_conv7's output (before tanh) is signed and no convolution reads
+        # it: all 8 bits, symmetric around zero.
+        self.qparams = {**{name: (max(peaks[name], 1e-6) / _ACTIVATION_LEVELS, 0) for name in _CONVS[:6]},
                         "e_conv7": (2 * max(peaks["e_conv7"], 1e-6) / 255, 128)}
         for name in _CONVS:
             setattr(self, name, _quantized_conv(getattr(model, name), name != "e_conv7", *self.qparams[name]))
@@ -140,7 +139,7 @@ class QuantizedCurveHead(nn.Module):
             return image
         if len(sources) == 1:
             return outputs[sources[0]]
-        scale = max(self.scales[source] for source in sources)
+        scale = max(self.qparams[source][0] for source in sources)
         return torch.ops.quantized.cat([outputs[s] for s in sources], dim=1, scale=scale, zero_point=0)
 
     def correct_biases(self, model: nn.Module, crops: torch.Tensor, reference: dict[str, torch.Tensor]) -> None:
@@ -200,7 +199,7 @@ def quantize_curve_head(model: nn.Module) -> nn.Module:
     reference = copy.deepcopy(model).float().eval().to(memory_format=torch.contiguous_format)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's notes about migrating to torchao
-        crops = torch.cat(calibration_crops())
+        crops = calibration_crops()
         pre_activations = _pre_activations(reference, crops)
         head = QuantizedCurveHead(reference, pre_activations)
         head.correct_biases(reference, crops, pre_activations)
