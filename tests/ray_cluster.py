@@ -5,13 +5,18 @@
   happens to be running on the machine.
 * ``ray_head`` (session): a separate head node started with ``ray start --head`` in its own
   temp dir on free ports outside Ray's worker port range (10002-19999), for
-  ``ray job submit`` tests. It is stopped by killing exactly the processes that belong to its
-  temp dir: a bare ``ray stop`` would kill every Ray process on the host.
+  ``ray job submit`` tests. Token authentication is switched on explicitly, with a token of its
+  own in a file (``RAY_AUTH_TOKEN_PATH``), as a user sets up a cluster: whether Ray turns it on
+  by default, and whether ``~/.ray/auth_token`` exists, differ between machines. It is stopped
+  by killing exactly the processes that belong to its temp dir: a bare ``ray stop`` would kill
+  every Ray process on the host.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -57,13 +62,19 @@ def _free_port() -> int:
 class RayHead:
     address: str  # http://127.0.0.1:<dashboard port>, what `ray job submit --address` takes
     temp_dir: str
+    token_path: str  # the cluster's auth token, as `ray get-auth-token --generate` would keep it
 
     def env(self) -> dict[str, str]:
-        """Environment for `ray job submit` as a user would set it: token auth is on by default."""
+        """Environment for `ray job submit` as a user of this cluster sets it: token auth, its token."""
         env = dict(os.environ)
-        env["RAY_AUTH_MODE"] = "token"
+        env.pop("RAY_AUTH_TOKEN", None)  # the token comes from the cluster's file, not the caller's
+        env.update(_auth_env(self.token_path))
         env["RAY_ADDRESS"] = self.address
         return env
+
+
+def _auth_env(token_path: str) -> dict[str, str]:
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token_path}
 
 
 def processes_of(temp_dir: str) -> list[int]:
@@ -97,6 +108,10 @@ def stop_processes_of(temp_dir: str, wait_s: float = 10.0) -> None:
 @pytest.fixture(scope="session")
 def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
+    token_dir = tempfile.mkdtemp(prefix="rayhead-token-")
+    token_path = os.path.join(token_dir, "auth_token")
+    with open(os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(secrets.token_hex(32))
     dashboard_port = _free_port()
     command = [
         RAY_BIN, "start", "--head", f"--temp-dir={temp_dir}", f"--port={_free_port()}",
@@ -110,9 +125,10 @@ def ray_head():
     # folder first, as an activated virtual environment does, so that it also works when the
     # suite runs as `.venv/bin/python -m pytest` without activating.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    environment = {key: value for key, value in os.environ.items() if key != "RAY_AUTH_TOKEN"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                            env={**FAST_TRAIN_POLLING, **os.environ, "PATH": path})
-    head = RayHead(address=f"http://127.0.0.1:{dashboard_port}", temp_dir=temp_dir)
+                            env={**FAST_TRAIN_POLLING, **environment, "PATH": path, **_auth_env(token_path)})
+    head = RayHead(address=f"http://127.0.0.1:{dashboard_port}", temp_dir=temp_dir, token_path=token_path)
     try:
         assert result.returncode == 0, f"ray start failed:\n{result.stdout}\n{result.stderr}"
         deadline = time.monotonic() + 60
@@ -129,3 +145,4 @@ def ray_head():
         yield head
     finally:
         stop_processes_of(temp_dir)
+        shutil.rmtree(token_dir, ignore_errors=True)
