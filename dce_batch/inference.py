@@ -73,8 +73,10 @@ class InferenceConfig:
 
     Attributes:
         strength: scales the curve maps; 0 leaves the image unchanged, 1 is the model as trained.
-        precision: ``auto`` (native bf16 where the hardware has it, else fp32), ``fp32``,
-            ``bf16`` (CUDA, or CPUs with native bf16), ``fp16`` (CUDA only).
+        precision: ``auto`` (on CPUs int8 for DCE-Net where oneDNN runs it, else native bf16
+            where the hardware has it, else fp32; on CUDA bf16, or fp16 where bf16 is missing),
+            ``fp32``, ``bf16`` (CUDA, or CPUs with native bf16), ``fp16`` (CUDA only), ``int8``
+            (x86 CPUs, DCE-Net only: :mod:`dce_batch.quantization`).
         device: ``auto`` (CUDA if present), ``cpu``, ``cuda`` or ``cuda:N``.
         scale: downscale factor of the fast variant's curve estimation (ignored by DCE-Net).
         tile_size: side of a window's core when tiling; ``None`` picks per device (below).

@@ -75,12 +75,16 @@ class LowLightLevel:
 # LOL-like presets, from dim and clean to very dark and noisy. At "lol" the shipped
 # zerodce_sice_v1 leaves about the mean brightness (0.35) and SSIM (0.45-0.55) it leaves on LOL
 # itself; "lol_hard" is noisier than LOL, "dim_clean" checks that clean inputs are not smeared.
+# "lol_matched" was fitted to the figures published for the hidden paired benchmark (issue 10):
+# from well-exposed SICE frames, the network alone scores SSIM 0.556 there (0.560 on the hidden
+# set) with output mean 0.36 (0.35), and the authors' checkpoint 15.1 dB / 0.558 (14.9 / 0.562).
 LEVELS: dict[str, LowLightLevel] = {
     level.name: level
     for level in (
         LowLightLevel("dim_clean", exposure=0.08, exposure_jitter=1.5, photons=40000.0, read_noise=0.0003),
         LowLightLevel("lol_mild", exposure=0.05, exposure_jitter=1.5, photons=30000.0, read_noise=0.0008),
         LowLightLevel("lol", exposure=0.03, exposure_jitter=1.5, photons=12000.0, read_noise=0.0012),
+        LowLightLevel("lol_matched", exposure=0.025, exposure_jitter=1.5, photons=30000.0, read_noise=0.0008),
         LowLightLevel("lol_hard", exposure=0.015, exposure_jitter=1.5, photons=4000.0, read_noise=0.002),
         LowLightLevel("lol_jpeg", exposure=0.03, exposure_jitter=1.5, photons=12000.0, read_noise=0.0012,
                       jpeg_quality=90),

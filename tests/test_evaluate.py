@@ -207,6 +207,20 @@ def test_simulation_is_seeded_dark_and_noisier_with_fewer_photons():
     assert noise[1] > 2 * noise[0]
 
 
+@pytest.mark.parametrize("name", sorted(LEVELS))
+def test_every_preset_darkens_as_its_exposure_says(name):
+    """A flat grey through each preset lands where its linear-light exposure (with jitter) puts it."""
+    level = LEVELS[name]
+    grey = 0.45
+    linear = float(srgb_to_linear(np.array(grey)))
+    low = float(linear_to_srgb(np.array(linear * level.exposure / level.exposure_jitter)))
+    high = float(linear_to_srgb(np.array(linear * level.exposure * level.exposure_jitter)))
+    flat = np.full((64, 64, 3), round(grey * 255), dtype=np.uint8)
+    for key in ("a", "b", "c"):
+        mean = simulate_low_light(flat, level, key=key).mean() / 255.0
+        assert low - 1.5 / 255 < mean < high + 1.5 / 255, (name, key, mean, low, high)
+
+
 def test_simulation_levels_are_validated():
     with pytest.raises(ConfigError):
         LowLightLevel("x", exposure=0.0)
