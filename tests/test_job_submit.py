@@ -50,12 +50,15 @@ def test_enhance_job_submitted_to_a_running_cluster(ray_head, tmp_path):
 
 
 def test_job_submit_without_the_token_is_refused(ray_head, tmp_path):
-    """Token auth is on: a client that does not send the token cannot submit."""
+    """Token auth is on: a client that does not send the token cannot submit; with it, it can."""
+    command = [RAY_BIN, "job", "list", "--address", ray_head.address]
+    with_token = subprocess.run(command, env=ray_head.env(), capture_output=True, text=True, timeout=120)
+    assert with_token.returncode == 0, with_token.stdout + with_token.stderr
     env = ray_head.env()
     env["RAY_AUTH_MODE"] = "disabled"
-    result = subprocess.run([RAY_BIN, "job", "list", "--address", ray_head.address], env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
+    without = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    log = without.stdout + without.stderr
+    assert without.returncode != 0 and ("401" in log or "auth" in log.lower()), log[-2000:]
 
 
 def test_training_job_submitted_to_a_running_cluster(ray_head, tmp_path):
