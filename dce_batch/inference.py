@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import platform
 from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
@@ -40,7 +39,7 @@ import torch
 from .errors import ConfigError
 from .finishing import FinishConfig, finish_halo, finish_params, finish_tiles, params_copy
 from .model import RECEPTIVE_FIELD_RADIUS, DCENet, DCENetFast, apply_curves
-from .quantization import int8_available, quantize_curve_head
+from .quantization import int8_available, int8_refusal, quantize_curve_head
 from .settings import check_inference_settings
 from .weights import LoadedWeights
 
@@ -164,12 +163,8 @@ def resolve_precision(requested: str, device: torch.device, variant: str = "full
         return "bf16" if cpu_has_native_bf16() else "fp32"
     if requested == "fp16":
         raise ConfigError("fp16 needs a CUDA GPU; use --precision auto, fp32, bf16 or int8 on CPUs")
-    if requested == "int8" and not int8_available():
-        raise ConfigError(f"int8 needs an x86-64 CPU with oneDNN (this is {platform.machine()}); "
-                          "use --precision auto or fp32")
-    if requested == "int8" and variant != "full":
-        raise ConfigError("int8 quantizes DCE-Net (the full model); run the fast variant with --precision auto, "
-                          "fp32 or bf16")
+    if requested == "int8" and int8_refusal(variant):
+        raise ConfigError(int8_refusal(variant))
     if requested == "bf16" and not cpu_has_native_bf16():
         raise ConfigError(
             f"bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}, no native bf16) is emulated and "

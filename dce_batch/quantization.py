@@ -48,7 +48,8 @@ from torch.nn import functional as F
 
 from .errors import ConfigError
 
-__all__ = ["INT8_ENGINE", "QuantizedCurveHead", "calibration_crops", "int8_available", "quantize_curve_head"]
+__all__ = ["INT8_ENGINE", "QuantizedCurveHead", "calibration_crops", "int8_available", "int8_refusal",
+           "quantize_curve_head"]
 
 #: torch's quantized engine for int8 convolutions (oneDNN: honours the CPU's ISA, x86 only).
 INT8_ENGINE = "onednn"
@@ -61,6 +62,17 @@ def int8_available() -> bool:
     """Whether this torch build and CPU can run the int8 network (x86-64 with oneDNN)."""
     return (platform.machine().lower() in ("x86_64", "amd64")
             and INT8_ENGINE in torch.backends.quantized.supported_engines)
+
+
+def int8_refusal(variant: str) -> str | None:
+    """Why a model of ``variant`` cannot run in int8 here, as a message naming what to use
+    instead; None when it can."""
+    if not int8_available():
+        return (f"int8 needs an x86-64 CPU and a torch build with oneDNN (this is {platform.machine()}; "
+                f"engines {torch.backends.quantized.supported_engines}); use --precision auto or fp32")
+    if variant != "full":
+        return "int8 quantizes DCE-Net (the full model); run the fast variant with --precision auto, fp32 or bf16"
+    return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -89,18 +101,20 @@ _ACTIVATION_LEVELS = 127  # 7-bit activations (reduce_range): see the module doc
 _CONVS = tuple(f"e_conv{i}" for i in range(1, 8))
 
 
-def _quantized_conv(conv: nn.Conv2d, relu: bool, scale: float, zero_point: int,
-                    bias_shift: torch.Tensor | None = None) -> nn.Module:
-    """``conv`` (3x3, padding 1) with per-channel symmetric int8 weights and the given output
-    qparams (``bias_shift`` is added to its bias)."""
+def _quantized_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """``conv``'s weights, per-channel symmetric int8."""
     weight = conv.weight.detach().float()
     weight_scales = (weight.abs().amax(dim=(1, 2, 3)) / 127.5).clamp_min(1e-12).double()
-    qweight = torch.quantize_per_channel(weight, weight_scales, torch.zeros_like(weight_scales, dtype=torch.long),
-                                         axis=0, dtype=torch.qint8)
+    return torch.quantize_per_channel(weight, weight_scales, torch.zeros_like(weight_scales, dtype=torch.long),
+                                      axis=0, dtype=torch.qint8)
+
+
+def _quantized_conv(conv: nn.Conv2d, qweight: torch.Tensor, bias: torch.Tensor, relu: bool, scale: float,
+                    zero_point: int) -> nn.Module:
+    """``conv`` (3x3, padding 1) with int8 weights ``qweight``, float ``bias`` and the given output qparams."""
     kind = nniq.ConvReLU2d if relu else nnq.Conv2d
     module = kind(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
-    bias = torch.zeros(conv.out_channels) if conv.bias is None else conv.bias.detach().float()
-    module.set_weight_bias(qweight, bias if bias_shift is None else bias + bias_shift)
+    module.set_weight_bias(qweight, bias)
     module.scale, module.zero_point = float(scale), int(zero_point)
     return module
 
@@ -117,9 +131,15 @@ class QuantizedCurveHead(nn.Module):
     ReLU is fused into e_conv1..6; each skip concatenation is requantized to the larger range of
     its two inputs; e_conv7's output is dequantized and ``tanh`` runs in float32. Build it with
     :func:`quantize_curve_head`.
+
+    Each convolution is built once, layer by layer on the calibration ``crops``, with bias
+    correction (Nagel et al. 2019): its bias absorbs the mean error that its quantized input and
+    weights add to its output. The ReLUs clip rounding noise below zero, so uncorrected errors
+    have a nonzero mean, and the 8 curve iterations add up what reaches the curve maps.
+    ``pre_activations``: the float model's convolution outputs on ``crops``.
     """
 
-    def __init__(self, model: nn.Module, pre_activations: dict[str, torch.Tensor]) -> None:
+    def __init__(self, model: nn.Module, crops: torch.Tensor, pre_activations: dict[str, torch.Tensor]) -> None:
         super().__init__()
         # The largest ReLU output of e_conv1..6 and the largest |output| of e_conv7 (min/max
         # observers over the calibration crops).
@@ -129,9 +149,20 @@ class QuantizedCurveHead(nn.Module):
         # it: all 8 bits, symmetric around zero.
         self.qparams = {**{name: (max(peaks[name], 1e-6) / _ACTIVATION_LEVELS, 0) for name in _CONVS[:6]},
                         "e_conv7": (2 * max(peaks["e_conv7"], 1e-6) / 255, 128)}
-        for name in _CONVS:
-            setattr(self, name, _quantized_conv(getattr(model, name), name != "e_conv7", *self.qparams[name]))
         self.input_scale = 1.0 / _ACTIVATION_LEVELS  # images are in [0, 1]
+        image = torch.quantize_per_tensor(crops.float(), self.input_scale, 0, torch.quint8)
+        outputs: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for name in _CONVS:
+                conv = getattr(model, name)
+                quantized_input = self._input_of(name, outputs, image)
+                qweight = _quantized_weight(conv)
+                bias = torch.zeros(conv.out_channels) if conv.bias is None else conv.bias.detach().float()
+                estimate = F.conv2d(quantized_input.dequantize(), qweight.dequantize(), bias, padding=1)
+                bias = bias - (estimate - pre_activations[name]).mean(dim=(0, 2, 3))
+                module = _quantized_conv(conv, qweight, bias, name != "e_conv7", *self.qparams[name])
+                setattr(self, name, module)
+                outputs[name] = module(quantized_input)
 
     def _input_of(self, name: str, outputs: dict[str, torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         sources = _SOURCES[name]
@@ -141,25 +172,6 @@ class QuantizedCurveHead(nn.Module):
             return outputs[sources[0]]
         scale = max(self.qparams[source][0] for source in sources)
         return torch.ops.quantized.cat([outputs[s] for s in sources], dim=1, scale=scale, zero_point=0)
-
-    def correct_biases(self, model: nn.Module, crops: torch.Tensor, reference: dict[str, torch.Tensor]) -> None:
-        """Bias correction (Nagel et al. 2019), layer by layer on ``crops``: each convolution's
-        bias absorbs the mean error its quantized input and weights add to its output. The ReLUs
-        clip rounding noise below zero, so uncorrected errors have a nonzero mean, and the 8
-        curve iterations add up what reaches the curve maps. ``reference``: the float model's
-        pre-activations on ``crops``."""
-        image = torch.quantize_per_tensor(crops.float(), self.input_scale, 0, torch.quint8)
-        outputs: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
-            for name in _CONVS:
-                quantized_input = self._input_of(name, outputs, image)
-                conv = getattr(model, name)
-                module = getattr(self, name)
-                estimate = F.conv2d(quantized_input.dequantize(), module.weight().dequantize(), conv.bias, padding=1)
-                shift = (estimate - reference[name]).mean(dim=(0, 2, 3))
-                module = _quantized_conv(conv, name != "e_conv7", *self.qparams[name], bias_shift=-shift)
-                setattr(self, name, module)
-                outputs[name] = module(quantized_input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         image = torch.quantize_per_tensor(x.float(), self.input_scale, 0, torch.quint8)
@@ -189,18 +201,13 @@ def quantize_curve_head(model: nn.Module) -> nn.Module:
     ``model`` (a float32 :class:`~dce_batch.model.DCENet`) is not modified. Raises ConfigError
     where int8 cannot run.
     """
-    if not int8_available():
-        raise ConfigError(f"int8 needs an x86-64 CPU and a torch build with oneDNN "
-                          f"(this is {platform.machine()}; engines {torch.backends.quantized.supported_engines}); "
-                          "use --precision auto or fp32")
-    if getattr(model, "variant", None) != "full":
-        raise ConfigError("int8 quantizes DCE-Net (the full model); the fast variant runs in fp32 or bf16")
+    refusal = int8_refusal(getattr(model, "variant", ""))
+    if refusal:
+        raise ConfigError(refusal)
     torch.backends.quantized.engine = INT8_ENGINE
     reference = copy.deepcopy(model).float().eval().to(memory_format=torch.contiguous_format)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's notes about migrating to torchao
         crops = calibration_crops()
         pre_activations = _pre_activations(reference, crops)
-        head = QuantizedCurveHead(reference, pre_activations)
-        head.correct_biases(reference, crops, pre_activations)
-        return head.eval()
+        return QuantizedCurveHead(reference, crops, pre_activations).eval()

@@ -18,7 +18,7 @@ def check_inference_settings(*, strength: float, precision: str, scale: float, t
     if not 0.0 <= strength <= 1.0:
         raise ConfigError(f"strength must be in [0, 1] (0 = unchanged, 1 = full model), got {strength}")
     if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be auto, fp32, bf16, fp16 or int8, got {precision!r}")
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if scale < 1:
         raise ConfigError(f"scale must be >= 1, got {scale}")
     if tile_size is not None and tile_size < 16:
