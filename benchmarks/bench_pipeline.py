@@ -14,7 +14,9 @@ imports, model load, Ray start, work, shutdown), in rotating order over several 
 * **job, network alone**: the job with ``--denoise off --exposure off``: what the default finishing
   (denoise + exposure) costs the whole job (the quality issue allows 30 %);
 * **job, --precision fp32** (and **bf16** where the CPU has it natively): what the default
-  precision (int8 on x86 CPUs) gains over the earlier defaults.
+  precision (int8 on x86 CPUs) gains over the earlier defaults;
+* **job, --scale 1** (with and without finishing): Zero-DCE's curves estimated at full
+  resolution, the default before curves came from a 4x smaller copy.
 
 Part 1 prints the median wall time of each on the image set and the ratios the throughput issue
 asks for; it also prints how far the job's default precision is from fp32 (in 8-bit steps).
@@ -111,6 +113,8 @@ def run_command(kind: str, source: Path, target: Path, ray_tmp: str) -> dict:
             command += ["--denoise", "off", "--exposure", "off"]
         if kind in ("job_fp32", "job_bf16"):
             command += ["--precision", kind[4:]]
+        if kind.startswith("job_scale1"):
+            command += ["--scale", "1"] + (["--denoise", "off", "--exposure", "off"] if kind.endswith("no_finish") else [])
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=3600)
     seconds = time.perf_counter() - started
@@ -182,7 +186,7 @@ def main() -> int:
         print(precision_check(source))
         from dce_batch.inference import cpu_has_native_bf16
 
-        kinds = ["authors", "bare", "job", "job_ray", "job_no_finish", "job_fp32"]
+        kinds = ["authors", "bare", "job", "job_ray", "job_no_finish", "job_scale1", "job_scale1_no_finish", "job_fp32"]
         if cpu_has_native_bf16():
             kinds.append("job_bf16")
         results: dict[str, list[dict]] = {k: [] for k in kinds}
@@ -197,6 +201,8 @@ def main() -> int:
                                 ("job", f"the job, defaults ({results['job'][0]['engine']} engine)"),
                                 ("job_ray", "the job, --engine ray (a local Ray)"),
                                 ("job_no_finish", "the job, network alone (--denoise off --exposure off)"),
+                                ("job_scale1", "the job, --scale 1 (curves at full resolution)"),
+                                ("job_scale1_no_finish", "the job, --scale 1, network alone"),
                                 ("job_fp32", "the job, --precision fp32"),
                                 ("job_bf16", "the job, --precision bf16 (native here)"))
                 if k in results]
@@ -214,6 +220,9 @@ def main() -> int:
         print(f"the default finishing costs the job {1 - walls['job_no_finish'] / walls['job']:.1%} of its throughput "
               f"(images/s {images / walls['job']:.2f} against {images / walls['job_no_finish']:.2f} for the network "
               f"alone; the quality issue allows 30 %)")
+        print(f"the default against the network alone at full resolution (--scale 1, no finishing, the job "
+              f"before finishing and the 4x smaller copy): {walls['job_scale1_no_finish'] / walls['job']:.2f}x the images/s; "
+              f"--scale 1 with finishing: {walls['job_scale1'] / walls['job']:.2f}x")
         if args.sizes:
             rows = []
             for count in [int(n) for n in args.sizes.split(",")]:

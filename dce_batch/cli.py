@@ -89,8 +89,9 @@ def enhance_parser() -> argparse.ArgumentParser:
                    help="shipped model name, a .safetensors file, or a published .pth checkpoint (local or s3://)")
     g.add_argument("--model-variant", choices=["full", "fast"],
                    help="full = Zero-DCE (default), fast = Zero-DCE++; picks the shipped weights of that variant")
-    g.add_argument("--scale", type=float, default=12.0,
-                   help="fast variant: estimate curves on an image downscaled by this factor (default 12)")
+    g.add_argument("--scale", type=float, default=None,
+                   help="estimate the curves on a copy downscaled by this factor, 1 = full resolution "
+                        "(default: 4 for Zero-DCE, with guided upsampling; 12 for the fast variant)")
     g.add_argument("--strength", type=float, default=1.0, help="0 = unchanged ... 1 = full enhancement (default 1)")
     g.add_argument("--denoise", choices=["auto", "off"], default="auto",
                    help="noise-aware denoising of what the curves lifted (default auto: strength follows the "

@@ -132,7 +132,7 @@ class EvalConfiguration:
     finish: FinishConfig | None = field(default_factory=FinishConfig)
     folder: Path | None = None
     identity: bool = False
-    scale: float = 12.0
+    scale: float | None = None  # None: the variant's default
     precision: str = "auto"
 
     def describe(self) -> dict[str, Any]:
@@ -144,7 +144,7 @@ class EvalConfiguration:
             out["folder"] = str(self.folder)
         else:
             out.update(kind="enhance", weights=self.weights or "default", strength=self.strength,
-                       precision=self.precision, finish=asdict(self.finish) if self.finish else "off")
+                       scale=self.scale if self.scale is not None else "default", precision=self.precision, finish=asdict(self.finish) if self.finish else "off")
         return out
 
 
@@ -204,7 +204,7 @@ def parse_configuration(spec: str) -> EvalConfiguration:
         raise ConfigError(f"configuration {spec!r}: precision must be one of {', '.join(PRECISIONS)}")
     return EvalConfiguration(
         label=label, weights=values.get("weights"), strength=_number(values.get("strength", "1"), spec),
-        finish=finish, scale=_number(values.get("scale", "12"), spec), precision=precision,
+        finish=finish, scale=_number(values["scale"], spec) if "scale" in values else None, precision=precision,
     )
 
 
@@ -322,9 +322,8 @@ class _Runner:
                 from .weights import load_weights
 
                 weights = load_weights(config.weights)
-                scale = config.scale if weights.meta.variant == "fast" else 1.0
                 enhancers[self.key] = Enhancer(weights, InferenceConfig(strength=config.strength, device=device,
-                                                                        scale=scale, precision=config.precision))
+                                                                        scale=config.scale, precision=config.precision))
             self.enhancer = enhancers[self.key]
         self._outputs = {p.stem: p for p in _list_images(config.folder)} if config.folder else {}
 

@@ -31,6 +31,7 @@ import math
 
 import torch
 
+from .filters import LUMA_WEIGHTS, box_mean, luma
 from .settings import DEFAULT_EXPOSURE_TARGET, FINISH_METHOD, ExposureSetting, FinishConfig, parse_exposure
 
 __all__ = [
@@ -58,7 +59,6 @@ _BLACK_LEVEL, _BLACK_REGION_RADIUS = 2.5 / 255.0, 4  # "black region": 9 x 9 mea
 _NIGHT_BLACK_FULL, _NIGHT_BLACK_END = 0.12, 0.35   # black fraction of the frame: full .. none
 _SHADOW_GAIN = 2.0                                 # exposure never multiplies a value by more
 
-_LUMA = (0.2126, 0.7152, 0.0722)  # BT.709
 _CB_SCALE, _CR_SCALE = 1.8556, 1.5748  # Cb = (B - Y) / 1.8556, Cr = (R - Y) / 1.5748
 
 
@@ -98,17 +98,12 @@ def params_copy(image: torch.Tensor, max_pixels: int = 262_144, patch: int = 128
 
 
 # --------------------------------------------------------------------------------------------
-# Colour and box means
-
-
-def _luma(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    return _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b
+# Colour
 
 
 def _to_ycbcr(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """N x 3 x H x W RGB -> (Y: N x 1, CbCr: N x 2)."""
-    y = _luma(x)
+    y = luma(x)
     cbcr = torch.cat(((x[:, 2:3] - y) / _CB_SCALE, (x[:, 0:1] - y) / _CR_SCALE), dim=1)
     return y, cbcr
 
@@ -116,50 +111,8 @@ def _to_ycbcr(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _to_rgb(y: torch.Tensor, cbcr: torch.Tensor) -> torch.Tensor:
     b = y + _CB_SCALE * cbcr[:, 0:1]
     r = y + _CR_SCALE * cbcr[:, 1:2]
-    g = (y - _LUMA[0] * r - _LUMA[2] * b) / _LUMA[1]
+    g = (y - LUMA_WEIGHTS[0] * r - LUMA_WEIGHTS[2] * b) / LUMA_WEIGHTS[1]
     return torch.cat((r, g, b), dim=1)
-
-
-def _window_sums(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
-    """Sums over ``[i - radius, i + radius]`` along ``dim`` (-1 or -2), clipped to the valid range.
-
-    One prefix sum ``C``, then window i is ``C[min(i + r, n - 1)] - C[i - r - 1]`` (the second
-    term only where ``i > r``): the cost does not depend on the radius, and the two steps run
-    in place on one buffer (this is most of the finishing's time).
-    """
-    n = x.shape[dim]
-    running = x.cumsum(dim)
-    out = torch.empty_like(running)
-    inside = n - radius  # windows whose right end lies inside the range
-    if inside > 0:
-        out.narrow(dim, 0, inside).copy_(running.narrow(dim, radius, inside))
-        tail = out.narrow(dim, inside, n - inside)
-        tail.copy_(running.narrow(dim, n - 1, 1).expand_as(tail))
-        if inside > 1:
-            out.narrow(dim, radius + 1, inside - 1).sub_(running.narrow(dim, 0, inside - 1))
-    else:
-        out.copy_(running.narrow(dim, n - 1, 1).expand_as(out))
-    return out
-
-
-def _window_counts(n: int, radius: int, device: torch.device) -> torch.Tensor:
-    index = torch.arange(n, device=device)
-    return ((index + radius + 1).clamp(max=n) - (index - radius).clamp(min=0)).to(torch.float32)
-
-
-def _box(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean over the (2r+1)^2 window around each pixel, clipped at the borders.
-
-    Clipped windows average only the pixels that exist, so a tile whose edge is the image's
-    edge sees the same windows as the full frame, and one with ``radius`` pixels of real
-    context gives the full frame's values.
-    """
-    if radius == 0:
-        return x
-    height, width = x.shape[-2:]
-    sums = _window_sums(_window_sums(x, radius, -2), radius, -1)
-    counts = _window_counts(height, radius, x.device).view(-1, 1) * _window_counts(width, radius, x.device)
-    return sums.mul_(counts.reciprocal_())
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,9 +139,9 @@ def _noise_sigmas(ycc: torch.Tensor, luma: torch.Tensor) -> torch.Tensor:
     r = _NOISE_WINDOW_RADIUS
     ycc = params_copy(ycc, max_pixels=4 * _MAX_STAT_SAMPLES, patch=64)
     luma = params_copy(luma, max_pixels=4 * _MAX_STAT_SAMPLES, patch=64)
-    detail = ycc - _box(ycc, r)  # a box mean keeps gradients: what is left is noise and edges
-    std = _box(detail * detail, r).sqrt_().flatten(2)
-    valid = (_box(luma, r) > 1.5 / 255.0).flatten(1)
+    detail = ycc - box_mean(ycc, r)  # a box mean keeps gradients: what is left is noise and edges
+    std = box_mean(detail * detail, r).sqrt_().flatten(2)
+    valid = (box_mean(luma, r) > 1.5 / 255.0).flatten(1)
     step = max(1, valid.shape[1] // _MAX_STAT_SAMPLES)
     std, valid = std[:, :, ::step], valid[:, ::step]
     out = torch.zeros(ycc.shape[:2], device=ycc.device)
@@ -244,9 +197,9 @@ def _exposure_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, targ
     * Inputs that are not dark (mean luma from 0.2 up to 0.35) get less and less correction,
       so a well-exposed photo keeps its tone whatever the curves did.
     """
-    luma_in = _luma(low_small)
-    signal = (_box(luma_in, _BLACK_REGION_RADIUS) >= _BLACK_LEVEL).float()
-    exponent = _exposure_exponent(_luma(enhanced_small), signal, target, max_boost)
+    luma_in = luma(low_small)
+    signal = (box_mean(luma_in, _BLACK_REGION_RADIUS) >= _BLACK_LEVEL).float()
+    exponent = _exposure_exponent(luma(enhanced_small), signal, target, max_boost)
     black = 1.0 - signal.mean(dim=(1, 2, 3))
     night = ((_NIGHT_BLACK_END - black) / (_NIGHT_BLACK_END - _NIGHT_BLACK_FULL)).clamp(0.0, 1.0)
     dark = ((_DARK_INPUT_END - luma_in.mean(dim=(1, 2, 3))) / (_DARK_INPUT_END - _DARK_INPUT_FULL)).clamp(0.0, 1.0)
@@ -324,7 +277,7 @@ def _denoise(low: torch.Tensor, out: torch.Tensor, params: torch.Tensor, config:
     two_pass = config.chroma_refine_radius > 0
     y, cbcr = _to_ycbcr(out)
     squares = y * y if two_pass else torch.cat((y, cbcr), dim=1).square_()
-    stats = _box(torch.cat((_luma(low), y, cbcr, squares), dim=1), r)
+    stats = box_mean(torch.cat((luma(low), y, cbcr, squares), dim=1), r)
     mean_low, mean_y, mean_c = stats[:, 0:1], stats[:, 1:2], stats[:, 2:4]
     # Local gain of the whole chain (curves and exposure): how much the input's noise grew here.
     gain = (mean_y / mean_low.clamp_min(2.0 / 255.0)).clamp_(1.0, 30.0)
@@ -350,7 +303,7 @@ def _lee(x: torch.Tensor, mean: torch.Tensor, mean_sq: torch.Tensor, noise_var: 
     ``mean_sq`` (box means of radius ``radius``)."""
     var = (mean_sq - mean * mean).clamp_min_(0.0)
     a = (var - noise_var).clamp_min_(0.0) / (var + 1e-12)
-    coeffs = _box(torch.cat((a, mean - a * mean), dim=1), radius)
+    coeffs = box_mean(torch.cat((a, mean - a * mean), dim=1), radius)
     channels = x.shape[1]
     return coeffs[:, :channels] * x + coeffs[:, channels:]
 
@@ -365,11 +318,11 @@ def _empirical_wiener(noisy: torch.Tensor, pilot: torch.Tensor, noise_var: torch
     mean from the pilot too (not from ``noisy``) measured the same and saves two box means.
     """
     channels = noisy.shape[1]
-    stats = _box(torch.cat((pilot, pilot * pilot), dim=1), radius)
+    stats = box_mean(torch.cat((pilot, pilot * pilot), dim=1), radius)
     mean, mean_sq = stats.split(channels, dim=1)
     signal_var = (mean_sq - mean * mean).clamp_min_(0.0)
     a = signal_var / (signal_var + noise_var + 1e-12)
-    coeffs = _box(torch.cat((a, mean - a * mean), dim=1), radius)
+    coeffs = box_mean(torch.cat((a, mean - a * mean), dim=1), radius)
     return coeffs[:, :channels] * noisy + coeffs[:, channels:]
 
 

@@ -5,7 +5,7 @@ of the same size and dtype. Integer images stay integers end to end: each window
 float on the device and the result is rounded back per window, so memory holds the image twice in
 its own depth (not as float32) and a GPU receives uint8, a quarter of the bytes.
 
-Tiling is exact. DCE-Net (and the fast variant at scale 1) sees at most
+Tiling is exact. At scale 1, DCE-Net (and the fast variant) sees at most
 :data:`RECEPTIVE_FIELD_RADIUS` = 7 pixels around each output pixel, so the image is cut into
 windows of one fixed size (``tile_size`` + 2 x 7 on each side) that always lie inside the image:
 the last window of a row or column is shifted back to end at the image border instead of being cut
@@ -15,8 +15,11 @@ window's *core*. The cores cover the image, so the result equals full-frame infe
 rounding of differently shaped convolutions), and, because every window of a large image has the
 same shape, windows of different images share one batch on a GPU.
 
-The fast variant at scale > 1 estimates its 3 curve maps on a downscaled copy of the whole image
-(small), then upsamples and applies them in horizontal strips.
+At scale > 1 (DCE-Net's default is 4) the curve maps are estimated on a downscaled copy of the
+whole image (small, itself tiled like above when large), then what the model upsamples (the fast
+variant's 3 maps, DCE-Net's guided-filter coefficients) is computed in bands of rows and applied
+in horizontal strips: the result is the same whatever the bands and strips, and no
+full-resolution map of the whole image is held.
 
 Precision: ``auto`` picks int8 for DCE-Net on x86 CPUs (:mod:`dce_batch.quantization`: the fastest
 there with or without native bf16, within 3 8-bit steps of fp32), bf16 on CUDA GPUs that have it
@@ -40,7 +43,7 @@ from .errors import ConfigError
 from .finishing import FinishConfig, finish_halo, finish_params, finish_tiles, params_copy
 from .model import RECEPTIVE_FIELD_RADIUS, DCENet, DCENetFast, apply_curves
 from .quantization import int8_available, int8_refusal, quantize_curve_head
-from .settings import check_inference_settings
+from .settings import check_inference_settings, resolve_scale
 from .weights import LoadedWeights
 
 __all__ = [
@@ -61,6 +64,12 @@ Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
 _INTEGER_MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
+#: Pixels per strip where curves estimated on a downscaled copy are applied to the full image.
+_STRIP_PIXELS = 16_384
+#: Pixels of the small copy whose upsampling source is computed at once: bounds its memory (DCE-Net:
+#: 192 bytes each, 25 MB) while a photo of a few megapixels still takes one band.
+_SOURCE_BAND_PIXELS = 131_072
+
 #: Activation memory of DCE-Net per pixel of a forward pass, float32 (measured: 1164 B/px at
 #: 6 MP full-frame, benchmarks/bench_tiling_memory.py); half precision needs about half.
 NETWORK_BYTES_PER_PIXEL_FP32 = 1200
@@ -77,7 +86,9 @@ class InferenceConfig:
             ``fp32``, ``bf16`` (CUDA, or CPUs with native bf16), ``fp16`` (CUDA only), ``int8``
             (x86 CPUs, DCE-Net only: :mod:`dce_batch.quantization`).
         device: ``auto`` (CUDA if present), ``cpu``, ``cuda`` or ``cuda:N``.
-        scale: downscale factor of the fast variant's curve estimation (ignored by DCE-Net).
+        scale: the curves are estimated on a copy downscaled by this factor (1: at full
+            resolution); ``None`` takes the variant's default (:data:`DEFAULT_SCALES`: 4 for
+            DCE-Net, with guided upsampling; 12 for the fast variant).
         tile_size: side of a window's core when tiling; ``None`` picks per device (below).
         max_full_frame_pixels: images up to this many pixels run as one window; larger ones are
             tiled. ``None`` picks per device.
@@ -94,7 +105,7 @@ class InferenceConfig:
     strength: float = 1.0
     precision: Precision = "auto"
     device: str = "auto"
-    scale: float = 1.0
+    scale: float | None = None
     tile_size: int | None = None
     max_full_frame_pixels: int | None = None
     batch_pixels: int | None = None
@@ -113,7 +124,8 @@ class InferenceConfig:
         budget = self.max_full_frame_pixels or (2_097_152 if cuda else 2 * tile * tile)
         batch = self.batch_pixels or (8_388_608 if cuda else 1)
         return replace(self, tile_size=tile, max_full_frame_pixels=budget, batch_pixels=batch,
-                       precision=resolve_precision(self.precision, device, variant))
+                       precision=resolve_precision(self.precision, device, variant),
+                       scale=resolve_scale(variant, self.scale))
 
 
 @dataclass(frozen=True)
@@ -287,7 +299,7 @@ class Enhancer:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.weights = weights
-        self.model: DCENet | DCENetFast = weights.build(scale=config.scale if weights.meta.variant == "fast" else 1.0)
+        self.model: DCENet | DCENetFast = weights.build(scale=config.scale)
         self.network_dtype = _DTYPES[config.precision]
         # Channels-last: the images arrive as H x W x 3 (so the layout is free) and oneDNN's
         # convolutions are faster on it (benchmarks/bench_throughput.py).
@@ -299,6 +311,12 @@ class Enhancer:
     @property
     def variant(self) -> str:
         return self.model.variant
+
+    @property
+    def _strip_pixels(self) -> int:
+        """Pixels per strip of the downscaled path (see :meth:`_enhance_downscaled`)."""
+        budget = self.config.max_full_frame_pixels
+        return min(budget, _STRIP_PIXELS) if self.device.type == "cpu" else budget
 
     @property
     def precision(self) -> str:
@@ -331,7 +349,7 @@ class Enhancer:
         # finishing windows read their neighbours' context, so it cannot work in place.
         stages = outputs if finish is None else [
             np.empty(p.shape, np.float32 if p.dtype == np.float32 else np.uint16) for p in images]
-        if isinstance(self.model, DCENetFast) and self.model.scale != 1.0:
+        if self.model.scale != 1.0:
             tiled = [self._enhance_downscaled(pixels, stage) for pixels, stage in zip(images, stages)]
         else:
             tiled = self._over_windows(images, self.halo, lambda members: self._run_windows(images, stages, members))
@@ -409,33 +427,83 @@ class Enhancer:
                 enhanced[0].permute(1, 2, 0), outputs[index].dtype)
 
     def _enhance_downscaled(self, pixels: np.ndarray, out: np.ndarray) -> bool:
-        """Fast variant, scale > 1: curves from a small copy, applied to the full image in strips."""
+        """Curves from a small copy, applied to the full image in strips (scale > 1).
+
+        What is upsampled is the model's ``upsampling_source`` (the fast variant's maps, or
+        DCE-Net's guided-filter coefficients: 48 channels, 12 bytes per full-resolution pixel at
+        scale 4). It is computed band by band of the small copy's rows (with the model's
+        ``upsampling_halo`` of context, so each band is exact), and each band is upsampled strip
+        by strip for the full-resolution rows it serves: neither the whole source nor any
+        full-resolution map of the whole image is ever held.
+        """
         model = self.model
-        assert isinstance(model, DCENetFast)
         height, width = pixels.shape[:2]
         image = torch.from_numpy(pixels)  # H x W x 3 on the CPU; moved strip by strip
-        small = self._downscaled(image, model.downscaled_size(height, width))
-        curves = self._curves_of_small(small)  # 1 x 3 x h x w
-        tiled = height * width > self.config.max_full_frame_pixels
-        strip = max(1, self.config.max_full_frame_pixels // max(width, 1)) if tiled else height
-        for r0 in range(0, height, strip):
-            r1 = min(height, r0 + strip)
-            maps = _upsample_rows_align_corners(curves, r0, r1, height, width)
-            x = _to_unit_float(image[r0:r1].to(self.device), pixels.dtype).permute(2, 0, 1).unsqueeze(0)
-            out[r0:r1] = _from_unit_float(apply_curves(x, maps)[0].permute(1, 2, 0), out.dtype)
-        return tiled
+        size = model.downscaled_size(height, width)
+        small = self._area_downscaled(image, pixels.dtype, size) if isinstance(model, DCENet) else \
+            self._downscaled(image, size)
+        curves = self._curves_of_small(small)
+        h, halo = small.shape[-2], model.upsampling_halo
+        band = max(1, _SOURCE_BAND_PIXELS // small.shape[-1])
+        # Full-resolution row y interpolates small rows lo(y) and lo(y) + 1 (align_corners=True).
+        lo = _source_rows(0, height, h, height)
+        # Rows are independent, so any strip height gives the same pixels: on CPUs strips of about
+        # _STRIP_PIXELS keep the upsampled maps in cache (measured: 2x faster than 200 rows); a
+        # GPU takes its full-frame budget per strip (fewer kernel launches).
+        strip = max(1, self._strip_pixels // max(width, 1))
+        for b0 in range(0, h, band):
+            b1 = min(h - 1, b0 + band)  # source rows b0..b1: the next band starts at b1
+            t0, t1 = max(0, b0 - halo), min(h, b1 + 1 + halo)
+            source = model.upsampling_source(small[..., t0:t1, :], curves[..., t0:t1, :])
+            source = source[..., b0 - t0 : b1 + 1 - t0, :].contiguous(memory_format=torch.channels_last)
+            last = b0 + band >= h
+            y0 = int(torch.searchsorted(lo, b0))
+            y1 = height if last else int(torch.searchsorted(lo, b0 + band))
+            for r0 in range(y0, y1, strip):
+                r1 = min(y1, r0 + strip)
+                x = _to_unit_float(image[r0:r1].to(self.device), pixels.dtype).permute(2, 0, 1).unsqueeze(0)
+                maps = _upsample_rows_align_corners(source, r0, r1, height, width, h, row_offset=b0)
+                out[r0:r1] = _from_unit_float(model.apply_upsampled(maps, x)[0].permute(1, 2, 0), out.dtype)
+        return height * width > self.config.max_full_frame_pixels
 
     def _downscaled(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Bilinear downscale of the whole image (as the authors' F.interpolate), float32 1 x 3 x h x w."""
         full = _to_unit_float(image.to(self.device), image.numpy().dtype).permute(2, 0, 1).unsqueeze(0)
         return torch.nn.functional.interpolate(full.contiguous(), size=size, mode="bilinear", align_corners=False)
 
+    def _area_downscaled(self, image: torch.Tensor, dtype: np.dtype, size: tuple[int, int]) -> torch.Tensor:
+        """``adaptive_avg_pool2d`` of the H x W x 3 image to ``size`` (DCENet.downscale), float32
+        1 x 3 x h x w, computed over strips of rows so that no full-resolution float copy exists
+        (a 24 MP photo would need 288 MB for one).
+
+        Output row i averages input rows ``[floor(i H / h), ceil((i + 1) H / h))`` (PyTorch's
+        adaptive windows): the columns of a strip are pooled by ``adaptive_avg_pool2d`` itself
+        (rows kept), the rows by differences of a running sum within the strip.
+        """
+        height, width = image.shape[:2]
+        h, w = size
+        index = torch.arange(h + 1)
+        starts = (index[:-1] * height) // h
+        ends = -((-(index[:-1] + 1) * height) // h)  # ceil
+        out = torch.empty((1, 3, h, w), dtype=torch.float32, device=self.device)
+        rows_per_strip = max(1, (4 * self._strip_pixels * h) // max(1, height * width))
+        for i0 in range(0, h, rows_per_strip):
+            i1 = min(h, i0 + rows_per_strip)
+            r0, r1 = int(starts[i0]), int(ends[i1 - 1])
+            strip = _to_unit_float(image[r0:r1].to(self.device), dtype).permute(2, 0, 1).unsqueeze(0)
+            columns = torch.nn.functional.adaptive_avg_pool2d(strip, (r1 - r0, w))
+            running = torch.nn.functional.pad(columns.cumsum(2), (0, 0, 1, 0))
+            lo, hi = (starts[i0:i1] - r0).to(self.device), (ends[i0:i1] - r0).to(self.device)
+            counts = (hi - lo).to(torch.float32).view(1, 1, -1, 1)
+            out[:, :, i0:i1] = (running[:, :, hi] - running[:, :, lo]) / counts
+        return out
+
     def _curves_of_small(self, small: torch.Tensor) -> torch.Tensor:
         """Curve maps of the downscaled image, itself tiled exactly if it is large."""
         _, _, h, w = small.shape
         if h * w <= self.config.max_full_frame_pixels:
             return self._curves(small)
-        curves = torch.empty((1, 3, h, w), dtype=torch.float32, device=small.device)
+        curves = torch.empty((1, self.model.curve_maps, h, w), dtype=torch.float32, device=small.device)
         for win in window_grid(h, w, self.config.tile_size, self.halo):
             c = self._curves(small[:, :, win.top : win.top + win.height, win.left : win.left + win.width])
             curves[:, :, win.core_top : win.core_bottom, win.core_left : win.core_right] = c[
@@ -465,20 +533,39 @@ def _from_unit_float(values: torch.Tensor, dtype: np.dtype) -> np.ndarray:
     return result if result.dtype == dtype else result.astype(dtype)
 
 
-def _upsample_rows_align_corners(curves: torch.Tensor, r0: int, r1: int, height: int, width: int) -> torch.Tensor:
-    """Rows ``r0:r1`` of ``F.interpolate(curves, (height, width), mode="bilinear", align_corners=True)``.
+def _source_positions(r0: int, r1: int, h: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For full-resolution rows ``r0:r1`` of ``height``: their positions among ``h`` source rows
+    under ``F.interpolate(..., align_corners=True)`` (PyTorch's index arithmetic), and the first
+    of the two source rows each one blends."""
+    scale = (h - 1) / (height - 1) if height > 1 else 0.0
+    position = torch.arange(r0, r1, dtype=torch.float32) * scale
+    return position, position.floor().long().clamp_(0, h - 1)
+
+
+def _source_rows(r0: int, r1: int, h: int, height: int) -> torch.Tensor:
+    return _source_positions(r0, r1, h, height)[1]
+
+
+def _upsample_rows_align_corners(curves: torch.Tensor, r0: int, r1: int, height: int, width: int,
+                                 rows_total: int | None = None, row_offset: int = 0) -> torch.Tensor:
+    """Rows ``r0:r1`` of ``F.interpolate(maps, (height, width), mode="bilinear", align_corners=True)``,
+    where ``curves`` holds rows ``row_offset ...`` of ``maps`` (``rows_total`` rows; default: all
+    of them are in ``curves``).
 
     Rows are interpolated here with PyTorch's index arithmetic, columns by ``F.interpolate``
     (whose row mapping is the identity when the row count is unchanged), so a strip never
     needs the full-resolution map.
     """
-    _, _, h, w = curves.shape
-    scale = (h - 1) / (height - 1) if height > 1 else 0.0
-    src = torch.arange(r0, r1, device=curves.device, dtype=torch.float32) * scale
-    lo = src.floor().long().clamp_(0, h - 1)
+    _, _, held, w = curves.shape
+    h = held if rows_total is None else rows_total
+    src, lo = _source_positions(r0, r1, h, height)
     hi = (lo + 1).clamp_(max=h - 1)
-    frac = (src - lo.float()).view(1, 1, -1, 1)
-    rows = curves[:, :, lo, :] * (1 - frac) + curves[:, :, hi, :] * frac
+    frac = (src - lo.float()).view(1, 1, -1, 1).to(curves.device)
+    lo, hi = (lo - row_offset).to(curves.device), (hi - row_offset).to(curves.device)
+    rows = torch.lerp(curves[:, :, lo, :], curves[:, :, hi, :], frac)
     if w == width:
         return rows
+    # Channels-last (free when ``curves`` is): the CPU kernel vectorises over the channels, 2x
+    # faster for DCE-Net's 48.
+    rows = rows.contiguous(memory_format=torch.channels_last)
     return torch.nn.functional.interpolate(rows, size=(r1 - r0, width), mode="bilinear", align_corners=True)

@@ -15,6 +15,15 @@ eight times. ``A`` in [-1, 1] keeps every iterate in [0, 1] and the curve monoto
   as in the authors' test script). 10,561 parameters. Any input size works: the downscaled size
   is rounded, not the input cropped.
 
+Both can estimate their curves on a copy downscaled by ``scale`` (an inference setting, not a
+weight). The fast variant samples that copy and upsamples its maps bilinearly, as its authors do.
+DCE-Net's copy is an area average (the noise of the pixels averaged too), and it upsamples its
+24 maps with the guided filter's joint upsampling, guided by the input's luma: the maps follow
+the image's edges instead of bleeding a glow around lamps and windows, and every pixel still
+goes through its own curve (so highlights keep their detail). Measured on simulated low-light
+pairs (``benchmarks/quality``), scale 4 scores higher than full resolution after finishing (the
+curves see less sensor noise and keep the scene's contrast), for 1/16 of the network's work.
+
 Both return :class:`CurveOutput` so that training (which needs the curve maps for the
 illumination-smoothness loss) and inference share one forward pass. ``strength`` in [0, 1]
 scales the curve maps: 0 is the identity, 1 the model as trained.
@@ -30,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .filters import guided_coefficients, luma
 
 __all__ = [
     "CURVE_ITERATIONS",
@@ -41,6 +51,7 @@ __all__ = [
     "apply_curves",
     "build_model",
     "count_parameters",
+    "downscaled_size",
     "init_weights",
 ]
 
@@ -50,6 +61,23 @@ CURVE_ITERATIONS = 8
 RECEPTIVE_FIELD_RADIUS = 7
 
 ModelVariant = Literal["full", "fast"]
+
+# DCE-Net's guided upsampling: windows of 3 x 3 pixels of the downscaled copy, and the luma
+# variance below which a window keeps its mean maps (luma in [0, 1]; measured on crops of lamps
+# against dark walls: at scale 4, 1e-4 leaves no glow; at scale 8, 1e-3 lets more back than 1e-4).
+GUIDED_RADIUS = 1
+GUIDED_EPS = 1e-4
+
+
+def downscaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """Size the curve maps are estimated at: ``round(size / scale)``, at least 1."""
+    return max(1, round(height / scale)), max(1, round(width / scale))
+
+
+def _check_scale(scale: float) -> float:
+    if scale < 1:
+        raise ConfigError(f"scale must be >= 1 (a downscale factor), got {scale}")
+    return float(scale)
 
 
 @dataclass
@@ -103,13 +131,21 @@ def _curve_head(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class DCENet(nn.Module):
-    """The Zero-DCE curve estimation network ("enhance_net_nopool" in the authors' code)."""
+    """The Zero-DCE curve estimation network ("enhance_net_nopool" in the authors' code).
+
+    ``scale`` is an inference setting, not a weight: 1 (the default, and the authors' test
+    script) estimates the curves at the input's resolution; above 1 they are estimated on a copy
+    downscaled by that factor (area averaging), and the maps are brought back to full
+    resolution by guided upsampling (see the module docstring).
+    """
 
     variant: ModelVariant = "full"
     curve_maps = 3 * CURVE_ITERATIONS
+    upsampling_halo = 2 * GUIDED_RADIUS  # rows of context upsampling_source needs (two box means)
 
-    def __init__(self, channels: int = 32) -> None:
+    def __init__(self, channels: int = 32, scale: float = 1.0) -> None:
         super().__init__()
+        self.scale = _check_scale(scale)
         c = channels
         # Parameter names match the authors' checkpoint (e_conv1..7) so it loads without mapping.
         self.e_conv1 = nn.Conv2d(3, c, 3, 1, 1)
@@ -120,18 +156,50 @@ class DCENet(nn.Module):
         self.e_conv6 = nn.Conv2d(2 * c, c, 3, 1, 1)
         self.e_conv7 = nn.Conv2d(2 * c, self.curve_maps, 3, 1, 1)
 
-    def estimate_curves(self, x: torch.Tensor) -> torch.Tensor:
-        """The 24 curve maps in [-1, 1] for an N x 3 x H x W input in [0, 1]."""
+    def downscaled_size(self, height: int, width: int) -> tuple[int, int]:
+        return downscaled_size(height, width, self.scale)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The 24 curve maps in [-1, 1] of an N x 3 x H x W input in [0, 1], at its resolution."""
         return _curve_head(self, x)
 
-    # The network at the resolution it is given (for DCE-Net, the same as estimate_curves).
-    head = estimate_curves
+    def downscale(self, x: torch.Tensor) -> torch.Tensor:
+        """The copy the curves are estimated on (``x`` itself at scale 1): area averaging
+        (``adaptive_avg_pool2d``), which averages the sensor noise too, and which the batch job
+        computes strip by strip without a full-resolution float copy (measured: the same scores
+        as antialiased bilinear)."""
+        if self.scale == 1.0:
+            return x
+        return F.adaptive_avg_pool2d(x, self.downscaled_size(x.shape[-2], x.shape[-1]))
+
+    def estimate_curves(self, x: torch.Tensor) -> torch.Tensor:
+        """The 24 curve maps at the downscaled resolution (N x 24 x h x w)."""
+        return _curve_head(self, self.downscale(x))
+
+    @staticmethod
+    def upsampling_source(small: torch.Tensor, curves: torch.Tensor) -> torch.Tensor:
+        """What is upsampled to full resolution: the guided filter's coefficients of the 24 maps
+        against the small copy's luma (N x 48 x h x w; see :meth:`apply_upsampled`)."""
+        return guided_coefficients(luma(small), curves, GUIDED_RADIUS, GUIDED_EPS)
+
+    @staticmethod
+    def apply_upsampled(upsampled: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The enhanced full-resolution image from upsampled coefficients: maps ``a * luma(x) +
+        b``, kept in the tanh's [-1, 1] (every curve stays monotonic and inside [0, 1])."""
+        maps = upsampled.shape[1] // 2
+        curves = torch.addcmul(upsampled[:, maps:], upsampled[:, :maps], luma(x)).clamp_(-1.0, 1.0)
+        return apply_curves(x, curves)
 
     def forward(self, x: torch.Tensor, strength: float = 1.0) -> CurveOutput:
-        curves = self.estimate_curves(x)
+        small = self.downscale(x)
+        curves = _curve_head(self, small)
         if strength != 1.0:
             curves = curves * strength
-        return CurveOutput(image=apply_curves(x, curves), curves=curves)
+        if self.scale == 1.0:
+            return CurveOutput(image=apply_curves(x, curves), curves=curves)
+        source = F.interpolate(self.upsampling_source(small, curves), size=x.shape[-2:], mode="bilinear",
+                               align_corners=True)
+        return CurveOutput(image=self.apply_upsampled(source, x), curves=curves)
 
 
 class _DepthwiseSeparableConv(nn.Module):
@@ -155,12 +223,11 @@ class DCENetFast(nn.Module):
 
     variant: ModelVariant = "fast"
     curve_maps = 3
+    upsampling_halo = 0
 
     def __init__(self, channels: int = 32, scale: float = 1.0) -> None:
         super().__init__()
-        if scale < 1:
-            raise ConfigError(f"scale must be >= 1 (a downscale factor), got {scale}")
-        self.scale = float(scale)
+        self.scale = _check_scale(scale)
         c = channels
         self.e_conv1 = _DepthwiseSeparableConv(3, c)
         self.e_conv2 = _DepthwiseSeparableConv(c, c)
@@ -171,8 +238,7 @@ class DCENetFast(nn.Module):
         self.e_conv7 = _DepthwiseSeparableConv(2 * c, self.curve_maps)
 
     def downscaled_size(self, height: int, width: int) -> tuple[int, int]:
-        """Size the curve maps are estimated at: ``round(size / scale)``, at least 1."""
-        return max(1, round(height / self.scale)), max(1, round(width / self.scale))
+        return downscaled_size(height, width, self.scale)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """The 3 curve maps of ``x`` at its own resolution (no downscaling)."""
@@ -193,6 +259,16 @@ class DCENetFast(nn.Module):
             return curves
         return F.interpolate(curves, size=size, mode="bilinear", align_corners=True)
 
+    @staticmethod
+    def upsampling_source(small: torch.Tensor, curves: torch.Tensor) -> torch.Tensor:
+        """What is upsampled to full resolution: the maps themselves."""
+        return curves
+
+    @staticmethod
+    def apply_upsampled(upsampled: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The enhanced full-resolution image from the upsampled maps."""
+        return apply_curves(x, upsampled)
+
     def forward(self, x: torch.Tensor, strength: float = 1.0) -> CurveOutput:
         curves = self.estimate_curves(x)
         if strength != 1.0:
@@ -202,11 +278,9 @@ class DCENetFast(nn.Module):
 
 
 def build_model(variant: ModelVariant = "full", *, scale: float = 1.0) -> DCENet | DCENetFast:
-    """A freshly initialised network of the given variant (``scale`` applies to ``fast`` only)."""
+    """A freshly initialised network of the given variant, estimating its curves at ``scale``."""
     if variant == "full":
-        if scale != 1.0:
-            raise ConfigError("--scale applies to the fast variant only (DCE-Net runs at full resolution)")
-        return DCENet()
+        return DCENet(scale=scale)
     if variant == "fast":
         return DCENetFast(scale=scale)
     raise ConfigError(f"unknown model variant {variant!r}: choose 'full' (Zero-DCE) or 'fast' (Zero-DCE++)")

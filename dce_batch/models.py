@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .errors import ConfigError, WeightsError
+from .settings import FinishConfig
 
 if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time
     from PIL import Image
@@ -249,7 +250,7 @@ def _check_variant(name: str, actual: str, wanted: str) -> None:
         raise WeightsError(f"weights {name!r} are for the {actual!r} variant: build them with models.{builder}()")
 
 
-def zero_dce(*, weights: ZeroDCE_Weights | Weights | str | Path | None = None) -> "DCENet":
+def zero_dce(*, weights: ZeroDCE_Weights | Weights | str | Path | None = None, scale: float = 1.0) -> "DCENet":
     """DCE-Net (Zero-DCE), 79,416 parameters, in eval mode.
 
     Args:
@@ -257,6 +258,9 @@ def zero_dce(*, weights: ZeroDCE_Weights | Weights | str | Path | None = None) -
             a :class:`ZeroDCE_Weights` member, a shipped name (``"zerodce_sice_v1"``,
             ``"DEFAULT"``), or a weights file (this project's ``.safetensors`` or a published
             Zero-DCE ``.pth`` checkpoint).
+        scale: 1 (the authors' network) estimates the curves at the input's resolution; 4 is
+            what ``dce-batch enhance`` runs: curves from a copy downscaled 4x, brought back by
+            guided upsampling.
 
     ``net(x)`` takes N x 3 x H x W in [0, 1] and returns a ``CurveOutput`` whose ``.image`` is the
     enhanced batch; ``net(x, strength=0.5)`` applies half the curve.
@@ -265,10 +269,10 @@ def zero_dce(*, weights: ZeroDCE_Weights | Weights | str | Path | None = None) -
 
     loaded = _resolve(weights, "full")
     if loaded is None:
-        model = DCENet()
+        model = DCENet(scale=scale)
         init_weights(model)
         return model.eval()
-    return loaded.build()  # type: ignore[return-value]
+    return loaded.build(scale=scale)  # type: ignore[return-value]
 
 
 def zero_dce_pp(*, weights: ZeroDCEPP_Weights | Weights | str | Path | None = None,
@@ -324,13 +328,14 @@ def _pixel_limit(image: "Image.Image") -> int:
 
 
 @functools.lru_cache(maxsize=4)
-def _enhancer(weights_key: str, variant: str, strength: float, scale: float, device: str, precision: str):
+def _enhancer(weights_key: str, variant: str, strength: float, scale: float | None, device: str, precision: str,
+              finish: "FinishConfig"):
     from .inference import Enhancer, InferenceConfig
 
     loaded = _resolve(weights_key, variant)
     assert loaded is not None
     config = InferenceConfig(strength=strength, precision=precision,  # type: ignore[arg-type]
-                             device=device, scale=scale if variant == "fast" else 1.0)
+                             device=device, scale=scale, finish=finish)
     return Enhancer(loaded, config)
 
 
@@ -339,9 +344,12 @@ def enhance_image(
     weights: str | WeightsEnum | Weights | Path | None = None,
     strength: float = 1.0,
     *,
-    scale: float = DEFAULT_FAST_SCALE,
+    scale: float | None = None,
     device: str = "auto",
     precision: str = "auto",
+    denoise: str = "auto",
+    denoise_strength: float = 1.0,
+    exposure: float | str = "auto",
 ) -> "Image.Image":
     """Enhance one PIL image and return a new PIL image, exactly as ``dce-batch enhance`` would.
 
@@ -351,8 +359,13 @@ def enhance_image(
         weights: a shipped name (default ``zerodce_sice_v1``; ``zerodcepp_sice_v2`` is the fast
             variant), an enum member, or a weights file.
         strength: 0 returns the image unchanged, 1 applies the model as trained.
-        scale: the fast variant's downscale factor for curve estimation (ignored by DCE-Net).
+        scale: the curves are estimated on a copy downscaled by this factor (1 = full
+            resolution); None takes the variant's default, as ``dce-batch enhance`` does (4 for
+            DCE-Net, with guided upsampling; 12 for the fast variant).
         device, precision: as for ``dce-batch enhance`` (``auto`` uses CUDA when present).
+        denoise, denoise_strength, exposure: the finishing after the curves, as for
+            ``dce-batch enhance`` (on by default there and here; ``denoise="off",
+            exposure="off"`` gives the network alone).
 
     The loaded network is cached (the last four settings), so calling this in a loop is cheap.
     Grayscale stays grayscale and alpha is kept (the result is ``L``, ``LA``, ``RGB`` or ``RGBA``,
@@ -365,7 +378,9 @@ def enhance_image(
     if weights is None:
         weights = ZeroDCE_Weights.DEFAULT
     key, variant = _weights_key(weights)
-    enhancer = _enhancer(key, variant, float(strength), float(scale), device, precision)
+    finish = FinishConfig(denoise=denoise, denoise_strength=denoise_strength, exposure=exposure)  # type: ignore[arg-type]
+    enhancer = _enhancer(key, variant, float(strength), None if scale is None else float(scale), device, precision,
+                         finish)
     decoded = decode_image(_pil_to_bytes(image), max_pixels=_pixel_limit(image))
     result = enhancer.enhance(decoded.pixels)
     encoded = encode_image(result.pixels, decoded, EncodeOptions(format="png"), fmt="PNG")

@@ -15,6 +15,11 @@ round-half-to-even exactly as the PyTorch model does (ONNX ``Round``), so any im
 Export another file for another scale. Full-frame inference is what the graph does: the batch
 job's exact tiling is a memory measure, and gives the same pixels.
 
+DCE-Net's graph is the network at full resolution (scale 1, the authors' network). The job's
+default for DCE-Net, curves from a 4x downscaled copy with guided upsampling
+(:class:`dce_batch.model.DCENet`), is not in the graph: its outputs differ from the job's default
+ones (``dce-batch enhance --scale 1`` gives the graph's).
+
 The weights' metadata is copied into the model's ``metadata_props``: ``dce_batch.name``,
 ``dce_batch.sha256`` (of the tensors), ``dce_batch.variant``, ``dce_batch.scale``,
 ``dce_batch.licence``, ``dce_batch.meta`` (the whole metadata as JSON) and a description of

@@ -56,7 +56,7 @@ from .manifest import (
 from .plan import Plan, existing_output_uris, output_settings, plan_run
 from .process import ImageProcessor, ImageReader, ImageState, ImageWriter, WorkItem
 from .progress import Progress
-from .settings import FINISH_METHOD, FinishConfig, check_inference_settings
+from .settings import FINISH_METHOD, FinishConfig, check_inference_settings, resolve_scale
 from .weights_header import read_header_metadata
 from .storage import MANIFEST_DIR, Location, S3Options, filesystem_for, list_inputs_table, read_bytes
 
@@ -91,7 +91,7 @@ class EnhanceConfig:
     output: str = DEFAULT_OUTPUT
     weights: str | None = None
     variant: str | None = None
-    scale: float = 12.0
+    scale: float | None = None  # None: the variant's default (settings.DEFAULT_SCALES)
     format: str = "same"
     quality: int = 95
     strength: float = 1.0
@@ -164,7 +164,7 @@ class EnhanceConfig:
 
         return InferenceConfig(
             strength=self.strength, precision=self.precision,  # type: ignore[arg-type]
-            scale=self.scale if (variant or self.variant) == "fast" else 1.0,
+            scale=self.scale,
             tile_size=self.tile_size, max_full_frame_pixels=self.max_full_frame_pixels,
             finish=self.finish_config(),
         )
@@ -516,7 +516,7 @@ def run_output_settings(config: EnhanceConfig, meta, output_format: str) -> dict
     finishing = None if not finish.enabled else {
         "denoise": finish.denoise, "denoise_strength": finish.denoise_strength, "exposure": finish.exposure,
         "method": FINISH_METHOD}
-    return output_settings(model_sha256=meta.sha256, variant=meta.variant, scale=config.scale,
+    return output_settings(model_sha256=meta.sha256, variant=meta.variant, scale=resolve_scale(meta.variant, config.scale),
                            strength=config.strength, precision=config.precision, format=config.format,
                            quality=config.quality, output_format=output_format, finishing=finishing)
 

@@ -5,7 +5,7 @@ so a run over a million inputs is planned in seconds and holds each URI about on
 (benchmarks/bench_planning.py). No Ray, no torch: plain functions tested with pytest.
 
 Resume is settings-aware. Each output is made under a set of *output settings*: everything that
-changes its pixels or bytes (model sha256 and variant, the fast variant's scale, strength,
+changes its pixels or bytes (model sha256 and variant, the curves' scale, strength,
 requested precision, format and, for lossy formats, quality, plus finishing options). Their
 canonical JSON and its sha256 go into every manifest row. An input is skipped only when its latest
 ``ok`` row has the same settings sha256 as this run would use and its output still exists; when
@@ -80,7 +80,9 @@ def output_settings(*, model_sha256: str, variant: str, scale: float, strength: 
         "version": OUTPUT_SETTINGS_VERSION,
         "model_sha256": model_sha256,
         "variant": variant,
-        "scale": float(scale) if variant == "fast" else None,
+        # DCE-Net at scale 1 records None, as every version before the scale applied to it did:
+        # outputs made at full resolution then, or with --scale 1 now, are the same pixels.
+        "scale": None if variant == "full" and float(scale) == 1.0 else float(scale),
         "strength": round(float(strength), 6),
         "precision": precision,
         "format": format,
@@ -101,7 +103,12 @@ def describe_settings_change(before: str | None, after: str) -> str:
     if not before:
         return "settings not recorded (made by dce_batch 0.1, before settings-aware resume)"
     old, new = json.loads(before), json.loads(after)
-    changes = [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
+
+    def shown(key: str, value: Any) -> str:
+        # DCE-Net at full resolution records scale None (see output_settings): say what it means.
+        return "1.0 (full resolution)" if key == "scale" and value is None else repr(value)
+
+    changes = [f"{key} {shown(key, old.get(key))} -> {shown(key, new.get(key))}" for key in sorted(set(old) | set(new))
                if old.get(key) != new.get(key)]
     return ", ".join(changes) or "identical settings with a different digest"
 

@@ -75,24 +75,38 @@ def int8_refusal(variant: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=1)
-def calibration_crops() -> torch.Tensor:
-    """N x 3 x 32 x 32 float32 crops of the bundled samples (4 per image, at 2 brightnesses)."""
+@functools.lru_cache(maxsize=4)
+def calibration_crops(scale: float = 1.0) -> torch.Tensor:
+    """N x 3 x 32 x 32 float32 crops of the bundled samples (4 per image, at 2 brightnesses), as
+    the network sees them at ``scale``: each sample downscaled first, as DCE-Net downscales (area
+    averaging), so the activations are calibrated on the statistics they will have. Measured at scale 4 against fp32 on every 8th DICM image: with full-resolution crops
+    int8 came out 0.22 of an 8-bit step darker on average (mean difference 0.23); with these,
+    0.03 (mean 0.11, max 3), the same with oneDNN capped at AVX2. Samples too small for a crop are skipped.
+    """
     from PIL import Image
+
+    from .model import downscaled_size
 
     crops = []
     for entry in sorted(resources.files("dce_batch").joinpath("samples").iterdir(), key=lambda e: e.name):
         if not entry.name.lower().endswith((".jpg", ".png")):
             continue
         with resources.as_file(entry) as path, Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        height, width = pixels.shape[:2]
+            pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+        pixels = pixels.permute(2, 0, 1).unsqueeze(0)
+        height, width = pixels.shape[-2:]
+        if scale != 1.0:
+            pixels = F.adaptive_avg_pool2d(pixels, downscaled_size(height, width, scale))
+            height, width = pixels.shape[-2:]
+        if min(height, width) < _CROP:
+            continue
         for top in np.linspace(0, height - _CROP, _GRID).round().astype(int):
             for left in np.linspace(0, width - _CROP, _GRID).round().astype(int):
-                crop = torch.from_numpy(np.ascontiguousarray(pixels[top:top + _CROP, left:left + _CROP]))
-                crop = crop.permute(2, 0, 1).unsqueeze(0)
+                crop = pixels[..., top:top + _CROP, left:left + _CROP].contiguous()
                 crops.extend(crop.pow(gamma) for gamma in _GAMMAS)
     if not crops:
+        if scale != 1.0:
+            return calibration_crops(1.0)  # every sample smaller than a crop at this scale
         raise ConfigError("the bundled sample images are missing: int8 calibration needs them (reinstall dce-batch)")
     return torch.cat(crops)
 
@@ -208,6 +222,6 @@ def quantize_curve_head(model: nn.Module) -> nn.Module:
     reference = copy.deepcopy(model).float().eval().to(memory_format=torch.contiguous_format)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's notes about migrating to torchao
-        crops = calibration_crops()
+        crops = calibration_crops(float(getattr(model, "scale", 1.0)))
         pre_activations = _pre_activations(reference, crops)
         return QuantizedCurveHead(reference, crops, pre_activations).eval()

@@ -84,7 +84,7 @@ class LoadedWeights:
     meta: WeightsMeta
 
     def build(self, *, scale: float = 1.0) -> DCENet | DCENetFast:
-        """The network in eval mode with these weights (``scale``: fast variant only)."""
+        """The network in eval mode with these weights, estimating its curves at ``scale``."""
         model = build_model(self.meta.variant, scale=scale)
         model.load_state_dict(dict(self.state_dict), strict=True)
         return model.eval()

@@ -1,5 +1,6 @@
 """A side-by-side contact sheet for the README: input, the authors' Zero-DCE, the previous
-default (zerodce_sice_v1, network alone) and the new default (zerodce_sice_v1 + finishing).
+default (zerodce_sice_v1, network alone at full resolution) and the new default (zerodce_sice_v1
+as the job runs it: curves from a 4x smaller copy, then finishing).
 
 Every column runs through the same in-process code as ``dce-batch evaluate``. Images are first
 reduced (longer side ``--side``), so the sheet is a small derived figure, not a copy of the
@@ -21,7 +22,7 @@ from PIL import Image, ImageDraw
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dce_batch.evaluate import _read, apply_finishing, quantize  # noqa: E402
+from dce_batch.evaluate import _read, quantize  # noqa: E402
 from dce_batch.finishing import FinishConfig  # noqa: E402
 
 AUTHORS = REPO.parent / "shared" / "reference_weights" / "zero_dce_epoch99.pth"
@@ -43,14 +44,16 @@ def main() -> None:
     from dce_batch.inference import Enhancer, InferenceConfig
     from dce_batch.weights import load_weights
 
-    authors = Enhancer(load_weights(args.authors), InferenceConfig(device="cpu"))
-    shipped = Enhancer(load_weights("zerodce_sice_v1"), InferenceConfig(device="cpu"))
+    authors = Enhancer(load_weights(args.authors), InferenceConfig(device="cpu", scale=1))  # as published
+    shipped = load_weights("zerodce_sice_v1")
+    network_alone = Enhancer(shipped, InferenceConfig(device="cpu", scale=1))
+    default = Enhancer(shipped, InferenceConfig(device="cpu", finish=FinishConfig()))  # the job's default
     columns = ["input", "Zero-DCE (authors)", "previous default", "new default"]
     rows = []
     for path in args.images:
         low = _read(path, args.side)
-        previous = shipped.enhance(low).pixels
-        new = apply_finishing(FinishConfig(), low, previous, shipped.device)
+        previous = network_alone.enhance(low).pixels
+        new = default.enhance(low).pixels
         rows.append([quantize(x) for x in (low, authors.enhance(low).pixels, previous, new)])
         print(f"{path.name}: input mean {low.mean():.3f}, previous {previous.mean():.3f}, new {new.mean():.3f}")
 

@@ -48,7 +48,7 @@ def _fp32(**kwargs) -> InferenceConfig:
     return InferenceConfig(precision="fp32", **kwargs)
 
 
-@pytest.mark.parametrize("variant,scale", [("full", 1), ("fast", 1), ("fast", 12), ("fast", 5)])
+@pytest.mark.parametrize("variant,scale", [("full", 1), ("full", 4), ("full", 5.5), ("fast", 1), ("fast", 12), ("fast", 5)])
 @pytest.mark.parametrize("tile", [32, 100])
 def test_tiled_inference_equals_full_frame(image, variant, scale, tile):
     weights = _weights(variant)
@@ -63,11 +63,25 @@ def test_tiled_inference_equals_full_frame(image, variant, scale, tile):
     assert np.abs(full.pixels - ref).max() < FLOAT_TOLERANCE
 
 
+def test_upsampling_source_in_bands_equals_one_band(image, monkeypatch):
+    """Scale 4: the guided coefficients computed in bands of 3 rows of the small copy (with their
+    halo) give the single band's pixels; without the halo the band edges show (the test can fail)."""
+    from dce_batch import inference
+
+    weights = _weights("full")
+    one_band = Enhancer(weights, _fp32(scale=4)).enhance(image).pixels
+    monkeypatch.setattr(inference, "_SOURCE_BAND_PIXELS", 3 * 109)  # the small copy is 75 x 109
+    banded = Enhancer(weights, _fp32(scale=4)).enhance(image).pixels
+    assert np.abs(banded - one_band).max() < FLOAT_TOLERANCE
+    monkeypatch.setattr(DCENet, "upsampling_halo", 0)
+    assert np.abs(Enhancer(weights, _fp32(scale=4)).enhance(image).pixels - one_band).max() > 10 * FLOAT_TOLERANCE
+
+
 def test_a_halo_of_six_is_not_enough(image):
     """The test above can fail: one pixel less of halo changes the output visibly."""
     weights = _weights("full")
-    full = Enhancer(weights, _fp32(max_full_frame_pixels=10**9)).enhance(image).pixels
-    short = Enhancer(weights, _fp32(tile_size=64, max_full_frame_pixels=1000))
+    full = Enhancer(weights, _fp32(scale=1, max_full_frame_pixels=10**9)).enhance(image).pixels
+    short = Enhancer(weights, _fp32(scale=1, tile_size=64, max_full_frame_pixels=1000))
     short.halo = 6
     assert np.abs(short.enhance(image).pixels - full).max() > 10 * FLOAT_TOLERANCE
 

@@ -17,9 +17,9 @@ import dce_batch
 from dce_batch import models
 from dce_batch.errors import WeightsError
 from dce_batch.imageio import decode_image, mean_luminance
-from dce_batch.inference import Enhancer, InferenceConfig
+from dce_batch.inference import Enhancer
 from dce_batch.model import DCENet, DCENetFast
-from dce_batch.pipeline import sample_images_dir
+from dce_batch.pipeline import EnhanceConfig, sample_images_dir
 from dce_batch.weights import PACKAGED_WEIGHTS, load_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +96,9 @@ def test_enhance_image_matches_the_batch_job():
     out = dce_batch.enhance_image(source, strength=0.7)
     assert out.size == (512, 341) and out.mode == "RGB"  # upright
     decoded = decode_image((SAMPLES / "coffee_dim_rotated.jpg").read_bytes())
-    expected = Enhancer(load_weights("zerodce_sice_v1"), InferenceConfig(strength=0.7)).enhance(decoded.pixels).pixels
+    job_settings = EnhanceConfig(input="unused", strength=0.7).inference_config("full")  # finishing on, as the job
+    assert job_settings.finish is not None and job_settings.finish.enabled
+    expected = Enhancer(load_weights("zerodce_sice_v1"), job_settings).enhance(decoded.pixels).pixels
     assert expected.dtype == np.uint8
     np.testing.assert_array_equal(np.asarray(out), expected)
     assert mean_luminance(np.asarray(out)) > 2 * mean_luminance(decoded.pixels)

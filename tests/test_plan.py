@@ -29,6 +29,19 @@ def _settings_for(strength=1.0, quality=95, model="m" * 64, precision="auto"):
     return settings_for
 
 
+def test_dce_net_at_scale_1_keeps_the_settings_earlier_versions_recorded():
+    """Outputs made at full resolution before the scale applied to DCE-Net (recorded with scale
+    None) resume with --scale 1, and are refused, naming the scale, under the default 4."""
+    def settings(variant, scale):
+        return output_settings(model_sha256="m" * 64, variant=variant, scale=scale, strength=1.0, precision="auto",
+                               format="same", quality=95, output_format="jpeg")
+
+    assert settings("full", 1)["scale"] is None  # what every earlier version recorded for DCE-Net
+    assert settings("full", 4)["scale"] == 4.0 and settings("fast", 1)["scale"] == 1.0
+    change = describe_settings_change(settings_digest(settings("full", 1))[0], settings_digest(settings("full", 4))[0])
+    assert change == "scale 1.0 (full resolution) -> 4.0"
+
+
 def _plan(tmp_path, inputs, *, fmt="same", done=None, existing=None, settings_for=None):
     output = Location.parse(str(tmp_path / "out"))
     return plan_run(listing=input_table(inputs), input_fs=pafs.LocalFileSystem(), output=output, run_id="run2",
