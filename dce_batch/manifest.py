@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import StorageError
+from .errors import OutputWriteError, StorageError
 from .storage import MANIFEST_DIR, read_bytes, write_bytes_atomic
 
 __all__ = [
@@ -153,10 +153,18 @@ def write_manifest_part(fs: pafs.FileSystem, manifest_path: str, run_id: str, in
 
 
 def write_pending_part(fs: pafs.FileSystem, manifest_path: str, run_id: str, worker: str, table: pa.Table) -> str:
-    """Journal a batch's rows (an actor calls this once the batch's outputs are written)."""
+    """Journal a batch's rows (an actor calls this once the batch's outputs are written).
+
+    The journal lives in OUTPUT, so a journal that cannot be written (the disk filled up between
+    the images and their rows) is an :class:`OutputWriteError`, like an image that cannot be: the
+    run stops, and the rows it could not journal are not claimed.
+    """
     safe_worker = "".join(c if c.isalnum() or c in "-_" else "-" for c in worker)[:60] or "worker"
     path = f"{manifest_path}/{PENDING_DIR}/{run_id}/{safe_worker}-{uuid.uuid4().hex[:12]}.parquet"
-    write_bytes_atomic(fs, path, table_to_parquet_bytes(table))
+    try:
+        write_bytes_atomic(fs, path, table_to_parquet_bytes(table))
+    except StorageError as exc:
+        raise OutputWriteError(f"OUTPUT cannot be written (the manifest's journal): {exc}") from exc
     return path
 
 

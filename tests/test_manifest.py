@@ -9,7 +9,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from dce_batch.errors import StorageError
+from dce_batch.errors import OutputWriteError, StorageError
 from dce_batch.manifest import (
     MANIFEST_SCHEMA,
     ManifestRow,
@@ -27,6 +27,17 @@ FS = pafs.LocalFileSystem()
 def _row(run_id, name, status="ok", age_s=0):
     return ManifestRow(run_id=run_id, input_uri=f"/in/{name}", output_uri=f"/out/{name}" if status == "ok" else None,
                        status=status, finished_at=datetime.now(timezone.utc) - timedelta(seconds=age_s))
+
+
+def test_a_journal_that_cannot_be_written_is_an_output_write_error(tmp_path):
+    """The journal lives in OUTPUT: failing to write it stops the run like a failed image write
+    (the CLI then says OutputWriteError whichever of the two hit a full disk first)."""
+    manifest = tmp_path / "_manifest"
+    manifest.mkdir()
+    (manifest / "_pending").write_bytes(b"a file where the journal's folder must go")
+    with pytest.raises(OutputWriteError, match="OUTPUT cannot be written .*journal") as caught:
+        write_pending_part(FS, str(manifest), "r1", "actor/1", rows_to_table([_row("r1", "a.png")]))
+    assert isinstance(caught.value, StorageError)  # callers that catch StorageError still do
 
 
 def test_a_missing_manifest_is_empty_but_an_unreadable_one_fails(tmp_path):
