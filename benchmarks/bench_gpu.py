@@ -4,7 +4,9 @@ For 1200x900 JPEGs (the Zero-DCE paper's timing size), side by side in one run:
 
 * **model only**: the authors' network one image per forward in fp32 (their test script's way,
   tensors already on the GPU), against this project's ``Enhancer.enhance_batch`` (uint8 images
-  from host memory, converted on the GPU, batches of ``--batch`` images) in fp32, bf16 and fp16;
+  from host memory, converted on the GPU, batches of ``--batch`` images) in fp32, bf16 and fp16,
+  each at the default scale (Zero-DCE's curves from a 4x smaller copy, an image at a time) and
+  at scale 1 (full resolution, windows of several images in one forward pass);
 * **end to end** (read JPEG, enhance, write JPEG, manifest): the authors' loop (Pillow decode,
   GPU forward, Pillow encode, one image at a time) against ``dce-batch enhance`` on a local Ray
   with GPU actors (the staged pipeline: CPU tasks decode and encode, actors run the network on
@@ -78,9 +80,11 @@ def model_only(device: str, images, batch: int) -> list[list[str]]:
     weights = load_weights()
     outputs = {}
     precisions = ["fp32", "bf16", "fp16"] if device.startswith("cuda") else ["fp32", "auto"]
-    for precision in precisions:
+    # scale None: the default (Zero-DCE's curves from a 4x smaller copy, one image at a time);
+    # scale 1: full resolution, windows of several images batched into one forward pass.
+    for precision, scale in [(p, s) for p in precisions for s in (None, 1.0)]:
         try:
-            enhancer = Enhancer(weights, InferenceConfig(device=device, precision=precision))
+            enhancer = Enhancer(weights, InferenceConfig(device=device, precision=precision, scale=scale))
         except Exception as exc:  # noqa: BLE001 - e.g. fp16 where it cannot run: say so
             rows.append([f"dce_batch {precision}", "-", f"not run: {exc}"])
             continue
@@ -91,9 +95,10 @@ def model_only(device: str, images, batch: int) -> list[list[str]]:
             results = enhancer.enhance_batch(images[i : i + batch])
         sync()
         rate = len(images) / (time.perf_counter() - start)
-        outputs[precision] = [r.pixels.astype(int) for r in enhancer.enhance_batch(images[:4])]
-        rows.append([f"dce_batch Enhancer, {enhancer.precision}, batches of {batch}", f"{rate:.1f}",
-                     f"{rate / authors:.2f}"])
+        if scale is None:
+            outputs[precision] = [r.pixels.astype(int) for r in enhancer.enhance_batch(images[:4])]
+        rows.append([f"dce_batch Enhancer, {enhancer.precision}, scale {enhancer.config.scale:g}, batches of {batch}",
+                     f"{rate:.1f}", f"{rate / authors:.2f}"])
         del results
     for precision, out in outputs.items():
         if precision != "fp32":
