@@ -5,8 +5,8 @@ For 1200x900 JPEGs (the Zero-DCE paper's timing size), side by side in one run:
 * **model only**: the authors' network one image per forward in fp32 (their test script's way,
   tensors already on the GPU), against this project's ``Enhancer.enhance_batch`` (uint8 images
   from host memory, converted on the GPU, batches of ``--batch`` images) in fp32, bf16 and fp16,
-  each at the default scale (Zero-DCE's curves from a 4x smaller copy, an image at a time) and
-  at scale 1 (full resolution, windows of several images in one forward pass);
+  each at the default scale (Zero-DCE's curves from a 4x smaller copy; the small copies batched)
+  and at scale 1 (full resolution, windows of several images in one forward pass);
 * **end to end** (read JPEG, enhance, write JPEG, manifest): the authors' loop (Pillow decode,
   GPU forward, Pillow encode, one image at a time) against ``dce-batch enhance`` on a local Ray
   with GPU actors (the staged pipeline: CPU tasks decode and encode, actors run the network on
@@ -80,7 +80,7 @@ def model_only(device: str, images, batch: int) -> list[list[str]]:
     weights = load_weights()
     outputs = {}
     precisions = ["fp32", "bf16", "fp16"] if device.startswith("cuda") else ["fp32", "auto"]
-    # scale None: the default (Zero-DCE's curves from a 4x smaller copy, one image at a time);
+    # scale None: the default (Zero-DCE's curves from a 4x smaller copy, small copies batched);
     # scale 1: full resolution, windows of several images batched into one forward pass.
     for precision, scale in [(p, s) for p in precisions for s in (None, 1.0)]:
         try:

@@ -16,7 +16,8 @@ rounding of differently shaped convolutions), and, because every window of a lar
 same shape, windows of different images share one batch on a GPU.
 
 At scale > 1 (DCE-Net's default is 4) the curve maps are estimated on a downscaled copy of the
-whole image (small, itself tiled like above when large), then what the model upsamples (the fast
+whole image (small, itself tiled like above when large; small copies of one shape share a forward
+pass up to ``batch_pixels``, so a GPU gets batches), then what the model upsamples (the fast
 variant's 3 maps, DCE-Net's guided-filter coefficients) is computed in bands of rows and applied
 in horizontal strips: the result is the same whatever the bands and strips, and no
 full-resolution map of the whole image is held.
@@ -350,7 +351,7 @@ class Enhancer:
         stages = outputs if finish is None else [
             np.empty(p.shape, np.float32 if p.dtype == np.float32 else np.uint16) for p in images]
         if self.model.scale != 1.0:
-            tiled = [self._enhance_downscaled(pixels, stage) for pixels, stage in zip(images, stages)]
+            tiled = self._enhance_all_downscaled(images, stages)
         else:
             tiled = self._over_windows(images, self.halo, lambda members: self._run_windows(images, stages, members))
         if finish is not None:
@@ -426,7 +427,38 @@ class Enhancer:
             outputs[index][w.core_top : w.core_bottom, w.core_left : w.core_right] = _from_unit_float(
                 enhanced[0].permute(1, 2, 0), outputs[index].dtype)
 
-    def _enhance_downscaled(self, pixels: np.ndarray, out: np.ndarray) -> bool:
+    def _enhance_all_downscaled(self, images: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> list[bool]:
+        """Scale > 1: each image's small copy, their curves (small copies of one shape stacked
+        into one forward pass up to ``batch_pixels``, as full-resolution windows are: on a GPU a
+        batch, on a CPU one image per call), then :meth:`_enhance_downscaled` for each."""
+        groups: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+        for index, pixels in enumerate(images):
+            small = self._small_copy(pixels)
+            groups.setdefault((small.shape[-2], small.shape[-1]), []).append((index, small))
+        tiled = [False] * len(images)
+        for (h, w), members in groups.items():
+            fits = h * w <= self.config.max_full_frame_pixels
+            per_call = max(1, self.config.batch_pixels // (h * w)) if fits else 1
+            for start in range(0, len(members), per_call):
+                chunk = members[start : start + per_call]
+                if len(chunk) == 1:
+                    curves = [self._curves_of_small(chunk[0][1])]
+                else:
+                    curves = list(self._curves(torch.cat([small for _, small in chunk])).split(1))
+                for (index, small), maps in zip(chunk, curves):
+                    tiled[index] = self._enhance_downscaled(images[index], outputs[index], small, maps)
+        return tiled
+
+    def _small_copy(self, pixels: np.ndarray) -> torch.Tensor:
+        """The copy the curves are estimated on, float32 1 x 3 x h x w on the device."""
+        image = torch.from_numpy(pixels)
+        size = self.model.downscaled_size(*pixels.shape[:2])
+        if isinstance(self.model, DCENet):
+            return self._area_downscaled(image, pixels.dtype, size)
+        return self._downscaled(image, size)
+
+    def _enhance_downscaled(self, pixels: np.ndarray, out: np.ndarray, small: torch.Tensor,
+                            curves: torch.Tensor) -> bool:
         """Curves from a small copy, applied to the full image in strips (scale > 1).
 
         What is upsampled is the model's ``upsampling_source`` (the fast variant's maps, or
@@ -439,10 +471,6 @@ class Enhancer:
         model = self.model
         height, width = pixels.shape[:2]
         image = torch.from_numpy(pixels)  # H x W x 3 on the CPU; moved strip by strip
-        size = model.downscaled_size(height, width)
-        small = self._area_downscaled(image, pixels.dtype, size) if isinstance(model, DCENet) else \
-            self._downscaled(image, size)
-        curves = self._curves_of_small(small)
         h, halo = small.shape[-2], model.upsampling_halo
         band = max(1, _SOURCE_BAND_PIXELS // small.shape[-1])
         # Full-resolution row y interpolates small rows lo(y) and lo(y) + 1 (align_corners=True).

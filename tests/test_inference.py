@@ -77,6 +77,23 @@ def test_upsampling_source_in_bands_equals_one_band(image, monkeypatch):
     assert np.abs(Enhancer(weights, _fp32(scale=4)).enhance(image).pixels - one_band).max() > 10 * FLOAT_TOLERANCE
 
 
+@pytest.mark.parametrize("variant", ["full", "fast"])
+def test_small_copies_of_one_shape_share_a_forward_pass(image, variant):
+    """Scale > 1 with a batch budget (the GPU default): equal small copies go through the network
+    together, and every image gets the pixels it gets alone."""
+    weights = _weights(variant)
+    images = [image, np.ascontiguousarray(image[::-1]), image[:200, :300].copy(), np.ascontiguousarray(image[:, ::-1])]
+    alone = Enhancer(weights, _fp32(scale=4))
+    batched = Enhancer(weights, _fp32(scale=4, batch_pixels=10**8))
+    calls = []
+    forward = batched._curves
+    batched._curves = lambda x: calls.append(x.shape[0]) or forward(x)
+    results = batched.enhance_batch(images)
+    assert sorted(calls) == [1, 3]  # the three 301 x 437 images in one call, the other alone
+    for got, pixels in zip(results, images):
+        assert np.abs(got.pixels - alone.enhance(pixels).pixels).max() < FLOAT_TOLERANCE
+
+
 def test_a_halo_of_six_is_not_enough(image):
     """The test above can fail: one pixel less of halo changes the output visibly."""
     weights = _weights("full")
