@@ -474,7 +474,7 @@ class Enhancer:
         h, halo = small.shape[-2], model.upsampling_halo
         band = max(1, _SOURCE_BAND_PIXELS // small.shape[-1])
         # Full-resolution row y interpolates small rows lo(y) and lo(y) + 1 (align_corners=True).
-        lo = _source_rows(0, height, h, height)
+        _, lo = _source_positions(0, height, h, height)
         # Rows are independent, so any strip height gives the same pixels: on CPUs strips of about
         # _STRIP_PIXELS keep the upsampled maps in cache (measured: 2x faster than 200 rows); a
         # GPU takes its full-frame budget per strip (fewer kernel launches).
@@ -568,10 +568,6 @@ def _source_positions(r0: int, r1: int, h: int, height: int) -> tuple[torch.Tens
     scale = (h - 1) / (height - 1) if height > 1 else 0.0
     position = torch.arange(r0, r1, dtype=torch.float32) * scale
     return position, position.floor().long().clamp_(0, h - 1)
-
-
-def _source_rows(r0: int, r1: int, h: int, height: int) -> torch.Tensor:
-    return _source_positions(r0, r1, h, height)[1]
 
 
 def _upsample_rows_align_corners(curves: torch.Tensor, r0: int, r1: int, height: int, width: int,
