@@ -42,14 +42,21 @@ def test_both_variants_accept_any_size_at_any_scale(variant, scale, size):
     assert 0.0 <= out.image.min() and out.image.max() <= 1.0
 
 
-def _constant_curve_model(a: float, scale: float) -> DCENet:
-    """A DCE-Net whose 24 maps are ``a`` everywhere: one global curve, known in closed form."""
+def _zeroed_model(scale: float) -> DCENet:
+    """A DCE-Net at ``scale`` with every weight and bias zero, for the tests to set by hand."""
     model = DCENet(scale=scale).eval()
     with torch.no_grad():
         for conv in (model.e_conv1, model.e_conv2, model.e_conv3, model.e_conv4, model.e_conv5, model.e_conv6,
                      model.e_conv7):
             conv.weight.zero_()
             conv.bias.zero_()
+    return model
+
+
+def _constant_curve_model(a: float, scale: float) -> DCENet:
+    """A DCE-Net whose 24 maps are ``a`` everywhere: one global curve, known in closed form."""
+    model = _zeroed_model(scale)
+    with torch.no_grad():
         model.e_conv7.bias.fill_(math.atanh(a))
     return model
 
@@ -70,12 +77,8 @@ def test_guided_upsampling_reproduces_one_curve_everywhere():
 def _pixelwise_curve_model(scale: float) -> DCENet:
     """A DCE-Net whose 24 maps are ``tanh(4 Y - 2)`` of each pixel's own mean Y (centre taps only):
     dark pixels brightened hard, bright ones darkened, so a map that bleeds across an edge shows."""
-    model = DCENet(scale=scale).eval()
+    model = _zeroed_model(scale)
     with torch.no_grad():
-        for conv in (model.e_conv1, model.e_conv2, model.e_conv3, model.e_conv4, model.e_conv5, model.e_conv6,
-                     model.e_conv7):
-            conv.weight.zero_()
-            conv.bias.zero_()
         model.e_conv1.weight[0, :, 1, 1] = 1 / 3
         for conv in (model.e_conv2, model.e_conv3, model.e_conv4):
             conv.weight[0, 0, 1, 1] = 1
