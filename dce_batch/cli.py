@@ -93,9 +93,10 @@ def enhance_parser() -> argparse.ArgumentParser:
                    help="estimate the curves on a copy downscaled by this factor, 1 = full resolution "
                         "(default: 4 for Zero-DCE, with guided upsampling; 12 for the fast variant)")
     g.add_argument("--strength", type=float, default=1.0, help="0 = unchanged ... 1 = full enhancement (default 1)")
-    g.add_argument("--denoise", choices=["auto", "off"], default="auto",
+    g.add_argument("--denoise", choices=["auto", "fast", "off"], default="auto",
                    help="noise-aware denoising of what the curves lifted (default auto: strength follows the "
-                        "measured noise and the local gain; clean images are left alone)")
+                        "measured noise and the local gain; clean images are left alone). fast: without the "
+                        "luma's DCT stage (the earlier default: about 1.5x the throughput, noisier)")
     g.add_argument("--denoise-strength", type=float, default=1.0, help="0..4, 1 = the measured default")
     g.add_argument("--exposure", type=_exposure, default="auto",
                    help="auto (default: dark scenes are brought to a natural brightness, night scenes keep "
@@ -475,7 +476,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
                    help="downsize references to this longer side first (default 600, LOL-like)")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
     p.add_argument("--config", action="append", default=[], metavar="LABEL[:key=value,...]", dest="configs",
-                   help="a configuration (repeatable). Keys: weights, strength, finish=on|off, denoise=auto|off, "
+                   help="a configuration (repeatable). Keys: weights, strength, finish=on|off, denoise=auto|fast|off, "
                         "denoise_strength, exposure=auto|off|TARGET, chroma_refine_radius (0: one chroma pass), folder (already-enhanced images), scale. "
                         "'input' alone is the unenhanced input. Default: input, network:finish=off, default")
     p.add_argument("--out", default="evaluation", metavar="DIR", help="where to write the reports (default ./evaluation)")

@@ -153,7 +153,7 @@ _FINISH_KEYS = {"denoise", "denoise_strength", "exposure", "chroma_refine_radius
 
 def parse_configuration(spec: str) -> EvalConfiguration:
     """``LABEL[:key=value,...]``. Keys: ``weights``, ``strength``, ``finish=on|off``, ``denoise``
-    (auto/off), ``denoise_strength``, ``exposure`` (auto/off/0.45), ``chroma_refine_radius`` (0: one
+    (auto/fast/off), ``denoise_strength``, ``exposure`` (auto/off/0.45), ``chroma_refine_radius`` (0: one
     chroma pass, the earlier default), ``folder``, ``scale``, ``precision`` (as ``--precision``).
     The label ``input`` alone is the unenhanced input. Example:
     ``authors:weights=../shared/reference_weights/zero_dce_epoch99.pth,finish=off``.

@@ -1,6 +1,6 @@
-"""Box means over clipped windows, luma, and the guided filter's linear models: the local
-operations shared by the finishing (:mod:`dce_batch.finishing`) and DCE-Net's guided
-upsampling (:class:`dce_batch.model.DCENet`).
+"""Box means over clipped windows, luma, the guided filter's linear models and a sliding-DCT
+Wiener filter: the local operations shared by the finishing (:mod:`dce_batch.finishing`) and
+DCE-Net's guided upsampling (:class:`dce_batch.model.DCENet`).
 
 Every box mean averages the valid pixels of its window (prefix sums along each axis), so a tile
 that carries ``radius`` pixels of real context on each side gives exactly the full frame's
@@ -9,10 +9,15 @@ values on its core, and at the image border both see the same clipped windows.
 
 from __future__ import annotations
 
+import functools
+import math
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LUMA_WEIGHTS", "box_mean", "guided_coefficients", "luma", "small_box_mean"]
+__all__ = ["DCT_BLOCK", "DCT_STRIDE", "LUMA_WEIGHTS", "box_mean", "dct_wiener", "guided_coefficients", "luma",
+           "small_box_mean"]
 
 LUMA_WEIGHTS = (0.2126, 0.7152, 0.0722)  # BT.709
 
@@ -109,3 +114,81 @@ def guided_coefficients(guide: torch.Tensor, src: torch.Tensor, radius: int, eps
         a_parts.append(coeffs[:, : part.shape[1]])
         b_parts.append(coeffs[:, part.shape[1] :])
     return torch.cat(a_parts + b_parts, dim=1)
+
+
+# Sliding-DCT Wiener filter: 8 x 8 blocks, one every 3 pixels along each axis (BM3D's step; 7
+# to 9 blocks cover a pixel). Measured on simulated pairs (benchmarks/quality): stride 2 gains
+# 0.001 SSIM for 2.25x the work, stride 4 loses 0.004-0.012.
+DCT_BLOCK = 8
+DCT_STRIDE = 3
+
+
+@functools.lru_cache(maxsize=8)
+def _dct_basis(block: int, device: torch.device) -> torch.Tensor:
+    """The orthonormal 2-D DCT-II basis as a (block^2) x (block^2) matrix: row u * block + v is
+    the basis image (u, v), flattened like a block's pixels."""
+    n = torch.arange(block, dtype=torch.float64)
+    one_d = torch.stack([torch.cos(math.pi * (n + 0.5) * k / block) * math.sqrt((1.0 if k == 0 else 2.0) / block)
+                         for k in range(block)])
+    return torch.kron(one_d, one_d).to(device, torch.float32)
+
+
+def _pad_to_block_grid(x: torch.Tensor, origin: tuple[int, int], block: int, stride: int) -> tuple[torch.Tensor, int, int]:
+    """``x`` padded so that blocks start every ``stride`` pixels on a grid fixed to the *image*
+    (``origin`` is ``x``'s top-left corner in the image): every 8 x 8 block that touches a pixel
+    of ``x`` fits. Reflecting padding (edge replication for sides under ``block`` pixels). Returns
+    the padded tensor and where ``x`` starts in it."""
+    reach = block - 1
+    top = reach - (-origin[0]) % stride
+    left = reach - (-origin[1]) % stride
+    mode = "reflect" if min(x.shape[-2:]) > reach else "replicate"
+    padded = F.pad(x, (reach, reach, reach, reach), mode=mode)
+    return padded[..., reach - top :, reach - left :], top, left
+
+
+def _dct_wiener_aligned(noisy: torch.Tensor, pilot: torch.Tensor, origin: tuple[int, int], block: int,
+                        stride: int) -> torch.Tensor:
+    height, width = noisy.shape[-2:]
+    count = noisy.shape[0]
+    basis = _dct_basis(block, noisy.device)
+    padded, top, left = _pad_to_block_grid(torch.cat((noisy, pilot)), origin, block, stride)
+    size = padded.shape[-2:]
+    coefficients = F.conv2d(padded, basis.view(block * block, 1, block, block), stride=stride)
+    noisy_c, pilot_power = coefficients[:count], coefficients[count:].square_()
+    gain = pilot_power.div_(pilot_power + 1.0)  # Wiener gain per coefficient, unit noise variance
+    # Each block's estimate is weighted by the inverse of its residual noise (as in BM3D).
+    weight = gain.square().sum(1, keepdim=True).clamp_min_(1e-3).reciprocal_()
+    shrunk = noisy_c.mul_(gain).mul_(weight).flatten(2)
+    blocks = torch.matmul(basis.t(), shrunk)
+    total = F.fold(blocks, size, block, stride=stride)
+    weights = F.conv_transpose2d(weight, basis.new_ones(1, 1, block, block), stride=stride)
+    weights = F.pad(weights, (0, size[1] - weights.shape[-1], 0, size[0] - weights.shape[-2]))
+    return total[..., top : top + height, left : left + width] / weights[..., top : top + height, left : left + width]
+
+
+def dct_wiener(noisy: torch.Tensor, pilot: torch.Tensor, origins: Sequence[tuple[int, int]] | None = None,
+               block: int = DCT_BLOCK, stride: int = DCT_STRIDE) -> torch.Tensor:
+    """Empirical Wiener filter in sliding DCT blocks (the second step of BM3D, Dabov et al. 2007,
+    without the block matching; Yu and Sapiro 2011 for the sliding DCT).
+
+    ``noisy`` is N x 1 x H x W with noise of unit variance (divide by the local noise level
+    first), ``pilot`` a first estimate of the clean image on the same scale. Each 8 x 8 block's
+    DCT coefficients are multiplied by ``p^2 / (p^2 + 1)``, ``p`` the pilot's coefficient, and the
+    overlapping blocks are averaged back, weighted by their residual noise.
+
+    Exact under tiling: blocks lie on a grid fixed to the image, so a tile needs ``origins``,
+    its top-left corner in the image (one per tile; None = every tile is a whole image), and
+    ``block - 1`` pixels of real context; the image border is reflected, as in the full frame.
+    """
+    if noisy.shape != pilot.shape or noisy.ndim != 4 or noisy.shape[1] != 1:
+        raise ValueError(f"expected N x 1 x H x W noisy and pilot of one shape, got {tuple(noisy.shape)} and {tuple(pilot.shape)}")
+    phases = [(0, 0)] * noisy.shape[0] if origins is None else [(top % stride, left % stride) for top, left in origins]
+    if len(phases) != noisy.shape[0]:
+        raise ValueError(f"expected {noisy.shape[0]} origins, got {len(phases)}")
+    if len(set(phases)) == 1:
+        return _dct_wiener_aligned(noisy, pilot, phases[0], block, stride)
+    out = torch.empty_like(noisy)
+    for phase in set(phases):
+        rows = torch.tensor([i for i, p in enumerate(phases) if p == phase], device=noisy.device)
+        out[rows] = _dct_wiener_aligned(noisy[rows], pilot[rows], phase, block, stride)
+    return out

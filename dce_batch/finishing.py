@@ -12,14 +12,18 @@ stage runs after the network, in torch on the same device (CPU or CUDA), batched
   the *local* noise variance: the input's noise times the gain that the curves and the
   exposure gave each region (``gain = box(Y_out) / box(Y_in)``). Shadows lifted 10x are
   smoothed hard, mid-tones and clean images hardly at all, and texture above the noise stays.
+  The luma then goes through a Wiener filter in sliding 8 x 8 DCT blocks
+  (:func:`dce_batch.filters.dct_wiener`) with the guided filter's result as its pilot, on the
+  luma divided by its local noise level: texture separates from noise by frequency there.
   Chroma (the blotchy purple grain) is held to a higher threshold than luma and goes through
   an empirical Wiener filter over larger windows whose signal variance comes from a pilot
   estimate, its local mean (the two-stage idea of BM3D, Dabov et al. 2007): the pilot's variance
   estimates the signal far better than ``noisy variance - noise variance``.
 
 Every local operation is a box mean over the valid pixels of a window (prefix sums along each
-axis), so a tile that carries :func:`finish_halo` pixels of real context on each side gives
-exactly the full-frame values on its core; at the image border both see the same clipped windows.
+axis) or a DCT block on a grid fixed to the image, so a tile that carries :func:`finish_halo`
+pixels of real context on each side (and says where it lies) gives the full-frame values on its
+core; at the image border both see the same clipped windows and reflected blocks.
 
 Defaults were chosen by measurement on simulated pairs and real low-light sets
 (``dce-batch evaluate``; see ``benchmarks/quality/``).
@@ -28,10 +32,11 @@ Defaults were chosen by measurement on simulated pairs and real low-light sets
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 
-from .filters import LUMA_WEIGHTS, box_mean, luma
+from .filters import DCT_BLOCK, LUMA_WEIGHTS, box_mean, dct_wiener, luma
 from .settings import DEFAULT_EXPOSURE_TARGET, FINISH_METHOD, ExposureSetting, FinishConfig, parse_exposure
 
 __all__ = [
@@ -67,11 +72,15 @@ def finish_halo(config: FinishConfig) -> int:
 
     The filter is two box means deep (window statistics, then the average of the per-window
     coefficients); the gain is one box, evaluated where the statistics are. Chroma's pilot is a
-    box mean, read through two box means of the second pass's radius.
+    box mean, read through two box means of the second pass's radius. The luma's DCT Wiener
+    stage reads 7 pixels on each side of the luma and of its pilot, the guided filter's output.
     """
     if not config.denoising:
         return 0
-    return max(2 * config.radius, config.radius + 2 * config.chroma_refine_radius)
+    halo = max(2 * config.radius, config.radius + 2 * config.chroma_refine_radius)
+    if config.dct_stage:
+        halo = max(halo, 2 * config.radius + DCT_BLOCK - 1)
+    return halo
 
 
 def params_copy(image: torch.Tensor, max_pixels: int = 262_144, patch: int = 128) -> torch.Tensor:
@@ -242,10 +251,12 @@ def _tone(x: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def finish_tiles(low: torch.Tensor, enhanced: torch.Tensor, params: torch.Tensor, config: FinishConfig) -> torch.Tensor:
+def finish_tiles(low: torch.Tensor, enhanced: torch.Tensor, params: torch.Tensor, config: FinishConfig,
+                 origins: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
     """The local step on N x 3 x H x W tiles (row i of ``params`` belongs to tile i's image).
 
-    ``low`` is the input tile, ``enhanced`` the network's output on it (same shape, float32).
+    ``low`` is the input tile, ``enhanced`` the network's output on it (same shape, float32);
+    ``origins`` the tiles' top-left corners in their images (None: each tile is a whole image).
     Returns the finished tile, float32 in [0, 1]. Exact on the tile's core when the tile carries
     :func:`finish_halo` pixels of real context (see the module docstring).
     """
@@ -258,14 +269,17 @@ def finish_tiles(low: torch.Tensor, enhanced: torch.Tensor, params: torch.Tensor
     if config.exposure_target is not None:
         out = _tone(out, params[:, PARAM_TONE])
     if config.denoising:
-        out = _denoise(low.float(), out, params, config)
+        out = _denoise(low.float(), out, params, config, origins)
     return out.clamp_(0.0, 1.0)
 
 
-def _denoise(low: torch.Tensor, out: torch.Tensor, params: torch.Tensor, config: FinishConfig) -> torch.Tensor:
+def _denoise(low: torch.Tensor, out: torch.Tensor, params: torch.Tensor, config: FinishConfig,
+             origins: Sequence[tuple[int, int]] | None) -> torch.Tensor:
     """Luma through a guided filter (He et al.) whose gain is the local Wiener gain
-    ``(var - noise_var)+ / var`` (as in Lee's filter); chroma through a second, wider Wiener
-    filter whose signal variance comes from a pilot estimate (see :func:`_empirical_wiener`).
+    ``(var - noise_var)+ / var`` (as in Lee's filter), then (``denoise="auto"``) through a Wiener
+    filter in sliding 8 x 8 DCT blocks with that result as its pilot (:func:`dce_batch.filters.
+    dct_wiener`, on the luma divided by its local noise level); chroma through a second, wider
+    Wiener filter whose signal variance comes from a pilot estimate (see :func:`_empirical_wiener`).
 
     He's gain ``var / (var + eps)`` leaves half of a flat region's noise in place when eps is the
     noise variance; the Wiener gain removes it and keeps texture that stands above the noise.
@@ -287,15 +301,21 @@ def _denoise(low: torch.Tensor, out: torch.Tensor, params: torch.Tensor, config:
     noise_var_luma = (gain * sigma_luma).square_()
     noise_var_chroma = (gain * sigma_chroma).square_()
     if two_pass:
-        y = _lee(y, mean_y, stats[:, 4:5], noise_var_luma, r)
+        y_filtered = _lee(y, mean_y, stats[:, 4:5], noise_var_luma, r)
         # The chroma's pilot is its window mean: the chroma grain is strong and the colour of
         # most regions changes slowly (measured: as good as a first Lee pass, and cheaper).
         chroma = _empirical_wiener(cbcr, mean_c, noise_var_chroma, config.chroma_refine_radius)
     else:
         ycc = _lee(torch.cat((y, cbcr), dim=1), stats[:, 1:4], stats[:, 4:7],
                    torch.cat((noise_var_luma, noise_var_chroma, noise_var_chroma), dim=1), r)
-        y, chroma = ycc[:, 0:1], ycc[:, 1:3]
-    return _to_rgb(y, chroma)
+        y_filtered, chroma = ycc[:, 0:1], ycc[:, 1:3]
+    if config.dct_stage:
+        # In DCT blocks texture and noise separate by frequency where a window's variance cannot
+        # tell them apart (measured: +0.016 SSIM on lol_matched, up to +0.04 on noisier sets).
+        sigma = params[:, PARAM_SIGMA_LUMA].view(-1, 1, 1, 1) * (k * config.dct_noise_factor)
+        noise_sd = (gain * sigma).clamp_min_(1e-6)
+        y_filtered = dct_wiener(y / noise_sd, y_filtered / noise_sd, origins).mul_(noise_sd)
+    return _to_rgb(y_filtered, chroma)
 
 
 def _lee(x: torch.Tensor, mean: torch.Tensor, mean_sq: torch.Tensor, noise_var: torch.Tensor, radius: int) -> torch.Tensor:

@@ -384,7 +384,8 @@ class Enhancer:
             return _to_unit_float(torch.from_numpy(batch).to(self.device, non_blocking=True), batch.dtype).permute(0, 3, 1, 2)
 
         rows = torch.tensor([i for i, _ in members], device=params.device)
-        finished = finish_tiles(stack(images), stack(stages), params[rows], finish)
+        finished = finish_tiles(stack(images), stack(stages), params[rows], finish,
+                                origins=[(w.top, w.left) for _, w in members])
         for row, (index, w) in enumerate(members):
             core = finished[row, :, w.core_top - w.top : w.core_bottom - w.top, w.core_left - w.left : w.core_right - w.left]
             outputs[index][w.core_top : w.core_bottom, w.core_left : w.core_right] = _from_unit_float(

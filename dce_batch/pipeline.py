@@ -56,7 +56,7 @@ from .manifest import (
 from .plan import Plan, existing_output_uris, output_settings, plan_run
 from .process import ImageProcessor, ImageReader, ImageState, ImageWriter, WorkItem
 from .progress import Progress
-from .settings import FINISH_METHOD, FinishConfig, check_inference_settings, resolve_scale
+from .settings import FinishConfig, check_inference_settings, resolve_scale
 from .weights_header import read_header_metadata
 from .storage import MANIFEST_DIR, Location, S3Options, filesystem_for, list_inputs_table, read_bytes
 
@@ -96,7 +96,7 @@ class EnhanceConfig:
     quality: int = 95
     strength: float = 1.0
     precision: str = "auto"
-    denoise: str = "auto"  # noise-aware denoising after the curves (dce_batch.finishing); "off"
+    denoise: str = "auto"  # noise-aware denoising after the curves (dce_batch.finishing); "fast", "off"
     denoise_strength: float = 1.0
     exposure: float | str = "auto"  # scene-fitted exposure: "auto", "off" or a target mean brightness
     num_actors: tuple[int, int] | None = None
@@ -513,9 +513,12 @@ def run_output_settings(config: EnhanceConfig, meta, output_format: str) -> dict
     """The output settings (``plan.output_settings``) a run with ``config`` and weights ``meta``
     records for its outputs of ``output_format``: what resume compares."""
     finish = config.finish_config()
+    # "fast" is the filter earlier versions ran as "auto": record it as they did (denoise auto,
+    # its method's name), so their OUTPUTs resume with --denoise fast, as scale 1 does for --scale.
+    denoise = "auto" if finish.denoise == "fast" else finish.denoise
     finishing = None if not finish.enabled else {
-        "denoise": finish.denoise, "denoise_strength": finish.denoise_strength, "exposure": finish.exposure,
-        "method": FINISH_METHOD}
+        "denoise": denoise, "denoise_strength": finish.denoise_strength, "exposure": finish.exposure,
+        "method": finish.method}
     return output_settings(model_sha256=meta.sha256, variant=meta.variant, scale=resolve_scale(meta.variant, config.scale),
                            strength=config.strength, precision=config.precision, format=config.format,
                            quality=config.quality, output_format=output_format, finishing=finishing)

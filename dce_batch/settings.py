@@ -7,8 +7,8 @@ from typing import Literal, Union
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_EXPOSURE_TARGET", "DEFAULT_SCALES", "PRECISIONS", "FinishConfig", "check_inference_settings",
-           "parse_exposure", "resolve_scale"]
+__all__ = ["DEFAULT_EXPOSURE_TARGET", "DEFAULT_SCALES", "FAST_FINISH_METHOD", "FINISH_METHOD", "PRECISIONS",
+           "FinishConfig", "check_inference_settings", "parse_exposure", "resolve_scale"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
@@ -41,7 +41,7 @@ def check_inference_settings(*, strength: float, precision: str, scale: float | 
         raise ConfigError("batch_pixels must be positive")
 
 
-DenoiseMode = Literal["auto", "off"]
+DenoiseMode = Literal["auto", "fast", "off"]
 ExposureSetting = Union[float, Literal["auto", "off"]]
 
 # Mean luma (BT.709, non-linear) that "auto" exposure aims at: about where well-exposed
@@ -51,7 +51,10 @@ DEFAULT_EXPOSURE_TARGET = 0.45
 
 # Names the finishing algorithm in the output settings that resume compares, so outputs made by
 # an earlier algorithm are never silently mixed with new ones. Change it whenever the pixels change.
-FINISH_METHOD = "lee-wiener-2"
+FINISH_METHOD = "dct-wiener-3"
+# ``denoise="fast"``: the previous default (no DCT stage), under the name its outputs recorded,
+# so an OUTPUT made by an earlier version resumes with ``--denoise fast``.
+FAST_FINISH_METHOD = "lee-wiener-2"
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,8 @@ class FinishConfig:
     """Settings of the finishing stage.
 
     Attributes:
-        denoise: ``auto`` (noise-aware luma + chroma filtering) or ``off``.
+        denoise: ``auto`` (noise-aware luma + chroma filtering, with the luma's DCT stage),
+            ``fast`` (the same without the DCT stage: the earlier default, faster) or ``off``.
         denoise_strength: scales the smoothing threshold; 0 disables, 1 is the measured
             default, 2 smooths harder.
         exposure: ``auto`` (mean luma of the lit regions to :data:`DEFAULT_EXPOSURE_TARGET`
@@ -70,6 +74,8 @@ class FinishConfig:
             chroma's pilot are measured over), in pixels.
         luma_noise_factor, chroma_noise_factor: the noise variance each filter removes, as a
             multiple of the estimated local noise standard deviation (before ``denoise_strength``).
+        dct_noise_factor: the same for the luma's DCT Wiener stage (``denoise="auto"``); 0
+            skips that stage.
         chroma_refine_radius: half-width of the windows of chroma's empirical Wiener filter;
             0 filters chroma like luma instead (the earlier one-pass default). The tiling halo
             is ``max(2 * radius, radius + 2 * chroma_refine_radius)`` (13 by default).
@@ -83,10 +89,11 @@ class FinishConfig:
     luma_noise_factor: float = 0.9
     chroma_noise_factor: float = 3.0
     chroma_refine_radius: int = 5
+    dct_noise_factor: float = 1.35
 
     def __post_init__(self) -> None:
-        if self.denoise not in ("auto", "off"):
-            raise ConfigError(f"denoise must be 'auto' or 'off', got {self.denoise!r}")
+        if self.denoise not in ("auto", "fast", "off"):
+            raise ConfigError(f"denoise must be 'auto', 'fast' or 'off', got {self.denoise!r}")
         if not 0.0 <= self.denoise_strength <= 4.0:
             raise ConfigError(f"denoise strength must be in [0, 4] (1 = default), got {self.denoise_strength}")
         if isinstance(self.exposure, str):
@@ -102,12 +109,22 @@ class FinishConfig:
         if not 0 <= self.chroma_refine_radius <= 32:
             raise ConfigError(f"chroma_refine_radius must be in 0..32 pixels (0 filters chroma like luma), "
                               f"got {self.chroma_refine_radius}")
-        if self.luma_noise_factor < 0 or self.chroma_noise_factor < 0:
+        if self.luma_noise_factor < 0 or self.chroma_noise_factor < 0 or self.dct_noise_factor < 0:
             raise ConfigError("noise factors must be non-negative")
 
     @property
     def denoising(self) -> bool:
         return self.denoise != "off" and self.denoise_strength > 0
+
+    @property
+    def dct_stage(self) -> bool:
+        """Whether the luma goes through the DCT Wiener stage after the guided filter."""
+        return self.denoising and self.denoise == "auto" and self.dct_noise_factor > 0
+
+    @property
+    def method(self) -> str:
+        """The algorithm's name that output settings record (see :data:`FINISH_METHOD`)."""
+        return FINISH_METHOD if self.dct_stage else FAST_FINISH_METHOD
 
     @property
     def exposure_target(self) -> float | None:

@@ -172,6 +172,30 @@ def test_outputs_of_an_earlier_finishing_algorithm_are_not_resumed(tmp_path):
     assert plan.skipped.num_rows == 1
 
 
+def test_outputs_of_the_previous_denoiser_resume_with_denoise_fast(tmp_path):
+    """An OUTPUT made before the DCT stage (its settings recorded denoise auto with the method
+    lee-wiener-2) is refused under the new default, naming the method, and resumes with
+    ``--denoise fast``, which computes the same pixels."""
+    from types import SimpleNamespace
+
+    from dce_batch.pipeline import EnhanceConfig, run_output_settings
+    from dce_batch.settings import FAST_FINISH_METHOD, FINISH_METHOD
+
+    out = tmp_path / "out"
+    meta = SimpleNamespace(sha256="m" * 64, variant="full")
+    earlier = run_output_settings(EnhanceConfig(input="/in", output=str(out)), meta, "PNG")
+    earlier = dict(earlier, finishing=dict(earlier["finishing"], method="lee-wiener-2"))
+    done = rows_to_table([_done_row("/in/a.png", str(out / "a.png"), lambda fmt: earlier)])
+    default = run_output_settings(EnhanceConfig(input="/in", output=str(out)), meta, "PNG")
+    assert default["finishing"]["method"] == FINISH_METHOD != FAST_FINISH_METHOD == "lee-wiener-2"
+    with pytest.raises(ConfigError, match=f"'method': '{FINISH_METHOD}'"):
+        _plan(tmp_path, _inputs("a.png"), done=done, existing=[str(out / "a.png")], settings_for=lambda fmt: default)
+    fast = run_output_settings(EnhanceConfig(input="/in", output=str(out), denoise="fast"), meta, "PNG")
+    assert fast == earlier
+    plan = _plan(tmp_path, _inputs("a.png"), done=done, existing=[str(out / "a.png")], settings_for=lambda fmt: fast)
+    assert plan.skipped.num_rows == 1
+
+
 def test_describe_settings_change():
     a = json.dumps({"strength": 1.0, "quality": 95})
     b = json.dumps({"strength": 0.3, "quality": 95})
