@@ -15,7 +15,7 @@ from dce_batch.errors import ConfigError
 from dce_batch.losses import LossWeights
 from dce_batch.pipeline import EnhanceConfig, run_enhance
 from dce_batch.train_data import AugmentConfig, augment_batch, decode_for_training
-from dce_batch.training import TrainConfig, run_training
+from dce_batch.training import TrainConfig, TrainingOutcome, run_training
 from dce_batch.weights import load_weights
 
 pytestmark = pytest.mark.ray
@@ -45,6 +45,24 @@ def _config(data, storage, **overrides) -> TrainConfig:
                     lr=1e-3, val_fraction=0.2, seed=0)
     settings.update(overrides)
     return TrainConfig(**settings)
+
+
+def _fast_config(data, storage, **overrides) -> TrainConfig:
+    """The fast variant with its own loss weights: one worker, one epoch."""
+    return _config(data, storage, variant="fast", epochs=1, workers=1, loss=LossWeights.for_variant("fast"),
+                   **overrides)
+
+
+@pytest.fixture(scope="module")
+def fast_run(ray_local, training_images, tmp_path_factory) -> TrainingOutcome:
+    """A fast-variant run from random weights, with its weights exported, trained once for the module.
+
+    Each run costs about 20 s of Ray Train start-up (little of it training): the determinism test
+    repeats this run instead of training two of its own, and the fast-variant test checks it.
+    """
+    folder = tmp_path_factory.mktemp("fast")
+    return run_training(_fast_config(training_images, folder / "runs", name="fast",
+                                     export=str(folder / "fast.safetensors")))
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
@@ -79,11 +97,13 @@ def test_two_workers_train_checkpoint_and_export(ray_local, training_images, tmp
     assert weights.meta.metrics["epochs"] == 3 and "val_loss" in weights.meta.metrics
     assert weights.meta.data.startswith(str(training_images))
 
-    # the exported weights drive the enhancement job
+    # the exported weights drive the enhancement job (local worker processes load them as Ray's
+    # actors do, and start in a fraction of the time)
     images = tmp_path / "to_enhance"
     images.mkdir()
     Image.fromarray(_training_image(np.random.default_rng(5))).save(images / "x.png")
-    summary = run_enhance(EnhanceConfig(input=str(images), output=str(tmp_path / "enhanced"), weights=str(export)))
+    summary = run_enhance(EnhanceConfig(input=str(images), output=str(tmp_path / "enhanced"), weights=str(export),
+                                        engine="local"))
     assert summary.ok == 1 and summary.model["sha256"] == weights.meta.sha256
 
 
@@ -104,11 +124,11 @@ def test_an_injected_worker_failure_restarts_and_the_same_name_resumes(ray_local
     assert [m["resumes"] for m in more.history] == [0, 0, 1, 2]
 
 
-def test_training_is_deterministic_with_a_seed(ray_local, training_images, tmp_path):
-    runs = [run_training(_config(training_images, tmp_path / "runs", name=f"det{i}", workers=1, epochs=1)).history
-            for i in range(2)]
+def test_training_is_deterministic_with_a_seed(fast_run, training_images, tmp_path):
+    # The same run again: only its storage differs (the export, after training, is left out)
+    again = run_training(_fast_config(training_images, tmp_path / "runs", name="fast"))
     keys = ("train_loss", "val_loss", "train_exposure", "train_smoothness")
-    assert [[m[k] for k in keys] for m in runs[0]] == [[m[k] for k in keys] for m in runs[1]]
+    assert [[m[k] for k in keys] for m in fast_run.history] == [[m[k] for k in keys] for m in again.history]
 
 
 def test_data_and_checkpoints_on_s3(ray_local, s3_server, s3_bucket, tmp_path):
@@ -133,16 +153,13 @@ def test_data_and_checkpoints_on_s3(ray_local, s3_server, s3_bucket, tmp_path):
     assert [m["resumes"] for m in again.history] == [0, 0, 1]
 
 
-def test_fast_variant_trains_with_its_own_defaults_and_fine_tunes(ray_local, training_images, tmp_path):
-    config = _config(training_images, tmp_path / "runs", name="fast", variant="fast", epochs=1, workers=1,
-                     loss=LossWeights.for_variant("fast"), export=str(tmp_path / "fast.safetensors"))
-    outcome = run_training(config)
+def test_fast_variant_trains_with_its_own_defaults_and_fine_tunes(fast_run, training_images, tmp_path):
+    outcome = fast_run
     assert outcome.weights_meta.variant == "fast" and outcome.weights_meta.num_params == 10_561
     assert outcome.weights_meta.recipe["loss"]["smoothness"] == 1600
     # --init-weights: start from the shipped fast model instead of random weights
-    tuned = run_training(_config(training_images, tmp_path / "runs", name="tuned", variant="fast", epochs=1,
-                                 workers=1, lr=1e-9, loss=LossWeights.for_variant("fast"),
-                                 init_weights="zerodcepp_sice_v2", export=str(tmp_path / "tuned.safetensors")))
+    tuned = run_training(_fast_config(training_images, tmp_path / "runs", name="tuned", lr=1e-9,
+                                      init_weights="zerodcepp_sice_v2", export=str(tmp_path / "tuned.safetensors")))
     shipped = load_weights("zerodcepp_sice_v2").state_dict
     exported = load_weights(tmp_path / "tuned.safetensors").state_dict
     assert all(torch.allclose(exported[k], shipped[k], atol=1e-6) for k in shipped)
