@@ -190,7 +190,7 @@ def main() -> int:
         print(precision_check(source))
         from dce_batch.inference import cpu_has_native_bf16
 
-        kinds = ["authors", "bare", "job", "job_ray", "job_no_finish", "job_scale1", "job_scale1_no_finish", "job_fp32"]
+        kinds = ["authors", "bare", "job", "job_ray", "job_no_finish", "job_denoise_fast", "job_scale1", "job_scale1_no_finish", "job_fp32"]
         if cpu_has_native_bf16():
             kinds.append("job_bf16")
         results: dict[str, list[dict]] = {k: [] for k in kinds}
