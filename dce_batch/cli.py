@@ -96,7 +96,7 @@ def enhance_parser() -> argparse.ArgumentParser:
     g.add_argument("--denoise", choices=["auto", "fast", "off"], default="auto",
                    help="noise-aware denoising of what the curves lifted (default auto: strength follows the "
                         "measured noise and the local gain; clean images are left alone). fast: without the "
-                        "luma's DCT stage (the earlier default: noisier, about 4 %% more images/s on a CPU)")
+                        "luma's DCT stage (the earlier default: noisier, 4-18 %% more images/s on a CPU)")
     g.add_argument("--denoise-strength", type=float, default=1.0, help="0..4, 1 = the measured default")
     g.add_argument("--exposure", type=_exposure, default="auto",
                    help="auto (default: dark scenes are brought to a natural brightness, night scenes keep "
