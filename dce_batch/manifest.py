@@ -143,29 +143,31 @@ def table_to_parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def write_manifest_part(fs: pafs.FileSystem, manifest_path: str, run_id: str, index: int | str,
-                        table: pa.Table) -> str:
-    """Write one part file atomically; returns its path."""
-    suffix = f"{index:05d}" if isinstance(index, int) else index
-    path = f"{manifest_path}/part-{run_id}-{suffix}.parquet"
-    write_bytes_atomic(fs, path, table_to_parquet_bytes(table))
-    return path
-
-
-def write_pending_part(fs: pafs.FileSystem, manifest_path: str, run_id: str, worker: str, table: pa.Table) -> str:
-    """Journal a batch's rows (an actor calls this once the batch's outputs are written).
-
-    The journal lives in OUTPUT, so a journal that cannot be written (the disk filled up between
-    the images and their rows) is an :class:`OutputWriteError`, like an image that cannot be: the
-    run stops, and the rows it could not journal are not claimed.
-    """
-    safe_worker = "".join(c if c.isalnum() or c in "-_" else "-" for c in worker)[:60] or "worker"
-    path = f"{manifest_path}/{PENDING_DIR}/{run_id}/{safe_worker}-{uuid.uuid4().hex[:12]}.parquet"
+def _write_rows(fs: pafs.FileSystem, path: str, table: pa.Table, what: str) -> str:
+    """Write rows to ``path`` atomically. The manifest lives in OUTPUT, so a part that cannot be
+    written (the disk filled up between the images and their rows) is an
+    :class:`OutputWriteError`, like an image that cannot be: the run stops, and the rows it could
+    not write are not claimed."""
     try:
         write_bytes_atomic(fs, path, table_to_parquet_bytes(table))
     except StorageError as exc:
-        raise OutputWriteError(f"OUTPUT cannot be written (the manifest's journal): {exc}") from exc
+        raise OutputWriteError(f"OUTPUT cannot be written ({what}): {exc}") from exc
     return path
+
+
+def write_manifest_part(fs: pafs.FileSystem, manifest_path: str, run_id: str, index: int | str,
+                        table: pa.Table) -> str:
+    """Write one part file atomically; returns its path (:class:`OutputWriteError` if it cannot)."""
+    suffix = f"{index:05d}" if isinstance(index, int) else index
+    return _write_rows(fs, f"{manifest_path}/part-{run_id}-{suffix}.parquet", table, "the manifest")
+
+
+def write_pending_part(fs: pafs.FileSystem, manifest_path: str, run_id: str, worker: str, table: pa.Table) -> str:
+    """Journal a batch's rows (an actor calls this once the batch's outputs are written);
+    :class:`OutputWriteError` if it cannot be written."""
+    safe_worker = "".join(c if c.isalnum() or c in "-_" else "-" for c in worker)[:60] or "worker"
+    path = f"{manifest_path}/{PENDING_DIR}/{run_id}/{safe_worker}-{uuid.uuid4().hex[:12]}.parquet"
+    return _write_rows(fs, path, table, "the manifest's journal")
 
 
 def _parquet_files(fs: pafs.FileSystem, folder: str, *, recursive: bool) -> list[str]:

@@ -40,6 +40,15 @@ def test_a_journal_that_cannot_be_written_is_an_output_write_error(tmp_path):
     assert isinstance(caught.value, StorageError)  # callers that catch StorageError still do
 
 
+def test_a_manifest_part_that_cannot_be_written_is_an_output_write_error(tmp_path):
+    """The driver's part files live in OUTPUT too: a full disk there is an OutputWriteError
+    (found by the disk-full test: the driver's part hit the full disk before any image did)."""
+    (tmp_path / "_manifest").write_bytes(b"a file where the manifest's folder must go")
+    with pytest.raises(OutputWriteError, match="OUTPUT cannot be written .the manifest.") as caught:
+        write_manifest_part(FS, str(tmp_path / "_manifest"), "r1", 0, rows_to_table([_row("r1", "a.png")]))
+    assert isinstance(caught.value, StorageError)
+
+
 def test_a_missing_manifest_is_empty_but_an_unreadable_one_fails(tmp_path):
     assert read_manifest(FS, str(tmp_path / "nope")).num_rows == 0
     manifest = tmp_path / "_manifest"
