@@ -53,12 +53,21 @@ from .manifest import (
     write_manifest_part,
     write_pending_part,
 )
-from .plan import Plan, existing_output_uris, output_settings, plan_run
+from .plan import Plan, list_output_files, output_settings, plan_run
 from .process import ImageProcessor, ImageReader, ImageState, ImageWriter, WorkItem
 from .progress import Progress
 from .settings import FinishConfig, check_inference_settings, resolve_scale
 from .weights_header import read_header_metadata
-from .storage import MANIFEST_DIR, Location, S3Options, filesystem_for, list_inputs_table, read_bytes
+from .storage import (
+    MANIFEST_DIR,
+    Location,
+    S3Options,
+    filesystem_for,
+    list_inputs_table,
+    read_bytes,
+    remove_files,
+    writes_via_temp_files,
+)
 
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "ActorPool", "EnhanceConfig", "plan_actor_pool", "run_enhance",
            "sample_images_dir"]
@@ -498,6 +507,7 @@ class _Prepared:
     input_fs: pafs.FileSystem
     plan: Plan
     recovered: int
+    removed_temp_files: int = 0
 
 
 def _prepare(config: EnhanceConfig, output: Location, blob: bytes, name: str, started: float,
@@ -534,7 +544,7 @@ def plan_inputs(config: EnhanceConfig, output: Location, weights: ResolvedWeight
         raise
     manifest_path = output.child(MANIFEST_DIR)
     fs = output.filesystem
-    done, existing, recovered = None, None, 0
+    done, existing, recovered, removed = None, None, 0, 0
     if config.overwrite:
         from .storage import delete_tree_contents
 
@@ -542,8 +552,14 @@ def plan_inputs(config: EnhanceConfig, output: Location, weights: ResolvedWeight
     else:
         recovered = recover_pending(fs, manifest_path, skip_run=config.run_id)
         done = read_manifest(fs, manifest_path, compact=True)
-        if pc.any(pc.equal(done["status"].cast(pa.string()), "ok")).as_py():
-            existing = existing_output_uris(output)
+    has_outputs = done is not None and pc.any(pc.equal(done["status"].cast(pa.string()), "ok")).as_py()
+    if has_outputs or writes_via_temp_files(fs):
+        found = list_output_files(output)
+        existing = found.uris if has_outputs else None
+        # A writer killed mid-write (a killed driver takes its actors down with it) leaves its temp
+        # file; one run at a time per OUTPUT (as for the journals above), so every temp file
+        # here is such debris.
+        removed = remove_files(fs, found.unfinished)
     meta = weights.meta
     constants = dict(model_name=meta.name, model_sha256=meta.sha256, strength=config.strength,
                      variant=meta.variant, precision=config.precision)
@@ -551,7 +567,7 @@ def plan_inputs(config: EnhanceConfig, output: Location, weights: ResolvedWeight
                     settings_for=functools.partial(run_output_settings, config, meta),
                     requested_format=config.format, row_constants=constants,
                     done=done, existing_outputs=existing)
-    return _Prepared(input_fs, plan, recovered)
+    return _Prepared(input_fs, plan, recovered, removed)
 
 
 class _Background:
@@ -731,7 +747,9 @@ def _run_plan(config: EnhanceConfig, output: Location, weights: ResolvedWeights,
     writer = _ManifestWriter(output, manifest_path, config, summary)
     say(f"run {config.run_id}: {plan.total} inputs in {config.input}: {plan.todo.num_rows} to enhance, "
         f"{plan.skipped.num_rows} already done, {plan.refused.num_rows} refused; model {meta.name} ({meta.variant})"
-        + (f"; recovered {prepared.recovered} rows of an interrupted run" if prepared.recovered else ""))
+        + (f"; recovered {prepared.recovered} rows of an interrupted run" if prepared.recovered else "")
+        + (f"; removed {prepared.removed_temp_files} temp files of writes an interrupted run never finished"
+           if prepared.removed_temp_files else ""))
     writer.add(plan.skipped)
     writer.add(plan.refused)
     received = 0

@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 from .errors import ConfigError, DceBatchError, StorageError, describe_error
 from .imageio import extension_for, format_of_extension, output_format_for_path
 from .manifest import MANIFEST_SCHEMA, STATUS_ERROR, STATUS_SKIPPED, conform, latest_ok_rows
-from .storage import MANIFEST_DIR, InputFile, Location
+from .storage import MANIFEST_DIR, TEMP_NAME_PATTERN, InputFile, Location
 
 __all__ = [
     "OUTPUT_SETTINGS_VERSION",
@@ -344,8 +344,18 @@ def _resume(todo: pa.Table, manifest: pa.Table, existing_outputs: pa.Array | Non
     return todo.filter(pc.invert(matched)), skipped
 
 
-def existing_output_uris(output: Location) -> pa.Array:
-    """URIs of every file under OUTPUT (one listing instead of a request per output)."""
+@dataclass(frozen=True)
+class OutputFiles:
+    """What one listing of OUTPUT found."""
+
+    uris: pa.Array
+    """URIs of the finished files (what resume checks outputs against)."""
+    unfinished: list[str]
+    """Paths of temp files (``.<name>.<hex>.tmp``): writes that a killed writer never renamed."""
+
+
+def list_output_files(output: Location) -> OutputFiles:
+    """Every file under OUTPUT, in one listing instead of a request per output."""
     base = output.path.rstrip("/")
     if isinstance(output.filesystem, pafs.LocalFileSystem):
         paths = _walk_local(base)
@@ -357,8 +367,10 @@ def existing_output_uris(output: Location) -> pa.Array:
             raise StorageError(f"cannot list {output.uri} to check which outputs exist: {exc}") from exc
         paths = pa.array([info.path for info in infos if info.type == pafs.FileType.File], pa.string())
         del infos
-    relative = pc.utf8_slice_codeunits(paths, start=len(base))
-    return pc.binary_join_element_wise(pa.scalar(output.uri.rstrip("/")), relative, "")
+    is_temp = pc.match_substring_regex(paths, TEMP_NAME_PATTERN)
+    unfinished = paths.filter(is_temp).to_pylist()
+    relative = pc.utf8_slice_codeunits(paths.filter(pc.invert(is_temp)), start=len(base))
+    return OutputFiles(pc.binary_join_element_wise(pa.scalar(output.uri.rstrip("/")), relative, ""), unfinished)
 
 
 def _walk_local(base: str) -> pa.Array:

@@ -187,6 +187,33 @@ def test_resuming_with_other_settings_is_refused_and_changes_nothing(tmp_path):
     assert redo.ok == 3 and all(r["strength"] == pytest.approx(0.3) for r in _manifest(out))
 
 
+def test_a_rerun_removes_the_temp_files_of_writes_a_killed_run_never_finished(tmp_path, capsys):
+    # A writer killed mid-write leaves ".<name>.<12 hex>.tmp" (tests below kill real Ray runs;
+    # here the debris is laid down by hand so that every case is certain to occur).
+    source = tmp_path / "in"
+    for i in range(2):
+        _save(source / f"img{i}.png", _dark(30, 40, i), "PNG")
+    out = tmp_path / "out"
+    debris = [out / ".img0.png.0123456789ab.tmp", out / "sub" / ".x.png.abcdef012345.tmp",
+              out / "_manifest" / ".part-1.parquet.00000000ffff.tmp"]
+    users = [out / "notes.tmp", out / ".draft.tmp", out / "sub" / "img.png.tmp"]
+    for path in debris + users:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    # The killed run got as far as no manifest row: the debris still goes.
+    first = run_enhance(_config(source, out, engine="local"))
+    assert first.ok == 2
+    assert [p for p in debris if p.exists()] == []
+    assert all(p.read_bytes() == b"half" for p in users), "files that temp_name did not make are kept"
+    assert "removed 3 temp files" in capsys.readouterr().err
+    # With outputs in the manifest (the resume path lists OUTPUT anyway)
+    debris[0].write_bytes(b"half")
+    (out / "img1.png").unlink()
+    second = run_enhance(_config(source, out, engine="local"))
+    assert (second.ok, second.skipped) == (1, 1) and not debris[0].exists()
+    assert sorted(out.rglob("*.tmp")) == sorted(users)
+
+
 def test_changing_the_format_is_not_a_resume(tmp_path):
     source = tmp_path / "in"
     _save(source / "x.png", _dark(30, 30), "PNG")

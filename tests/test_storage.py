@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tempfile
@@ -311,6 +312,14 @@ def test_write_bytes_atomic_local_failure_leaves_nothing(
     assert temp_names[0].startswith(".a.png.") and temp_names[0].endswith(".tmp")
     assert target.read_bytes() == b"old"  # the old file was never half-replaced
     assert os.listdir(tmp_path) == ["a.png"]  # the temp file was removed
+
+
+def test_temp_names_are_recognised_as_debris_and_nothing_else_is() -> None:
+    for target in ("out/a.png", "out/sub/b.jpg", "x" * 300 + ".png", "out/.hidden.png"):
+        assert re.search(storage_io.TEMP_NAME_PATTERN, storage_io.temp_name(target))
+    for path in ("out/a.png", "out/a.png.tmp", "out/.a.png.tmp", "out/.a.png.0123456789ab.tmp/x.png",
+                 "out/.a.png.0123456789AB.tmp", "out/a.png.0123456789ab.tmp"):
+        assert not re.search(storage_io.TEMP_NAME_PATTERN, path), path
 
 
 def test_write_into_a_file_parent_is_storage_error(tmp_path: Path) -> None:

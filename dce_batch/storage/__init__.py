@@ -11,7 +11,16 @@ Nothing here imports Ray, so all of it is tested with plain pytest.
 """
 
 from .aws import PortableS3FileSystem, S3Options
-from .io import delete_tree_contents, exists, list_files, read_bytes, write_bytes_atomic
+from .io import (
+    TEMP_NAME_PATTERN,
+    delete_tree_contents,
+    exists,
+    list_files,
+    read_bytes,
+    remove_files,
+    write_bytes_atomic,
+    writes_via_temp_files,
+)
 from .listing import (
     INPUT_TABLE_SCHEMA,
     LIST_FILE_SUFFIXES,
@@ -30,6 +39,7 @@ __all__ = [
     "Location",
     "PortableS3FileSystem",
     "S3Options",
+    "TEMP_NAME_PATTERN",
     "delete_tree_contents",
     "exists",
     "filesystem_for",
@@ -37,5 +47,7 @@ __all__ = [
     "list_inputs",
     "list_inputs_table",
     "read_bytes",
+    "remove_files",
     "write_bytes_atomic",
+    "writes_via_temp_files",
 ]

@@ -24,7 +24,8 @@ from ..errors import StorageError
 from .aws import PortableS3FileSystem
 from .uris import display, fsspec_protocol, get_info, storage_error
 
-__all__ = ["delete_tree_contents", "exists", "list_files", "read_bytes", "write_bytes_atomic"]
+__all__ = ["TEMP_NAME_PATTERN", "delete_tree_contents", "exists", "list_files", "read_bytes", "remove_files",
+           "write_bytes_atomic", "writes_via_temp_files"]
 
 # fsspec protocols whose single upload is already atomic (the object appears only when complete).
 # Other fsspec filesystems (sftp, smb, ...) get a temp file + rename like local disks.
@@ -77,12 +78,42 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
     return get_info(fs, path, "check", path).type != pafs.FileType.NotFound
 
 
+# A path whose last part :func:`temp_name` made (``.<name>.<12 hex digits>.tmp``): a write still
+# in progress, or the debris of a writer that was killed before its rename.
+TEMP_NAME_PATTERN = r"(^|/)\.[^/]+\.[0-9a-f]{12}\.tmp$"
+
+
 def temp_name(path: str) -> str:
     """Hidden temp name next to ``path``: skipped by listings, recognisable as debris."""
     folder, name = posixpath.split(path)
     # Keep within the usual 255-byte name limit even for long names.
     stem = name.encode("utf-8")[:200].decode("utf-8", "ignore")
     return posixpath.join(folder, f".{stem}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def writes_via_temp_files(fs: pafs.FileSystem) -> bool:
+    """Whether :func:`write_bytes_atomic` writes a temp file first on ``fs`` (and so a writer
+    killed mid-write leaves one behind): local disks and fsspec filesystems that are not object
+    stores. S3 and object stores publish an upload whole or not at all."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        return True
+    if isinstance(fs, pafs.S3FileSystem):
+        return False
+    return fsspec_protocol(fs) not in _OBJECT_STORE_PROTOCOLS
+
+
+def remove_files(fs: pafs.FileSystem, paths: list[str]) -> int:
+    """Delete ``paths``; ones already gone are fine. Returns how many were deleted."""
+    removed = 0
+    for path in paths:
+        try:
+            fs.delete_file(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise storage_error(exc, "delete", fs, path) from exc
+        removed += 1
+    return removed
 
 
 def _write_local_atomic(path: str, data: bytes) -> None:
