@@ -109,19 +109,19 @@ def test_two_workers_train_checkpoint_and_export(ray_local, training_images, tmp
 
 def test_an_injected_worker_failure_restarts_and_the_same_name_resumes(ray_local, training_images, tmp_path):
     storage = tmp_path / "runs"
-    # A worker process dies in epoch 3 (os._exit in the last rank): the group restarts from the
-    # checkpoint of epoch 2 and the run completes without losing or repeating epochs.
-    crashed = run_training(_config(training_images, storage, name="resumable", epochs=3, max_failures=1,
-                                   inject_failure_at_epoch=2))
-    assert [m["epoch"] for m in crashed.history] == [1, 2, 3]
-    # restarted exactly once, from a checkpoint (not from scratch): epochs 1 and 2 were never redone
-    assert [m["resumes"] for m in crashed.history] == [0, 0, 1]
+    # A worker process dies in epoch 2 (os._exit in the last rank): the group restarts from the
+    # checkpoint of epoch 1 and the run completes without losing or repeating epochs.
+    crashed = run_training(_config(training_images, storage, name="resumable", epochs=2, max_failures=1,
+                                   inject_failure_at_epoch=1))
+    assert [m["epoch"] for m in crashed.history] == [1, 2]
+    # restarted exactly once, from a checkpoint (not from scratch): epoch 1 was never redone
+    assert [m["resumes"] for m in crashed.history] == [0, 1]
 
-    # Same name, more epochs: continues after epoch 3 instead of starting over.
-    more = run_training(_config(training_images, storage, name="resumable", epochs=4))
-    assert [m["epoch"] for m in more.history] == [1, 2, 3, 4]
-    assert more.history[:3] == crashed.history
-    assert [m["resumes"] for m in more.history] == [0, 0, 1, 2]
+    # Same name, more epochs: continues after epoch 2 instead of starting over.
+    more = run_training(_config(training_images, storage, name="resumable", epochs=3))
+    assert [m["epoch"] for m in more.history] == [1, 2, 3]
+    assert more.history[:2] == crashed.history
+    assert [m["resumes"] for m in more.history] == [0, 1, 2]
 
 
 def test_training_is_deterministic_with_a_seed(fast_run, training_images, tmp_path):
