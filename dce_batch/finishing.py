@@ -4,8 +4,9 @@ Zero-DCE's curves lift signal and sensor noise alike, and very dark scenes stay 
 stage runs after the network, in torch on the same device (CPU or CUDA), batched, in two steps:
 
 * :func:`finish_params`, once per image on small copies of the input and of the network's output
-  (see :func:`params_copy`): the noise level of the input (luma and chroma: a low quantile of
-  the local RMS of its detail layer) and the global exposure curve that brings the mean luma
+  (see :func:`params_copy`): the noise level of the input (a low quantile of the local RMS of
+  its detail layer; for the luma, read per brightness level) and the global exposure curve that
+  brings the mean luma
   of the output's lit regions to the target (night scenes keep the network's look).
 * :func:`finish_tiles`, per tile: the exposure curve, then a luma/chroma split (BT.709 Y'CbCr)
   and on each a guided filter with a local Wiener gain (He et al. 2013; Lee 1980) that removes
@@ -162,6 +163,47 @@ def _noise_sigmas(ycc: torch.Tensor, luma: torch.Tensor) -> torch.Tensor:
     return out
 
 
+# Brightness levels (the input luma's 5 x 5 mean, in 8-bit steps) whose noise is read apart, and
+# the fewest windows a level needs to count.
+_NOISE_LEVEL_EDGES = (1.5, 3.0, 6.0, 12.0, 24.0, 48.0, 96.0, 256.0)
+_MIN_LEVEL_WINDOWS = 64
+# The estimate per level never exceeds this multiple of the whole frame's: noise varies with the
+# brightness by a bounded factor (up to 2x between levels in the simulated pairs), texture does not.
+_MAX_LEVEL_NOISE_RATIO = 1.5
+
+
+def _luma_noise_by_level(luma: torch.Tensor, whole_frame: torch.Tensor) -> torch.Tensor:
+    """Per image of N x 1 x h x w, the luma's noise level: the median, over brightness levels,
+    of each level's estimate (the low quantile of :func:`_noise_sigmas`, within the level), at
+    most :data:`_MAX_LEVEL_NOISE_RATIO` times ``whole_frame`` (that quantile over the whole frame).
+
+    Noise in a dark photo depends on the brightness (in sRGB up to 2x larger in the deep shadows
+    than at mid-grey, in the simulated pairs), and texture reads as noise to any window
+    statistic. A quantile over the whole frame reads whichever level has the flattest regions,
+    or the texture where one level fills most of the frame; the median over levels reads a
+    typical level. In real photos, levels that hold only a few edges or a lamp's surroundings
+    read as texture, and the cap keeps them from taking over (without it the estimate rose up to
+    13x on DICM). Measured against the true noise of 48 simulated pairs (benchmarks/quality): the
+    estimate's spread (coefficient of variation of estimate / truth) fell from 0.20 to 0.15.
+    """
+    r = _NOISE_WINDOW_RADIUS
+    luma = params_copy(luma, max_pixels=4 * _MAX_STAT_SAMPLES, patch=64)
+    detail = luma - box_mean(luma, r)
+    rms = box_mean(detail * detail, r).sqrt_().flatten(1)
+    level = box_mean(luma, r).flatten(1) * 255.0
+    out = torch.zeros(luma.shape[0], device=luma.device)
+    for i in range(luma.shape[0]):
+        estimates = []
+        for low, high in zip(_NOISE_LEVEL_EDGES[:-1], _NOISE_LEVEL_EDGES[1:]):
+            values = rms[i][(level[i] >= low) & (level[i] < high)]
+            if values.numel() >= _MIN_LEVEL_WINDOWS:
+                estimates.append(values.kthvalue(max(1, round(_NOISE_QUANTILE * values.numel()))).values)
+        if estimates:
+            ordered = torch.stack(estimates).sort().values
+            out[i] = (ordered[(len(estimates) - 1) // 2] + ordered[len(estimates) // 2]) / 2
+    return torch.minimum(out, _MAX_LEVEL_NOISE_RATIO * whole_frame)
+
+
 def _exposure_curve(x: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
     """``min(x ** g, SHADOW_GAIN * x)``: a power curve whose gain in the deep shadows is capped.
 
@@ -236,7 +278,8 @@ def finish_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, config:
     if config.denoising:
         y, cbcr = _to_ycbcr(low_small)
         sigmas = _noise_sigmas(torch.cat((y, cbcr), dim=1), y)
-        params[:, PARAM_SIGMA_LUMA] = sigmas[:, 0]
+        # --denoise fast keeps the earlier estimate, so its outputs stay those of earlier versions.
+        params[:, PARAM_SIGMA_LUMA] = _luma_noise_by_level(y, sigmas[:, 0]) if config.dct_stage else sigmas[:, 0]
         params[:, PARAM_SIGMA_CHROMA] = sigmas[:, 1:3].mean(dim=1)
     return params
 

@@ -51,7 +51,7 @@ DEFAULT_EXPOSURE_TARGET = 0.45
 
 # Names the finishing algorithm in the output settings that resume compares, so outputs made by
 # an earlier algorithm are never silently mixed with new ones. Change it whenever the pixels change.
-FINISH_METHOD = "dct-wiener-3"
+FINISH_METHOD = "dct-wiener-4"
 # ``denoise="fast"``: the previous default (no DCT stage), under the name its outputs recorded,
 # so an OUTPUT made by an earlier version resumes with ``--denoise fast``.
 FAST_FINISH_METHOD = "lee-wiener-2"

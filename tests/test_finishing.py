@@ -216,6 +216,43 @@ def test_params_shape_and_noise_estimate_track_the_noise():
     assert 2.0 < loud / quiet < 6.0  # 4x the noise reads as about 4x
 
 
+def test_the_noise_estimate_is_not_read_from_texture_that_fills_most_of_the_frame():
+    # Two flat dark bands (10 % of the frame each) and a textured brighter one (80 %), all with
+    # the same noise: the estimate per brightness level reads the noise; one quantile over the
+    # whole frame (--denoise fast, the earlier estimate) falls in the texture.
+    sigma = 2.0 * STEP
+    g = torch.Generator().manual_seed(3)
+    rows, cols = torch.meshgrid(torch.arange(200), torch.arange(200), indexing="ij")
+    # A fine checkerboard (its 5 x 5 means stay at one level), levels 8, 18 and 36 (8-bit steps)
+    # in three of the estimate's brightness levels, so that no level holds only band edges
+    texture = 12.0 * STEP * (1 - 2 * ((rows + cols) % 2))
+    clean = torch.where(rows < 20, 8.0 * STEP, torch.where(rows < 40, 18.0 * STEP, 36.0 * STEP + texture))
+    low = (clean + sigma * torch.randn(clean.shape, generator=g)).clamp(0, 1).expand(1, 3, 200, 200)
+    by_level = float(finish_params(low, low * 4, FinishConfig())[0, PARAM_SIGMA_LUMA])
+    whole_frame = float(finish_params(low, low * 4, FinishConfig(denoise="fast"))[0, PARAM_SIGMA_LUMA])
+    flat = (torch.full_like(clean, 20.0 * STEP) + sigma * torch.randn(clean.shape, generator=g)).expand(1, 3, 200, 200)
+    reference = float(finish_params(flat, flat * 4, FinishConfig())[0, PARAM_SIGMA_LUMA])  # a flat frame
+    assert 0.75 * reference < by_level < 1.25 * reference
+    assert whole_frame > 2.0 * reference
+
+
+def test_levels_that_hold_only_texture_do_not_take_the_noise_estimate_over():
+    # A flat noisy level over 60 % of the frame and four brighter levels of pure texture (10 %
+    # each): most levels read texture, and the estimate stays within 1.5x the flat level's noise.
+    sigma = 2.0 * STEP
+    g = torch.Generator().manual_seed(4)
+    rows, cols = torch.meshgrid(torch.arange(200), torch.arange(200), indexing="ij")
+    checker = 1 - 2 * ((rows + cols) % 2)
+    band = (rows - 120).clamp_min(0) // 20  # 0 for the first 120 rows, then 1..4
+    levels = torch.tensor([8.0, 18.0, 36.0, 70.0, 140.0]) * STEP
+    clean = levels[band] + (band > 0) * 0.25 * levels[band] * checker
+    low = (clean + sigma * torch.randn(clean.shape, generator=g)).clamp(0, 1).expand(1, 3, 200, 200)
+    flat = (torch.full_like(clean, 8.0 * STEP) + sigma * torch.randn(clean.shape, generator=g)).expand(1, 3, 200, 200)
+    reference = float(finish_params(flat, flat * 4, FinishConfig())[0, PARAM_SIGMA_LUMA])
+    by_level = float(finish_params(low, low * 4, FinishConfig())[0, PARAM_SIGMA_LUMA])
+    assert 0.75 * reference < by_level <= 1.5 * 1.25 * reference
+
+
 def test_params_copy_is_a_mosaic_of_full_resolution_patches():
     small = torch.rand(1, 3, 300, 400)
     assert params_copy(small) is small
