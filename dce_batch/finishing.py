@@ -188,14 +188,16 @@ def _luma_noise_by_level(luma: torch.Tensor, whole_frame: torch.Tensor) -> torch
     """
     r = _NOISE_WINDOW_RADIUS
     luma = params_copy(luma, max_pixels=4 * _MAX_STAT_SAMPLES, patch=64)
-    detail = luma - box_mean(luma, r)
+    mean = box_mean(luma, r)
+    detail = luma - mean
     rms = box_mean(detail * detail, r).sqrt_().flatten(1)
-    level = box_mean(luma, r).flatten(1) * 255.0
+    # 0 below the first edge (black), 1 .. 7 the levels
+    level = torch.bucketize(mean.flatten(1) * 255.0, torch.tensor(_NOISE_LEVEL_EDGES, device=luma.device), right=True)
     out = torch.zeros(luma.shape[0], device=luma.device)
     for i in range(luma.shape[0]):
         estimates = []
-        for low, high in zip(_NOISE_LEVEL_EDGES[:-1], _NOISE_LEVEL_EDGES[1:]):
-            values = rms[i][(level[i] >= low) & (level[i] < high)]
+        for index in range(1, len(_NOISE_LEVEL_EDGES)):
+            values = rms[i][level[i] == index]
             if values.numel() >= _MIN_LEVEL_WINDOWS:
                 estimates.append(values.kthvalue(max(1, round(_NOISE_QUANTILE * values.numel()))).values)
         if estimates:
