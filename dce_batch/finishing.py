@@ -177,13 +177,12 @@ def _luma_noise_by_level(luma: torch.Tensor, whole_frame: torch.Tensor) -> torch
     of each level's estimate (the low quantile of :func:`_noise_sigmas`, within the level), at
     most :data:`_MAX_LEVEL_NOISE_RATIO` times ``whole_frame`` (that quantile over the whole frame).
 
-    Noise in a dark photo depends on the brightness (in sRGB up to 2x larger in the deep shadows
-    than at mid-grey, in the simulated pairs), and texture reads as noise to any window
-    statistic. A quantile over the whole frame reads whichever level has the flattest regions,
-    or the texture where one level fills most of the frame; the median over levels reads a
-    typical level. In real photos, levels that hold only a few edges or a lamp's surroundings
-    read as texture, and the cap keeps them from taking over (without it the estimate rose up to
-    13x on DICM). Measured against the true noise of 48 simulated pairs (benchmarks/quality): the
+    Noise in a dark photo depends on the brightness (in the simulated pairs' sRGB, 1.9x larger
+    at 4-8 steps than at 32-64), and texture reads as noise to any window statistic. A quantile
+    over the whole frame reads whichever level has the flattest regions, or the texture where
+    one level fills most of the frame; the median over levels reads a typical level. In real
+    photos, levels that hold only a few edges read as texture, and the cap keeps them from
+    taking over (without it the estimate rose up to 13x on DICM). Measured against the true noise of 48 simulated pairs (benchmarks/quality): the
     estimate's spread (coefficient of variation of estimate / truth) fell from 0.20 to 0.15.
     """
     r = _NOISE_WINDOW_RADIUS
