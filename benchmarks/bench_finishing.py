@@ -15,6 +15,8 @@ decodes them; CPU default tiling):
   what the DCT stage costs;
 * network + finishing with one chroma pass (``chroma_refine_radius=0``, an earlier default):
   what the second chroma pass costs;
+* network + finishing without block matching (``matched_noise_level=inf``): what the DCT stage's
+  matched groups cost where the noise is strong (here, everywhere);
 * the default precision's network with ``scale=1``, alone and with finishing: Zero-DCE's curves
   at full resolution, the network alone that the quality issue's +30 % was written against
   (the default now estimates them on a 4x smaller copy, 4x faster, so the same finishing is a
@@ -30,6 +32,7 @@ finishing at full frame within an 8-bit step.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -67,7 +70,8 @@ def main() -> None:
     finishes = {"": None, " + finishing": FinishConfig(), " + denoise only": FinishConfig(exposure="off"),
                 " + exposure only": FinishConfig(denoise="off"),
                 " + finishing, denoise fast": FinishConfig(denoise="fast"),
-                " + finishing, one chroma pass": FinishConfig(chroma_refine_radius=0)}
+                " + finishing, one chroma pass": FinishConfig(chroma_refine_radius=0),
+                " + finishing, no block matching": FinishConfig(matched_noise_level=math.inf)}
     rows = {}
     for precision in dict.fromkeys([default_precision, "fp32"]):
         for suffix, finish in finishes.items():
@@ -107,6 +111,9 @@ def main() -> None:
         print(f"finishing adds {cost:+.1%} to the {precision} network (the issue allows +30 %)")
         dct = seconds[f"network {precision} + finishing"] / seconds[f"network {precision} + finishing, denoise fast"] - 1
         print(f"the luma's DCT stage adds {dct:+.1%} to the {precision} network + finishing with --denoise fast")
+        matching = seconds[f"network {precision} + finishing"] / seconds[f"network {precision} + finishing, no block matching"] - 1
+        print(f"block matching where the noise is strong adds {matching:+.1%} to the {precision} network + finishing "
+              f"without it (these synthetic images are noisy everywhere: its worst case)")
         second = seconds[f"network {precision} + finishing"] / seconds[f"network {precision} + finishing, one chroma pass"] - 1
         print(f"the second chroma pass adds {second:+.1%} to the {precision} network + one-pass finishing")
     full_resolution = f"network {default_precision} scale 1"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Union
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_EXPOSURE_TARGET", "DEFAULT_SCALES", "FAST_FINISH_METHOD", "FINISH_METHOD", "PRECISIONS",
+__all__ = ["DEFAULT_EXPOSURE_TARGET", "DEFAULT_SCALES", "FAST_FINISH_METHOD", "FINISH_METHOD", "PRECISIONS", "UNMATCHED_FINISH_METHOD",
            "FinishConfig", "check_inference_settings", "parse_exposure", "resolve_scale"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -51,7 +52,9 @@ DEFAULT_EXPOSURE_TARGET = 0.45
 
 # Names the finishing algorithm in the output settings that resume compares, so outputs made by
 # an earlier algorithm are never silently mixed with new ones. Change it whenever the pixels change.
-FINISH_METHOD = "dct-wiener-4"
+FINISH_METHOD = "dct-wiener-bm-5"
+# The DCT stage without block matching (``matched_noise_level=inf``): the default before it.
+UNMATCHED_FINISH_METHOD = "dct-wiener-4"
 # ``denoise="fast"``: the previous default (no DCT stage), under the name its outputs recorded,
 # so an OUTPUT made by an earlier version resumes with ``--denoise fast``.
 FAST_FINISH_METHOD = "lee-wiener-2"
@@ -76,9 +79,12 @@ class FinishConfig:
             multiple of the estimated local noise standard deviation (before ``denoise_strength``).
         dct_noise_factor: the same for the luma's DCT Wiener stage (``denoise="auto"``); 0
             skips that stage.
+        matched_noise_level: in that stage, blocks whose local noise level (the standard
+            deviation it removes, on the 0-1 scale) is at least this go through block matching
+            (filtered with the most similar nearby blocks); ``math.inf`` matches none.
         chroma_refine_radius: half-width of the windows of chroma's empirical Wiener filter;
             0 filters chroma like luma instead (the earlier one-pass default). The tiling halo
-            is ``max(2 * radius, radius + 2 * chroma_refine_radius)`` (13 by default).
+            is :func:`dce_batch.finishing.finish_halo` (25 by default: the DCT stage's groups).
     """
 
     denoise: DenoiseMode = "auto"
@@ -90,6 +96,7 @@ class FinishConfig:
     chroma_noise_factor: float = 3.0
     chroma_refine_radius: int = 5
     dct_noise_factor: float = 1.35
+    matched_noise_level: float = 0.05
 
     def __post_init__(self) -> None:
         if self.denoise not in ("auto", "fast", "off"):
@@ -111,6 +118,8 @@ class FinishConfig:
                               f"got {self.chroma_refine_radius}")
         if self.luma_noise_factor < 0 or self.chroma_noise_factor < 0 or self.dct_noise_factor < 0:
             raise ConfigError("noise factors must be non-negative")
+        if not self.matched_noise_level >= 0:
+            raise ConfigError(f"matched_noise_level must be >= 0 (inf: no block matching), got {self.matched_noise_level}")
 
     @property
     def denoising(self) -> bool:
@@ -122,9 +131,16 @@ class FinishConfig:
         return self.denoising and self.denoise == "auto" and self.dct_noise_factor > 0
 
     @property
+    def block_matching(self) -> bool:
+        """Whether the DCT stage filters strong-noise blocks with block matching."""
+        return self.dct_stage and self.matched_noise_level != math.inf
+
+    @property
     def method(self) -> str:
         """The algorithm's name that output settings record (see :data:`FINISH_METHOD`)."""
-        return FINISH_METHOD if self.dct_stage else FAST_FINISH_METHOD
+        if not self.dct_stage:
+            return FAST_FINISH_METHOD
+        return FINISH_METHOD if self.block_matching else UNMATCHED_FINISH_METHOD
 
     @property
     def exposure_target(self) -> float | None:

@@ -102,6 +102,9 @@ def test_parse_configurations():
     assert parse_configuration("net:finish=off").finish is None
     assert parse_configuration("x:denoise-strength=2").finish.denoise_strength == 2.0
     assert parse_configuration("one-pass:chroma-refine-radius=0").finish.chroma_refine_radius == 0
+    unmatched = parse_configuration("no-matching:matched_noise_level=inf").finish
+    assert unmatched.matched_noise_level == math.inf and not unmatched.block_matching
+    assert default.finish.block_matching and unmatched.method != default.finish.method
     assert parse_configuration("x:precision=fp32").precision == "fp32" and default.precision == "auto"
 
 
@@ -109,7 +112,7 @@ def test_parse_configurations():
     (":weights=a", "no label"), ("x:colour=1", "unknown keys"), ("x:strength", "key=value"),
     ("x:strength=lots", "not a number"), ("x:exposure=2", "exposure"), ("x:folder=/nonexistent/dir", "does not exist"),
     ("x:chroma_refine_radius=2.5", "whole number"), ("x:chroma_refine_radius=99", "0..32"),
-    ("x:precision=int4", "precision must be one of"),
+    ("x:precision=int4", "precision must be one of"), ("x:matched_noise_level=-1", "matched_noise_level"),
 ])
 def test_bad_configurations_say_what_is_wrong(spec, message):
     with pytest.raises(ConfigError, match=message):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dce_batch.filters import DCT_BLOCK, DCT_STRIDE, dct_wiener
+from dce_batch.filters import DCT_BLOCK, DCT_STRIDE, GROUP_SEARCH, dct_wiener, dct_wiener_reach
 
 
 def _unit_noise(height: int = 64, width: int = 80, seed: int = 0) -> torch.Tensor:
@@ -71,3 +71,68 @@ def test_images_smaller_than_a_block_and_bad_shapes():
         dct_wiener(tiny, _unit_noise(3, 6))
     with pytest.raises(ValueError, match="origins"):
         dct_wiener(tiny, tiny, origins=[(0, 0), (1, 1)])
+
+
+# Block matching (``strong``): blocks marked as strong noise are filtered in groups of similar blocks.
+
+
+def _repeated_texture(height: int = 66, width: int = 84) -> torch.Tensor:
+    """A texture that repeats every grid step (3 pixels) both ways: every block of the grid has
+    identical neighbours to match."""
+    yy, xx = torch.meshgrid(torch.arange(float(height)), torch.arange(float(width)), indexing="ij")
+    pattern = torch.tensor([[3.0, -1.0, 0.5], [-2.0, 1.5, 0.0], [0.5, 0.0, -2.5]])
+    return pattern[yy.long() % 3, xx.long() % 3].view(1, 1, height, width) + 0.05 * xx.view(1, 1, height, width)
+
+
+def test_no_strong_block_is_the_plain_filter():
+    noisy, pilot = _unit_noise(seed=5), _unit_noise(seed=6) * 3.0
+    plain = dct_wiener(noisy, pilot)
+    assert torch.equal(dct_wiener(noisy, pilot, strong=torch.zeros_like(noisy, dtype=torch.bool)), plain)
+    assert float((dct_wiener(noisy, pilot, strong=torch.ones_like(noisy, dtype=torch.bool)) - plain).abs().max()) > 0.1
+
+
+def test_matched_groups_remove_more_noise_from_a_repeated_texture():
+    texture = _repeated_texture()
+    noisy = texture + _unit_noise(*texture.shape[-2:], seed=7)
+    plain = dct_wiener(noisy, texture)
+    matched = dct_wiener(noisy, texture, strong=torch.ones_like(noisy, dtype=torch.bool))
+    plain_error = float((plain - texture).square().mean())
+    matched_error = float((matched - texture).square().mean())
+    # Four identical blocks per group: their noise averages where one block's could not.
+    assert matched_error < 0.8 * plain_error
+    # Only where it is asked for: the right half alone is matched.
+    half = torch.zeros_like(noisy, dtype=torch.bool)
+    half[..., 42:] = True
+    mixed = dct_wiener(noisy, texture, strong=half)
+    reach = DCT_BLOCK - 1 + 2 * GROUP_SEARCH * DCT_STRIDE
+    assert torch.allclose(mixed[..., : 42 - reach], plain[..., : 42 - reach], atol=1e-5)
+    assert float((mixed[..., 42 + reach :] - texture[..., 42 + reach :]).square().mean()) < 0.8 * plain_error
+
+
+@pytest.mark.parametrize("origin", [(0, 0), (4, 7), (12, 3)])
+def test_a_tile_with_matched_groups_gets_the_full_frame_values(origin):
+    noisy, pilot = _unit_noise(72, 90, seed=8) * 2.0, _unit_noise(72, 90, seed=9) * 3.0
+    strong = torch.ones_like(noisy, dtype=torch.bool)
+    strong[..., :20, :30] = False
+    full = dct_wiener(noisy, pilot, strong=strong)
+    context = dct_wiener_reach(matched=True)
+    assert context == DCT_BLOCK - 1 + 2 * GROUP_SEARCH * DCT_STRIDE == 19
+    top, left = origin
+    tile = (slice(None), slice(None), slice(top, top + 60), slice(left, left + 70))
+    out = dct_wiener(noisy[tile], pilot[tile], origins=[origin], strong=strong[tile])
+    core_top = 0 if top == 0 else context
+    core_left = 0 if left == 0 else context
+    core = out[..., core_top : 60 - context, core_left : 70 - context]
+    expected = full[..., top + core_top : top + 60 - context, left + core_left : left + 70 - context]
+    assert float((core - expected).abs().max()) < 1e-4
+    if origin != (0, 0):  # the plain filter's context is not enough for the groups
+        short = dct_wiener_reach(matched=False)
+        core = out[..., core_top and short : 60 - short, core_left and short : 70 - short]
+        expected = full[..., top + (core_top and short) : top + 60 - short, left + (core_left and short) : left + 70 - short]
+        assert float((core - expected).abs().max()) > 1e-3
+
+
+def test_a_strong_noise_mask_of_another_shape_is_refused():
+    noisy = _unit_noise(20, 24)
+    with pytest.raises(ValueError, match="strong-noise mask"):
+        dct_wiener(noisy, noisy, strong=torch.ones((1, 1, 20, 23), dtype=torch.bool))

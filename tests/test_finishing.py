@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from dce_batch.errors import ConfigError
+from dce_batch.filters import DCT_STRIDE, GROUP_SEARCH
 from dce_batch.finishing import (
     DEFAULT_EXPOSURE_TARGET,
     NUM_PARAMS,
@@ -129,9 +132,15 @@ def test_tiles_with_the_halo_match_the_full_frame(tile):
     params = finish_params(params_copy(low), params_copy(enhanced), config)
     full = finish_tiles(low, enhanced, params, config)
     halo = finish_halo(config)
-    assert halo == max(2 * config.radius, config.radius + 2 * config.chroma_refine_radius, 2 * config.radius + 7)
+    # The DCT stage's blocks reach 7 pixels, its matched groups 2 x 2 grid steps of 3 more.
+    assert halo == 2 * config.radius + 7 + 2 * GROUP_SEARCH * DCT_STRIDE == 25
     worst = _worst_tile_error(low, enhanced, params, config, full, tile, halo)
     assert worst < STEP  # in practice float rounding of the prefix sums, ~2e-5
+    # Block matching is at work in these images (strong noise: 8x and 4x lifts of 2 steps), and
+    # a halo without the groups' share is visibly wrong.
+    unmatched = FinishConfig(exposure=0.5, matched_noise_level=math.inf)
+    assert float((finish_tiles(low, enhanced, params, unmatched) - full).abs().max()) > 4 * STEP
+    assert _worst_tile_error(low, enhanced, params, config, full, tile, 2 * config.radius + 7) > 1e-3
     # Without the chroma pass's share the chroma is visibly wrong (measured 0.01-0.03).
     assert _worst_tile_error(low, enhanced, params, config, full, tile, 2 * config.radius) > 1e-3
     # The DCT blocks lie on a grid fixed to the image: a tile that does not say where it lies
@@ -145,7 +154,7 @@ def test_tiles_with_the_halo_match_the_full_frame(tile):
     assert _worst_tile_error(low, enhanced, params, first_only, full, tile, 2 * config.radius) < STEP
     assert _worst_tile_error(low, enhanced, params, first_only, full, tile, 2 * config.radius - 1) > 1e-3
     # The same with the DCT stage: its blocks need 7 pixels more (with 6, measured 0.005-0.013).
-    with_dct = FinishConfig(exposure=0.5, chroma_refine_radius=0)
+    with_dct = FinishConfig(exposure=0.5, chroma_refine_radius=0, matched_noise_level=math.inf)
     full = finish_tiles(low, enhanced, params, with_dct)
     assert finish_halo(with_dct) == 2 * config.radius + 7
     assert _worst_tile_error(low, enhanced, params, with_dct, full, tile, 2 * config.radius + 7) < STEP
