@@ -255,6 +255,7 @@ def _add_matched_groups(rows: torch.Tensor, grid: tuple[int, int, int], grouped:
         distance = distance.view(count, shifts, cells).permute(0, 2, 1).reshape(-1, shifts).index_select(0, refs)
     key = torch.round(distance.clamp_max_(1e12) / _MATCH_QUANTUM).long() * shifts + torch.arange(shifts, device=device)
     key = key.masked_fill_(~inside, torch.iinfo(torch.int64).max)
+    # Every reference has at least GROUP_SIZE candidates inside: the padded grid is at least 2 x 2.
     size = min(GROUP_SIZE, shifts)
     chosen = key.topk(size, dim=1, largest=False, sorted=True).values % shifts
     members = image[:, None] * cells + (row[:, None] + dy[chosen]) * cols_g + col[:, None] + dx[chosen]
