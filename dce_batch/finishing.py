@@ -16,7 +16,7 @@ stage runs after the network, in torch on the same device (CPU or CUDA), batched
   The luma then goes through a Wiener filter in sliding 8 x 8 DCT blocks
   (:func:`dce_batch.filters.dct_wiener`) with the guided filter's result as its pilot, on the
   luma divided by its local noise level: texture separates from noise by frequency there.
-  Where that noise is strong, each block is filtered together with the three most similar
+  Where that noise is strong, each block is filtered together with the seven most similar
   blocks nearby (block matching, as in BM3D's second step).
   Chroma (the blotchy purple grain) is held to a higher threshold than luma and goes through
   an empirical Wiener filter over larger windows whose signal variance comes from a pilot
