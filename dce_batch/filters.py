@@ -192,7 +192,8 @@ GROUP_SIZE = 8
 GROUP_SEARCH = 2
 _MATCH_FREQUENCIES = 4
 # Distances are compared in these units (a tenth of one coefficient's noise variance) and ties go to
-# the nearest shift, so float rounding (a tile against the full frame) does not reorder candidates.
+# the nearest shift, so float rounding (a tile against the full frame) rarely reorders candidates
+# (measured: one near-tie in the tiling test, 0.12 of an 8-bit step).
 _MATCH_QUANTUM = 0.1
 # Blocks per chunk of groups: on the CPU few enough to stay in cache (2,048 measured 1.7x faster than
 # 8,192, and faster than 512 whose chunks cost more calls), on a GPU enough to keep it busy.

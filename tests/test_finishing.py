@@ -135,7 +135,9 @@ def test_tiles_with_the_halo_match_the_full_frame(tile):
     # The DCT stage's blocks reach 7 pixels, its matched groups 2 x 2 grid steps of 3 more.
     assert halo == 2 * config.radius + 7 + 2 * GROUP_SEARCH * DCT_STRIDE == 25
     worst = _worst_tile_error(low, enhanced, params, config, full, tile, halo)
-    assert worst < STEP  # in practice float rounding of the prefix sums, ~2e-5
+    # In practice float rounding of the prefix sums (~2e-5), and where two candidate blocks nearly
+    # tie, another group (measured once here: 4.8e-4).
+    assert worst < STEP
     # Block matching is at work in these images (strong noise: 8x and 4x lifts of 2 steps), and
     # a halo without the groups' share is visibly wrong.
     unmatched = FinishConfig(exposure=0.5, matched_noise_level=math.inf)
