@@ -235,7 +235,8 @@ def _add_matched_groups(rows: torch.Tensor, grid: tuple[int, int, int], grouped:
     cand_row, cand_col = row[:, None] + dy, col[:, None] + dx
     inside = (cand_row >= 0) & (cand_row < rows_g) & (cand_col >= 0) & (cand_col < cols_g)
     # Distances on the pilot's lowest frequencies (its noise is lowest there).
-    frequencies = torch.tensor([u * DCT_BLOCK + v for u in range(_MATCH_FREQUENCIES) for v in range(_MATCH_FREQUENCIES)],
+    block = math.isqrt(rows.shape[1])
+    frequencies = torch.tensor([u * block + v for u in range(_MATCH_FREQUENCIES) for v in range(_MATCH_FREQUENCIES)],
                                device=device)
     features = rows[pilots:].index_select(1, frequencies)  # (N * gh * gw) x 16
     if refs.numel() * 4 < pilots:
