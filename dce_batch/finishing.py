@@ -139,9 +139,20 @@ _NOISE_QUANTILE = 0.25
 _MAX_STAT_SAMPLES = 16_384
 
 
-def _noise_sigmas(ycc: torch.Tensor, luma: torch.Tensor) -> torch.Tensor:
-    """Per image and channel, the noise level of N x C x h x w: a low quantile of the local
-    RMS of the detail (the image minus its 5 x 5 box mean) over 5 x 5 windows.
+def _local_detail(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """On a mosaic of ``x`` (N x C x h x w; 64-pixel patches, see :func:`params_copy`), the 5 x 5
+    box mean and the local RMS of the detail (``x`` minus that mean) over 5 x 5 windows: what
+    both noise estimates read."""
+    r = _NOISE_WINDOW_RADIUS
+    x = params_copy(x, max_pixels=4 * _MAX_STAT_SAMPLES, patch=64)
+    mean = box_mean(x, r)
+    detail = x - mean  # a box mean keeps gradients: what is left is noise and edges
+    return mean, box_mean(detail * detail, r).sqrt_()
+
+
+def _noise_sigmas(mean: torch.Tensor, rms: torch.Tensor) -> torch.Tensor:
+    """Per image and channel, the noise level: a low quantile of the local RMS of the detail
+    (:func:`_local_detail` of Y'CbCr; channel 0, the luma, also says which pixels are black).
 
     The detail layer drops gradients and shading, so a clean image reads as clean; the windows
     are about as large as the filter's, so noise that demosaicing or JPEG made spatially
@@ -149,16 +160,12 @@ def _noise_sigmas(ycc: torch.Tensor, luma: torch.Tensor) -> torch.Tensor:
     it). The low quantile picks flat regions; pure-black (clipped) pixels are left out because
     clipping hides their noise.
     """
-    r = _NOISE_WINDOW_RADIUS
-    ycc = params_copy(ycc, max_pixels=4 * _MAX_STAT_SAMPLES, patch=64)
-    luma = params_copy(luma, max_pixels=4 * _MAX_STAT_SAMPLES, patch=64)
-    detail = ycc - box_mean(ycc, r)  # a box mean keeps gradients: what is left is noise and edges
-    std = box_mean(detail * detail, r).sqrt_().flatten(2)
-    valid = (box_mean(luma, r) > 1.5 / 255.0).flatten(1)
+    std = rms.flatten(2)
+    valid = (mean[:, 0] > 1.5 / 255.0).flatten(1)
     step = max(1, valid.shape[1] // _MAX_STAT_SAMPLES)
     std, valid = std[:, :, ::step], valid[:, ::step]
-    out = torch.zeros(ycc.shape[:2], device=ycc.device)
-    for i in range(ycc.shape[0]):
+    out = torch.zeros(rms.shape[:2], device=rms.device)
+    for i in range(rms.shape[0]):
         values = std[i][:, valid[i]]
         if values.shape[1] >= 16:
             k = max(1, round(_NOISE_QUANTILE * values.shape[1]))
@@ -175,28 +182,26 @@ _MIN_LEVEL_WINDOWS = 64
 _MAX_LEVEL_NOISE_RATIO = 1.5
 
 
-def _luma_noise_by_level(luma: torch.Tensor, whole_frame: torch.Tensor) -> torch.Tensor:
-    """Per image of N x 1 x h x w, the luma's noise level: the median, over brightness levels,
-    of each level's estimate (the low quantile of :func:`_noise_sigmas`, within the level), at
-    most :data:`_MAX_LEVEL_NOISE_RATIO` times ``whole_frame`` (that quantile over the whole frame).
+def _luma_noise_by_level(mean: torch.Tensor, rms: torch.Tensor, whole_frame: torch.Tensor) -> torch.Tensor:
+    """Per image, the luma's noise level from its :func:`_local_detail` (``mean``, ``rms``: N x 1
+    x h x w): the median, over brightness levels, of each level's estimate (the low quantile of
+    :func:`_noise_sigmas`, within the level), at most :data:`_MAX_LEVEL_NOISE_RATIO` times
+    ``whole_frame`` (that quantile over the whole frame).
 
     Noise in a dark photo depends on the brightness (in the simulated pairs' sRGB, 1.9x larger
     at 4-8 steps than at 32-64), and texture reads as noise to any window statistic. A quantile
     over the whole frame reads whichever level has the flattest regions, or the texture where
     one level fills most of the frame; the median over levels reads a typical level. In real
     photos, levels that hold only a few edges read as texture, and the cap keeps them from
-    taking over (without it the estimate rose up to 13x on DICM). Measured against the true noise of 48 simulated pairs (benchmarks/quality): the
-    estimate's spread (coefficient of variation of estimate / truth) fell from 0.20 to 0.15.
+    taking over (without it the estimate rose up to 13x on DICM). Measured against the true
+    noise of 48 simulated pairs (benchmarks/quality): the estimate's spread (coefficient of
+    variation of estimate / truth) fell from 0.20 to 0.15.
     """
-    r = _NOISE_WINDOW_RADIUS
-    luma = params_copy(luma, max_pixels=4 * _MAX_STAT_SAMPLES, patch=64)
-    mean = box_mean(luma, r)
-    detail = luma - mean
-    rms = box_mean(detail * detail, r).sqrt_().flatten(1)
+    rms = rms.flatten(1)
     # 0 below the first edge (black), 1 .. 7 the levels
-    level = torch.bucketize(mean.flatten(1) * 255.0, torch.tensor(_NOISE_LEVEL_EDGES, device=luma.device), right=True)
-    out = torch.zeros(luma.shape[0], device=luma.device)
-    for i in range(luma.shape[0]):
+    level = torch.bucketize(mean.flatten(1) * 255.0, torch.tensor(_NOISE_LEVEL_EDGES, device=mean.device), right=True)
+    out = torch.zeros(mean.shape[0], device=mean.device)
+    for i in range(mean.shape[0]):
         estimates = []
         for index in range(1, len(_NOISE_LEVEL_EDGES)):
             values = rms[i][level[i] == index]
@@ -281,9 +286,11 @@ def finish_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, config:
         low_small, enhanced_small, target, config.max_exposure_boost)
     if config.denoising:
         y, cbcr = _to_ycbcr(low_small)
-        sigmas = _noise_sigmas(torch.cat((y, cbcr), dim=1), y)
+        mean, rms = _local_detail(torch.cat((y, cbcr), dim=1))  # once, for both estimates
+        sigmas = _noise_sigmas(mean, rms)
         # --denoise fast keeps the earlier estimate, so its outputs stay those of earlier versions.
-        params[:, PARAM_SIGMA_LUMA] = _luma_noise_by_level(y, sigmas[:, 0]) if config.dct_stage else sigmas[:, 0]
+        params[:, PARAM_SIGMA_LUMA] = (_luma_noise_by_level(mean[:, :1], rms[:, :1], sigmas[:, 0])
+                                       if config.dct_stage else sigmas[:, 0])
         params[:, PARAM_SIGMA_CHROMA] = sigmas[:, 1:3].mean(dim=1)
     return params
 
