@@ -16,8 +16,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DCT_BLOCK", "DCT_STRIDE", "GROUP_SEARCH", "GROUP_SIZE", "LUMA_WEIGHTS", "box_mean", "dct_wiener", "dct_wiener_reach",
-           "guided_coefficients", "luma", "small_box_mean"]
+__all__ = ["DCT_BLOCK", "DCT_STRIDE", "GROUP_SEARCH", "GROUP_SIZE", "LUMA_WEIGHTS", "box_mean", "dct_wiener",
+           "dct_wiener_reach", "guided_coefficients", "luma", "small_box_mean"]
 
 LUMA_WEIGHTS = (0.2126, 0.7152, 0.0722)  # BT.709
 

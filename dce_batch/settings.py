@@ -8,8 +8,8 @@ from typing import Literal, Union
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_EXPOSURE_TARGET", "DEFAULT_SCALES", "FAST_FINISH_METHOD", "FINISH_METHOD", "PRECISIONS", "UNMATCHED_FINISH_METHOD",
-           "FinishConfig", "check_inference_settings", "parse_exposure", "resolve_scale"]
+__all__ = ["DEFAULT_EXPOSURE_TARGET", "DEFAULT_SCALES", "FAST_FINISH_METHOD", "FINISH_METHOD", "PRECISIONS",
+           "UNMATCHED_FINISH_METHOD", "FinishConfig", "check_inference_settings", "parse_exposure", "resolve_scale"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
@@ -119,7 +119,8 @@ class FinishConfig:
         if self.luma_noise_factor < 0 or self.chroma_noise_factor < 0 or self.dct_noise_factor < 0:
             raise ConfigError("noise factors must be non-negative")
         if not self.matched_noise_level >= 0:
-            raise ConfigError(f"matched_noise_level must be >= 0 (inf: no block matching), got {self.matched_noise_level}")
+            raise ConfigError(f"matched_noise_level must be >= 0 (inf: no block matching), "
+                              f"got {self.matched_noise_level}")
 
     @property
     def denoising(self) -> bool:
