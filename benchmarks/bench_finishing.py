@@ -17,6 +17,8 @@ decodes them; CPU default tiling):
   what the second chroma pass costs;
 * network + finishing without block matching (``matched_noise_level=inf``): what the DCT stage's
   matched groups cost where the noise is strong (here, everywhere);
+* network + finishing with ``noise_gain="ratio"`` (the noise's local gain as the ratio of window
+  means, the previous default): what regressing the local slope costs;
 * the default precision's network with ``scale=1``, alone and with finishing: Zero-DCE's curves
   at full resolution, the network alone that the quality issue's +30 % was written against
   (the default now estimates them on a 4x smaller copy, 4x faster, so the same finishing is a
@@ -71,7 +73,8 @@ def main() -> None:
                 " + exposure only": FinishConfig(denoise="off"),
                 " + finishing, denoise fast": FinishConfig(denoise="fast"),
                 " + finishing, one chroma pass": FinishConfig(chroma_refine_radius=0),
-                " + finishing, no block matching": FinishConfig(matched_noise_level=math.inf)}
+                " + finishing, no block matching": FinishConfig(matched_noise_level=math.inf),
+                " + finishing, ratio gain": FinishConfig(noise_gain="ratio")}
     rows = {}
     for precision in dict.fromkeys([default_precision, "fp32"]):
         for suffix, finish in finishes.items():
@@ -114,6 +117,10 @@ def main() -> None:
         matching = seconds[f"network {precision} + finishing"] / seconds[f"network {precision} + finishing, no block matching"] - 1
         print(f"block matching where the noise is strong adds {matching:+.1%} to the {precision} network + finishing "
               f"without it (these synthetic images are noisy everywhere: its worst case)")
+        slope = seconds[f"network {precision} + finishing"] / seconds[f"network {precision} + finishing, ratio gain"] - 1
+        print(f"the noise's local gain as a regression slope adds {slope:+.1%} to the {precision} network + finishing "
+              f"with the ratio of means (here every block is grouped either way: on real photos the slope also "
+              f"groups more blocks)")
         second = seconds[f"network {precision} + finishing"] / seconds[f"network {precision} + finishing, one chroma pass"] - 1
         print(f"the second chroma pass adds {second:+.1%} to the {precision} network + one-pass finishing")
     full_resolution = f"network {default_precision} scale 1"

@@ -80,12 +80,12 @@ def small_box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
         return x
     height, width = x.shape[-2:]
     padded = F.pad(x, (radius, radius, radius, radius))
-    columns = padded[..., 0:height, :]
+    columns = padded[..., 0:height, :].clone()
     for dy in range(1, 2 * radius + 1):
-        columns = columns + padded[..., dy : dy + height, :]
-    sums = columns[..., 0:width]
+        columns.add_(padded[..., dy : dy + height, :])
+    sums = columns[..., 0:width].clone()
     for dx in range(1, 2 * radius + 1):
-        sums = sums + columns[..., dx : dx + width]
+        sums.add_(columns[..., dx : dx + width])
     counts = _window_counts(height, radius, x.device).view(-1, 1) * _window_counts(width, radius, x.device)
     return sums.mul_(counts.reciprocal_())
 

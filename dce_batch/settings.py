@@ -9,7 +9,8 @@ from typing import Literal, Union
 from .errors import ConfigError
 
 __all__ = ["DEFAULT_EXPOSURE_TARGET", "DEFAULT_SCALES", "FAST_FINISH_METHOD", "FINISH_METHOD", "PRECISIONS",
-           "UNMATCHED_FINISH_METHOD", "FinishConfig", "check_inference_settings", "parse_exposure", "resolve_scale"]
+           "RATIO_FINISH_METHODS", "UNMATCHED_FINISH_METHOD", "FinishConfig", "check_inference_settings",
+           "parse_exposure", "resolve_scale"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
@@ -43,6 +44,7 @@ def check_inference_settings(*, strength: float, precision: str, scale: float | 
 
 
 DenoiseMode = Literal["auto", "fast", "off"]
+NoiseGain = Literal["slope", "ratio"]
 ExposureSetting = Union[float, Literal["auto", "off"]]
 
 # Mean luma (BT.709, non-linear) that "auto" exposure aims at: about where well-exposed
@@ -52,9 +54,12 @@ DEFAULT_EXPOSURE_TARGET = 0.45
 
 # Names the finishing algorithm in the output settings that resume compares, so outputs made by
 # an earlier algorithm are never silently mixed with new ones. Change it whenever the pixels change.
-FINISH_METHOD = "dct-wiener-bm-5"
-# The DCT stage without block matching (``matched_noise_level=inf``): the default before it.
-UNMATCHED_FINISH_METHOD = "dct-wiener-4"
+FINISH_METHOD = "dct-wiener-bm-6"
+# The DCT stage without block matching (``matched_noise_level=inf``).
+UNMATCHED_FINISH_METHOD = "dct-wiener-6"
+# ``noise_gain="ratio"``: the earlier defaults, under the names their outputs recorded (with and
+# without block matching), so an OUTPUT made by an earlier version resumes with that setting.
+RATIO_FINISH_METHODS = {True: "dct-wiener-bm-5", False: "dct-wiener-4"}
 # ``denoise="fast"``: the previous default (no DCT stage), under the name its outputs recorded,
 # so an OUTPUT made by an earlier version resumes with ``--denoise fast``.
 FAST_FINISH_METHOD = "lee-wiener-2"
@@ -82,6 +87,11 @@ class FinishConfig:
         matched_noise_level: in that stage, blocks whose local noise level (the standard
             deviation it removes, on the 0-1 scale) is at least this go through block matching
             (filtered with the most similar nearby blocks); ``math.inf`` matches none.
+        noise_gain: how much the curves and the exposure amplified the input's noise at each
+            pixel, under ``denoise="auto"``: ``slope`` (the default), the local slope of the
+            output's luma against the input's (a regression over the filter's window), or the
+            ratio of their window means where that is larger; ``ratio``, the ratio alone (the
+            earlier defaults; ``denoise="fast"`` always uses it).
         chroma_refine_radius: half-width of the windows of chroma's empirical Wiener filter;
             0 filters chroma like luma instead (the earlier one-pass default). The tiling halo
             is :func:`dce_batch.finishing.finish_halo` (25 by default: the DCT stage's groups).
@@ -97,6 +107,7 @@ class FinishConfig:
     chroma_refine_radius: int = 5
     dct_noise_factor: float = 1.35
     matched_noise_level: float = 0.05
+    noise_gain: NoiseGain = "slope"
 
     def __post_init__(self) -> None:
         if self.denoise not in ("auto", "fast", "off"):
@@ -118,6 +129,8 @@ class FinishConfig:
                               f"got {self.chroma_refine_radius}")
         if self.luma_noise_factor < 0 or self.chroma_noise_factor < 0 or self.dct_noise_factor < 0:
             raise ConfigError("noise factors must be non-negative")
+        if self.noise_gain not in ("slope", "ratio"):
+            raise ConfigError(f"noise_gain must be 'slope' or 'ratio', got {self.noise_gain!r}")
         if not self.matched_noise_level >= 0:
             raise ConfigError(f"matched_noise_level must be >= 0 (inf: no block matching), "
                               f"got {self.matched_noise_level}")
@@ -141,6 +154,8 @@ class FinishConfig:
         """The algorithm's name that output settings record (see :data:`FINISH_METHOD`)."""
         if not self.dct_stage:
             return FAST_FINISH_METHOD
+        if self.noise_gain == "ratio":
+            return RATIO_FINISH_METHODS[self.block_matching]
         return FINISH_METHOD if self.block_matching else UNMATCHED_FINISH_METHOD
 
     @property

@@ -2,9 +2,12 @@
 default (zerodce_sice_v1, network alone at full resolution) and the new default (zerodce_sice_v1
 as the job runs it: curves from a 4x smaller copy, then finishing).
 
-Every column runs through the same in-process code as ``dce-batch evaluate``. Images are first
-reduced (longer side ``--side``), so the sheet is a small derived figure, not a copy of the
-data set; the PNG is palette-quantised to stay small (<300 KB at the defaults).
+Every column runs through the same in-process code as ``dce-batch evaluate``, on the image as the
+job would see it (reduced only beyond ``--process-side``), and is then reduced to thumbnails
+(longer side ``--side``), so the sheet shows what a user sees of the job's output at that size
+and is a small derived figure, not a copy of the data set. Enhancing the thumbnails themselves
+would not: the denoiser would work on a 216-pixel image whose lights are a pixel wide. The PNG
+is palette-quantised to stay small (<300 KB at the defaults).
 
     python scripts/contact_sheet.py --out docs/quality_contact_sheet.png \\
         ../shared/data/lowlight_real/DICM/01.jpg ../shared/data/lowlight_real/LIME/1.bmp ...
@@ -34,6 +37,8 @@ def main() -> None:
     parser.add_argument("images", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--side", type=int, default=300, help="longer side of each thumbnail (default 300)")
+    parser.add_argument("--process-side", type=int, default=1024,
+                        help="enhance images reduced to this longer side at most, then make thumbnails (default 1024)")
     parser.add_argument("--authors", type=Path, default=AUTHORS, help="the authors' Zero-DCE checkpoint")
     parser.add_argument("--colours", type=int, default=256, help="palette size of the PNG (default 256)")
     args = parser.parse_args()
@@ -51,10 +56,10 @@ def main() -> None:
     columns = ["input", "Zero-DCE (authors)", "previous default", "new default"]
     rows = []
     for path in args.images:
-        low = _read(path, args.side)
+        low = _read(path, args.process_side)
         previous = network_alone.enhance(low).pixels
         new = default.enhance(low).pixels
-        rows.append([quantize(x) for x in (low, authors.enhance(low).pixels, previous, new)])
+        rows.append([_thumbnail(x, args.side) for x in (low, authors.enhance(low).pixels, previous, new)])
         print(f"{path.name}: input mean {low.mean():.3f}, previous {previous.mean():.3f}, new {new.mean():.3f}")
 
     cell_w = max(r[0].shape[1] for r in rows)
@@ -72,6 +77,15 @@ def main() -> None:
     sheet.quantize(colors=args.colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(
         args.out, optimize=True)
     print(f"wrote {args.out}: {sheet.size[0]}x{sheet.size[1]}, {args.out.stat().st_size / 1024:.0f} KB")
+
+
+def _thumbnail(pixels: np.ndarray, side: int) -> np.ndarray:
+    """H x W x 3 floats in [0, 1], reduced (area filter) so that the longer side is ``side``."""
+    image = Image.fromarray(np.round(quantize(pixels) * 255).astype(np.uint8))
+    factor = side / max(image.size)
+    if factor < 1:
+        image = image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))), Image.BOX)
+    return np.asarray(image, dtype=np.float32) / 255.0
 
 
 if __name__ == "__main__":

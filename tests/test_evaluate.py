@@ -106,6 +106,8 @@ def test_parse_configurations():
     assert unmatched.matched_noise_level == math.inf and not unmatched.block_matching
     assert default.finish.block_matching and unmatched.method != default.finish.method
     assert parse_configuration("x:precision=fp32").precision == "fp32" and default.precision == "auto"
+    ratio = parse_configuration("previous:noise_gain=ratio").finish
+    assert default.finish.noise_gain == "slope" and ratio.noise_gain == "ratio" and ratio.method != default.finish.method
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -113,6 +115,7 @@ def test_parse_configurations():
     ("x:strength=lots", "not a number"), ("x:exposure=2", "exposure"), ("x:folder=/nonexistent/dir", "does not exist"),
     ("x:chroma_refine_radius=2.5", "whole number"), ("x:chroma_refine_radius=99", "0..32"),
     ("x:precision=int4", "precision must be one of"), ("x:matched_noise_level=-1", "matched_noise_level"),
+    ("x:noise_gain=mean", "noise_gain must be"),
 ])
 def test_bad_configurations_say_what_is_wrong(spec, message):
     with pytest.raises(ConfigError, match=message):
