@@ -73,6 +73,7 @@ def _s3_options(args: argparse.Namespace):
 
 def enhance_parser() -> argparse.ArgumentParser:
     from .pipeline import DEFAULT_OUTPUT
+    from .settings import FinishConfig
 
     p = argparse.ArgumentParser(
         prog="dce-batch enhance",
@@ -101,6 +102,10 @@ def enhance_parser() -> argparse.ArgumentParser:
     g.add_argument("--exposure", type=_exposure, default="auto",
                    help="auto (default: dark scenes are brought to a natural brightness, night scenes keep "
                         "their look, bright ones are left alone), off, or a target mean brightness such as 0.45")
+    g.add_argument("--highlight-stretch", type=float, default=FinishConfig.highlight_stretch,
+                   help="0..1: how much exposure lifts the highlights of dark scenes, which the curves compress "
+                        "(smoothly, never past white; default %(default)s). 0 = the earlier tone: an OUTPUT made "
+                        "before this option resumes with --highlight-stretch 0")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
                    help="network precision (default auto: int8 on x86 CPUs, within 3 8-bit steps of fp32 and "
                         "1.8-3.2x its speed; bf16 on GPUs and on other CPUs that compute it natively, within one "
@@ -157,7 +162,7 @@ def enhance_main(argv: Sequence[str] | None = None) -> int:
             variant=args.model_variant, scale=args.scale, format=args.format, quality=args.quality,
             strength=args.strength, precision=args.precision, num_actors=args.num_actors, denoise=args.denoise,
             denoise_strength=args.denoise_strength, exposure=args.exposure,
-            gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size,
+            highlight_stretch=args.highlight_stretch, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size,
             s3=_s3_options(args), overwrite=args.overwrite,
             allow_output_inside_input=args.allow_output_inside_input,
             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, tile_size=args.tile_size, pipeline=args.pipeline,

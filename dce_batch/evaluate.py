@@ -148,15 +148,16 @@ class EvalConfiguration:
         return out
 
 
-_FINISH_KEYS = {"denoise", "denoise_strength", "exposure", "chroma_refine_radius", "matched_noise_level", "noise_gain"}
+_FINISH_KEYS = {"denoise", "denoise_strength", "exposure", "chroma_refine_radius", "matched_noise_level", "noise_gain",
+                "highlight_stretch"}
 
 
 def parse_configuration(spec: str) -> EvalConfiguration:
     """``LABEL[:key=value,...]``. Keys: ``weights``, ``strength``, ``finish=on|off``, ``denoise``
     (auto/fast/off), ``denoise_strength``, ``exposure`` (auto/off/0.45), ``chroma_refine_radius`` (0: one
     chroma pass, the earlier default), ``matched_noise_level`` (``inf``: no block matching, the
-    earlier default), ``noise_gain`` (slope/ratio; ``ratio``: the earlier default), ``folder``,
-    ``scale``, ``precision`` (as ``--precision``).
+    earlier default), ``noise_gain`` (slope/ratio; ``ratio``: the earlier default),
+    ``highlight_stretch`` (1: the earlier tone), ``folder``, ``scale``, ``precision`` (as ``--precision``).
     The label ``input`` alone is the unenhanced input. Example:
     ``authors:weights=../shared/reference_weights/zero_dce_epoch99.pth,finish=off``.
     """
@@ -204,6 +205,8 @@ def parse_configuration(spec: str) -> EvalConfiguration:
             overrides["matched_noise_level"] = _number(values["matched_noise_level"], spec)
         if "noise_gain" in values:
             overrides["noise_gain"] = values["noise_gain"]
+        if "highlight_stretch" in values:
+            overrides["highlight_stretch"] = _number(values["highlight_stretch"], spec)
         finish = replace(finish, **overrides)
     precision = values.get("precision", "auto")
     if precision not in PRECISIONS:

@@ -60,13 +60,15 @@ __all__ = [
 PARAM_TONE = 0         # exponent of the global exposure curve (1 = unchanged)
 PARAM_SIGMA_LUMA = 1   # noise standard deviation of the input's luma
 PARAM_SIGMA_CHROMA = 2 # noise standard deviation of the input's chroma (Cb, Cr averaged)
-NUM_PARAMS = 3
+PARAM_HIGHLIGHTS = 3   # slope of the exposure curve's highlight stretch (1 = none)
+NUM_PARAMS = 4
 
 # Exposure fitted to the scene (see _exposure_params).
 _DARK_INPUT_FULL, _DARK_INPUT_END = 0.2, 0.35      # input mean luma: full correction .. none
 _BLACK_LEVEL, _BLACK_REGION_RADIUS = 2.5 / 255.0, 4  # "black region": 9 x 9 mean under this
 _NIGHT_BLACK_FULL, _NIGHT_BLACK_END = 0.12, 0.35   # black fraction of the frame: full .. none
 _SHADOW_GAIN = 2.0                                 # exposure never multiplies a value by more
+_HIGHLIGHT_KNEE = 0.5                              # the highlight stretch starts here
 
 _CB_SCALE, _CR_SCALE = 1.8556, 1.5748  # Cb = (B - Y) / 1.8556, Cr = (R - Y) / 1.5748
 
@@ -214,7 +216,7 @@ def _luma_noise_by_level(mean: torch.Tensor, rms: torch.Tensor, whole_frame: tor
     return torch.minimum(out, _MAX_LEVEL_NOISE_RATIO * whole_frame)
 
 
-def _exposure_curve(x: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+def _exposure_curve(x: torch.Tensor, exponent: torch.Tensor, highlights: torch.Tensor | float = 0.0) -> torch.Tensor:
     """``min(x ** g, SHADOW_GAIN * x)``: a power curve whose gain in the deep shadows is capped.
 
     A plain power has infinite slope at black, which turns the near-black of a night sky
@@ -222,13 +224,28 @@ def _exposure_curve(x: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
     leaves mid-tones and highlights to the power. Monotonic, maps [0, 1] onto [0, 1]. Per
     channel: measured against scaling RGB by the luma ratio, it clips nothing and amplifies
     less chroma noise.
+
+    Values ``y`` above :data:`_HIGHLIGHT_KNEE` (k) are then lifted by ``highlights`` (a, in
+    [0, 1]; 0 = none): ``y + a (y - k)^2 (1 - y) / (1 - k)^2``, smooth at the knee, 1 at white
+    and monotonic. The curves compress the highlights of a dark photo (each iteration
+    ``x + a x (1 - x)`` is flatter near 1) where a longer exposure would have scaled them like
+    the rest, and the power curve compresses them further. Measured on simulated pairs
+    (benchmarks/quality): +0.010-0.016 SSIM and +0.3-0.4 dB at a = 0.8; a linear stretch
+    clipped up to 7 % of a dark real set's pixels at white, this lift about 1 %.
     """
-    return torch.minimum(x.pow(exponent), x * _SHADOW_GAIN)
+    toned = torch.minimum(x.pow(exponent), x * _SHADOW_GAIN)
+    if isinstance(highlights, float) and highlights == 0.0:
+        return toned
+    above = (toned - _HIGHLIGHT_KNEE).clamp_(min=0.0)
+    lift = above.square_().mul_(1.0 - toned).mul_(highlights / (1.0 - _HIGHLIGHT_KNEE) ** 2)
+    return toned + lift
 
 
-def _exposure_exponent(luma: torch.Tensor, weight: torch.Tensor, target: float, max_boost: float) -> torch.Tensor:
-    """Per image, the exponent g in [1 / max_boost, 1] whose weighted mean of ``luma ** g`` is
-    closest to ``target`` (``luma``, ``weight``: N x 1 x h x w).
+def _exposure_exponent(luma: torch.Tensor, weight: torch.Tensor, target: float, max_boost: float,
+                       highlights: torch.Tensor) -> torch.Tensor:
+    """Per image, the exponent g in [1 / max_boost, 1] whose weighted mean of the exposure curve
+    (:func:`_exposure_curve` with ``highlights``, N) of ``luma`` is closest to ``target``
+    (``luma``, ``weight``: N x 1 x h x w).
 
     Only brightens: an image already at or above the target keeps g = 1. Bisection on a
     strided sample (the mean of luma ** g falls monotonically with g).
@@ -241,15 +258,15 @@ def _exposure_exponent(luma: torch.Tensor, weight: torch.Tensor, target: float, 
     hi = torch.ones_like(lo)
     for _ in range(16):  # the exponent to within 1e-5
         mid = 0.5 * (lo + hi)
-        too_bright = (_exposure_curve(flat, mid) * weight).sum(dim=1, keepdim=True) > target
+        too_bright = (_exposure_curve(flat, mid, highlights.view(-1, 1)) * weight).sum(dim=1, keepdim=True) > target
         lo = torch.where(too_bright, mid, lo)
         hi = torch.where(too_bright, hi, mid)
     return hi.squeeze(1)
 
 
 def _exposure_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, target: float,
-                     max_boost: float) -> torch.Tensor:
-    """The exposure exponent per image, fitted to the scene.
+                     max_boost: float, highlight_stretch: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exposure exponent and highlight stretch per image, fitted to the scene.
 
     * Regions that are black in the input (a 9 x 9 mean under 2.5/255: night sky, unlit
       corners) hold no signal to reveal: they are left out of the mean that is brought to the
@@ -257,16 +274,20 @@ def _exposure_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, targ
       network's look (full correction up to 12 % black, none from 35 %).
     * Inputs that are not dark (mean luma from 0.2 up to 0.35) get less and less correction,
       so a well-exposed photo keeps its tone whatever the curves did.
+    * The highlight stretch (``highlight_stretch``, see :func:`_exposure_curve`) is scaled by the
+      same strength, and the exponent is fitted with it in place, so the mean still reaches
+      the target: midtones and shadows are lifted less, and so is their noise.
     """
     luma_in = luma(low_small)
     signal = (box_mean(luma_in, _BLACK_REGION_RADIUS) >= _BLACK_LEVEL).float()
-    exponent = _exposure_exponent(luma(enhanced_small), signal, target, max_boost)
     black = 1.0 - signal.mean(dim=(1, 2, 3))
     night = ((_NIGHT_BLACK_END - black) / (_NIGHT_BLACK_END - _NIGHT_BLACK_FULL)).clamp(0.0, 1.0)
     dark = ((_DARK_INPUT_END - luma_in.mean(dim=(1, 2, 3))) / (_DARK_INPUT_END - _DARK_INPUT_FULL)).clamp(0.0, 1.0)
     no_signal = signal.flatten(1).sum(dim=1) == 0
     strength = torch.where(no_signal, torch.zeros_like(dark), dark * night)
-    return 1.0 - strength * (1.0 - exponent)
+    highlights = strength * highlight_stretch
+    exponent = _exposure_exponent(luma(enhanced_small), signal, target, max_boost, highlights)
+    return 1.0 - strength * (1.0 - exponent), highlights
 
 
 @torch.inference_mode()
@@ -283,8 +304,10 @@ def finish_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, config:
     enhanced_small = enhanced_small.float().clamp(0.0, 1.0)
     params = torch.zeros((low_small.shape[0], NUM_PARAMS), dtype=torch.float32, device=low_small.device)
     target = config.exposure_target
-    params[:, PARAM_TONE] = 1.0 if target is None else _exposure_params(
-        low_small, enhanced_small, target, config.max_exposure_boost)
+    params[:, PARAM_TONE] = 1.0
+    if target is not None:
+        params[:, PARAM_TONE], params[:, PARAM_HIGHLIGHTS] = _exposure_params(
+            low_small, enhanced_small, target, config.max_exposure_boost, config.highlight_stretch)
     if config.denoising:
         y, cbcr = _to_ycbcr(low_small)
         mean, rms = _local_detail(torch.cat((y, cbcr), dim=1))  # once, for both estimates
@@ -300,9 +323,10 @@ def finish_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, config:
 # Local step
 
 
-def _tone(x: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
-    """Global exposure on each channel (per image exponent); see :func:`_exposure_curve`."""
-    return _exposure_curve(x.clamp(0.0, 1.0), exponent.view(-1, 1, 1, 1))
+def _tone(x: torch.Tensor, exponent: torch.Tensor, highlights: torch.Tensor) -> torch.Tensor:
+    """Global exposure on each channel (per image exponent and highlight stretch); see
+    :func:`_exposure_curve`."""
+    return _exposure_curve(x.clamp(0.0, 1.0), exponent.view(-1, 1, 1, 1), highlights.view(-1, 1, 1, 1))
 
 
 @torch.inference_mode()
@@ -322,7 +346,7 @@ def finish_tiles(low: torch.Tensor, enhanced: torch.Tensor, params: torch.Tensor
     params = params.to(enhanced.device, torch.float32)
     out = enhanced.float().clamp(0.0, 1.0)
     if config.exposure_target is not None:
-        out = _tone(out, params[:, PARAM_TONE])
+        out = _tone(out, params[:, PARAM_TONE], params[:, PARAM_HIGHLIGHTS])
     if config.denoising:
         out = _denoise(low.float(), out, params, config, origins)
     return out.clamp_(0.0, 1.0)

@@ -350,6 +350,7 @@ def enhance_image(
     denoise: str = "auto",
     denoise_strength: float = 1.0,
     exposure: float | str = "auto",
+    highlight_stretch: float = FinishConfig.highlight_stretch,
 ) -> "Image.Image":
     """Enhance one PIL image and return a new PIL image, exactly as ``dce-batch enhance`` would.
 
@@ -363,9 +364,9 @@ def enhance_image(
             resolution); None takes the variant's default, as ``dce-batch enhance`` does (4 for
             DCE-Net, with guided upsampling; 12 for the fast variant).
         device, precision: as for ``dce-batch enhance`` (``auto`` uses CUDA when present).
-        denoise, denoise_strength, exposure: the finishing after the curves, as for
-            ``dce-batch enhance`` (on by default there and here; ``denoise="off",
-            exposure="off"`` gives the network alone).
+        denoise, denoise_strength, exposure, highlight_stretch: the finishing after the
+            curves, as for ``dce-batch enhance`` (on by default there and here;
+            ``denoise="off", exposure="off"`` gives the network alone).
 
     The loaded network is cached (the last four settings), so calling this in a loop is cheap.
     Grayscale stays grayscale and alpha is kept (the result is ``L``, ``LA``, ``RGB`` or ``RGBA``,
@@ -378,7 +379,8 @@ def enhance_image(
     if weights is None:
         weights = ZeroDCE_Weights.DEFAULT
     key, variant = _weights_key(weights)
-    finish = FinishConfig(denoise=denoise, denoise_strength=denoise_strength, exposure=exposure)  # type: ignore[arg-type]
+    finish = FinishConfig(denoise=denoise, denoise_strength=denoise_strength, exposure=exposure,  # type: ignore[arg-type]
+                          highlight_stretch=highlight_stretch)
     enhancer = _enhancer(key, variant, float(strength), None if scale is None else float(scale), device, precision,
                          finish)
     decoded = decode_image(_pil_to_bytes(image), max_pixels=_pixel_limit(image))

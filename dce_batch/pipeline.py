@@ -108,6 +108,7 @@ class EnhanceConfig:
     denoise: str = "auto"  # noise-aware denoising after the curves (dce_batch.finishing); "fast", "off"
     denoise_strength: float = 1.0
     exposure: float | str = "auto"  # scene-fitted exposure: "auto", "off" or a target mean brightness
+    highlight_stretch: float = FinishConfig.highlight_stretch  # 0: the curves' highlights (the earlier tone)
     num_actors: tuple[int, int] | None = None
     gpus_per_actor: float = 0.0
     cpus_per_actor: float | None = None  # None: 1 per actor (its torch threads)
@@ -180,7 +181,7 @@ class EnhanceConfig:
 
     def finish_config(self) -> FinishConfig:
         return FinishConfig(denoise=self.denoise, denoise_strength=self.denoise_strength,  # type: ignore[arg-type]
-                            exposure=self.exposure)
+                            exposure=self.exposure, highlight_stretch=self.highlight_stretch)
 
     def encode_options(self) -> EncodeOptions:
         return EncodeOptions(format=self.format, quality=self.quality)
@@ -529,6 +530,9 @@ def run_output_settings(config: EnhanceConfig, meta, output_format: str) -> dict
     finishing = None if not finish.enabled else {
         "denoise": denoise, "denoise_strength": finish.denoise_strength, "exposure": finish.exposure,
         "method": finish.method}
+    # Recorded only where it acts, so that OUTPUTs made before it existed resume with 0.
+    if finishing and finish.exposure_target is not None and finish.highlight_stretch > 0:
+        finishing["highlight_stretch"] = finish.highlight_stretch
     return output_settings(model_sha256=meta.sha256, variant=meta.variant, scale=resolve_scale(meta.variant, config.scale),
                            strength=config.strength, precision=config.precision, format=config.format,
                            quality=config.quality, output_format=output_format, finishing=finishing)

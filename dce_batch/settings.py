@@ -78,6 +78,10 @@ class FinishConfig:
             for dark inputs), a target mean luma in (0, 1) used the same way, or ``off``.
         max_exposure_boost: bound on the exposure curve (the exponent never goes below
             1 / this), so near-black scenes are not pushed into noise.
+        highlight_stretch: with exposure on, how much the exposure curve lifts the highlights
+            of dark scenes (above 0.5, smoothly, never past 1), in [0, 1]; scaled down with the
+            exposure correction for brighter and night scenes. 0 keeps the highlights as the
+            curves left them (the earlier tone).
         radius: half-width of the luma filter's windows (and of the one the local gain and the
             chroma's pilot are measured over), in pixels.
         luma_noise_factor, chroma_noise_factor: the noise variance each filter removes, as a
@@ -101,6 +105,7 @@ class FinishConfig:
     denoise_strength: float = 1.0
     exposure: ExposureSetting = "auto"
     max_exposure_boost: float = 2.5
+    highlight_stretch: float = 0.8
     radius: int = 3
     luma_noise_factor: float = 0.9
     chroma_noise_factor: float = 3.0
@@ -120,6 +125,8 @@ class FinishConfig:
                                   f"got {self.exposure!r}")
         elif isinstance(self.exposure, bool) or not 0.0 < float(self.exposure) < 1.0:
             raise ConfigError(f"exposure target must be a mean brightness in (0, 1), e.g. 0.45; got {self.exposure!r}")
+        if not 0.0 <= self.highlight_stretch <= 1.0:
+            raise ConfigError(f"highlight stretch must be in [0, 1] (0 = none), got {self.highlight_stretch}")
         if self.max_exposure_boost < 1.0:
             raise ConfigError(f"max_exposure_boost must be >= 1, got {self.max_exposure_boost}")
         if not 1 <= self.radius <= 32:

@@ -108,6 +108,7 @@ def test_parse_configurations():
     assert parse_configuration("x:precision=fp32").precision == "fp32" and default.precision == "auto"
     ratio = parse_configuration("previous:noise_gain=ratio").finish
     assert default.finish.noise_gain == "slope" and ratio.noise_gain == "ratio" and ratio.method != default.finish.method
+    assert parse_configuration("tone:highlight_stretch=0").finish.highlight_stretch == 0.0
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -115,7 +116,7 @@ def test_parse_configurations():
     ("x:strength=lots", "not a number"), ("x:exposure=2", "exposure"), ("x:folder=/nonexistent/dir", "does not exist"),
     ("x:chroma_refine_radius=2.5", "whole number"), ("x:chroma_refine_radius=99", "0..32"),
     ("x:precision=int4", "precision must be one of"), ("x:matched_noise_level=-1", "matched_noise_level"),
-    ("x:noise_gain=mean", "noise_gain must be"),
+    ("x:noise_gain=mean", "noise_gain must be"), ("x:highlight_stretch=2", "highlight stretch"),
 ])
 def test_bad_configurations_say_what_is_wrong(spec, message):
     with pytest.raises(ConfigError, match=message):

@@ -230,6 +230,44 @@ def test_exposure_moves_a_dark_result_toward_the_target():
     assert abs(float(custom.mean()) - 0.35) < 0.03
 
 
+def test_the_highlight_stretch_lifts_highlights_smoothly_up_to_white():
+    """Hand-computable: below the knee (0.5) the curve is the power curve; above it the lift is
+    ``a (y - 0.5)^2 (1 - y) / 0.25``; white stays white and the curve stays monotonic."""
+    from dce_batch.finishing import _exposure_curve
+
+    x = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)
+    plain = _exposure_curve(x, torch.tensor(0.8, dtype=torch.float64))
+    lifted = _exposure_curve(x, torch.tensor(0.8, dtype=torch.float64), 0.8)
+    assert torch.equal(lifted[plain <= 0.5], plain[plain <= 0.5])
+    expected = plain + 0.8 * (plain - 0.5).clamp(min=0) ** 2 * (1 - plain) / 0.25
+    assert torch.allclose(lifted, expected, atol=1e-12)
+    assert float(lifted[-1]) == 1.0 and bool((lifted[1:] >= lifted[:-1]).all()) and bool((lifted >= plain).all())
+    y = torch.tensor([0.75], dtype=torch.float64)
+    assert float(_exposure_curve(y, torch.tensor(1.0, dtype=torch.float64), 0.8)) == pytest.approx(0.75 + 0.05)
+
+
+def test_the_highlight_stretch_acts_on_dark_scenes_and_keeps_the_target_mean():
+    """Per image, the stretch follows the exposure correction's strength: full for a dark scene,
+    none for a well-exposed one or with exposure off; the exponent is refitted with it, so the
+    mean of the lit regions still reaches the target."""
+    from dce_batch.finishing import PARAM_HIGHLIGHTS
+
+    low = _scene(64, 64) * 0.08
+    enhanced = _scene(64, 64) * 0.5 + 0.1  # highlights up to about 0.6 over a 0.35 mean
+    bright = _scene(64, 64)
+    config = FinishConfig(exposure=0.45, denoise="off")
+    params = finish_params(torch.cat((low, bright)), torch.cat((enhanced, bright)), config)
+    assert params[0, PARAM_HIGHLIGHTS] == pytest.approx(0.8) and params[1, PARAM_HIGHLIGHTS] == 0.0
+    stretched = finish_tiles(low, enhanced, params[:1], config)
+    assert float(stretched.mean(dim=1).mean()) == pytest.approx(0.45, abs=0.01)
+    plain = FinishConfig(exposure=0.45, denoise="off", highlight_stretch=0.0)
+    plain_params = finish_params(low, enhanced, plain)
+    assert plain_params[0, PARAM_HIGHLIGHTS] == 0.0
+    assert float(plain_params[0, PARAM_TONE]) < float(params[0, PARAM_TONE])  # midtones lifted less
+    off = finish_params(low, enhanced, FinishConfig(exposure="off"))
+    assert off[0, PARAM_TONE] == 1.0 and off[0, PARAM_HIGHLIGHTS] == 0.0
+
+
 def test_exposure_leaves_a_well_exposed_image_alone():
     image = _scene(80, 120)  # mean ~0.45 as input and as output
     for enhanced in (image, (image * 0.7)):  # even if the curves had darkened it
@@ -321,6 +359,7 @@ def test_params_copy_is_a_mosaic_of_full_resolution_patches():
     {"denoise": "maybe"}, {"denoise_strength": -1.0}, {"exposure": "bright"}, {"exposure": 1.5},
     {"exposure": 0.0}, {"max_exposure_boost": 0.5}, {"radius": 0}, {"luma_noise_factor": -1.0},
     {"chroma_refine_radius": -1}, {"chroma_refine_radius": 33}, {"noise_gain": "mean"},
+    {"highlight_stretch": -0.1}, {"highlight_stretch": 1.5},
 ])
 def test_invalid_settings_are_config_errors(kwargs):
     with pytest.raises(ConfigError):

@@ -184,15 +184,41 @@ def test_outputs_of_the_previous_denoiser_resume_with_denoise_fast(tmp_path):
     out = tmp_path / "out"
     meta = SimpleNamespace(sha256="m" * 64, variant="full")
     earlier = run_output_settings(EnhanceConfig(input="/in", output=str(out)), meta, "PNG")
-    earlier = dict(earlier, finishing=dict(earlier["finishing"], method="lee-wiener-2"))
+    # Those versions had no highlight stretch, and so recorded none.
+    earlier_finishing = {k: v for k, v in earlier["finishing"].items() if k != "highlight_stretch"}
+    earlier = dict(earlier, finishing=dict(earlier_finishing, method="lee-wiener-2"))
     done = rows_to_table([_done_row("/in/a.png", str(out / "a.png"), lambda fmt: earlier)])
     default = run_output_settings(EnhanceConfig(input="/in", output=str(out)), meta, "PNG")
     assert default["finishing"]["method"] == FINISH_METHOD != FAST_FINISH_METHOD == "lee-wiener-2"
     with pytest.raises(ConfigError, match=f"'method': '{FINISH_METHOD}'"):
         _plan(tmp_path, _inputs("a.png"), done=done, existing=[str(out / "a.png")], settings_for=lambda fmt: default)
-    fast = run_output_settings(EnhanceConfig(input="/in", output=str(out), denoise="fast"), meta, "PNG")
+    fast = run_output_settings(EnhanceConfig(input="/in", output=str(out), denoise="fast", highlight_stretch=0.0),
+                               meta, "PNG")
     assert fast == earlier
     plan = _plan(tmp_path, _inputs("a.png"), done=done, existing=[str(out / "a.png")], settings_for=lambda fmt: fast)
+    assert plan.skipped.num_rows == 1
+
+
+def test_outputs_made_before_the_highlight_stretch_resume_with_it_off(tmp_path):
+    """The highlight stretch changes pixels, so it is recorded where it acts: an OUTPUT made
+    before it (no such key) is refused under the default, naming it, and resumes with
+    ``--highlight-stretch 0``; with exposure off it does nothing and is not recorded."""
+    from types import SimpleNamespace
+
+    from dce_batch.pipeline import EnhanceConfig, run_output_settings
+
+    out = tmp_path / "out"
+    meta = SimpleNamespace(sha256="m" * 64, variant="full")
+    default = run_output_settings(EnhanceConfig(input="/in", output=str(out)), meta, "PNG")
+    assert default["finishing"]["highlight_stretch"] == 0.8
+    off = run_output_settings(EnhanceConfig(input="/in", output=str(out), highlight_stretch=0.0), meta, "PNG")
+    assert "highlight_stretch" not in off["finishing"]
+    no_exposure = run_output_settings(EnhanceConfig(input="/in", output=str(out), exposure="off"), meta, "PNG")
+    assert "highlight_stretch" not in no_exposure["finishing"]
+    done = rows_to_table([_done_row("/in/a.png", str(out / "a.png"), lambda fmt: off)])
+    with pytest.raises(ConfigError, match="highlight_stretch"):
+        _plan(tmp_path, _inputs("a.png"), done=done, existing=[str(out / "a.png")], settings_for=lambda fmt: default)
+    plan = _plan(tmp_path, _inputs("a.png"), done=done, existing=[str(out / "a.png")], settings_for=lambda fmt: off)
     assert plan.skipped.num_rows == 1
 
 
