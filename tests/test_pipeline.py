@@ -216,6 +216,18 @@ def test_a_rerun_removes_the_temp_files_of_writes_a_killed_run_never_finished(tm
     assert sorted(out.rglob("*.tmp")) == sorted(users)
 
 
+def test_a_broken_symbolic_link_becomes_a_row_with_the_reason(tmp_path):
+    source = tmp_path / "in"
+    _save(source / "x.png", _dark(30, 30), "PNG")
+    (source / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    out = tmp_path / "out"
+    summary = run_enhance(_config(source, out, engine="local"))
+    assert (summary.total, summary.ok, summary.error) == (2, 1, 1)
+    rows = {Path(r["input_uri"]).name: r for r in _manifest(out)}
+    assert rows["gone.jpg"]["status"] == "error" and rows["gone.jpg"]["output_uri"] is None
+    assert "a broken symbolic link" in rows["gone.jpg"]["error"] and "deleted.jpg" in rows["gone.jpg"]["error"]
+
+
 def test_changing_the_format_is_not_a_resume(tmp_path):
     source = tmp_path / "in"
     _save(source / "x.png", _dark(30, 30), "PNG")
@@ -420,7 +432,10 @@ def test_cli_exit_codes(tmp_path, ray_tmp):
     # Exit statuses do not depend on the engine: local processes spare starting a Ray cluster here
     # (the CLI's own Ray cluster is tested by test_cli_default_run_enhances_the_bundled_samples and
     # the interrupted and killed runs below)
-    result = _run_cli([str(source), str(tmp_path / "out"), "--engine", "local"], cwd=tmp_path, env=env)
+    # A small image budget keeps the actors' memory small (one actor for 100 MP needs 3.7 GiB): the
+    # exit statuses must not depend on how much memory other tests leave free (once only 2.9 GiB).
+    small = ["--max-pixels", "4000000"]
+    result = _run_cli([str(source), str(tmp_path / "out"), "--engine", "local", *small], cwd=tmp_path, env=env)
     assert result.returncode == 3, result.stderr[-3000:]
     assert "UnsupportedImageError" in result.stdout
     # 2: invalid arguments, each with a message that says what to change
@@ -430,11 +445,11 @@ def test_cli_exit_codes(tmp_path, ray_tmp):
     assert invalid.returncode == 2 and "strength" in invalid.stderr
     missing = _run_cli([str(tmp_path / "nothing-here"), str(tmp_path / "o3")], cwd=tmp_path, env=env)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
-    changed = _run_cli([str(source), str(tmp_path / "out"), "--strength", "0.5"], cwd=tmp_path, env=env)
+    changed = _run_cli([str(source), str(tmp_path / "out"), "--strength", "0.5", *small], cwd=tmp_path, env=env)
     assert changed.returncode == 2 and "strength 1.0 -> 0.5" in changed.stderr, changed.stderr[-2000:]
     # 1: the job failed at run time (here OUTPUT cannot be written: it is a file)
     (tmp_path / "blocked").write_text("a file where OUTPUT should be")
-    failed = _run_cli([str(source), str(tmp_path / "blocked")], cwd=tmp_path, env=env)
+    failed = _run_cli([str(source), str(tmp_path / "blocked"), *small], cwd=tmp_path, env=env)
     assert failed.returncode == 1 and "cannot be written" in failed.stderr, failed.stderr[-2000:]
 
 

@@ -882,6 +882,26 @@ def test_list_inputs_table_schema_order_and_equivalence(photo_tree: Path) -> Non
         assert _as_files(table) == list_inputs(source, extensions=IMAGES)[1]
 
 
+def test_broken_symbolic_links_are_listed_and_say_why_they_cannot_be_read(tmp_path: Path) -> None:
+    """pyarrow's listing leaves broken links out; a user sees them as files, so they are listed
+    (size 0), in subfolders too and through the same name filters, and reading one names it."""
+    from dce_batch.storage import list_inputs_table
+
+    make_files(tmp_path / "in", ["a.jpg", "sub/b.png"])
+    (tmp_path / "in" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "in" / "sub" / "gone2.png").symlink_to("../../missing.png")
+    (tmp_path / "in" / "gone.txt").symlink_to(tmp_path / "nowhere.txt")  # not an image name
+    (tmp_path / "in" / ".hidden.jpg").symlink_to(tmp_path / "nowhere.jpg")  # hidden: skipped
+    (tmp_path / "in" / "good_link.jpg").symlink_to(tmp_path / "in" / "a.jpg")
+    _, table = list_inputs_table(str(tmp_path / "in"), extensions=IMAGES)
+    rows = dict(zip(table.column("relpath").to_pylist(), table.column("size").to_pylist()))
+    assert rows == {"a.jpg": 5, "gone.jpg": 0, "good_link.jpg": 5, "sub/b.png": 9, "sub/gone2.png": 0}
+    with pytest.raises(StorageError, match=r"gone\.jpg: a broken symbolic link \(its target .*nowhere\.jpg does not exist\)"):
+        read_bytes(LOCAL, str(tmp_path / "in" / "gone.jpg"))
+    with pytest.raises(StorageError, match="no such file or object"):
+        read_bytes(LOCAL, str(tmp_path / "in" / "never.jpg"))
+
+
 def test_list_inputs_table_odd_names_and_globs(tmp_path: Path) -> None:
     from dce_batch.storage import list_inputs_table
 

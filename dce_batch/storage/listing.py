@@ -293,11 +293,38 @@ def _s3_pages(fs: PortableS3FileSystem, base: str, recursive: bool) -> Iterator[
 
 
 def _pyarrow_pages(fs: pafs.FileSystem, base: str, recursive: bool) -> Iterator[tuple[pa.Array, pa.Array]]:
-    """(paths, sizes) of the files under ``base`` from one pyarrow listing (local, fsspec)."""
+    """(paths, sizes) of the files under ``base`` from one pyarrow listing (local, fsspec); on a
+    local disk also the broken symbolic links (size 0), which that listing leaves out."""
     infos = get_info(fs, pafs.FileSelector(base, recursive=recursive), "list", base)
     files = [info for info in infos if info.type == pafs.FileType.File]
     del infos
     yield pa.array([f.path for f in files], pa.string()), pa.array([f.size for f in files], pa.int64())
+    if isinstance(fs, pafs.LocalFileSystem):
+        broken = _broken_links(base, recursive)
+        if broken:
+            yield pa.array(broken, pa.string()), pa.array([0] * len(broken), pa.int64())
+
+
+def _broken_links(base: str, recursive: bool) -> list[str]:
+    """Symbolic links under ``base`` whose target does not exist. A user sees them as files, so
+    they are listed, and each becomes a manifest row that says why it could not be read instead
+    of vanishing from the run. Folders are walked without following links (no cycles); only
+    links need a ``stat``, so a large tree costs one directory read per folder."""
+    broken: list[str] = []
+    pending = [base]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_symlink():
+                        if not os.path.exists(entry.path):
+                            broken.append(entry.path)
+                    elif recursive and entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+        except OSError:
+            continue  # pyarrow's listing above reported what it could not read
+    return broken
 
 
 def _list_tree(

@@ -231,6 +231,8 @@ def storage_error(exc: BaseException, action: str, fs: pafs.FileSystem, path: st
         )
     elif is_s3 and any(marker in upper for marker in _SERVER_MARKERS):
         reason = f"{endpoint_text} kept failing with server errors after {_attempts(fs)} ({text})"
+    elif isinstance(exc, FileNotFoundError) and isinstance(fs, pafs.LocalFileSystem) and os.path.islink(path):
+        reason = f"a broken symbolic link (its target {os.readlink(path)} does not exist)"
     elif isinstance(exc, FileNotFoundError):
         reason = "no such file or object"
     elif isinstance(exc, PermissionError):
