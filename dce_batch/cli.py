@@ -162,7 +162,8 @@ def enhance_main(argv: Sequence[str] | None = None) -> int:
             variant=args.model_variant, scale=args.scale, format=args.format, quality=args.quality,
             strength=args.strength, precision=args.precision, num_actors=args.num_actors, denoise=args.denoise,
             denoise_strength=args.denoise_strength, exposure=args.exposure,
-            highlight_stretch=args.highlight_stretch, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size,
+            highlight_stretch=args.highlight_stretch, gpus_per_actor=args.gpus_per_actor,
+            cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size,
             s3=_s3_options(args), overwrite=args.overwrite,
             allow_output_inside_input=args.allow_output_inside_input,
             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, tile_size=args.tile_size, pipeline=args.pipeline,
@@ -484,7 +485,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
                    help="a configuration (repeatable). Keys: weights, strength, finish=on|off, denoise=auto|fast|off, "
                         "denoise_strength, exposure=auto|off|TARGET, chroma_refine_radius (0: one chroma pass), "
                         "matched_noise_level (inf: no block matching), noise_gain (slope|ratio; ratio: the earlier "
-                        "default), folder (already-enhanced images), scale. "
+                        "default), highlight_stretch (0: the earlier tone), folder (already-enhanced images), scale. "
                         "'input' alone is the unenhanced input. Default: input, network:finish=off, default")
     p.add_argument("--out", default="evaluation", metavar="DIR", help="where to write the reports (default ./evaluation)")
     p.add_argument("--max-images", type=int, help="at most this many images per set (first by name)")

@@ -157,7 +157,7 @@ def parse_configuration(spec: str) -> EvalConfiguration:
     (auto/fast/off), ``denoise_strength``, ``exposure`` (auto/off/0.45), ``chroma_refine_radius`` (0: one
     chroma pass, the earlier default), ``matched_noise_level`` (``inf``: no block matching, the
     earlier default), ``noise_gain`` (slope/ratio; ``ratio``: the earlier default),
-    ``highlight_stretch`` (1: the earlier tone), ``folder``, ``scale``, ``precision`` (as ``--precision``).
+    ``highlight_stretch`` (0: the earlier tone), ``folder``, ``scale``, ``precision`` (as ``--precision``).
     The label ``input`` alone is the unenhanced input. Example:
     ``authors:weights=../shared/reference_weights/zero_dce_epoch99.pth,finish=off``.
     """
