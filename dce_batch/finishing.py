@@ -372,13 +372,16 @@ def _denoise(low: torch.Tensor, out: torch.Tensor, params: torch.Tensor, config:
     y, cbcr = _to_ycbcr(out)
     y_low = luma(low)
     squares = y * y if two_pass else torch.cat((y, cbcr), dim=1).square_()
-    stats = box_mean(torch.cat((y_low, y, cbcr, squares), dim=1), r)
-    mean_low, mean_y, mean_c = stats[:, 0:1], stats[:, 1:2], stats[:, 2:4]
+    slope_gain = config.dct_stage and config.noise_gain == "slope"
+    # The input's window mean only serves the ratio gain (the slope sums its own, directly).
+    stats = box_mean(torch.cat((y, cbcr, squares) if slope_gain else (y, cbcr, squares, y_low), dim=1), r)
+    mean_y, mean_c, mean_squares = stats[:, 0:1], stats[:, 1:3], stats[:, 3:]
     # Local gain of the whole chain (curves and exposure): how much the input's noise grew here.
     # The ratio of means stays for --denoise fast and noise_gain="ratio": their pixels must not change.
-    if config.dct_stage and config.noise_gain == "slope":
+    if slope_gain:
         gain = _local_gain(y_low, y, r)
     else:
+        mean_low, mean_squares = mean_squares[:, -1:], mean_squares[:, :-1]
         gain = (mean_y / mean_low.clamp_min(2.0 / 255.0)).clamp_(1.0, 30.0)
     k = config.denoise_strength
     sigma_luma = (k * config.luma_noise_factor) * params[:, PARAM_SIGMA_LUMA].view(-1, 1, 1, 1)
@@ -386,12 +389,12 @@ def _denoise(low: torch.Tensor, out: torch.Tensor, params: torch.Tensor, config:
     noise_var_luma = (gain * sigma_luma).square_()
     noise_var_chroma = (gain * sigma_chroma).square_()
     if two_pass:
-        y_filtered = _lee(y, mean_y, stats[:, 4:5], noise_var_luma, r)
+        y_filtered = _lee(y, mean_y, mean_squares, noise_var_luma, r)
         # The chroma's pilot is its window mean: the chroma grain is strong and the colour of
         # most regions changes slowly (measured: as good as a first Lee pass, and cheaper).
         chroma = _empirical_wiener(cbcr, mean_c, noise_var_chroma, config.chroma_refine_radius)
     else:
-        ycc = _lee(torch.cat((y, cbcr), dim=1), stats[:, 1:4], stats[:, 4:7],
+        ycc = _lee(torch.cat((y, cbcr), dim=1), stats[:, 0:3], mean_squares,
                    torch.cat((noise_var_luma, noise_var_chroma, noise_var_chroma), dim=1), r)
         y_filtered, chroma = ycc[:, 0:1], ycc[:, 1:3]
     if config.dct_stage:
