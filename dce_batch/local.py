@@ -37,7 +37,8 @@ def _context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _init_worker(config, weights_blob: bytes, weights_name: str, output, pixel_limit: int) -> None:
+def _init_worker(config, weights_blob: bytes, weights_name: str, output, pixel_limit: int,
+                 limit_reason: str | None) -> None:
     global _processor, _journal
     import torch
 
@@ -52,7 +53,8 @@ def _init_worker(config, weights_blob: bytes, weights_name: str, output, pixel_l
     enhancer = Enhancer(weights, config.inference_config(weights.meta.variant))
     worker = f"local/pid{os.getpid()}"
     _processor = ImageProcessor(enhancer, config.encode_options(), None, output.filesystem,
-                                run_id=config.run_id, worker=worker, max_pixels=pixel_limit)
+                                run_id=config.run_id, worker=worker, max_pixels=pixel_limit,
+                                limit_reason=limit_reason)
     _journal = (output.filesystem, output.child(MANIFEST_DIR), config.run_id, worker)
 
 
@@ -90,6 +92,7 @@ class LocalPool:
 
     def __init__(self, workers: int, init_args: tuple) -> None:
         self.workers = workers
+        self.plan = None  # the ActorPool it was sized by (pipeline._start_local_pool sets it)
         self._executor = concurrent.futures.ProcessPoolExecutor(
             max_workers=workers, mp_context=_context(), initializer=_init_worker, initargs=init_args)
 

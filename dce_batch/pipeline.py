@@ -83,6 +83,8 @@ ACTOR_BASE_MEMORY = 700 << 20
 #: encoder's copy and the output bytes. benchmarks/bench_memory.py measured 28-30 B/px for
 #: 16-bit PNGs and 10-11 for 8-bit JPEGs (24 to 100 MP); 32 covers the worst with a margin.
 ACTOR_BYTES_PER_PIXEL = 32
+#: The least memory a local actor is started with when memory is short: images of up to 12 MP.
+_SMALLEST_ACTOR_MEMORY = ACTOR_BASE_MEMORY + 12_000_000 * ACTOR_BYTES_PER_PIXEL
 #: Tasks of the staged (GPU) pipeline hold a batch of decoded images.
 TASK_BASE_MEMORY = 300 << 20
 
@@ -203,11 +205,20 @@ class ActorPool:
     staged: bool = False
     task_memory: int = 0  # staged: memory declared by each read/decode and encode/write task
     limited_by: str = "CPU"
+    limit_reason: str | None = None  # why image_pixel_limit is below --max-pixels, for error rows
 
 
 def actor_memory_bytes(max_pixels: int) -> int:
     """Memory one actor needs to enhance an image of ``max_pixels`` (windows bound the network's share)."""
     return ACTOR_BASE_MEMORY + max_pixels * ACTOR_BYTES_PER_PIXEL
+
+
+def _limit_reason(config: EnhanceConfig, pixel_limit: int) -> str | None:
+    """Why the pixel limit is below --max-pixels (the actor's memory), for error rows."""
+    if pixel_limit >= config.max_pixels:
+        return None
+    return (f"an actor has {(config.actor_memory or 0) / 2**30:.2f} GiB (--actor-memory), enough for images of up to "
+            f"{pixel_limit / 1e6:.1f} MP; give actors more memory to enhance it")
 
 
 def plan_actor_pool(config: EnhanceConfig, cluster_resources: dict[str, float], *, local_cluster: bool = False) -> ActorPool:
@@ -227,6 +238,7 @@ def plan_actor_pool(config: EnhanceConfig, cluster_resources: dict[str, float], 
         cpus_per_actor = cpus  # a one-CPU cluster still gets its actor
     actor_memory = config.actor_memory or actor_memory_bytes(config.max_pixels)
     pixel_limit = min(config.max_pixels, max(1, (actor_memory - ACTOR_BASE_MEMORY) // ACTOR_BYTES_PER_PIXEL))
+    limit_reason = _limit_reason(config, pixel_limit)
     limited_by = "CPU"
     if config.num_actors is not None:
         low, high = config.num_actors
@@ -245,7 +257,16 @@ def plan_actor_pool(config: EnhanceConfig, cluster_resources: dict[str, float], 
         if memory and high * actor_memory > memory:
             high = int(memory // actor_memory)
             limited_by = "memory"
-            if high < 1:
+            if high < 1 and local_cluster and config.actor_memory is None and memory >= _SMALLEST_ACTOR_MEMORY:
+                # This machine alone, short of memory right now (free memory is a moment's reading,
+                # and nothing else waits for more): one actor takes what there is, and only the
+                # images too large for it become error rows, which a later run retries.
+                high, actor_memory = 1, int(memory)
+                pixel_limit = min(config.max_pixels, (actor_memory - ACTOR_BASE_MEMORY) // ACTOR_BYTES_PER_PIXEL)
+                limit_reason = (f"this machine had {memory / 2**30:.1f} GiB of memory to give when the run started, "
+                                f"enough for images of up to {pixel_limit / 1e6:.0f} MP; run again with more memory "
+                                "free to enhance it")
+            elif high < 1:
                 raise ConfigError(
                     f"one actor needs {actor_memory / 2**30:.1f} GiB to enhance images of up to "
                     f"{config.max_pixels / 1e6:g} MP, but the cluster offers {memory / 2**30:.1f} GiB; lower "
@@ -263,20 +284,13 @@ def plan_actor_pool(config: EnhanceConfig, cluster_resources: dict[str, float], 
             f"{low} actor(s) x {cpus_per_actor} CPU do not fit this {cpus:g}-CPU machine and the job would "
             "wait forever; lower --num-actors or --cpus-per-actor")
     task_memory = TASK_BASE_MEMORY + config.images_per_call * min(pixel_limit, 25_000_000) * 8 if staged else 0
-    return ActorPool(low, high, cpus_per_actor, gpus, actor_memory, pixel_limit, staged, task_memory, limited_by)
+    return ActorPool(low, high, cpus_per_actor, gpus, actor_memory, pixel_limit, staged, task_memory, limited_by,
+                     limit_reason)
 
 
 # --------------------------------------------------------------------------------------------
 # Ray Data stages
 # --------------------------------------------------------------------------------------------
-
-
-def _limit_reason(config: EnhanceConfig, pixel_limit: int) -> str | None:
-    """Why the pixel limit is below --max-pixels (the actor's memory), for error rows."""
-    if pixel_limit >= config.max_pixels:
-        return None
-    return (f"an actor has {(config.actor_memory or 0) / 2**30:.2f} GiB (--actor-memory), enough for images of up to "
-            f"{pixel_limit / 1e6:.1f} MP; give actors more memory to enhance it")
 
 
 def _worker_name(device_name: str | None = None) -> str:
@@ -313,13 +327,13 @@ class EnhanceActor:
     """Fused pipeline: one per CPU; reads, enhances and writes its images, journals their rows."""
 
     def __init__(self, config: EnhanceConfig, weights_blob: bytes, weights_name: str, input_filesystem,
-                 output: Location, pixel_limit: int, threads: int) -> None:
+                 output: Location, pixel_limit: int, limit_reason: str | None, threads: int) -> None:
         enhancer = _build_enhancer(config, weights_blob, weights_name, threads)
         self.worker = _worker_name()
         self.config, self.output = config, output
         self.processor = ImageProcessor(enhancer, config.encode_options(), input_filesystem, output.filesystem,
                                         run_id=config.run_id, worker=self.worker, max_pixels=pixel_limit,
-                                        limit_reason=_limit_reason(config, pixel_limit))
+                                        limit_reason=limit_reason)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = rows_to_table(self.processor.process_batch(_items(batch)))
@@ -400,14 +414,15 @@ def _build_dataset(config: EnhanceConfig, todo: pa.Table, input_fs, output: Loca
     if not pool.staged:
         threads = max(1, math.floor(pool.cpus_per_actor))
         return dataset.map_batches(
-            EnhanceActor, fn_constructor_args=(config, blob, weights_name, input_fs, output, pool.image_pixel_limit, threads),
+            EnhanceActor, fn_constructor_args=(config, blob, weights_name, input_fs, output, pool.image_pixel_limit,
+                                               pool.limit_reason, threads),
             compute=actors, batch_size=per_call, batch_format="pyarrow", num_cpus=pool.cpus_per_actor,
             memory=pool.memory_per_actor,
         )
     return (
         dataset.map_batches(read_decode_stage, fn_kwargs=dict(input_filesystem=input_fs, run_id=config.run_id,
                                                               pixel_limit=pool.image_pixel_limit,
-                                                              limit_reason=_limit_reason(config, pool.image_pixel_limit)),
+                                                              limit_reason=pool.limit_reason),
                             batch_size=per_call, batch_format="pyarrow", num_cpus=1, memory=pool.task_memory)
         .map_batches(GpuEnhanceActor, fn_constructor_args=(config, blob, weights_name), compute=actors,
                      batch_size=per_call, batch_format="pyarrow", num_cpus=pool.cpus_per_actor,
@@ -810,6 +825,8 @@ def _run_ray(config, todo, prepared, output, weights, summary, say, take) -> Non
         f"{pool.cpus_per_actor:g}, GPU {pool.gpus_per_actor:g}, memory {pool.memory_per_actor / 2**30:.1f} GiB for "
         f"images up to {pool.image_pixel_limit / 1e6:g} MP; pool limited by {pool.limited_by}), "
         f"{config.images_per_call} images per call, precision {config.precision}")
+    if pool.limit_reason and pool.image_pixel_limit < config.max_pixels:
+        say(f"warning: images over {pool.image_pixel_limit / 1e6:.0f} MP will get error rows: {pool.limit_reason}")
     dataset = _build_dataset(config, todo, prepared.input_fs, output, weights.blob, weights.name, pool)
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         take(batch)
@@ -824,17 +841,20 @@ def _start_local_pool(config: EnhanceConfig, output: Location, blob: bytes, name
     from .local import LocalPool
 
     pool = _local_pool_plan(config)
-    local = LocalPool(pool.max_size, (config, blob, name, output, pool.image_pixel_limit))
+    local = LocalPool(pool.max_size, (config, blob, name, output, pool.image_pixel_limit, pool.limit_reason))
+    local.plan = pool
     local.start()
     return local
 
 
 def _run_local(config, todo, prepared, local, summary, say, take) -> None:
-    pool = _local_pool_plan(config)
+    pool = local.plan
     summary.cluster = {"engine": "local", "resources": {"CPU": os.cpu_count()}, "actors": asdict(pool)}
     say(f"fused pipeline in {local.workers} local processes (no cluster running and {todo.num_rows} images: "
         f"starting Ray would cost more than it saves; --engine ray to use it), {config.images_per_call} images "
         f"per call, precision {config.precision}")
+    if pool.limit_reason and pool.image_pixel_limit < config.max_pixels:
+        say(f"warning: images over {pool.image_pixel_limit / 1e6:.0f} MP will get error rows: {pool.limit_reason}")
     per_call = config.images_per_call
     batches = (_items(todo.slice(start, per_call)) for start in range(0, todo.num_rows, per_call))
     for rows in local.run(batches, prepared.input_fs):

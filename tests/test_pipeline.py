@@ -314,6 +314,24 @@ def test_an_image_larger_than_the_actor_memory_allows_is_a_row_not_a_crash(ray_l
     assert rows["large.png"]["error"].startswith("ImageTooLargeError") and "--actor-memory" in rows["large.png"]["error"]
 
 
+def test_a_machine_short_of_memory_still_runs_and_rows_say_which_images_need_more(tmp_path, monkeypatch):
+    """The local engine reads free memory once; too little for --max-pixels is a warning, not exit 2."""
+    import dce_batch.pipeline as pipeline
+
+    source = tmp_path / "in"
+    _save(source / "small.png", _dark(40, 50), "PNG")
+    _save(source / "large.png", np.zeros((3000, 4400, 3), np.uint8), "PNG")  # 13.2 MP, refused from its header
+    free = ACTOR_BASE_MEMORY + 12_000_000 * ACTOR_BYTES_PER_PIXEL  # what the pool is given: images of up to 12 MP
+    monkeypatch.setattr(pipeline, "_available_memory", lambda: free / 0.8)  # a machine with that much free
+    said = []
+    summary = run_enhance(_config(source, tmp_path / "out", engine="local"), log=said.append)
+    rows = {Path(r["input_uri"]).name: r for r in _manifest(tmp_path / "out")}
+    assert (summary.ok, summary.error) == (1, 1) and rows["small.png"]["status"] == "ok"
+    assert rows["large.png"]["error"].startswith("ImageTooLargeError"), rows["large.png"]["error"]
+    assert "up to 12 MP; run again with more memory free" in rows["large.png"]["error"]
+    assert any(line.startswith("warning: images over 12 MP will get error rows") for line in said), said
+
+
 def test_s3_prefix_to_prefix(ray_local, s3_server, s3_bucket, tmp_path):
     client = s3_server.client()
     for i, (fmt, ext) in enumerate([("JPEG", "jpg"), ("PNG", "png"), ("JPEG", "jpg")]):
@@ -359,6 +377,17 @@ def test_actor_pool_uses_every_cpu_within_memory():
     assert smaller_images.max_size > limited.max_size
     with pytest.raises(ConfigError, match="max-pixels"):
         pool(4, memory=1 * gib)
+    # This machine alone, short of memory right now: one actor takes what there is, and images too
+    # large for it get rows saying so (a later run retries them), rather than no run at all.
+    short = pool(4, memory=2 * gib)
+    assert (short.min_size, short.max_size, short.memory_per_actor) == (1, 1, 2 * gib)
+    assert short.image_pixel_limit == (2 * gib - ACTOR_BASE_MEMORY) // ACTOR_BYTES_PER_PIXEL  # 44 MP
+    assert "2.0 GiB of memory" in short.limit_reason and "up to 44 MP" in short.limit_reason
+    assert pool(4).limit_reason is None
+    with pytest.raises(ConfigError, match="cluster offers 2.0 GiB"):  # a cluster may be waiting for nodes
+        pool(4, memory=2 * gib, local=False)
+    with pytest.raises(ConfigError, match="cluster offers 2.0 GiB"):  # what the user asked for, or nothing
+        pool(4, memory=2 * gib, actor_memory=3 * gib)
     assert pool(2, num_actors=(2, 2), cpus_per_actor=0.5).cpus_per_actor == 0.5
     with pytest.raises(ConfigError, match="wait forever"):
         pool(2, num_actors=(3, 3))
@@ -457,7 +486,8 @@ def _wait_for(condition, timeout_s: float, process: subprocess.Popen | None = No
     deadline = time.monotonic() + timeout_s
     while not condition():
         if process is not None and process.poll() is not None:
-            raise AssertionError(f"the job ended (exit {process.returncode}) before {what}")
+            said = process.stderr.read()[-3000:] if process.stderr else "(its stderr was not kept)"
+            raise AssertionError(f"the job ended (exit {process.returncode}) before {what}: {said}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
@@ -559,8 +589,9 @@ def test_a_killed_driver_loses_no_finished_image(ray_local, tmp_path, ray_tmp, e
     _many_inputs(source)
     process = subprocess.Popen(
         [sys.executable, str(REPO / "jobs" / "enhance.py"), str(source), str(out), "--batch-size", "1",
-         "--engine", engine], env=_cli_env(ray_tmp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--engine", engine], env=_cli_env(ray_tmp), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
+        # (stderr is read only if the job ends early: it says little in 40 images, far below a pipe's 64 KiB)
         _wait_for(lambda: _journalled(out) >= 3, 300, process, "the first outputs")
         workers = descendants(process.pid)
         process.kill()
