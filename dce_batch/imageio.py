@@ -391,7 +391,10 @@ def _identify(data: bytes) -> ImageFile.ImageFile:
     Image.init()
     for fmt in tuple(Image.ID):
         factory, accept = Image.OPEN[fmt]
-        verdict = accept(prefix) if accept else True
+        try:
+            verdict = accept(prefix) if accept else True
+        except _NOT_THIS_FORMAT:  # a signature check that reads past a prefix this short (BMP's)
+            continue
         if isinstance(verdict, str):  # e.g. "... because AVIF support not installed"
             hints.append(verdict)
             continue
@@ -430,7 +433,9 @@ def _describe_unrecognised(data: bytes, hints: list[str]) -> str:
     head = data[:12]
     printable = "".join(chr(b) if 32 <= b < 127 else "." for b in head)
     message = f"not a recognised image format (first bytes {head.hex(' ')} {printable!r})"
-    if hints:
+    if len(data) < 16:
+        message += f": only {len(data)} bytes, too short to be an image (a truncated upload or copy?)"
+    elif hints:
         message += f": {hints[0]}"
     elif data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"heif", b"mif1", b"msf1"):
         message += ": HEIC/HEIF is not supported, convert it to JPEG first"
@@ -541,7 +546,9 @@ def _decode_deep_colour(data: bytes, image: ImageFile.ImageFile, fmt: str) -> De
             array = imagecodecs.tiff_decode(data, index=0)
     except MemoryError:
         raise
-    except (RuntimeError, ValueError) as exc:  # imagecodecs' PngError/TiffError are RuntimeErrors
+    # imagecodecs' PngError/TiffError are RuntimeErrors; a damaged first IFD offset is "directory
+    # out of range" (IndexError).
+    except (RuntimeError, ValueError, IndexError) as exc:
         raise CorruptImageError(
             f"16-bit {fmt} data is damaged or truncated ({type(exc).__name__}: {exc}); "
             "re-export or re-download the file"

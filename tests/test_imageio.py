@@ -787,6 +787,15 @@ def test_corrupt_16bit_colour_is_corrupt():
             decode_image(data[: len(data) // 2])
 
 
+def test_16bit_tiff_whose_directory_libtiff_refuses_is_corrupt():
+    """Pillow reads the header, libtiff refuses the directory (an entry count of 32,781): corrupt, not IndexError."""
+    data = bytearray(tiff16(gradient16()))
+    directory = struct.unpack("<I", data[4:8])[0]
+    data[directory + 1] ^= 0x80
+    with pytest.raises(CorruptImageError, match="16-bit TIFF data is damaged"):
+        decode_image(bytes(data))
+
+
 def test_16bit_colour_size_checked_before_decoding():
     data = png16(gradient16(40, 50))
     with pytest.raises(ImageTooLargeError, match="50x40"):
@@ -942,6 +951,19 @@ def test_random_bytes_unsupported():
     assert "not a recognised image format" in message
     assert data[:4].hex(" ") in message
     assert "supported: JPEG, PNG" in message
+
+
+@pytest.mark.parametrize("signature", [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"BM", b"II*\x00", b"GIF89a"])
+def test_a_file_of_a_few_bytes_is_called_truncated(signature):
+    """Shorter than some plugins' signature checks read (BMP's reads 4 bytes): never a struct.error.
+
+    Part of a signature is not an image at all; a whole one is a damaged file of that format.
+    """
+    for length in range(1, len(signature) + 1):
+        with pytest.raises((UnsupportedImageError, CorruptImageError), match="truncated") as info:
+            decode_image(signature[:length])
+        if isinstance(info.value, UnsupportedImageError):
+            assert f"only {length} bytes, too short to be an image" in str(info.value)
 
 
 def test_empty_bytes_unsupported():
