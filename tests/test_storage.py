@@ -902,6 +902,32 @@ def test_broken_symbolic_links_are_listed_and_say_why_they_cannot_be_read(tmp_pa
         read_bytes(LOCAL, str(tmp_path / "in" / "never.jpg"))
 
 
+def test_named_pipes_and_sockets_are_listed_and_never_opened(tmp_path: Path) -> None:
+    """pyarrow's listing leaves them out; opening a named pipe would wait for a writer forever.
+    Listed like broken links (size 0), and reading one says what it is without opening it."""
+    import socket
+
+    from dce_batch.storage import list_inputs_table
+
+    make_files(tmp_path / "in", ["a.jpg"])
+    os.mkfifo(tmp_path / "in" / "pipe.jpg")
+    os.mkfifo(tmp_path / "in" / "pipe.txt")  # not an image name
+    (tmp_path / "in" / "sub").mkdir()
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "in" / "sub" / "sock.png"))
+    (tmp_path / "in" / "link_to_pipe.jpg").symlink_to(tmp_path / "in" / "pipe.jpg")
+    try:
+        _, table = list_inputs_table(str(tmp_path / "in"), extensions=IMAGES)
+        rows = dict(zip(table.column("relpath").to_pylist(), table.column("size").to_pylist()))
+        assert rows == {"a.jpg": 5, "link_to_pipe.jpg": 0, "pipe.jpg": 0, "sub/sock.png": 0}
+        for name, kind in [("pipe.jpg", "a named pipe"), ("link_to_pipe.jpg", "a named pipe"),
+                           ("sub/sock.png", "a socket")]:
+            with pytest.raises(StorageError, match=f"it is {kind}.*, not a regular file; move it out"):
+                read_bytes(LOCAL, str(tmp_path / "in" / name))  # (a hang here is the failure)
+    finally:
+        server.close()
+
+
 def test_list_inputs_table_odd_names_and_globs(tmp_path: Path) -> None:
     from dce_batch.storage import list_inputs_table
 

@@ -15,6 +15,7 @@ import mimetypes
 import os
 import posixpath
 import random
+import stat
 import time
 import uuid
 
@@ -50,6 +51,8 @@ def _backoff_s(attempt: int) -> float:
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
     """The whole content of ``path``; StorageError saying why if it cannot be read."""
     attempts = fs.options.max_attempts if isinstance(fs, PortableS3FileSystem) else 1
+    if isinstance(fs, pafs.LocalFileSystem):
+        _refuse_special_file(fs, path)
     for attempt in range(attempts):
         try:
             # compression=None: never transparently gunzip a file just because it ends in .gz.
@@ -61,6 +64,27 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
                 continue
             raise storage_error(exc, "read", fs, path) from exc
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def special_file_kind(path: str) -> str | None:
+    """What ``path`` (followed if a link) is when it is neither a regular file nor a folder."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # reading it says why
+    return next((kind for is_kind, kind in _SPECIAL_FILES if is_kind(mode)), None)
+
+
+def _refuse_special_file(fs: pafs.FileSystem, path: str) -> None:
+    # Opening a named pipe waits for a writer forever, and a device never ends: a stat first.
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise StorageError(f"cannot read {display(fs, path)}: it is {kind}, not a regular file; "
+                           "move it out of the input folder")
 
 
 def list_files(fs: pafs.FileSystem, path: str) -> set[str]:

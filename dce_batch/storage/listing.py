@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 
 from ..errors import ConfigError, StorageError
 from .aws import PortableS3FileSystem, S3Options, botocore_session
-from .io import read_bytes
+from .io import read_bytes, special_file_kind
 from .uris import (
     LOCAL_SCHEMES,
     S3_SCHEMES,
@@ -300,17 +300,18 @@ def _pyarrow_pages(fs: pafs.FileSystem, base: str, recursive: bool) -> Iterator[
     del infos
     yield pa.array([f.path for f in files], pa.string()), pa.array([f.size for f in files], pa.int64())
     if isinstance(fs, pafs.LocalFileSystem):
-        broken = _broken_links(base, recursive)
-        if broken:
-            yield pa.array(broken, pa.string()), pa.array([0] * len(broken), pa.int64())
+        unlisted = _unlisted_entries(base, recursive)
+        if unlisted:
+            yield pa.array(unlisted, pa.string()), pa.array([0] * len(unlisted), pa.int64())
 
 
-def _broken_links(base: str, recursive: bool) -> list[str]:
-    """Symbolic links under ``base`` whose target does not exist. A user sees them as files, so
-    they are listed, and each becomes a manifest row that says why it could not be read instead
-    of vanishing from the run. Folders are walked without following links (no cycles); only
-    links need a ``stat``, so a large tree costs one directory read per folder."""
-    broken: list[str] = []
+def _unlisted_entries(base: str, recursive: bool) -> list[str]:
+    """What pyarrow's listing leaves out under ``base`` but a user sees as files: symbolic links
+    whose target does not exist, and named pipes, sockets and devices (or links to them). Each is
+    listed and becomes a manifest row that says why it could not be read, instead of vanishing
+    from the run. Folders are walked without following links (no cycles); only links and
+    entries of other types need a ``stat``, so a large tree costs one directory read per folder."""
+    unlisted: list[str] = []
     pending = [base]
     while pending:
         folder = pending.pop()
@@ -318,13 +319,16 @@ def _broken_links(base: str, recursive: bool) -> list[str]:
             with os.scandir(folder) as entries:
                 for entry in entries:
                     if entry.is_symlink():
-                        if not os.path.exists(entry.path):
-                            broken.append(entry.path)
-                    elif recursive and entry.is_dir(follow_symlinks=False):
-                        pending.append(entry.path)
+                        if not os.path.exists(entry.path) or special_file_kind(entry.path):
+                            unlisted.append(entry.path)
+                    elif entry.is_dir(follow_symlinks=False):
+                        if recursive:
+                            pending.append(entry.path)
+                    elif not entry.is_file(follow_symlinks=False):
+                        unlisted.append(entry.path)
         except OSError:
             continue  # pyarrow's listing above reported what it could not read
-    return broken
+    return unlisted
 
 
 def _list_tree(
