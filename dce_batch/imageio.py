@@ -54,6 +54,7 @@ __all__ = [
     "decode_image",
     "encode_image",
     "extension_for",
+    "max_file_bytes",
     "mean_luminance",
     "output_format",
     "output_format_for_path",
@@ -444,6 +445,16 @@ def _describe_unrecognised(data: bytes, hints: list[str]) -> str:
     elif data.lstrip()[:1] in (b"<", b"{"):
         message += ": the file is text (HTML/XML/JSON), probably an error page saved in its place"
     return f"{message}; supported: {_SUPPORTED_TEXT}"
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """The most bytes a file holding one image of up to ``max_pixels`` takes in a supported format.
+
+    Uncompressed 16-bit RGBA (TIFF, PNG's worst case) is 8 bytes per pixel; 256 MiB more covers
+    metadata, thumbnails and a few extra frames. A larger file is read whole by no worker: it
+    could only exhaust the memory an actor was sized for (and fail every rerun the same way).
+    """
+    return max_pixels * 8 + (256 << 20)
 
 
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:

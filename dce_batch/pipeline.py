@@ -585,7 +585,7 @@ def plan_inputs(config: EnhanceConfig, output: Location, weights: ResolvedWeight
     plan = plan_run(listing=listing, input_fs=input_fs, output=output, run_id=config.run_id,
                     settings_for=functools.partial(run_output_settings, config, meta),
                     requested_format=config.format, row_constants=constants,
-                    done=done, existing_outputs=existing)
+                    done=done, existing_outputs=existing, max_pixels=config.max_pixels)
     return _Prepared(input_fs, plan, recovered, removed)
 
 

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from .errors import ConfigError, DceBatchError, StorageError, describe_error
-from .imageio import extension_for, format_of_extension, output_format_for_path
+from .imageio import DEFAULT_MAX_PIXELS, extension_for, format_of_extension, max_file_bytes, output_format_for_path
 from .manifest import MANIFEST_SCHEMA, STATUS_ERROR, STATUS_SKIPPED, conform, latest_ok_rows
 from .storage import MANIFEST_DIR, TEMP_NAME_PATTERN, InputFile, Location
 
@@ -183,7 +183,7 @@ def _row_errors(table: pa.Table, errors: list[str], common: Mapping[str, Any]) -
 def plan_run(*, listing: pa.Table, input_fs: pafs.FileSystem, output: Location, run_id: str,
              settings_for: Mapping[str, Mapping[str, Any]] | Any, requested_format: str,
              row_constants: Mapping[str, Any], done: pa.Table | None,
-             existing_outputs: pa.Array | None) -> Plan:
+             existing_outputs: pa.Array | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Plan:
     """Decide each input's output, refuse unsafe ones, and skip what is truly done.
 
     Args:
@@ -192,6 +192,8 @@ def plan_run(*, listing: pa.Table, input_fs: pafs.FileSystem, output: Location, 
         row_constants: columns every refused row carries (model name, sha, variant, ...).
         done: the manifest's rows (all columns), or None when resuming is off.
         existing_outputs: URIs of the files under OUTPUT (needed only when ``done`` has ok rows).
+        max_pixels: inputs listed as larger than any file of one such image can be
+            (:func:`~dce_batch.imageio.max_file_bytes`) are refused without being read.
     Raises:
         ConfigError: an output would overwrite an input, or finished outputs were made with other
             settings (the message names the differences and the choices).
@@ -202,7 +204,8 @@ def plan_run(*, listing: pa.Table, input_fs: pafs.FileSystem, output: Location, 
     first_part = pc.fill_null(pc.struct_field(pc.extract_regex(out_rel, r"^(?P<p>[^/]*)"), "p"), "")
     unsafe = pc.match_substring_regex(relpaths, _UNSAFE_RELPATH)
     reserved = pc.is_in(first_part, value_set=pa.array(sorted(RESERVED_NAMES)))
-    refused_mask = pc.or_(unsafe, reserved)
+    oversized = pc.fill_null(pc.greater(listing["size"].combine_chunks(), max_file_bytes(max_pixels)), False)
+    refused_mask = pc.or_(pc.or_(unsafe, reserved), oversized)
 
     output_path = _join_path(output.path, out_rel)
     # Local paths are their own URIs: one array serves as both.
@@ -243,6 +246,12 @@ def plan_run(*, listing: pa.Table, input_fs: pafs.FileSystem, output: Location, 
         refused = listing.take(refused_rows)
         for row in refused_rows.to_pylist():
             rel, new_rel = relpaths[row].as_py(), out_rel[row].as_py()
+            if oversized[row].as_py():
+                size = listing["size"][row].as_py()
+                errors.append(f"ImageTooLargeError: the file is {size / 1e9:.2f} GB, more than any image of up to "
+                              f"{max_pixels / 1e6:g} MP takes ({max_file_bytes(max_pixels) / 1e9:.2f} GB), so it "
+                              "is not read; raise --max-pixels if it really is one image")
+                continue
             if row in claimer:
                 errors.append(f"OutputCollisionError: {listing['uri'][claimer[row]].as_py()} already writes "
                               f"{output_uri[row].as_py()}; rename one of them or use --format same")

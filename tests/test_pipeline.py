@@ -216,18 +216,21 @@ def test_a_rerun_removes_the_temp_files_of_writes_a_killed_run_never_finished(tm
     assert sorted(out.rglob("*.tmp")) == sorted(users)
 
 
-def test_a_broken_symbolic_link_or_a_named_pipe_becomes_a_row_with_the_reason(tmp_path):
+def test_a_broken_link_a_named_pipe_or_an_oversized_file_becomes_a_row_with_the_reason(tmp_path):
     source = tmp_path / "in"
     _save(source / "x.png", _dark(30, 30), "PNG")
     (source / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
     os.mkfifo(source / "pipe.png")  # opened, it would wait for a writer forever
+    with open(source / "huge.jpg", "wb") as sparse:  # 1.2 GB (sparse, no disk), more than 100 MP can take
+        sparse.truncate(1_200_000_000)
     out = tmp_path / "out"
     summary = run_enhance(_config(source, out, engine="local"))
-    assert (summary.total, summary.ok, summary.error) == (3, 1, 2)
+    assert (summary.total, summary.ok, summary.error) == (4, 1, 3)
     rows = {Path(r["input_uri"]).name: r for r in _manifest(out)}
     assert rows["gone.jpg"]["status"] == "error" and rows["gone.jpg"]["output_uri"] is None
     assert "a broken symbolic link" in rows["gone.jpg"]["error"] and "deleted.jpg" in rows["gone.jpg"]["error"]
     assert "it is a named pipe (FIFO), not a regular file" in rows["pipe.png"]["error"]
+    assert rows["huge.jpg"]["error"].startswith("ImageTooLargeError: the file is 1.20 GB, more than any image of up")
 
 
 def test_changing_the_format_is_not_a_resume(tmp_path):

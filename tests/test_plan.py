@@ -10,6 +10,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from dce_batch.errors import ConfigError
+from dce_batch.imageio import DEFAULT_MAX_PIXELS, max_file_bytes
 from dce_batch.manifest import MANIFEST_SCHEMA, ManifestRow, conform, rows_to_table
 from dce_batch.plan import (
     describe_settings_change,
@@ -42,13 +43,14 @@ def test_dce_net_at_scale_1_keeps_the_settings_earlier_versions_recorded():
     assert change == "scale 1.0 (full resolution) -> 4.0"
 
 
-def _plan(tmp_path, inputs, *, fmt="same", done=None, existing=None, settings_for=None):
+def _plan(tmp_path, inputs, *, fmt="same", done=None, existing=None, settings_for=None, max_pixels=DEFAULT_MAX_PIXELS):
     output = Location.parse(str(tmp_path / "out"))
     return plan_run(listing=input_table(inputs), input_fs=pafs.LocalFileSystem(), output=output, run_id="run2",
                     settings_for=settings_for or _settings_for(), requested_format=fmt,
                     row_constants={"model_name": "m", "model_sha256": "m" * 64, "strength": 1.0, "variant": "full",
                                    "precision": "auto"},
-                    done=done, existing_outputs=None if existing is None else pa.array(existing, pa.string()))
+                    done=done, existing_outputs=None if existing is None else pa.array(existing, pa.string()),
+                    max_pixels=max_pixels)
 
 
 def _inputs(*relpaths, root="/in"):
@@ -83,6 +85,22 @@ def test_planning_refuses_escaping_colliding_and_reserved_names(tmp_path):
     assert plan.todo["output_path"].to_pylist() == [str(out / "a.jpg"), str(out / "b.jpg"), str(out / "ok/_manifest.jpg")]
     assert set(plan.refused["status"].to_pylist()) == {"error"} and plan.refused.schema.equals(MANIFEST_SCHEMA)
     assert plan.total == len(inputs)
+
+
+def test_a_file_larger_than_any_image_within_max_pixels_is_refused_unread(tmp_path):
+    """A 5 GB "photo" (a video renamed, say) would exhaust the actor's memory on every rerun."""
+    limit = max_file_bytes(DEFAULT_MAX_PIXELS)
+    assert limit == 100_000_000 * 8 + (256 << 20)  # 16-bit RGBA uncompressed, plus metadata
+    inputs = [InputFile(uri=f"/in/{name}", path=f"/in/{name}", relpath=name, size=size)
+              for name, size in [("edge.tif", limit), ("huge.jpg", 5_000_000_000), ("unknown.jpg", None)]]
+    plan = _plan(tmp_path, inputs)
+    refused = dict(zip(plan.refused["input_uri"].to_pylist(), plan.refused["error"].to_pylist()))
+    assert list(refused) == ["/in/huge.jpg"] and plan.todo.num_rows == 2  # sizes not listed are read
+    assert refused["/in/huge.jpg"] == (
+        "ImageTooLargeError: the file is 5.00 GB, more than any image of up to 100 MP takes (1.07 GB), so it is "
+        "not read; raise --max-pixels if it really is one image")
+    small_limit = _plan(tmp_path, inputs[:1], max_pixels=1_000_000)
+    assert small_limit.todo.num_rows == 0 and small_limit.refused.num_rows == 1
 
 
 def test_an_output_that_would_overwrite_an_input_is_refused(tmp_path):
