@@ -90,9 +90,9 @@ def _process(items: list, input_filesystem) -> bytes:
 class LocalPool:
     """``workers`` processes that each hold an ImageProcessor; :meth:`run` streams rows back."""
 
-    def __init__(self, workers: int, init_args: tuple) -> None:
+    def __init__(self, workers: int, init_args: tuple, plan: Any = None) -> None:
         self.workers = workers
-        self.plan = None  # the ActorPool it was sized by (pipeline._start_local_pool sets it)
+        self.plan = plan  # what it was sized by (pipeline.ActorPool), for the run's summary
         self._executor = concurrent.futures.ProcessPoolExecutor(
             max_workers=workers, mp_context=_context(), initializer=_init_worker, initargs=init_args)
 

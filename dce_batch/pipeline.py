@@ -293,6 +293,11 @@ def plan_actor_pool(config: EnhanceConfig, cluster_resources: dict[str, float], 
 # --------------------------------------------------------------------------------------------
 
 
+def _warn_of_the_pixel_limit(pool: ActorPool, say: Callable[[str], None]) -> None:
+    if pool.limit_reason:  # set only when the actors take less than --max-pixels
+        say(f"warning: images over {pool.image_pixel_limit / 1e6:.0f} MP will get error rows: {pool.limit_reason}")
+
+
 def _worker_name(device_name: str | None = None) -> str:
     import ray
 
@@ -825,8 +830,7 @@ def _run_ray(config, todo, prepared, output, weights, summary, say, take) -> Non
         f"{pool.cpus_per_actor:g}, GPU {pool.gpus_per_actor:g}, memory {pool.memory_per_actor / 2**30:.1f} GiB for "
         f"images up to {pool.image_pixel_limit / 1e6:g} MP; pool limited by {pool.limited_by}), "
         f"{config.images_per_call} images per call, precision {config.precision}")
-    if pool.limit_reason and pool.image_pixel_limit < config.max_pixels:
-        say(f"warning: images over {pool.image_pixel_limit / 1e6:.0f} MP will get error rows: {pool.limit_reason}")
+    _warn_of_the_pixel_limit(pool, say)
     dataset = _build_dataset(config, todo, prepared.input_fs, output, weights.blob, weights.name, pool)
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         take(batch)
@@ -841,8 +845,7 @@ def _start_local_pool(config: EnhanceConfig, output: Location, blob: bytes, name
     from .local import LocalPool
 
     pool = _local_pool_plan(config)
-    local = LocalPool(pool.max_size, (config, blob, name, output, pool.image_pixel_limit, pool.limit_reason))
-    local.plan = pool
+    local = LocalPool(pool.max_size, (config, blob, name, output, pool.image_pixel_limit, pool.limit_reason), plan=pool)
     local.start()
     return local
 
@@ -853,8 +856,7 @@ def _run_local(config, todo, prepared, local, summary, say, take) -> None:
     say(f"fused pipeline in {local.workers} local processes (no cluster running and {todo.num_rows} images: "
         f"starting Ray would cost more than it saves; --engine ray to use it), {config.images_per_call} images "
         f"per call, precision {config.precision}")
-    if pool.limit_reason and pool.image_pixel_limit < config.max_pixels:
-        say(f"warning: images over {pool.image_pixel_limit / 1e6:.0f} MP will get error rows: {pool.limit_reason}")
+    _warn_of_the_pixel_limit(pool, say)
     per_call = config.images_per_call
     batches = (_items(todo.slice(start, per_call)) for start in range(0, todo.num_rows, per_call))
     for rows in local.run(batches, prepared.input_fs):
