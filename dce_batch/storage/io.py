@@ -70,18 +70,17 @@ _SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a soc
                   (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
-def special_file_kind(path: str) -> str | None:
-    """What ``path`` (followed if a link) is when it is neither a regular file nor a folder."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None  # reading it says why
+def special_file_kind(mode: int) -> str | None:
+    """What a file of ``st_mode`` ``mode`` is when it is neither a regular file nor a folder."""
     return next((kind for is_kind, kind in _SPECIAL_FILES if is_kind(mode)), None)
 
 
 def _refuse_special_file(fs: pafs.FileSystem, path: str) -> None:
     # Opening a named pipe waits for a writer forever, and a device never ends: a stat first.
-    kind = special_file_kind(path)
+    try:
+        kind = special_file_kind(os.stat(path).st_mode)
+    except OSError:
+        return  # reading it says why
     if kind is not None:
         raise StorageError(f"cannot read {display(fs, path)}: it is {kind}, not a regular file; "
                            "move it out of the input folder")

@@ -294,7 +294,8 @@ def _s3_pages(fs: PortableS3FileSystem, base: str, recursive: bool) -> Iterator[
 
 def _pyarrow_pages(fs: pafs.FileSystem, base: str, recursive: bool) -> Iterator[tuple[pa.Array, pa.Array]]:
     """(paths, sizes) of the files under ``base`` from one pyarrow listing (local, fsspec); on a
-    local disk also the broken symbolic links (size 0), which that listing leaves out."""
+    local disk also what that listing leaves out (size 0): broken symbolic links, named pipes,
+    sockets and devices (see :func:`_unlisted_entries`)."""
     infos = get_info(fs, pafs.FileSelector(base, recursive=recursive), "list", base)
     files = [info for info in infos if info.type == pafs.FileType.File]
     del infos
@@ -319,7 +320,12 @@ def _unlisted_entries(base: str, recursive: bool) -> list[str]:
             with os.scandir(folder) as entries:
                 for entry in entries:
                     if entry.is_symlink():
-                        if not os.path.exists(entry.path) or special_file_kind(entry.path):
+                        try:
+                            target_mode = os.stat(entry.path).st_mode  # one stat: exists, and what
+                        except OSError:
+                            unlisted.append(entry.path)  # broken
+                            continue
+                        if special_file_kind(target_mode):
                             unlisted.append(entry.path)
                     elif entry.is_dir(follow_symlinks=False):
                         if recursive:
