@@ -358,21 +358,30 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 def convert_weights_main(argv: Sequence[str] | None = None) -> int:
     from .weights import load_weights, save_weights
 
-    p = argparse.ArgumentParser(prog="dce-batch convert-weights",
-                                description="Import a published checkpoint (.pth) into the project's safetensors format.")
-    p.add_argument("source", help="checkpoint file (Zero-DCE, Zero-DCE++ or the seed's layout)")
+    p = argparse.ArgumentParser(
+        prog="dce-batch convert-weights",
+        description="Write weights in the project's safetensors format: import a published checkpoint (.pth), or "
+                    "re-save a .safetensors file (its metadata kept, subnormal values flushed to zero).")
+    p.add_argument("source", help="a checkpoint (Zero-DCE, Zero-DCE++ or the seed's layout) or a .safetensors file")
     p.add_argument("target", help="output .safetensors file")
-    p.add_argument("--name", help="model name recorded in the metadata (default: the target's file name)")
-    p.add_argument("--licence", default="as published by the checkpoint's authors")
+    p.add_argument("--name", help="model name recorded in the metadata (default: the source's own name for "
+                                  "dce_batch files, else the target's file name)")
+    p.add_argument("--licence", help="licence recorded in the metadata (default: the source's, else 'as published "
+                                     "by the checkpoint's authors')")
     args = p.parse_args(argv)
     try:
         loaded = load_weights(Path(args.source))
-        _, meta = save_weights(loaded.state_dict, args.target, name=args.name or Path(args.target).stem,
-                               variant=loaded.meta.variant, source=loaded.meta.source, licence=args.licence)
+        meta = loaded.meta
+        ours = bool(meta.created)  # a dce_batch file (imported checkpoints have no creation time)
+        _, written = save_weights(
+            loaded.state_dict, args.target, name=args.name or (meta.name if ours else Path(args.target).stem),
+            variant=meta.variant, source=meta.source,
+            licence=args.licence or meta.licence or "as published by the checkpoint's authors",
+            recipe=meta.recipe, data=meta.data, metrics=meta.metrics, created=meta.created or None)
     except DceBatchError as exc:
         print(f"dce-batch convert-weights: {describe_error(exc)}", file=sys.stderr)
         return EXIT_INVALID
-    print(f"wrote {args.target}: {meta.variant}, {meta.num_params:,} parameters, sha256 {meta.sha256}")
+    print(f"wrote {args.target}: {written.variant}, {written.num_params:,} parameters, sha256 {written.sha256}")
     return 0
 
 

@@ -39,7 +39,7 @@ import torch
 
 from .errors import ConfigError, MissingDependencyError, StorageError, describe_error
 from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
-from .inference import keep_freed_memory
+from .inference import prepare_cpu_process
 from .losses import LossWeights, ZeroDCELoss
 from .model import ModelVariant, build_model, count_parameters, init_weights
 from .storage import Location, S3Options, filesystem_for, list_inputs, read_bytes, write_bytes_atomic
@@ -244,7 +244,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, math.floor(config.cpus_per_worker)))
-        keep_freed_memory()
+        prepare_cpu_process()
     autocast_dtype = torch.bfloat16 if (config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")) else None
 
     torch.manual_seed(config.seed)

@@ -159,3 +159,122 @@ def test_shipped_weights_carry_their_metadata():
         assert "val_loss" in meta.metrics and meta.licence and "SICE" in meta.data
     assert load_weights().meta.name == "zerodce_sice_v1"
     assert load_weights(variant="fast").meta.name == "zerodcepp_sice_v2"
+
+
+# --------------------------------------------------------------------------------------------
+# Subnormal values: slow on Intel CPUs (a microcode path per multiply), never kept
+# --------------------------------------------------------------------------------------------
+
+SUBNORMAL = 1e-39  # below float32's smallest normal, 1.18e-38
+
+
+def _raw_tensors(path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors exactly as stored (no dce_batch loader in between)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+@pytest.mark.parametrize("name", ["zerodce_sice_v1", "zerodcepp_sice_v2"])
+def test_shipped_weights_hold_no_subnormal_value(name):
+    from importlib import resources
+
+    from dce_batch.weights import count_subnormals
+
+    path = resources.files("dce_batch").joinpath("weights", f"{name}.safetensors")
+    state = _raw_tensors(path)
+    assert sum(t.numel() for t in state.values()) in (79_416, 10_561)
+    assert count_subnormals(state) == 0
+
+
+def _with_subnormals(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every exact zero of ``state`` replaced by a subnormal of either sign, the rest unchanged."""
+    dirty = {}
+    for key, tensor in state.items():
+        signs = torch.where(torch.arange(tensor.numel()).reshape(tensor.shape) % 2 == 0, 1.0, -1.0)
+        dirty[key] = torch.where(tensor == 0, signs * SUBNORMAL, tensor)
+    return dirty
+
+
+@pytest.fixture
+def dirty_state() -> dict[str, torch.Tensor]:
+    state = {k: v.clone() for k, v in load_weights("zerodce_sice_v1").state_dict.items()}
+    dirty = _with_subnormals(state)
+    from dce_batch.weights import count_subnormals
+
+    assert count_subnormals(dirty) > 10_000  # the shipped file had 20,742 before it was cleaned
+    return dirty
+
+
+def test_every_way_in_flushes_subnormals(tmp_path, dirty_state):
+    """A published checkpoint, a bare safetensors file and one of ours written by an older version:
+    each loads with its subnormals at zero; ours keeps the checksum its file records."""
+    from safetensors.torch import save_file
+
+    from dce_batch.weights import FORMAT_VERSION, WeightsMeta, count_subnormals
+
+    torch.save(dirty_state, tmp_path / "published.pth")
+    save_file(dirty_state, str(tmp_path / "bare.safetensors"))
+    recorded = state_dict_sha256(dirty_state)
+    meta = WeightsMeta(name="old", variant="full", num_params=79_416, sha256=recorded, format_version=FORMAT_VERSION,
+                       created="2026-01-01T00:00:00+00:00")
+    save_file(dirty_state, str(tmp_path / "ours_old.safetensors"), metadata={METADATA_KEY: meta.to_json()})
+    assert count_subnormals(_raw_tensors(tmp_path / "ours_old.safetensors")) > 10_000
+    for name in ("published.pth", "bare.safetensors", "ours_old.safetensors"):
+        loaded = load_weights(tmp_path / name)
+        assert count_subnormals(loaded.state_dict) == 0, name
+        for key, tensor in loaded.state_dict.items():  # only the subnormals changed
+            normal = dirty_state[key].abs() >= torch.finfo(torch.float32).tiny
+            assert torch.equal(tensor[normal], dirty_state[key][normal]), (name, key)
+    assert load_weights(tmp_path / "ours_old.safetensors").meta.sha256 == recorded
+
+
+def test_saved_and_converted_files_hold_no_subnormal_value(tmp_path, dirty_state):
+    from dce_batch.cli import main
+    from dce_batch.weights import count_subnormals
+
+    save_weights(dirty_state, tmp_path / "saved.safetensors", name="saved", variant="full")
+    assert count_subnormals(_raw_tensors(tmp_path / "saved.safetensors")) == 0
+    torch.save(dirty_state, tmp_path / "published.pth")
+    assert main(["convert-weights", str(tmp_path / "published.pth"), str(tmp_path / "converted.safetensors")]) == 0
+    assert count_subnormals(_raw_tensors(tmp_path / "converted.safetensors")) == 0
+
+
+def test_convert_weights_keeps_the_metadata_of_our_own_files(tmp_path):
+    from dce_batch.cli import main
+
+    assert main(["convert-weights", "zerodce_sice_v1", str(tmp_path / "copy.safetensors")]) == 0
+    original, copy = load_weights("zerodce_sice_v1").meta, load_weights(tmp_path / "copy.safetensors").meta
+    assert copy == original  # name, recipe, metrics, licence, created; and the clean tensors' checksum
+
+
+def test_flushing_subnormal_weights_leaves_the_outputs_unchanged(dirty_state):
+    """What flushing changes is below float32's resolution of the outputs: a real photo through the
+    network in fp32 at full resolution, with the subnormal weights and with zeros."""
+    from dce_batch.imageio import decode_image
+    from dce_batch.pipeline import sample_images_dir
+
+    pixels = decode_image((__import__("pathlib").Path(sample_images_dir()) / "rocket_dusk.jpg").read_bytes()).to_float()
+    x = torch.from_numpy(pixels[:128, :160]).permute(2, 0, 1)[None].contiguous()
+    clean, dirty = DCENet().eval(), DCENet().eval()
+    clean.load_state_dict(load_weights("zerodce_sice_v1").state_dict)
+    dirty.load_state_dict(dirty_state)
+    with torch.inference_mode():
+        difference = (clean(x).image - dirty(x).image).abs().max().item()
+    # Each subnormal weight adds at most |w x activation| < 1e-38 to a sum of order 1e-2 or more,
+    # which float32 (24-bit mantissa) cannot represent: 1e-6 is many orders above that.
+    assert difference < 1e-6
+
+
+def test_the_enhancer_flushes_denormal_arithmetic():
+    """Workers run with denormals flushed (activations, not only weights, can go subnormal)."""
+    from dce_batch.inference import Enhancer, InferenceConfig
+
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU has no flush-to-zero mode torch can set")
+    try:
+        assert (torch.tensor([SUBNORMAL]) * 1.0).item() != 0.0  # off: the value survives
+        Enhancer(load_weights("zerodce_sice_v1"), InferenceConfig(device="cpu", precision="fp32"))
+        assert (torch.tensor([SUBNORMAL]) * 1.0).item() == 0.0
+    finally:
+        torch.set_flush_denormal(True)  # as any Enhancer leaves this process
