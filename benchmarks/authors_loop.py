@@ -59,7 +59,7 @@ def load_state() -> tuple[dict, str]:
     if os.path.isfile(published):
         return torch.load(published, map_location="cpu", weights_only=True), "the authors' Epoch99.pth"
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    from dce_batch.weights import load_weights
+    from dce_batch.enhance.weights import load_weights
 
     return dict(load_weights("zerodce_sice_v1").state_dict), "zerodce_sice_v1 (../shared absent)"
 

@@ -1,9 +1,9 @@
 """The finishing stage's CPU cost next to the network's, side by side in one run.
 
 What it proves: how much the job's default finishing (noise-aware denoise + exposure,
-``dce_batch.finishing``, run by the ``Enhancer`` tile by tile after the network) adds to DCE-Net on
+``dce_batch.enhance.finishing``, run by the ``Enhancer`` tile by tile after the network) adds to DCE-Net on
 one CPU thread, on the same images, as a ratio to the network alone, at the default precision
-(int8 on x86 CPUs, see dce_batch.quantization) and in fp32. The issue allows at most +30 %.
+(int8 on x86 CPUs, see dce_batch.enhance.quantization) and in fp32. The issue allows at most +30 %.
 
 Rows (one process, ``torch.set_num_threads(--threads)``, 1 by default; 8-bit images as the job
 decodes them; CPU default tiling):
@@ -58,9 +58,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from _common import image_size_for
 
-    from dce_batch.finishing import FinishConfig
-    from dce_batch.inference import Enhancer, InferenceConfig
-    from dce_batch.weights import load_weights
+    from dce_batch.enhance.finishing import FinishConfig
+    from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
+    from dce_batch.enhance.weights import load_weights
 
     print(hardware_line(args.threads), flush=True)
     print(foreign_load_now(), flush=True)

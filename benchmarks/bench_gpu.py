@@ -55,8 +55,8 @@ def model_only(device: str, images, batch: int) -> list[list[str]]:
     import torch
 
     from authors_loop import EnhanceNetNoPool, load_state
-    from dce_batch.inference import Enhancer, InferenceConfig
-    from dce_batch.weights import load_weights
+    from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
+    from dce_batch.enhance.weights import load_weights
 
     rows = []
     net = EnhanceNetNoPool()
@@ -130,7 +130,7 @@ def authors_end_to_end(device: str, folder: Path, target: Path, limit: int) -> f
 
 
 def job_end_to_end(device: str, folder: Path, target: Path, precision: str, batch: int) -> dict:
-    from dce_batch.pipeline import EnhanceConfig, run_enhance
+    from dce_batch.job.pipeline import EnhanceConfig, run_enhance
 
     shutil.rmtree(target, ignore_errors=True)
     if device.startswith("cuda"):
@@ -170,7 +170,7 @@ def main() -> int:
         started = time.perf_counter()
         make_jpegs(folder, args.images, height, width)
         print(f"{args.images} JPEGs of {width}x{height} made in {time.perf_counter() - started:.1f} s", flush=True)
-        from dce_batch.imageio import decode_image
+        from dce_batch.imaging import decode_image
 
         files = sorted(folder.iterdir())[: args.model_images]
         images = [decode_image(p.read_bytes()).pixels for p in files]

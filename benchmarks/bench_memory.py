@@ -65,10 +65,10 @@ def run_case(path: str) -> dict:
     torch.set_num_threads(1)
     import pyarrow.fs as pafs
 
-    from dce_batch.imageio import EncodeOptions
-    from dce_batch.inference import Enhancer, InferenceConfig
-    from dce_batch.process import ImageProcessor, WorkItem
-    from dce_batch.weights import load_weights
+    from dce_batch.imaging import EncodeOptions
+    from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
+    from dce_batch.job.steps import ImageProcessor, WorkItem
+    from dce_batch.enhance.weights import load_weights
 
     fs = pafs.LocalFileSystem()
     enhancer = Enhancer(load_weights(), InferenceConfig())
@@ -101,7 +101,7 @@ def main() -> int:
     if args.child:
         print(json.dumps(run_case(args.child)))
         return 0
-    from dce_batch.pipeline import ACTOR_BASE_MEMORY, ACTOR_BYTES_PER_PIXEL
+    from dce_batch.job.pipeline import ACTOR_BASE_MEMORY, ACTOR_BYTES_PER_PIXEL
 
     print(hardware_line(1))
     rows = []

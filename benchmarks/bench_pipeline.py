@@ -78,11 +78,11 @@ def bare_loop(source: str, target: str) -> None:
     import pyarrow.fs as pafs
     import torch
 
-    from dce_batch.imageio import EncodeOptions, IMAGE_EXTENSIONS
-    from dce_batch.inference import Enhancer, InferenceConfig
-    from dce_batch.process import ImageProcessor, WorkItem
-    from dce_batch.settings import FinishConfig
-    from dce_batch.weights import load_weights
+    from dce_batch.imaging import EncodeOptions, IMAGE_EXTENSIONS
+    from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
+    from dce_batch.job.steps import ImageProcessor, WorkItem
+    from dce_batch.enhance.settings import FinishConfig
+    from dce_batch.enhance.weights import load_weights
 
     fs = pafs.LocalFileSystem()
     # The job's defaults include the finishing (denoise + exposure): the same work as the job.
@@ -150,9 +150,9 @@ def precision_check(source: Path, limit: int = 16) -> str:
     """Largest 8-bit difference between the default precision and fp32, on the set's first images."""
     import numpy as np
 
-    from dce_batch.imageio import decode_image
-    from dce_batch.inference import Enhancer, InferenceConfig
-    from dce_batch.weights import load_weights
+    from dce_batch.imaging import decode_image
+    from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
+    from dce_batch.enhance.weights import load_weights
 
     weights = load_weights()
     default, fp32 = Enhancer(weights, InferenceConfig()), Enhancer(weights, InferenceConfig(precision="fp32"))
@@ -188,7 +188,7 @@ def main() -> int:
         megapixels = _megapixels(source)
         print(f"images: {source} ({images} files, {megapixels:.1f} MP); {args.rounds} rounds in rotating order")
         print(precision_check(source))
-        from dce_batch.inference import cpu_has_native_bf16
+        from dce_batch.enhance.enhancer import cpu_has_native_bf16
 
         kinds = ["authors", "bare", "job", "job_ray", "job_no_finish", "job_denoise_fast", "job_scale1", "job_scale1_no_finish", "job_fp32"]
         if cpu_has_native_bf16():

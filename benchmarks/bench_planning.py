@@ -2,7 +2,7 @@
 
 What the driver does before any image is touched: list the inputs (here a 1,000,000-line list
 file), fold dead runs' journals in, read the manifest, list OUTPUT to see which outputs exist,
-and plan every input's output name, refusals and resume set (``dce_batch.pipeline.plan_inputs``,
+and plan every input's output name, refusals and resume set (``dce_batch.job.pipeline.plan_inputs``,
 the same call the job makes). Each scenario runs in a fresh child process; it prints the wall
 time and the child's peak resident memory (``VmHWM``: the high-water mark of the whole
 process, Python, torch, ray and pyarrow included, reset just before planning). Target: under 2 minutes and 2 GiB.
@@ -47,11 +47,11 @@ def prepare_files(n: int) -> Path:
     marker = work / "ready"
     import pyarrow as pa
 
-    from dce_batch.manifest import MANIFEST_SCHEMA, write_manifest_part
-    from dce_batch.pipeline import EnhanceConfig, run_output_settings
-    from dce_batch.plan import settings_digest
+    from dce_batch.job.manifest import MANIFEST_SCHEMA, write_manifest_part
+    from dce_batch.job.pipeline import EnhanceConfig, run_output_settings
+    from dce_batch.job.plan import settings_digest
     from dce_batch.storage import Location
-    from dce_batch.weights import load_weights
+    from dce_batch.enhance.weights import load_weights
 
     meta = load_weights().meta
     out = work / "out"
@@ -106,7 +106,7 @@ def run_scenario(n: int, scenario: str) -> dict:
     """Child process: one planning, timed; returns counts, seconds and peak RSS."""
     import shutil
 
-    from dce_batch import pipeline
+    from dce_batch.job import pipeline
     from dce_batch.storage import Location
 
     work = _workdir(n)

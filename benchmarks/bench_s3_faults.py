@@ -57,7 +57,7 @@ def _jpeg(seed: int, size: tuple[int, int] = (96, 128)) -> bytes:
 
 def run_job(server, rate: float, images: int, seed: int) -> list[str]:
     """One CLI run through the proxy at ``rate``; returns a table row."""
-    from dce_batch.manifest import read_manifest
+    from dce_batch.job.manifest import read_manifest
     from dce_batch.storage import filesystem_for
     from tests.fault_proxy import FaultProxy, normalise_names
 

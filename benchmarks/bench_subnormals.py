@@ -62,8 +62,8 @@ def main() -> int:
     from safetensors.torch import load_file
 
     from dce_batch import models
-    from dce_batch.model import DCENet
-    from dce_batch.weights import LoadedWeights, count_subnormals, load_weights
+    from dce_batch.enhance.network import DCENet
+    from dce_batch.enhance.weights import LoadedWeights, count_subnormals, load_weights
 
     torch.set_num_threads(1)
     print(hardware_line(1))
@@ -128,7 +128,7 @@ def main() -> int:
         try:
             import onnxruntime as ort
 
-            from dce_batch.onnx_export import export_onnx
+            from dce_batch.enhance.onnx_export import export_onnx
         except ImportError as exc:
             print(f"onnx rows skipped: {exc}")
         else:
@@ -165,13 +165,13 @@ def main() -> int:
 
 
 def _export_unflushed(loaded, path: Path) -> None:
-    """The export of :func:`dce_batch.onnx_export.export_onnx`, but of tensors exactly as given."""
+    """The export of :func:`dce_batch.enhance.onnx_export.export_onnx`, but of tensors exactly as given."""
     import builtins
 
     import torch
 
-    from dce_batch._onnx_round import symbolic_round
-    from dce_batch.onnx_export import _export_module
+    from dce_batch.enhance.onnx_round import symbolic_round
+    from dce_batch.enhance.onnx_export import _export_module
 
     module = _export_module(loaded, 1.0)
     dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=2), 3: torch.export.Dim("width", min=2)}

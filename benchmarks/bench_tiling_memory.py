@@ -1,7 +1,7 @@
 """Tiled inference bounds memory: peak RSS and time of full-frame vs tiled DCE-Net, side by side.
 
 What it proves: DCE-Net run on the whole frame needs activation memory proportional to the image
-(measured here in bytes per pixel), while :class:`dce_batch.inference.Enhancer` with its CPU
+(measured here in bytes per pixel), while :class:`dce_batch.enhance.enhancer.Enhancer` with its CPU
 defaults (``InferenceConfig(device="cpu")``: 256-pixel tiles plus a 7-pixel halo above two tiles'
 worth of pixels, and glibc told to keep freed memory) needs a fixed amount for the network plus
 the output array, so a 24 MP photo fits in a small worker, at a measured time, with the same pixels.
@@ -24,7 +24,7 @@ skipped where their estimated peak (the bytes/pixel measured by the largest full
 with the full-frame output (max abs difference; tiling is exact, so it should be 0). Extra rows:
 other tile sizes at the largest size up to 6 MP (``--tile-sweep``); at the largest size the
 settings before commit 2c3c7fe (1024-pixel tiles above 2 MP, glibc's default allocator, i.e.
-``dce_batch.inference.keep_freed_memory`` replaced by a no-op in that process), compared pixel for
+``dce_batch.enhance.enhancer.keep_freed_memory`` replaced by a no-op in that process), compared pixel for
 pixel with the default row; and the fast variant (Zero-DCE++, scale 12) with its default strips,
 with strips of 2,097,152 pixels (the budget before 2c3c7fe) and in one pass.
 
@@ -102,9 +102,9 @@ def worker(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    import dce_batch.inference as inference
-    from dce_batch.inference import Enhancer, InferenceConfig
-    from dce_batch.weights import load_weights
+    import dce_batch.enhance.enhancer as inference
+    from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
+    from dce_batch.enhance.weights import load_weights
 
     _, model, overrides, glibc_default = KINDS[spec["kind"]]
     if spec["kind"] == "tile":

@@ -1,9 +1,9 @@
 """dce_batch: Zero-DCE low-light enhancement at scale on Ray.
 
-The pure pieces (no Ray): :mod:`~dce_batch.model` (DCE-Net and the fast variant),
-:mod:`~dce_batch.losses`, :mod:`~dce_batch.weights`, :mod:`~dce_batch.inference`,
-:mod:`~dce_batch.imageio`, :mod:`~dce_batch.storage`, :mod:`~dce_batch.manifest`.
-The Ray layers: :mod:`~dce_batch.pipeline` (enhancement job) and :mod:`~dce_batch.training`.
+The pure pieces (no Ray): :mod:`~dce_batch.enhance.network` (DCE-Net and the fast variant),
+:mod:`~dce_batch.training.losses`, :mod:`~dce_batch.enhance.weights`, :mod:`~dce_batch.enhance.enhancer`,
+:mod:`~dce_batch.imaging`, :mod:`~dce_batch.storage`, :mod:`~dce_batch.job.manifest`.
+The Ray layers: :mod:`~dce_batch.job.pipeline` (enhancement job) and :mod:`~dce_batch.training.run`.
 """
 
 __version__ = "0.1.0"
@@ -14,7 +14,7 @@ __all__ = ["__version__", "enhance_image", "models"]
 def __getattr__(name: str):
     # Lazy (PEP 562): `import dce_batch` stays light (no torch) until one of these is used.
     if name == "enhance_image":
-        from .models import enhance_image
+        from dce_batch.models import enhance_image
 
         return enhance_image
     if name == "models":

@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
-from .errors import ConfigError, DceBatchError, describe_error
+from dce_batch.errors import ConfigError, DceBatchError, describe_error
 
 EXIT_FAILED = 1
 EXIT_INVALID = 2
@@ -41,7 +41,7 @@ def _num_actors(text: str) -> tuple[int, int]:
 
 
 def _exposure(text: str):
-    from .settings import parse_exposure
+    from dce_batch.enhance.settings import parse_exposure
 
     try:
         return parse_exposure(text)
@@ -66,14 +66,14 @@ def _add_s3_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _s3_options(args: argparse.Namespace):
-    from .storage import S3Options
+    from dce_batch.storage import S3Options
 
     return S3Options.from_env(endpoint_url=args.s3_endpoint)
 
 
 def enhance_parser() -> argparse.ArgumentParser:
-    from .pipeline import DEFAULT_OUTPUT
-    from .settings import FinishConfig
+    from dce_batch.job.pipeline import DEFAULT_OUTPUT
+    from dce_batch.enhance.settings import FinishConfig
 
     p = argparse.ArgumentParser(
         prog="dce-batch enhance",
@@ -152,8 +152,8 @@ def enhance_parser() -> argparse.ArgumentParser:
 
 
 def enhance_main(argv: Sequence[str] | None = None) -> int:
-    from .imageio import DEFAULT_MAX_PIXELS
-    from .pipeline import EXIT_OK, EXIT_SOME_FAILED, EnhanceConfig, run_enhance, sample_images_dir
+    from dce_batch.imaging import DEFAULT_MAX_PIXELS
+    from dce_batch.job.pipeline import EXIT_OK, EXIT_SOME_FAILED, EnhanceConfig, run_enhance, sample_images_dir
 
     args = enhance_parser().parse_args(argv)
     try:
@@ -193,7 +193,7 @@ def enhance_main(argv: Sequence[str] | None = None) -> int:
 
 def _report_failure(program: str, exc: Exception) -> int:
     """Print why the command failed; 2 for invalid arguments, 1 for a run-time failure."""
-    from .errors import WeightsError
+    from dce_batch.errors import WeightsError
 
     invalid = isinstance(exc, (ConfigError, WeightsError))
     if isinstance(exc, DceBatchError):
@@ -217,7 +217,7 @@ def _dce_cause(exc: BaseException) -> DceBatchError | None:
     """
     import re
 
-    from . import errors
+    from dce_batch import errors
 
     seen = set()
     current: BaseException | None = exc
@@ -286,8 +286,8 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def train_config_from_args(args: argparse.Namespace):
-    from .losses import LossWeights
-    from .training import TrainConfig
+    from dce_batch.training.losses import LossWeights
+    from dce_batch.training.run.run import TrainConfig
 
     loss = LossWeights.for_variant(
         args.model_variant, smoothness=args.tv_weight, spatial=args.spatial_weight, color=args.color_weight,
@@ -337,7 +337,7 @@ def parse_train_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    from .training import run_training
+    from dce_batch.training.run.run import run_training
 
     try:
         args = parse_train_args(argv)
@@ -356,7 +356,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 
 def convert_weights_main(argv: Sequence[str] | None = None) -> int:
-    from .weights import load_weights, save_weights
+    from dce_batch.enhance.weights import load_weights, save_weights
 
     p = argparse.ArgumentParser(
         prog="dce-batch convert-weights",
@@ -386,7 +386,7 @@ def convert_weights_main(argv: Sequence[str] | None = None) -> int:
 
 
 def show_weights_main(argv: Sequence[str] | None = None) -> int:
-    from .weights import PACKAGED_WEIGHTS, load_weights
+    from dce_batch.enhance.weights import PACKAGED_WEIGHTS, load_weights
 
     p = argparse.ArgumentParser(prog="dce-batch show-weights", description="Print a weights file's metadata.")
     p.add_argument("weights", nargs="?", default=None,
@@ -402,7 +402,7 @@ def show_weights_main(argv: Sequence[str] | None = None) -> int:
 
 
 def report_parser() -> argparse.ArgumentParser:
-    from .report import DEFAULT_MAX_PAIRS
+    from dce_batch.report.build import DEFAULT_MAX_PAIRS
 
     p = argparse.ArgumentParser(
         prog="dce-batch report",
@@ -422,7 +422,7 @@ def report_parser() -> argparse.ArgumentParser:
 
 
 def report_main(argv: Sequence[str] | None = None) -> int:
-    from .report import build_report
+    from dce_batch.report.build import build_report
 
     args = report_parser().parse_args(argv)
     try:
@@ -453,7 +453,7 @@ def export_onnx_parser() -> argparse.ArgumentParser:
 
 
 def export_onnx_main(argv: Sequence[str] | None = None) -> int:
-    from .onnx_export import export_onnx
+    from dce_batch.enhance.onnx_export import export_onnx
 
     parser = export_onnx_parser()
     args = parser.parse_args(argv)
@@ -471,7 +471,7 @@ def export_onnx_main(argv: Sequence[str] | None = None) -> int:
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    from .finishing import DEFAULT_EXPOSURE_TARGET
+    from dce_batch.enhance.finishing import DEFAULT_EXPOSURE_TARGET
 
     p = argparse.ArgumentParser(
         prog="dce-batch evaluate",
@@ -484,7 +484,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--unpaired", action="append", default=[], metavar="DIR",
                    help="a folder of inputs without references (repeatable)")
     p.add_argument("--simulate", metavar="LEVEL[,LEVEL]",
-                   help="also build simulated low-light pairs at these levels (see dce_batch.lowlight_sim.LEVELS) "
+                   help="also build simulated low-light pairs at these levels (see dce_batch.evaluation.lowlight_sim.LEVELS) "
                         "from --simulate-from, under OUT/simulated/")
     p.add_argument("--simulate-from", metavar="DIR", help="well-exposed images to darken for --simulate")
     p.add_argument("--simulate-max-side", type=int, default=600,
@@ -508,7 +508,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    from .evaluate import (DEFAULT_CONFIGURATIONS, evaluate, parse_configuration, set_from_paths, unique_set_names,
+    from dce_batch.evaluation.evaluate import (DEFAULT_CONFIGURATIONS, evaluate, parse_configuration, set_from_paths, unique_set_names,
                            write_reports)
 
     args = evaluate_parser().parse_args(argv)
@@ -521,7 +521,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out)
         sets = [set_from_paths(low, ref) for low, ref in args.paired] + [set_from_paths(d) for d in args.unpaired]
         if args.simulate:
-            from .lowlight_sim import LEVELS, write_simulated_set
+            from dce_batch.evaluation.lowlight_sim import LEVELS, write_simulated_set
 
             if not args.simulate_from:
                 raise ConfigError("--simulate needs --simulate-from DIR (well-exposed images)")

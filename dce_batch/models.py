@@ -30,14 +30,14 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .errors import ConfigError, WeightsError
-from .settings import FinishConfig
+from dce_batch.errors import ConfigError, WeightsError
+from dce_batch.enhance.settings import FinishConfig
 
 if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time
     from PIL import Image
 
-    from .model import DCENet, DCENetFast
-    from .weights import LoadedWeights
+    from dce_batch.enhance.network import DCENet, DCENetFast
+    from dce_batch.enhance.weights import LoadedWeights
 
 __all__ = [
     "Weights",
@@ -97,7 +97,7 @@ class Weights:
 
     def load(self) -> "LoadedWeights":
         """The tensors and metadata (checksum verified); imports torch."""
-        from .weights import load_weights
+        from dce_batch.enhance.weights import load_weights
 
         try:
             blob = self.path.read_bytes()
@@ -121,14 +121,14 @@ class Weights:
 class ImageToTensor:
     """PIL image -> float32 tensor 1 x 3 x H x W in [0, 1], upright, as the network expects.
 
-    Decodes through :mod:`dce_batch.imageio` (EXIF orientation, any mode, 16-bit, CMYK), like
+    Decodes through :mod:`dce_batch.imaging` (EXIF orientation, any mode, 16-bit, CMYK), like
     the batch job. Alpha is dropped: use :func:`enhance_image` to keep it.
     """
 
     def __call__(self, image: "Image.Image"):
         import torch
 
-        from .imageio import decode_image
+        from dce_batch.imaging import decode_image
 
         decoded = decode_image(_pil_to_bytes(image), max_pixels=_pixel_limit(image))
         return torch.from_numpy(decoded.to_float()).permute(2, 0, 1).unsqueeze(0).contiguous()
@@ -232,7 +232,7 @@ def _resolve(weights: Any, variant: str) -> "LoadedWeights | None":
         elif text in _sidecars() or (text.partition(".")[0] in {e.__name__ for e in _ENUMS.values()}):
             shipped = get_weights(text)
         else:  # a file: the project's .safetensors or a published checkpoint
-            from .weights import load_weights
+            from dce_batch.enhance.weights import load_weights
 
             loaded = load_weights(Path(text).expanduser())
             _check_variant(loaded.meta.name, loaded.meta.variant, variant)
@@ -265,7 +265,7 @@ def zero_dce(*, weights: ZeroDCE_Weights | Weights | str | Path | None = None, s
     ``net(x)`` takes N x 3 x H x W in [0, 1] and returns a ``CurveOutput`` whose ``.image`` is the
     enhanced batch; ``net(x, strength=0.5)`` applies half the curve.
     """
-    from .model import DCENet, init_weights
+    from dce_batch.enhance.network import DCENet, init_weights
 
     loaded = _resolve(weights, "full")
     if loaded is None:
@@ -283,7 +283,7 @@ def zero_dce_pp(*, weights: ZeroDCEPP_Weights | Weights | str | Path | None = No
     authors' and ``dce-batch enhance``'s default, suits photos; use 1 for small images).
     ``weights`` as for :func:`zero_dce`, with :class:`ZeroDCEPP_Weights`.
     """
-    from .model import DCENetFast, init_weights
+    from dce_batch.enhance.network import DCENetFast, init_weights
 
     loaded = _resolve(weights, "fast")
     if loaded is None:
@@ -299,7 +299,7 @@ def zero_dce_pp(*, weights: ZeroDCEPP_Weights | Weights | str | Path | None = No
 
 
 def _pil_to_bytes(image: "Image.Image") -> bytes:
-    """Lossless bytes of a PIL image with its EXIF and ICC, for :func:`dce_batch.imageio.decode_image`.
+    """Lossless bytes of a PIL image with its EXIF and ICC, for :func:`dce_batch.imaging.decode_image`.
 
     Going through the batch job's decoder (rather than ``np.asarray``) gives notebook users the
     same handling of orientation, palettes, 16-bit, CMYK and alpha as the job.
@@ -330,7 +330,7 @@ def _pixel_limit(image: "Image.Image") -> int:
 @functools.lru_cache(maxsize=4)
 def _enhancer(weights_key: str, variant: str, strength: float, scale: float | None, device: str, precision: str,
               finish: "FinishConfig"):
-    from .inference import Enhancer, InferenceConfig
+    from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
 
     loaded = _resolve(weights_key, variant)
     assert loaded is not None
@@ -374,7 +374,7 @@ def enhance_image(
     """
     from PIL import Image as PILImage
 
-    from .imageio import EncodeOptions, decode_image, encode_image
+    from dce_batch.imaging import EncodeOptions, decode_image, encode_image
 
     if weights is None:
         weights = ZeroDCE_Weights.DEFAULT
@@ -406,6 +406,6 @@ def _weights_key(weights: Any) -> tuple[str, str]:
         return text, get_weights(text).variant
     except WeightsError:
         pass
-    from .weights import load_weights  # a file: read once here to learn its variant
+    from dce_batch.enhance.weights import load_weights  # a file: read once here to learn its variant
 
     return text, load_weights(Path(text).expanduser()).meta.variant

@@ -25,8 +25,8 @@ from PIL import Image, ImageDraw
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dce_batch.evaluate import _read, quantize  # noqa: E402
-from dce_batch.finishing import FinishConfig  # noqa: E402
+from dce_batch.evaluation.evaluate import _read, quantize  # noqa: E402
+from dce_batch.enhance.finishing import FinishConfig  # noqa: E402
 
 AUTHORS = REPO.parent / "shared" / "reference_weights" / "zero_dce_epoch99.pth"
 LABEL_HEIGHT = 18
@@ -46,8 +46,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from dce_batch.inference import Enhancer, InferenceConfig
-    from dce_batch.weights import load_weights
+    from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
+    from dce_batch.enhance.weights import load_weights
 
     authors = Enhancer(load_weights(args.authors), InferenceConfig(device="cpu", scale=1))  # as published
     shipped = load_weights("zerodce_sice_v1")

@@ -42,7 +42,7 @@ HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "train_smoothness", "train_sp
 TRANSFORMS = {
     "input": "RGB, float32 in [0, 1] (8-bit values / 255), N x 3 x H x W, any H and W, no normalisation",
     "output": "the enhanced image, same layout and size, in [0, 1]",
-    "orientation": "apply EXIF orientation before the network (dce_batch.imageio.decode_image does)",
+    "orientation": "apply EXIF orientation before the network (dce_batch.imaging.decode_image does)",
 }
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from dce_batch.cli import main
 from dce_batch.errors import ConfigError
-from dce_batch.evaluate import (
+from dce_batch.evaluation.evaluate import (
     PSNR_CAP,
     EvalSet,
     no_reference_stats,
@@ -21,7 +21,7 @@ from dce_batch.evaluate import (
     parse_configuration,
     quantize,
 )
-from dce_batch.lowlight_sim import LEVELS, LowLightLevel, linear_to_srgb, simulate_low_light, srgb_to_linear
+from dce_batch.evaluation.lowlight_sim import LEVELS, LowLightLevel, linear_to_srgb, simulate_low_light, srgb_to_linear
 
 
 def _photo(height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The sliding-DCT Wiener filter (dce_batch.filters.dct_wiener): what it keeps, what it removes,
+"""The sliding-DCT Wiener filter (dce_batch.enhance.filters.dct_wiener): what it keeps, what it removes,
 and exact tiling (CPU, milliseconds)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dce_batch.filters import DCT_BLOCK, DCT_STRIDE, GROUP_SEARCH, dct_wiener, dct_wiener_reach
+from dce_batch.enhance.filters import DCT_BLOCK, DCT_STRIDE, GROUP_SEARCH, dct_wiener, dct_wiener_reach
 
 
 def _unit_noise(height: int = 64, width: int = 80, seed: int = 0) -> torch.Tensor:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from dce_batch.errors import ConfigError
-from dce_batch.filters import DCT_STRIDE, GROUP_SEARCH
-from dce_batch.finishing import (
+from dce_batch.enhance.filters import DCT_STRIDE, GROUP_SEARCH
+from dce_batch.enhance.finishing import (
     DEFAULT_EXPOSURE_TARGET,
     NUM_PARAMS,
     PARAM_SIGMA_LUMA,
@@ -120,8 +120,8 @@ def test_the_dct_stage_keeps_texture_that_the_guided_filter_blurs_or_leaves_nois
 def test_the_local_gain_is_the_slope_of_the_chain_or_the_ratio_of_means_where_larger():
     """Hand-computable chains: the regression slope of a linear map is its slope; where the input
     is flat the ratio of means stands in, with a floor of one 8-bit step under the input's mean."""
-    from dce_batch.filters import small_box_mean
-    from dce_batch.finishing import _local_gain
+    from dce_batch.enhance.filters import small_box_mean
+    from dce_batch.enhance.finishing import _local_gain
 
     def gain(low, out):
         return _local_gain(low, out, 3)
@@ -233,7 +233,7 @@ def test_exposure_moves_a_dark_result_toward_the_target():
 def test_the_highlight_stretch_lifts_highlights_smoothly_up_to_white():
     """Hand-computable: below the knee (0.5) the curve is the power curve; above it the lift is
     ``a (y - 0.5)^2 (1 - y) / 0.25``; white stays white and the curve stays monotonic."""
-    from dce_batch.finishing import _exposure_curve
+    from dce_batch.enhance.finishing import _exposure_curve
 
     x = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)
     plain = _exposure_curve(x, torch.tensor(0.8, dtype=torch.float64))
@@ -250,7 +250,7 @@ def test_the_highlight_stretch_acts_on_dark_scenes_and_keeps_the_target_mean():
     """Per image, the stretch follows the exposure correction's strength: full for a dark scene,
     none for a well-exposed one or with exposure off; the exponent is refitted with it, so the
     mean of the lit regions still reaches the target."""
-    from dce_batch.finishing import PARAM_HIGHLIGHTS
+    from dce_batch.enhance.finishing import PARAM_HIGHLIGHTS
 
     low = _scene(64, 64) * 0.08
     enhanced = _scene(64, 64) * 0.5 + 0.1  # highlights up to about 0.6 over a 0.35 mean
@@ -261,7 +261,7 @@ def test_the_highlight_stretch_acts_on_dark_scenes_and_keeps_the_target_mean():
     stretched = finish_tiles(low, enhanced, params[:1], config)
     assert float(stretched.mean(dim=1).mean()) == pytest.approx(0.45, abs=0.01)
     # What the target is set on: the mean luma of the lit regions (all of this frame; 0.4491).
-    from dce_batch.filters import box_mean, luma
+    from dce_batch.enhance.filters import box_mean, luma
 
     assert bool((box_mean(luma(low), 4) >= 2.5 / 255).all())
     assert float(luma(stretched).mean()) == pytest.approx(0.45, abs=0.002)

@@ -1,4 +1,4 @@
-"""Tests for dce_batch.imageio. Every image is generated here with Pillow/numpy."""
+"""Tests for dce_batch.imaging.codecs. Every image is generated here with Pillow/numpy."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import PIL
 import pytest
 from PIL import Image, ImageCms
 
-from dce_batch import imageio
+from dce_batch.imaging import codecs as imageio
 from dce_batch.errors import (
     ConfigError,
     CorruptImageError,
     ImageTooLargeError,
     UnsupportedImageError,
 )
-from dce_batch.imageio import (
+from dce_batch.imaging import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     DecodedImage,

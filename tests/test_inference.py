@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from dce_batch.errors import ConfigError
-from dce_batch.inference import Enhancer, InferenceConfig, cpu_has_native_bf16, resolve_precision, window_grid
-from dce_batch.model import DCENet, DCENetFast, init_weights
-from dce_batch.quantization import int8_available
-from dce_batch.weights import LoadedWeights, WeightsMeta, load_weights, state_dict_sha256
+from dce_batch.enhance.enhancer import Enhancer, InferenceConfig, cpu_has_native_bf16, resolve_precision, window_grid
+from dce_batch.enhance.network import DCENet, DCENetFast, init_weights
+from dce_batch.enhance.quantization import int8_available
+from dce_batch.enhance.weights import LoadedWeights, WeightsMeta, load_weights, state_dict_sha256
 
 from .shared_data import shared_path
 
@@ -66,7 +66,7 @@ def test_tiled_inference_equals_full_frame(image, variant, scale, tile):
 def test_upsampling_source_in_bands_equals_one_band(image, monkeypatch):
     """Scale 4: the guided coefficients computed in bands of 3 rows of the small copy (with their
     halo) give the single band's pixels; without the halo the band edges show (the test can fail)."""
-    from dce_batch import inference
+    from dce_batch.enhance import enhancer as inference
 
     weights = _weights("full")
     one_band = Enhancer(weights, _fp32(scale=4)).enhance(image).pixels
@@ -202,7 +202,7 @@ def test_kernels_capped_at_avx2_mean_no_native_bf16():
     bf16 must be refused. Capping torch's kernels at AVX2 puts any x86 machine in that state."""
     script = ("import torch\n"
               "from dce_batch.errors import ConfigError\n"
-              "from dce_batch.inference import cpu_has_native_bf16, resolve_precision\n"
+              "from dce_batch.enhance.enhancer import cpu_has_native_bf16, resolve_precision\n"
               "cpu = torch.device('cpu')\n"
               "try:\n"
               "    resolve_precision('bf16', cpu)\n"
@@ -257,7 +257,7 @@ def test_gpu_batches_windows_and_matches_the_cpu(image):
 def test_finishing_tiled_equals_full_frame_within_an_8bit_step(image, dtype):
     """Denoising and exposure after the curves stay exact under tiling (their own halo), also
     when windows of several images share a batch."""
-    from dce_batch.finishing import FinishConfig
+    from dce_batch.enhance.finishing import FinishConfig
 
     weights = load_weights()
     scale = 255 if dtype == np.uint8 else 65535

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dce_batch.imageio import decode_image, mean_luminance
-from dce_batch.manifest import read_manifest
+from dce_batch.imaging import decode_image, mean_luminance
+from dce_batch.job.manifest import read_manifest
 from dce_batch.storage import Location
-from dce_batch.weights import load_weights
+from dce_batch.enhance.weights import load_weights
 
 from .ray_cluster import RAY_BIN
 

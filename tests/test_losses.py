@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dce_batch.losses import (
+from dce_batch.training.losses import (
     LossWeights,
     ZeroDCELoss,
     color_constancy_loss,

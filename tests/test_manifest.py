@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dce_batch.errors import OutputWriteError, StorageError
-from dce_batch.manifest import (
+from dce_batch.job.manifest import (
     MANIFEST_SCHEMA,
     ManifestRow,
     latest_ok_rows,

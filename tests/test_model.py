@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from dce_batch.errors import ConfigError
-from dce_batch.model import (
+from dce_batch.enhance.network import (
     CURVE_ITERATIONS,
     DCENet,
     DCENetFast,

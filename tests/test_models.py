@@ -16,11 +16,11 @@ from PIL import Image
 import dce_batch
 from dce_batch import models
 from dce_batch.errors import WeightsError
-from dce_batch.imageio import decode_image, mean_luminance
-from dce_batch.inference import Enhancer
-from dce_batch.model import DCENet, DCENetFast
-from dce_batch.pipeline import EnhanceConfig, sample_images_dir
-from dce_batch.weights import PACKAGED_WEIGHTS, load_weights
+from dce_batch.imaging import decode_image, mean_luminance
+from dce_batch.enhance.enhancer import Enhancer
+from dce_batch.enhance.network import DCENet, DCENetFast
+from dce_batch.job.pipeline import EnhanceConfig, sample_images_dir
+from dce_batch.enhance.weights import PACKAGED_WEIGHTS, load_weights
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = Path(sample_images_dir())

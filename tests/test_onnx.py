@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dce_batch.imageio import decode_image
-from dce_batch.inference import Enhancer, InferenceConfig
-from dce_batch.onnx_export import export_onnx
-from dce_batch.pipeline import sample_images_dir
-from dce_batch.weights import load_weights
+from dce_batch.imaging import decode_image
+from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
+from dce_batch.enhance.onnx_export import export_onnx
+from dce_batch.job.pipeline import sample_images_dir
+from dce_batch.enhance.weights import load_weights
 
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed: pip install -e '.[test]'")
 ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install -e '.[test]'")

@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 
 from dce_batch.errors import ConfigError, InputNotFoundError
-from dce_batch.imageio import decode_image, mean_luminance
-from dce_batch.inference import resolve_precision
-from dce_batch.manifest import MANIFEST_SCHEMA, read_manifest
-from dce_batch.pipeline import (
+from dce_batch.imaging import decode_image, mean_luminance
+from dce_batch.enhance.enhancer import resolve_precision
+from dce_batch.job.manifest import MANIFEST_SCHEMA, read_manifest
+from dce_batch.job.pipeline import (
     ACTOR_BASE_MEMORY,
     ACTOR_BYTES_PER_PIXEL,
     EnhanceConfig,
@@ -33,7 +33,7 @@ from dce_batch.pipeline import (
     run_enhance,
 )
 from dce_batch.storage import Location
-from dce_batch.weights import load_weights
+from dce_batch.enhance.weights import load_weights
 
 from .ray_cluster import processes_of, stop_processes_of
 
@@ -321,7 +321,7 @@ def test_an_image_larger_than_the_actor_memory_allows_is_a_row_not_a_crash(ray_l
 
 def test_a_machine_short_of_memory_still_runs_and_rows_say_which_images_need_more(tmp_path, monkeypatch):
     """The local engine reads free memory once; too little for --max-pixels is a warning, not exit 2."""
-    import dce_batch.pipeline as pipeline
+    import dce_batch.job.pipeline as pipeline
 
     source = tmp_path / "in"
     _save(source / "small.png", _dark(40, 50), "PNG")
@@ -664,7 +664,7 @@ def test_one_cpu_cluster_does_not_stall(tmp_path, ray_tmp):
     for i in range(3):
         _save(source / f"{i}.png", _dark(40, 50, i), "PNG")
     script = ("import ray, sys; ray.init(num_cpus=1, include_dashboard=False);"
-              "from dce_batch.pipeline import EnhanceConfig, run_enhance;"
+              "from dce_batch.job.pipeline import EnhanceConfig, run_enhance;"
               "s = run_enhance(EnhanceConfig(input=sys.argv[1], output=sys.argv[2])); sys.exit(0 if s.ok == 3 else 1)")
     result = subprocess.run([sys.executable, "-c", script, str(source), str(tmp_path / "out")], env=_cli_env(ray_tmp),
                             capture_output=True, text=True, timeout=180)

@@ -10,9 +10,9 @@ import pyarrow.fs as pafs
 import pytest
 
 from dce_batch.errors import ConfigError
-from dce_batch.imageio import DEFAULT_MAX_PIXELS, max_file_bytes
-from dce_batch.manifest import MANIFEST_SCHEMA, ManifestRow, conform, rows_to_table
-from dce_batch.plan import (
+from dce_batch.imaging import DEFAULT_MAX_PIXELS, max_file_bytes
+from dce_batch.job.manifest import MANIFEST_SCHEMA, ManifestRow, conform, rows_to_table
+from dce_batch.job.plan import (
     describe_settings_change,
     input_table,
     output_relpath,
@@ -174,8 +174,8 @@ def test_outputs_of_an_earlier_finishing_algorithm_are_not_resumed(tmp_path):
     with an earlier one's under the same flags."""
     from types import SimpleNamespace
 
-    from dce_batch.pipeline import EnhanceConfig, run_output_settings
-    from dce_batch.settings import FINISH_METHOD
+    from dce_batch.job.pipeline import EnhanceConfig, run_output_settings
+    from dce_batch.enhance.settings import FINISH_METHOD
 
     out = tmp_path / "out"
     meta = SimpleNamespace(sha256="m" * 64, variant="full")
@@ -196,8 +196,8 @@ def test_outputs_of_the_previous_denoiser_resume_with_denoise_fast(tmp_path):
     ``--denoise fast``, which computes the same pixels."""
     from types import SimpleNamespace
 
-    from dce_batch.pipeline import EnhanceConfig, run_output_settings
-    from dce_batch.settings import FAST_FINISH_METHOD, FINISH_METHOD
+    from dce_batch.job.pipeline import EnhanceConfig, run_output_settings
+    from dce_batch.enhance.settings import FAST_FINISH_METHOD, FINISH_METHOD
 
     out = tmp_path / "out"
     meta = SimpleNamespace(sha256="m" * 64, variant="full")
@@ -223,7 +223,7 @@ def test_outputs_made_before_the_highlight_stretch_resume_with_it_off(tmp_path):
     ``--highlight-stretch 0``; with exposure off it does nothing and is not recorded."""
     from types import SimpleNamespace
 
-    from dce_batch.pipeline import EnhanceConfig, run_output_settings
+    from dce_batch.job.pipeline import EnhanceConfig, run_output_settings
 
     out = tmp_path / "out"
     meta = SimpleNamespace(sha256="m" * 64, variant="full")

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from dce_batch.errors import OutputWriteError
-from dce_batch.imageio import EncodeOptions, decode_image, mean_luminance
-from dce_batch.inference import Enhancer, InferenceConfig
-from dce_batch.process import ImageProcessor, WorkItem
-from dce_batch.weights import load_weights
+from dce_batch.imaging import EncodeOptions, decode_image, mean_luminance
+from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
+from dce_batch.job.steps import ImageProcessor, WorkItem
+from dce_batch.enhance.weights import load_weights
 
 FS = pafs.LocalFileSystem()
 

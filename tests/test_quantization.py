@@ -1,4 +1,4 @@
-"""int8 inference (dce_batch.quantization): accuracy against fp32, exact tiling, reproducible
+"""int8 inference (dce_batch.enhance.quantization): accuracy against fp32, exact tiling, reproducible
 calibration, and clear refusals where it cannot run."""
 
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from dce_batch.errors import ConfigError
-from dce_batch.inference import Enhancer, InferenceConfig, resolve_precision
-from dce_batch.quantization import calibration_crops, int8_available, quantize_curve_head
-from dce_batch.weights import load_weights
+from dce_batch.enhance.enhancer import Enhancer, InferenceConfig, resolve_precision
+from dce_batch.enhance.quantization import calibration_crops, int8_available, quantize_curve_head
+from dce_batch.enhance.weights import load_weights
 
 pytestmark = pytest.mark.skipif(not int8_available(), reason="int8 needs an x86-64 CPU with oneDNN")
 

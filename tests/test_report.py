@@ -22,9 +22,9 @@ import pytest
 from PIL import Image
 
 from dce_batch.errors import ReportError
-from dce_batch.manifest import MANIFEST_SCHEMA, ManifestRow, RunSummary, rows_to_table, write_manifest_part
-from dce_batch.pipeline import EnhanceConfig, run_enhance, sample_images_dir
-from dce_batch.report import (
+from dce_batch.job.manifest import MANIFEST_SCHEMA, ManifestRow, RunSummary, rows_to_table, write_manifest_part
+from dce_batch.job.pipeline import EnhanceConfig, run_enhance, sample_images_dir
+from dce_batch.report.build import (
     build_report,
     collect_report_data,
     histogram_svg,
@@ -209,8 +209,8 @@ def test_sample_evenly_and_histogram():
 
 
 def test_loss_curves_of_own_weights_through_metrics_uri(tmp_path):
-    from dce_batch.model import DCENet
-    from dce_batch.weights import save_weights
+    from dce_batch.enhance.network import DCENet
+    from dce_batch.enhance.weights import save_weights
 
     metrics = tmp_path / "run" / "metrics.json"
     metrics.parent.mkdir()
@@ -355,7 +355,7 @@ def test_report_of_a_real_run_in_headless_chromium(samples_run, tmp_path, capsys
 
 
 def test_thumbnails_are_upright_and_handle_odd_modes():
-    from dce_batch.report import thumbnail
+    from dce_batch.report.build import thumbnail
 
     rotated = thumbnail((Path(sample_images_dir()) / "coffee_dim_rotated.jpg").read_bytes())
     assert (rotated.width, rotated.height) == (360, 240)  # stored 341 x 512 with EXIF orientation 6

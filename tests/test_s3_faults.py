@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 from dce_batch.errors import StorageError
-from dce_batch.imageio import decode_image
-from dce_batch.manifest import ManifestRow, read_manifest, rows_to_table, write_manifest_part
+from dce_batch.imaging import decode_image
+from dce_batch.job.manifest import ManifestRow, read_manifest, rows_to_table, write_manifest_part
 from dce_batch.storage import (
     S3Options,
     delete_tree_contents,
@@ -286,7 +286,7 @@ def _assert_faults_on_reads_writes_listings(proxy: FaultProxy) -> None:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_job_prefix_to_prefix_through_20_percent_faults(ray_local, fault_proxy, s3_server, s3_bucket) -> None:
-    from dce_batch.pipeline import EnhanceConfig, run_enhance
+    from dce_batch.job.pipeline import EnhanceConfig, run_enhance
 
     inputs = _put_inputs(s3_server, s3_bucket)
     options = _options(fault_proxy)

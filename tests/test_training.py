@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from dce_batch.errors import ConfigError
-from dce_batch.losses import LossWeights
-from dce_batch.pipeline import EnhanceConfig, run_enhance
-from dce_batch.train_data import AugmentConfig, augment_batch, decode_for_training
-from dce_batch.training import TrainConfig, TrainingOutcome, run_training
-from dce_batch.weights import load_weights
+from dce_batch.training.losses import LossWeights
+from dce_batch.job.pipeline import EnhanceConfig, run_enhance
+from dce_batch.training.data import AugmentConfig, augment_batch, decode_for_training
+from dce_batch.training.run import TrainConfig, TrainingOutcome, run_training
+from dce_batch.enhance.weights import load_weights
 
 pytestmark = pytest.mark.ray
 
@@ -200,7 +200,7 @@ def test_decode_and_augment_without_ray():
 def test_validation_split_is_stable():
     """Same seed, same validation images: however the files are ordered, and when more are added."""
     from dce_batch.storage import InputFile
-    from dce_batch.training import split_files
+    from dce_batch.training.run import split_files
 
     files = [InputFile(uri=f"s3://b/sice/{i}.jpg", path=f"b/sice/{i}.jpg", relpath=f"{i}.jpg", size=1)
              for i in range(400)]
@@ -225,7 +225,7 @@ def test_loss_curves_are_optional(tmp_path, monkeypatch, capsys):
     import pyarrow.fs as pafs
 
     from dce_batch.errors import MissingDependencyError
-    from dce_batch.training import LOSS_TERMS, _write_loss_curves, plot_history
+    from dce_batch.training.run import LOSS_TERMS, _write_loss_curves, plot_history
 
     history = [{"epoch": e, "train_loss": 1.0 / e, **{f"train_{t}": 0.5 / e for t in LOSS_TERMS}} for e in (1, 2)]
     fs = pafs.LocalFileSystem()

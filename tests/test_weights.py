@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from dce_batch.errors import WeightsError
-from dce_batch.model import DCENet, DCENetFast, init_weights
-from dce_batch.weights import (
+from dce_batch.enhance.network import DCENet, DCENetFast, init_weights
+from dce_batch.enhance.weights import (
     METADATA_KEY,
     import_checkpoint,
     load_weights,
@@ -179,7 +179,7 @@ def _raw_tensors(path) -> dict[str, torch.Tensor]:
 def test_shipped_weights_hold_no_subnormal_value(name):
     from importlib import resources
 
-    from dce_batch.weights import count_subnormals
+    from dce_batch.enhance.weights import count_subnormals
 
     path = resources.files("dce_batch").joinpath("weights", f"{name}.safetensors")
     state = _raw_tensors(path)
@@ -200,7 +200,7 @@ def _with_subnormals(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def dirty_state() -> dict[str, torch.Tensor]:
     state = {k: v.clone() for k, v in load_weights("zerodce_sice_v1").state_dict.items()}
     dirty = _with_subnormals(state)
-    from dce_batch.weights import count_subnormals
+    from dce_batch.enhance.weights import count_subnormals
 
     assert count_subnormals(dirty) > 10_000  # the shipped file had 20,742 before it was cleaned
     return dirty
@@ -211,7 +211,7 @@ def test_every_way_in_flushes_subnormals(tmp_path, dirty_state):
     each loads with its subnormals at zero; ours keeps the checksum its file records."""
     from safetensors.torch import save_file
 
-    from dce_batch.weights import FORMAT_VERSION, WeightsMeta, count_subnormals
+    from dce_batch.enhance.weights import FORMAT_VERSION, WeightsMeta, count_subnormals
 
     torch.save(dirty_state, tmp_path / "published.pth")
     save_file(dirty_state, str(tmp_path / "bare.safetensors"))
@@ -231,7 +231,7 @@ def test_every_way_in_flushes_subnormals(tmp_path, dirty_state):
 
 def test_saved_and_converted_files_hold_no_subnormal_value(tmp_path, dirty_state):
     from dce_batch.cli import main
-    from dce_batch.weights import count_subnormals
+    from dce_batch.enhance.weights import count_subnormals
 
     save_weights(dirty_state, tmp_path / "saved.safetensors", name="saved", variant="full")
     assert count_subnormals(_raw_tensors(tmp_path / "saved.safetensors")) == 0
@@ -251,8 +251,8 @@ def test_convert_weights_keeps_the_metadata_of_our_own_files(tmp_path):
 def test_flushing_subnormal_weights_leaves_the_outputs_unchanged(dirty_state):
     """What flushing changes is below float32's resolution of the outputs: a real photo through the
     network in fp32 at full resolution, with the subnormal weights and with zeros."""
-    from dce_batch.imageio import decode_image
-    from dce_batch.pipeline import sample_images_dir
+    from dce_batch.imaging import decode_image
+    from dce_batch.job.pipeline import sample_images_dir
 
     pixels = decode_image((__import__("pathlib").Path(sample_images_dir()) / "rocket_dusk.jpg").read_bytes()).to_float()
     x = torch.from_numpy(pixels[:128, :160]).permute(2, 0, 1)[None].contiguous()
@@ -268,7 +268,7 @@ def test_flushing_subnormal_weights_leaves_the_outputs_unchanged(dirty_state):
 
 def test_the_enhancer_flushes_denormal_arithmetic():
     """Workers run with denormals flushed (activations, not only weights, can go subnormal)."""
-    from dce_batch.inference import Enhancer, InferenceConfig
+    from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
 
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU has no flush-to-zero mode torch can set")

@@ -30,10 +30,10 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dce_batch.imageio import decode_image, mean_luminance  # noqa: E402
-from dce_batch.inference import Enhancer, InferenceConfig  # noqa: E402
-from dce_batch.losses import LossWeights, ZeroDCELoss  # noqa: E402
-from dce_batch.weights import load_weights  # noqa: E402
+from dce_batch.imaging import decode_image, mean_luminance  # noqa: E402
+from dce_batch.enhance.enhancer import Enhancer, InferenceConfig  # noqa: E402
+from dce_batch.training.losses import LossWeights, ZeroDCELoss  # noqa: E402
+from dce_batch.enhance.weights import load_weights  # noqa: E402
 
 SETS = ("DICM", "LIME", "MEF", "VV", "phone")
 
@@ -60,7 +60,7 @@ def metrics(inp: np.ndarray, out: np.ndarray, loss_fn: ZeroDCELoss) -> dict[str,
     y = torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1)[None]
     # The smoothness term needs the curve maps; the comparison uses the three output-only terms.
     w = loss_fn.weights
-    from dce_batch.losses import color_constancy_loss, exposure_control_loss, spatial_consistency_loss
+    from dce_batch.training.losses import color_constancy_loss, exposure_control_loss, spatial_consistency_loss
 
     loss = (w.spatial * spatial_consistency_loss(x, y) + w.color * color_constancy_loss(y)
             + w.exposure * exposure_control_loss(y, w.exposure_patch, w.exposure_target)).item()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dce_batch.weights import load_weights, save_weights  # noqa: E402
+from dce_batch.enhance.weights import load_weights, save_weights  # noqa: E402
 
 LICENCE = ("Apache-2.0 (dce_batch). Trained on SICE Part 1 (Cai, Gu, Zhang, TIP 2018), a research data set "
            "redistributed for non-commercial research: check its terms before commercial use.")

@@ -10,8 +10,8 @@
 Nothing here imports Ray, so all of it is tested with plain pytest.
 """
 
-from .aws import PortableS3FileSystem, S3Options
-from .io import (
+from dce_batch.storage.aws import PortableS3FileSystem, S3Options
+from dce_batch.storage.io import (
     TEMP_NAME_PATTERN,
     delete_tree_contents,
     exists,
@@ -21,7 +21,7 @@ from .io import (
     write_bytes_atomic,
     writes_via_temp_files,
 )
-from .listing import (
+from dce_batch.storage.listing import (
     INPUT_TABLE_SCHEMA,
     LIST_FILE_SUFFIXES,
     MANIFEST_DIR,
@@ -29,7 +29,7 @@ from .listing import (
     list_inputs,
     list_inputs_table,
 )
-from .uris import Location, filesystem_for
+from dce_batch.storage.uris import Location, filesystem_for
 
 __all__ = [
     "INPUT_TABLE_SCHEMA",

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-from ..errors import ConfigError, CredentialsError
+from dce_batch.errors import ConfigError, CredentialsError
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "PortableS3FileSystem", "S3Options", "s3_filesystem"]
 

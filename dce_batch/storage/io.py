@@ -21,9 +21,9 @@ import uuid
 
 import pyarrow.fs as pafs
 
-from ..errors import StorageError
-from .aws import PortableS3FileSystem
-from .uris import display, fsspec_protocol, get_info, storage_error
+from dce_batch.errors import StorageError
+from dce_batch.storage.aws import PortableS3FileSystem
+from dce_batch.storage.uris import display, fsspec_protocol, get_info, storage_error
 
 __all__ = ["TEMP_NAME_PATTERN", "delete_tree_contents", "exists", "list_files", "read_bytes", "remove_files",
            "write_bytes_atomic", "writes_via_temp_files"]

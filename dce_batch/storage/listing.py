@@ -23,10 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from ..errors import ConfigError, StorageError
-from .aws import PortableS3FileSystem, S3Options, botocore_session
-from .io import read_bytes, special_file_kind
-from .uris import (
+from dce_batch.errors import ConfigError, StorageError
+from dce_batch.storage.aws import PortableS3FileSystem, S3Options, botocore_session
+from dce_batch.storage.io import read_bytes, special_file_kind
+from dce_batch.storage.uris import (
     LOCAL_SCHEMES,
     S3_SCHEMES,
     display,

@@ -16,8 +16,8 @@ from urllib.parse import unquote, urlsplit
 
 import pyarrow.fs as pafs
 
-from ..errors import ConfigError, StorageError
-from .aws import PortableS3FileSystem, S3Options, s3_filesystem
+from dce_batch.errors import ConfigError, StorageError
+from dce_batch.storage.aws import PortableS3FileSystem, S3Options, s3_filesystem
 
 __all__ = ["Location", "filesystem_for"]
 

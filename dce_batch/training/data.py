@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import ImageError, describe_error
-from .imageio import decode_image, to_uint8
+from dce_batch.errors import ImageError, describe_error
+from dce_batch.imaging import decode_image, to_uint8
 
 __all__ = ["AugmentConfig", "DecodeResult", "augment_batch", "decode_for_training"]
 

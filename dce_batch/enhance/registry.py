@@ -3,7 +3,7 @@
 Also where the shipped weights are, and reading a weights spec's bytes (both torch-free too).
 
 The driver of the enhancement job needs only what the weights are (name, variant, sha256) to plan
-a run; the workers load and verify the tensors themselves (:func:`dce_batch.weights.load_weights`
+a run; the workers load and verify the tensors themselves (:func:`dce_batch.enhance.weights.load_weights`
 checks the sha256). Reading the header alone keeps torch out of the driver's start-up.
 """
 
@@ -14,11 +14,11 @@ from importlib import resources
 from pathlib import Path
 from types import SimpleNamespace
 
-from .errors import WeightsError
+from dce_batch.errors import WeightsError
 
 __all__ = ["DEFAULT_WEIGHTS", "PACKAGED_WEIGHTS", "default_weights_for", "read_header_metadata", "read_weights_bytes"]
 
-_METADATA_KEY = "dce_batch"  # as dce_batch.weights.METADATA_KEY
+_METADATA_KEY = "dce_batch"  # as dce_batch.enhance.weights.METADATA_KEY
 _REQUIRED = ("name", "variant", "sha256", "num_params")
 
 

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Union
 
-from .errors import ConfigError
+from dce_batch.errors import ConfigError
 
 __all__ = ["DEFAULT_EXPOSURE_TARGET", "DEFAULT_SCALES", "FAST_FINISH_METHOD", "FINISH_METHOD", "PRECISIONS",
            "RATIO_FINISH_METHODS", "UNMATCHED_FINISH_METHOD", "FinishConfig", "check_inference_settings",
@@ -98,7 +98,7 @@ class FinishConfig:
             earlier defaults; ``denoise="fast"`` always uses it).
         chroma_refine_radius: half-width of the windows of chroma's empirical Wiener filter;
             0 filters chroma like luma instead (the earlier one-pass default). The tiling halo
-            is :func:`dce_batch.finishing.finish_halo` (25 by default: the DCT stage's groups).
+            is :func:`dce_batch.enhance.finishing.finish_halo` (25 by default: the DCT stage's groups).
     """
 
     denoise: DenoiseMode = "auto"

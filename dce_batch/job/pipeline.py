@@ -39,10 +39,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from . import __version__
-from .errors import ConfigError, InputNotFoundError, StorageError, WeightsError, describe_error
-from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, EncodeOptions
-from .manifest import (
+from dce_batch import __version__
+from dce_batch.errors import ConfigError, InputNotFoundError, StorageError, WeightsError, describe_error
+from dce_batch.imaging import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, EncodeOptions
+from dce_batch.job.manifest import (
     ManifestRow,
     RunSummary,
     conform,
@@ -53,12 +53,12 @@ from .manifest import (
     write_manifest_part,
     write_pending_part,
 )
-from .plan import Plan, list_output_files, output_settings, plan_run
-from .process import ImageProcessor, ImageReader, ImageState, ImageWriter, WorkItem
-from .progress import Progress
-from .settings import FinishConfig, check_inference_settings, resolve_scale
-from .weights_header import read_header_metadata
-from .storage import (
+from dce_batch.job.plan import Plan, list_output_files, output_settings, plan_run
+from dce_batch.job.steps import ImageProcessor, ImageReader, ImageState, ImageWriter, WorkItem
+from dce_batch.job.progress import Progress
+from dce_batch.enhance.settings import FinishConfig, check_inference_settings, resolve_scale
+from dce_batch.enhance.registry import read_header_metadata
+from dce_batch.storage import (
     MANIFEST_DIR,
     Location,
     S3Options,
@@ -107,7 +107,7 @@ class EnhanceConfig:
     quality: int = 95
     strength: float = 1.0
     precision: str = "auto"
-    denoise: str = "auto"  # noise-aware denoising after the curves (dce_batch.finishing); "fast", "off"
+    denoise: str = "auto"  # noise-aware denoising after the curves (dce_batch.enhance.finishing); "fast", "off"
     denoise_strength: float = 1.0
     exposure: float | str = "auto"  # scene-fitted exposure: "auto", "off" or a target mean brightness
     highlight_stretch: float = FinishConfig.highlight_stretch  # 0: the curves' highlights (the earlier tone)
@@ -172,7 +172,7 @@ class EnhanceConfig:
         return self.batch_size or (16 if self.staged else 2)
 
     def inference_config(self, variant: str | None = None):
-        from .inference import InferenceConfig  # torch stays out of the driver until needed
+        from dce_batch.enhance.enhancer import InferenceConfig  # torch stays out of the driver until needed
 
         return InferenceConfig(
             strength=self.strength, precision=self.precision,  # type: ignore[arg-type]
@@ -318,8 +318,8 @@ def _items(batch: pa.Table) -> list[WorkItem]:
 def _build_enhancer(config: EnhanceConfig, weights_blob: bytes, weights_name: str, threads: int | None):
     import torch
 
-    from .inference import Enhancer
-    from .weights import load_weights
+    from dce_batch.enhance.enhancer import Enhancer
+    from dce_batch.enhance.weights import load_weights
 
     if threads is not None:
         # Without this every actor would use every core and they would fight each other.
@@ -451,7 +451,7 @@ class ResolvedWeights:
 
 def read_weights_spec(config: EnhanceConfig) -> tuple[bytes, str]:
     """The weights file's bytes (read once, on the driver, shipped to the actors) and its name."""
-    from .weights_header import read_weights_bytes
+    from dce_batch.enhance.registry import read_weights_bytes
 
     spec = config.weights
     if spec and "://" in spec and not spec.startswith("file://"):
@@ -475,7 +475,7 @@ def resolve_weights(config: EnhanceConfig, blob: bytes | None = None, name: str 
                 f"weights {name!r} are for the {header.variant!r} variant, but --model-variant {config.variant!r} "
                 "was asked for; drop one of the two or pass matching weights")
         return ResolvedWeights(blob, name, header)
-    from .weights import load_weights
+    from dce_batch.enhance.weights import load_weights
 
     loaded = load_weights(blob, variant=config.variant, name=name)
     return ResolvedWeights(blob, name, loaded.meta)
@@ -510,8 +510,8 @@ def check_output_location(config: EnhanceConfig, output: Location) -> None:
 
 def check_output_writable(output: Location) -> None:
     """Fail before any work when OUTPUT cannot be written (read-only, no permission, no bucket)."""
-    from .errors import OutputWriteError
-    from .storage import write_bytes_atomic
+    from dce_batch.errors import OutputWriteError
+    from dce_batch.storage import write_bytes_atomic
 
     if not isinstance(output.filesystem, pafs.LocalFileSystem):
         return  # object stores: the first write says it (a probe would leave folder markers behind)
@@ -570,7 +570,7 @@ def plan_inputs(config: EnhanceConfig, output: Location, weights: ResolvedWeight
     fs = output.filesystem
     done, existing, recovered, removed = None, None, 0, 0
     if config.overwrite:
-        from .storage import delete_tree_contents
+        from dce_batch.storage import delete_tree_contents
 
         delete_tree_contents(fs, manifest_path)
     else:
@@ -627,7 +627,7 @@ def _start_ray(config: EnhanceConfig, say: Callable[[str], None]) -> bool:
     """
     import ray
 
-    from .progress import quiet_ray
+    from dce_batch.job.progress import quiet_ray
 
     quiet = quiet_ray(config.verbose)
     quiet.apply()
@@ -809,7 +809,7 @@ def _run_plan(config: EnhanceConfig, output: Location, weights: ResolvedWeights,
     summary.write(output.filesystem, manifest_path)
     wants_report = config.report if config.report is not None else isinstance(output.filesystem, pafs.LocalFileSystem)
     if wants_report:
-        from .report import build_report
+        from dce_batch.report.build import build_report
 
         try:
             summary.report = build_report(config.output, s3=config.s3, log=say, run_id=config.run_id)
@@ -842,7 +842,7 @@ def _local_pool_plan(config: EnhanceConfig) -> ActorPool:
 
 
 def _start_local_pool(config: EnhanceConfig, output: Location, blob: bytes, name: str):
-    from .local import LocalPool
+    from dce_batch.job.engines.local import LocalPool
 
     pool = _local_pool_plan(config)
     local = LocalPool(pool.max_size, (config, blob, name, output, pool.image_pixel_limit, pool.limit_reason), plan=pool)

@@ -15,7 +15,7 @@ stage runs after the network, in torch on the same device (CPU or CUDA), batched
   ratio of their window means where larger; :func:`_local_gain`). Shadows lifted 10x are
   smoothed hard, mid-tones and clean images hardly at all, and texture above the noise stays.
   The luma then goes through a Wiener filter in sliding 8 x 8 DCT blocks
-  (:func:`dce_batch.filters.dct_wiener`) with the guided filter's result as its pilot, on the
+  (:func:`dce_batch.enhance.filters.dct_wiener`) with the guided filter's result as its pilot, on the
   luma divided by its local noise level: texture separates from noise by frequency there.
   Where that noise is strong, each block is filtered together with the seven most similar
   blocks nearby (block matching, as in BM3D's second step).
@@ -40,8 +40,8 @@ from typing import Sequence
 
 import torch
 
-from .filters import LUMA_WEIGHTS, box_mean, dct_wiener, dct_wiener_reach, luma, small_box_mean
-from .settings import DEFAULT_EXPOSURE_TARGET, FINISH_METHOD, ExposureSetting, FinishConfig, parse_exposure
+from dce_batch.enhance.filters import LUMA_WEIGHTS, box_mean, dct_wiener, dct_wiener_reach, luma, small_box_mean
+from dce_batch.enhance.settings import DEFAULT_EXPOSURE_TARGET, FINISH_METHOD, ExposureSetting, FinishConfig, parse_exposure
 
 __all__ = [
     "DEFAULT_EXPOSURE_TARGET",
@@ -80,7 +80,7 @@ def finish_halo(config: FinishConfig) -> int:
     coefficients); the gain is one box, evaluated where the statistics are. Chroma's pilot is a
     box mean, read through two box means of the second pass's radius. The luma's DCT Wiener
     stage reads 7 pixels on each side of the luma and of its pilot, the guided filter's output,
-    and 12 more with block matching (:func:`dce_batch.filters.dct_wiener_reach`).
+    and 12 more with block matching (:func:`dce_batch.enhance.filters.dct_wiener_reach`).
     """
     if not config.denoising:
         return 0
@@ -356,7 +356,7 @@ def _denoise(low: torch.Tensor, out: torch.Tensor, params: torch.Tensor, config:
              origins: Sequence[tuple[int, int]] | None) -> torch.Tensor:
     """Luma through a guided filter (He et al.) whose gain is the local Wiener gain
     ``(var - noise_var)+ / var`` (as in Lee's filter), then (``denoise="auto"``) through a Wiener
-    filter in sliding 8 x 8 DCT blocks with that result as its pilot (:func:`dce_batch.filters.
+    filter in sliding 8 x 8 DCT blocks with that result as its pilot (:func:`dce_batch.enhance.filters.
     dct_wiener`, on the luma divided by its local noise level; blocks whose noise level is at
     least ``config.matched_noise_level`` in matched groups); chroma through a second, wider
     Wiener filter whose signal variance comes from a pilot estimate (see :func:`_empirical_wiener`).

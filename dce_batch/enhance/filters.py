@@ -1,6 +1,6 @@
 """Box means over clipped windows, luma, the guided filter's linear models and a sliding-DCT
-Wiener filter: the local operations shared by the finishing (:mod:`dce_batch.finishing`) and
-DCE-Net's guided upsampling (:class:`dce_batch.model.DCENet`).
+Wiener filter: the local operations shared by the finishing (:mod:`dce_batch.enhance.finishing`) and
+DCE-Net's guided upsampling (:class:`dce_batch.enhance.network.DCENet`).
 
 Every box mean averages the valid pixels of its window (prefix sums along each axis), so a tile
 that carries ``radius`` pixels of real context on each side gives exactly the full frame's

@@ -28,10 +28,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from .errors import ConfigError, DceBatchError, StorageError, describe_error
-from .imageio import DEFAULT_MAX_PIXELS, extension_for, format_of_extension, max_file_bytes, output_format_for_path
-from .manifest import MANIFEST_SCHEMA, STATUS_ERROR, STATUS_SKIPPED, conform, latest_ok_rows
-from .storage import MANIFEST_DIR, TEMP_NAME_PATTERN, InputFile, Location
+from dce_batch.errors import ConfigError, DceBatchError, StorageError, describe_error
+from dce_batch.imaging import DEFAULT_MAX_PIXELS, extension_for, format_of_extension, max_file_bytes, output_format_for_path
+from dce_batch.job.manifest import MANIFEST_SCHEMA, STATUS_ERROR, STATUS_SKIPPED, conform, latest_ok_rows
+from dce_batch.storage import MANIFEST_DIR, TEMP_NAME_PATTERN, InputFile, Location
 
 __all__ = [
     "OUTPUT_SETTINGS_VERSION",
@@ -193,7 +193,7 @@ def plan_run(*, listing: pa.Table, input_fs: pafs.FileSystem, output: Location, 
         done: the manifest's rows (all columns), or None when resuming is off.
         existing_outputs: URIs of the files under OUTPUT (needed only when ``done`` has ok rows).
         max_pixels: inputs listed as larger than any file of one such image can be
-            (:func:`~dce_batch.imageio.max_file_bytes`) are refused without being read.
+            (:func:`~dce_batch.imaging.max_file_bytes`) are refused without being read.
     Raises:
         ConfigError: an output would overwrite an input, or finished outputs were made with other
             settings (the message names the differences and the choices).

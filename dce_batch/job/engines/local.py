@@ -3,10 +3,10 @@
 Starting Ray costs a laptop seconds of its few cores (its own processes, then actors that import
 torch): on 2 CPUs, about 12 core-seconds for DICM's 64 photos, a third of the work itself
 (benchmarks/bench_pipeline.py). For a collection that small, the job runs the very same
-:class:`~dce_batch.process.ImageProcessor` in local worker processes instead, forked from a
+:class:`~dce_batch.job.steps.ImageProcessor` in local worker processes instead, forked from a
 server that imported torch while the driver planned, so a worker is ready in milliseconds. Rows,
 the crash journal, resume, exit codes and outputs are the same as with Ray; larger collections,
-GPUs and existing clusters use Ray (see :func:`dce_batch.pipeline.choose_engine`).
+GPUs and existing clusters use Ray (see :func:`dce_batch.job.pipeline.choose_engine`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from .manifest import rows_to_table, write_pending_part
+from dce_batch.job.manifest import rows_to_table, write_pending_part
 
 __all__ = ["LocalPool"]
 
 # Imported once by the fork server, before any worker is forked from it.
-_PRELOAD = ["dce_batch._forkserver_guard", "torch", "dce_batch.inference", "dce_batch.process", "dce_batch.weights"]
+_PRELOAD = ["dce_batch.job.engines.forkserver_guard", "torch", "dce_batch.enhance.enhancer", "dce_batch.job.steps", "dce_batch.enhance.weights"]
 
 _processor = None  # the worker process's ImageProcessor
 _journal: tuple[Any, str, str, str] | None = None
@@ -42,10 +42,10 @@ def _init_worker(config, weights_blob: bytes, weights_name: str, output, pixel_l
     global _processor, _journal
     import torch
 
-    from .inference import Enhancer
-    from .process import ImageProcessor
-    from .storage import MANIFEST_DIR
-    from .weights import load_weights
+    from dce_batch.enhance.enhancer import Enhancer
+    from dce_batch.job.steps import ImageProcessor
+    from dce_batch.storage import MANIFEST_DIR
+    from dce_batch.enhance.weights import load_weights
 
     _die_with_parent()
     torch.set_num_threads(1)  # one worker per CPU
@@ -61,7 +61,7 @@ def _init_worker(config, weights_blob: bytes, weights_name: str, output, pixel_l
 def _die_with_parent() -> None:
     """Linux: end this worker when the fork server (which ends with the driver) ends.
 
-    (See :mod:`dce_batch._forkserver_guard` for the fork server's side.)
+    (See :mod:`dce_batch.job.engines.forkserver_guard` for the fork server's side.)
 
     A driver killed with SIGKILL must not leave workers enhancing on: a run started after it
     could plan the same images while they finish.

@@ -46,7 +46,7 @@ import torch.ao.nn.quantized as nnq
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import ConfigError
+from dce_batch.errors import ConfigError
 
 __all__ = ["INT8_ENGINE", "QuantizedCurveHead", "calibration_crops", "int8_available", "int8_refusal",
            "quantize_curve_head"]
@@ -85,7 +85,7 @@ def calibration_crops(scale: float = 1.0) -> torch.Tensor:
     """
     from PIL import Image
 
-    from .model import downscaled_size
+    from dce_batch.enhance.network import downscaled_size
 
     crops = []
     for entry in sorted(resources.files("dce_batch").joinpath("samples").iterdir(), key=lambda e: e.name):
@@ -134,13 +134,13 @@ def _quantized_conv(conv: nn.Conv2d, qweight: torch.Tensor, bias: torch.Tensor, 
 
 
 # The input of each convolution: the image, one earlier output, or the concatenation of two
-# (the symmetric skips of dce_batch.model._curve_head).
+# (the symmetric skips of dce_batch.enhance.network._curve_head).
 _SOURCES = {"e_conv1": (), "e_conv2": ("e_conv1",), "e_conv3": ("e_conv2",), "e_conv4": ("e_conv3",),
             "e_conv5": ("e_conv3", "e_conv4"), "e_conv6": ("e_conv2", "e_conv5"), "e_conv7": ("e_conv1", "e_conv6")}
 
 
 class QuantizedCurveHead(nn.Module):
-    """DCE-Net's head (:func:`dce_batch.model._curve_head`) with int8 convolutions.
+    """DCE-Net's head (:func:`dce_batch.enhance.network._curve_head`) with int8 convolutions.
 
     ReLU is fused into e_conv1..6; each skip concatenation is requantized to the larger range of
     its two inputs; e_conv7's output is dequantized and ``tanh`` runs in float32. Build it with
@@ -212,7 +212,7 @@ def _pre_activations(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tenso
 def quantize_curve_head(model: nn.Module) -> nn.Module:
     """An int8 copy of DCE-Net's ``head`` (float32 N x 3 x H x W in, curve maps float32 out).
 
-    ``model`` (a float32 :class:`~dce_batch.model.DCENet`) is not modified. Raises ConfigError
+    ``model`` (a float32 :class:`~dce_batch.enhance.network.DCENet`) is not modified. Raises ConfigError
     where int8 cannot run.
     """
     refusal = int8_refusal(getattr(model, "variant", ""))

@@ -52,9 +52,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from .errors import DceBatchError, ReportError, StorageError, describe_error
-from .manifest import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, read_manifest
-from .storage import MANIFEST_DIR, Location, S3Options, filesystem_for, read_bytes, write_bytes_atomic
+from dce_batch.errors import DceBatchError, ReportError, StorageError, describe_error
+from dce_batch.job.manifest import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, read_manifest
+from dce_batch.storage import MANIFEST_DIR, Location, S3Options, filesystem_for, read_bytes, write_bytes_atomic
 
 __all__ = ["DEFAULT_MAX_PAIRS", "REPORT_DIR", "ReportData", "build_report", "collect_report_data", "render_html"]
 
@@ -328,7 +328,7 @@ def thumbnail(data: bytes, side: int = THUMBNAIL_SIDE) -> Thumbnail:
         if image.mode in ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "YCbCr"):
             image = ImageOps.exif_transpose(image).convert("RGB")
         else:
-            from .imageio import decode_image, to_uint8
+            from dce_batch.imaging import decode_image, to_uint8
 
             image = Image.fromarray(to_uint8(decode_image(data, max_pixels=THUMBNAIL_MAX_PIXELS).pixels))
         image.thumbnail((side, side), Image.Resampling.LANCZOS)
@@ -458,7 +458,7 @@ def training_history(summary: Mapping[str, Any], s3: S3Options | None) -> tuple[
     ``metrics_uri`` in their recipe (or metrics) metadata; ``dce-batch train --export`` records
     it. Anything missing just means no curves.
     """
-    from .models import weights_for_sha256
+    from dce_batch.models import weights_for_sha256
 
     model = summary.get("model") or {}
     shipped = weights_for_sha256(str(model.get("sha256") or ""))

@@ -3,13 +3,13 @@
 Three steps with no Ray in them, so they are tested with plain pytest:
 
 * :class:`ImageReader` reads and decodes (threads for the reads: object stores are latency-bound);
-* an :class:`~dce_batch.inference.Enhancer` enhances the decoded pixels, several images at once;
+* an :class:`~dce_batch.enhance.enhancer.Enhancer` enhances the decoded pixels, several images at once;
 * :class:`ImageWriter` encodes, writes atomically (in threads, overlapping the next image) and
   finishes the manifest rows.
 
 :class:`ImageProcessor` chains the three for one CPU actor of the enhancement job (the fused
 pipeline); on GPU nodes the job runs the reader and writer as CPU tasks around GPU actors that
-only enhance (see :mod:`dce_batch.pipeline`), passing :class:`ImageState` objects between them.
+only enhance (see :mod:`dce_batch.job.pipeline`), passing :class:`ImageState` objects between them.
 
 A bad input never raises: it becomes an ``error`` row saying why, so one corrupt file never fails
 its batch. A failure to write OUTPUT (full, read-only, unreachable) raises
@@ -28,10 +28,10 @@ from typing import Sequence
 
 import pyarrow.fs as pafs
 
-from .errors import DceBatchError, ImageTooLargeError, OutputWriteError, StorageError, describe_error
-from .imageio import DEFAULT_MAX_PIXELS, DecodedImage, EncodeOptions, decode_image, encode_image, mean_luminance
-from .manifest import STATUS_ERROR, STATUS_OK, ManifestRow
-from .storage import read_bytes, write_bytes_atomic
+from dce_batch.errors import DceBatchError, ImageTooLargeError, OutputWriteError, StorageError, describe_error
+from dce_batch.imaging import DEFAULT_MAX_PIXELS, DecodedImage, EncodeOptions, decode_image, encode_image, mean_luminance
+from dce_batch.job.manifest import STATUS_ERROR, STATUS_OK, ManifestRow
+from dce_batch.storage import read_bytes, write_bytes_atomic
 
 __all__ = ["ImageProcessor", "ImageReader", "ImageState", "ImageWriter", "WorkItem", "wait_for_writes"]
 

@@ -30,9 +30,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from .errors import WeightsError
-from .model import DCENet, DCENetFast, ModelVariant, build_model
-from .weights_header import DEFAULT_WEIGHTS, PACKAGED_WEIGHTS, default_weights_for, read_weights_bytes
+from dce_batch.errors import WeightsError
+from dce_batch.enhance.network import DCENet, DCENetFast, ModelVariant, build_model
+from dce_batch.enhance.registry import DEFAULT_WEIGHTS, PACKAGED_WEIGHTS, default_weights_for, read_weights_bytes
 
 __all__ = [
     "DEFAULT_WEIGHTS",

@@ -27,7 +27,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from .errors import ConfigError
+from dce_batch.errors import ConfigError
 
 __all__ = [
     "LEVELS",

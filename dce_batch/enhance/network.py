@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
-from .filters import guided_coefficients, luma
+from dce_batch.errors import ConfigError
+from dce_batch.enhance.filters import guided_coefficients, luma
 
 __all__ = [
     "CURVE_ITERATIONS",

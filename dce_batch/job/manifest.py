@@ -14,7 +14,7 @@ Every file is written with the one explicit :data:`MANIFEST_SCHEMA`, so pandas, 
 read the folder as one table; files written before a column existed read it as null.
 
 Resume is settings-aware: each row carries the canonical JSON of the settings that determined its
-output (``settings``) and its sha256 (``settings_sha256``); see :func:`dce_batch.plan.output_settings`.
+output (``settings``) and its sha256 (``settings_sha256``); see :func:`dce_batch.job.plan.output_settings`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import OutputWriteError, StorageError
-from .storage import MANIFEST_DIR, read_bytes, write_bytes_atomic
+from dce_batch.errors import OutputWriteError, StorageError
+from dce_batch.storage import MANIFEST_DIR, read_bytes, write_bytes_atomic
 
 __all__ = [
     "MANIFEST_DIR",

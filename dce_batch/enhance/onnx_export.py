@@ -17,7 +17,7 @@ job's exact tiling is a memory measure, and gives the same pixels.
 
 DCE-Net's graph is the network at full resolution (scale 1, the authors' network). The job's
 default for DCE-Net, curves from a 4x downscaled copy with guided upsampling
-(:class:`dce_batch.model.DCENet`), is not in the graph: its outputs differ from the job's default
+(:class:`dce_batch.enhance.network.DCENet`), is not in the graph: its outputs differ from the job's default
 ones (``dce-batch enhance --scale 1`` gives the graph's).
 
 The weights' metadata is copied into the model's ``metadata_props``: ``dce_batch.name``,
@@ -33,7 +33,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import ConfigError, WeightsError
+from dce_batch.errors import ConfigError, WeightsError
 
 __all__ = ["OnnxExport", "export_onnx"]
 
@@ -56,11 +56,11 @@ class OnnxExport:
 
 
 def _export_module(loaded, scale: float):
-    """A module computing exactly what :class:`dce_batch.inference.Enhancer` computes, in one pass."""
+    """A module computing exactly what :class:`dce_batch.enhance.enhancer.Enhancer` computes, in one pass."""
     import torch
     import torch.nn.functional as F
 
-    from .model import apply_curves
+    from dce_batch.enhance.network import apply_curves
 
     class Exported(torch.nn.Module):
         def __init__(self) -> None:
@@ -98,9 +98,9 @@ def export_onnx(weights: str | Path | None, target: str | Path, *, variant: str 
         import torch
     except ImportError as exc:
         raise ConfigError(f"ONNX export needs onnxscript and onnx: pip install 'dce-batch[onnx]' ({exc})") from exc
-    from . import __version__
-    from ._onnx_round import symbolic_round
-    from .weights import load_weights
+    from dce_batch import __version__
+    from dce_batch.enhance.onnx_round import symbolic_round
+    from dce_batch.enhance.weights import load_weights
 
     if scale < 1:
         raise ConfigError(f"--scale must be >= 1 (a downscale factor), got {scale}")

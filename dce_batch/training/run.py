@@ -37,14 +37,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .errors import ConfigError, MissingDependencyError, StorageError, describe_error
-from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
-from .inference import prepare_cpu_process
-from .losses import LossWeights, ZeroDCELoss
-from .model import ModelVariant, build_model, count_parameters, init_weights
-from .storage import Location, S3Options, filesystem_for, list_inputs, read_bytes, write_bytes_atomic
-from .train_data import AugmentConfig, augment_batch, decode_for_training
-from .weights import WeightsMeta, save_weights
+from dce_batch.errors import ConfigError, MissingDependencyError, StorageError, describe_error
+from dce_batch.imaging import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from dce_batch.enhance.enhancer import prepare_cpu_process
+from dce_batch.training.losses import LossWeights, ZeroDCELoss
+from dce_batch.enhance.network import ModelVariant, build_model, count_parameters, init_weights
+from dce_batch.storage import Location, S3Options, filesystem_for, list_inputs, read_bytes, write_bytes_atomic
+from dce_batch.training.data import AugmentConfig, augment_batch, decode_for_training
+from dce_batch.enhance.weights import WeightsMeta, save_weights
 
 __all__ = ["TrainConfig", "TrainingOutcome", "run_training"]
 
@@ -495,7 +495,7 @@ def _initial_state(config: TrainConfig) -> dict[str, torch.Tensor] | None:
     """The --init-weights state dict (read once, on the driver), checked against the variant."""
     if not config.init_weights:
         return None
-    from .weights import load_weights
+    from dce_batch.enhance.weights import load_weights
 
     spec = config.init_weights
     if "://" in spec and not spec.startswith("file://"):

@@ -22,7 +22,7 @@ variant's 3 maps, DCE-Net's guided-filter coefficients) is computed in bands of 
 in horizontal strips: the result is the same whatever the bands and strips, and no
 full-resolution map of the whole image is held.
 
-Precision: ``auto`` picks int8 for DCE-Net on x86 CPUs (:mod:`dce_batch.quantization`: the fastest
+Precision: ``auto`` picks int8 for DCE-Net on x86 CPUs (:mod:`dce_batch.enhance.quantization`: the fastest
 there with or without native bf16, within 3 8-bit steps of fp32), bf16 on CUDA GPUs that have it
 (fp16 on others), and elsewhere bf16 where the CPU computes it natively, else fp32. bf16 runs
 with bf16 weights in channels-last layout (faster than autocast on CPUs, and within one 8-bit
@@ -40,12 +40,12 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from .errors import ConfigError
-from .finishing import FinishConfig, finish_halo, finish_params, finish_tiles, params_copy
-from .model import RECEPTIVE_FIELD_RADIUS, DCENet, DCENetFast, apply_curves
-from .quantization import int8_available, int8_refusal, quantize_curve_head
-from .settings import check_inference_settings, resolve_scale
-from .weights import LoadedWeights
+from dce_batch.errors import ConfigError
+from dce_batch.enhance.finishing import FinishConfig, finish_halo, finish_params, finish_tiles, params_copy
+from dce_batch.enhance.network import RECEPTIVE_FIELD_RADIUS, DCENet, DCENetFast, apply_curves
+from dce_batch.enhance.quantization import int8_available, int8_refusal, quantize_curve_head
+from dce_batch.enhance.settings import check_inference_settings, resolve_scale
+from dce_batch.enhance.weights import LoadedWeights
 
 __all__ = [
     "EnhanceResult",
@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
-# int8 quantizes inside the network (dce_batch.quantization): it takes float32 like fp32.
+# int8 quantizes inside the network (dce_batch.enhance.quantization): it takes float32 like fp32.
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
 _INTEGER_MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
@@ -85,7 +85,7 @@ class InferenceConfig:
         precision: ``auto`` (on CPUs int8 for DCE-Net where oneDNN runs it, else native bf16
             where the hardware has it, else fp32; on CUDA bf16, or fp16 where bf16 is missing),
             ``fp32``, ``bf16`` (CUDA, or CPUs with native bf16), ``fp16`` (CUDA only), ``int8``
-            (x86 CPUs, DCE-Net only: :mod:`dce_batch.quantization`).
+            (x86 CPUs, DCE-Net only: :mod:`dce_batch.enhance.quantization`).
         device: ``auto`` (CUDA if present), ``cpu``, ``cuda`` or ``cuda:N``.
         scale: the curves are estimated on a copy downscaled by this factor (1: at full
             resolution); ``None`` takes the variant's default (:data:`DEFAULT_SCALES`: 4 for
@@ -95,7 +95,7 @@ class InferenceConfig:
             tiled. ``None`` picks per device.
         batch_pixels: at most this many pixels go through the network in one call (windows of
             several images are stacked up to it). ``None`` picks per device.
-        finish: denoising and exposure after the curves (:mod:`dce_batch.finishing`), or None
+        finish: denoising and exposure after the curves (:mod:`dce_batch.enhance.finishing`), or None
             for the network alone. The job turns it on by default.
 
     CPU defaults: 256-pixel tiles above two tiles' worth of pixels (small windows stay in cache

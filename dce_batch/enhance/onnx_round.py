@@ -1,4 +1,4 @@
-"""ONNX for Python's ``round`` on a symbolic size (used by :mod:`dce_batch.onnx_export`).
+"""ONNX for Python's ``round`` on a symbolic size (used by :mod:`dce_batch.enhance.onnx_export`).
 
 A module of its own, without ``from __future__ import annotations``: onnxscript reads the type
 annotations as objects. Imported only when exporting (it needs onnxscript).

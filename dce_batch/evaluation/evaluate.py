@@ -13,8 +13,8 @@
   estimate (``skimage.restoration.estimate_sigma``, wavelet-based, averaged over channels).
 
 A configuration is the shipped weights or a checkpoint, a strength, and the finishing settings
-(:class:`dce_batch.finishing.FinishConfig`), or an already-enhanced folder. Enhancement runs
-in-process (no Ray) through the job's own decoder, :class:`dce_batch.inference.Enhancer` and
+(:class:`dce_batch.enhance.finishing.FinishConfig`), or an already-enhanced folder. Enhancement runs
+in-process (no Ray) through the job's own decoder, :class:`dce_batch.enhance.enhancer.Enhancer` and
 finishing stage. Results go to ``results.json`` (everything), ``per_image.csv`` and
 ``summary.md`` (one table per set, one row per configuration).
 """
@@ -32,9 +32,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
-from .finishing import DEFAULT_EXPOSURE_TARGET, FinishConfig
-from .settings import PRECISIONS
+from dce_batch.errors import ConfigError
+from dce_batch.enhance.finishing import DEFAULT_EXPOSURE_TARGET, FinishConfig
+from dce_batch.enhance.settings import PRECISIONS
 
 __all__ = [
     "PSNR_CAP",
@@ -300,7 +300,7 @@ class ImageResult:
 
 
 def _read(path: Path, max_side: int | None) -> np.ndarray:
-    from .imageio import decode_image
+    from dce_batch.imaging import decode_image
 
     pixels = decode_image(path.read_bytes()).to_float()
     if max_side and max(pixels.shape[:2]) > max_side:
@@ -327,8 +327,8 @@ class _Runner:
         if not config.identity and config.folder is None:
             self.key = (config.weights, config.strength, config.scale, config.precision)
             if self.key not in enhancers:
-                from .inference import Enhancer, InferenceConfig
-                from .weights import load_weights
+                from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
+                from dce_batch.enhance.weights import load_weights
 
                 weights = load_weights(config.weights)
                 enhancers[self.key] = Enhancer(weights, InferenceConfig(strength=config.strength, device=device,
@@ -361,7 +361,7 @@ def apply_finishing(finish: FinishConfig | None, low: np.ndarray, enhanced: np.n
         return enhanced
     import torch
 
-    from .finishing import finish_image
+    from dce_batch.enhance.finishing import finish_image
 
     with torch.inference_mode():
         low_t = torch.from_numpy(np.ascontiguousarray(low)).permute(2, 0, 1).unsqueeze(0).to(device)

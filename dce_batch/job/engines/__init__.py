@@ -1,0 +1,1 @@
+"""dce_batch.job.engines."""
