@@ -287,7 +287,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 def train_config_from_args(args: argparse.Namespace):
     from dce_batch.training.losses import LossWeights
-    from dce_batch.training.run.run import TrainConfig
+    from dce_batch.training.run import TrainConfig
 
     loss = LossWeights.for_variant(
         args.model_variant, smoothness=args.tv_weight, spatial=args.spatial_weight, color=args.color_weight,
@@ -337,7 +337,7 @@ def parse_train_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    from dce_batch.training.run.run import run_training
+    from dce_batch.training.run import run_training
 
     try:
         args = parse_train_args(argv)

@@ -188,11 +188,16 @@ def test_shipped_weights_hold_no_subnormal_value(name):
 
 
 def _with_subnormals(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Every exact zero of ``state`` replaced by a subnormal of either sign, the rest unchanged."""
+    """Every exact zero of ``state`` replaced by a subnormal of either sign, the rest unchanged.
+
+    Made from bit patterns: arithmetic or a float conversion would give zero in a process whose
+    denormal arithmetic is flushed (any test that built an Enhancer before this one)."""
+    positive = torch.tensor(0x000AE398, dtype=torch.int32).view(torch.float32)  # 1.0e-39
+    negative = torch.tensor(-0x7FF51C68, dtype=torch.int32).view(torch.float32)  # -1.0e-39
     dirty = {}
     for key, tensor in state.items():
-        signs = torch.where(torch.arange(tensor.numel()).reshape(tensor.shape) % 2 == 0, 1.0, -1.0)
-        dirty[key] = torch.where(tensor == 0, signs * SUBNORMAL, tensor)
+        even = torch.arange(tensor.numel()).reshape(tensor.shape) % 2 == 0
+        dirty[key] = torch.where(tensor == 0, torch.where(even, positive, negative), tensor)
     return dirty
 
 
@@ -273,8 +278,9 @@ def test_the_enhancer_flushes_denormal_arithmetic():
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU has no flush-to-zero mode torch can set")
     try:
-        assert (torch.tensor([SUBNORMAL]) * 1.0).item() != 0.0  # off: the value survives
+        tiny = torch.tensor(0x000AE398, dtype=torch.int32).view(torch.float32).reshape(1)  # 1.0e-39, from its bits
+        assert (tiny * 1.0).item() != 0.0  # off: the value survives arithmetic
         Enhancer(load_weights("zerodce_sice_v1"), InferenceConfig(device="cpu", precision="fp32"))
-        assert (torch.tensor([SUBNORMAL]) * 1.0).item() == 0.0
+        assert (tiny * 1.0).item() == 0.0
     finally:
         torch.set_flush_denormal(True)  # as any Enhancer leaves this process

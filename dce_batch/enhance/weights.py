@@ -53,27 +53,44 @@ METADATA_KEY = "dce_batch"
 FORMAT_VERSION = 1
 
 
+# Bit layouts of the float types weights come in: (signed integer type of the same width, the
+# exponent field's mask). A value is subnormal when its exponent bits are all zero and its other
+# bits are not; decided on the bits, because in a process that flushes denormal arithmetic (every
+# worker of the job) comparing a subnormal with zero says they are equal.
+_BIT_LAYOUTS = {
+    torch.float32: (torch.int32, 0x7F800000),
+    torch.float64: (torch.int64, 0x7FF0000000000000),
+    torch.float16: (torch.int16, 0x7C00),
+    torch.bfloat16: (torch.int16, 0x7F80),
+}
+
+
+def subnormal_mask(tensor: torch.Tensor) -> torch.Tensor:
+    """Where ``tensor`` holds a subnormal value (non-zero, below its dtype's smallest normal)."""
+    if tensor.dtype not in _BIT_LAYOUTS:
+        return torch.zeros(tensor.shape, dtype=torch.bool)
+    int_type, exponent = _BIT_LAYOUTS[tensor.dtype]
+    bits = tensor.contiguous().view(int_type)
+    magnitude = bits & ~(torch.tensor(1, dtype=int_type) << (torch.iinfo(int_type).bits - 1))
+    return ((bits & exponent) == 0) & (magnitude != 0)
+
+
 def flush_subnormals(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` with every subnormal float (0 < |x| < 1.18e-38 in fp32) set to zero.
 
     Training with weight decay leaves many weights decaying towards zero; once they are subnormal,
-    every multiply by one takes a microcode path on Intel CPUs that costs 10-20x (one 512x512 image
-    through DCE-Net in fp32: 15 s instead of 0.7 s), in torch and in onnxruntime alike. Such a
-    value is below anything the network's output can resolve, so zero gives the same outputs.
+    every multiply by one takes a microcode path on Intel CPUs that costs 10-20x, in torch and in
+    onnxruntime alike (benchmarks/bench_subnormals.py). Such a value is far below anything the
+    network's output can resolve, so zero gives the same outputs.
     """
-    flushed = {}
-    for key, tensor in state.items():
-        if tensor.is_floating_point():
-            tiny = torch.finfo(tensor.dtype).tiny
-            tensor = torch.where(tensor.abs() < tiny, torch.zeros((), dtype=tensor.dtype), tensor)
-        flushed[key] = tensor
-    return flushed
+    return {key: tensor.masked_fill(subnormal_mask(tensor), 0) if tensor.is_floating_point() else tensor
+            for key, tensor in state.items()}
 
 
 def count_subnormals(state: Mapping[str, torch.Tensor]) -> int:
-    """How many values of ``state`` are subnormal (non-zero and below the dtype's smallest normal)."""
-    return sum(int(((t != 0) & (t.abs() < torch.finfo(t.dtype).tiny)).sum()) for t in state.values()
-               if t.is_floating_point())
+    """How many values of ``state`` are subnormal."""
+    return sum(int(subnormal_mask(t).sum()) for t in state.values() if t.is_floating_point())
+
 
 @dataclass(frozen=True)
 class WeightsMeta:
