@@ -18,6 +18,7 @@ from dce_batch.storage.io import (
     list_files,
     read_bytes,
     remove_files,
+    temp_tag,
     write_bytes_atomic,
     writes_via_temp_files,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "list_inputs_table",
     "read_bytes",
     "remove_files",
+    "temp_tag",
     "write_bytes_atomic",
     "writes_via_temp_files",
 ]
