@@ -24,13 +24,11 @@ from PIL import Image
 from dce_batch.errors import ReportError
 from dce_batch.job.manifest import MANIFEST_SCHEMA, ManifestRow, RunSummary, rows_to_table, write_manifest_part
 from dce_batch.job.pipeline import EnhanceConfig, run_enhance, sample_images_dir
-from dce_batch.report.build import (
-    build_report,
-    collect_report_data,
-    histogram_svg,
-    sample_evenly,
-    training_history,
-)
+from dce_batch.report import build_report
+from dce_batch.report.charts import histogram_chart
+from dce_batch.report.data import Counts, cluster_info, collect_report_data, sample_evenly, training_history
+from dce_batch.report.render import environment
+from dce_batch.report.thumbnails import thumbnail
 from dce_batch.storage import Location
 
 SAMPLES = sorted(p.name for p in Path(sample_images_dir()).iterdir() if p.suffix in (".jpg", ".png"))
@@ -46,11 +44,20 @@ class Page(HTMLParser):
         self.links: list[dict[str, str]] = []
         self.tags: list[str] = []
         self.figures = 0
+        self.attributes: set[str] = set()  # every attribute name on any tag
+        self.titles: list[str] = []
+        self.texts: list[str] = []
         self.feed(text)
+
+    def handle_data(self, data):
+        self.texts.append(data)
 
     def handle_starttag(self, tag, attrs):
         attributes = {k: v or "" for k, v in attrs}
         self.tags.append(tag)
+        self.attributes.update(attributes)
+        if "title" in attributes:
+            self.titles.append(attributes["title"])
         if tag == "img":
             self.images.append(attributes)
         elif tag == "a":
@@ -87,14 +94,16 @@ def _row(run_id: str, name: str, status: str, root: Path, *, minutes: int, error
     return row
 
 
-def _write_run(root: Path, run_id: str, rows: list[ManifestRow], *, finished=True, minutes=0) -> None:
+def _write_run(root: Path, run_id: str, rows: list[ManifestRow], *, finished=True, minutes=0,
+               settings=None, cluster=None, elapsed_s=12.5, images_per_s=2.0) -> None:
     location = Location.parse(str(root / "out"))
     write_manifest_part(location.filesystem, location.child("_manifest"), run_id, 0, rows_to_table(rows))
     if finished:
         summary = RunSummary(run_id=run_id, input=str(root / "in"), output=location.uri,
-                             started_at=(T0 + timedelta(minutes=minutes)).isoformat(), elapsed_s=12.5,
-                             images_per_s=2.0, model={"name": "zerodce_sice_v1", "sha256": "not-shipped"},
-                             settings={"strength": 1.0}, versions={"dce_batch": "test"})
+                             started_at=(T0 + timedelta(minutes=minutes)).isoformat(), elapsed_s=elapsed_s,
+                             images_per_s=images_per_s, model={"name": "zerodce_sice_v1", "sha256": "not-shipped"},
+                             settings=settings or {"strength": 1.0}, versions={"dce_batch": "test"},
+                             cluster=cluster or {})
         summary.add(rows_to_table(rows))
         summary.write(location.filesystem, location.child("_manifest"))
 
@@ -115,15 +124,15 @@ def test_latest_finished_run_with_skipped_rows_resolved_to_the_run_that_made_the
     _write_run(tmp_path, "run-c", [_row("run-c", "e.png", "ok", tmp_path, minutes=21, seed=5)], finished=False)
 
     out = Location.parse(str(tmp_path / "out"))
-    data = collect_report_data(out.filesystem, out.path, out.uri)
+    data = collect_report_data(out)
     assert data.run_id == "run-b" and data.finished and data.runs == ["run-a", "run-b", "run-c"]
-    assert data.counts == {"ok": 1, "skipped": 2, "error": 1, "total": 4}
+    assert data.counts == Counts(total=4, ok=1, skipped=2, error=1) and data.headline.run_id == "run-b"
     assert [(Path(p.input_uri).name, p.made_by) for p in data.pairs] == [("a.png", "run-a"), ("d.png", "run-b"),
                                                                          ("b.png", "run-a")]
     assert sorted(np.round(data.luma_in, 3)) == [0.05, 0.15, 0.25]
     assert sorted(np.round(data.luma_out, 3)) == [0.35, 0.45, 0.55]
-    assert [Path(r["input_uri"]).name for r in data.slowest] == ["a.png", "d.png", "b.png", "c.png"]
-    assert [r["error"] for r in data.failed] == [hostile] and data.errors_by_type == {"CorruptImageError": 1}
+    assert [Path(r.input_uri).name for r in data.slowest] == ["a.png", "d.png", "b.png", "c.png"]
+    assert [r.error for r in data.failed] == [hostile] and data.errors_by_type == {"CorruptImageError": 1}
     assert any("run-c" in n for n in data.notices) and any("run-a" in n for n in data.notices)
 
     uri = build_report(str(tmp_path / "out"))
@@ -142,7 +151,7 @@ def test_latest_finished_run_with_skipped_rows_resolved_to_the_run_that_made_the
     for href in targets:
         path = Path(unquote(urlsplit(href).path)) if href.startswith("file://") else (report_dir / unquote(href))
         assert path.resolve().is_file(), href
-    assert "made by run run-a" in text and "12.5 s" in text
+    assert "made by run <span class=\"id\">run-a</span>" in text and "12.5 s" in text
     assert "loss curves" in text and "Not available" in text  # not shipped weights, no pointer
 
 
@@ -204,8 +213,14 @@ def test_sample_evenly_and_histogram():
     assert sample_evenly(5, 24) == [0, 1, 2, 3, 4]
     assert sample_evenly(100, 4) == [12, 37, 62, 87]
     assert sample_evenly(0, 4) == [] and sample_evenly(3, 0) == []
-    svg = histogram_svg(np.array([0.05, 0.06, 0.5]), np.array([0.4, 0.41, 0.9]), bins=10)
-    assert svg.startswith("<svg") and svg.count("<rect") == 4 + 2  # 4 non-empty bars + 2 legend swatches
+    chart = histogram_chart(np.array([0.05, 0.06, 0.5]), np.array([0.4, 0.41, 0.9]), bins=10)
+    # Bins of 0.1: before has 2 in [0.0, 0.1) and 1 in [0.5, 0.6); after 2 in [0.4, 0.5) and 1 in [0.9, 1.0].
+    assert [bar.tooltip for bar in chart.bars] == ["0.00-0.10: 2", "0.50-0.60: 1", "0.40-0.50: 2", "0.90-1.00: 1"]
+    tallest = [bar.height for bar in chart.bars if bar.tooltip.endswith(": 2")]
+    assert tallest == [max(bar.height for bar in chart.bars)] * 2  # heights scale with the counts
+    assert [entry.label for entry in chart.legend] == ["before", "after"]
+    svg = environment().get_template("charts.svg.j2").module.svg(chart)
+    assert svg.count("<rect") == 4 + 2 and svg.lstrip().startswith("<svg")  # 4 bars + 2 legend swatches
 
 
 def test_loss_curves_of_own_weights_through_metrics_uri(tmp_path):
@@ -219,9 +234,10 @@ def test_loss_curves_of_own_weights_through_metrics_uri(tmp_path):
     weights = tmp_path / "mine.safetensors"
     _, meta = save_weights(DCENet(), weights, name="mine", variant="full", recipe={"metrics_uri": str(metrics)})
     found_meta, runs = training_history({"model": {"sha256": meta.sha256}, "settings": {"weights": str(weights)}}, None)
-    assert found_meta["name"] == "mine" and runs[0]["run"] == "mine" and len(runs[0]["history"]) == 2
+    assert found_meta["name"] == "mine" and runs[0].run == "mine" and runs[0].epochs == 2
+    assert runs[0].train == ((1.0, 1.0), (2.0, 0.8)) and runs[0].validation == ((1.0, 1.1), (2.0, 0.9))
     shipped_meta, shipped_runs = training_history({"model": {"sha256": _shipped_sha("zerodcepp_sice_v2")}}, None)
-    assert shipped_meta["name"] == "zerodcepp_sice_v2" and [r["run"] for r in shipped_runs] == [
+    assert shipped_meta["name"] == "zerodcepp_sice_v2" and [r.run for r in shipped_runs] == [
         "zerodcepp_sice_v1", "zerodcepp_sice_v2_stage2", "zerodcepp_sice_v2"]
 
 
@@ -308,20 +324,44 @@ def samples_run(ray_local, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.ray
-@pytest.mark.slow
-def test_report_of_a_real_run_in_headless_chromium(samples_run, tmp_path, capsys):
+# Words of the pair captions that the layout splits over two lines (each word a text range whose boxes
+# sit on more than one line).
+SPLIT_WORDS_JS = """() => {
+  const split = [];
+  for (const caption of document.querySelectorAll('figure.pair figcaption')) {
+    const walker = document.createTreeWalker(caption, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const word of node.data.matchAll(/\\S+/g)) {
+        const range = document.createRange();
+        range.setStart(node, word.index);
+        range.setEnd(node, word.index + word[0].length);
+        const lines = new Set(Array.from(range.getClientRects()).filter(r => r.width > 0).map(r => Math.round(r.top)));
+        if (lines.size > 1) split.push(word[0]);
+      }
+    }
+  }
+  return split;
+}"""
+NAMES_JS = """() => Array.from(document.querySelectorAll('figcaption .name')).map(n => ({
+  text: n.textContent, title: n.title, clipped: n.scrollWidth > n.clientWidth,
+  ellipsis: getComputedStyle(n).textOverflow, lines: n.getClientRects().length}))"""
+
+
+def _chromium_or_skip() -> str:
     browser = find_chromium()
     if browser is None:
         pytest.skip("no Chromium found (looked for chromium, chromium-browser, google-chrome on PATH): "
                     "install Debian's package with `apt-get install -y chromium` (.ci/run does)")
+    return browser
+
+
+def _open_in_chromium(browser: str, index: Path, screenshot: Path) -> dict:
+    """Load a report in headless Chromium; what it shows and every problem it reports."""
     from playwright.sync_api import sync_playwright
 
-    index = Path(build_report(str(samples_run)))
-    screenshot = tmp_path / "report.png"
     problems: list[str] = []
     # A new, empty profile; Playwright drives the system's Chromium and never downloads its own.
-    with sync_playwright() as playwright, tempfile.TemporaryDirectory(dir=tmp_path) as profile:
+    with sync_playwright() as playwright, tempfile.TemporaryDirectory(dir=screenshot.parent) as profile:
         context = playwright.chromium.launch_persistent_context(
             profile, executable_path=browser, headless=True, args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900})
         try:
@@ -331,32 +371,46 @@ def test_report_of_a_real_run_in_headless_chromium(samples_run, tmp_path, capsys
             page.on("requestfailed", lambda r: problems.append(f"failed request: {r.url} {r.failure}"))
             page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
             page.goto(index.as_uri(), wait_until="load")
-            images = page.evaluate("Array.from(document.images).map(i => ({complete: i.complete, "
-                                   "width: i.naturalWidth, alt: i.alt}))")
-            pairs = page.locator("figure.pair").count()
-            summary = page.inner_text("#summary")
-            pair_text = page.inner_text("#pairs")
-            hrefs = page.evaluate("Array.from(document.querySelectorAll('#pairs a')).map(a => a.href)")
+            seen = {
+                "images": page.evaluate("Array.from(document.images).map(i => ({complete: i.complete, "
+                                        "width: i.naturalWidth, alt: i.alt}))"),
+                "pairs": page.locator("figure.pair").count(),
+                "summary": page.inner_text("#summary"),
+                "pair_text": page.inner_text("#pairs"),
+                "hrefs": page.evaluate("Array.from(document.querySelectorAll('#pairs a')).map(a => a.href)"),
+                "scripts": page.evaluate("document.scripts.length"),
+                "split_words": page.evaluate(SPLIT_WORDS_JS),
+                "names": page.evaluate(NAMES_JS),
+            }
             page.screenshot(path=str(screenshot), full_page=True)
         finally:
             context.close()
+    return {**seen, "problems": problems}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_report_of_a_real_run_in_headless_chromium(samples_run, tmp_path, capsys):
+    browser = _chromium_or_skip()
+    screenshot = tmp_path / "report.png"
+    seen = _open_in_chromium(browser, Path(build_report(str(samples_run))), screenshot)
     with capsys.disabled():
         print(f"\nreport screenshot: {screenshot}")
-    assert problems == []
-    assert pairs == len(SAMPLES) and len(images) == 2 * len(SAMPLES)
-    assert all(i["complete"] and i["width"] > 0 for i in images), images
+    assert seen["problems"] == [] and seen["scripts"] == 0
+    assert seen["pairs"] == len(SAMPLES) and len(seen["images"]) == 2 * len(SAMPLES)
+    assert all(i["complete"] and i["width"] > 0 for i in seen["images"]), seen["images"]
     for name in SAMPLES:
-        assert name in pair_text
+        assert name in seen["pair_text"]
+    summary = seen["summary"]
     assert "5\ninputs" in summary and "5\nenhanced (ok)" in summary and "0\nfailed" in summary
-    assert "zerodce_sice_v1" in summary
-    for href in hrefs:  # every link opens an existing full-size file
+    assert "zerodce_sice_v1" in summary and "Ray, fused" in summary
+    for href in seen["hrefs"]:  # every link opens an existing full-size file
         assert href.startswith("file://") and Path(unquote(urlsplit(href).path)).is_file(), href
+    assert seen["split_words"] == []
     assert screenshot.stat().st_size > 10_000
 
 
 def test_thumbnails_are_upright_and_handle_odd_modes():
-    from dce_batch.report.build import thumbnail
-
     rotated = thumbnail((Path(sample_images_dir()) / "coffee_dim_rotated.jpg").read_bytes())
     assert (rotated.width, rotated.height) == (360, 240)  # stored 341 x 512 with EXIF orientation 6
     for mode, array in (("I;16", (np.arange(64 * 40, dtype=np.uint16).reshape(40, 64) * 20)),
