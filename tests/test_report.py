@@ -35,6 +35,51 @@ SAMPLES = sorted(p.name for p in Path(sample_images_dir()).iterdir() if p.suffix
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
 
+def cells(text: str, element_id: str) -> dict[str, str]:
+    """The first table under the element with ``element_id``: first cell -> second cell (their text)."""
+    start = text.rindex("<", 0, text.index(f'id="{element_id}"'))
+    table = text[start:text.index("</table>", start)]
+    rows: list[list[str]] = []
+
+    class Cells(HTMLParser):
+        in_cell = False
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                rows.append([])
+            elif tag == "td":
+                rows[-1].append("")
+                self.in_cell = True
+
+        def handle_endtag(self, tag):
+            self.in_cell = self.in_cell and tag != "td"
+
+        def handle_data(self, data):
+            if self.in_cell:
+                rows[-1][-1] += data
+
+    Cells().feed(table)
+    return {row[0]: row[1] for row in rows if len(row) >= 2}
+
+
+def headline(text: str) -> dict[str, str]:
+    """The headline cards of a page: label -> value."""
+    start = text.rindex("<div", 0, text.index('id="headline"'))
+    block = text[start:text.index("</div>\n</div>", start)]
+    cards: dict[str, str] = {}
+    parts: list[str] = []
+
+    class Cards(HTMLParser):
+        def handle_data(self, data):
+            if data.strip():
+                parts.append(data.strip())
+
+    Cards().feed(block)
+    for value, label in zip(parts[0::2], parts[1::2]):
+        cards[label] = value
+    return cards
+
+
 class Page(HTMLParser):
     """The tags of a page that matter here: images, links, pair figures, scripts."""
 
@@ -169,6 +214,145 @@ def test_unfinished_run_is_reported_with_a_warning(tmp_path):
     _write_run(tmp_path, "cut", [_row("cut", "a.png", "ok", tmp_path, minutes=1)], finished=False)
     text = Path(build_report(str(tmp_path / "out"))).read_text()
     assert "did not finish" in text and Page(text).figures == 1
+
+
+# The cluster record a Ray run writes into its summary (dce_batch.job.pipeline: engine, resources, ActorPool).
+RAY_CLUSTER = {
+    "engine": "ray", "resources": {"CPU": 16.0, "GPU": 0.0, "memory": 63_000_000_000.0},
+    "actors": {"min_size": 4, "max_size": 4, "cpus_per_actor": 1.0, "gpus_per_actor": 0.0,
+               "memory_per_actor": 3_934_003_200, "image_pixel_limit": 100_000_000, "staged": False,
+               "task_memory": 0, "limited_by": "memory", "limit_reason": None},
+}
+
+
+def test_the_cluster_is_a_readable_table(tmp_path):
+    _write_run(tmp_path, "r1", [_row("r1", "a.png", "ok", tmp_path, minutes=1)], cluster=RAY_CLUSTER)
+    text = Path(build_report(str(tmp_path / "out"))).read_text()
+    assert cells(text, "cluster") == {
+        "engine": "Ray, fused", "actors": "4", "CPUs per actor": "1", "GPUs per actor": "0",
+        "memory per actor": "3.66 GiB",  # 3,934,003,200 / 2**30 = 3.664
+        "largest image": "100.0 MP", "pool limited by": "memory: as many as it holds",
+        "cluster": "16 CPUs, 58.67 GiB of memory",  # 63e9 / 2**30 = 58.674
+    }
+    assert "3934003200" not in text and "memory_per_actor" not in text and "{&#34;" not in text
+
+    local = {"engine": "local", "resources": {"CPU": 2},
+             "actors": {**RAY_CLUSTER["actors"], "min_size": 1, "max_size": 2, "limited_by": "CPU",
+                        "image_pixel_limit": 12_000_000, "memory_per_actor": 1_117_782_016,
+                        "limit_reason": "this machine had 1.0 GiB of memory to give"}}
+    info = cluster_info({"cluster": local, "settings": {"num_actors": [1, 2]}})
+    assert (info.engine, info.min_actors, info.max_actors, info.limited_by) == ("local", 1, 2, "--num-actors")
+    _write_run(tmp_path, "r2", [_row("r2", "b.png", "ok", tmp_path, minutes=11)], minutes=10, cluster=local,
+               settings={"num_actors": [1, 2]})
+    assert cells(Path(build_report(str(tmp_path / "out"))).read_text(), "cluster") == {
+        "engine": "local processes (no Ray cluster)", "worker processes": "1 to 2", "CPUs per worker": "1",
+        "memory per worker": "1.04 GiB", "largest image": "12.0 MP", "pool limited by": "--num-actors, as given",
+        "larger images": "fail: this machine had 1.0 GiB of memory to give", "machine": "2 CPUs",
+    }
+    assert cluster_info({}) is None and cluster_info({"cluster": {}}) is None  # a run that started no pool
+
+
+def test_a_later_run_that_enhanced_nothing_keeps_the_figures_of_the_run_that_did(tmp_path):
+    _write_run(tmp_path, "work", [
+        _row("work", "a.png", "ok", tmp_path, minutes=1, seed=1), _row("work", "b.png", "ok", tmp_path, minutes=1, seed=2),
+        _row("work", "c.png", "error", tmp_path, minutes=1, error="CorruptImageError: truncated"),
+    ], elapsed_s=40.0, images_per_s=0.075)
+    _write_run(tmp_path, "retry", [  # retried the failure, which failed again: enhanced nothing
+        _row("retry", "a.png", "skipped", tmp_path, minutes=11), _row("retry", "b.png", "skipped", tmp_path, minutes=11),
+        _row("retry", "c.png", "error", tmp_path, minutes=11, error="CorruptImageError: still truncated"),
+    ], minutes=10, elapsed_s=1.5, images_per_s=0.67)
+    out = Location.parse(str(tmp_path / "out"))
+    data = collect_report_data(out)
+    assert data.run_id == "retry" and data.counts == Counts(total=3, ok=0, skipped=2, error=1)
+    assert data.headline.run_id == "work" and data.headline.counts == Counts(total=3, ok=2, skipped=0, error=1)
+    assert (data.headline.elapsed_s, data.headline.images_per_s) == (40.0, 0.075)
+    assert [f.error for f in data.failed] == ["CorruptImageError: still truncated"]  # the latest attempt
+    assert any("Run retry" in n and "2 inputs were enhanced before and 1 failed" in n and "run work" in n
+               for n in data.notices), data.notices
+    text = Path(build_report(str(tmp_path / "out"))).read_text()
+    assert headline(text) == {"inputs": "3", "enhanced (ok)": "2", "skipped (done before)": "0", "failed": "1",
+                              "images/s": "0.07", "megapixels/s": "0.00", "elapsed": "40.0 s",
+                              "bytes in / out": "2,000 / 2,000"}
+    assert "made by run" not in text  # every output is the headline run's own
+
+    # A later run that enhanced something heads the page again, and the explicit earlier one still can.
+    _write_run(tmp_path, "more", [_row("more", "d.png", "ok", tmp_path, minutes=21, seed=4)], minutes=20)
+    assert collect_report_data(out).headline.run_id == "more"
+    earlier = collect_report_data(out, run_id="work")
+    assert earlier.headline.run_id == "work" and any("Later finished runs are not shown: retry, more" in n
+                                                     for n in earlier.notices)
+
+
+def test_a_rerun_with_nothing_to_do_reports_the_first_runs_figures(tmp_path):
+    """Two real `dce-batch enhance` runs on one folder: the report the second one writes, and the one
+    `dce-batch report` writes after it, head with the first run's figures."""
+    for i, name in enumerate(["one.png", "two.png"]):
+        _image(tmp_path / "in" / name, seed=i, size=(96, 64))
+    out = tmp_path / "out"
+    # A subprocess: the command ends its process when done (os._exit).
+    command = [sys.executable, "-m", "dce_batch.cli", "enhance", str(tmp_path / "in"), str(out), "--engine", "local",
+               "--quiet"]
+    for _ in range(2):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    first, second = sorted((json.loads(p.read_text()) for p in (out / "_manifest").glob("_run-*.json")),
+                           key=lambda s: s["started_at"])
+    assert (first["ok"], second["ok"], second["skipped"]) == (2, 0, 2) and first["images_per_s"] > 0
+    expected = {"inputs": "2", "enhanced (ok)": "2", "skipped (done before)": "0", "failed": "0",
+                "images/s": f"{first['images_per_s']:.2f}", "megapixels/s": f"{first['megapixels_per_s']:.2f}",
+                "elapsed": f"{first['elapsed_s']:.1f} s",
+                "bytes in / out": f"{first['bytes_in']:,} / {first['bytes_out']:,}"}
+    index = out / "_report" / "index.html"
+    for text in (index.read_text(), Path(build_report(str(out))).read_text()):  # enhance's, then report's
+        assert headline(text) == expected
+        assert f"Run {second['run_id']}" in text and "had nothing to do: all 2 of its inputs were enhanced before" in text
+        assert f"Enhancement run {first['run_id']}" in text
+        assert cells(text, "cluster")["engine"] == "local processes (no Ray cluster)"
+        assert Page(text).figures == 2 and "made by run" not in text
+
+
+HOSTILE_NAME = """x" onerror="alert('n') & <script>alert(1)<\\script> 'q'.png"""
+HOSTILE_ERROR = """CorruptImageError: <script>alert("e")</script> & 'quoted' "too" """
+HOSTILE_SETTINGS = {"weights": "<script>alert('s')</script>", "note": '" onmouseover="alert(2)', "a&b": "<img src=x>"}
+
+
+def test_hostile_names_errors_and_settings_are_escaped(tmp_path):
+    _write_run(tmp_path, "r<&>", [
+        _row("r<&>", HOSTILE_NAME, "ok", tmp_path, minutes=1, duration=500),
+        _row("r<&>", "bad " + HOSTILE_NAME, "error", tmp_path, minutes=2, error=HOSTILE_ERROR),
+    ], settings=HOSTILE_SETTINGS)
+    text = Path(build_report(str(tmp_path / "out"))).read_text()
+    page = Page(text)
+    assert "<script" not in text and "<img src=x" not in text and "<\\script" not in text
+    assert page.tags.count("script") == 0 and page.tags.count("img") == 2  # the pair's two thumbnails
+    assert page.attributes <= {"lang", "charset", "http-equiv", "content", "name", "id", "class", "href", "title",
+                               "src", "width", "height", "alt", "viewbox", "xmlns", "role", "x", "y", "x1", "y1",
+                               "x2", "y2", "fill", "text-anchor", "transform"}, page.attributes
+    # Escaped, not dropped: the parsed page gives back every hostile string exactly.
+    assert HOSTILE_NAME in page.titles and f"{tmp_path}/in/bad {HOSTILE_NAME}" in page.titles
+    shown = "".join(page.texts)
+    assert HOSTILE_ERROR in shown and HOSTILE_NAME in shown and "r<&>" in shown
+    for key, value in HOSTILE_SETTINGS.items():
+        assert key + value in shown
+    assert "&lt;script&gt;alert(&#34;e&#34;)&lt;/script&gt; &amp; &#39;quoted&#39;" in text
+
+
+def test_the_template_renders_with_autoescape(tmp_path):
+    assert environment().autoescape is True
+    assert str(environment().from_string("{{ value }}").render(value="<b>x</b>")) == "&lt;b&gt;x&lt;/b&gt;"
+    _write_run(tmp_path, "r1", [_row("r1", "a.png", "ok", tmp_path, minutes=1)], settings={"note": "<b>bold</b>"})
+    text = Path(build_report(str(tmp_path / "out"))).read_text()
+    assert "&lt;b&gt;bold&lt;/b&gt;" in text and "<b>bold" not in text
+
+
+def test_captions_wrap_between_words_and_long_names_end_in_an_ellipsis(tmp_path):
+    """The page's own rules; test_long_and_hostile_names_in_headless_chromium checks the layout."""
+    long_name = "a_long_camera_export_name_" * 6 + ".png"
+    _write_run(tmp_path, "r1", [_row("r1", long_name, "ok", tmp_path, minutes=1)])
+    text = Path(build_report(str(tmp_path / "out"))).read_text()
+    assert "word-break: break-all" not in text and "overflow-wrap: anywhere" not in text  # both split words
+    assert "overflow-wrap: break-word; word-break: normal;" in text and "text-overflow: ellipsis" in text
+    assert f'<span class="name" title="{long_name}">{long_name}</span>' in text
 
 
 def test_no_manifest_is_a_clear_error(tmp_path):
@@ -408,6 +592,29 @@ def test_report_of_a_real_run_in_headless_chromium(samples_run, tmp_path, capsys
         assert href.startswith("file://") and Path(unquote(urlsplit(href).path)).is_file(), href
     assert seen["split_words"] == []
     assert screenshot.stat().st_size > 10_000
+
+
+def test_long_and_hostile_names_in_headless_chromium(tmp_path):
+    """Captions wrap between words only, a long name ends in an ellipsis with the whole name in its
+    title, and hostile names run nothing."""
+    browser = _chromium_or_skip()
+    long_name = "holiday_photos_exported_from_the_camera_" * 4 + "IMG_0001.png"
+    run_ids = ("2026-01-02T03-04-05-first-attempt-interrupted", "2026-01-02T05-06-07-resumed-after-a-power-cut")
+    _write_run(tmp_path, run_ids[0], [_row(run_ids[0], n, "ok", tmp_path, minutes=1, seed=i)
+                                      for i, n in enumerate([long_name, HOSTILE_NAME])])
+    _write_run(tmp_path, run_ids[1], [_row(run_ids[1], long_name, "skipped", tmp_path, minutes=11),
+                                      _row(run_ids[1], HOSTILE_NAME, "skipped", tmp_path, minutes=11),
+                                      _row(run_ids[1], "short.png", "ok", tmp_path, minutes=12, seed=7)], minutes=10)
+    seen = _open_in_chromium(browser, Path(build_report(str(tmp_path / "out"))), tmp_path / "names.png")
+    assert seen["problems"] == [] and seen["scripts"] == 0
+    assert len(seen["images"]) == 6 and all(i["complete"] and i["width"] > 0 for i in seen["images"])
+    assert seen["split_words"] == []
+    assert f"made by run {run_ids[0]}" in seen["pair_text"]  # the long captions that must wrap
+    names = {n["title"]: n for n in seen["names"]}
+    assert names.keys() == {long_name, HOSTILE_NAME, "short.png"}
+    assert all(n["text"] == title and n["lines"] == 1 for title, n in names.items())
+    assert names[long_name]["clipped"] and names[long_name]["ellipsis"] == "ellipsis"
+    assert not names["short.png"]["clipped"]
 
 
 def test_thumbnails_are_upright_and_handle_odd_modes():
