@@ -249,6 +249,9 @@ def enhance_parser() -> argparse.ArgumentParser:
     g.add_argument("--report", action=argparse.BooleanOptionalAction, default=None,
                    help="build OUTPUT/_report/index.html at the end (default: yes for local OUTPUTs, no for "
                         "object storage, whose report would hold presigned links)")
+    g.add_argument("--manifest-flush-seconds", type=_non_negative, default=None, metavar="S",
+                   help="longest a finished image's row waits in its worker before the worker writes it to the "
+                        "manifest (default 60): what the next run redoes if this one is killed")
     g.add_argument("--quiet", action="store_true", help="print only errors and the final summary")
     g.add_argument("--verbose", action="store_true", help="also Ray's own INFO lines and the workers' logs")
     g = p.add_argument_group("limits")
@@ -278,6 +281,7 @@ def enhance_main(argv: Sequence[str] | None = None) -> int:
             max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels,
             tile_size=args.tile_size, pipeline=args.pipeline, actor_memory=args.actor_memory,
             dashboard=args.dashboard, engine=args.engine, report=args.report, quiet=args.quiet, verbose=args.verbose,
+            **({} if args.manifest_flush_seconds is None else {"part_flush_s": args.manifest_flush_seconds}),
         )
         if args.address:
             os.environ["RAY_ADDRESS"] = args.address  # the Ray engine connects there

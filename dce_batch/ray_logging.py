@@ -19,6 +19,8 @@ __all__ = ["RayQuietSettings", "quiet_ray"]
 # per-operator summaries) are noise for someone waiting for their images.
 _RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
 _RAY_DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
+# Environment variables a quiet apply() set (not the user), which a verbose one removes again.
+_SET_BY_US: dict[str, str] = {}
 # Levels of those loggers before a quiet apply(), restored by a verbose one.
 _SAVED_LEVELS: dict[str, int] = {}
 
@@ -50,8 +52,14 @@ class RayQuietSettings:
         import os
 
         for key, value in self.environment.items():
-            os.environ.setdefault(key, value)
+            if key not in os.environ:
+                os.environ[key] = value
+                _SET_BY_US[key] = value
         if self.verbose:
+            for key, value in list(_SET_BY_US.items()):
+                if os.environ.get(key) == value and key not in self.environment:
+                    del os.environ[key]
+                _SET_BY_US.pop(key)
             # Undo an earlier quiet apply() in this process (logging is process-wide).
             _restore_ray_data_console()
             while _SAVED_LEVELS:
@@ -150,5 +158,9 @@ def quiet_ray(verbose: bool) -> RayQuietSettings:
             "print_on_execution_start": False,
             "verbose_stats_logs": False,
         },
-        environment={"RAY_DEDUP_LOGS": "1"},
+        # Ray's C++ core logs at ERROR level on every healthy Ray Data actor pool ("has
+        # constructor arguments in the object store and max_restarts > 0", ray-project/ray#53727:
+        # Ray Data itself puts each pool's function in the object store), which reads as a failure.
+        # Failures reach the user as exceptions; --verbose shows Ray's own log lines again.
+        environment={"RAY_DEDUP_LOGS": "1", "RAY_BACKEND_LOG_LEVEL": "fatal"},
     )

@@ -19,7 +19,7 @@ from dce_batch.errors import WeightsError
 from dce_batch.imaging import decode_image, mean_luminance
 from dce_batch.enhance.enhancer import Enhancer
 from dce_batch.enhance.network import DCENet, DCENetFast
-from dce_batch.job.pipeline import EnhanceConfig, sample_images_dir
+from dce_batch.job import EnhanceConfig, sample_images_dir
 from dce_batch.enhance.weights import PACKAGED_WEIGHTS, load_weights
 
 REPO = Path(__file__).resolve().parents[1]

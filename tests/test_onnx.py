@@ -13,7 +13,7 @@ import pytest
 from dce_batch.imaging import decode_image
 from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
 from dce_batch.enhance.onnx_export import export_onnx
-from dce_batch.job.pipeline import sample_images_dir
+from dce_batch.job import sample_images_dir
 from dce_batch.enhance.weights import load_weights
 
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed: pip install -e '.[test]'")

@@ -23,7 +23,7 @@ from PIL import Image
 
 from dce_batch.errors import ReportError
 from dce_batch.job.manifest import MANIFEST_SCHEMA, ManifestRow, RunSummary, rows_to_table, write_manifest_part
-from dce_batch.job.pipeline import EnhanceConfig, run_enhance, sample_images_dir
+from dce_batch.job import EnhanceConfig, run_enhance, sample_images_dir
 from dce_batch.report import build_report
 from dce_batch.report.charts import histogram_chart
 from dce_batch.report.data import Counts, cluster_info, collect_report_data, sample_evenly, training_history

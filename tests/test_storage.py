@@ -771,10 +771,9 @@ def _cli_env(ray_tmp: str, **aws: str) -> dict[str, str]:
 
 
 def _manifest_rows(s3_server, bucket: str) -> list[dict]:
-    fs, path = filesystem_for(f"s3://{bucket}/out/_manifest", s3_server.s3_options())
     from dce_batch.job.manifest import read_manifest
 
-    return read_manifest(fs, path).to_pylist()
+    return read_manifest(f"s3://{bucket}/out", s3=s3_server.s3_options()).to_pylist()
 
 
 @pytest.mark.s3

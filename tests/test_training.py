@@ -13,7 +13,7 @@ from PIL import Image
 
 from dce_batch.errors import ConfigError
 from dce_batch.training.losses import LossWeights
-from dce_batch.job.pipeline import EnhanceConfig, run_enhance
+from dce_batch.job import EnhanceConfig, run_enhance
 from dce_batch.training.data import AugmentConfig, augment_batch, decode_for_training
 from dce_batch.training.run import TrainConfig, TrainingOutcome, run_training
 from dce_batch.enhance.weights import load_weights

@@ -53,6 +53,7 @@ from dce_batch.job.output_settings import settings_for_run
 from dce_batch.job.plan import Plan, list_output_files, plan_run
 from dce_batch.job.progress import Progress
 from dce_batch.job.signals import StopRequest
+from dce_batch.job.worker import read_weights_spec
 from dce_batch.storage import Location, filesystem_for, list_inputs_table, read_bytes, remove_files, temp_tag
 
 __all__ = ["LOCAL_MAX_IMAGES", "ResolvedWeights", "choose_engine", "resolve_weights", "run_enhance"]
@@ -72,17 +73,6 @@ class ResolvedWeights:
     blob: bytes
     name: str
     meta: Any  # the metadata: name, variant, sha256, num_params, source
-
-
-def read_weights_spec(config: EnhanceConfig) -> tuple[bytes, str]:
-    """The weights file's bytes (read once, on the driver, shipped to the workers) and its name."""
-    from dce_batch.enhance.registry import read_weights_bytes
-
-    spec = config.weights
-    if spec and "://" in spec and not spec.startswith("file://"):
-        fs, path = filesystem_for(spec, config.s3)
-        return read_bytes(fs, path), path.rsplit("/", 1)[-1]
-    return read_weights_bytes(spec.removeprefix("file://") if spec else None, variant=config.variant)
 
 
 def resolve_weights(config: EnhanceConfig, blob: bytes | None = None, name: str | None = None) -> ResolvedWeights:
@@ -402,7 +392,8 @@ def _run(config, output, store, weights, prepared: Prepared, engine, stop: StopR
         + (f"; aborted {prepared.aborted_uploads} unfinished uploads" if prepared.aborted_uploads else ""))
     _write_planning_rows(config, store, ledger, summary, plan)
     progress = Progress(plan.todo.num_rows, quiet=config.quiet, interval_s=config.progress_interval_s,
-                        interactive=False if config.verbose else None)
+                        interactive=False if config.verbose else None,
+                        started=time.monotonic() - (time.time() - started))
     status = "failed"
     try:
         if plan.todo.num_rows:
@@ -410,7 +401,7 @@ def _run(config, output, store, weights, prepared: Prepared, engine, stop: StopR
             summary.cluster = {"engine": engine.name, "resources": resources, "workers": worker_plan.describe()}
             say(_describe_pool(engine, worker_plan, config))
             _warn_of_the_pixel_limit(worker_plan, say)
-            for batch in engine.batches(plan.todo, worker_plan, prepared.input_fs, output, weights.blob, weights.name):
+            for batch in engine.batches(plan.todo, worker_plan, prepared.input_fs, output, weights):
                 if batch is not None:
                     if "first_batch_s" not in timings:
                         timings["first_batch_s"] = time.time() - started

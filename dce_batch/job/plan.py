@@ -38,7 +38,8 @@ from dce_batch.job.manifest.schema import MANIFEST_SCHEMA, STATUS_ERROR, STATUS_
 from dce_batch.job.output_settings import describe_settings_change, settings_digest
 from dce_batch.storage import MANIFEST_DIR, TEMP_NAME_PATTERN, Location
 
-__all__ = ["RESERVED_NAMES", "TODO_COLUMNS", "OutputFiles", "Plan", "list_output_files", "output_relpath", "plan_run"]
+__all__ = ["RESERVED_NAMES", "TODO_COLUMNS", "OutputFiles", "Plan", "input_table", "list_output_files",
+           "output_relpath", "plan_run"]
 
 #: Top-level names under OUTPUT that belong to dce_batch; no input may be written there.
 RESERVED_NAMES = frozenset({MANIFEST_DIR, "_report"})
@@ -62,6 +63,18 @@ def output_relpath(relpath: str, fmt: str) -> str:
     if written_as == fmt:
         return relpath
     return stem + extension_for(fmt)
+
+
+def input_table(inputs) -> pa.Table:
+    """A list of :class:`~dce_batch.storage.InputFile` as the columnar listing the planner takes."""
+    return pa.table({
+        "uri": pa.array([f.uri for f in inputs], pa.string()),
+        "path": pa.array([f.path for f in inputs], pa.string()),
+        "relpath": pa.array([f.relpath for f in inputs], pa.string()),
+        "size": pa.array([f.size for f in inputs], pa.int64()),
+        "mtime": pa.array([getattr(f, "mtime", None) for f in inputs], pa.timestamp("ns", tz="UTC")),
+        "etag": pa.array([getattr(f, "etag", None) for f in inputs], pa.string()),
+    })
 
 
 @dataclass

@@ -51,6 +51,8 @@ class Progress:
         max_error_lines: failed inputs printed before the rest are left to the manifest.
         refresh_s: least time between redraws of the live bar (tqdm's ``mininterval``).
         clock: monotonic seconds; replaceable so tests need no sleeps.
+        started: when the run started on ``clock`` (default: now), so that images/s here and in
+            the run summary are the same figure.
 
     Use :meth:`update` with counts, or :meth:`update_batch` with a batch of manifest rows
     (a ``pyarrow.Table``), then :meth:`close` (or use it as a context manager).
@@ -67,6 +69,7 @@ class Progress:
         max_error_lines: int = MAX_ERROR_LINES,
         refresh_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
+        started: float | None = None,
     ) -> None:
         if total < 0:
             raise ValueError(f"total must be >= 0, got {total}")
@@ -82,7 +85,9 @@ class Progress:
         self.done = 0
         self.errors = 0
         self.error_lines = 0
-        self.started = self.last_line = clock()
+        # ``started``: when the run began on ``clock`` (so the rate agrees with the run summary's).
+        self.started = clock() if started is None else started
+        self.last_line = clock()
         self.closed = False
         self._bar = None
         if self.interactive:

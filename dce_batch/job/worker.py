@@ -30,6 +30,42 @@ def writer_name(prefix: str, ident: str) -> str:
     return prefix + "".join(c for c in ident if c.isalnum())[:24]
 
 
+def read_weights_spec(config) -> tuple[bytes, str]:
+    """The bytes of ``config.weights`` (a shipped name, a file, or a URI) and the name they go by."""
+    from dce_batch.enhance.registry import read_weights_bytes
+    from dce_batch.storage import filesystem_for, read_bytes
+
+    spec = config.weights
+    if spec and "://" in spec and not spec.startswith("file://"):
+        fs, path = filesystem_for(spec, config.s3)
+        return read_bytes(fs, path), path.rsplit("/", 1)[-1]
+    return read_weights_bytes(spec.removeprefix("file://") if spec else None, variant=config.variant)
+
+
+def weights_travel_by_name(config) -> bool:
+    """Whether a worker can read ``config.weights`` itself (a shipped name, or a URI every node
+    reaches), so its constructor need not carry the bytes."""
+    from dce_batch.enhance.registry import PACKAGED_WEIGHTS
+
+    spec = config.weights
+    return spec is None or spec in PACKAGED_WEIGHTS or ("://" in spec and not spec.startswith("file://"))
+
+
+def weights_for_worker(config, weights_blob: bytes | None, expected_sha256: str) -> bytes:
+    """The weights a worker loads: the bytes it was given, or read by name; the same the driver planned with."""
+    if weights_blob is not None:
+        return weights_blob
+    from dce_batch.enhance.registry import read_header_metadata
+    from dce_batch.errors import WeightsError
+
+    blob, _ = read_weights_spec(config)
+    header = read_header_metadata(blob)
+    if header is not None and header.sha256 != expected_sha256:
+        raise WeightsError(f"the weights {config.weights!r} changed while the run was starting (sha256 "
+                           f"{header.sha256[:12]} instead of {expected_sha256[:12]}); run again")
+    return blob
+
+
 def build_enhancer(config, weights_blob: bytes, weights_name: str, threads: int | None):
     """The network with ``config``'s settings, in this process (torch imported here, not in the driver)."""
     import torch

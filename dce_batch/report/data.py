@@ -220,8 +220,13 @@ def read_run_summaries(output: Location) -> dict[str, dict[str, Any]]:
 
 
 def read_manifest_rows(output: Location) -> pa.Table:
-    """Every run's rows under OUTPUT, the :data:`COLUMNS` only, with full input and output URIs."""
-    return read_manifest(output.filesystem, output.child(MANIFEST_DIR), columns=COLUMNS)
+    """Every run's rows under OUTPUT, the :data:`COLUMNS` only, with full input and output URIs
+    (the manifest records output paths relative to OUTPUT: they are joined to where OUTPUT is now)."""
+    rows = read_manifest(output)
+    prefix = output.uri.rstrip("/") + "/"
+    output_uri = pc.binary_join_element_wise(pa.scalar(prefix), rows["output_relpath"], "")
+    rows = rows.append_column("output_uri", output_uri)
+    return rows.select(COLUMNS)
 
 
 # --------------------------------------------------------------------------------------------

@@ -103,8 +103,7 @@ class LocalEngine:
     def plan(self) -> tuple[WorkerPlan, dict]:
         return self.plan_, {"CPU": os.cpu_count()}
 
-    def batches(self, todo: pa.Table, plan: WorkerPlan, input_fs, output, weights_blob: bytes,
-                weights_name: str) -> Iterator[BatchRows | None]:
+    def batches(self, todo: pa.Table, plan: WorkerPlan, input_fs, output, weights) -> Iterator[BatchRows | None]:
         """Submit batches, at most two per worker in flight; yield each batch's rows as it finishes
         (and None now and then, so the caller can notice a stop request)."""
         per_call = plan.images_per_call

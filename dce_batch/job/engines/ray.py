@@ -33,7 +33,15 @@ from dce_batch.job.manifest.schema import rows_to_table
 from dce_batch.job.manifest.store import ManifestStore
 from dce_batch.job.sizing import WorkerPlan
 from dce_batch.job.steps import ImageReader, ImageState, ImageWriter, WorkItem
-from dce_batch.job.worker import EnhanceWorker, build_enhancer, fatal_table, raise_if_fatal, writer_name
+from dce_batch.job.worker import (
+    EnhanceWorker,
+    build_enhancer,
+    fatal_table,
+    raise_if_fatal,
+    weights_for_worker,
+    weights_travel_by_name,
+    writer_name,
+)
 from dce_batch.ray_logging import quiet_ray
 
 __all__ = ["EnhanceActor", "GpuEnhanceActor", "RayEngine", "is_local_cluster", "starts_local_cluster"]
@@ -47,23 +55,24 @@ def _worker_name(device_name: str | None = None) -> str:
     return f"{name}/{device_name}" if device_name else name
 
 
-def _weights(weights_ref: list) -> bytes:
-    """The weights' bytes, from the object store: the actor is given a reference (inside a list,
-    so Ray passes it as is), which keeps its constructor arguments small."""
-    import ray
-
-    return ray.get(weights_ref[0])
+def _weights_argument(config, blob: bytes) -> bytes | None:
+    """What an actor's constructor carries of the weights: nothing when the actor can read them by
+    name (the shipped models, URIs): Ray keeps large constructor arguments in the object store, and
+    an actor restarted after they are gone could not start (ray-project/ray#53727); the bytes
+    themselves only for a local file, which other nodes may not have."""
+    return None if weights_travel_by_name(config) else blob
 
 
 class EnhanceActor:
     """Fused pipeline: one per CPU; reads, enhances and writes its images, buffers their rows."""
 
-    def __init__(self, config, weights_ref: list, weights_name: str, input_filesystem, output, pixel_limit: int,
-                 limit_reason: str | None, threads: int) -> None:
+    def __init__(self, config, weights_blob: bytes | None, weights_name: str, weights_sha256: str, input_filesystem,
+                 output, pixel_limit: int, limit_reason: str | None, threads: int) -> None:
         import ray
 
         actor_id = ray.get_runtime_context().get_actor_id() or str(os.getpid())
-        self.worker = EnhanceWorker(config, _weights(weights_ref), weights_name, output, pixel_limit=pixel_limit,
+        blob = weights_for_worker(config, weights_blob, weights_sha256)
+        self.worker = EnhanceWorker(config, blob, weights_name, output, pixel_limit=pixel_limit,
                                     limit_reason=limit_reason, worker=_worker_name(), writer=writer_name("a", actor_id),
                                     threads=threads, input_filesystem=input_filesystem)
 
@@ -96,8 +105,9 @@ def read_decode_stage(batch: pa.Table, *, input_filesystem, run_id: str, pixel_l
 class GpuEnhanceActor:
     """Staged pipeline: only the network, on batches of windows from several images."""
 
-    def __init__(self, config, weights_ref: list, weights_name: str) -> None:
-        self.enhancer = build_enhancer(config, _weights(weights_ref), weights_name, None)
+    def __init__(self, config, weights_blob: bytes | None, weights_name: str, weights_sha256: str) -> None:
+        self.enhancer = build_enhancer(config, weights_for_worker(config, weights_blob, weights_sha256), weights_name,
+                                       None)
         device = self.enhancer.device
         if device.type == "cuda":
             import torch
@@ -206,14 +216,10 @@ class RayEngine:
         return plan_workers(self.config, resources, local_cluster=is_local_cluster()), \
             {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")}
 
-    def batches(self, todo: pa.Table, plan: WorkerPlan, input_fs, output, weights_blob: bytes,
-                weights_name: str) -> Iterator[BatchRows]:
+    def batches(self, todo: pa.Table, plan: WorkerPlan, input_fs, output, weights) -> Iterator[BatchRows]:
         """Run every planned row; yield each finished batch. Iterates Ray Data in a thread, so the
         caller's thread stays free to notice a stop request between batches."""
-        import ray
-
-        weights_ref = [ray.put(weights_blob)]  # held here for the whole run: actors restart from it
-        dataset = self._dataset(todo, plan, input_fs, output, weights_ref, weights_name)
+        dataset = self._dataset(todo, plan, input_fs, output, weights)
         results: queue.Queue = queue.Queue(maxsize=64)
         done = object()
 
@@ -240,10 +246,11 @@ class RayEngine:
             raise_if_fatal(item)
             yield from untag_rows(item)
 
-    def _dataset(self, todo: pa.Table, plan: WorkerPlan, input_fs, output, weights_ref: list, weights_name: str):
+    def _dataset(self, todo: pa.Table, plan: WorkerPlan, input_fs, output, weights):
         import ray.data
 
         config = self.config
+        weights_args = (_weights_argument(config, weights.blob), weights.name, weights.meta.sha256)
         per_call = plan.images_per_call
         # Blocks of one call each: work overlaps from the first images on, and rows reach the
         # driver as each call finishes, not in large bursts.
@@ -254,8 +261,8 @@ class RayEngine:
         if not plan.staged:
             threads = max(1, math.floor(plan.cpus_per_worker))
             return dataset.map_batches(
-                EnhanceActor, fn_constructor_args=(config, weights_ref, weights_name, input_fs, output,
-                                                   plan.image_pixel_limit, plan.limit_reason, threads),
+                EnhanceActor, fn_constructor_args=(config, *weights_args, input_fs, output, plan.image_pixel_limit,
+                                                   plan.limit_reason, threads),
                 compute=actors, batch_size=per_call, batch_format="pyarrow", num_cpus=plan.cpus_per_worker,
                 memory=plan.memory_per_worker,
             )
@@ -264,7 +271,7 @@ class RayEngine:
                                                                   pixel_limit=plan.image_pixel_limit,
                                                                   limit_reason=plan.limit_reason),
                                 batch_size=per_call, batch_format="pyarrow", num_cpus=1, memory=plan.task_memory)
-            .map_batches(GpuEnhanceActor, fn_constructor_args=(config, weights_ref, weights_name), compute=actors,
+            .map_batches(GpuEnhanceActor, fn_constructor_args=(config, *weights_args), compute=actors,
                          batch_size=per_call, batch_format="pyarrow", num_cpus=plan.cpus_per_worker,
                          num_gpus=plan.gpus_per_worker or None, memory=plan.memory_per_worker)
             .map_batches(encode_write_stage, fn_kwargs=dict(config=config, output=output), batch_size=per_call,

@@ -126,7 +126,9 @@ def upgrade(output: Location, *, log: Callable[[str], None] = lambda line: None)
     written = []
     for run in sorted(by_run):
         rows = pa.concat_tables(by_run[run], promote_options="permissive").to_pylist()
-        roots = [summaries.get(run, {}).get("output", ""), output.uri, output.path]
+        # Where OUTPUT was for this run, then for any run (a run that died wrote no summary), then now.
+        known = [str(summary.get("output", "")) for summary in summaries.values()]
+        roots = [summaries.get(run, {}).get("output", ""), *known, output.uri, output.path]
         input_roots = [summaries.get(run, {}).get("input", "")]
         converted = []
         for row in rows:
