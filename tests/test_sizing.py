@@ -67,6 +67,15 @@ def test_gpu_actors_declare_their_call_s_images_and_leave_cpu_for_the_tasks():
     with pytest.raises(ConfigError, match="stall"):  # staged: CPU must be left for decode/encode tasks
         plan_workers(EnhanceConfig(input="/in", gpus_per_actor=0.25, num_actors=(8, 8)),
                      {"CPU": 8, "GPU": 2, "memory": 256 * GIB})
+    # One machine with less memory than a call of 100 MP images takes: the staged pool still fits
+    # (actor and both tasks at once), for smaller images, and says so; a cluster is refused.
+    fits = plan_workers(EnhanceConfig(input="/in", pipeline="staged", cpus_per_actor=0.5, batch_size=4),
+                        {"CPU": 2, "memory": 16 * GIB}, local_cluster=True)
+    assert fits.memory_per_worker + 2 * fits.task_memory <= 16 * GIB * fits.max_size
+    assert fits.image_pixel_limit < 100_000_000 and "decode and encode tasks" in fits.limit_reason
+    with pytest.raises(ConfigError, match="stall"):
+        plan_workers(EnhanceConfig(input="/in", pipeline="staged", cpus_per_actor=0.5, batch_size=4),
+                     {"CPU": 2, "memory": 16 * GIB}, local_cluster=False)
     assert _pool(2, num_actors=(2, 2), cpus_per_actor=0.5).cpus_per_worker == 0.5
     with pytest.raises(ConfigError, match="wait forever"):
         _pool(2, num_actors=(3, 3))

@@ -152,5 +152,26 @@ def plan_workers(config, cluster_resources: dict[str, float], *, local_cluster: 
             f"{low} actor(s) x {cpus_per_worker} CPU do not fit this {cpus:g}-CPU machine and the job would "
             "wait forever; lower --num-actors or --cpus-per-actor")
     task_memory = TASK_BASE_MEMORY + per_call * pixel_limit * TASK_BYTES_PER_PIXEL if staged else 0
+    if staged and memory and low * worker_memory + 2 * task_memory > memory:
+        # The GPU actors, one read/decode task and one encode/write task must fit together, or
+        # Ray Data waits for memory that never frees: the job would hang without an error.
+        if not (local_cluster and config.actor_memory is None):
+            raise ConfigError(
+                f"{low} actor(s) of {worker_memory / 2**30:.1f} GiB and the decode and encode tasks "
+                f"({task_memory / 2**30:.1f} GiB each, {per_call} image(s) of up to {pixel_limit / 1e6:g} MP per call) "
+                f"need more than the cluster's {memory / 2**30:.1f} GiB and the job would stall; lower --max-pixels "
+                "or --batch-size, or add memory")
+        per_image = low * GPU_ACTOR_BYTES_PER_PIXEL + 2 * TASK_BYTES_PER_PIXEL
+        fitting = int((memory - low * ACTOR_BASE_MEMORY - 2 * TASK_BASE_MEMORY) // (per_call * per_image))
+        if fitting < 1_000_000:
+            raise ConfigError(f"this machine's {memory / 2**30:.1f} GiB cannot hold {low} actor(s) and the decode and "
+                              "encode tasks of the staged pipeline; use --pipeline fused or fewer actors")
+        pixel_limit = min(pixel_limit, fitting)
+        worker_memory = worker_memory_bytes(pixel_limit, per_call, staged=True)
+        task_memory = TASK_BASE_MEMORY + per_call * pixel_limit * TASK_BYTES_PER_PIXEL
+        limited_by = "memory"
+        limit_reason = (f"this machine had {memory / 2**30:.1f} GiB of memory to give for {low} actor(s) and the "
+                        f"decode and encode tasks, enough for {per_call} image(s) per call of up to "
+                        f"{pixel_limit / 1e6:.0f} MP; lower --batch-size or free memory to enhance it")
     return WorkerPlan(low, high, cpus_per_worker, gpus, worker_memory, per_call, pixel_limit, staged, task_memory,
                       limited_by, limit_reason)
