@@ -261,21 +261,26 @@ def test_published_checkpoint_as_weights(ray_local, tmp_path):
 
 
 def test_list_file_input(ray_local, tmp_path):
-    """A list of URIs instead of a listing: entries under the list file's folder keep their paths."""
+    """A list of URIs instead of a listing: an entry under the list file's folder keeps its path
+    below it, whatever else the list holds, so adding an entry renames nothing."""
     source = tmp_path / "photos"
     _save(source / "2024" / "a.jpg", _dark(40, 40, 1), "JPEG")
     _save(source / "2025" / "b.png", _dark(40, 40, 2), "PNG")
-    _save(source / "2025" / "not_listed.png", _dark(40, 40, 3), "PNG")
+    _save(source / "2025" / "c.png", _dark(40, 40, 3), "PNG")
+    _save(source / "2025" / "not_listed.png", _dark(40, 40, 4), "PNG")
     listing = source / "todo.txt"
-    listing.write_text(f"# inputs\n{source / '2024' / 'a.jpg'}\n2025/b.png\n")
+    listing.write_text(f"# inputs\n{source / '2025' / 'b.png'}\n2025/c.png\n")
     summary = run_enhance(_config(listing, tmp_path / "out"))
     assert summary.ok == 2 and summary.total == 2
-    assert (tmp_path / "out" / "2024" / "a.jpg").is_file() and (tmp_path / "out" / "2025" / "b.png").is_file()
-    # One more entry: nothing is renamed, only the new one is done (local workers: planning is the same).
-    listing.write_text(listing.read_text() + "2025/not_listed.png\n")
+    assert (tmp_path / "out" / "2025" / "b.png").is_file() and (tmp_path / "out" / "2025" / "c.png").is_file()
+    assert not (tmp_path / "out" / "2025" / "not_listed.png").exists()
+    # An entry in another folder: b and c keep their names, only the new one is done (local workers:
+    # planning is the same for both engines).
+    listing.write_text(listing.read_text() + "2024/a.jpg\n")
     again = run_enhance(_config(listing, tmp_path / "out", engine="local"))
     assert (again.ok, again.skipped) == (1, 2)
-    assert not (tmp_path / "out" / "2025" / "not_listed.png").exists()
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").glob("20*/*")) == \
+        ["2024/a.jpg", "2025/b.png", "2025/c.png"]
 
 
 def test_output_inside_input_is_refused(tmp_path):

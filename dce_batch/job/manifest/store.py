@@ -112,7 +112,9 @@ class ManifestState:
 
     @property
     def runs(self) -> list[str]:
-        return sorted({c.run_id for c in self.commits} | {run_of_part(p.name) for p in self.uncommitted})
+        """Every run this OUTPUT's manifest knows: those that committed, and those whose parts are here."""
+        parts = self.committed + self.uncommitted
+        return sorted({c.run_id for c in self.commits} | {run_of_part(p.name) for p in parts})
 
 
 class ManifestStore:
