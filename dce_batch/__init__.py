@@ -8,15 +8,15 @@ The Ray layers: :mod:`~dce_batch.job.pipeline` (enhancement job) and :mod:`~dce_
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "enhance_image", "models"]
+__all__ = ["__version__", "enhance_batch", "enhance_image", "models"]
 
 
 def __getattr__(name: str):
     # Lazy (PEP 562): `import dce_batch` stays light (no torch) until one of these is used.
-    if name == "enhance_image":
-        from dce_batch.models import enhance_image
+    if name in ("enhance_image", "enhance_batch"):
+        from dce_batch import models
 
-        return enhance_image
+        return getattr(models, name)
     if name == "models":
         import importlib
 

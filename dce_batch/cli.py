@@ -288,40 +288,16 @@ def enhance_main(argv: Sequence[str] | None = None) -> int:
         summary = run_enhance(config, shutdown=False)
     except RunInterrupted as exc:
         print(f"dce-batch enhance: {exc}", file=sys.stderr)
-        code = EXIT_TERMINATED if exc.signal == signal.SIGTERM else EXIT_INTERRUPTED
-        _leave(code)
-        return code
+        return EXIT_TERMINATED if exc.signal == signal.SIGTERM else EXIT_INTERRUPTED
     except KeyboardInterrupt:  # Ctrl-C before the run installed its own handling
         print("dce-batch enhance: interrupted before the run started", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - exit status by cause, message first
-        code = _report_failure("dce-batch enhance", exc)
-        _leave(code)
-        return code
+        return _report_failure("dce-batch enhance", exc)
     print(summary.table())
     if summary.report:
         print(f"report: {summary.report}")
-    code = EXIT_SOME_FAILED if summary.error else EXIT_OK
-    _leave(code)
-    return code
-
-
-def _leave(code: int) -> None:
-    """Everything is written: leave now. A local Ray this run started ends with this process (its
-    processes share its fate), without seconds of orderly shutdown. Only when run as a program:
-    a caller of :func:`enhance_main` in-process gets the code back."""
-    if os.environ.get("DCE_BATCH_NO_EXIT"):
-        return
-    if getattr(sys.modules.get("__main__"), "__file__", "") and _running_as_program():
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
-def _running_as_program() -> bool:
-    main = sys.modules.get("__main__")
-    name = Path(getattr(main, "__file__", "") or "").name
-    return name in ("enhance.py", "dce-batch", "cli.py", "__main__.py") or sys.argv[0].endswith("dce-batch")
+    return EXIT_SOME_FAILED if summary.error else EXIT_OK
 
 
 # --------------------------------------------------------------------------------------------
@@ -753,5 +729,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return COMMANDS[argv[0]][2](argv[1:])
 
 
+def program(argv: Sequence[str] | None = None, command: Callable[[Sequence[str] | None], int] = main) -> None:
+    """The ``dce-batch`` program (and ``jobs/*.py``): run, then leave. After ``enhance`` everything is
+    written, so the process ends at once: a local Ray it started ends with it (its processes share
+    its fate) without seconds of orderly shutdown."""
+    code = command(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    args = list(sys.argv[1:] if argv is None else argv)
+    if command is enhance_main or (args[:1] == ["enhance"] and command is main):
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    program()

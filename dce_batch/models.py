@@ -34,6 +34,9 @@ from dce_batch.errors import ConfigError, WeightsError
 from dce_batch.enhance.settings import FinishConfig
 
 if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time
+    from typing import Sequence
+
+    import numpy as np
     from PIL import Image
 
     from dce_batch.enhance.network import DCENet, DCENetFast
@@ -44,6 +47,7 @@ __all__ = [
     "WeightsEnum",
     "ZeroDCEPP_Weights",
     "ZeroDCE_Weights",
+    "enhance_batch",
     "enhance_image",
     "get_weights",
     "list_weights",
@@ -409,3 +413,46 @@ def _weights_key(weights: Any) -> tuple[str, str]:
     from dce_batch.enhance.weights import load_weights  # a file: read once here to learn its variant
 
     return text, load_weights(Path(text).expanduser()).meta.variant
+
+
+def enhance_batch(
+    images: "Sequence[np.ndarray]",
+    weights: str | WeightsEnum | Weights | Path | None = None,
+    strength: float = 1.0,
+    *,
+    scale: float | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    denoise: str = "auto",
+    denoise_strength: float = 1.0,
+    exposure: float | str = "auto",
+    highlight_stretch: float = FinishConfig.highlight_stretch,
+) -> "list[np.ndarray]":
+    """Enhance arrays: each H x W x 3 (RGB), H x W x 4 (RGBA: alpha kept) or H x W (gray), uint8,
+    uint16 or float32 in [0, 1]; the same shape and dtype back, with the pixels ``dce-batch
+    enhance`` computes for those values (the same network, settings and finishing; windows of
+    equal shape from several images share a forward pass). No EXIF orientation is applied: the
+    arrays are taken as they are. Settings as for :func:`enhance_image`; the network is cached."""
+    import numpy as np
+
+    if weights is None:
+        weights = ZeroDCE_Weights.DEFAULT
+    key, variant = _weights_key(weights)
+    finish = FinishConfig(denoise=denoise, denoise_strength=denoise_strength, exposure=exposure,  # type: ignore[arg-type]
+                          highlight_stretch=highlight_stretch)
+    enhancer = _enhancer(key, variant, float(strength), None if scale is None else float(scale), device, precision,
+                         finish)
+    colour, rebuild = [], []
+    for index, image in enumerate(images):
+        array = np.asarray(image)
+        if array.ndim == 2:
+            colour.append(np.ascontiguousarray(np.repeat(array[..., None], 3, axis=2)))
+            rebuild.append(lambda out: np.ascontiguousarray(out[..., 0]))
+        elif array.ndim == 3 and array.shape[2] in (3, 4):
+            colour.append(np.ascontiguousarray(array[..., :3]))
+            alpha = array[..., 3:] if array.shape[2] == 4 else None
+            rebuild.append(lambda out, alpha=alpha: out if alpha is None else np.concatenate([out, alpha], axis=2))
+        else:
+            raise ConfigError(f"image {index}: expected H x W, H x W x 3 or H x W x 4 pixels, got shape {array.shape}")
+    results = enhancer.enhance_batch(colour)
+    return [make(result.pixels) for make, result in zip(rebuild, results)]

@@ -109,6 +109,14 @@ class EnhanceConfig:
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"{name.upper()} is empty: give a folder, glob, s3:// prefix or list file"
                                   if name == "input" else "OUTPUT is empty: give a folder or s3:// prefix")
+        for name in ("input", "output", "base", "weights"):
+            value = getattr(self, name)
+            try:
+                (value or "").encode("utf-8")
+            except UnicodeEncodeError:
+                shown = (value or "").encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                raise ConfigError(f"{name.upper() if name in ('input', 'output') else '--' + name} {shown!r} is not "
+                                  "valid UTF-8, which the storage layer needs for paths; rename it") from None
         if self.variant not in (None, "full", "fast"):
             raise ConfigError(f"--model-variant must be full or fast, got {self.variant!r}")
         if self.engine not in ENGINES:
