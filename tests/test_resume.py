@@ -177,3 +177,52 @@ def test_on_s3_a_run_aborts_the_uploads_a_killed_run_left_open_and_holds_a_lease
     uploads = {u["UploadId"] for u in client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])}
     assert left_open not in uploads and elsewhere in uploads
     assert "out/_manifest/_lease.json" not in s3_server.list_keys(s3_bucket, "out/")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_local_worker_stops_the_run_with_one_line_and_loses_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    source, out = tmp_path / "in", tmp_path / "out"
+    for i in range(24):
+        _image(source / f"img{i:02d}.png", i, size=(300, 400))
+    repo = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen([sys.executable, str(repo / "jobs" / "enhance.py"), str(source), str(out), "--engine",
+                                "local", "--batch-size", "1", "--manifest-flush-seconds", "0", "--no-report"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("_manifest/part-*.parquet"))) < 2:
+            assert process.poll() is None and time.monotonic() < deadline, "no parts"
+            time.sleep(0.05)
+        workers = [w for server in _children(process.pid) for w in _children(server)]
+        assert workers, "the local pool's workers (children of its fork server)"
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, err[-2000:]
+    assert "Traceback" not in err
+    own = [line for line in err.splitlines() if line.startswith("dce-batch enhance:")]
+    assert own == [own[0]] and own[0].startswith("dce-batch enhance: WorkerLostError: a worker process died"), err
+    assert "warn" not in err.lower(), err
+    in_parts = sum(1 for r in read_manifest(str(out)).to_pylist() if r["status"] == "ok")
+    assert in_parts >= 2
+    summary = _run(source, out)
+    assert summary.skipped == in_parts and summary.ok == 24 - in_parts and summary.error == 0

@@ -143,4 +143,6 @@ class LocalEngine:
         if cancel:
             for process in list(getattr(self._executor, "_processes", {}).values()):  # no public API for this
                 process.terminate()
-        self._executor.shutdown(wait=not cancel, cancel_futures=cancel)
+        # Waiting even after terminating: the pool's queues and semaphores are then released in
+        # order, and the resource tracker has nothing to warn about at exit.
+        self._executor.shutdown(wait=True, cancel_futures=cancel)
