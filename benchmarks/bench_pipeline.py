@@ -188,7 +188,7 @@ def main() -> int:
         megapixels = _megapixels(source)
         print(f"images: {source} ({images} files, {megapixels:.1f} MP); {args.rounds} rounds in rotating order")
         print(precision_check(source))
-        from dce_batch.enhance.enhancer import cpu_has_native_bf16
+        from dce_batch.enhance.precision import cpu_has_native_bf16
 
         kinds = ["authors", "bare", "job", "job_ray", "job_no_finish", "job_denoise_fast", "job_scale1", "job_scale1_no_finish", "job_fp32"]
         if cpu_has_native_bf16():

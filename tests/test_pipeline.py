@@ -23,7 +23,7 @@ from PIL import Image
 
 from dce_batch.errors import ConfigError, InputNotFoundError
 from dce_batch.imaging import decode_image, mean_luminance
-from dce_batch.enhance.enhancer import resolve_precision
+from dce_batch.enhance.precision import resolve_precision
 from dce_batch.job import EnhanceConfig, run_enhance
 from dce_batch.job.manifest import MANIFEST_SCHEMA, read_manifest
 from dce_batch.job.sizing import ACTOR_BASE_MEMORY, FUSED_BYTES_PER_PIXEL

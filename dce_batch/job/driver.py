@@ -102,7 +102,7 @@ def check_precision(config: EnhanceConfig, variant: str, *, local: bool) -> None
         raise ConfigError("--precision int8 quantizes DCE-Net (the full model); run the fast variant with --precision "
                           "auto, fp32 or bf16")
     if config.precision == "bf16" and config.gpus_per_actor == 0 and local:
-        from dce_batch.enhance.enhancer import cpu_has_native_bf16
+        from dce_batch.enhance.precision import cpu_has_native_bf16
 
         if not cpu_has_native_bf16():
             raise ConfigError("--precision bf16 on this CPU (no native bf16) would be emulated, about 50x slower than "

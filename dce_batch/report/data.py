@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from dce_batch.enhance.registry import read_safetensors_metadata
 from dce_batch.errors import DceBatchError, ReportError, StorageError
 from dce_batch.job.manifest import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, read_manifest
 from dce_batch.storage import MANIFEST_DIR, Location, S3Options, filesystem_for, read_bytes
@@ -543,23 +544,6 @@ def _slowest(outputs: pa.Table, errors: pa.Table, run_id: str, input_root: str) 
 # --------------------------------------------------------------------------------------------
 
 
-# replaced by dce_batch.enhance.registry.read_safetensors_metadata when merged
-def read_safetensors_metadata(blob: bytes) -> dict | None:
-    """The ``dce_batch`` metadata in a .safetensors file's header, read without torch; None when
-    the bytes are not a safetensors file or carry no such metadata."""
-    if len(blob) < 10:
-        return None
-    header_len = int.from_bytes(blob[:8], "little")
-    if not 0 < header_len <= len(blob) - 8:
-        return None
-    try:
-        header = json.loads(blob[8:8 + header_len])
-        meta = json.loads(header["__metadata__"]["dce_batch"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
 def training_history(summary: Mapping[str, Any], s3: S3Options | None) -> tuple[dict[str, Any], list[TrainingRun]]:
     """(weights metadata, training runs with per-epoch losses) for the run's model, when known.
 
@@ -580,7 +564,10 @@ def training_history(summary: Mapping[str, Any], s3: S3Options | None) -> tuple[
         return {}, []
     try:
         fs, path = filesystem_for(str(spec), s3)
-        meta = read_safetensors_metadata(read_bytes(fs, path)) or {}
+        try:
+            meta = read_safetensors_metadata(read_bytes(fs, path)) or {}
+        except DceBatchError:  # damaged metadata: no curves, not a failed report
+            meta = {}
     except (DceBatchError, OSError):
         return {}, []
     pointer = (meta.get("recipe") or {}).get("metrics_uri") or (meta.get("metrics") or {}).get("metrics_uri")

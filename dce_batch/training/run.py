@@ -39,7 +39,7 @@ import torch
 
 from dce_batch.errors import ConfigError, MissingDependencyError, StorageError, describe_error
 from dce_batch.imaging import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
-from dce_batch.enhance.enhancer import prepare_cpu_process
+from dce_batch.enhance.precision import prepare_cpu_process
 from dce_batch.training.losses import LossWeights, ZeroDCELoss
 from dce_batch.enhance.network import ModelVariant, build_model, count_parameters, init_weights
 from dce_batch.storage import Location, S3Options, filesystem_for, list_inputs, read_bytes, write_bytes_atomic
