@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from dce_batch import __version__
-from dce_batch.errors import ConfigError, DceBatchError, RunInterrupted, WeightsError, describe_error
+from dce_batch.errors import ConfigError, DceBatchError, ReportError, RunInterrupted, WeightsError, describe_error
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -148,7 +148,8 @@ def _report_failure(program: str, exc: BaseException) -> int:
         traceback.print_exc()  # a bug: its traceback is the report
         return EXIT_FAILED
     print(f"{program}: {describe_error(cause)}", file=sys.stderr)
-    return EXIT_INVALID if isinstance(cause, (ConfigError, WeightsError)) else EXIT_FAILED
+    # Settings, weights and an OUTPUT with nothing to report are the caller's to fix (2); the rest failed (1).
+    return EXIT_INVALID if isinstance(cause, (ConfigError, WeightsError, ReportError)) else EXIT_FAILED
 
 
 def _dce_cause(exc: BaseException) -> DceBatchError | None:

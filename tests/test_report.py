@@ -22,7 +22,8 @@ import pytest
 from PIL import Image
 
 from dce_batch.errors import ReportError
-from dce_batch.job.manifest import MANIFEST_SCHEMA, ManifestRow, RunSummary, rows_to_table, write_manifest_part
+from dce_batch.job.manifest import MANIFEST_SCHEMA, CommitRecord, ManifestRow, ManifestStore, RunSummary, rows_to_table
+from dce_batch.job.manifest.store import part_name
 from dce_batch.job import EnhanceConfig, run_enhance, sample_images_dir
 from dce_batch.report import build_report
 from dce_batch.report.charts import histogram_chart
@@ -111,6 +112,13 @@ class Page(HTMLParser):
             self.figures += 1
 
 
+def write_committed_part(location: Location, run_id: str, table: pa.Table) -> None:
+    """A finished run's rows as the job leaves them: one part and the commit record naming it."""
+    store = ManifestStore.of(location)
+    part = store.write_part(part_name(run_id, "test", 0), table)
+    store.write_commit(CommitRecord(run_id=run_id, status="finished", parts=[part]))
+
+
 def _image(path: Path, seed: int, size=(64, 48)) -> int:
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,16 +129,17 @@ def _image(path: Path, seed: int, size=(64, 48)) -> int:
 def _row(run_id: str, name: str, status: str, root: Path, *, minutes: int, error: str | None = None,
          luma=(0.1, 0.4), duration=100.0, seed=0) -> ManifestRow:
     input_uri, output_uri = str(root / "in" / name), str(root / "out" / name)
-    row = ManifestRow(run_id=run_id, input_uri=input_uri, status=status, finished_at=T0 + timedelta(minutes=minutes))
+    row = ManifestRow(run_id=run_id, input_relpath=name, input_uri=input_uri, status=status,
+                      finished_at=T0 + timedelta(minutes=minutes))
     if status == "ok":
         _image(Path(input_uri), seed)
         _image(Path(output_uri), seed + 100)
-        row.output_uri, row.width, row.height = output_uri, 64, 48
+        row.output_relpath, row.width, row.height = name, 64, 48
         row.mean_luma_in, row.mean_luma_out, row.duration_ms = luma[0], luma[1], duration
         row.bytes_in = row.bytes_out = 1000
         row.worker = f"node/{run_id}"
     elif status == "skipped":
-        row.output_uri = output_uri
+        row.output_relpath = name
     else:  # a failed input exists, it just is not a usable image
         Path(input_uri).parent.mkdir(parents=True, exist_ok=True)
         Path(input_uri).write_bytes(b"not an image")
@@ -142,7 +151,7 @@ def _row(run_id: str, name: str, status: str, root: Path, *, minutes: int, error
 def _write_run(root: Path, run_id: str, rows: list[ManifestRow], *, finished=True, minutes=0,
                settings=None, cluster=None, elapsed_s=12.5, images_per_s=2.0) -> None:
     location = Location.parse(str(root / "out"))
-    write_manifest_part(location.filesystem, location.child("_manifest"), run_id, 0, rows_to_table(rows))
+    write_committed_part(location, run_id, rows_to_table(rows))
     if finished:
         summary = RunSummary(run_id=run_id, input=str(root / "in"), output=location.uri,
                              started_at=(T0 + timedelta(minutes=minutes)).isoformat(), elapsed_s=elapsed_s,
@@ -150,7 +159,7 @@ def _write_run(root: Path, run_id: str, rows: list[ManifestRow], *, finished=Tru
                              settings=settings or {"strength": 1.0}, versions={"dce_batch": "test"},
                              cluster=cluster or {})
         summary.add(rows_to_table(rows))
-        summary.write(location.filesystem, location.child("_manifest"))
+        ManifestStore.of(location).write_summary(run_id, summary.to_json())
 
 
 def test_latest_finished_run_with_skipped_rows_resolved_to_the_run_that_made_them(tmp_path):
@@ -371,7 +380,8 @@ def test_a_huge_manifest_is_sampled(tmp_path):
     names = [f"{root}/img{i:06d}.jpg" for i in range(count)]
     rng = np.random.default_rng(0)
     table = pa.table({
-        "run_id": ["big"] * count, "input_uri": [n.replace("/out/", "/in/") for n in names], "output_uri": names,
+        "run_id": ["big"] * count, "input_uri": [n.replace("/out/", "/in/") for n in names],
+        "input_relpath": [n.rsplit("/", 1)[1] for n in names], "output_relpath": [n.rsplit("/", 1)[1] for n in names],
         "status": ["ok"] * (count - 10) + ["error"] * 10, "error": [None] * (count - 10) + ["CorruptImageError: x"] * 10,
         "mean_luma_in": rng.random(count).astype(np.float32) * 0.2,
         "mean_luma_out": rng.random(count).astype(np.float32) * 0.3 + 0.3,
@@ -381,7 +391,7 @@ def test_a_huge_manifest_is_sampled(tmp_path):
     full = pa.table({f.name: table[f.name] if f.name in table.column_names else pa.nulls(count, f.type)
                      for f in MANIFEST_SCHEMA}, schema=MANIFEST_SCHEMA)
     location = Location.parse(str(root))
-    write_manifest_part(location.filesystem, location.child("_manifest"), "big", 0, full)
+    write_committed_part(location, "big", full)
     sampled = sample_evenly(count - 10, 8)  # the ok rows, in input order (names are zero-padded)
     for i in (sampled[0], sampled[4]):  # two of the sampled images exist
         _image(Path(names[i]), i)
@@ -444,10 +454,10 @@ def test_report_on_s3_with_presigned_links(s3_server, s3_bucket, tmp_path):
             key = f"{side}/{name}"
             s3_server.put_object(s3_bucket, key, buffer.getvalue())
             images[f"s3://{s3_bucket}/{key}"] = buffer.getvalue()
-    rows = [ManifestRow(run_id="s3run", input_uri=f"s3://{s3_bucket}/in/{n}", output_uri=f"s3://{s3_bucket}/out/{n}",
+    rows = [ManifestRow(run_id="s3run", input_relpath=n, input_uri=f"s3://{s3_bucket}/in/{n}", output_relpath=n,
                         status="ok", width=30, height=20, mean_luma_in=0.1, mean_luma_out=0.4, duration_ms=10.0,
                         finished_at=T0) for n in ["a.png", "dir/b c.png"]]
-    write_manifest_part(location.filesystem, location.child("_manifest"), "s3run", 0, rows_to_table(rows))
+    write_committed_part(location, "s3run", rows_to_table(rows))
 
     uri = build_report(prefix, s3=options)
     assert uri == f"{prefix}/_report/index.html"
