@@ -4,13 +4,16 @@
   that carries them, but no credentials, to every Ray node.
 * :mod:`.uris`: URI -> filesystem (:func:`filesystem_for`), folders (:class:`Location`), and
   low-level errors turned into :class:`~dce_batch.errors.StorageError` messages.
-* :mod:`.listing`: finding inputs (:func:`list_inputs_table`, :func:`list_inputs`).
+* :mod:`.listing`: finding inputs (:func:`list_inputs_table`, :func:`list_inputs`), with
+  :mod:`.input_table` (the table it returns), :mod:`.globs` (glob patterns), :mod:`.list_file`
+  (list files of image URIs) and :mod:`.arrow_paths` (path operations on whole columns).
 * :mod:`.io`: reading, atomic writing, checking and deleting files.
 
 Nothing here imports Ray, so all of it is tested with plain pytest.
 """
 
 from dce_batch.storage.aws import PortableS3FileSystem, S3Options
+from dce_batch.storage.input_table import INPUT_TABLE_SCHEMA, InputFile
 from dce_batch.storage.io import (
     TEMP_NAME_PATTERN,
     delete_tree_contents,
@@ -21,14 +24,8 @@ from dce_batch.storage.io import (
     write_bytes_atomic,
     writes_via_temp_files,
 )
-from dce_batch.storage.listing import (
-    INPUT_TABLE_SCHEMA,
-    LIST_FILE_SUFFIXES,
-    MANIFEST_DIR,
-    InputFile,
-    list_inputs,
-    list_inputs_table,
-)
+from dce_batch.storage.list_file import LIST_FILE_SUFFIXES
+from dce_batch.storage.listing import MANIFEST_DIR, list_inputs, list_inputs_table
 from dce_batch.storage.uris import Location, filesystem_for
 
 __all__ = [
