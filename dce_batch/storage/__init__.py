@@ -8,6 +8,8 @@
   :mod:`.input_table` (the table it returns), :mod:`.globs` (glob patterns), :mod:`.list_file`
   (list files of image URIs) and :mod:`.arrow_paths` (path operations on whole columns).
 * :mod:`.io`: reading, atomic writing, checking and deleting files.
+* :mod:`.s3_errors`: what an S3 failure means (botocore's error codes; pyarrow's wording in one
+  table).
 
 Nothing here imports Ray, so all of it is tested with plain pytest.
 """
