@@ -1,10 +1,11 @@
 """Listing inputs (dce_batch.storage.listing and its parts): local folders and globs, list files,
-special files and odd names."""
+S3 prefixes (moto_server), special files and odd names, fingerprints, names that stay stable."""
 
 from __future__ import annotations
 
 import os
 import textwrap
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,8 +14,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from dce_batch.errors import ConfigError, StorageError
-from dce_batch.storage import InputFile, list_inputs, read_bytes
+from dce_batch.storage import (
+    INPUT_TABLE_SCHEMA,
+    InputFile,
+    list_inputs,
+    list_inputs_table,
+    read_bytes,
+)
 from dce_batch.storage.globs import glob_regex
+from tests.fault_proxy import fault_proxy  # noqa: F401 - a fixture
 from tests.trees import make_files, relpaths
 
 IMAGES = (".jpg", ".jpeg", ".png")
@@ -95,9 +103,10 @@ def test_glob_regex_semantics() -> None:
 
 
 def test_single_file_is_taken_as_given(photo_tree: Path) -> None:
-    fs, files = list_inputs(str(photo_tree / "sub" / "e.gif"), extensions=IMAGES)
+    _, files = list_inputs(str(photo_tree / "sub" / "e.gif"), extensions=IMAGES)
     path = str(photo_tree / "sub/e.gif")
-    assert files == [InputFile(uri=path, path=path, relpath="e.gif", size=len("sub/e.gif"))]
+    modified = datetime.fromtimestamp(os.stat(path).st_mtime_ns // 1000 / 1e6, timezone.utc)
+    assert files == [InputFile(uri=path, path=path, relpath="e.gif", size=len("sub/e.gif"), mtime=modified)]
 
 
 def test_folder_without_images_reports_skipped_count(tmp_path: Path) -> None:
@@ -136,7 +145,7 @@ def test_txt_list_file_with_comments_relative_entries_and_duplicates(tmp_path: P
     )
     fs, files = list_inputs(str(listing), extensions=IMAGES)
     assert isinstance(fs, pafs.LocalFileSystem)
-    # Taken as given (3.tif too), relative to the common folder imgs/, deduplicated, no stat.
+    # Taken as given (3.tif too), relative to the list file's folder imgs/, deduplicated, no stat.
     assert relpaths(files) == ["a/1.jpg", "b/2.png", "b/3.tif"]
     assert files[0].path == str(tmp_path / "imgs/a/1.jpg")
     assert files[0].size is None
@@ -147,7 +156,7 @@ def test_csv_list_file_uses_uri_column(tmp_path: Path) -> None:
     listing = tmp_path / "list.csv"
     listing.write_text(f"id,URI\n1,{tmp_path}/x/p.jpg\n2,x/y/q.jpg\n")
     _, files = list_inputs(str(listing), extensions=IMAGES)
-    assert relpaths(files) == ["p.jpg", "y/q.jpg"]
+    assert relpaths(files) == ["x/p.jpg", "x/y/q.jpg"]  # below the list file's folder
 
 
 def test_csv_list_file_without_header(tmp_path: Path) -> None:
@@ -164,7 +173,8 @@ def test_parquet_list_file_first_string_column(tmp_path: Path) -> None:
     pq.write_table(table, listing)
     _, files = list_inputs(str(listing), extensions=IMAGES)
     assert [f.path for f in files] == [str(tmp_path / "img/a.jpg"), str(tmp_path / "img/sub/b.jpg")]
-    assert relpaths(files) == ["a.jpg", "sub/b.jpg"]
+    # Outside the list file's folder lists/: named by their absolute paths.
+    assert relpaths(files) == [f"{str(tmp_path)[1:]}/img/a.jpg", f"{str(tmp_path)[1:]}/img/sub/b.jpg"]
 
 
 def test_list_file_mixing_filesystems_is_config_error(tmp_path: Path) -> None:
@@ -181,29 +191,26 @@ def test_empty_list_file(tmp_path: Path) -> None:
         list_inputs(str(listing), extensions=IMAGES)
 
 
-# --- the columnar listing ---------------------------------------------------------------------
-
-
-def _as_files(table: pa.Table) -> list[InputFile]:
-    return [InputFile(**row) for row in table.to_pylist()]
+# --- the columnar listing, special files, odd names -----------------------------------------------------------------------
 
 
 def test_list_inputs_table_schema_order_and_equivalence(photo_tree: Path) -> None:
-    from dce_batch.storage import INPUT_TABLE_SCHEMA, list_inputs_table
-
     for source in (str(photo_tree), f"{photo_tree}/**/*.[jJ][pP]*", str(photo_tree / "sub" / "e.gif")):
-        fs, table = list_inputs_table(source, extensions=IMAGES)
+        _, table = list_inputs_table(source, extensions=IMAGES)
         assert table.schema == INPUT_TABLE_SCHEMA
         relpaths_ = table.column("relpath").to_pylist()
         assert relpaths_ == sorted(relpaths_)
-        assert _as_files(table) == list_inputs(source, extensions=IMAGES)[1]
+        files = list_inputs(source, extensions=IMAGES)[1]
+        assert [f.uri for f in files] == table.column("uri").to_pylist()
+        assert [f.relpath for f in files] == relpaths_
+        assert [f.size for f in files] == table.column("size").to_pylist()
+        # InputFile holds Python datetimes: microseconds.
+        assert [f.mtime for f in files] == table.column("mtime").cast(pa.timestamp("us", tz="UTC"), safe=False).to_pylist()
 
 
 def test_broken_symbolic_links_are_listed_and_say_why_they_cannot_be_read(tmp_path: Path) -> None:
     """pyarrow's listing leaves broken links out; a user sees them as files, so they are listed
     (size 0), in subfolders too and through the same name filters, and reading one names it."""
-    from dce_batch.storage import list_inputs_table
-
     make_files(tmp_path / "in", ["a.jpg", "sub/b.png"])
     (tmp_path / "in" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (tmp_path / "in" / "sub" / "gone2.png").symlink_to("../../missing.png")
@@ -223,8 +230,6 @@ def test_named_pipes_and_sockets_are_listed_and_never_opened(tmp_path: Path) -> 
     """pyarrow's listing leaves them out; opening a named pipe would wait for a writer forever.
     Listed like broken links (size 0), and reading one says what it is without opening it."""
     import socket
-
-    from dce_batch.storage import list_inputs_table
 
     make_files(tmp_path / "in", ["a.jpg"])
     os.mkfifo(tmp_path / "in" / "pipe.jpg")
@@ -246,15 +251,13 @@ def test_named_pipes_and_sockets_are_listed_and_never_opened(tmp_path: Path) -> 
 
 
 def test_list_inputs_table_odd_names_and_globs(tmp_path: Path) -> None:
-    from dce_batch.storage import list_inputs_table
-
     names = ["a b+(1).jpg", "a b+(2).jpg", "é/ü [x].png", "dots.in.name.JPG", "q?.jpg", "back\\slash.jpg",
              "ab.jpg", "a.b/c.jpg"]
     make_files(tmp_path / "in", names)
     _, table = list_inputs_table(str(tmp_path / "in"), extensions=IMAGES)
     assert table.column("relpath").to_pylist() == sorted(names)
     assert table.column("size").to_pylist() == [len(n.encode()) for n in sorted(names)]
-    glob = lambda pattern: list_inputs_table(f"{tmp_path}/in/{pattern}", extensions=IMAGES)[1].column("relpath").to_pylist()  # noqa: E731
+    glob = lambda pattern: list_inputs_table(f"{tmp_path}/in/{pattern}", extensions=IMAGES)[1].column("relpath").to_pylist()
     assert glob("a b+(?).jpg") == ["a b+(1).jpg", "a b+(2).jpg"]  # regex characters are literals
     assert glob("*/ü [[]x].png") == ["é/ü [x].png"]
     assert glob("[!a]*.jpg") == ["back\\slash.jpg", "q?.jpg"]
@@ -264,8 +267,6 @@ def test_list_inputs_table_odd_names_and_globs(tmp_path: Path) -> None:
 def test_list_inputs_table_large_text_list_file(tmp_path: Path) -> None:
     """A 200,000-line list file with comments, blank lines, CRLF, BOM, duplicates and relative,
     absolute and file:// entries, parsed column-wise."""
-    from dce_batch.storage import list_inputs_table
-
     n = 200_000
     lines = ["# generated"]
     for i in range(n):
@@ -282,16 +283,15 @@ def test_list_inputs_table_large_text_list_file(tmp_path: Path) -> None:
     fs, table = list_inputs_table(str(listing), extensions=IMAGES)
     assert isinstance(fs, pafs.LocalFileSystem)
     assert table.num_rows == n
-    assert table.column("relpath")[0].as_py() == "day0/img000000.jpg"
+    assert table.column("relpath")[0].as_py() == "photos/day0/img000000.jpg"  # below the list's folder
     paths = table.column("path").to_pylist()
     assert len(set(paths)) == n and all(p.startswith(f"{tmp_path}/photos/day") for p in paths)
     assert table.column("uri").to_pylist() == paths  # local inputs: the URI is the path
-    assert table.column("size").null_count == n
+    for column in ("size", "mtime", "etag"):
+        assert table.column(column).null_count == n, column  # a text list file carries no fingerprints
 
 
 def test_list_file_errors_name_the_entry(tmp_path: Path) -> None:
-    from dce_batch.storage import list_inputs_table
-
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"a.jpg\n\xff\xfe not utf-8\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
@@ -305,8 +305,6 @@ def test_list_file_errors_name_the_entry(tmp_path: Path) -> None:
 @pytest.mark.s3
 def test_s3_prefix_listing_pages_through_keys(s3_server, s3_bucket: str) -> None:
     """More keys than one ListObjectsV2 page (1,000), with folder markers and hidden keys."""
-    from dce_batch.storage import list_inputs_table
-
     client = s3_server.client()
     expected = []
     for i in range(1_150):
@@ -315,7 +313,7 @@ def test_s3_prefix_listing_pages_through_keys(s3_server, s3_bucket: str) -> None
         expected.append(key.removeprefix("big/"))
     for key in ["big/p0/", "big/.hidden/x.jpg", "big/_manifest/part.jpg", "big/notes.txt"]:
         client.put_object(Bucket=s3_bucket, Key=key, Body=b"")
-    fs, table = list_inputs_table(f"s3://{s3_bucket}/big", s3_server.s3_options(), extensions=IMAGES)
+    _, table = list_inputs_table(f"s3://{s3_bucket}/big", s3_server.s3_options(), extensions=IMAGES)
     assert table.column("relpath").to_pylist() == sorted(expected)
     assert table.column("size").to_pylist()[:3] == [0, 4, 8]  # k00000, k00004, k00008 in p0
     assert table.column("uri")[0].as_py() == f"s3://{s3_bucket}/big/p0/k00000.jpg"
@@ -323,3 +321,165 @@ def test_s3_prefix_listing_pages_through_keys(s3_server, s3_bucket: str) -> None
     assert one_level.num_rows == len([k for k in expected if k.startswith("p1/")])
 
 
+
+
+# --- fingerprints: what each input was when listed -------------------------------------------
+
+
+def _ns(table: pa.Table, column: str = "mtime") -> dict[str, int | None]:
+    """relpath -> the column's value (times as integer nanoseconds since the epoch)."""
+    values = table.column(column)
+    if column == "mtime":
+        values = values.cast(pa.int64())
+    return dict(zip(table.column("relpath").to_pylist(), values.to_pylist()))
+
+
+def test_a_local_listing_records_each_files_size_and_modification_time(tmp_path: Path) -> None:
+    make_files(tmp_path / "in", ["a.jpg", "sub/b.png"])
+    os.utime(tmp_path / "in/a.jpg", ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+    (tmp_path / "in/link.jpg").symlink_to(tmp_path / "in/sub/b.png")
+    _, table = list_inputs_table(str(tmp_path / "in"), extensions=IMAGES)
+    b_png = os.stat(tmp_path / "in/sub/b.png")
+    assert _ns(table) == {"a.jpg": 1_700_000_000_123_456_789, "link.jpg": b_png.st_mtime_ns,
+                          "sub/b.png": b_png.st_mtime_ns}  # a link: its target's
+    assert _ns(table, "size") == {"a.jpg": 5, "link.jpg": 9, "sub/b.png": 9}
+    assert table.column("etag").null_count == table.num_rows  # local files have no ETag
+    assert table.schema == INPUT_TABLE_SCHEMA
+
+
+@pytest.mark.s3
+def test_an_s3_listing_records_size_etag_and_last_modified_from_its_pages_alone(
+    s3_server, s3_bucket: str, fault_proxy
+) -> None:
+    """The fingerprint comes with ListObjectsV2's pages: no request per object (counted by a
+    proxy). An overwritten object shows a new ETag and size."""
+    from dce_batch.storage import S3Options
+
+    for i in range(5):
+        s3_server.put_object(s3_bucket, f"in/k{i}.jpg", f"content {i}".encode())
+    options = S3Options(endpoint_url=fault_proxy.url, region="us-east-1", access_key="testing",
+                        secret_key="testing")
+    fault_proxy.reset_stats()
+    _, table = list_inputs_table(f"s3://{s3_bucket}/in/", options, extensions=IMAGES)
+    requests = fault_proxy.stats().requests
+    assert requests["GET"] == 0 and requests["HEAD"] <= 2, requests  # the prefix itself, not the objects
+
+    listed = s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="in/")["Contents"]
+    assert dict(zip(table.column("relpath").to_pylist(), table.column("etag").to_pylist())) == {
+        o["Key"].removeprefix("in/"): o["ETag"].strip('"') for o in listed}  # S3 quotes it; stored without
+    assert {o["Key"].removeprefix("in/"): o["LastModified"] for o in listed} == dict(zip(
+        table.column("relpath").to_pylist(), table.column("mtime").cast(pa.timestamp("us", tz="UTC")).to_pylist()))
+
+    before = dict(zip(table.column("relpath").to_pylist(), table.column("etag").to_pylist()))
+    s3_server.put_object(s3_bucket, "in/k0.jpg", b"retouched, longer content")
+    _, again = list_inputs_table(f"s3://{s3_bucket}/in/", options, extensions=IMAGES)
+    after = dict(zip(again.column("relpath").to_pylist(), again.column("etag").to_pylist()))
+    assert after["k0.jpg"] != before["k0.jpg"] and _ns(again, "size")["k0.jpg"] == len(b"retouched, longer content")
+    assert {k: v for k, v in after.items() if k != "k0.jpg"} == {k: v for k, v in before.items() if k != "k0.jpg"}
+
+
+@pytest.mark.s3
+def test_an_s3_inventory_report_is_a_list_file_that_carries_fingerprints(s3_server, tmp_path: Path) -> None:
+    """An S3 Inventory report in Parquet, as S3 writes it (bucket, key, size,
+    last_modified_date, e_tag, is_latest, is_delete_marker): each current object once, with its
+    fingerprint; no request made."""
+    modified = datetime(2024, 5, 1, 12, 0, 0, 500_000, tzinfo=timezone.utc)
+    report = pa.table({
+        "bucket": ["photos"] * 6,
+        "key": ["2024/a.jpg", "2024/b.jpg", "2024/b.jpg", "2024/gone.jpg", "2024/a.jpg", "2024/c d.jpg"],
+        "is_latest": [True, True, False, True, True, True],
+        "is_delete_marker": [False, False, False, True, False, False],
+        "size": pa.array([10, 20, 19, 0, 11, 30], pa.int64()),
+        "last_modified_date": pa.array([modified] * 6, pa.timestamp("ms", tz="UTC")),
+        "e_tag": ["aaa", '"bbb"', "old", None, "duplicate", "ccc"],
+    })
+    listing = tmp_path / "inventory.parquet"
+    pq.write_table(report, listing)
+    fs, table = list_inputs_table(str(listing), s3_server.s3_options(), extensions=IMAGES)
+    assert isinstance(fs, pafs.S3FileSystem)
+    rows = {r["relpath"]: (r["uri"], r["size"], r["etag"]) for r in table.select(["relpath", "uri", "size", "etag"]).to_pylist()}
+    # Not below the report's folder (another storage): named bucket/key. Old versions and delete
+    # markers are not inputs; a key listed twice keeps its first line.
+    assert rows == {"photos/2024/a.jpg": ("s3://photos/2024/a.jpg", 10, "aaa"),
+                    "photos/2024/b.jpg": ("s3://photos/2024/b.jpg", 20, "bbb"),
+                    "photos/2024/c d.jpg": ("s3://photos/2024/c d.jpg", 30, "ccc")}
+    assert set(table.column("mtime").cast(pa.timestamp("us", tz="UTC")).to_pylist()) == {modified}
+
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"uri": ["s3://photos/x.jpg"]}), plain)
+    _, table = list_inputs_table(str(plain), s3_server.s3_options(), extensions=IMAGES)
+    assert [table.column(c).null_count for c in ("size", "mtime", "etag")] == [1, 1, 1]
+
+
+def test_a_csv_list_file_may_carry_fingerprints_in_any_case_of_their_names(tmp_path: Path) -> None:
+    listing = tmp_path / "list.csv"
+    listing.write_text('uri,Size,ETag,Last_Modified\n'
+                       'a.jpg,12,0123,2024-05-01T12:00:00.5Z\n'
+                       'b.jpg,,"""q""",2024-05-01 12:00:00\n')
+    _, table = list_inputs_table(str(listing), extensions=IMAGES)
+    assert _ns(table, "size") == {"a.jpg": 12, "b.jpg": None}
+    assert _ns(table, "etag") == {"a.jpg": "0123", "b.jpg": "q"}  # digits stay text; quotes go
+    noon = int(datetime(2024, 5, 1, 12, tzinfo=timezone.utc).timestamp()) * 10**9
+    assert _ns(table) == {"a.jpg": noon + 500_000_000, "b.jpg": noon}  # no zone: UTC, as S3 writes times
+
+    listing.write_text("uri,mtime\na.jpg,1714564800\n")
+    with pytest.raises(ConfigError, match="column 'mtime' holds int64 values; write the times as"):
+        list_inputs_table(str(listing), extensions=IMAGES)
+    listing.write_text("uri,size\na.jpg,big\n")
+    with pytest.raises(ConfigError, match="column 'size' must hold sizes in bytes"):
+        list_inputs_table(str(listing), extensions=IMAGES)
+
+
+# --- names that stay the same when a list file changes ---------------------------------------
+
+
+def _names(listing: Path, **kwargs) -> dict[str, str]:
+    _, table = list_inputs_table(str(listing), extensions=IMAGES, **kwargs)
+    return dict(zip(table.column("uri").to_pylist(), table.column("relpath").to_pylist()))
+
+
+def test_adding_an_entry_to_a_list_file_renames_no_other_input(tmp_path: Path) -> None:
+    """Names come from each entry alone: below the list file's folder, relative to it; elsewhere,
+    the absolute path. So adding entries anywhere (which moved the common folder of all
+    entries) renames nothing, and no output is made twice under two names."""
+    listing = tmp_path / "lists" / "batch.txt"
+    listing.parent.mkdir()
+    entries = ["a/1.jpg", f"{tmp_path}/lists/b/2.jpg", "../elsewhere/3.jpg"]
+    listing.write_text("\n".join(entries) + "\n")
+    before = _names(listing)
+    root = str(tmp_path)[1:]
+    assert before == {f"{tmp_path}/lists/a/1.jpg": "a/1.jpg", f"{tmp_path}/lists/b/2.jpg": "b/2.jpg",
+                      f"{tmp_path}/elsewhere/3.jpg": f"{root}/elsewhere/3.jpg"}
+    listing.write_text("\n".join(["/srv/other/4.jpg", *entries, "c/5.jpg"]) + "\n")
+    after = _names(listing)
+    assert {uri: after[uri] for uri in before} == before
+    assert after["/srv/other/4.jpg"] == "srv/other/4.jpg" and after[f"{tmp_path}/lists/c/5.jpg"] == "c/5.jpg"
+
+
+@pytest.mark.s3
+def test_s3_list_file_entries_are_named_from_themselves(s3_server, s3_bucket: str) -> None:
+    other = s3_server.make_bucket(f"{s3_bucket}-other")
+    s3_server.put_object(s3_bucket, "lists/batch.txt",
+                         f"../in/a.jpg\nsub/c.jpg\ns3://{other}/k.jpg\n".encode())
+    _, table = list_inputs_table(f"s3://{s3_bucket}/lists/batch.txt", s3_server.s3_options(), extensions=IMAGES)
+    names = dict(zip(table.column("uri").to_pylist(), table.column("relpath").to_pylist()))
+    assert names == {f"s3://{s3_bucket}/in/a.jpg": f"{s3_bucket}/in/a.jpg",
+                     f"s3://{s3_bucket}/lists/sub/c.jpg": "sub/c.jpg",
+                     f"s3://{other}/k.jpg": f"{other}/k.jpg"}
+
+
+def test_a_base_names_every_input_relative_to_it(tmp_path: Path) -> None:
+    listing = tmp_path / "lists" / "batch.txt"
+    listing.parent.mkdir()
+    listing.write_text("a/1.jpg\n../elsewhere/3.jpg\n")
+    assert sorted(_names(listing, base=str(tmp_path)).values()) == ["elsewhere/3.jpg", "lists/a/1.jpg"]
+    assert sorted(_names(listing, base=f"file://{tmp_path}/").values()) == ["elsewhere/3.jpg", "lists/a/1.jpg"]
+    make_files(tmp_path / "photos", ["day1/x.jpg"])  # a folder too
+    _, table = list_inputs_table(str(tmp_path / "photos"), extensions=IMAGES, base=str(tmp_path))
+    assert table.column("relpath").to_pylist() == ["photos/day1/x.jpg"]
+
+    with pytest.raises(ConfigError, match=rf"input {tmp_path}/elsewhere/3.jpg is not inside the base "
+                                          rf"{tmp_path}/lists; .*choose a base folder"):
+        _names(listing, base=str(tmp_path / "lists"))
+    with pytest.raises(ConfigError, match="not on the storage of the inputs"):
+        _names(listing, base="s3://bucket/lists")

@@ -1,12 +1,16 @@
 """Finding the input images of a run: folders, globs, S3 prefixes, single files and list files.
 
-The result is built column-wise as an Arrow table (:func:`list_inputs_table`), never as a Python
-object per file, so that a million inputs are planned in seconds and a few hundred MB:
+The entry point is :func:`list_inputs_table`. The result is built column-wise as an Arrow table,
+never as a Python object per file, so that a million inputs are planned in seconds and a few
+hundred MB:
 
 * S3 prefixes are listed page by page (1,000 keys per ListObjectsV2 call, through botocore with
   the same endpoint, region, retries and timeouts as the filesystem), each page filtered into
-  Arrow arrays before the next is fetched;
-* list files are parsed by :mod:`.list_file`, globs by :mod:`.globs`;
+  Arrow arrays before the next is fetched; each page carries every object's size, ETag and
+  LastModified, so fingerprints cost no request;
+* local folders and other stores (fsspec) are listed by pyarrow, with local files' sizes and
+  modification times;
+* list files are parsed by :mod:`.list_file`; globs by :mod:`.globs`;
 * filters (extensions, hidden files, ``_manifest`` folders, glob patterns) are Arrow compute
   kernels (RE2 regular expressions) over whole columns.
 """
@@ -16,29 +20,36 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from dce_batch.errors import StorageError
+from dce_batch.errors import ConfigError, StorageError
 from dce_batch.storage.arrow_paths import relative_to, with_prefix
 from dce_batch.storage.aws import PortableS3FileSystem, S3Options, botocore_session
 from dce_batch.storage.globs import GLOB_CHARS, glob_regex_source, split_glob
 from dce_batch.storage.input_table import (
     INPUT_TABLE_SCHEMA,
+    MTIME_TYPE,
     InputFile,
     make_input_table,
     normalise_extensions,
+    unquoted_etags,
 )
 from dce_batch.storage.io import special_file_kind
 from dce_batch.storage.list_file import LIST_FILE_SUFFIXES, list_from_list_file
 from dce_batch.storage.uris import (
+    LOCAL_SCHEMES,
     display,
     filesystem_for,
+    fs_kind,
     get_info,
+    local_path,
     require_uri,
     s3_endpoint,
+    split_scheme,
     storage_error,
     uri_prefix,
 )
@@ -57,6 +68,15 @@ MANIFEST_DIR = "_manifest"
 
 # Hidden files/folders, and anything inside a _manifest folder, are never inputs.
 _SKIPPED_PATTERN = rf"(^|/)\.|(^|/){MANIFEST_DIR}/"
+
+
+class _Page(NamedTuple):
+    """Columns of the files one listing request (or walk) found."""
+
+    paths: pa.Array
+    sizes: pa.Array
+    mtimes: pa.Array | None = None
+    etags: pa.Array | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,8 +101,8 @@ def _listing_keys(options: S3Options) -> dict[str, str | None]:
     return {}
 
 
-def _s3_pages(fs: PortableS3FileSystem, base: str, recursive: bool) -> Iterator[tuple[pa.Array, pa.Array]]:
-    """(paths, sizes) of the objects under ``base``, one ListObjectsV2 page at a time."""
+def _s3_pages(fs: PortableS3FileSystem, base: str, recursive: bool) -> Iterator[_Page]:
+    """The objects under ``base``, one ListObjectsV2 page at a time."""
     import botocore
     import botocore.config
     import botocore.exceptions
@@ -110,28 +130,33 @@ def _s3_pages(fs: PortableS3FileSystem, base: str, recursive: bool) -> Iterator[
         if not recursive:
             request["Delimiter"] = "/"
         for page in client.get_paginator("list_objects_v2").paginate(**request):
-            contents = page.get("Contents") or ()
             # Keys ending in "/" are folder markers, not files.
-            objects = [(c["Key"], c["Size"]) for c in contents if not c["Key"].endswith("/")]
-            keys = pa.array([k for k, _ in objects], pa.string())
-            sizes = pa.array([s for _, s in objects], pa.int64())
-            yield pc.binary_join_element_wise(pa.scalar(bucket + "/"), keys, ""), sizes
+            objects = [c for c in page.get("Contents") or () if not c["Key"].endswith("/")]
+            keys = pa.array([c["Key"] for c in objects], pa.string())
+            yield _Page(
+                paths=pc.binary_join_element_wise(pa.scalar(bucket + "/"), keys, ""),
+                sizes=pa.array([c["Size"] for c in objects], pa.int64()),
+                mtimes=pa.array([c.get("LastModified") for c in objects], MTIME_TYPE),
+                etags=unquoted_etags(pa.array([c.get("ETag") for c in objects], pa.string())),
+            )
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise storage_error(exc, "list", fs, base) from exc
 
 
-def _pyarrow_pages(fs: pafs.FileSystem, base: str, recursive: bool) -> Iterator[tuple[pa.Array, pa.Array]]:
-    """(paths, sizes) of the files under ``base`` from one pyarrow listing (local, fsspec); on a
-    local disk also what that listing leaves out (size 0): broken symbolic links, named pipes,
-    sockets and devices (see :func:`_unlisted_entries`)."""
+def _pyarrow_pages(fs: pafs.FileSystem, base: str, recursive: bool) -> Iterator[_Page]:
+    """The files under ``base`` from one pyarrow listing (local, fsspec); on a local disk also
+    what that listing leaves out (size 0): broken symbolic links, named pipes, sockets and devices
+    (see :func:`_unlisted_entries`)."""
     infos = get_info(fs, pafs.FileSelector(base, recursive=recursive), "list", base)
     files = [info for info in infos if info.type == pafs.FileType.File]
     del infos
-    yield pa.array([f.path for f in files], pa.string()), pa.array([f.size for f in files], pa.int64())
+    yield _Page(paths=pa.array([f.path for f in files], pa.string()),
+                sizes=pa.array([f.size for f in files], pa.int64()),
+                mtimes=pa.array([f.mtime_ns for f in files], MTIME_TYPE))
     if isinstance(fs, pafs.LocalFileSystem):
         unlisted = _unlisted_entries(base, recursive)
         if unlisted:
-            yield pa.array(unlisted, pa.string()), pa.array([0] * len(unlisted), pa.int64())
+            yield _Page(paths=pa.array(unlisted, pa.string()), sizes=pa.array([0] * len(unlisted), pa.int64()))
 
 
 def _unlisted_entries(base: str, recursive: bool) -> list[str]:
@@ -184,10 +209,10 @@ def _list_tree(
     lowered_exts = sorted(extensions)
     chunks: list[pa.Table] = []
     seen = 0
-    for paths, sizes in pages:
-        if len(paths) == 0:
+    for page in pages:
+        if len(page.paths) == 0:
             continue
-        relpaths = relative_to(base, paths)
+        relpaths = relative_to(base, page.paths)
         candidate = pc.invert(pc.match_substring_regex(relpaths, _SKIPPED_PATTERN))
         if pattern is not None:
             candidate = pc.and_(candidate, pc.match_substring_regex(relpaths, f"^(?:{pattern})$"))
@@ -197,8 +222,10 @@ def _list_tree(
         for ext in lowered_exts[1:]:
             is_image = pc.or_(is_image, pc.ends_with(lower, ext))
         keep = pc.and_(candidate, is_image)
-        paths, relpaths, sizes = (pc.filter(a, keep) for a in (paths, relpaths, sizes))
-        chunks.append(make_input_table(with_prefix(prefix, paths), paths, relpaths, sizes=sizes))
+        columns = [page.paths, relpaths, page.sizes, page.mtimes, page.etags]
+        paths, relpaths, sizes, mtimes, etags = (None if c is None else pc.filter(c, keep) for c in columns)
+        chunks.append(make_input_table(with_prefix(prefix, paths), paths, relpaths, sizes=sizes, mtimes=mtimes,
+                                       etags=etags))
     if not chunks:
         return INPUT_TABLE_SCHEMA.empty_table(), seen
     return pa.concat_tables(chunks).combine_chunks(), seen
@@ -256,12 +283,57 @@ def _list_glob(fs: pafs.FileSystem, path: str, uri: str, extensions: frozenset[s
 
 
 # --------------------------------------------------------------------------------------------
+# Names relative to a chosen base
+# --------------------------------------------------------------------------------------------
+
+
+def _base_path(fs: pafs.FileSystem, base: str, s3: S3Options | None) -> str:
+    """The path of folder ``base`` in ``fs``; ConfigError if it is on another storage."""
+    scheme, rest = split_scheme(require_uri(base))
+    local_inputs = isinstance(fs, pafs.LocalFileSystem)
+    if local_inputs != (scheme in LOCAL_SCHEMES):
+        raise ConfigError(f"the base {base} is not on the storage of the inputs "
+                          f"({uri_prefix(fs) or 'a local disk'}); give a base folder that holds the inputs")
+    if local_inputs:
+        return local_path(scheme, rest)
+    base_fs, path = filesystem_for(base, s3)
+    if fs_kind(base_fs) != fs_kind(fs):
+        raise ConfigError(f"the base {base} is not on the storage of the inputs ({display(fs, '')}...); "
+                          "give a base folder that holds the inputs")
+    return path
+
+
+def _rebased(table: pa.Table, fs: pafs.FileSystem, base: str, s3: S3Options | None) -> pa.Table:
+    """``table`` with every relpath relative to folder ``base``; ConfigError naming an input that
+    is not below it."""
+    base_path = _base_path(fs, base, s3)
+    prefix = base_path.rstrip("/") + "/"
+    paths = table.column("path").combine_chunks()
+    below = pc.starts_with(paths, prefix)
+    outside = pc.invert(below)
+    if pc.any(outside).as_py():
+        count = pc.sum(outside).as_py()
+        first = table.column("uri")[pc.index(outside, True).as_py()].as_py()
+        more = f" (and {count - 1} more)" if count > 1 else ""
+        raise ConfigError(
+            f"input {first}{more} is not inside the base {display(fs, base_path)}; outputs are named by "
+            "their path below the base, so choose a base folder that holds every input, or leave it out"
+        )
+    relpaths = pc.utf8_slice_codeunits(paths, start=len(prefix)) if prefix != "/" else pc.utf8_ltrim(paths, characters="/")
+    return table.set_column(table.schema.get_field_index("relpath"), "relpath", relpaths)
+
+
+# --------------------------------------------------------------------------------------------
 # Entry points
 # --------------------------------------------------------------------------------------------
 
 
 def list_inputs_table(
-    input_uri: str, s3: S3Options | None = None, *, extensions: Iterable[str]
+    input_uri: str,
+    s3: S3Options | None = None,
+    *,
+    extensions: Iterable[str],
+    base: str | None = None,
 ) -> tuple[pafs.FileSystem, pa.Table]:
     """Find the input images of a run, as a table (see :data:`INPUT_TABLE_SCHEMA`).
 
@@ -271,10 +343,20 @@ def list_inputs_table(
     every run. Folders, prefixes and globs yield only files with one of ``extensions`` (any
     case) and skip hidden files and ``_manifest`` folders; list files are taken as given.
 
-    Returns the filesystem of the images and a table with columns ``uri``, ``path`` (in that
-    filesystem), ``relpath`` and ``size``, sorted by ``relpath`` and unique by ``path``.
-    StorageError if nothing is found or the location is missing or unreachable; ConfigError
-    for an unusable list file or settings.
+    ``relpath`` (what an output is named after) is relative to the folder, prefix or glob's
+    fixed part; a single file's is its name; a list file's entries are named from themselves
+    (see :mod:`.list_file`). With ``base`` (a folder URI on the inputs' storage) every input is
+    named relative to it instead, and an input outside it is a ConfigError.
+
+    ``size``, ``mtime`` and ``etag`` record what each input was when listed, from what the
+    listing already returns (no extra request): local files their size and modification time,
+    S3 objects their size, LastModified and ETag, list-file entries what the list file carries.
+    Null where unknown (a single S3 object named directly has no ETag here).
+
+    Returns the filesystem of the images and the table, sorted by ``relpath``.
+    StorageError if nothing is found or the location is missing or unreachable
+    (CredentialsError when S3 rejects the credentials); ConfigError for an unusable list file or
+    settings.
     """
     exts = normalise_extensions(extensions)
     input_uri = require_uri(input_uri)
@@ -292,21 +374,31 @@ def list_inputs_table(
             # A single file named explicitly is taken as given, like list-file entries.
             single = pa.array([path], pa.string())
             table = make_input_table(pa.array([uri]), single, pa.array([posixpath.basename(path)]),
-                                     sizes=pa.array([info.size], pa.int64()))
+                                     sizes=pa.array([info.size], pa.int64()),
+                                     mtimes=pa.array([info.mtime_ns], MTIME_TYPE))
     elif info.type == pafs.FileType.Directory:
         table, seen = _list_tree(fs, path, exts)
         if table.num_rows == 0:
             raise _nothing_found(uri, "searched recursively", exts, seen)
     else:
         raise _missing_error(fs, path, uri)
+    if base is not None:
+        table = _rebased(table, fs, base, s3)
     # Paths are unique by construction (listings) or deduplicated (list files).
     return fs, table.sort_by("relpath")
 
 
 def list_inputs(
-    input_uri: str, s3: S3Options | None = None, *, extensions: Iterable[str]
+    input_uri: str,
+    s3: S3Options | None = None,
+    *,
+    extensions: Iterable[str],
+    base: str | None = None,
 ) -> tuple[pafs.FileSystem, list[InputFile]]:
-    """:func:`list_inputs_table` as a list of :class:`InputFile`, for small callers."""
-    fs, table = list_inputs_table(input_uri, s3, extensions=extensions)
-    columns = [table.column(name).to_pylist() for name in ("uri", "path", "relpath", "size")]
-    return fs, [InputFile(*row) for row in zip(*columns)]
+    """:func:`list_inputs_table` as a list of :class:`InputFile`, for small callers (``mtime`` to
+    the microsecond, as a ``datetime``)."""
+    fs, table = list_inputs_table(input_uri, s3, extensions=extensions, base=base)
+    # Python's datetime holds microseconds; nanoseconds would need pandas' Timestamp.
+    mtimes = table.column("mtime").cast(pa.timestamp("us", tz="UTC"), safe=False)
+    table = table.set_column(table.schema.get_field_index("mtime"), "mtime", mtimes)
+    return fs, [InputFile(**row) for row in table.to_pylist()]
