@@ -62,6 +62,11 @@ class CredentialsError(StorageError):
     ``credential_process``, an expired SSO session ...) failed."""
 
 
+class UnsupportedNameError(StorageError):
+    """An input's name cannot be carried through the job: a file name that is not valid UTF-8
+    (no manifest, URI or Arrow string can hold it). The input gets an error row; renaming it fixes it."""
+
+
 def describe_error(exc: BaseException) -> str:
     """``TypeName: message``, the form stored in manifest rows and printed in summaries."""
     message = str(exc).strip() or repr(exc)

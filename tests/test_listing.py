@@ -1,9 +1,12 @@
 """Listing inputs (dce_batch.storage.listing and its parts): local folders and globs, list files,
-S3 prefixes (moto_server), special files and odd names, fingerprints, names that stay stable."""
+S3 prefixes (moto_server), fingerprints, names that stay stable, and hostile trees."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import textwrap
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,9 +20,11 @@ from dce_batch.errors import ConfigError, StorageError
 from dce_batch.storage import (
     INPUT_TABLE_SCHEMA,
     InputFile,
+    list_files,
     list_inputs,
     list_inputs_table,
     read_bytes,
+    walk_local_files,
 )
 from dce_batch.storage.globs import glob_regex
 from tests.fault_proxy import fault_proxy  # noqa: F401 - a fixture
@@ -27,6 +32,7 @@ from tests.trees import make_files, relpaths
 
 IMAGES = (".jpg", ".jpeg", ".png")
 LOCAL = pafs.LocalFileSystem()
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -287,7 +293,7 @@ def test_list_inputs_table_large_text_list_file(tmp_path: Path) -> None:
     paths = table.column("path").to_pylist()
     assert len(set(paths)) == n and all(p.startswith(f"{tmp_path}/photos/day") for p in paths)
     assert table.column("uri").to_pylist() == paths  # local inputs: the URI is the path
-    for column in ("size", "mtime", "etag"):
+    for column in ("size", "mtime", "etag", "listing_error"):
         assert table.column(column).null_count == n, column  # a text list file carries no fingerprints
 
 
@@ -483,3 +489,122 @@ def test_a_base_names_every_input_relative_to_it(tmp_path: Path) -> None:
         _names(listing, base=str(tmp_path / "lists"))
     with pytest.raises(ConfigError, match="not on the storage of the inputs"):
         _names(listing, base="s3://bucket/lists")
+
+
+# --- hostile trees ---------------------------------------------------------------------------
+
+# Lists a tree in a child process with a memory limit: a listing that loops must fail the test,
+# not exhaust the machine or hang the suite.
+_LIST_IN_A_CHILD = """
+import json, logging, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+from dce_batch.storage import list_inputs_table
+warned = []
+_, table = list_inputs_table(sys.argv[1], extensions=[".jpg"], warn=warned.append)
+logged = []
+handler = logging.Handler()
+handler.emit = lambda record: logged.append(record.getMessage())
+logging.getLogger("dce_batch.storage.listing").addHandler(handler)
+list_inputs_table(sys.argv[1], extensions=[".jpg"])
+print(json.dumps({"relpaths": table.column("relpath").to_pylist(), "warned": warned, "logged": logged}))
+"""
+
+
+def _list_in_a_child(root: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", _LIST_IN_A_CHILD, str(root)], env=env, capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_symbolic_link_loops_are_listed_once_and_reported(tmp_path: Path) -> None:
+    """Links back up the tree (ln -s . in/loop; ln -s .. in/sub/back; a link from outside back
+    in) and a second link to a folder already listed: each folder is listed once, each skipped
+    link is reported, and a link to a folder outside INPUT is followed."""
+    make_files(tmp_path, ["in/a.jpg", "in/sub/b.jpg", "outside/c.jpg"])
+    (tmp_path / "in/loop").symlink_to(".")
+    (tmp_path / "in/sub/back").symlink_to("..")
+    (tmp_path / "in/ext1").symlink_to("../outside")
+    (tmp_path / "in/ext2").symlink_to(tmp_path / "outside")
+    (tmp_path / "outside/up").symlink_to("../in")
+    listed = _list_in_a_child(tmp_path / "in")
+    assert listed["relpaths"] == ["a.jpg", "ext1/c.jpg", "sub/b.jpg"]
+    root = tmp_path / "in"
+    loop = "a folder above it, and following it would list the same files again without end"
+    assert sorted(listed["warned"]) == sorted([
+        f"skipped the symbolic link {root}/ext1/up -> ../in: it leads back to {root}, {loop}",
+        (f"skipped the symbolic link {root}/ext2 -> {tmp_path}/outside: it leads to {root}/ext1, which is "
+         "already listed (its files would otherwise be enhanced twice)"),
+        f"skipped the symbolic link {root}/loop -> .: it leads back to {root}, {loop}",
+        f"skipped the symbolic link {root}/sub/back -> ..: it leads back to {root}, {loop}",
+    ])
+    assert sorted(listed["logged"]) == sorted(listed["warned"])  # without a callback: logged as warnings
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_escaped_with_an_error_and_nothing_else_fails(tmp_path: Path) -> None:
+    """A Latin-1 name (byte 0xe9) and a folder named with byte 0xff: each such input is listed
+    once, its name escaped as \\xNN, with the error its manifest row will carry; every other
+    input is listed as usual. No file has the escaped name, so it can never be read instead."""
+    root = tmp_path / "in"
+    make_files(root, ["a.jpg"])
+    raw_root = os.fsencode(root)
+    with open(raw_root + b"/caf\xe9.jpg", "wb") as handle:
+        handle.write(b"latin-1 name")
+    os.mkdir(raw_root + b"/d\xff")
+    with open(raw_root + b"/d\xff/x.jpg", "wb") as handle:
+        handle.write(b"in a folder named with 0xff")
+    _, table = list_inputs_table(str(root), extensions=IMAGES)
+    rows = {r["relpath"]: (r["uri"], r["size"], r["listing_error"])
+            for r in table.select(["relpath", "uri", "size", "listing_error"]).to_pylist()}
+    assert set(rows) == {"a.jpg", "caf\\xe9.jpg", "d\\xff/x.jpg"}
+    assert rows["a.jpg"] == (str(root / "a.jpg"), 5, None)
+    for name in ("caf\\xe9.jpg", "d\\xff/x.jpg"):
+        uri, size, error = rows[name]
+        assert uri == f"{root}/{name}" and size > 0 and not os.path.lexists(uri)
+        assert error.startswith("UnsupportedNameError: the file name is not valid UTF-8") and "rename it" in error
+
+    # The walk the job uses for OUTPUT never fails on such names either.
+    assert sorted(walk_local_files(str(root)).to_pylist()) == [
+        str(root / "a.jpg"), f"{root}/caf\\xe9.jpg", f"{root}/d\\xff/x.jpg"]
+    assert list_files(LOCAL, str(root)) == set(walk_local_files(str(root)).to_pylist())
+    with pytest.raises(ConfigError, match=r"is not valid UTF-8 .*rename it"):
+        list_inputs_table(os.fsdecode(raw_root + b"/d\xff"), extensions=IMAGES)
+
+
+def test_walk_local_files_lists_links_without_following_them(tmp_path: Path) -> None:
+    make_files(tmp_path / "out", ["a.jpg", "sub/b.jpg"])
+    (tmp_path / "out/loop").symlink_to(".")
+    (tmp_path / "out/gone.jpg").symlink_to(tmp_path / "nowhere")
+    assert sorted(walk_local_files(str(tmp_path / "out")).to_pylist()) == sorted(
+        str(tmp_path / "out" / name) for name in ("a.jpg", "sub/b.jpg", "loop", "gone.jpg"))
+    assert walk_local_files(str(tmp_path / "missing")).to_pylist() == []
+
+
+@pytest.mark.s3
+def test_s3_keys_with_dot_segments_are_listed_and_refused_by_the_planner(s3_server, s3_bucket: str,
+                                                                         tmp_path: Path) -> None:
+    """Keys such as odd/sub/../up.jpg are listed (a part "." or ".." is not a hidden name), so
+    the planner gives each a refused row instead of the input vanishing from the run."""
+    from dce_batch.job.plan import output_settings, plan_run
+    from dce_batch.storage import Location
+
+    for key in ["odd/sub/../up.jpg", "odd/./dot.jpg", "odd/ok.jpg", "odd/..hidden.jpg", "odd/.h.jpg"]:
+        s3_server.put_object(s3_bucket, key, b"x")
+    fs, table = list_inputs_table(f"s3://{s3_bucket}/odd/", s3_server.s3_options(), extensions=IMAGES)
+    assert table.column("relpath").to_pylist() == ["./dot.jpg", "ok.jpg", "sub/../up.jpg"]  # hidden ones not
+
+    def settings_for(output_format):
+        return output_settings(model_sha256="m" * 64, variant="full", scale=12, strength=1.0, precision="auto",
+                               format="same", quality=95, output_format=output_format)
+
+    plan = plan_run(listing=table, input_fs=fs, output=Location.parse(str(tmp_path / "out")), run_id="run",
+                    settings_for=settings_for, requested_format="same",
+                    row_constants={"model_name": "m", "model_sha256": "m" * 64, "strength": 1.0,
+                                   "variant": "full", "precision": "auto"},
+                    done=None, existing_outputs=None)
+    assert plan.todo.column("input_uri").to_pylist() == [f"s3://{s3_bucket}/odd/ok.jpg"]
+    refused = dict(zip(plan.refused.column("input_uri").to_pylist(), plan.refused.column("error").to_pylist()))
+    assert set(refused) == {f"s3://{s3_bucket}/odd/./dot.jpg", f"s3://{s3_bucket}/odd/sub/../up.jpg"}
+    assert all(e.startswith("StorageError: invalid relative path") and "'.' or '..' parts" in e
+               for e in refused.values())

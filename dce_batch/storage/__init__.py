@@ -6,7 +6,9 @@
   low-level errors turned into :class:`~dce_batch.errors.StorageError` messages.
 * :mod:`.listing`: finding inputs (:func:`list_inputs_table`, :func:`list_inputs`), with
   :mod:`.input_table` (the table it returns), :mod:`.globs` (glob patterns), :mod:`.list_file`
-  (list files of image URIs) and :mod:`.arrow_paths` (path operations on whole columns).
+  (list files of image URIs), :mod:`.local_tree` (walking local folders whatever they hold;
+  also :func:`walk_local_files`, for OUTPUT) and :mod:`.arrow_paths` (path operations on whole
+  columns).
 * :mod:`.io`: reading, atomic writing, checking and deleting files.
 * :mod:`.s3_errors`: what an S3 failure means (botocore's error codes; pyarrow's wording in one
   table).
@@ -28,6 +30,7 @@ from dce_batch.storage.io import (
 )
 from dce_batch.storage.list_file import LIST_FILE_SUFFIXES
 from dce_batch.storage.listing import MANIFEST_DIR, list_inputs, list_inputs_table
+from dce_batch.storage.local_tree import walk_local_files
 from dce_batch.storage.uris import Location, filesystem_for
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "list_inputs_table",
     "read_bytes",
     "remove_files",
+    "walk_local_files",
     "write_bytes_atomic",
     "writes_via_temp_files",
 ]

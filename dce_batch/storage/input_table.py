@@ -33,6 +33,9 @@ INPUT_TABLE_SCHEMA = pa.schema(
         pa.field("size", pa.int64()),  # bytes
         pa.field("mtime", MTIME_TYPE),  # last modification (local files, S3 LastModified)
         pa.field("etag", pa.string()),  # S3's ETag without the double quotes S3 puts around it
+        # "TypeName: message" (the manifest's form) when the listing already knows that this
+        # input cannot be processed (a file name that is not UTF-8); null for every other input.
+        pa.field("listing_error", pa.string()),
     ]
 )
 
@@ -42,7 +45,8 @@ class InputFile:
     """One input image: a row of :data:`INPUT_TABLE_SCHEMA`.
 
     ``relpath`` is ``"/"``-separated; it is what gets mirrored under OUTPUT. ``size``, ``mtime``
-    and ``etag`` are None when unknown.
+    and ``etag`` are None when unknown; ``listing_error`` is None unless the input cannot be
+    processed at all.
     """
 
     uri: str
@@ -51,6 +55,7 @@ class InputFile:
     size: int | None
     mtime: datetime | None = None
     etag: str | None = None
+    listing_error: str | None = None
 
     @property
     def root(self) -> str:
@@ -66,6 +71,7 @@ def make_input_table(
     sizes: pa.Array | None = None,
     mtimes: pa.Array | None = None,
     etags: pa.Array | None = None,
+    listing_errors: pa.Array | None = None,
 ) -> pa.Table:
     """A table of :data:`INPUT_TABLE_SCHEMA` from its columns; a column not given is all null."""
     rows = len(paths)
@@ -81,7 +87,7 @@ def make_input_table(
 
     return pa.Table.from_arrays(
         [strings(uris), strings(paths), strings(relpaths), column(sizes, pa.int64()),
-         column(mtimes, MTIME_TYPE), column(etags, pa.string())],
+         column(mtimes, MTIME_TYPE), column(etags, pa.string()), column(listing_errors, pa.string())],
         schema=INPUT_TABLE_SCHEMA,
     )
 

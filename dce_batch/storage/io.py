@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 
 from dce_batch.errors import StorageError
 from dce_batch.storage.aws import PortableS3FileSystem
+from dce_batch.storage.local_tree import walk_local_files
 from dce_batch.storage.s3_errors import S3Failure, pyarrow_failure
 from dce_batch.storage.uris import display, fsspec_protocol, get_info, storage_error
 
@@ -88,7 +89,11 @@ def list_files(fs: pafs.FileSystem, path: str) -> set[str]:
     """Paths of every file under the folder ``path`` (recursive); empty if it does not exist.
 
     One listing instead of a request per file: how a resumed run checks which outputs exist.
+    Local folders: see :func:`~dce_batch.storage.local_tree.walk_local_files` (links are not
+    followed; names that are not UTF-8 are escaped).
     """
+    if isinstance(fs, pafs.LocalFileSystem):
+        return set(walk_local_files(path).to_pylist())
     selector = pafs.FileSelector(path, allow_not_found=True, recursive=True)
     infos = get_info(fs, selector, "list", path)
     return {info.path for info in infos if info.type == pafs.FileType.File}

@@ -8,8 +8,8 @@ hundred MB:
   the same endpoint, region, retries and timeouts as the filesystem), each page filtered into
   Arrow arrays before the next is fetched; each page carries every object's size, ETag and
   LastModified, so fingerprints cost no request;
-* local folders and other stores (fsspec) are listed by pyarrow, with local files' sizes and
-  modification times;
+* local folders are walked by :mod:`.local_tree` (symbolic-link loops, special files and names
+  that are not UTF-8 handled there); other stores (fsspec) by pyarrow's listing;
 * list files are parsed by :mod:`.list_file`; globs by :mod:`.globs`;
 * filters (extensions, hidden files, ``_manifest`` folders, glob patterns) are Arrow compute
   kernels (RE2 regular expressions) over whole columns.
@@ -17,16 +17,22 @@ hundred MB:
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from dce_batch.errors import ConfigError, StorageError
+from dce_batch.errors import (
+    ConfigError,
+    StorageError,
+    UnsupportedNameError,
+    describe_error,
+)
 from dce_batch.storage.arrow_paths import relative_to, with_prefix
 from dce_batch.storage.aws import PortableS3FileSystem, S3Options, botocore_session
 from dce_batch.storage.globs import GLOB_CHARS, glob_regex_source, split_glob
@@ -38,8 +44,8 @@ from dce_batch.storage.input_table import (
     normalise_extensions,
     unquoted_etags,
 )
-from dce_batch.storage.io import special_file_kind
 from dce_batch.storage.list_file import LIST_FILE_SUFFIXES, list_from_list_file
+from dce_batch.storage.local_tree import walk_input_folder
 from dce_batch.storage.uris import (
     LOCAL_SCHEMES,
     display,
@@ -66,8 +72,23 @@ __all__ = [
 #: Folder that holds run manifests under OUTPUT; never treated as input.
 MANIFEST_DIR = "_manifest"
 
-# Hidden files/folders, and anything inside a _manifest folder, are never inputs.
-_SKIPPED_PATTERN = rf"(^|/)\.|(^|/){MANIFEST_DIR}/"
+# Hidden files and folders (a part starting with "."), and anything inside a _manifest folder,
+# are never inputs. The parts "." and ".." are not hidden names: an object key may contain them
+# (odd/sub/../up.jpg), and such an input is listed so that the planner refuses it with a row.
+_SKIPPED_PATTERN = rf"(^|/)\.([^./]|\.[^/])|(^|/){MANIFEST_DIR}/"
+
+_NOT_UTF8_ERROR = describe_error(UnsupportedNameError(
+    "the file name is not valid UTF-8 (its URI shows each byte that is not as \\xNN); rename it, for "
+    "example with `convmv -f latin1 -t utf-8 -r --notest INPUT`, and run again"
+))
+
+#: What :func:`list_inputs_table` does with a warning when the caller gives no ``warn``.
+logger = logging.getLogger(__name__)
+
+
+def _skips_folder(name: str) -> bool:
+    """Folders whose files :data:`_SKIPPED_PATTERN` would drop anyway: never entered."""
+    return name.startswith(".") or name == MANIFEST_DIR
 
 
 class _Page(NamedTuple):
@@ -77,6 +98,7 @@ class _Page(NamedTuple):
     sizes: pa.Array
     mtimes: pa.Array | None = None
     etags: pa.Array | None = None
+    not_utf8: pa.Array | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,67 +166,37 @@ def _s3_pages(fs: PortableS3FileSystem, base: str, recursive: bool) -> Iterator[
 
 
 def _pyarrow_pages(fs: pafs.FileSystem, base: str, recursive: bool) -> Iterator[_Page]:
-    """The files under ``base`` from one pyarrow listing (local, fsspec); on a local disk also
-    what that listing leaves out (size 0): broken symbolic links, named pipes, sockets and devices
-    (see :func:`_unlisted_entries`)."""
+    """The files under ``base`` from one pyarrow listing (fsspec filesystems)."""
     infos = get_info(fs, pafs.FileSelector(base, recursive=recursive), "list", base)
     files = [info for info in infos if info.type == pafs.FileType.File]
     del infos
     yield _Page(paths=pa.array([f.path for f in files], pa.string()),
                 sizes=pa.array([f.size for f in files], pa.int64()),
                 mtimes=pa.array([f.mtime_ns for f in files], MTIME_TYPE))
-    if isinstance(fs, pafs.LocalFileSystem):
-        unlisted = _unlisted_entries(base, recursive)
-        if unlisted:
-            yield _Page(paths=pa.array(unlisted, pa.string()), sizes=pa.array([0] * len(unlisted), pa.int64()))
 
 
-def _unlisted_entries(base: str, recursive: bool) -> list[str]:
-    """What pyarrow's listing leaves out under ``base`` but a user sees as files: symbolic links
-    whose target does not exist, and named pipes, sockets and devices (or links to them). Each is
-    listed and becomes a manifest row that says why it could not be read, instead of vanishing
-    from the run. Folders are walked without following links (no cycles); only links and
-    entries of other types need a ``stat``, so a large tree costs one directory read per folder."""
-    unlisted: list[str] = []
-    pending = [base]
-    while pending:
-        folder = pending.pop()
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    if entry.is_symlink():
-                        try:
-                            target_mode = os.stat(entry.path).st_mode  # one stat: exists, and what
-                        except OSError:
-                            unlisted.append(entry.path)  # broken
-                            continue
-                        if special_file_kind(target_mode):
-                            unlisted.append(entry.path)
-                    elif entry.is_dir(follow_symlinks=False):
-                        if recursive:
-                            pending.append(entry.path)
-                    elif not entry.is_file(follow_symlinks=False):
-                        unlisted.append(entry.path)
-        except OSError:
-            continue  # pyarrow's listing above reported what it could not read
-    return unlisted
+def _local_pages(base: str, recursive: bool, warn: Callable[[str], None]) -> Iterator[_Page]:
+    files = walk_input_folder(base, recursive=recursive, skip_folder=_skips_folder, warn=warn)
+    yield _Page(paths=files.paths, sizes=files.sizes, mtimes=files.mtimes, not_utf8=files.not_utf8)
 
 
 def _list_tree(
     fs: pafs.FileSystem,
     base: str,
     extensions: frozenset[str],
+    warn: Callable[[str], None],
     *,
     recursive: bool = True,
     pattern: str | None = None,
 ) -> tuple[pa.Table, int]:
     """Files under ``base`` with an image extension (and whose relpath matches the regex
     ``pattern``), as a table; and how many candidate files were seen (for "nothing found")."""
-    pages = (
-        _s3_pages(fs, base, recursive)
-        if isinstance(fs, PortableS3FileSystem)
-        else _pyarrow_pages(fs, base, recursive)
-    )
+    if isinstance(fs, PortableS3FileSystem):
+        pages = _s3_pages(fs, base, recursive)
+    elif isinstance(fs, pafs.LocalFileSystem):
+        pages = _local_pages(base, recursive, warn)
+    else:
+        pages = _pyarrow_pages(fs, base, recursive)
     prefix = uri_prefix(fs)
     lowered_exts = sorted(extensions)
     chunks: list[pa.Table] = []
@@ -222,10 +214,15 @@ def _list_tree(
         for ext in lowered_exts[1:]:
             is_image = pc.or_(is_image, pc.ends_with(lower, ext))
         keep = pc.and_(candidate, is_image)
-        columns = [page.paths, relpaths, page.sizes, page.mtimes, page.etags]
-        paths, relpaths, sizes, mtimes, etags = (None if c is None else pc.filter(c, keep) for c in columns)
+        errors = None
+        if page.not_utf8 is not None and pc.any(page.not_utf8).as_py():
+            errors = pc.if_else(page.not_utf8, pa.scalar(_NOT_UTF8_ERROR), pa.scalar(None, pa.string()))
+        columns = [page.paths, relpaths, page.sizes, page.mtimes, page.etags, errors]
+        paths, relpaths, sizes, mtimes, etags, errors = (
+            None if c is None else pc.filter(c, keep) for c in columns
+        )
         chunks.append(make_input_table(with_prefix(prefix, paths), paths, relpaths, sizes=sizes, mtimes=mtimes,
-                                       etags=etags))
+                                       etags=etags, listing_errors=errors))
     if not chunks:
         return INPUT_TABLE_SCHEMA.empty_table(), seen
     return pa.concat_tables(chunks).combine_chunks(), seen
@@ -264,7 +261,8 @@ def _nothing_found(uri: str, what: str, extensions: frozenset[str], seen: int) -
     )
 
 
-def _list_glob(fs: pafs.FileSystem, path: str, uri: str, extensions: frozenset[str]) -> pa.Table:
+def _list_glob(fs: pafs.FileSystem, path: str, uri: str, extensions: frozenset[str],
+               warn: Callable[[str], None]) -> pa.Table:
     base, pattern = split_glob(path)
     if isinstance(fs, pafs.S3FileSystem) and not base:
         raise StorageError(f"cannot list {uri}: the bucket name cannot be a pattern")
@@ -274,7 +272,7 @@ def _list_glob(fs: pafs.FileSystem, path: str, uri: str, extensions: frozenset[s
     # A single-segment pattern ("a/*.png") needs one level only: avoids listing a whole bucket.
     recursive = "/" in pattern or "**" in pattern
     table, seen = _list_tree(
-        fs, base, extensions, recursive=recursive, pattern=glob_regex_source(pattern)
+        fs, base, extensions, warn, recursive=recursive, pattern=glob_regex_source(pattern)
     )
     if table.num_rows == 0:
         what = f"files matching {pattern!r} under {display(fs, base)}"
@@ -334,6 +332,7 @@ def list_inputs_table(
     *,
     extensions: Iterable[str],
     base: str | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[pafs.FileSystem, pa.Table]:
     """Find the input images of a run, as a table (see :data:`INPUT_TABLE_SCHEMA`).
 
@@ -353,11 +352,18 @@ def list_inputs_table(
     S3 objects their size, LastModified and ETag, list-file entries what the list file carries.
     Null where unknown (a single S3 object named directly has no ETag here).
 
+    Local folders: each folder is listed once, whatever symbolic links lead back to it; every
+    link skipped for that reason is reported by calling ``warn`` with one line (default: a
+    warning on this module's logger). Named pipes, sockets, devices and broken links are listed
+    (size 0) so that reading them gives a row saying what they are. A file whose name is not
+    UTF-8 is listed with ``\\xNN`` escapes and ``listing_error`` set (UnsupportedNameError).
+
     Returns the filesystem of the images and the table, sorted by ``relpath``.
     StorageError if nothing is found or the location is missing or unreachable
     (CredentialsError when S3 rejects the credentials); ConfigError for an unusable list file or
     settings.
     """
+    warn = warn if warn is not None else logger.warning
     exts = normalise_extensions(extensions)
     input_uri = require_uri(input_uri)
     fs, path = filesystem_for(input_uri, s3)
@@ -366,7 +372,7 @@ def list_inputs_table(
     has_glob = bool(GLOB_CHARS & set(path))
     info = get_info(fs, path, "list", path)
     if has_glob and info.type == pafs.FileType.NotFound:
-        table = _list_glob(fs, path, uri, exts)
+        table = _list_glob(fs, path, uri, exts, warn)
     elif info.type == pafs.FileType.File:
         if posixpath.splitext(path)[1].lower() in LIST_FILE_SUFFIXES:
             fs, table = list_from_list_file(fs, path, uri, s3, exts)
@@ -377,7 +383,7 @@ def list_inputs_table(
                                      sizes=pa.array([info.size], pa.int64()),
                                      mtimes=pa.array([info.mtime_ns], MTIME_TYPE))
     elif info.type == pafs.FileType.Directory:
-        table, seen = _list_tree(fs, path, exts)
+        table, seen = _list_tree(fs, path, exts, warn)
         if table.num_rows == 0:
             raise _nothing_found(uri, "searched recursively", exts, seen)
     else:
@@ -394,10 +400,11 @@ def list_inputs(
     *,
     extensions: Iterable[str],
     base: str | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[pafs.FileSystem, list[InputFile]]:
     """:func:`list_inputs_table` as a list of :class:`InputFile`, for small callers (``mtime`` to
     the microsecond, as a ``datetime``)."""
-    fs, table = list_inputs_table(input_uri, s3, extensions=extensions, base=base)
+    fs, table = list_inputs_table(input_uri, s3, extensions=extensions, base=base, warn=warn)
     # Python's datetime holds microseconds; nanoseconds would need pandas' Timestamp.
     mtimes = table.column("mtime").cast(pa.timestamp("us", tz="UTC"), safe=False)
     table = table.set_column(table.schema.get_field_index("mtime"), "mtime", mtimes)

@@ -65,8 +65,15 @@ def local_path(scheme: str, rest: str) -> str:
 
 
 def require_uri(uri: str) -> str:
+    """``uri`` without surrounding blanks; ConfigError if it is empty or not valid UTF-8."""
     if not isinstance(uri, str) or not uri.strip():
         raise ConfigError("an empty path or URI was given; pass a folder, file or s3:// URI")
+    try:
+        uri.encode("utf-8")
+    except UnicodeEncodeError:  # bytes from the command line that are not UTF-8
+        shown = uri.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ConfigError(f"the path {shown!r} is not valid UTF-8 (the bytes shown as \\xNN); rename it, "
+                          "or name it through a folder or a list file") from None
     return uri.strip()
 
 
