@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from dce_batch.errors import ConfigError, StorageError
+from dce_batch.errors import ConfigError, NoInputsFoundError, StorageError
 from dce_batch.storage import (
     INPUT_TABLE_SCHEMA,
     InputFile,
@@ -117,13 +117,25 @@ def test_single_file_is_taken_as_given(photo_tree: Path) -> None:
 
 def test_folder_without_images_reports_skipped_count(tmp_path: Path) -> None:
     make_files(tmp_path, ["readme.md", "data.bin", ".secret.jpg"])
-    with pytest.raises(StorageError, match=r"2 file\(s\) found but none ends in .jpg"):
+    with pytest.raises(NoInputsFoundError, match=r"2 file\(s\) found but none ends in .jpg"):
         list_inputs(str(tmp_path), extensions=[".jpg"])
 
 
 def test_missing_local_folder(tmp_path: Path) -> None:
-    with pytest.raises(StorageError, match="no such file or folder"):
+    with pytest.raises(NoInputsFoundError, match="no such file or folder"):
         list_inputs(str(tmp_path / "nope"), extensions=IMAGES)
+
+
+def test_finding_no_inputs_is_an_invalid_argument_and_a_storage_error(tmp_path: Path) -> None:
+    """NoInputsFoundError is both, so the job can exit 2 without reading the message."""
+    from dce_batch.errors import InputNotFoundError
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "list.txt").write_text("# nothing\n")
+    for source in (tmp_path / "nope", tmp_path / "empty", tmp_path / "list.txt", tmp_path / "nope" / "*.jpg"):
+        with pytest.raises(NoInputsFoundError) as caught:
+            list_inputs(str(source), extensions=IMAGES)
+        assert isinstance(caught.value, InputNotFoundError) and isinstance(caught.value, StorageError)
 
 
 def test_empty_extensions_rejected(photo_tree: Path) -> None:
@@ -193,7 +205,7 @@ def test_list_file_mixing_filesystems_is_config_error(tmp_path: Path) -> None:
 def test_empty_list_file(tmp_path: Path) -> None:
     listing = tmp_path / "list.lst"
     listing.write_text("# nothing yet\n\n")
-    with pytest.raises(StorageError, match="lists no image URIs"):
+    with pytest.raises(NoInputsFoundError, match="lists no image URIs"):
         list_inputs(str(listing), extensions=IMAGES)
 
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from dce_batch.errors import ConfigError, StorageError
+from dce_batch.errors import ConfigError, NoInputsFoundError
 from dce_batch.storage.arrow_paths import (
     NEEDS_NORMPATH,
     SCHEME_PATTERN,
@@ -371,7 +371,7 @@ def list_from_list_file(
     """
     entries = read_list_file(read_bytes(list_fs, list_path), uri, extensions)
     if entries.num_rows == 0:
-        raise StorageError(f"list file {uri} lists no image URIs (it is empty or all comments)")
+        raise NoInputsFoundError(f"list file {uri} lists no image URIs (it is empty or all comments)")
     own_folder = posixpath.dirname(list_path)
     resolved = _resolve_entries(entries.column("uri").combine_chunks(), list_fs, own_folder)
 

@@ -29,6 +29,7 @@ import pyarrow.fs as pafs
 
 from dce_batch.errors import (
     ConfigError,
+    NoInputsFoundError,
     StorageError,
     UnsupportedNameError,
     describe_error,
@@ -236,18 +237,18 @@ def _missing_error(fs: pafs.FileSystem, path: str, uri: str) -> StorageError:
         endpoint_text = f"endpoint {endpoint}" if endpoint else "the AWS endpoint"
         bucket_info = get_info(fs, bucket, "list", bucket)
         if bucket_info.type == pafs.FileType.NotFound:
-            return StorageError(
+            return NoInputsFoundError(
                 f"cannot list {uri}: bucket {bucket!r} does not exist ({endpoint_text}; check the "
                 "bucket name and AWS_ENDPOINT_URL / --s3-endpoint, and that the credentials "
                 "(AWS_ACCESS_KEY_ID / AWS_PROFILE) belong to that endpoint)"
             )
-        return StorageError(f"cannot list {uri}: no objects under this prefix in bucket {bucket!r}")
+        return NoInputsFoundError(f"cannot list {uri}: no objects under this prefix in bucket {bucket!r}")
     if isinstance(fs, pafs.LocalFileSystem):
-        return StorageError(
+        return NoInputsFoundError(
             f"cannot list {uri}: no such file or folder (relative paths are taken from the "
             f"current folder {os.getcwd()})"
         )
-    return StorageError(f"cannot list {uri}: no such file, folder or prefix")
+    return NoInputsFoundError(f"cannot list {uri}: no such file, folder or prefix")
 
 
 def _nothing_found(uri: str, what: str, extensions: frozenset[str], seen: int) -> StorageError:
@@ -255,7 +256,7 @@ def _nothing_found(uri: str, what: str, extensions: frozenset[str], seen: int) -
     detail = (
         f"{seen} file(s) found but none ends in {exts}" if seen else f"no files ending in {exts}"
     )
-    return StorageError(
+    return NoInputsFoundError(
         f"no input images in {uri}: {detail} ({what}; hidden files and {MANIFEST_DIR} folders "
         "are skipped); check the path and --extensions"
     )
@@ -359,9 +360,9 @@ def list_inputs_table(
     UTF-8 is listed with ``\\xNN`` escapes and ``listing_error`` set (UnsupportedNameError).
 
     Returns the filesystem of the images and the table, sorted by ``relpath``.
-    StorageError if nothing is found or the location is missing or unreachable
-    (CredentialsError when S3 rejects the credentials); ConfigError for an unusable list file or
-    settings.
+    NoInputsFoundError (an InputNotFoundError and a StorageError) if nothing is found;
+    StorageError if the location is unreachable (CredentialsError when S3 rejects the
+    credentials); ConfigError for an unusable list file or settings.
     """
     warn = warn if warn is not None else logger.warning
     exts = normalise_extensions(extensions)
