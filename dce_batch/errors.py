@@ -94,6 +94,20 @@ class RunInterrupted(DceBatchError):
         self.signal = signal
 
 
+class UnsupportedNameError(StorageError):
+    """An input's name cannot be carried through the job: a file name that is not valid UTF-8
+    (no manifest, URI or Arrow string can hold it). The input gets an error row; renaming it fixes it."""
+
+
+class NoInputsFoundError(InputNotFoundError, StorageError):
+    """Listing INPUT found nothing to enhance: no such folder, file, bucket or prefix, no file with
+    an image extension in it, or a list file that lists nothing.
+
+    Both an :class:`InputNotFoundError` (an invalid argument: exit 2) and a :class:`StorageError`
+    (what the listing raises), so callers need not read the message to tell which it is.
+    """
+
+
 def describe_error(exc: BaseException) -> str:
     """``TypeName: message``, the form stored in manifest rows and printed in summaries."""
     message = str(exc).strip() or repr(exc)

@@ -324,7 +324,7 @@ def test_only_this_output_s_own_temp_files_are_debris(tmp_path):
     runs only: never another writer's, never inside INPUT, never inside another job's OUTPUT nested here."""
     out = tmp_path / "out"
     ours, theirs = temp_tag("run1"), temp_tag("someone else")
-    files = [f"a.png", f".a.png.{ours}000000.tmp", f"sub/.b.png.{ours}111111.tmp", f".c.png.{theirs}222222.tmp",
+    files = ["a.png", f".a.png.{ours}000000.tmp", f"sub/.b.png.{ours}111111.tmp", f".c.png.{theirs}222222.tmp",
              f"in/.d.png.{ours}333333.tmp", "nested/_manifest/_run-x.json", f"nested/.e.png.{ours}444444.tmp",
              f"_manifest/.part-run1-l1-00000.parquet.{ours}555555.tmp"]
     for name in files:

@@ -54,7 +54,7 @@ from dce_batch.job.plan import Plan, list_output_files, plan_run
 from dce_batch.job.progress import Progress
 from dce_batch.job.signals import StopRequest
 from dce_batch.job.worker import read_weights_spec
-from dce_batch.storage import Location, filesystem_for, list_inputs_table, read_bytes, remove_files, temp_tag
+from dce_batch.storage import Location, filesystem_for, list_inputs_table, remove_files, temp_tag
 
 __all__ = ["LOCAL_MAX_IMAGES", "ResolvedWeights", "choose_engine", "resolve_weights", "run_enhance"]
 
@@ -190,17 +190,12 @@ class Prepared:
 
 
 def prepare(config: EnhanceConfig, output: Location, store: ManifestStore, weights: ResolvedWeights,
-            *, lease_started: datetime, dead_runs: set[str]) -> Prepared:
-    """List inputs, read the manifest (adopting dead runs' parts), clean this OUTPUT's debris, plan."""
-    try:
-        kwargs = {"base": config.base} if config.base else {}
-        input_fs, listing = list_inputs_table(config.input, config.s3, extensions=IMAGE_EXTENSIONS, **kwargs)
-    except InputNotFoundError:
-        raise
-    except StorageError as exc:
-        if str(exc).startswith("no input images") or "no such file" in str(exc):
-            raise InputNotFoundError(str(exc)) from exc
-        raise
+            *, lease_started: datetime, dead_runs: set[str], warn: Callable[[str], None]) -> Prepared:
+    """List inputs, read the manifest (adopting dead runs' parts), clean this OUTPUT's debris, plan.
+
+    Finding no input raises NoInputsFoundError (exit 2); links the listing skipped are ``warn``-ed."""
+    input_fs, listing = list_inputs_table(config.input, config.s3, extensions=IMAGE_EXTENSIONS,
+                                          base=config.base or None, warn=warn)
     if config.overwrite:
         store.delete_all()
         done, adopted, runs = None, [], set()
@@ -298,6 +293,11 @@ def _say_to_stderr(line: str) -> None:
     print(f"[dce-batch enhance] {line}", file=sys.stderr, flush=True)
 
 
+def _warn(line: str) -> None:
+    """Something the user should know even in a quiet run (a skipped link, say)."""
+    print(f"[dce-batch enhance] warning: {line}", file=sys.stderr, flush=True)
+
+
 def _silent(line: str) -> None:  # noqa: ARG001 - --quiet
     return None
 
@@ -336,7 +336,7 @@ def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = No
         lease_started = datetime.fromtimestamp(lease.holder.started_at if lease else started, timezone.utc)
         dead_runs = {lease.previous.run_id} if lease and lease.previous else set()
         preparing = _Background(lambda: prepare(config, output, store, weights, lease_started=lease_started,
-                                                dead_runs=dead_runs))
+                                                dead_runs=dead_runs, warn=_warn))
         if config.engine == "local" or (config.engine == "auto" and _could_run_locally(config)):
             from dce_batch.job.engines.local import LocalEngine
 

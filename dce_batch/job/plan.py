@@ -21,7 +21,6 @@ all of this holds for the latest ``ok`` row of its output:
 
 from __future__ import annotations
 
-import os
 import posixpath
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,7 +35,7 @@ from dce_batch.errors import ConfigError, DceBatchError, StorageError, describe_
 from dce_batch.imaging import DEFAULT_MAX_PIXELS, extension_for, format_of_extension, max_file_bytes, output_format_for_path
 from dce_batch.job.manifest.schema import MANIFEST_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, conform
 from dce_batch.job.output_settings import describe_settings_change, settings_digest
-from dce_batch.storage import MANIFEST_DIR, TEMP_NAME_PATTERN, Location
+from dce_batch.storage import MANIFEST_DIR, TEMP_NAME_PATTERN, Location, walk_local_files
 
 __all__ = ["RESERVED_NAMES", "TODO_COLUMNS", "OutputFiles", "Plan", "input_table", "list_output_files",
            "output_relpath", "plan_run"]
@@ -74,6 +73,7 @@ def input_table(inputs) -> pa.Table:
         "size": pa.array([f.size for f in inputs], pa.int64()),
         "mtime": pa.array([getattr(f, "mtime", None) for f in inputs], pa.timestamp("ns", tz="UTC")),
         "etag": pa.array([getattr(f, "etag", None) for f in inputs], pa.string()),
+        "listing_error": pa.array([getattr(f, "listing_error", None) for f in inputs], pa.string()),
     })
 
 
@@ -177,7 +177,8 @@ def plan_run(*, listing: pa.Table, output: Location, run_id: str,
     into_input = pa.array(np.zeros(len(out_rel), dtype=bool))
     if input_root is not None and output.contains(input_root):
         into_input = pc.starts_with(output_path, input_root.path.rstrip("/") + "/")
-    refused_mask = pc.or_(pc.or_(pc.or_(unsafe, reserved), oversized), into_input)
+    listing_error = _column(listing, "listing_error", pa.string())  # e.g. a file name that is not UTF-8
+    refused_mask = pc.or_(pc.or_(pc.or_(pc.or_(unsafe, reserved), oversized), into_input), pc.is_valid(listing_error))
 
     # Two inputs may not share an output (a.png and a.jpg with --format jpeg): the first claims it.
     candidates = pc.indices_nonzero(pc.invert(refused_mask))
@@ -241,6 +242,9 @@ def plan_run(*, listing: pa.Table, output: Location, run_id: str,
 
 
 def _refusal(listing, row, rel, new_rel, output, oversized, claimer, into_input, max_pixels) -> str:
+    known = _column(listing, "listing_error", pa.string())[row].as_py()
+    if known:
+        return known
     if oversized[row].as_py():
         size = listing["size"][row].as_py()
         return (f"ImageTooLargeError: the file is {size / 1e9:.2f} GB, more than any image of up to "
@@ -369,7 +373,7 @@ def list_output_files(output: Location, *, temp_tags: frozenset[str] = frozenset
     """
     base = output.path.rstrip("/")
     if isinstance(output.filesystem, pafs.LocalFileSystem):
-        paths = _walk_local(base)
+        paths = walk_local_files(base)
     else:
         selector = pafs.FileSelector(output.path, allow_not_found=True, recursive=True)
         try:
@@ -399,28 +403,3 @@ def list_output_files(output: Location, *, temp_tags: frozenset[str] = frozenset
         ours = pa.array(kept, pa.string())
     finished = relative.filter(pc.invert(is_temp))
     return OutputFiles(finished, ours.to_pylist())
-
-
-def _walk_local(base: str) -> pa.Array:
-    """Every file under ``base`` as Arrow strings, folder by folder (links not followed)."""
-    chunks: list[pa.Array] = []
-    pending = [base]
-    try:
-        while pending:
-            folder = pending.pop()
-            names = []
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append(entry.path)
-                    else:
-                        names.append(os.fsencode(entry.path).decode("utf-8", "backslashreplace"))
-            if names:
-                chunks.append(pa.array(names, pa.string()))
-    except FileNotFoundError:
-        if not chunks and not os.path.exists(base):
-            return pa.array([], pa.string())
-        raise
-    except OSError as exc:
-        raise StorageError(f"cannot list {base} to check which outputs exist: {exc}") from exc
-    return pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())

@@ -24,6 +24,8 @@ import pyarrow.fs as pafs
 
 from dce_batch.errors import StorageError
 from dce_batch.storage.aws import PortableS3FileSystem
+from dce_batch.storage.local_tree import walk_local_files
+from dce_batch.storage.s3_errors import S3Failure, pyarrow_failure
 from dce_batch.storage.uris import display, fsspec_protocol, get_info, storage_error
 
 __all__ = ["TEMP_NAME_PATTERN", "delete_tree_contents", "temp_tag", "exists", "list_files", "read_bytes", "remove_files",
@@ -34,14 +36,6 @@ __all__ = ["TEMP_NAME_PATTERN", "delete_tree_contents", "temp_tag", "exists", "l
 _OBJECT_STORE_PROTOCOLS = frozenset(
     {"gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "hf", "memory", "r2", "b2", "wasb", "wasbs"}
 )
-
-
-# pyarrow reads an S3 object into a buffer of exactly the object's size. When S3 answers that GET
-# with an error (503 SlowDown, 500 InternalError), the AWS SDK writes the XML error body into the
-# same buffer; for objects smaller than that body (a few hundred bytes) it overflows, and the SDK
-# reports "Failed to flush response stream" (INTERNAL_FAILURE), which it does not retry. Found
-# with tests/fault_proxy.py; read_bytes retries exactly this, nothing else.
-_OVERFLOWED_ERROR_BODY = "Failed to flush response stream"
 
 
 def _backoff_s(attempt: int) -> float:
@@ -60,7 +54,12 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
             with fs.open_input_stream(path, compression=None) as stream:
                 return stream.read()
         except OSError as exc:
-            if attempt + 1 < attempts and _OVERFLOWED_ERROR_BODY in str(exc):
+            # pyarrow reads an S3 object into a buffer of exactly the object's size. When S3
+            # answers that GET with an error (503 SlowDown, 500 InternalError), the AWS SDK writes
+            # the XML error body into the same buffer; for objects smaller than that body (a few
+            # hundred bytes) it overflows, and the SDK reports an internal failure that it does not
+            # retry. Found with tests/fault_proxy.py; retried here, and nothing else is.
+            if attempt + 1 < attempts and pyarrow_failure(exc) is S3Failure.OVERFLOWED_ERROR_BODY:
                 time.sleep(_backoff_s(attempt))
                 continue
             raise storage_error(exc, "read", fs, path) from exc
@@ -91,7 +90,11 @@ def list_files(fs: pafs.FileSystem, path: str) -> set[str]:
     """Paths of every file under the folder ``path`` (recursive); empty if it does not exist.
 
     One listing instead of a request per file: how a resumed run checks which outputs exist.
+    Local folders: see :func:`~dce_batch.storage.local_tree.walk_local_files` (links are not
+    followed; names that are not UTF-8 are escaped).
     """
+    if isinstance(fs, pafs.LocalFileSystem):
+        return set(walk_local_files(path).to_pylist())
     selector = pafs.FileSelector(path, allow_not_found=True, recursive=True)
     infos = get_info(fs, selector, "list", path)
     return {info.path for info in infos if info.type == pafs.FileType.File}
