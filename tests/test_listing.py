@@ -598,7 +598,8 @@ def test_s3_keys_with_dot_segments_are_listed_and_refused_by_the_planner(s3_serv
                                                                          tmp_path: Path) -> None:
     """Keys such as odd/sub/../up.jpg are listed (a part "." or ".." is not a hidden name), so
     the planner gives each a refused row instead of the input vanishing from the run."""
-    from dce_batch.job.plan import output_settings, plan_run
+    from dce_batch.job.output_settings import output_settings
+    from dce_batch.job.plan import plan_run
     from dce_batch.storage import Location
 
     for key in ["odd/sub/../up.jpg", "odd/./dot.jpg", "odd/ok.jpg", "odd/..hidden.jpg", "odd/.h.jpg"]:
@@ -610,7 +611,7 @@ def test_s3_keys_with_dot_segments_are_listed_and_refused_by_the_planner(s3_serv
         return output_settings(model_sha256="m" * 64, variant="full", scale=12, strength=1.0, precision="auto",
                                format="same", quality=95, output_format=output_format)
 
-    plan = plan_run(listing=table, input_fs=fs, output=Location.parse(str(tmp_path / "out")), run_id="run",
+    plan = plan_run(listing=table, output=Location.parse(str(tmp_path / "out")), run_id="run",
                     settings_for=settings_for, requested_format="same",
                     row_constants={"model_name": "m", "model_sha256": "m" * 64, "strength": 1.0,
                                    "variant": "full", "precision": "auto"},
