@@ -237,6 +237,29 @@ def test_a_broken_link_a_named_pipe_or_an_oversized_file_becomes_a_row_with_the_
     assert rows["huge.jpg"]["error"].startswith("ImageTooLargeError: the file is 1.20 GB, more than any image of up")
 
 
+def test_link_loops_and_names_that_are_not_utf8_neither_hang_nor_fail_the_run(tmp_path, capsys):
+    """A loop of folder links is listed once and reported; an input named with byte 0xff gets an
+    error row; a file with such a name in OUTPUT is left alone; the other inputs are enhanced."""
+    source = tmp_path / "in"
+    _save(source / "x.png", _dark(30, 30), "PNG")
+    _save(source / "sub" / "y.png", _dark(30, 30, 1), "PNG")
+    (source / "loop").symlink_to(".")
+    (source / "sub" / "back").symlink_to("..")
+    bad_name = os.fsdecode(b"bad\xff.png")
+    _save(source / bad_name, _dark(20, 20, 2), "PNG")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / os.fsdecode(b"theirs\xfe.txt")).write_bytes(b"not the job's")
+    summary = run_enhance(_config(source, out, engine="local"))
+    assert (summary.total, summary.ok, summary.error) == (3, 2, 1)
+    rows = {r["input_relpath"]: r for r in _manifest(out)}
+    assert rows["bad\\xff.png"]["error"].startswith("UnsupportedNameError") and rows["x.png"]["status"] == "ok"
+    assert (out / os.fsdecode(b"theirs\xfe.txt")).read_bytes() == b"not the job's"
+    assert "loop" in capsys.readouterr().err
+    again = run_enhance(_config(source, out, engine="local"))  # a rerun: the good ones are done
+    assert (again.skipped, again.error) == (2, 1)
+
+
 def test_changing_the_format_is_not_a_resume(tmp_path):
     source = tmp_path / "in"
     _save(source / "x.png", _dark(30, 30), "PNG")
