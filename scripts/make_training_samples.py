@@ -81,7 +81,7 @@ def crops(source: Image.Image, rng: np.random.Generator) -> list[Image.Image]:
     short = min(width, height)
     out = []
     for _ in range(CROPS_PER_SOURCE):
-        side = int(round(short * rng.uniform(0.4, 0.8)))
+        side = round(short * rng.uniform(0.4, 0.8))
         left = int(rng.integers(0, width - side + 1))
         top = int(rng.integers(0, height - side + 1))
         box = (left, top, left + side, top + side)
