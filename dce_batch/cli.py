@@ -484,55 +484,66 @@ def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dce-batch train",
         description="Train DCE-Net with Ray Train on a folder or s3:// prefix of (unpaired, low- and "
-                    "over-exposed) images. The same --name resumes a run.",
+                    "over-exposed) images, on the Ray cluster at RAY_ADDRESS or a local one it starts. "
+                    "The same --name and --storage resume a run. Try it: dce-batch train --data samples "
+                    "--epochs 2 --image-size 64 --workers 1 --name try1 --export runs/try1.safetensors",
     )
     p.add_argument("--config", metavar="FILE",
                    help="a TOML recipe whose keys are these options' long names (e.g. training/zerodce_sice_v1.toml); "
                         "options given on the command line override it")
-    p.add_argument("--data", metavar="URI", help="training images: folder, glob, s3:// prefix or list file (required)")
-    p.add_argument("--storage", default="./runs", metavar="URI", help="checkpoints and results (local or s3://; default ./runs)")
+    p.add_argument("--data", metavar="URI", type=_path,
+                   help="training images: folder, glob, s3:// prefix or list file, or 'samples': the few "
+                        "bundled with the package (write ./samples for a folder of that name) (required)")
+    p.add_argument("--storage", default="./runs", metavar="URI", type=_path,
+                   help="checkpoints, metrics.json and loss_curves.png go under STORAGE/NAME (local or s3://; "
+                        "default ./runs)")
     p.add_argument("--name", help="run name; a new name starts a run, an existing one resumes it (default: timestamped)")
-    p.add_argument("--export", metavar="PATH", help="write the final weights here (.safetensors with metadata; local or s3://)")
-    p.add_argument("--init-weights", metavar="PATH|NAME",
+    p.add_argument("--export", metavar="PATH", type=_path,
+                   help="write the final weights to this file (.safetensors with metadata; local or s3://)")
+    p.add_argument("--init-weights", metavar="PATH|NAME", type=_path,
                    help="fine-tune: start from these weights (a shipped name, .safetensors or .pth) instead of random")
+    p.add_argument("--verbose", action="store_true",
+                   help="also Ray's own log lines, progress bars and the workers' output")
     g = p.add_argument_group("scaling")
-    g.add_argument("--workers", type=int, default=2, help="training workers (default 2)")
+    g.add_argument("--workers", type=_count(1), default=2, help="training workers (default 2)")
     g.add_argument("--gpu", action="store_true", help="one GPU per worker (same as --gpus-per-worker 1)")
-    g.add_argument("--gpus-per-worker", type=float, default=0.0)
-    g.add_argument("--cpus-per-worker", type=float, default=1.0)
-    g.add_argument("--max-failures", type=int, default=3, help="worker-group restarts from the latest checkpoint")
+    g.add_argument("--gpus-per-worker", type=_non_negative, default=0.0)
+    g.add_argument("--cpus-per-worker", type=_positive, default=1.0)
+    g.add_argument("--max-failures", type=_count(-1), default=3,
+                   help="worker-group restarts from the latest checkpoint (default 3; -1: no limit)")
     g = p.add_argument_group("recipe (defaults: the Zero-DCE authors')")
     g.add_argument("--model-variant", choices=["full", "fast"], default="full")
-    g.add_argument("--epochs", type=int, default=200)
-    g.add_argument("--image-size", type=int, default=256, help="training crops/resizes to this size (default 256)")
-    g.add_argument("--base-size", type=int, help="decode images to this square size first (default: --image-size)")
-    g.add_argument("--min-crop", type=float, default=1.0,
+    g.add_argument("--epochs", type=_count(1), default=200)
+    g.add_argument("--image-size", type=_count(16), default=256, help="training crops/resizes to this size (default 256)")
+    g.add_argument("--base-size", type=_count(16), help="decode images to this square size first (default: --image-size)")
+    g.add_argument("--min-crop", type=_unit, default=1.0,
                    help="random crops cover this fraction of the side at least (default 1: whole image, resized)")
     g.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
-    g.add_argument("--batch-size", type=int, default=8, help="per worker (default 8)")
-    g.add_argument("--lr", type=float, default=1e-4)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--grad-clip", type=float, default=0.1)
-    g.add_argument("--tv-weight", type=float, help="illumination smoothness weight (default 200; 1600 for fast)")
-    g.add_argument("--spatial-weight", type=float, help="spatial consistency weight (default 1)")
-    g.add_argument("--color-weight", type=float, help="colour constancy weight (default 5)")
-    g.add_argument("--exposure-weight", type=float, help="exposure control weight (default 10)")
-    g.add_argument("--exposure-target", type=float, help="well-exposedness level E (default 0.6)")
-    g.add_argument("--val-fraction", type=float, default=0.05)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=_count(1), default=8, help="per worker (default 8)")
+    g.add_argument("--lr", type=_positive, default=1e-4)
+    g.add_argument("--weight-decay", type=_non_negative, default=1e-4)
+    g.add_argument("--grad-clip", type=_positive, default=0.1)
+    g.add_argument("--tv-weight", type=_non_negative, help="illumination smoothness weight (default 200; 1600 for fast)")
+    g.add_argument("--spatial-weight", type=_non_negative, help="spatial consistency weight (default 1)")
+    g.add_argument("--color-weight", type=_non_negative, help="colour constancy weight (default 5)")
+    g.add_argument("--exposure-weight", type=_non_negative, help="exposure control weight (default 10)")
+    g.add_argument("--exposure-target", type=_unit, help="well-exposedness level E (default 0.6)")
+    g.add_argument("--val-fraction", type=_unit, default=0.05)
+    g.add_argument("--seed", type=_count(0), default=0)
     g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto = bf16 autocast on GPUs, fp32 on CPUs")
-    g.add_argument("--max-images", type=int, help="train on a random subset of this many images")
-    g.add_argument("--keep-checkpoints", type=int, default=3, help="best checkpoints kept (the latest always is)")
-    g.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every N epochs (and after the last)")
-    g.add_argument("--inject-failure-at-epoch", type=int, help=argparse.SUPPRESS)
+    g.add_argument("--max-images", type=_count(2), help="train on a random subset of this many images")
+    g.add_argument("--keep-checkpoints", type=_count(1), default=3, help="best checkpoints kept (the latest always is)")
+    g.add_argument("--checkpoint-every", type=_count(1), default=1, help="checkpoint every N epochs (and after the last)")
+    g.add_argument("--inject-failure-at-epoch", type=_count(1), help=argparse.SUPPRESS)
     _add_s3_options(p)
     return p
 
 
 def train_config_from_args(args: argparse.Namespace):
+    from dce_batch.storage import S3Options
+    from dce_batch.training.config import TrainConfig
     from dce_batch.training.losses import LossWeights
-    from dce_batch.training.run import TrainConfig
 
     loss = LossWeights.for_variant(
         args.model_variant, smoothness=args.tv_weight, spatial=args.spatial_weight, color=args.color_weight,
@@ -546,8 +557,8 @@ def train_config_from_args(args: argparse.Namespace):
         grad_clip=args.grad_clip, variant=args.model_variant, loss=loss, max_failures=args.max_failures,
         val_fraction=args.val_fraction, seed=args.seed, export=args.export, init_weights=args.init_weights,
         keep_checkpoints=args.keep_checkpoints, checkpoint_every=args.checkpoint_every,
-        precision=args.precision, max_images=args.max_images, s3=_s3_options(args),
-        inject_failure_at_epoch=args.inject_failure_at_epoch,
+        precision=args.precision, max_images=args.max_images, s3=S3Options.from_env(endpoint_url=args.s3_endpoint),
+        verbose=args.verbose, inject_failure_at_epoch=args.inject_failure_at_epoch,
     )
 
 
@@ -562,7 +573,8 @@ def load_recipe(path: str, parser: argparse.ArgumentParser) -> dict[str, object]
             raw = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read the recipe {path}: {exc}") from exc
-    known = {action.dest for action in parser._actions}
+    # The parser's options are the names its namespace holds when nothing is given.
+    known = set(vars(parser.parse_known_args([])[0]))
     recipe = {key.replace("-", "_"): value for key, value in raw.items()}
     unknown = sorted(set(recipe) - known - {"config"})
     if unknown:
@@ -575,29 +587,46 @@ def parse_train_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     first, _ = parser.parse_known_args(argv)
     if first.config:
         parser.set_defaults(**load_recipe(first.config, parser))
-    args = parser.parse_args(argv)
-    if not args.data:
-        raise ConfigError("--data is required (on the command line or in the --config recipe)")
-    return args
+    return parser.parse_args(argv)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
+    """``dce-batch train``: 0 when the run finished, 2 for invalid arguments (reported before Ray
+    starts where they can be), 1 when training failed at run time, 130 when interrupted."""
+    from dce_batch.errors import WeightsError
+    from dce_batch.job.progress import format_duration
     from dce_batch.training.run import run_training
 
+    ray_module = sys.modules.get("ray")
+    ray_was_running = ray_module is not None and ray_module.is_initialized()
     try:
-        args = parse_train_args(argv)
-        outcome = run_training(train_config_from_args(args))
-    except DceBatchError as exc:
+        config = train_config_from_args(parse_train_args(argv))
+        outcome = run_training(config)
+    except KeyboardInterrupt:
+        print("dce-batch train: interrupted; the same --name and --storage continue from the latest checkpoint",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ConfigError, WeightsError) as exc:
         print(f"dce-batch train: {describe_error(exc)}", file=sys.stderr)
         return EXIT_INVALID
-    except Exception:  # noqa: BLE001
+    except DceBatchError as exc:
+        print(f"dce-batch train: {describe_error(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception:  # noqa: BLE001 - an unexpected failure: the traceback is what helps
         traceback.print_exc()
         return EXIT_FAILED
     final = outcome.metrics
-    print(f"run finished: {final['epoch']} epochs, train loss {final['train_loss']:.4f}"
+    epochs = f"{final['epoch']} epoch{'s' if final['epoch'] != 1 else ''}"
+    print(f"run finished: {epochs} in {format_duration(outcome.seconds)}, train loss {final['train_loss']:.4f}"
           + (f", val loss {final['val_loss']:.4f}" if "val_loss" in final else "")
-          + f"; results in {outcome.run_uri}" + (f"; weights {outcome.export_uri}" if outcome.export_uri else ""))
-    return 0
+          + f"; results in {outcome.run_uri}" + (f"; weights in {outcome.export_uri}" if outcome.export_uri else ""))
+    if ray_was_running:
+        return 0
+    # Everything is written. Leave now, without seconds of orderly Ray shutdown: a local cluster
+    # this run started ends with this process (its processes share its fate).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -617,9 +646,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
                    help="also build simulated low-light pairs at these levels (see dce_batch.evaluation.lowlight_sim.LEVELS) "
                         "from --simulate-from, under OUT/simulated/")
     p.add_argument("--simulate-from", metavar="DIR", help="well-exposed images to darken for --simulate")
-    p.add_argument("--simulate-max-side", type=int, default=600,
+    p.add_argument("--simulate-max-side", type=_count(16), default=600,
                    help="downsize references to this longer side first (default 600, LOL-like)")
-    p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    p.add_argument("--seed", type=_count(0), default=0, help="simulation seed (default 0)")
     p.add_argument("--config", action="append", default=[], metavar="LABEL[:key=value,...]", dest="configs",
                    help="a configuration (repeatable). Keys: weights, strength, finish=on|off, denoise=auto|fast|off, "
                         "denoise_strength, exposure=auto|off|TARGET, chroma_refine_radius (0: one chroma pass), "
@@ -627,12 +656,12 @@ def evaluate_parser() -> argparse.ArgumentParser:
                         "default), highlight_stretch (0: the earlier tone), folder (already-enhanced images), scale. "
                         "'input' alone is the unenhanced input. Default: input, network:finish=off, default")
     p.add_argument("--out", default="evaluation", metavar="DIR", help="where to write the reports (default ./evaluation)")
-    p.add_argument("--max-images", type=int, help="at most this many images per set (first by name)")
-    p.add_argument("--max-side", type=int, help="downsize images whose longer side exceeds this first (speed)")
-    p.add_argument("--target", type=float, default=DEFAULT_EXPOSURE_TARGET,
+    p.add_argument("--max-images", type=_count(1), help="at most this many images per set (first by name)")
+    p.add_argument("--max-side", type=_count(16), help="downsize images whose longer side exceeds this first (speed)")
+    p.add_argument("--target", type=_unit, default=DEFAULT_EXPOSURE_TARGET,
                    help=f"mean brightness the exposure error is measured against (default {DEFAULT_EXPOSURE_TARGET})")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=_count(1), default=1,
                    help="torch CPU threads (default 1: steady timings, and no oversubscription on a shared machine)")
     return p
 
