@@ -47,16 +47,18 @@ DenoiseMode = Literal["auto", "fast", "off"]
 NoiseGain = Literal["slope", "ratio"]
 ExposureSetting = Union[float, Literal["auto", "off"]]
 
-# Mean luma (BT.709, non-linear) that "auto" exposure aims at: about where well-exposed
-# photographs sit (LOL references 0.45, Kodak 0.42).
+# Mean luma (BT.709, non-linear) of well-exposed photographs on average (LOL references 0.45, Kodak
+# 0.43): what `dce-batch evaluate` measures the exposure error against. "auto" exposure reads a
+# target per image from the scene (dce_batch.exposure), between 0.15 and 0.62.
 DEFAULT_EXPOSURE_TARGET = 0.45
 
 
 # Names the finishing algorithm in the output settings that resume compares, so outputs made by
 # an earlier algorithm are never silently mixed with new ones. Change it whenever the pixels change.
-FINISH_METHOD = "dct-wiener-bm-6"
+# 7: exposure read from the scene (dce_batch.exposure), blacks kept black.
+FINISH_METHOD = "dct-wiener-bm-7"
 # The DCT stage without block matching (``matched_noise_level=inf``).
-UNMATCHED_FINISH_METHOD = "dct-wiener-6"
+UNMATCHED_FINISH_METHOD = "dct-wiener-7"
 # ``noise_gain="ratio"``: the earlier defaults, under the names their outputs recorded (with and
 # without block matching), so an OUTPUT made by an earlier version resumes with that setting.
 RATIO_FINISH_METHODS = {True: "dct-wiener-bm-5", False: "dct-wiener-4"}
@@ -74,8 +76,9 @@ class FinishConfig:
             ``fast`` (the same without the DCT stage: the earlier default, faster) or ``off``.
         denoise_strength: scales the smoothing threshold; 0 disables, 1 is the measured
             default, 2 smooths harder.
-        exposure: ``auto`` (mean luma of the lit regions to :data:`DEFAULT_EXPOSURE_TARGET`
-            for dark inputs), a target mean luma in (0, 1) used the same way, or ``off``.
+        exposure: ``auto`` (the mean luma of dark inputs brought to the brightness their
+            well-exposed version would have, read from the scene: :mod:`dce_batch.exposure`),
+            a target mean luma in (0, 1) for every image, or ``off``.
         max_exposure_boost: bound on the exposure curve (the exponent never goes below
             1 / this), so near-black scenes are not pushed into noise.
         highlight_stretch: with exposure on, how much the exposure curve lifts the highlights
@@ -104,7 +107,7 @@ class FinishConfig:
     denoise: DenoiseMode = "auto"
     denoise_strength: float = 1.0
     exposure: ExposureSetting = "auto"
-    max_exposure_boost: float = 2.5
+    max_exposure_boost: float = 4.0
     highlight_stretch: float = 0.8
     radius: int = 3
     luma_noise_factor: float = 0.9
