@@ -14,7 +14,7 @@ gets a dark reference, and a flat, evenly lit one (a white-walled room) a bright
 The model is one feature and two fitted coefficients, clamped:
 
     r = log(mean / p)            (linear luma of the input, 4 x 4 area means; p its 99.5th percentile)
-    target = clamp(a + b r, 0.25, 0.62)
+    target = clamp(a + b r, 0.15, 0.62)
 
 fitted by least squares on the references' mean luma against ``r`` read from their simulated dark
 captures (``benchmarks/quality/fit_exposure.py``, Kodak24 and SICE frames; the fit and its
@@ -36,7 +36,7 @@ __all__ = ["HIGHLIGHT_QUANTILE", "TARGET_INTERCEPT", "TARGET_SLOPE", "scene_feat
 # several simulated levels); see the module docstring.
 TARGET_INTERCEPT = 0.70
 TARGET_SLOPE = 0.20
-TARGET_MIN, TARGET_MAX = 0.25, 0.62
+TARGET_MIN, TARGET_MAX = 0.15, 0.62
 HIGHLIGHT_QUANTILE = 0.995
 _POOL = 4                     # area means of 4 x 4 pixels: sensor noise averaged before the percentile
 _MAX_SAMPLES = 65_536

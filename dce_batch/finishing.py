@@ -85,8 +85,8 @@ def finish_halo(config: FinishConfig) -> int:
     and 12 more with block matching (:func:`dce_batch.filters.dct_wiener_reach`).
     """
     if not config.denoising:
-        return _BLACK_RADIUS if config.enabled else 0
-    halo = max(_BLACK_RADIUS, 2 * config.radius, config.radius + 2 * config.chroma_refine_radius)
+        return 2 * _BLACK_RADIUS if config.enabled else 0
+    halo = max(2 * _BLACK_RADIUS, 2 * config.radius, config.radius + 2 * config.chroma_refine_radius)
     if config.dct_stage:
         halo = max(halo, 2 * config.radius + dct_wiener_reach(matched=config.block_matching))
     return halo
@@ -351,14 +351,15 @@ def finish_tiles(low: torch.Tensor, enhanced: torch.Tensor, params: torch.Tensor
 
 # Input regions whose every pixel and channel within BLACK_RADIUS is at or under BLACK_FLOOR stay
 # black; from there to BLACK_FULL the output fades in (smoothstep).
-_BLACK_RADIUS = 6
+_BLACK_RADIUS = 3
 _BLACK_FLOOR, _BLACK_FULL = 2.5 / 255.0, 4.0 / 255.0
 
 
 def _keep_blacks(low: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out`` scaled to black where the input is black all around: where the brightest value
-    of the input's 13 x 13 neighbourhood (any channel) is 2.5 8-bit steps or less (0, 1 or 2 in
-    8 bits) the output is 0, from 4 steps on it is kept, smoothly in between.
+    of the input's 7 x 7 neighbourhood (any channel) is 2.5 8-bit steps or less (0, 1 or 2 in
+    8 bits) the output is 0, from 4 steps on it is kept, smoothly in between; that factor is then
+    averaged over the same 7 x 7 window (so a tile needs 6 pixels of context).
 
     Zero-DCE's curves have a slope of up to 2^8 at black (each of the 8 iterations
     ``x + a x (1 - x)`` nearly doubles a value near 0), so the last step of an 8-bit black
@@ -366,14 +367,17 @@ def _keep_blacks(low: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     the chroma filter added to it (the bundled retina sample's black surround, about 11.5 / 255
     with dark-red blotches). The neighbourhood's maximum, not its mean, decides: a very dark but
     real scene is dithered by its noise (a sensor's shot and read noise reach 3 steps and more in
-    any 13 x 13 window: none of the simulated LOL-like inputs has a window that stays under, but
+    any 7 x 7 window: none of the simulated LOL-like inputs has a window that stays under, but
     the darkest, JPEG'd ones, 1-2.5 % of the frame), while a black mask or a clipped shadow is not.
     Measured on simulated pairs: no change on lol_matched, lol_wide and lol_hard; -0.1 to -0.3 dB
     on the darkest JPEG'd level (benchmarks/quality/README.md).
     """
     level = F.max_pool2d(low.amax(dim=1, keepdim=True), 2 * _BLACK_RADIUS + 1, stride=1, padding=_BLACK_RADIUS)
     t = ((level - _BLACK_FLOOR) / (_BLACK_FULL - _BLACK_FLOOR)).clamp_(0.0, 1.0)
-    return out * (t * t * (3.0 - 2.0 * t))
+    # Averaged over the same window, so the fade follows no square (a JPEG's 8 x 8 blocks of a dark
+    # sky, some at 3 steps, some at 2, showed as a patchwork without it).
+    t = small_box_mean(t * t * (3.0 - 2.0 * t), _BLACK_RADIUS)
+    return out * t
 
 
 def _denoise(low: torch.Tensor, out: torch.Tensor, params: torch.Tensor, config: FinishConfig,
