@@ -372,7 +372,14 @@ def _keep_blacks(low: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     Measured on simulated pairs: no change on lol_matched, lol_wide and lol_hard; -0.1 to -0.3 dB
     on the darkest JPEG'd level (benchmarks/quality/README.md).
     """
-    level = F.max_pool2d(low.amax(dim=1, keepdim=True), 2 * _BLACK_RADIUS + 1, stride=1, padding=_BLACK_RADIUS)
+    brightest = low.amax(dim=1, keepdim=True)
+    if not bool((brightest < _BLACK_FULL).any()):
+        return out  # nothing dark enough here: the factor is 1 everywhere
+    r = _BLACK_RADIUS  # the window's maximum, one axis at a time (2 x 7 comparisons, not 49)
+    level = F.max_pool2d(F.max_pool2d(brightest, (2 * r + 1, 1), stride=1, padding=(r, 0)),
+                         (1, 2 * r + 1), stride=1, padding=(0, r))
+    if not bool((level < _BLACK_FULL).any()):
+        return out
     t = ((level - _BLACK_FLOOR) / (_BLACK_FULL - _BLACK_FLOOR)).clamp_(0.0, 1.0)
     # Averaged over the same window, so the fade follows no square (a JPEG's 8 x 8 blocks of a dark
     # sky, some at 3 steps, some at 2, showed as a patchwork without it).

@@ -248,10 +248,11 @@ def test_the_scene_target_follows_how_far_the_highlights_stand_above_the_mean():
     encode = lambda lin: torch.where(lin <= 0.0031308, lin * 12.92, 1.055 * lin.pow(1 / 2.4) - 0.055)
     mean = (7 * 0.002 + 0.2) / 8
     expected = math.log(mean / 0.2)
+    # (the feature decodes sRGB through a 12-bit table: the dark room's 0.026 is read within 0.5 %)
     for scale in (1.0, 0.25):  # the same scene exposed 4x shorter
-        assert float(scene_feature(encode(linear * scale))) == pytest.approx(expected, abs=1e-3)
+        assert float(scene_feature(encode(linear * scale))) == pytest.approx(expected, abs=0.005)
     assert float(scene_target(encode(linear))) == pytest.approx(
-        max(TARGET_MIN, TARGET_INTERCEPT + TARGET_SLOPE * expected), abs=1e-3)
+        max(TARGET_MIN, TARGET_INTERCEPT + TARGET_SLOPE * expected), abs=0.002)
     # A dim room whose brightest things sit near its mean is lifted more than a dark scene with a lamp.
     assert float(scene_target(encode(linear))) < float(scene_target(flat))
 
