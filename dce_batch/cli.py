@@ -652,8 +652,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="append", default=[], metavar="LABEL[:key=value,...]", dest="configs",
                    help="a configuration (repeatable). Keys: weights, strength, finish=on|off, denoise=auto|fast|off, "
                         "denoise_strength, exposure=auto|off|TARGET, chroma_refine_radius (0: one chroma pass), "
-                        "matched_noise_level (inf: no block matching), noise_gain (slope|ratio; ratio: the earlier "
-                        "default), highlight_stretch (0: the earlier tone), folder (already-enhanced images), scale. "
+                        "matched_noise_level (inf: no block matching), noise_gain (slope|ratio), highlight_stretch "
+                        "(0: highlights as the curves leave them), folder (already-enhanced images), scale. "
                         "'input' alone is the unenhanced input. Default: input, network:finish=off, default")
     p.add_argument("--out", default="evaluation", metavar="DIR", help="where to write the reports (default ./evaluation)")
     p.add_argument("--max-images", type=_count(1), help="at most this many images per set (first by name)")

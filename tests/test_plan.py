@@ -182,40 +182,33 @@ def test_outputs_of_an_earlier_finishing_algorithm_are_not_resumed(tmp_path):
     assert plan.skipped.num_rows == 1
 
 
-def test_outputs_of_the_previous_denoiser_resume_with_denoise_fast(tmp_path):
-    """An OUTPUT made before the DCT stage (its settings recorded denoise auto with the method
-    lee-wiener-2) is refused under the new default, naming the method, and resumes with
-    ``--denoise fast``, which computes the same pixels."""
+def test_outputs_of_another_finishing_version_are_refused_naming_the_method(tmp_path):
+    """Rows whose finishing method (name and version) differs from this run's describe other
+    pixels: resume refuses them, naming the method; every path's name carries one version."""
     from types import SimpleNamespace
 
-    
-    from dce_batch.enhance.settings import FAST_FINISH_METHOD, FINISH_METHOD
+    from dce_batch.enhance.settings import (FAST_FINISH_METHOD, FINISH_METHOD, FINISH_VERSION, RATIO_FINISH_METHODS,
+                                            UNMATCHED_FINISH_METHOD)
 
     out = tmp_path / "out"
     meta = SimpleNamespace(sha256="m" * 64, variant="full")
-    earlier = settings_for_run(EnhanceConfig(input="/in", output=str(out)), meta, "PNG")
-    # Those versions had no highlight stretch, and so recorded none.
-    earlier_finishing = {k: v for k, v in earlier["finishing"].items() if k != "highlight_stretch"}
-    earlier = dict(earlier, finishing=dict(earlier_finishing, method="lee-wiener-2"))
-    done = rows_to_table([_done_row("/in/a.png", "a.png", lambda fmt: earlier)])
     default = settings_for_run(EnhanceConfig(input="/in", output=str(out)), meta, "PNG")
-    assert default["finishing"]["method"] == FINISH_METHOD != FAST_FINISH_METHOD == "lee-wiener-2"
+    earlier = dict(default, finishing=dict(default["finishing"], method="lee-wiener-2"))
+    done = rows_to_table([_done_row("/in/a.png", "a.png", lambda fmt: earlier)])
     with pytest.raises(ConfigError, match=f"'method': '{FINISH_METHOD}'"):
         _plan(tmp_path, _inputs("a.png"), done=done, existing=["a.png"], settings_for=lambda fmt: default)
-    fast = settings_for_run(EnhanceConfig(input="/in", output=str(out), denoise="fast", highlight_stretch=0.0),
-                               meta, "PNG")
-    assert fast == earlier
-    plan = _plan(tmp_path, _inputs("a.png"), done=done, existing=["a.png"], settings_for=lambda fmt: fast)
-    assert plan.skipped.num_rows == 1
+    fast = settings_for_run(EnhanceConfig(input="/in", output=str(out), denoise="fast"), meta, "PNG")
+    assert fast["finishing"]["method"] == FAST_FINISH_METHOD
+    names = [FINISH_METHOD, UNMATCHED_FINISH_METHOD, FAST_FINISH_METHOD, *RATIO_FINISH_METHODS.values()]
+    assert len(set(names)) == len(names) and all(n.endswith(f"-{FINISH_VERSION}") for n in names)
 
 
-def test_outputs_made_before_the_highlight_stretch_resume_with_it_off(tmp_path):
-    """The highlight stretch changes pixels, so it is recorded where it acts: an OUTPUT made
-    before it (no such key) is refused under the default, naming it, and resumes with
-    ``--highlight-stretch 0``; with exposure off it does nothing and is not recorded."""
+def test_the_highlight_stretch_is_recorded_where_it_acts(tmp_path):
+    """The highlight stretch changes pixels, so it is recorded where it acts: rows made with it
+    off are refused under the default, naming it, and resume with ``--highlight-stretch 0``;
+    with exposure off it does nothing and is not recorded."""
     from types import SimpleNamespace
 
-    
 
     out = tmp_path / "out"
     meta = SimpleNamespace(sha256="m" * 64, variant="full")
