@@ -3,10 +3,10 @@
 The pure pieces (no Ray): :mod:`~dce_batch.enhance.network` (DCE-Net and the fast variant),
 :mod:`~dce_batch.training.losses`, :mod:`~dce_batch.enhance.weights`, :mod:`~dce_batch.enhance.enhancer`,
 :mod:`~dce_batch.imaging`, :mod:`~dce_batch.storage`, :mod:`~dce_batch.job.manifest`.
-The Ray layers: :mod:`~dce_batch.job.pipeline` (enhancement job) and :mod:`~dce_batch.training.run`.
+The Ray layers: :mod:`~dce_batch.job.driver` (enhancement job) and :mod:`~dce_batch.training.run`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__", "enhance_batch", "enhance_image", "models"]
 

@@ -47,6 +47,7 @@ def exported(tmp_path_factory) -> dict[str, Path]:
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"wrote {paths['full']}" in done.stdout
+    assert done.stderr.strip() == "", done.stderr[-3000:]  # no exporter notices (missing torchvision, ...)
     export_onnx(None, paths["fast"], variant="fast", scale=12)
     return paths
 
