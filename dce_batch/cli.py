@@ -202,7 +202,7 @@ def enhance_parser() -> argparse.ArgumentParser:
                    help="noise-aware denoising of what the curves lifted (default auto: strength follows the "
                         "measured noise and the local gain; clean images are left alone). fast: without the luma's "
                         "DCT stage (faster, noisier)")
-    g.add_argument("--denoise-strength", type=_non_negative, default=1.0, help="0..4, 1 = the measured default")
+    g.add_argument("--denoise-strength", type=_non_negative, default=1.0, help="0..4 (default 1); higher smooths harder")
     g.add_argument("--exposure", type=_exposure, default="auto",
                    help="auto (default: brightness chosen from the scene), off, or a target mean brightness such "
                         "as 0.45")

@@ -29,10 +29,10 @@ __all__ = ["ACTOR_BASE_MEMORY", "FUSED_BYTES_PER_PIXEL", "GPU_ACTOR_BYTES_PER_PI
            "TASK_BASE_MEMORY", "TASK_BYTES_PER_PIXEL", "WorkerPlan", "plan_workers", "worker_memory_bytes"]
 
 #: Memory a worker needs beyond its images: Python, torch, the model and a window's activations
-#: (measured 384 MiB) plus Ray's worker and headroom.
+#: (the "RSS before" column of benchmarks/bench_memory.py) plus Ray's worker and headroom.
 ACTOR_BASE_MEMORY = 700 << 20
-#: Bytes per pixel of one image in a fused worker (measured 28-31 for 16-bit PNGs, 10-16 for 8-bit
-#: JPEGs, 24 to 100 MP).
+#: Bytes per pixel of one image in a fused worker: above what benchmarks/bench_memory.py measures
+#: for 16-bit PNGs, the most demanding inputs (benchmarks/README.md, "One actor's memory").
 FUSED_BYTES_PER_PIXEL = 32
 #: Bytes per pixel of one image in the staged GPU actor (decoded 16-bit RGBA 8, enhanced 8, and
 #: their serialized copies in and out).
