@@ -449,7 +449,7 @@ def manifest_parser() -> argparse.ArgumentParser:
 
 def manifest_main(argv: Sequence[str] | None = None) -> int:
     from dce_batch.job.manifest import ManifestStore
-    from dce_batch.job.manifest.lease import break_lease
+    from dce_batch.job.manifest.lease import acquire_lease, break_lease, lease_supported
     from dce_batch.job.manifest.maintenance import repair, upgrade
     from dce_batch.job.plan import list_output_files
     from dce_batch.storage import Location
@@ -461,11 +461,21 @@ def manifest_main(argv: Sequence[str] | None = None) -> int:
 
     try:
         output = Location.parse(args.output, _s3_options(args))
-        if args.action == "upgrade":
-            upgrade(output, log=say)
-        elif args.action == "repair":
-            repair(output, log=say, list_outputs=lambda o: {r for r in list_output_files(o).relpaths.to_pylist()
-                                                            if not r.startswith(("_manifest/", "_report/"))})
+        if args.action in ("upgrade", "repair"):
+            # Rewriting the manifest under a running job would lose its rows: hold the lease.
+            store = ManifestStore.of(output)
+            lease = (acquire_lease(store, f"manifest-{args.action}", command=" ".join(sys.argv)[:500])
+                     if lease_supported(output.filesystem) else None)
+            try:
+                if args.action == "upgrade":
+                    upgrade(output, log=say)
+                else:
+                    repair(output, log=say, list_outputs=lambda o: {
+                        r for r in list_output_files(o).relpaths.to_pylist()
+                        if not r.startswith(("_manifest/", "_report/"))})
+            finally:
+                if lease is not None:
+                    lease.release()
         else:
             holder = break_lease(ManifestStore.of(output), force=args.force)
             say(f"removed the lease of {holder.run_id} (host {holder.host}, pid {holder.pid})" if holder

@@ -173,6 +173,21 @@ def test_of_two_runs_starting_together_exactly_one_wins(tmp_path):
     winners[0].release()
 
 
+def test_a_run_whose_lease_write_landed_but_whose_answer_was_lost_keeps_its_lease(tmp_path):
+    """On S3 a create whose answer is lost is retried by the SDK and refused (412) by the lease it
+    wrote itself; a heartbeat likewise. The run must recognise its own lease, not refuse itself."""
+    store = _store(tmp_path)
+    started = 1_000_000.0
+    _write_lease(store, run_id="mine", started_at=started, heartbeat_at=started)  # "our" write, answer lost
+    lease = acquire_lease(store, "mine", heartbeat_s=3600, now=lambda: started)
+    try:
+        assert lease.holder.run_id == "mine" and lease.taken_over is None
+        lease.heartbeat()  # the token it holds is the lease's: its heartbeats go on
+        assert read_lease(store)[0].heartbeat_at > started
+    finally:
+        lease.release()
+
+
 def test_a_lease_whose_holder_is_gone_is_taken_over(tmp_path):
     store = _store(tmp_path)
     _write_lease(store, pid=2**22 + 12345)  # no such process on this host

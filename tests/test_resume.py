@@ -91,6 +91,8 @@ def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tmp_path, c
         err = capsys.readouterr().err
         assert code == 2 and "the-first-run" in err and "dce-batch manifest unlock" in err
         assert not list(out.glob("*.png")), "the refused run wrote nothing"
+        for action in ("repair", "upgrade"):  # nor may the manifest be rewritten under a running job
+            assert main(["manifest", action, str(out)]) == 2 and "the-first-run" in capsys.readouterr().err
     finally:
         holder.release()
     assert _run(source, out).ok == 1
@@ -164,6 +166,9 @@ def test_on_s3_a_run_aborts_the_uploads_a_killed_run_left_open_and_holds_a_lease
         client.put_object(Bucket=s3_bucket, Key=f"raw/img{i}.png", Body=source.read_bytes())
     left_open = client.create_multipart_upload(Bucket=s3_bucket, Key="out/big.png")["UploadId"]
     elsewhere = client.create_multipart_upload(Bucket=s3_bucket, Key="other/big.png")["UploadId"]
+    # Another job's OUTPUT nested in this one (it has a manifest): its uploads are its own.
+    client.put_object(Bucket=s3_bucket, Key="out/theirs/_manifest/_lease.json", Body=b"{}")
+    nested = client.create_multipart_upload(Bucket=s3_bucket, Key="out/theirs/big.png")["UploadId"]
     options = s3_server.s3_options()
     store = ManifestStore.of(Location.parse(f"s3://{s3_bucket}/out", options))
     holder = acquire_lease(store, "holder", heartbeat_s=3600)
@@ -175,7 +180,7 @@ def test_on_s3_a_run_aborts_the_uploads_a_killed_run_left_open_and_holds_a_lease
                                         engine="local"))
     assert summary.ok == 2
     uploads = {u["UploadId"] for u in client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])}
-    assert left_open not in uploads and elsewhere in uploads
+    assert left_open not in uploads and elsewhere in uploads and nested in uploads
     assert "out/_manifest/_lease.json" not in s3_server.list_keys(s3_bucket, "out/")
 
 

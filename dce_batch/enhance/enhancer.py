@@ -54,8 +54,9 @@ _STRIP_PIXELS = 16_384
 #: 192 bytes each, 25 MB) while a photo of a few megapixels still takes one band.
 _SOURCE_BAND_PIXELS = 131_072
 
-#: Activation memory of DCE-Net per pixel of a forward pass, float32 (measured: 1164 B/px at
-#: 6 MP full-frame, benchmarks/bench_tiling_memory.py); half precision needs about half.
+#: Activation memory of DCE-Net per pixel of a forward pass, float32: an upper bound of what
+#: benchmarks/bench_tiling_memory.py measures full-frame (benchmarks/README.md, "Tiling and
+#: memory"); half precision needs about half.
 NETWORK_BYTES_PER_PIXEL_FP32 = 1200
 
 
@@ -310,8 +311,9 @@ class Enhancer:
         # Full-resolution row y interpolates small rows lo(y) and lo(y) + 1 (align_corners=True).
         _, lo = source_positions(0, height, h, height)
         # Rows are independent, so any strip height gives the same pixels: on CPUs strips of about
-        # _STRIP_PIXELS keep the upsampled maps in cache (measured: 2x faster than 200 rows); a
-        # GPU takes its full-frame budget per strip (fewer kernel launches).
+        # _STRIP_PIXELS keep the upsampled maps in cache, where strips of a few hundred rows fall
+        # out of it (benchmarks/README.md, "Figures behind design choices in the code"); a GPU
+        # takes its full-frame budget per strip (fewer kernel launches).
         strip = max(1, self._strip_pixels // max(width, 1))
         for b0 in range(0, h, band):
             b1 = min(h - 1, b0 + band)  # source rows b0..b1: the next band starts at b1

@@ -5,9 +5,9 @@ exposure multiplies every pixel's light by the same factor, until it clips. Whic
 photographer (or a camera's meter) picks depends on the scene, and the part of it that survives
 the darkening is the *shape* of the linear histogram: a ratio of two of its statistics is the
 same in the dark capture and in the well-exposed photo. Well-exposed photos put their highlights
-at about the same place far more consistently than their mean (on Kodak24 the log of the 99.5th
-percentile of linear luma varies with a standard deviation of 0.25, the log of the mean 0.43):
-exposures are chosen so that the brightest things in the scene do not clip. So a scene whose
+at about the same place far more consistently than their mean (on Kodak24, see
+``benchmarks/quality/README.md``, "Exposure read from the scene"): exposures are chosen so that
+the brightest things in the scene do not clip. So a scene whose
 highlights stand far above its mean (a dark room with a white sheet, a night street with lamps)
 gets a dark reference, and a flat, evenly lit one (a white-walled room) a bright one.
 
@@ -54,7 +54,7 @@ def scene_feature(low: torch.Tensor) -> torch.Tensor:
     after 4 x 4 area means; ``p`` is its :data:`HIGHLIGHT_QUANTILE` quantile. 0 for an image
     without light (all black) or too small to pool (the mean is its own highlight then)."""
     # Linear luma through a 4,096-entry table of the sRGB decoding (12 bits: exact to 1e-4 for
-    # 8-bit inputs, and 3x faster than the power on every pixel).
+    # 8-bit inputs, and cheaper than the power on every pixel).
     table = srgb_to_linear(torch.arange(_TABLE_SIZE, device=low.device, dtype=torch.float32) / (_TABLE_SIZE - 1))
     index = low.float().clamp(0.0, 1.0).mul_(_TABLE_SIZE - 1).round_().long()
     weights = torch.tensor(LUMA_WEIGHTS, device=low.device, dtype=torch.float32).view(1, 3, 1, 1)

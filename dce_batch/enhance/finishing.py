@@ -140,7 +140,8 @@ def _to_rgb(y: torch.Tensor, cbcr: torch.Tensor) -> torch.Tensor:
 _NOISE_WINDOW_RADIUS = 2    # 5 x 5 windows
 _NOISE_QUANTILE = 0.25
 # Per-image statistics use at most this many pixels (a mosaic of 64-pixel patches for the noise,
-# a strided sample for the exposure), so their cost stays a few ms per image.
+# a strided sample for the exposure), so their cost stays small next to the per-tile filters
+# (benchmarks/quality/README.md, "The luma's noise level, read per brightness level").
 _MAX_STAT_SAMPLES = 16_384
 
 
@@ -183,7 +184,8 @@ def _noise_sigmas(mean: torch.Tensor, rms: torch.Tensor) -> torch.Tensor:
 _NOISE_LEVEL_EDGES = (1.5, 3.0, 6.0, 12.0, 24.0, 48.0, 96.0, 256.0)
 _MIN_LEVEL_WINDOWS = 64
 # The estimate per level never exceeds this multiple of the whole frame's: noise varies with the
-# brightness by a bounded factor (up to 2x between levels in the simulated pairs), texture does not.
+# brightness by a bounded factor (benchmarks/quality/README.md, "The luma's noise level, read per
+# brightness level"), texture does not.
 _MAX_LEVEL_NOISE_RATIO = 1.5
 
 
@@ -193,14 +195,14 @@ def _luma_noise_by_level(mean: torch.Tensor, rms: torch.Tensor, whole_frame: tor
     :func:`_noise_sigmas`, within the level), at most :data:`_MAX_LEVEL_NOISE_RATIO` times
     ``whole_frame`` (that quantile over the whole frame).
 
-    Noise in a dark photo depends on the brightness (in the simulated pairs' sRGB, 1.9x larger
-    at 4-8 steps than at 32-64), and texture reads as noise to any window statistic. A quantile
+    Noise in a dark photo depends on the brightness (in the simulated pairs' sRGB it is larger in
+    the deep shadows than in the mid-tones), and texture reads as noise to any window statistic. A quantile
     over the whole frame reads whichever level has the flattest regions, or the texture where
     one level fills most of the frame; the median over levels reads a typical level. In real
     photos, levels that hold only a few edges read as texture, and the cap keeps them from
-    taking over (without it the estimate rose up to 13x on DICM). Measured against the true
-    noise of 48 simulated pairs (benchmarks/quality): the estimate's spread (coefficient of
-    variation of estimate / truth) fell from 0.20 to 0.15.
+    taking over (without it the estimate runs away on some DICM photos). Against the true noise
+    of the simulated pairs this estimate spreads less than the whole-frame quantile
+    (benchmarks/quality/README.md, "The luma's noise level, read per brightness level").
     """
     rms = rms.flatten(1)
     # 0 below the first edge (black), 1 .. 7 the levels
@@ -231,9 +233,9 @@ def _exposure_curve(x: torch.Tensor, exponent: torch.Tensor, highlights: torch.T
     [0, 1]; 0 = none): ``y + a (y - k)^2 (1 - y) / (1 - k)^2``, smooth at the knee, 1 at white
     and monotonic. The curves compress the highlights of a dark photo (each iteration
     ``x + a x (1 - x)`` is flatter near 1) where a longer exposure would have scaled them like
-    the rest, and the power curve compresses them further. Measured on simulated pairs
-    (benchmarks/quality): +0.002-0.014 SSIM and +0.05-0.36 dB on every set at a = 0.8; a
-    linear stretch clipped up to 7.6 % of a dark real set's pixels at white, this lift 1.1 %.
+    the rest, and the power curve compresses them further. The lift raises PSNR and SSIM on every
+    simulated set, and on dark real sets it clips far fewer pixels at white than a linear stretch
+    (benchmarks/quality/README.md, "Highlights the curves compress").
     """
     toned = torch.minimum(x.pow(exponent), x * _SHADOW_GAIN)
     if isinstance(highlights, float) and highlights == 0.0:
@@ -363,14 +365,15 @@ def _keep_blacks(low: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
     Zero-DCE's curves have a slope of up to 2^8 at black (each of the 8 iterations
     ``x + a x (1 - x)`` nearly doubles a value near 0), so the last step of an 8-bit black
-    (JPEG residue of 0s and 1s) came out as a mottled grey at 10-12 steps, and the exposure and
-    the chroma filter added to it (the bundled retina sample's black surround, about 11.5 / 255
-    with dark-red blotches). The neighbourhood's maximum, not its mean, decides: a very dark but
+    (JPEG residue of 0s and 1s) comes out as a mottled grey, and the exposure and the chroma
+    filter add to it (the bundled retina sample's black surround, with dark-red blotches). The
+    neighbourhood's maximum, not its mean, decides: a very dark but
     real scene is dithered by its noise (a sensor's shot and read noise reach 3 steps and more in
     any 7 x 7 window: none of the simulated LOL-like inputs has a window that stays under, but
-    the darkest, JPEG'd ones, 1-2.5 % of the frame), while a black mask or a clipped shadow is not.
-    Measured on simulated pairs: no change on lol_matched, lol_wide and lol_hard; -0.1 to -0.3 dB
-    on the darkest JPEG'd level (benchmarks/quality/README.md).
+    the darkest, JPEG'd ones have a few), while a black mask or a clipped shadow is not. On the
+    simulated pairs it changes nothing at the LOL-like levels and costs a little PSNR on the
+    darkest JPEG'd one (benchmarks/quality/README.md, "Blacks stay black"; benchmarks/README.md,
+    "Figures behind design choices in the code").
     """
     brightest = low.amax(dim=1, keepdim=True)
     if not bool((brightest < _BLACK_FULL).any()):
@@ -426,7 +429,8 @@ def _denoise(low: torch.Tensor, out: torch.Tensor, params: torch.Tensor, config:
     if two_pass:
         y_filtered = _lee(y, mean_y, mean_squares, noise_var_luma, r)
         # The chroma's pilot is its window mean: the chroma grain is strong and the colour of
-        # most regions changes slowly (measured: as good as a first Lee pass, and cheaper).
+        # most regions changes slowly (as good as a first Lee pass, and cheaper:
+        # benchmarks/quality/README.md, "What the default does").
         chroma = _empirical_wiener(cbcr, mean_c, noise_var_chroma, config.chroma_refine_radius)
     else:
         ycc = _lee(torch.cat((y, cbcr), dim=1), stats[:, 0:3], mean_squares,
@@ -434,11 +438,12 @@ def _denoise(low: torch.Tensor, out: torch.Tensor, params: torch.Tensor, config:
         y_filtered, chroma = ycc[:, 0:1], ycc[:, 1:3]
     if config.dct_stage:
         # In DCT blocks texture and noise separate by frequency where a window's variance cannot
-        # tell them apart (measured: +0.010-0.015 SSIM on lol_matched, up to +0.026 on noisier sets).
+        # tell them apart (benchmarks/quality/README.md, "A DCT stage for the luma").
         sigma = params[:, PARAM_SIGMA_LUMA].view(-1, 1, 1, 1) * (k * config.dct_noise_factor)
         noise_sd = (gain * sigma).clamp_min_(1e-6)
         # Where the noise is strong, block matching adds what one block cannot tell apart
-        # (measured: +0.003 SSIM on lol_matched); lower levels gain little more and cost more time.
+        # (benchmarks/quality/README.md, "Block matching where the noise is strong"); lower levels
+        # gain little more and cost more time.
         strong = noise_sd >= config.matched_noise_level if config.block_matching else None
         y_filtered = dct_wiener(y / noise_sd, y_filtered / noise_sd, origins, strong=strong).mul_(noise_sd)
     return _to_rgb(y_filtered, chroma)
@@ -458,9 +463,10 @@ def _local_gain(luma_in: torch.Tensor, luma_out: torch.Tensor, radius: int) -> t
 
     The ratio alone underestimates the amplification where the curves' maps follow the luma
     (guided upsampling makes them steeper than the ratio of means) and in near-black windows,
-    where the input's mean is a step or two. Measured on simulated pairs (benchmarks/quality):
-    +0.004 SSIM (SICE) and +0.012 (Kodak) on ``lol_matched`` against the ratio alone, of which the
-    near-black windows (the ratio's floor at 1 step instead of 2) +0.004 and +0.005.
+    where the input's mean is a step or two. On ``lol_matched`` the slope scores a higher SSIM than
+    the ratio alone from both sources of references, part of it in the near-black windows (the
+    ratio's floor at 1 step rather than 2): benchmarks/quality/README.md, "The noise's local
+    gain: the slope of the chain".
     """
     means = small_box_mean(torch.cat((luma_in, luma_out, luma_in * luma_in, luma_in * luma_out), dim=1), radius)
     mean_low, mean_out, mean_low_sq, mean_low_out = means.split(1, dim=1)
@@ -486,9 +492,10 @@ def _empirical_wiener(noisy: torch.Tensor, pilot: torch.Tensor, noise_var: torch
     mean and variance) come from ``pilot``, a first, smoother estimate, instead of from
     ``noisy variance - noise variance``: the two-stage idea of BM3D (Dabov et al. 2007).
 
-    Measured on simulated pairs (benchmarks/quality): on chroma it adds 0.01-0.03 SSIM on the
-    noisy sets and takes nothing from clean ones; on luma it blurred texture. Taking the window
-    mean from the pilot too (not from ``noisy``) measured the same and saves two box means.
+    On the simulated pairs (benchmarks/quality/README.md, "What the default does") it raises the
+    SSIM of the noisy sets on chroma and takes nothing from clean ones; on luma it blurs texture.
+    Taking the window mean from the pilot too (not from ``noisy``) scores the same and saves two
+    box means.
     """
     channels = noisy.shape[1]
     stats = box_mean(torch.cat((pilot, pilot * pilot), dim=1), radius)

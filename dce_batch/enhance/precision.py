@@ -69,9 +69,9 @@ def resolve_precision(requested: str, device: torch.device, variant: str = "full
             raise ConfigError("int8 runs on CPUs; on a GPU use --precision auto (bf16 or fp16)")
         return requested
     if requested == "auto":
-        # int8 is the fastest on every x86 CPU measured (3.2x fp32 and 1.6x bf16 where bf16 is
-        # native, 1.8x fp32 with AVX2 kernels), within 3 8-bit steps of fp32 (measured at most 2,
-        # mean 0.25): benchmarks/bench_throughput.py.
+        # int8 is the fastest on every x86 CPU measured, where bf16 is native and with AVX2
+        # kernels alike, and stays within 3 8-bit steps of fp32 (benchmarks/bench_throughput.py;
+        # benchmarks/README.md, "int8 against fp32 and bf16").
         if int8_available() and variant == "full":  # the fast variant is already cheap: not quantized
             return "int8"
         return "bf16" if cpu_has_native_bf16() else "fp32"
@@ -92,7 +92,8 @@ def keep_freed_memory() -> None:
 
     DCE-Net allocates and frees tens of MB per layer; by default glibc serves each such block
     with a fresh mmap, faults it in page by page and unmaps it again, which costs more CPU
-    time than the convolutions (measured: 3x faster at 1024 x 768 with this, same pixels).
+    time than the convolutions (with this the same pixels come several times faster:
+    benchmarks/README.md, "Findings from the earlier results").
     Memory stays bounded by the window size. A no-op where glibc's mallopt is not available.
     """
     try:
@@ -111,7 +112,8 @@ def flush_denormals() -> None:
 
     Activations can decay into the subnormal range too (the authors' published Zero-DCE
     checkpoint does on dark photos), and on Intel CPUs each such multiply takes a slow microcode
-    path: a plain fp32 loop over DICM took 25 s per photo instead of 1.5 s. Values that small
+    path that can make a photo many times slower (benchmarks/README.md, "Subnormal weights and
+    denormal arithmetic (Intel)", and "Figures behind design choices in the code"). Values that small
     are far below an 8-bit or 16-bit step, so the outputs do not change. A no-op on CPUs without
     the flags (torch returns False).
     """

@@ -15,8 +15,9 @@ __all__ = ["DEFAULT_EXPOSURE_TARGET", "DEFAULT_SCALES", "FAST_FINISH_METHOD", "F
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 # Downscale factor of the copy each variant estimates its curves on, when none is given.
-# DCE-Net: 4, with guided upsampling (measured on simulated pairs: +0.5 dB and +0.008 SSIM against
-# full resolution after finishing, for 1/16 of the network's work; benchmarks/quality). Zero-DCE++:
+# DCE-Net: 4, with guided upsampling (higher PSNR and SSIM than full resolution after finishing on
+# the simulated pairs, for 1/16 of the network's work: benchmarks/quality/README.md, "Curves from
+# a 4x smaller copy"). Zero-DCE++:
 # 12, its authors' test setting.
 DEFAULT_SCALES = {"full": 4.0, "fast": 12.0}
 
@@ -47,8 +48,9 @@ DenoiseMode = Literal["auto", "fast", "off"]
 NoiseGain = Literal["slope", "ratio"]
 ExposureSetting = Union[float, Literal["auto", "off"]]
 
-# Mean luma (BT.709, non-linear) of well-exposed photographs on average (LOL references 0.45, Kodak
-# 0.43): what `dce-batch evaluate` measures the exposure error against. "auto" exposure reads a
+# Mean luma (BT.709, non-linear) of well-exposed photographs on average (LOL's and Kodak24's
+# references: benchmarks/quality/README.md, "What the default does", and "Harder simulated
+# levels"): what `dce-batch evaluate` measures the exposure error against. "auto" exposure reads a
 # target per image from the scene (dce_batch.enhance.exposure), between 0.15 and 0.62.
 DEFAULT_EXPOSURE_TARGET = 0.45
 
@@ -74,7 +76,7 @@ class FinishConfig:
     Attributes:
         denoise: ``auto`` (noise-aware luma + chroma filtering, with the luma's DCT stage),
             ``fast`` (the same without the DCT stage: faster, noisier) or ``off``.
-        denoise_strength: scales the smoothing threshold; 0 disables, 1 is the measured
+        denoise_strength: scales the smoothing threshold; 0 disables, 1 is the tuned
             default, 2 smooths harder.
         exposure: ``auto`` (the mean luma of dark inputs brought to the brightness their
             well-exposed version would have, read from the scene: :mod:`dce_batch.enhance.exposure`),

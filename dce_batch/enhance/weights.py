@@ -88,8 +88,9 @@ def flush_subnormals(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     """``state`` with every subnormal float (0 < |x| < 1.18e-38 in fp32) set to zero.
 
     Training with weight decay leaves many weights decaying towards zero; once they are subnormal,
-    every multiply by one takes a microcode path on Intel CPUs that costs 10-20x, in torch and in
-    onnxruntime alike (benchmarks/bench_subnormals.py). Such a value is far below anything the
+    every multiply by one takes a slow microcode path on Intel CPUs, in torch and in onnxruntime
+    alike (benchmarks/bench_subnormals.py; benchmarks/README.md, "Subnormal weights and denormal
+    arithmetic (Intel)"). Such a value is far below anything the
     network's output can resolve, so zero gives the same outputs.
     """
     return {key: tensor.masked_fill(subnormal_mask(tensor), 0) if tensor.is_floating_point() else tensor

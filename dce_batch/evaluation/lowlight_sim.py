@@ -88,11 +88,12 @@ class LowLightLevel:
 
 
 # LOL-like presets, from dim and clean to very dark and noisy. At "lol" the shipped
-# zerodce_sice_v1 leaves about the mean brightness (0.35) and SSIM (0.45-0.55) it leaves on LOL
-# itself; "lol_hard" is noisier than LOL, "dim_clean" checks that clean inputs are not smeared.
-# "lol_matched" was fitted to the figures published for the hidden paired benchmark (issue 10):
-# from well-exposed SICE frames, the network alone scores SSIM 0.556 there (0.560 on the hidden
-# set) with output mean 0.36 (0.35), and the authors' checkpoint 15.1 dB / 0.558 (14.9 / 0.562).
+# zerodce_sice_v1 leaves about the mean brightness and SSIM it leaves on LOL itself; "lol_hard"
+# is noisier than LOL, "dim_clean" checks that clean inputs are not smeared. "lol_matched" is
+# fitted to the figures published for the hidden paired benchmark (issue 10): from well-exposed
+# SICE frames it reproduces the network's SSIM and output mean there and the authors'
+# checkpoint's PSNR and SSIM (benchmarks/quality/README.md, "Simulated pairs" and "A level
+# matched to the hidden benchmark").
 LEVELS: dict[str, LowLightLevel] = {
     level.name: level
     for level in (
@@ -103,7 +104,7 @@ LEVELS: dict[str, LowLightLevel] = {
         LowLightLevel("lol_hard", exposure=0.015, exposure_jitter=1.5, photons=4000.0, read_noise=0.002),
         LowLightLevel("lol_jpeg", exposure=0.03, exposure_jitter=1.5, photons=12000.0, read_noise=0.0012,
                       jpeg_quality=90),
-        # Issue 23: real sets are harder than one darkening for every scene. The exposure ratio
+        # Real sets are harder than one darkening for every scene. The exposure ratio
         # (x/÷2.5 around 0.02: inputs at mean luma 0.02-0.11), the photon count and the read noise
         # (x/÷2 each) are drawn per scene, so an input's brightness says little about its
         # reference's; with Kodak24's references (mean luma 0.28-0.69, as real well-exposed

@@ -209,7 +209,11 @@ def prepare(config: EnhanceConfig, output: Location, store: ManifestStore, weigh
     removed = remove_files(output.filesystem, found.unfinished)
     from dce_batch.storage.multipart import abort_stale_uploads
 
-    aborted = abort_stale_uploads(output.filesystem, output.path, started_before=lease_started)
+    # Uploads under another job's OUTPUT nested in this one, or under INPUT, are not this job's.
+    leave = set(found.nested_outputs)
+    if input_root is not None and output.contains(input_root):
+        leave.add(input_root.path[len(output.path.rstrip("/")) + 1:])
+    aborted = abort_stale_uploads(output.filesystem, output.path, started_before=lease_started, leave=sorted(leave))
     meta = weights.meta
     constants = dict(model_name=meta.name, model_sha256=meta.sha256, strength=config.strength,
                      variant=meta.variant, precision=config.precision)
@@ -422,6 +426,10 @@ def _run(config, output, store, weights, prepared: Prepared, engine, stop: StopR
         # is what failed).
         engine.close(cancel=status != "finished")
         try:
+            if lease is not None and lease.lost is not None:
+                # Another run holds OUTPUT now: this one writes nothing more. The parts its workers
+                # wrote are adopted by that run or the next; rows only held here are redone.
+                raise lease.lost
             ledger.write_held()
             if status == "finished":
                 _finish_summary(summary, plan, started)

@@ -361,6 +361,12 @@ class OutputFiles:
     """Paths of temp files (``.<name>.<hex>.tmp``) of runs of this OUTPUT that a killed writer
     never renamed (see :func:`list_output_files`)."""
 
+    @property
+    def nested_outputs(self) -> list[str]:
+        """Folders (relative to OUTPUT) that hold another job's manifest: another OUTPUT nested here."""
+        nested = self.relpaths.filter(pc.match_substring(self.relpaths, f"/{MANIFEST_DIR}/"))
+        return sorted({r.split(f"/{MANIFEST_DIR}/")[0] for r in nested.to_pylist()})
+
 
 def list_output_files(output: Location, *, temp_tags: frozenset[str] = frozenset(),
                       input_root: Location | None = None) -> OutputFiles:
@@ -387,8 +393,7 @@ def list_output_files(output: Location, *, temp_tags: frozenset[str] = frozenset
     ours = pa.array([], pa.string())
     if temp_tags and pc.any(is_temp).as_py():
         candidates = relative.filter(is_temp).to_pylist()
-        nested = relative.filter(pc.match_substring(relative, f"/{MANIFEST_DIR}/"))
-        foreign_roots = {r.split(f"/{MANIFEST_DIR}/")[0] for r in nested.to_pylist()}
+        foreign_roots = set(OutputFiles(relative, []).nested_outputs)
         inside_input = input_root.path.rstrip("/") + "/" if input_root is not None and output.contains(input_root) else None
         kept = []
         for rel in candidates:

@@ -9,6 +9,7 @@ before it took OUTPUT's lease (so none is a live write of its own); a bucket lif
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from dce_batch.errors import StorageError
@@ -18,21 +19,23 @@ from dce_batch.storage.conditional import s3_client
 __all__ = ["abort_stale_uploads"]
 
 
-def abort_stale_uploads(fs, prefix_path: str, *, started_before: datetime) -> int:
+def abort_stale_uploads(fs, prefix_path: str, *, started_before: datetime, leave: Iterable[str] = ()) -> int:
     """Abort the unfinished multipart uploads under ``bucket/prefix`` begun before
-    ``started_before``; how many. Not S3: nothing to do."""
+    ``started_before``, except those under the folders ``leave`` (relative to the prefix: another
+    job's OUTPUT nested in this one, INPUT); how many. Not S3: nothing to do."""
     import botocore.exceptions
 
     if not isinstance(fs, PortableS3FileSystem):
         return 0
     bucket, _, key = prefix_path.strip("/").partition("/")
     prefix = key.rstrip("/") + "/" if key else ""
+    spared = tuple(prefix + folder.strip("/") + "/" for folder in leave)
     client = s3_client(fs.options)
     aborted = 0
     try:
         for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
             for upload in page.get("Uploads") or ():
-                if upload["Initiated"] < started_before:
+                if upload["Initiated"] < started_before and not upload["Key"].startswith(spared or ("\0",)):
                     client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                     aborted += 1
     except botocore.exceptions.ClientError as exc:

@@ -66,6 +66,11 @@ class LeaseHolder:
         except (ValueError, KeyError, TypeError):
             return None  # a damaged lease file holds nobody
 
+    def same_run(self, other: "LeaseHolder | None") -> bool:
+        """Whether ``other`` was written by the same run (whatever its heartbeat)."""
+        return other is not None and (other.run_id, other.host, other.pid, other.started_at) == (
+            self.run_id, self.host, self.pid, self.started_at)
+
     def gone_reason(self, now: float) -> str | None:
         """Why the holder is gone, or None while it may be alive."""
         if self.host == socket.gethostname() and not _process_exists(self.pid):
@@ -131,7 +136,12 @@ class Lease:
             try:
                 self._token = replace_if(self.store.filesystem, self.store.lease_path, fresh.to_bytes(), self._token)
             except (ConditionFailed, FileNotFoundError) as exc:
-                now_holder, _ = read_lease(self.store)
+                now_holder, token = read_lease(self.store)
+                if fresh.same_run(now_holder) and now_holder.heartbeat_at == fresh.heartbeat_at:
+                    # Our write landed but its answer was lost, and the SDK's retry found its own
+                    # write in place: the lease is still ours.
+                    self._token, self.holder = token, fresh
+                    return
                 who = now_holder.describe(time.time()) if now_holder else "nobody (the lease file was deleted)"
                 raise LeaseLostError(
                     f"this run lost OUTPUT {self.store.uri.rsplit('/', 1)[0]} to {who}: its heartbeat stopped for "
@@ -172,6 +182,10 @@ def acquire_lease(store: ManifestStore, run_id: str, *, command: str = "", heart
         current, token = read_lease(store)
         if token is None:
             continue  # released meanwhile
+        if holder.same_run(current):
+            # Our create landed but its answer was lost (a dropped connection), and the SDK's
+            # retry was refused by our own lease: it is ours.
+            return Lease(store, holder, token, heartbeat_s=heartbeat_s)
         reason = "the lease file is damaged" if current is None else current.gone_reason(now())
         if reason is None:
             output = store.uri.rsplit("/", 1)[0]

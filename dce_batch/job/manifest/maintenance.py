@@ -4,8 +4,9 @@
   a worker journal under ``_pending/`` and again to the driver's parts) into this one: paths
   relative to OUTPUT, one part per earlier run, one commit record. No image is touched. Runs once.
 * :func:`repair` is for a damaged manifest (a part or commit record that cannot be read, a part a
-  commit lists that is gone): damaged files are moved to ``_manifest/_damaged/`` (kept, never
-  deleted), and one commit record lists every part that reads. Nothing that was readable is lost;
+  commit lists that is gone): damaged parts are moved to ``_manifest/_damaged/`` (kept, never
+  deleted), and one commit record replaces all others, listing every part that reads (the records
+  it replaces, readable or not, are kept in ``_damaged/`` too, named ``commit-<run>.json``). Nothing that was readable is lost;
   the inputs the damaged parts described are redone by the next run, which overwrites their
   outputs (still one output each).
 * unlock: see :func:`dce_batch.job.manifest.lease.break_lease`.
