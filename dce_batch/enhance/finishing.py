@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from dce_batch.enhance.exposure import scene_target
 from dce_batch.enhance.filters import LUMA_WEIGHTS, box_mean, dct_wiener, dct_wiener_reach, luma, small_box_mean
-from dce_batch.enhance.settings import DEFAULT_EXPOSURE_TARGET, FINISH_METHOD, ExposureSetting, FinishConfig, parse_exposure
+from dce_batch.enhance.settings import DEFAULT_EXPOSURE_TARGET, FINISH_METHOD, FinishConfig, parse_exposure
 
 __all__ = [
     "DEFAULT_EXPOSURE_TARGET",
