@@ -31,7 +31,7 @@ The inputs need not exist (planning never opens them); the outputs do, for the e
 so the script makes 1,000,000 empty files once (on /dev/shm when it has room, else /tmp) and
 reuses them; ``--clean`` deletes them afterwards.
 
-    python benchmarks/bench_planning.py                 # 1,000,000 inputs, 2 rounds (~15 min the first time)
+    python benchmarks/bench_planning.py                 # 1,000,000 inputs, 2 rounds (~2-3 min on 2 CPUs, /dev/shm)
     python benchmarks/bench_planning.py --inputs 100000 --rounds 1
     python benchmarks/bench_planning.py --clean         # and remove the files it made
 """

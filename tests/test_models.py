@@ -99,7 +99,7 @@ def test_enhance_image_matches_the_batch_job():
     out = dce_batch.enhance_image(source, strength=0.7)
     assert out.size == (512, 341) and out.mode == "RGB"  # upright
     decoded = decode_image((SAMPLES / "coffee_dim_rotated.jpg").read_bytes())
-    job_settings = EnhanceConfig(input="unused", strength=0.7).inference_config("full")  # finishing on, as the job
+    job_settings = EnhanceConfig(input="unused", strength=0.7).inference_config()  # finishing on, as the job
     assert job_settings.finish is not None and job_settings.finish.enabled
     expected = Enhancer(load_weights("zerodce_sice_v1"), job_settings).enhance(decoded.pixels).pixels
     assert expected.dtype == np.uint8

@@ -599,14 +599,15 @@ def _start_job(source: Path, out: Path, ray_tmp: str, engine: str, stderr, *extr
 def test_an_interrupted_run_commits_what_finished_and_the_rerun_does_exactly_the_rest(ray_local, tmp_path, ray_tmp,
                                                                                       sig, code, engine):
     """What is compared does not depend on how many images finished before the signal (the CPU's
-    speed): the rerun skips exactly the inputs the interrupted run committed as ok."""
+    speed): the rerun skips exactly the inputs whose rows the interrupted run left, and does the rest.
+    Workers write a part after each batch, so the signal comes once rows are on disk."""
     source, out = tmp_path / "in", tmp_path / "out"
     _many_inputs(source)
     stderr_file = tmp_path / "stderr.txt"
     with open(stderr_file, "w") as stderr:
-        process = _start_job(source, out, ray_tmp, engine, stderr)
+        process = _start_job(source, out, ray_tmp, engine, stderr, "--manifest-flush-seconds", "0")
     try:
-        _wait_for(lambda: _outputs_written(out) >= 2, 300, process, "the first outputs", stderr_file)
+        _wait_for(lambda: _parts_written(out) >= 1, 300, process, "the first part", stderr_file)
         process.send_signal(sig)  # what Ctrl-C (or `ray job stop`) does
         process.wait(timeout=60)
     finally:
@@ -618,9 +619,12 @@ def test_an_interrupted_run_commits_what_finished_and_the_rerun_does_exactly_the
     assert not list(out.glob("_manifest/_run-*.json")), "an interrupted run writes no summary"
     commit = json.loads(next((out / "_manifest" / "_commits").glob("*.json")).read_text())
     assert commit["status"] == "interrupted"
-    committed_ok = sum(1 for r in _manifest(out) if r["status"] == "ok")
-    assert committed_ok == commit["counts"]["ok"] >= 1
+    # Workers finish the batch in hand as the cluster stops: read what is on disk once they are gone.
     _wait_for(lambda: not processes_of(ray_tmp), 30, what="its local cluster to stop")
+    committed_ok = sum(1 for r in _manifest(out) if r["status"] == "ok")
+    # The commit counts the rows that reached the driver; a part a worker wrote whose batch had not
+    # reached it yet is adopted by the rerun.
+    assert committed_ok >= max(1, commit["counts"]["ok"])
     summary = run_enhance(EnhanceConfig(input=str(source), output=str(out), engine=engine))  # as a user reruns it
     assert summary.skipped == committed_ok, "every image the interrupted run committed is kept"
     assert summary.ok == 40 - committed_ok and summary.error == 0, "the rerun does only the remainder"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import uuid
 
 import pyarrow as pa
 
@@ -25,9 +26,13 @@ __all__ = ["EnhanceWorker", "build_enhancer", "fatal_table", "raise_if_fatal", "
 _FATAL_COLUMN = "_fatal"
 
 
-def writer_name(prefix: str, ident: str) -> str:
-    """A part writer's name: letters, digits and ``_`` only."""
-    return prefix + "".join(c for c in ident if c.isalnum())[:24]
+def writer_name(prefix: str) -> str:
+    """A name for one process's part writer: ``prefix``, the process id and random digits.
+
+    Unique per process, never reused: Ray restarts a dead actor under the same actor id, and a
+    restarted writer that reused its predecessor's name would overwrite that one's parts (its
+    sequence starts at 0 again), losing rows the driver already counts as written."""
+    return f"{prefix}{os.getpid()}x{uuid.uuid4().hex[:8]}"
 
 
 def read_weights_spec(config) -> tuple[bytes, str]:

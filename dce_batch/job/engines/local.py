@@ -47,7 +47,7 @@ def _init_worker(config, weights_blob: bytes, weights_name: str, output, pixel_l
     _die_with_parent()
     _worker = EnhanceWorker(config, weights_blob, weights_name, output, pixel_limit=pixel_limit,
                             limit_reason=limit_reason, worker=f"local/pid{os.getpid()}",
-                            writer=writer_name("l", str(os.getpid())), threads=1)
+                            writer=writer_name("l"), threads=1)
 
 
 def _die_with_parent() -> None:

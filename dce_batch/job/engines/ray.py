@@ -68,12 +68,10 @@ class EnhanceActor:
 
     def __init__(self, config, weights_blob: bytes | None, weights_name: str, weights_sha256: str, input_filesystem,
                  output, pixel_limit: int, limit_reason: str | None, threads: int) -> None:
-        import ray
 
-        actor_id = ray.get_runtime_context().get_actor_id() or str(os.getpid())
         blob = weights_for_worker(config, weights_blob, weights_sha256)
         self.worker = EnhanceWorker(config, blob, weights_name, output, pixel_limit=pixel_limit,
-                                    limit_reason=limit_reason, worker=_worker_name(), writer=writer_name("a", actor_id),
+                                    limit_reason=limit_reason, worker=_worker_name(), writer=writer_name("a"),
                                     threads=threads, input_filesystem=input_filesystem)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -141,7 +139,6 @@ def encode_write_stage(batch: pa.Table, *, config, output) -> pa.Table:
     """Staged pipeline, CPU task: encode, write, and add the rows to this process's part."""
     import concurrent.futures
 
-    import ray
 
     writer = ImageWriter(config.encode_options(), output.filesystem, config.run_id)
     try:
@@ -151,9 +148,8 @@ def encode_write_stage(batch: pa.Table, *, config, output) -> pa.Table:
         return fatal_table(exc)
     parts = _TASK_PARTS.get(config.run_id)
     if parts is None:
-        node = ray.get_runtime_context().get_node_id()[:8]
         parts = _TASK_PARTS[config.run_id] = PartBuffer(ManifestStore.of(output), config.run_id,
-                                                        writer_name("t", f"{node}{os.getpid()}"),
+                                                        writer_name("t"),
                                                         max_rows=config.part_rows, max_age_s=config.part_flush_s)
     try:
         return tag_rows(parts.add(rows))
