@@ -265,11 +265,12 @@ def _refusal(listing, row, rel, new_rel, output, oversized, claimer, into_input,
 
 
 def _latest_ok(manifest: pa.Table) -> pa.Table:
-    """Row number, key columns and fingerprint of the latest ``ok`` row of each output."""
+    """Row number and key columns of the latest ``ok`` row of each output (fingerprints are read
+    later, for the matched rows only)."""
     status = manifest["status"].cast(pa.string())
     rows = pc.indices_nonzero(pc.and_(pc.equal(status, STATUS_OK), pc.is_valid(manifest["output_relpath"])))
-    keys = manifest.select(["output_relpath", "input_relpath", "settings_sha256", "finished_at",
-                            "input_size", "input_mtime", "input_etag"]).take(rows).append_column("_row", rows)
+    keys = manifest.select(["output_relpath", "input_relpath", "settings_sha256", "finished_at"]).take(rows) \
+        .append_column("_row", rows)
     if keys.num_rows and pc.count_distinct(keys["output_relpath"]).as_py() < keys.num_rows:
         keys = keys.sort_by([("output_relpath", "ascending"), ("finished_at", "descending")])
         out = keys["output_relpath"].combine_chunks()
@@ -301,7 +302,8 @@ def _resume(todo: pa.Table, manifest: pa.Table, existing_outputs: pa.Array | Non
     if not pc.any(matched).as_py():
         return todo, MANIFEST_SCHEMA.empty_table(), 0
     position = _keep(position, matched)
-    wanted = _keep(todo.select(["settings", "settings_sha256", "input_size", "input_mtime", "input_etag"]), matched)
+    matched_rows = pc.indices_nonzero(matched)
+    wanted = todo.select(["settings", "settings_sha256"]).take(matched_rows)
     differs = pc.fill_null(pc.not_equal(pc.take(keys["settings_sha256"], position).cast(pa.string()),
                                         wanted["settings_sha256"].cast(pa.string())), True)
     earlier_rows = pc.take(keys["_row"], position)
@@ -319,16 +321,22 @@ def _resume(todo: pa.Table, manifest: pa.Table, existing_outputs: pa.Array | Non
             f"({'; '.join(examples.values())}). Resuming would mix them with new ones and the manifest "
             "would describe outputs that were never made. Choose a new OUTPUT, run again with the "
             "earlier settings, or pass --overwrite to redo everything")
+    # A fingerprint column that is null on either side everywhere (nothing recorded, or a source
+    # that does not say) cannot differ: skip it rather than copy a million nulls.
     changed_mask = pa.array(np.zeros(len(position), dtype=bool))
     for _, target, _ in _FINGERPRINT:
-        changed_mask = pc.or_(changed_mask, _differs(pc.take(keys[target], position), wanted[target].combine_chunks()))
+        if manifest[target].null_count == manifest.num_rows or todo[target].null_count == todo.num_rows:
+            continue
+        changed_mask = pc.or_(changed_mask, _differs(pc.take(manifest[target], earlier_rows),
+                                                     pc.take(todo[target], matched_rows)))
     changed = int(pc.sum(changed_mask.cast(pa.int64())).as_py() or 0)
     unchanged = pc.invert(changed_mask).to_numpy(zero_copy_only=False)
-    skip_positions = pc.indices_nonzero(matched).to_numpy()[unchanged]
+    skip_positions = matched_rows.to_numpy()[unchanged]
     skip_mask = np.zeros(todo.num_rows, dtype=bool)
     skip_mask[skip_positions] = True
     earlier = manifest.take(pc.filter(earlier_rows, pa.array(unchanged)))
-    now_seen = todo.take(pa.array(skip_positions, pa.int64()))
+    now_seen = todo.select(["input_uri", "input_size", "input_mtime", "input_etag"]).take(
+        pa.array(skip_positions, pa.int64()))
     n = earlier.num_rows
     replacements = {
         "run_id": pa.array([run_id] * n, pa.string()),
