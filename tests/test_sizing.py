@@ -41,8 +41,8 @@ def test_one_worker_per_cpu_within_memory_declared_per_call():
 def test_a_machine_short_of_memory_gives_one_worker_what_there_is():
     short = _pool(4, memory=2 * GIB)
     assert (short.min_size, short.max_size, short.memory_per_worker) == (1, 1, 2 * GIB)
-    assert short.image_pixel_limit == (2 * GIB - ACTOR_BASE_MEMORY) // (2 * FUSED_BYTES_PER_PIXEL)  # 22 MP
-    assert "2.0 GiB of memory" in short.limit_reason and "up to 22 MP" in short.limit_reason
+    assert short.image_pixel_limit == (2 * GIB - ACTOR_BASE_MEMORY) // (2 * FUSED_BYTES_PER_PIXEL)  # 19.6 MP
+    assert "2.0 GiB of memory" in short.limit_reason and "up to 20 MP" in short.limit_reason
     assert _pool(4).limit_reason is None
     with pytest.raises(ConfigError, match="cluster offers 2.0 GiB"):  # a cluster may be waiting for nodes
         _pool(4, memory=2 * GIB, local=False)

@@ -33,7 +33,7 @@ __all__ = ["ACTOR_BASE_MEMORY", "FUSED_BYTES_PER_PIXEL", "GPU_ACTOR_BYTES_PER_PI
 ACTOR_BASE_MEMORY = 700 << 20
 #: Bytes per pixel of one image in a fused worker: above what benchmarks/bench_memory.py measures
 #: for 16-bit PNGs, the most demanding inputs (benchmarks/README.md, "One actor's memory").
-FUSED_BYTES_PER_PIXEL = 32
+FUSED_BYTES_PER_PIXEL = 36
 #: Bytes per pixel of one image in the staged GPU actor (decoded 16-bit RGBA 8, enhanced 8, and
 #: their serialized copies in and out).
 GPU_ACTOR_BYTES_PER_PIXEL = 32
