@@ -2,7 +2,7 @@
 
 1. **Fit.** For each well-exposed reference (Kodak24 and the 24 SICE frames the simulated sets
    use, reduced to 600 px), dark captures at the simulated levels ``lol_matched``, ``lol_wide``
-   and ``lol_wide_jpeg`` (``dce_batch.lowlight_sim``: exposure, noise and JPEG per scene). The
+   and ``lol_wide_jpeg`` (``dce_batch.evaluation.lowlight_sim``: exposure, noise and JPEG per scene). The
    feature ``r = log(mean / p99.5)`` of each dark capture's linear luma
    (``dce_batch.enhance.exposure.scene_feature``, the code the job runs) is regressed on the reference's
    mean luma by least squares: ``target = a + b r``. Printed: the coefficients, the RMS error
