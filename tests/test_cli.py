@@ -72,6 +72,33 @@ def test_enhance_refuses_bad_values_with_one_line(option, value, capsys, tmp_pat
     assert not (tmp_path / "out").exists(), "nothing written for an invalid argument"
 
 
+TRAIN_REFUSES = {
+    "--workers": BAD_NUMBERS + ["0", "-1", "1.5"],
+    "--gpus-per-worker": BAD_NUMBERS + ["-1"],
+    "--cpus-per-worker": BAD_NUMBERS + ["0"],
+    "--epochs": BAD_NUMBERS + ["0"],
+    "--image-size": BAD_NUMBERS + ["8"],
+    "--min-crop": BAD_NUMBERS + ["1.5"],
+    "--batch-size": BAD_NUMBERS + ["0"],
+    "--lr": BAD_NUMBERS + ["0", "-1"],
+    "--exposure-target": BAD_NUMBERS + ["2"],
+    "--val-fraction": BAD_NUMBERS + ["-0.1"],
+    "--max-images": BAD_NUMBERS + ["1"],
+    "--data": [""],
+    "--export": [""],
+    "--storage": [""],
+}
+EVALUATE_REFUSES = {"--threads": BAD_NUMBERS + ["0"], "--target": BAD_NUMBERS + ["1.5"],
+                    "--max-side": BAD_NUMBERS + ["0"], "--seed": BAD_NUMBERS + ["-1"]}
+
+
+@pytest.mark.parametrize("command,option,value", [("train", o, v) for o, values in TRAIN_REFUSES.items() for v in values]
+                         + [("evaluate", o, v) for o, values in EVALUATE_REFUSES.items() for v in values])
+def test_train_and_evaluate_refuse_bad_values_with_one_line(command, option, value, capsys):
+    code, err = _run([command, option, value], capsys)
+    assert code == 2 and "Traceback" not in err and len(_error_lines(err)) == 1, err
+
+
 @pytest.mark.parametrize("argv,expected", [
     (["enhance", "", "OUT"], "expected a path"),
     (["enhance", "IN", ""], "expected a path"),
