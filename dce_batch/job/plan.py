@@ -352,7 +352,10 @@ def _resume(todo: pa.Table, manifest: pa.Table, existing_outputs: pa.Array | Non
         "input_mtime": now_seen["input_mtime"],
         "input_etag": now_seen["input_etag"],
     }
-    skipped = conform(earlier)
+    # Kept in the manifest's compact form (repetitive columns dictionary-encoded): a million
+    # skipped rows' settings JSON would otherwise take hundreds of MB; parts are written in the
+    # manifest's schema, slice by slice.
+    skipped = earlier
     for name, column in replacements.items():
         index = skipped.schema.get_field_index(name)
         skipped = skipped.set_column(index, skipped.schema.field(name), column.cast(skipped.schema.field(name).type))
