@@ -20,9 +20,10 @@ Each scenario is measured in two variants over the same inputs, paths and output
                          Inventory report does; a local folder's listing has size and mtime), the
                          manifest rows carry ``input_size``, ``input_mtime`` and ``input_etag``
                          equal to them, so resume compares all three for every matched input
-  without fingerprints   the list file has the ``uri`` column alone and the manifest rows have
-                         those three columns null: nothing is compared (the job before
-                         fingerprints, as far as planning goes)
+  without fingerprints   the list file has ``uri`` and ``size`` (the size every listing gave
+                         before fingerprints, for refusing oversized files) and the manifest rows
+                         have the three fingerprint columns null: nothing is compared (the job
+                         before fingerprints, as far as planning goes)
 and the ratio with / without is printed per scenario (issue 22 asks for at most 1.10 at 1M
 inputs). With ``--rounds`` > 1 each (scenario, variant) runs that many times, the two variants
 alternating (with first in odd rounds, without first in even ones), and the medians are compared.
@@ -52,7 +53,7 @@ from _common import REPO, LoadMonitor, foreign_load_now, hardware_line, median, 
 SCENARIOS = ("fresh", "resume", "half")
 VARIANTS = ("with", "without")  # fingerprints
 PART_ROWS = 200_000
-SETUP_VERSION = "2"  # bump when the files made below change
+SETUP_VERSION = "3"  # bump when the files made below change
 
 
 def _workdir(n: int) -> Path:
@@ -107,7 +108,7 @@ def prepare_files(n: int) -> Path:
     etags = pa.array([f"{(i * 2654435761) % (1 << 64):016x}{i:016x}" for i in range(n)], pa.string())
     pq.write_table(pa.table({"uri": uris, "size": sizes, "mtime": mtimes, "etag": etags}),
                    work / "inputs_with.parquet")
-    pq.write_table(pa.table({"uri": uris}), work / "inputs_without.parquet")
+    pq.write_table(pa.table({"uri": uris, "size": sizes}), work / "inputs_without.parquet")
     for folder in {f"data/photos/{_relpath(i).split('/')[0]}" for i in range(min(n, 1000))}:
         (out / folder).mkdir(parents=True, exist_ok=True)
     for r in named.to_pylist():
@@ -214,7 +215,7 @@ def main() -> int:
     print(hardware_line("n/a (no model runs)"))
     started = time.time()
     work = prepare_files(args.inputs)
-    print(f"inputs: {args.inputs:,}-row Parquet list files (with: uri, size, mtime, etag; without: uri); OUTPUT "
+    print(f"inputs: {args.inputs:,}-row Parquet list files (with: uri, size, mtime, etag; without: uri, size); OUTPUT "
           f"with {args.inputs:,} existing outputs in {work} (set up {'now' if time.time() - started > 5 else 'earlier'}: "
           f"{(work / 'ready').read_text().split(chr(10))[1]})")
     print(foreign_load_now())
