@@ -269,14 +269,23 @@ def _latest_ok(manifest: pa.Table) -> pa.Table:
     later, for the matched rows only)."""
     status = manifest["status"].cast(pa.string())
     rows = pc.indices_nonzero(pc.and_(pc.equal(status, STATUS_OK), pc.is_valid(manifest["output_relpath"])))
-    keys = manifest.select(["output_relpath", "input_relpath", "settings_sha256", "finished_at"]).take(rows) \
-        .append_column("_row", rows)
+    keys = manifest.select(["output_relpath", "input_relpath", "settings_sha256", "finished_at"])
+    if len(rows) != manifest.num_rows:  # else every row is an ok one: no copy
+        keys = keys.take(rows)
+    keys = keys.append_column("_row", rows)
     if keys.num_rows and pc.count_distinct(keys["output_relpath"]).as_py() < keys.num_rows:
         keys = keys.sort_by([("output_relpath", "ascending"), ("finished_at", "descending")])
         out = keys["output_relpath"].combine_chunks()
         first = pc.not_equal(out.slice(1), out.slice(0, len(out) - 1))
         keys = keys.filter(pa.concat_arrays([pa.array([True]), first.fill_null(True)]))
     return keys
+
+
+def _is_identity(indices: pa.Array) -> bool:
+    """Whether ``indices`` is 0, 1, ..., n-1."""
+    values = indices.to_numpy(zero_copy_only=False)
+    return bool(len(values) == 0 or (values[0] == 0 and values[-1] == len(values) - 1
+                                     and np.all(np.diff(values) == 1)))
 
 
 def _differs(old: pa.ChunkedArray, new: pa.Array) -> pa.Array:
@@ -323,34 +332,40 @@ def _resume(todo: pa.Table, manifest: pa.Table, existing_outputs: pa.Array | Non
             "earlier settings, or pass --overwrite to redo everything")
     # A fingerprint column that is null on either side everywhere (nothing recorded, or a source
     # that does not say) cannot differ: skip it rather than copy a million nulls.
+    # Both sides are usually in the same order (listing and manifest sorted by name, one run
+    # having done everything): then the columns are compared as they are, without gathering.
+    every_row = len(matched_rows) == todo.num_rows  # matched_rows is 0..n-1
+    in_order = len(earlier_rows) == manifest.num_rows and _is_identity(earlier_rows)
     changed_mask = pa.array(np.zeros(len(position), dtype=bool))
     for _, target, _ in _FINGERPRINT:
         if manifest[target].null_count == manifest.num_rows or todo[target].null_count == todo.num_rows:
             continue
-        changed_mask = pc.or_(changed_mask, _differs(pc.take(manifest[target], earlier_rows),
-                                                     pc.take(todo[target], matched_rows)))
+        now = todo[target] if every_row else pc.take(todo[target], matched_rows)
+        then = manifest[target] if in_order else pc.take(manifest[target], earlier_rows)
+        changed_mask = pc.or_(changed_mask, _differs(then.combine_chunks().cast(now.type),
+                                                     now.combine_chunks() if isinstance(now, pa.ChunkedArray) else now))
     changed = int(pc.sum(changed_mask.cast(pa.int64())).as_py() or 0)
     unchanged = pc.invert(changed_mask).to_numpy(zero_copy_only=False)
     skip_positions = matched_rows.to_numpy()[unchanged]
     skip_mask = np.zeros(todo.num_rows, dtype=bool)
     skip_mask[skip_positions] = True
-    earlier = manifest.take(pc.filter(earlier_rows, pa.array(unchanged)))
-    now_seen = todo.select(["input_uri", "input_size", "input_mtime", "input_etag"]).take(
-        pa.array(skip_positions, pa.int64()))
+    earlier = manifest if in_order and changed == 0 else manifest.take(pc.filter(earlier_rows, pa.array(unchanged)))
+    # An unchanged input's recorded fingerprint is what the listing says now wherever both are
+    # known: only columns with rows recorded before fingerprints were need the listing's values.
+    renewed = ["input_uri"] + [target for _, target, _ in _FINGERPRINT if earlier[target].null_count]
+    now_seen = todo.select(renewed) if len(skip_positions) == todo.num_rows else \
+        todo.select(renewed).take(pa.array(skip_positions, pa.int64()))
     n = earlier.num_rows
     replacements = {
-        "run_id": pa.array([run_id] * n, pa.string()),
-        "status": pa.array([STATUS_SKIPPED] * n, pa.string()),
+        "run_id": pa.repeat(pa.scalar(run_id, pa.string()), n),
+        "status": pa.repeat(pa.scalar(STATUS_SKIPPED, pa.string()), n),
         "made_by_run_id": pc.coalesce(earlier["made_by_run_id"].cast(pa.string()), earlier["run_id"].cast(pa.string())),
-        "finished_at": pa.array([datetime.now(timezone.utc)] * n, MANIFEST_SCHEMA.field("finished_at").type),
+        "finished_at": pa.repeat(pa.scalar(datetime.now(timezone.utc), MANIFEST_SCHEMA.field("finished_at").type), n),
         "duration_ms": pa.nulls(n, pa.float32()),
         "worker": pa.nulls(n, pa.string()),
         # Where and what the input is now (INPUT may have moved; rows made before fingerprints
         # were recorded gain them here).
-        "input_uri": now_seen["input_uri"],
-        "input_size": now_seen["input_size"],
-        "input_mtime": now_seen["input_mtime"],
-        "input_etag": now_seen["input_etag"],
+        **{name: now_seen[name] for name in renewed},
     }
     # Kept in the manifest's compact form (repetitive columns dictionary-encoded): a million
     # skipped rows' settings JSON would otherwise take hundreds of MB; parts are written in the
