@@ -342,8 +342,7 @@ def _resume(todo: pa.Table, manifest: pa.Table, existing_outputs: pa.Array | Non
             continue
         now = todo[target] if every_row else pc.take(todo[target], matched_rows)
         then = manifest[target] if in_order else pc.take(manifest[target], earlier_rows)
-        changed_mask = pc.or_(changed_mask, _differs(then.combine_chunks().cast(now.type),
-                                                     now.combine_chunks() if isinstance(now, pa.ChunkedArray) else now))
+        changed_mask = pc.or_(changed_mask, _differs(then, now))  # chunk by chunk: no copies
     changed = int(pc.sum(changed_mask.cast(pa.int64())).as_py() or 0)
     unchanged = pc.invert(changed_mask).to_numpy(zero_copy_only=False)
     skip_positions = matched_rows.to_numpy()[unchanged]
