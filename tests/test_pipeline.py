@@ -593,6 +593,32 @@ def _start_job(source: Path, out: Path, ray_tmp: str, engine: str, stderr, *extr
 
 
 @pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_with_one_line_and_the_rerun_finishes_the_rest(tmp_path, ray_tmp):
+    """Two SIGINTs back to back (an impatient user): the first only sets a flag, so the process is
+    alive for the second, which ends it at once: exit 130, one line, no traceback. Whatever the
+    workers wrote is adopted by the rerun, which ends with every input done once."""
+    source, out = tmp_path / "in", tmp_path / "out"
+    _many_inputs(source, 12)
+    stderr_file = tmp_path / "stderr.txt"
+    with open(stderr_file, "w") as stderr:
+        process = _start_job(source, out, ray_tmp, "local", stderr, "--manifest-flush-seconds", "0")
+    try:
+        _wait_for(lambda: _outputs_written(out) >= 1, 300, process, "the first output", stderr_file)
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    said = stderr_file.read_text()
+    assert process.returncode == 130, said[-2000:]
+    assert "Traceback" not in said and "KeyboardInterrupt" not in said, said[-2000:]
+    summary = run_enhance(EnhanceConfig(input=str(source), output=str(out), engine="local"))
+    assert summary.ok + summary.skipped == 12 and summary.error == 0
+    _check_exactly_once(out, source)
+
+
+@pytest.mark.slow
 # SIGINT and SIGTERM go through one handler (only the exit status differs): each status and each
 # engine is covered once; SIGTERM is what `ray job stop` sends to a job on a cluster.
 @pytest.mark.parametrize("sig,code,engine", [(signal.SIGTERM, 143, "ray"), (signal.SIGINT, 130, "local")])

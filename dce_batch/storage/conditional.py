@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -114,11 +115,28 @@ def _local_replace(path: str, data: bytes) -> None:
     os.replace(temp, path)
 
 
+def _s3_read(fs: PortableS3FileSystem, path: str) -> tuple[bytes, str]:
+    """GET and read the body. The SDK retries a request that fails, not a body cut off while it is
+    read (a connection reset mid-stream): those are retried here, as many times."""
+    import botocore.exceptions
+
+    attempts = max(1, fs.options.max_attempts)
+    for attempt in range(attempts):
+        answer = _s3_call(fs, "get_object", path)
+        try:
+            return answer["Body"].read(), answer["ETag"]
+        except (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError,
+                ConnectionError) as exc:
+            if attempt == attempts - 1:
+                raise StorageError(f"cannot read s3://{path}: {exc}") from exc
+            time.sleep(min(2.0, 0.05 * 2 ** attempt))
+    raise AssertionError("unreachable")
+
+
 def read_versioned(fs: pafs.FileSystem, path: str) -> tuple[bytes, str]:
     """The file's content and its version token; FileNotFoundError when there is none."""
     if isinstance(fs, PortableS3FileSystem):
-        answer = _s3_call(fs, "get_object", path)
-        return answer["Body"].read(), answer["ETag"]
+        return _s3_read(fs, path)
     if isinstance(fs, pafs.LocalFileSystem):
         with open(path, "rb") as handle:
             data = handle.read()
