@@ -78,18 +78,36 @@ def _auth_env(token_path: str) -> dict[str, str]:
 
 
 def processes_of(temp_dir: str) -> list[int]:
-    """PIDs of the live processes whose command line names ``temp_dir`` (a cluster's own)."""
-    pids = []
+    """PIDs of the live processes of the cluster in ``temp_dir``: those whose command line names it
+    (``--temp-dir``), whose environment sets ``RAY_TMPDIR`` to it, and their descendants (Ray's
+    dashboard agent renames itself, and its client server names no folder)."""
+    marker, env_marker = temp_dir.encode(), f"RAY_TMPDIR={temp_dir}".encode()
+    found: set[int] = set()
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
+        pid = int(entry.name)
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            cmdline = (entry / "cmdline").read_bytes()
+            parents[pid] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if temp_dir in cmdline:
-            pids.append(int(entry.name))
-    return pids
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            environ = b""
+        if marker in cmdline or env_marker in environ.split(b"\0"):
+            found.add(pid)
+    found.discard(os.getpid())  # a test process that exported the variable is not the cluster's
+    grew = True
+    while grew:  # descendants of what was found
+        grew = False
+        for pid, parent in parents.items():
+            if parent in found and pid not in found and pid != os.getpid():
+                found.add(pid)
+                grew = True
+    return sorted(found)
 
 
 def stop_processes_of(temp_dir: str, wait_s: float = 10.0) -> None:

@@ -108,6 +108,9 @@ def test_every_readme_block_runs_as_written(tmp_path):
             timings.append((time.monotonic() - started, body.strip().splitlines()[0]))
             assert result.returncode == 0, f"README block failed:\n{body}\n--- stdout\n{result.stdout[-3000:]}" \
                                            f"\n--- stderr\n{result.stderr[-5000:]}"
+        # The S3 block's outputs, while the server is up.
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket="bucket", Prefix="enhanced/")["Contents"]]
+        assert {"enhanced/img0.png", "enhanced/img1.png"} <= set(keys)
     finally:
         stop_processes_of(ray_tmp)
         moto.terminate()
@@ -120,5 +123,3 @@ def test_every_readme_block_runs_as_written(tmp_path):
         p.name for p in (REPO / "dce_batch" / "samples").iterdir() if p.suffix in (".jpg", ".png"))
     assert (work / "enhanced-samples" / "_report" / "index.html").is_file()
     assert len(list(Path("/tmp/dce-enhanced-on-ray").glob("*.jpg"))) >= 3
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket="bucket", Prefix="enhanced/")["Contents"]]
-    assert {"enhanced/img0.png", "enhanced/img1.png"} <= set(keys)
