@@ -29,7 +29,7 @@ from dce_batch.job.manifest import MANIFEST_SCHEMA, read_manifest
 from dce_batch.job.sizing import ACTOR_BASE_MEMORY, FUSED_BYTES_PER_PIXEL
 from dce_batch.enhance.weights import load_weights
 
-from .ray_cluster import processes_of, stop_processes_of
+from .ray_cluster import processes_of, stop_processes_of, writers_of
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
@@ -646,7 +646,7 @@ def test_an_interrupted_run_commits_what_finished_and_the_rerun_does_exactly_the
     commit = json.loads(next((out / "_manifest" / "_commits").glob("*.json")).read_text())
     assert commit["status"] == "interrupted"
     # Workers finish the batch in hand as the cluster stops: read what is on disk once they are gone.
-    _wait_for(lambda: not processes_of(ray_tmp), 30, what="its local cluster to stop")
+    _wait_for(lambda: not writers_of(ray_tmp), 60, what="its local cluster's workers to stop")
     committed_ok = sum(1 for r in _manifest(out) if r["status"] == "ok")
     # The commit counts the rows that reached the driver; a part a worker wrote whose batch had not
     # reached it yet is adopted by the rerun.
