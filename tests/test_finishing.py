@@ -380,7 +380,7 @@ def test_a_black_neighbourhood_fades_in_and_dark_noisy_signal_is_kept():
 
 @pytest.mark.parametrize("kind", ["black", "white", "single colour", "1x1", "1x1 black", "2x3"])
 def test_images_without_usable_signal_get_a_valid_output(kind):
-    """Issue 23: no NaN, no crash, values in [0, 1], through params and tiles with the default
+    """No NaN, no crash, values in [0, 1], through params and tiles with the default
     settings and with a forced target."""
     shapes = {"1x1": (1, 1), "1x1 black": (1, 1), "2x3": (2, 3)}
     h, w = shapes.get(kind, (48, 64))

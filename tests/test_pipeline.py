@@ -260,6 +260,24 @@ def test_link_loops_and_names_that_are_not_utf8_neither_hang_nor_fail_the_run(tm
     assert (again.skipped, again.error) == (2, 1)
 
 
+def test_images_without_usable_signal_each_get_an_output_and_a_row(tmp_path):
+    """All black, all white, one colour, 1x1: valid outputs, ok rows, finite figures, no crash."""
+    source = tmp_path / "in"
+    _save(source / "black.png", np.zeros((48, 64, 3), np.uint8), "PNG")
+    _save(source / "white.png", np.full((48, 64, 3), 255, np.uint8), "PNG")
+    _save(source / "colour.png", np.broadcast_to(np.array([80, 10, 150], np.uint8), (48, 64, 3)).copy(), "PNG")
+    _save(source / "one.png", np.full((1, 1, 3), 7, np.uint8), "PNG")
+    out = tmp_path / "out"
+    summary = run_enhance(_config(source, out, engine="local"))
+    assert (summary.total, summary.ok, summary.error) == (4, 4, 0)
+    rows = {r["input_relpath"]: r for r in _manifest(out)}
+    assert all(np.isfinite(r["mean_luma_out"]) for r in rows.values())
+    for name, expected in (("black.png", 0), ("white.png", 255)):
+        pixels = decode_image((out / name).read_bytes()).pixels
+        assert int(pixels.min()) == int(pixels.max()) == expected, name  # black stays black, white white
+    assert decode_image((out / "one.png").read_bytes()).pixels.shape[:2] == (1, 1)
+
+
 def test_changing_the_format_is_not_a_resume(tmp_path):
     source = tmp_path / "in"
     _save(source / "x.png", _dark(30, 30), "PNG")
