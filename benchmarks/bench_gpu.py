@@ -130,7 +130,7 @@ def authors_end_to_end(device: str, folder: Path, target: Path, limit: int) -> f
 
 
 def job_end_to_end(device: str, folder: Path, target: Path, precision: str, batch: int) -> dict:
-    from dce_batch.job.pipeline import EnhanceConfig, run_enhance
+    from dce_batch.job import EnhanceConfig, run_enhance
 
     shutil.rmtree(target, ignore_errors=True)
     if device.startswith("cuda"):

@@ -25,8 +25,19 @@ asks for; it also prints how far the job's default precision is from fp32 (in 8-
 Part 2 runs the bare loop and the job on 16, 64 and 512 images (the set repeated) to show how
 the job's fixed start-up cost is spread over larger collections.
 
+With ``--baseline-tree PATH`` it does only this instead: the job command above (``jobs/enhance.py
+IN OUT --no-report --quiet``, every enhancement setting at its default, engine auto) from this
+checkout and from the checkout at PATH (e.g. the previous version: ``git worktree add --detach
+/tmp/baseline-main main``), each with ``PYTHONPATH`` set to its own tree and the same Python,
+alternately (this tree first in odd rounds, the baseline first in even ones), on the same inputs,
+into a fresh OUTPUT each time. It prints each run's wall time (process start to exit) and the
+images/s of each tree (images / median wall time, and the job's own summary ``images_per_s``),
+and the ratio this tree / baseline. ``--first N`` takes the first N images by name (hard links in
+a temporary folder), the same for both.
+
     python benchmarks/bench_pipeline.py                       # DICM from ../shared, else synthetic
     python benchmarks/bench_pipeline.py --images DIR --rounds 3 --sizes 16,64,512
+    python benchmarks/bench_pipeline.py --baseline-tree /tmp/baseline-main --rounds 2   # this tree vs main on DICM
 """
 
 from __future__ import annotations
@@ -42,7 +53,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, dark_image, foreign_load_now, hardware_line, median, table
+from _common import REPO, LoadMonitor, dark_image, foreign_load_now, hardware_line, median, table
 
 DICM = Path(os.environ.get("DCE_SHARED", REPO.parent / "shared")) / "data" / "lowlight_real" / "DICM"
 
@@ -89,9 +100,10 @@ def bare_loop(source: str, target: str) -> None:
     enhancer = Enhancer(load_weights(), InferenceConfig(finish=FinishConfig()))
     processor = ImageProcessor(enhancer, EncodeOptions(), fs, fs, run_id="bare")
     os.makedirs(target, exist_ok=True)
-    items = [WorkItem(input_uri=str(p), input_path=str(p), output_uri=str(Path(target) / p.name),
+    items = [WorkItem(input_uri=str(p), input_relpath=p.name, output_relpath=p.name,
                       output_path=str(Path(target) / p.name),
-                      output_format={"jpg": "JPEG", "jpeg": "JPEG"}.get(p.suffix[1:].lower(), "PNG"))
+                      output_format={"jpg": "JPEG", "jpeg": "JPEG"}.get(p.suffix[1:].lower(), "PNG"),
+                      input_path=str(p))
              for p in sorted(Path(source).iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
     for item in items:  # one at a time, as a plain loop does
         processor.process_batch([item])
@@ -135,6 +147,78 @@ def run_command(kind: str, source: Path, target: Path, ray_tmp: str) -> dict:
     return result
 
 
+def run_tree_job(tree: Path, source: Path, target: Path, ray_tmp: str) -> dict:
+    """The job with its defaults, from the checkout ``tree`` (its own package on PYTHONPATH), timed."""
+    shutil.rmtree(target, ignore_errors=True)
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp, PYTHONPATH=str(tree))
+    env.pop("RAY_ADDRESS", None)
+    command = [sys.executable, str(tree / "jobs" / "enhance.py"), str(source), str(target), "--no-report", "--quiet"]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tree, timeout=3600)
+    seconds = time.perf_counter() - started
+    _stop_cluster(ray_tmp)
+    if done.returncode != 0:
+        raise RuntimeError(f"the job of {tree} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    summary = json.loads(next((target / "_manifest").glob("_run-*.json")).read_text())
+    result = {"wall_s": seconds, "images": summary["ok"], "errors": summary["error"],
+              "images_per_s": summary["images_per_s"], "elapsed_s": summary["elapsed_s"],
+              "precision": summary["settings"].get("precision"), "engine": summary["cluster"].get("engine", "ray"),
+              "timings": summary["timings"]}
+    shutil.rmtree(target, ignore_errors=True)
+    return result
+
+
+def _commit_of(tree: Path) -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return (git("rev-parse", "--short", "HEAD") or "?") + (" with uncommitted changes" if dirty else "")
+
+
+def compare_trees(source: Path, baseline: Path, rounds: int, work: Path, ray_tmp: str) -> None:
+    """This checkout's job against the one at ``baseline``, alternately, same inputs, fresh OUTPUTs."""
+    trees = {"this tree": REPO, "baseline": baseline.resolve()}
+    for label, tree in trees.items():
+        print(f"{label}: {tree} at {_commit_of(tree)}")
+    images = len([p for p in source.iterdir() if p.is_file()])
+    results: dict[str, list[dict]] = {label: [] for label in trees}
+    monitor = LoadMonitor()
+    for round_ in range(rounds):
+        order = list(trees) if round_ % 2 == 0 else list(trees)[::-1]
+        for label in order:
+            result = run_tree_job(trees[label], source, work / "out_compare", ray_tmp)
+            if result["images"] != images:
+                raise RuntimeError(f"{label}: {result['images']} of {images} images enhanced ({result['errors']} errors)")
+            results[label].append(result)
+            print(f"round {round_ + 1} {label}: {result['wall_s']:.1f} s wall, {result['images_per_s']:.2f} images/s "
+                  f"by its summary ({result['engine']} engine, precision {result['precision']})", flush=True)
+    load = monitor.line()
+    monitor.stop()
+    walls = {label: median([r["wall_s"] for r in runs]) for label, runs in results.items()}
+    inner = {label: median([r["images_per_s"] for r in runs]) for label, runs in results.items()}
+    rows = [[label, " ".join(f"{r['wall_s']:.1f}" for r in results[label]), f"{walls[label]:.1f}",
+             f"{images / walls[label]:.3f}", f"{inner[label]:.3f}", results[label][0]["engine"],
+             str(results[label][0]["precision"])] for label in trees]
+    print(table(["job", "wall s per round", "median wall s", "images/s (wall)", "images/s (summary)", "engine",
+                 "precision"], rows))
+    print(f"images/s this tree / baseline: {walls['baseline'] / walls['this tree']:.3f} by wall time, "
+          f"{inner['this tree'] / inner['baseline']:.3f} by the jobs' summaries ({images} images, {rounds} round(s))")
+    print(load)
+
+
+def subset(source: Path, folder: Path, count: int) -> Path:
+    """The first ``count`` images of ``source`` by name (hard links when possible)."""
+    files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))[:count]
+    folder.mkdir(parents=True, exist_ok=True)
+    for src in files:
+        try:
+            os.link(src, folder / src.name)
+        except OSError:
+            shutil.copyfile(src, folder / src.name)
+    return folder
+
+
 def _stop_cluster(ray_tmp: str) -> None:
     """Leftover processes of the job's own cluster (there should be none), stopped by temp dir."""
     for entry in Path("/proc").iterdir():
@@ -173,6 +257,9 @@ def main() -> int:
     parser.add_argument("--images", type=Path, help="image folder (default: ../shared DICM, else 64 synthetic)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", default="16,64,512", help="collection sizes for part 2 ('' skips it)")
+    parser.add_argument("--baseline-tree", type=Path,
+                        help="compare only: the job from this checkout against the job from the checkout at PATH")
+    parser.add_argument("--first", type=int, help="only the first N images by name")
     parser.add_argument("--bare", nargs=2, help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
     if args.bare:
@@ -184,11 +271,19 @@ def main() -> int:
     ray_tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")
     try:
         source = args.images or (DICM if DICM.is_dir() else synthetic_set(work / "synthetic"))
+        if args.first:
+            source = subset(source, work / f"first{args.first}", args.first)
+        if args.baseline_tree:
+            images = len([p for p in source.iterdir() if p.is_file()])
+            print(f"images: {source} ({images} files, {_megapixels(source):.1f} MP); {args.rounds} rounds, "
+                  "alternating")
+            compare_trees(source, args.baseline_tree, args.rounds, work, ray_tmp)
+            return 0
         images = len([p for p in source.iterdir() if p.is_file()])
         megapixels = _megapixels(source)
         print(f"images: {source} ({images} files, {megapixels:.1f} MP); {args.rounds} rounds in rotating order")
         print(precision_check(source))
-        from dce_batch.enhance.enhancer import cpu_has_native_bf16
+        from dce_batch.enhance.precision import cpu_has_native_bf16
 
         kinds = ["authors", "bare", "job", "job_ray", "job_no_finish", "job_denoise_fast", "job_scale1", "job_scale1_no_finish", "job_fp32"]
         if cpu_has_native_bf16():

@@ -11,7 +11,7 @@ Rows:
 
 * DCE-Net fp32, CPU default (the reference);
 * DCE-Net fp32 full-frame (``max_full_frame_pixels=10**9``), memory kept as by default;
-* DCE-Net fp32, CPU default tiles but glibc's default allocator: ``dce_batch.enhance.enhancer.keep_freed_memory``
+* DCE-Net fp32, CPU default tiles but glibc's default allocator: ``dce_batch.enhance.precision.keep_freed_memory``
   is replaced by a no-op in that process before the Enhancer is built, so every activation above
   glibc's mmap threshold is mapped, faulted in page by page and unmapped on each call;
 * DCE-Net bf16, CPU default (where the CPU has native bf16); DCE-Net int8 (``dce_batch.enhance.quantization``,
@@ -53,12 +53,12 @@ def _child(conn, spec: dict, threads: int, size: tuple[int, int], count: int) ->
     import torch
 
     torch.set_num_threads(threads)
-    import dce_batch.enhance.enhancer as inference
+    from dce_batch.enhance import precision
     from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
     from dce_batch.enhance.weights import load_weights
 
     if spec["glibc_default"]:  # must precede the Enhancer, whose constructor calls it on CPUs
-        inference.keep_freed_memory = lambda: None
+        precision.keep_freed_memory = lambda: None
     weights = load_weights("zerodcepp_sice_v2") if spec["model"] == "fast" else load_weights()
     # fp32 unless the row says otherwise: the library's own default is "auto" (int8 on x86 CPUs)
     enhancer = Enhancer(weights, InferenceConfig(device="cpu", **{"precision": "fp32", **spec["config"]}))
@@ -140,7 +140,7 @@ def main() -> int:
             "DCE-Net bf16, full-frame": spec("full", {"precision": "bf16", **FULL_FRAME}),
             f"{fast} fp32, one pass": spec("fast", FULL_FRAME),
         })
-    from dce_batch.enhance.enhancer import cpu_has_native_bf16
+    from dce_batch.enhance.precision import cpu_has_native_bf16
     from dce_batch.enhance.quantization import int8_available
 
     for name in list(specs):  # rows this CPU cannot run (bf16 would be emulated and is refused)
@@ -196,7 +196,7 @@ def main() -> int:
                  "max |diff| vs default", "mean |diff|"], rows))
     print("speed vs default: DCE-Net fp32 CPU default's median pass time / this one's (higher is faster); "
           "|diff|: output pixels in [0, 1] vs DCE-Net fp32 CPU default on the first two images")
-    print("glibc allocator: dce_batch.enhance.enhancer.keep_freed_memory replaced by a no-op in that process before the "
+    print("glibc allocator: dce_batch.enhance.precision.keep_freed_memory replaced by a no-op in that process before the "
           "Enhancer was built; process peak RSS: ru_maxrss of the whole process (torch, model, the "
           f"{args.images} input images and whatever the allocator keeps)")
     print(foreign)

@@ -24,7 +24,7 @@ skipped where their estimated peak (the bytes/pixel measured by the largest full
 with the full-frame output (max abs difference; tiling is exact, so it should be 0). Extra rows:
 other tile sizes at the largest size up to 6 MP (``--tile-sweep``); at the largest size the
 settings before commit 2c3c7fe (1024-pixel tiles above 2 MP, glibc's default allocator, i.e.
-``dce_batch.enhance.enhancer.keep_freed_memory`` replaced by a no-op in that process), compared pixel for
+``dce_batch.enhance.precision.keep_freed_memory`` replaced by a no-op in that process), compared pixel for
 pixel with the default row; and the fast variant (Zero-DCE++, scale 12) with its default strips,
 with strips of 2,097,152 pixels (the budget before 2c3c7fe) and in one pass.
 
@@ -102,7 +102,7 @@ def worker(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    import dce_batch.enhance.enhancer as inference
+    from dce_batch.enhance import precision
     from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
     from dce_batch.enhance.weights import load_weights
 
@@ -110,7 +110,7 @@ def worker(spec: dict) -> dict:
     if spec["kind"] == "tile":
         overrides = {"tile_size": spec["tile_size"]}  # its budget resolves to two tiles' worth, as for a user
     if glibc_default:  # before building the Enhancer, which would otherwise call mallopt in this process
-        inference.keep_freed_memory = lambda: None
+        precision.keep_freed_memory = lambda: None
     weights = load_weights("zerodcepp_sice_v2") if model == "fast" else load_weights()
     # fp32, as when these rows were first measured: the library's default is "auto" (bf16 where native).
     # DCE-Net at scale 1: these rows measure the full-resolution network's tiling (the job's default,

@@ -3,20 +3,20 @@
 The pure pieces (no Ray): :mod:`~dce_batch.enhance.network` (DCE-Net and the fast variant),
 :mod:`~dce_batch.training.losses`, :mod:`~dce_batch.enhance.weights`, :mod:`~dce_batch.enhance.enhancer`,
 :mod:`~dce_batch.imaging`, :mod:`~dce_batch.storage`, :mod:`~dce_batch.job.manifest`.
-The Ray layers: :mod:`~dce_batch.job.pipeline` (enhancement job) and :mod:`~dce_batch.training.run`.
+The Ray layers: :mod:`~dce_batch.job.driver` (enhancement job) and :mod:`~dce_batch.training.run`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["__version__", "enhance_image", "models"]
+__all__ = ["__version__", "enhance_batch", "enhance_image", "models"]
 
 
 def __getattr__(name: str):
     # Lazy (PEP 562): `import dce_batch` stays light (no torch) until one of these is used.
-    if name == "enhance_image":
-        from dce_batch.models import enhance_image
+    if name in ("enhance_image", "enhance_batch"):
+        from dce_batch import models
 
-        return enhance_image
+        return getattr(models, name)
     if name == "models":
         import importlib
 

@@ -62,6 +62,52 @@ class CredentialsError(StorageError):
     ``credential_process``, an expired SSO session ...) failed."""
 
 
+class OutputInUseError(ConfigError):
+    """Another run holds OUTPUT's lease (exit 2): two runs on one OUTPUT would overwrite each
+    other's outputs and manifest."""
+
+
+class LeaseLostError(StorageError):
+    """This run's lease on OUTPUT was taken over by another run while it was going (exit 1)."""
+
+
+class WorkerLostError(DceBatchError):
+    """A worker process of the job died (killed, out of memory): the run stops (exit 1) and
+    keeps what finished."""
+
+
+class ManifestError(StorageError):
+    """The manifest under OUTPUT is damaged or inconsistent (a part or commit record that cannot
+    be read, a committed part that is missing): the run stops rather than guess (exit 1)."""
+
+
+class LegacyManifestError(ConfigError):
+    """OUTPUT holds a manifest in an earlier format; it needs a one-time upgrade (exit 2)."""
+
+
+class RunInterrupted(DceBatchError):
+    """The run was stopped by a signal (Ctrl-C, ``ray job stop``, a scheduler's SIGTERM) after
+    committing what finished; ``signal`` is the signal's number."""
+
+    def __init__(self, message: str, signal: int) -> None:
+        super().__init__(message)
+        self.signal = signal
+
+
+class UnsupportedNameError(StorageError):
+    """An input's name cannot be carried through the job: a file name that is not valid UTF-8
+    (no manifest, URI or Arrow string can hold it). The input gets an error row; renaming it fixes it."""
+
+
+class NoInputsFoundError(InputNotFoundError, StorageError):
+    """Listing INPUT found nothing to enhance: no such folder, file, bucket or prefix, no file with
+    an image extension in it, or a list file that lists nothing.
+
+    Both an :class:`InputNotFoundError` (an invalid argument: exit 2) and a :class:`StorageError`
+    (what the listing raises), so callers need not read the message to tell which it is.
+    """
+
+
 def describe_error(exc: BaseException) -> str:
     """``TypeName: message``, the form stored in manifest rows and printed in summaries."""
     message = str(exc).strip() or repr(exc)

@@ -8,12 +8,13 @@
     from dce_batch import enhance_image                      # one PIL image, e.g. in a notebook
     enhanced = enhance_image(Image.open("dark.jpg"), strength=0.8)
 
-Each shipped weights file ``dce_batch/weights/NAME.safetensors`` has a JSON sidecar
-``NAME.json`` (made by ``scripts/make_weights_sidecars.py`` from the file's own header and the
-training results; a test checks they agree), so the registry's metadata (recipe, metrics,
-licence, transforms, training curves) is read with the standard library alone: importing this
-module does not import torch. Tensors are read, and their checksum verified, only by a builder
-or :meth:`Weights.load`.
+The shipped weights are declared once, in :mod:`dce_batch.enhance.registry`; the enums here are
+built from those declarations. Each shipped weights file ``dce_batch/weights/NAME.safetensors``
+has a JSON sidecar ``NAME.json`` (made by ``scripts/make_weights_sidecars.py`` from the file's
+own header and the training results; a test checks they agree), so the registry's metadata
+(recipe, metrics, licence, transforms, training curves) is read with the standard library alone:
+importing this module does not import torch. Tensors are read, and their checksum verified, only
+by a builder or :meth:`Weights.load`.
 
 Like torchvision, ``weights=None`` builds a randomly initialised network (the authors'
 initialisation), for training from scratch.
@@ -24,16 +25,18 @@ from __future__ import annotations
 import enum
 import functools
 import io
-import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from dce_batch.errors import ConfigError, WeightsError
+from dce_batch.enhance.registry import PACKAGED_WEIGHTS, SHIPPED_WEIGHTS, default_weights_for, shipped_weights
 from dce_batch.enhance.settings import FinishConfig
 
 if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time
+    from typing import Sequence
+
+    import numpy as np
     from PIL import Image
 
     from dce_batch.enhance.network import DCENet, DCENetFast
@@ -44,6 +47,7 @@ __all__ = [
     "WeightsEnum",
     "ZeroDCEPP_Weights",
     "ZeroDCE_Weights",
+    "enhance_batch",
     "enhance_image",
     "get_weights",
     "list_weights",
@@ -84,7 +88,7 @@ class Weights:
     @property
     def path(self) -> Path:
         """The weights file inside the installed package."""
-        return Path(str(resources.files("dce_batch").joinpath("weights", self.file)))
+        return shipped_weights(self.name).path
 
     @property
     def num_params(self) -> int:
@@ -99,12 +103,7 @@ class Weights:
         """The tensors and metadata (checksum verified); imports torch."""
         from dce_batch.enhance.weights import load_weights
 
-        try:
-            blob = self.path.read_bytes()
-        except OSError as exc:
-            raise WeightsError(f"the shipped weights {self.name!r} are missing from this installation "
-                               f"({self.path}): reinstall dce-batch") from exc
-        return load_weights(blob, name=self.file)
+        return load_weights(shipped_weights(self.name).read_bytes(), name=self.file)
 
     def transforms(self) -> "ImageToTensor":
         """The preprocessing the network expects, as a callable: PIL image -> 1 x 3 x H x W tensor."""
@@ -138,22 +137,9 @@ class ImageToTensor:
 
 
 @functools.lru_cache(maxsize=None)
-def _sidecars() -> dict[str, Weights]:
-    folder = resources.files("dce_batch").joinpath("weights")
-    found: dict[str, Weights] = {}
-    for entry in folder.iterdir():
-        if entry.name.endswith(".json"):
-            weights = Weights.from_sidecar(json.loads(entry.read_text()))
-            found[weights.name] = weights
-    return found
-
-
 def _shipped(name: str) -> Weights:
-    try:
-        return _sidecars()[name]
-    except KeyError:
-        raise WeightsError(f"no shipped weights named {name!r} (sidecar {name}.json is missing); "
-                           f"shipped: {sorted(_sidecars())}") from None
+    """The shipped weights called ``name``, described by their sidecar (read once)."""
+    return Weights.from_sidecar(shipped_weights(name).sidecar())
 
 
 class WeightsEnum(enum.Enum):
@@ -178,18 +164,20 @@ class WeightsEnum(enum.Enum):
         return self.weights.load()
 
 
-class ZeroDCE_Weights(WeightsEnum):  # noqa: N801 - torchvision's naming
-    """Weights of DCE-Net (Zero-DCE), the ``full`` variant."""
+def _weights_enum(class_name: str, variant: str, doc: str) -> type[WeightsEnum]:
+    """The enum of a variant's shipped weights: one member per declaration in
+    :data:`~dce_batch.enhance.registry.SHIPPED_WEIGHTS`, named by its tag and valued by its name,
+    plus ``DEFAULT``, an alias of the variant's default (same value, so the same member)."""
+    members = [(shipped.tag, shipped.name) for shipped in SHIPPED_WEIGHTS if shipped.variant == variant]
+    members.append(("DEFAULT", default_weights_for(variant)))
+    weights_enum = WeightsEnum(class_name, members, module=__name__, qualname=class_name)
+    weights_enum.__doc__ = doc
+    return weights_enum
 
-    SICE_V1 = "zerodce_sice_v1"
-    DEFAULT = "zerodce_sice_v1"  # an alias of SICE_V1 (same value)
 
-
-class ZeroDCEPP_Weights(WeightsEnum):  # noqa: N801
-    """Weights of Zero-DCE++, the ``fast`` variant."""
-
-    SICE_V2 = "zerodcepp_sice_v2"
-    DEFAULT = "zerodcepp_sice_v2"
+# Named as torchvision names its weights enums (ResNet50_Weights).
+ZeroDCE_Weights = _weights_enum("ZeroDCE_Weights", "full", "Weights of DCE-Net (Zero-DCE), the ``full`` variant.")
+ZeroDCEPP_Weights = _weights_enum("ZeroDCEPP_Weights", "fast", "Weights of Zero-DCE++, the ``fast`` variant.")
 
 
 _ENUMS: dict[str, type[WeightsEnum]] = {"full": ZeroDCE_Weights, "fast": ZeroDCEPP_Weights}
@@ -197,7 +185,7 @@ _ENUMS: dict[str, type[WeightsEnum]] = {"full": ZeroDCE_Weights, "fast": ZeroDCE
 
 def list_weights(variant: str | None = None) -> list[str]:
     """Names of the shipped weights (of one variant, if given)."""
-    return sorted(name for name, w in _sidecars().items() if variant in (None, w.variant))
+    return sorted(shipped.name for shipped in SHIPPED_WEIGHTS if variant in (None, shipped.variant))
 
 
 def get_weights(name: str) -> Weights:
@@ -214,7 +202,7 @@ def get_weights(name: str) -> Weights:
 
 def weights_for_sha256(sha256: str) -> Weights | None:
     """The shipped weights whose tensors have this checksum (a manifest's ``model_sha256``)."""
-    return next((w for w in _sidecars().values() if w.sha256 == sha256), None)
+    return next((w for w in map(_shipped, PACKAGED_WEIGHTS) if w.sha256 == sha256), None)
 
 
 def _resolve(weights: Any, variant: str) -> "LoadedWeights | None":
@@ -229,7 +217,7 @@ def _resolve(weights: Any, variant: str) -> "LoadedWeights | None":
         text = str(weights)
         if text == "DEFAULT":
             shipped = _ENUMS[variant].DEFAULT.weights
-        elif text in _sidecars() or (text.partition(".")[0] in {e.__name__ for e in _ENUMS.values()}):
+        elif text in PACKAGED_WEIGHTS or (text.partition(".")[0] in {e.__name__ for e in _ENUMS.values()}):
             shipped = get_weights(text)
         else:  # a file: the project's .safetensors or a published checkpoint
             from dce_batch.enhance.weights import load_weights
@@ -400,8 +388,8 @@ def _weights_key(weights: Any) -> tuple[str, str]:
     text = str(weights)
     if text == "DEFAULT":
         text = ZeroDCE_Weights.DEFAULT.value
-    if text in _sidecars():
-        return text, _sidecars()[text].variant
+    if text in PACKAGED_WEIGHTS:
+        return text, shipped_weights(text).variant
     try:
         return text, get_weights(text).variant
     except WeightsError:
@@ -409,3 +397,46 @@ def _weights_key(weights: Any) -> tuple[str, str]:
     from dce_batch.enhance.weights import load_weights  # a file: read once here to learn its variant
 
     return text, load_weights(Path(text).expanduser()).meta.variant
+
+
+def enhance_batch(
+    images: "Sequence[np.ndarray]",
+    weights: str | WeightsEnum | Weights | Path | None = None,
+    strength: float = 1.0,
+    *,
+    scale: float | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    denoise: str = "auto",
+    denoise_strength: float = 1.0,
+    exposure: float | str = "auto",
+    highlight_stretch: float = FinishConfig.highlight_stretch,
+) -> "list[np.ndarray]":
+    """Enhance arrays: each H x W x 3 (RGB), H x W x 4 (RGBA: alpha kept) or H x W (gray), uint8,
+    uint16 or float32 in [0, 1]; the same shape and dtype back, with the pixels ``dce-batch
+    enhance`` computes for those values (the same network, settings and finishing; windows of
+    equal shape from several images share a forward pass). No EXIF orientation is applied: the
+    arrays are taken as they are. Settings as for :func:`enhance_image`; the network is cached."""
+    import numpy as np
+
+    if weights is None:
+        weights = ZeroDCE_Weights.DEFAULT
+    key, variant = _weights_key(weights)
+    finish = FinishConfig(denoise=denoise, denoise_strength=denoise_strength, exposure=exposure,  # type: ignore[arg-type]
+                          highlight_stretch=highlight_stretch)
+    enhancer = _enhancer(key, variant, float(strength), None if scale is None else float(scale), device, precision,
+                         finish)
+    colour, rebuild = [], []
+    for index, image in enumerate(images):
+        array = np.asarray(image)
+        if array.ndim == 2:
+            colour.append(np.ascontiguousarray(np.repeat(array[..., None], 3, axis=2)))
+            rebuild.append(lambda out: np.ascontiguousarray(out[..., 0]))
+        elif array.ndim == 3 and array.shape[2] in (3, 4):
+            colour.append(np.ascontiguousarray(array[..., :3]))
+            alpha = array[..., 3:] if array.shape[2] == 4 else None
+            rebuild.append(lambda out, alpha=alpha: out if alpha is None else np.concatenate([out, alpha], axis=2))
+        else:
+            raise ConfigError(f"image {index}: expected H x W, H x W x 3 or H x W x 4 pixels, got shape {array.shape}")
+    results = enhancer.enhance_batch(colour)
+    return [make(result.pixels) for make, result in zip(rebuild, results)]

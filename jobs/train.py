@@ -10,7 +10,7 @@ from pathlib import Path
 # make the uploaded copy of the package importable (Ray puts the working dir on workers' path).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dce_batch.cli import train_main  # noqa: E402
+from dce_batch.cli import train_main, program  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(train_main())
+    program(command=train_main)

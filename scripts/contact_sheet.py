@@ -1,6 +1,7 @@
 """A side-by-side contact sheet for the README: input, the authors' Zero-DCE, the previous
-default (zerodce_sice_v1, network alone at full resolution) and the new default (zerodce_sice_v1
-as the job runs it: curves from a 4x smaller copy, then finishing).
+default (zerodce_sice_v1, network alone at full resolution; or, with ``--previous DIR``, the
+outputs an earlier version wrote there, matched by file stem under DIR/SET/ or DIR/) and the new
+default (zerodce_sice_v1 as the job runs it: curves from a 4x smaller copy, then finishing).
 
 Every column runs through the same in-process code as ``dce-batch evaluate``, on the image as the
 job would see it (reduced only beyond ``--process-side``), and is then reduced to thumbnails
@@ -41,6 +42,9 @@ def main() -> None:
                         help="enhance images reduced to this longer side at most, then make thumbnails (default 1024)")
     parser.add_argument("--authors", type=Path, default=AUTHORS, help="the authors' Zero-DCE checkpoint")
     parser.add_argument("--colours", type=int, default=256, help="palette size of the PNG (default 256)")
+    parser.add_argument("--previous", type=Path,
+                        help="a folder of an earlier version's outputs (PNG named after each input's stem, "
+                             "in a subfolder named after the input's folder, or directly in it): the third column")
     args = parser.parse_args()
 
     import torch
@@ -53,11 +57,11 @@ def main() -> None:
     shipped = load_weights("zerodce_sice_v1")
     network_alone = Enhancer(shipped, InferenceConfig(device="cpu", scale=1))
     default = Enhancer(shipped, InferenceConfig(device="cpu", finish=FinishConfig()))  # the job's default
-    columns = ["input", "Zero-DCE (authors)", "previous default", "new default"]
+    columns = ["input", "Zero-DCE (authors)", "previous version" if args.previous else "network alone", "this version"]
     rows = []
     for path in args.images:
         low = _read(path, args.process_side)
-        previous = network_alone.enhance(low).pixels
+        previous = _previous(args.previous, path, args.process_side) if args.previous else network_alone.enhance(low).pixels
         new = default.enhance(low).pixels
         rows.append([_thumbnail(x, args.side) for x in (low, authors.enhance(low).pixels, previous, new)])
         print(f"{path.name}: input mean {low.mean():.3f}, previous {previous.mean():.3f}, new {new.mean():.3f}")
@@ -77,6 +81,13 @@ def main() -> None:
     sheet.quantize(colors=args.colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(
         args.out, optimize=True)
     print(f"wrote {args.out}: {sheet.size[0]}x{sheet.size[1]}, {args.out.stat().st_size / 1024:.0f} KB")
+
+
+def _previous(folder: Path, path: Path, side: int) -> np.ndarray:
+    for candidate in (folder / path.parent.name / f"{path.stem}.png", folder / f"{path.stem}.png"):
+        if candidate.is_file():
+            return _read(candidate, side)
+    raise SystemExit(f"no previous output for {path} in {folder}")
 
 
 def _thumbnail(pixels: np.ndarray, side: int) -> np.ndarray:

@@ -13,7 +13,10 @@ never edited by hand:
   ``training/results/<run>_metrics.json`` (several runs for a model fine-tuned in stages);
 * ``transforms``: what the network expects and returns (the same for every shipped model).
 
-Only the standard library is used, so the script runs without the package's dependencies.
+The shipped weights are those declared in :data:`dce_batch.enhance.registry.SHIPPED_WEIGHTS`; a
+weights file in the folder that is not declared there, or whose header disagrees with its
+declaration (name, variant), is an error. Only the standard library and that module (itself
+standard library only) are used, so the script runs without the package's dependencies.
 """
 
 from __future__ import annotations
@@ -21,11 +24,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import struct
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's package, whatever else is installed
+
+from dce_batch.enhance.registry import SHIPPED_WEIGHTS, ShippedWeights, read_safetensors_metadata  # noqa: E402
+from dce_batch.errors import WeightsError  # noqa: E402
+
 WEIGHTS_DIR = REPO / "dce_batch" / "weights"
 RESULTS_DIR = REPO / "training" / "results"
 
@@ -46,13 +53,6 @@ TRANSFORMS = {
 }
 
 
-def safetensors_metadata(blob: bytes) -> dict:
-    """The ``dce_batch`` metadata JSON from a .safetensors header (no torch needed)."""
-    (header_len,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8 : 8 + header_len])
-    return json.loads(header["__metadata__"]["dce_batch"])
-
-
 def training_runs(name: str) -> list[dict]:
     runs = []
     for run in TRAINING_RUNS.get(name, []):
@@ -64,9 +64,23 @@ def training_runs(name: str) -> list[dict]:
     return runs
 
 
-def sidecar_for(weights_file: Path) -> dict:
+def sidecar_for(shipped: ShippedWeights) -> dict:
+    """The sidecar of a declared weights file, from the file itself and its training results.
+
+    Raises:
+        ValueError: the file records no dce_batch metadata, or a name or variant other than its
+            declaration's.
+    """
+    weights_file = WEIGHTS_DIR / shipped.file
     blob = weights_file.read_bytes()
-    meta = safetensors_metadata(blob)
+    meta = read_safetensors_metadata(blob)
+    if meta is None:
+        raise ValueError(f"{weights_file.relative_to(REPO)} records no dce_batch metadata: export it with "
+                         "dce-batch convert-weights")
+    recorded, declared = (meta.get("name"), meta.get("variant")), (shipped.name, shipped.variant)
+    if recorded != declared:
+        raise ValueError(f"{weights_file.relative_to(REPO)} records name and variant {recorded}, but "
+                         f"dce_batch/enhance/registry.py declares {declared}: correct one of the two")
     return {
         "name": meta["name"],
         "file": weights_file.name,
@@ -87,10 +101,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
     args = parser.parse_args()
+    undeclared = sorted({path.name for path in WEIGHTS_DIR.glob("*.safetensors")} - {w.file for w in SHIPPED_WEIGHTS})
+    if undeclared:
+        print(f"dce_batch/weights/ holds {', '.join(undeclared)}, not declared in SHIPPED_WEIGHTS "
+              "(dce_batch/enhance/registry.py): declare or remove them", file=sys.stderr)
+        return 1
     stale = []
-    for weights_file in sorted(WEIGHTS_DIR.glob("*.safetensors")):
-        target = weights_file.with_suffix(".json")
-        text = render(sidecar_for(weights_file))
+    for shipped in SHIPPED_WEIGHTS:
+        target = WEIGHTS_DIR / shipped.sidecar_file
+        try:
+            text = render(sidecar_for(shipped))
+        except (OSError, ValueError, WeightsError) as exc:
+            print(f"{shipped.file}: {exc}" if isinstance(exc, WeightsError) else exc, file=sys.stderr)
+            return 1
         if args.check:
             if not target.is_file() or target.read_text() != text:
                 stale.append(target)

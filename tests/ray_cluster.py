@@ -77,31 +77,70 @@ def _auth_env(token_path: str) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token_path}
 
 
-def processes_of(temp_dir: str) -> list[int]:
-    """PIDs of the live processes whose command line names ``temp_dir`` (a cluster's own)."""
-    pids = []
+def processes_of(temp_dir: str, *, with_environment: bool = False) -> list[int]:
+    """PIDs of the live processes of the cluster in ``temp_dir``: those whose command line names it
+    (``--temp-dir``) and their descendants; ``with_environment``, also those whose environment sets
+    ``RAY_TMPDIR`` to it. Ray's dashboard and runtime-env agents rename themselves, and outlive a
+    raylet killed with its driver: only their environment still names the cluster."""
+    marker, env_marker = temp_dir.encode(), f"RAY_TMPDIR={temp_dir}".encode()
+    found: set[int] = set()
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
+        pid = int(entry.name)
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmdline = (entry / "cmdline").read_bytes()
+            parents[pid] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        environ = b""
+        if with_environment:
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                pass
+        if marker in cmdline or (with_environment and env_marker in environ.split(b"\0")):
+            found.add(pid)
+    found.discard(os.getpid())  # a test process that exported the variable is not the cluster's
+    grew = True
+    while grew:  # descendants of what was found
+        grew = False
+        for pid, parent in parents.items():
+            if parent in found and pid not in found and pid != os.getpid():
+                found.add(pid)
+                grew = True
+    return sorted(found)
+
+
+_AGENTS = (b"ray::DashboardAgent", b"ray::RuntimeEnvAgent")
+
+
+def writers_of(temp_dir: str) -> list[int]:
+    """The cluster's processes that could still write into a job's OUTPUT: all of them but Ray's
+    agents, which serve the dashboard and runtime environments and outlive a killed raylet. Ray's
+    workers rename themselves (``ray::...``) and are re-parented when their raylet dies: only
+    their environment names the cluster."""
+    writers = []
+    for pid in processes_of(temp_dir, with_environment=True):
+        try:
+            if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(_AGENTS):
+                writers.append(pid)
         except OSError:
             continue
-        if temp_dir in cmdline:
-            pids.append(int(entry.name))
-    return pids
+    return writers
 
 
 def stop_processes_of(temp_dir: str, wait_s: float = 10.0) -> None:
     """Stop exactly the processes of the cluster in ``temp_dir``: SIGTERM, then SIGKILL for what is left."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in processes_of(temp_dir):
+        for pid in processes_of(temp_dir, with_environment=True):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + wait_s
-        while processes_of(temp_dir) and time.monotonic() < deadline:
+        while processes_of(temp_dir, with_environment=True) and time.monotonic() < deadline:
             time.sleep(0.2)
 
 

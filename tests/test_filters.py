@@ -109,6 +109,18 @@ def test_matched_groups_remove_more_noise_from_a_repeated_texture():
     assert float((mixed[..., 42 + reach :] - texture[..., 42 + reach :]).square().mean()) < 0.8 * plain_error
 
 
+def _same_but_near_ties(tile: torch.Tensor, full: torch.Tensor) -> None:
+    """A tile and the full frame sum in other orders, so distances can round differently and, at a
+    near-tie, pick another candidate into a group (rounding makes that rare, not impossible). Float
+    rounding alone stays far below 1e-4 of these values (of order 1); a swapped candidate changes
+    one of eight group members, so it may move a few pixels by a fraction of the data's spread,
+    never many pixels and never by more than that spread."""
+    difference = (tile - full).abs()
+    swapped = difference > 1e-4
+    assert float(swapped.float().mean()) < 0.01, "more than near-ties differ"
+    assert float(difference.max()) < float(full.std()), "a swap moved a pixel by more than the data's spread"
+
+
 @pytest.mark.parametrize("origin", [(0, 0), (4, 7), (12, 3)])
 def test_a_tile_with_matched_groups_gets_the_full_frame_values(origin):
     noisy, pilot = _unit_noise(72, 90, seed=8) * 2.0, _unit_noise(72, 90, seed=9) * 3.0
@@ -124,7 +136,7 @@ def test_a_tile_with_matched_groups_gets_the_full_frame_values(origin):
     core_left = 0 if left == 0 else context
     core = out[..., core_top : 60 - context, core_left : 70 - context]
     expected = full[..., top + core_top : top + 60 - context, left + core_left : left + 70 - context]
-    assert float((core - expected).abs().max()) < 1e-4
+    _same_but_near_ties(core, expected)
     if origin != (0, 0):  # the plain filter's context is not enough for the groups
         short = dct_wiener_reach(matched=False)
         core = out[..., core_top and short : 60 - short, core_left and short : 70 - short]

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from dce_batch.errors import ConfigError
-from dce_batch.enhance.enhancer import Enhancer, InferenceConfig, cpu_has_native_bf16, resolve_precision, window_grid
+from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
 from dce_batch.enhance.network import DCENet, DCENetFast, init_weights
+from dce_batch.enhance.precision import cpu_has_native_bf16, resolve_precision
 from dce_batch.enhance.quantization import int8_available
+from dce_batch.enhance.tiling import window_grid
 from dce_batch.enhance.weights import LoadedWeights, WeightsMeta, load_weights, state_dict_sha256
 
 from .shared_data import shared_path
@@ -202,7 +204,7 @@ def test_kernels_capped_at_avx2_mean_no_native_bf16():
     bf16 must be refused. Capping torch's kernels at AVX2 puts any x86 machine in that state."""
     script = ("import torch\n"
               "from dce_batch.errors import ConfigError\n"
-              "from dce_batch.enhance.enhancer import cpu_has_native_bf16, resolve_precision\n"
+              "from dce_batch.enhance.precision import cpu_has_native_bf16, resolve_precision\n"
               "cpu = torch.device('cpu')\n"
               "try:\n"
               "    resolve_precision('bf16', cpu)\n"

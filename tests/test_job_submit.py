@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ from PIL import Image
 
 from dce_batch.imaging import decode_image, mean_luminance
 from dce_batch.job.manifest import read_manifest
-from dce_batch.storage import Location
 from dce_batch.enhance.weights import load_weights
 
 from .ray_cluster import RAY_BIN
@@ -39,7 +37,7 @@ def test_enhance_job_submitted_to_a_running_cluster(ray_head, tmp_path):
     assert "UnsupportedImageError" in log or "CorruptImageError" in log, log[-3000:]
     # It ran on the existing cluster: the driver connected, it did not start a local one.
     assert "Started a local Ray instance" not in log, log[-3000:]
-    rows = read_manifest(Location.parse(str(out)).filesystem, str(out / "_manifest")).to_pylist()
+    rows = read_manifest(str(out)).to_pylist()
     assert sorted(r["status"] for r in rows) == ["error", "ok", "ok", "ok"]
     for i in range(3):
         enhanced = decode_image((out / f"night{i}.jpg").read_bytes())

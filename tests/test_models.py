@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +13,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save as save_safetensors
 
 import dce_batch
 from dce_batch import models
 from dce_batch.errors import WeightsError
 from dce_batch.imaging import decode_image, mean_luminance
+from dce_batch.enhance import registry
 from dce_batch.enhance.enhancer import Enhancer
 from dce_batch.enhance.network import DCENet, DCENetFast
-from dce_batch.job.pipeline import EnhanceConfig, sample_images_dir
+from dce_batch.job import EnhanceConfig, sample_images_dir
 from dce_batch.enhance.weights import PACKAGED_WEIGHTS, load_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +99,7 @@ def test_enhance_image_matches_the_batch_job():
     out = dce_batch.enhance_image(source, strength=0.7)
     assert out.size == (512, 341) and out.mode == "RGB"  # upright
     decoded = decode_image((SAMPLES / "coffee_dim_rotated.jpg").read_bytes())
-    job_settings = EnhanceConfig(input="unused", strength=0.7).inference_config("full")  # finishing on, as the job
+    job_settings = EnhanceConfig(input="unused", strength=0.7).inference_config()  # finishing on, as the job
     assert job_settings.finish is not None and job_settings.finish.enabled
     expected = Enhancer(load_weights("zerodce_sice_v1"), job_settings).enhance(decoded.pixels).pixels
     assert expected.dtype == np.uint8
@@ -124,3 +127,92 @@ def test_transforms_give_the_network_input():
     buffer = io.BytesIO()
     Image.open(SAMPLES / "chelsea_night.png").save(buffer, "PNG")
     np.testing.assert_array_equal(tensor[0].permute(1, 2, 0).numpy(), decode_image(buffer.getvalue()).to_float())
+
+
+# --------------------------------------------------------------------------------------------
+# The registry of shipped weights and the safetensors header reader
+# --------------------------------------------------------------------------------------------
+
+
+def test_each_variant_has_one_default_and_the_enums_follow_the_registry():
+    for variant, enum_cls in (("full", models.ZeroDCE_Weights), ("fast", models.ZeroDCEPP_Weights)):
+        declared = [w for w in registry.SHIPPED_WEIGHTS if w.variant == variant]
+        assert [w.name for w in declared if w.default] == [registry.default_weights_for(variant)]
+        assert {m.name: m.value for m in enum_cls} == {w.tag: w.name for w in declared}
+        assert enum_cls.DEFAULT.value == registry.default_weights_for(variant)
+        assert all(models.get_weights(w.name).variant == variant for w in declared)  # the sidecar agrees
+    assert len({w.name for w in registry.SHIPPED_WEIGHTS}) == len(registry.SHIPPED_WEIGHTS)
+    assert registry.PACKAGED_WEIGHTS == {w.name: w.file for w in registry.SHIPPED_WEIGHTS}
+
+
+def _copy_for_the_sidecar_script(root: Path) -> Path:
+    """The files the sidecar script reads, in a tree of their own that a test may change."""
+    for relative in ("scripts/make_weights_sidecars.py", "dce_batch/__init__.py", "dce_batch/errors.py",
+                     "dce_batch/enhance/__init__.py", "dce_batch/enhance/registry.py"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes((REPO / relative).read_bytes())
+    for folder, pattern in (("dce_batch/weights", "*"), ("training/results", "*_metrics.json")):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for path in (REPO / folder).glob(pattern):
+            (root / folder / path.name).write_bytes(path.read_bytes())
+    return root / "scripts" / "make_weights_sidecars.py"
+
+
+def _run_sidecar_check(script: Path) -> tuple[int, str, list[str]]:
+    """(exit status, stderr, heavy modules imported) of ``make_weights_sidecars.py --check``."""
+    code = ("import json, runpy, sys\n"
+            f"sys.argv = [{str(script)!r}, '--check']\n"
+            "try:\n"
+            f"    runpy.run_path({str(script)!r}, run_name='__main__')\n"
+            "    status = 0\n"
+            "except SystemExit as exit_:\n"
+            "    status = exit_.code\n"
+            "print(status, json.dumps([m for m in ('torch', 'numpy') if m in sys.modules]))\n")
+    # Another working directory and no PYTHONPATH: the script finds its own checkout's package.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=script.parents[1].parent, env=env)
+    status, heavy = done.stdout.strip().split(" ", 1)
+    return int(status), done.stderr, json.loads(heavy)
+
+
+def test_the_sidecar_script_needs_no_torch_and_refuses_undeclared_or_mislabelled_weights(tmp_path):
+    script = _copy_for_the_sidecar_script(tmp_path)
+    assert _run_sidecar_check(script) == (0, "", [])
+    weights = tmp_path / "dce_batch" / "weights"
+    (weights / "extra.safetensors").write_bytes((weights / "zerodce_sice_v1.safetensors").read_bytes())
+    status, stderr, _ = _run_sidecar_check(script)
+    assert status == 1 and "extra.safetensors, not declared in SHIPPED_WEIGHTS" in stderr
+    (weights / "extra.safetensors").unlink()
+    (weights / "zerodce_sice_v1.safetensors").write_bytes((weights / "zerodcepp_sice_v2.safetensors").read_bytes())
+    status, stderr, _ = _run_sidecar_check(script)
+    assert status == 1 and "('zerodcepp_sice_v2', 'fast')" in stderr and "declares ('zerodce_sice_v1', 'full')" in stderr
+
+
+def _safetensors(metadata: dict[str, str] | None) -> bytes:
+    return save_safetensors({"w": torch.zeros(2)}, metadata=metadata)
+
+
+def test_the_header_reader_gives_the_metadata_of_our_files_and_none_for_others():
+    blob = models.get_weights("zerodce_sice_v1").path.read_bytes()
+    assert registry.read_safetensors_metadata(blob) == dict(models.get_weights("zerodce_sice_v1").meta)
+    assert registry.read_header_metadata(blob) == load_weights("zerodce_sice_v1").meta
+    checkpoint = io.BytesIO()
+    torch.save({"e_conv1.weight": torch.zeros(1)}, checkpoint)
+    others = [checkpoint.getvalue(), _safetensors(None), _safetensors({"format": "pt"}), b"", b"{}", blob[:9],
+              b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}"]
+    assert [registry.read_safetensors_metadata(other) for other in others] == [None] * len(others)
+    assert [registry.read_header_metadata(other) for other in others] == [None] * len(others)
+
+
+def test_damaged_metadata_is_a_weights_error_that_names_the_file(tmp_path):
+    damaged = _safetensors({registry.METADATA_KEY: "{truncated"})
+    with pytest.raises(WeightsError, match="not a JSON object"):
+        registry.read_safetensors_metadata(damaged)
+    path = tmp_path / "damaged.safetensors"
+    path.write_bytes(damaged)
+    with pytest.raises(WeightsError, match="damaged.safetensors: .*not a JSON object"):
+        load_weights(path)
+    incomplete = _safetensors({registry.METADATA_KEY: json.dumps({"name": "x", "variant": "full"})})
+    with pytest.raises(WeightsError, match="lacks num_params, sha256"):
+        registry.read_header_metadata(incomplete)

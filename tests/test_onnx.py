@@ -13,7 +13,7 @@ import pytest
 from dce_batch.imaging import decode_image
 from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
 from dce_batch.enhance.onnx_export import export_onnx
-from dce_batch.job.pipeline import sample_images_dir
+from dce_batch.job import sample_images_dir
 from dce_batch.enhance.weights import load_weights
 
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed: pip install -e '.[test]'")
@@ -47,6 +47,7 @@ def exported(tmp_path_factory) -> dict[str, Path]:
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"wrote {paths['full']}" in done.stdout
+    assert done.stderr.strip() == "", done.stderr[-3000:]  # no exporter notices (missing torchvision, ...)
     export_onnx(None, paths["fast"], variant="fast", scale=12)
     return paths
 

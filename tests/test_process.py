@@ -33,8 +33,9 @@ def _dark_png(path: Path, h=48, w=64, seed=0) -> None:
 
 
 def _item(source: Path, target: Path, fmt="PNG") -> WorkItem:
-    return WorkItem(input_uri=str(source), input_path=str(source), output_uri=str(target), output_path=str(target),
-                    output_format=fmt, settings='{"s":1}', settings_sha256="abc")
+    return WorkItem(input_uri=str(source), input_path=str(source), input_relpath=source.name,
+                    output_relpath=target.name, output_path=str(target), output_format=fmt, settings='{"s":1}',
+                    settings_sha256="abc")
 
 
 def test_a_batch_reads_enhances_and_writes_each_image_or_says_why_not(processor, tmp_path):
@@ -60,7 +61,7 @@ def test_a_batch_reads_enhances_and_writes_each_image_or_says_why_not(processor,
     assert by_name["big.png"].error.startswith("ImageTooLargeError")
     for name in ("missing.png", "bad.png", "big.png"):
         row = by_name[name]
-        assert row.status == "error" and row.output_uri is None and row.settings is None
+        assert row.status == "error" and row.output_relpath is None and row.settings is None
         assert not (tmp_path / "out" / name).exists()
 
 

@@ -18,7 +18,8 @@ import threading
 import pyarrow as pa
 import pytest
 
-from dce_batch.job.progress import Progress, format_duration, quiet_ray
+from dce_batch.job.progress import Progress, format_duration
+from dce_batch.ray_logging import quiet_ray
 
 
 class FakeClock:
@@ -141,7 +142,7 @@ def test_quiet_ray_settings():
 
 _RAY_SCRIPT = textwrap.dedent("""
     import sys
-    from dce_batch.job.progress import quiet_ray
+    from dce_batch.ray_logging import quiet_ray
 
     settings = quiet_ray(sys.argv[1] == "verbose")
     settings.apply()

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dce_batch.errors import ConfigError
-from dce_batch.enhance.enhancer import Enhancer, InferenceConfig, resolve_precision
+from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
+from dce_batch.enhance.precision import resolve_precision
 from dce_batch.enhance.quantization import calibration_crops, int8_available, quantize_curve_head
 from dce_batch.enhance.weights import load_weights
 

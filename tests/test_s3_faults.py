@@ -23,7 +23,8 @@ from PIL import Image
 
 from dce_batch.errors import StorageError
 from dce_batch.imaging import decode_image
-from dce_batch.job.manifest import ManifestRow, read_manifest, rows_to_table, write_manifest_part
+from dce_batch.job.manifest import ManifestRow, ManifestStore, read_manifest, rows_to_table
+from dce_batch.job.manifest.store import part_name
 from dce_batch.storage import (
     S3Options,
     delete_tree_contents,
@@ -165,10 +166,12 @@ def test_every_storage_operation_survives_20_percent_faults(fault_proxy, s3_serv
 
     # Manifest parts: written and read back through the same filesystem.
     manifest = f"{s3_bucket}/out/_manifest"
-    rows = rows_to_table([ManifestRow(run_id="r", input_uri=f"s3://b/{name}", status="ok") for name in "abc"])
+    store = ManifestStore(fs, manifest)
     for index in range(4):
-        write_manifest_part(fs, manifest, "r", index, rows)
-    assert read_manifest(fs, manifest, columns=["input_uri", "status"]).num_rows == 12
+        rows = rows_to_table([ManifestRow(run_id="r", input_relpath=f"{index}{name}", input_uri=f"s3://b/{name}",
+                                          status="ok") for name in "abc"])
+        store.write_part(part_name("r", "w", index), rows)
+    assert store.state().rows.num_rows == 12
 
     # Deletes (DeleteObjects batches).
     delete_tree_contents(fs, manifest)
@@ -266,12 +269,11 @@ def _put_inputs(s3_server, bucket: str) -> set[str]:
 
 
 def _check_job_output(s3_server, bucket: str, inputs: set[str], options: S3Options) -> None:
-    fs, _ = filesystem_for(f"s3://{bucket}/enhanced", options)
-    rows = read_manifest(fs, f"{bucket}/enhanced/_manifest").to_pylist()
+    rows = read_manifest(f"s3://{bucket}/enhanced", s3=options).to_pylist()
     assert sorted(r["input_uri"] for r in rows) == sorted(inputs)  # every input exactly once
     assert {r["status"] for r in rows} == {"ok"}, [r["error"] for r in rows if r["status"] != "ok"]
     for row in rows:
-        key = row["output_uri"].removeprefix(f"s3://{bucket}/")
+        key = f"enhanced/{row['output_relpath']}"
         image = decode_image(s3_server.get_object(bucket, key))
         assert (image.width, image.height) == (row["width"], row["height"])
 
@@ -286,7 +288,7 @@ def _assert_faults_on_reads_writes_listings(proxy: FaultProxy) -> None:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_job_prefix_to_prefix_through_20_percent_faults(ray_local, fault_proxy, s3_server, s3_bucket) -> None:
-    from dce_batch.job.pipeline import EnhanceConfig, run_enhance
+    from dce_batch.job import EnhanceConfig, run_enhance
 
     inputs = _put_inputs(s3_server, s3_bucket)
     options = _options(fault_proxy)

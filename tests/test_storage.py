@@ -1,4 +1,7 @@
-"""Tests of dce_batch.storage against the real local filesystem and a real S3 server (moto)."""
+"""Tests of dce_batch.storage against the real local filesystem and a real S3 server (moto).
+
+Listing local folders and list files: tests/test_listing.py; S3 errors: tests/test_s3_errors.py.
+"""
 
 from __future__ import annotations
 
@@ -13,17 +16,11 @@ import textwrap
 import uuid
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import pytest
 
-from dce_batch.storage import io as storage_io
-from dce_batch.storage.listing import glob_regex
-from dce_batch.storage.uris import s3_endpoint
 from dce_batch.errors import ConfigError, CredentialsError, StorageError
 from dce_batch.storage import (
-    InputFile,
     Location,
     S3Options,
     delete_tree_contents,
@@ -33,182 +30,13 @@ from dce_batch.storage import (
     read_bytes,
     write_bytes_atomic,
 )
+from dce_batch.storage import io as storage_io
+from dce_batch.storage.uris import s3_endpoint
+from tests.trees import make_files, relpaths
 
 IMAGES = (".jpg", ".jpeg", ".png")
 LOCAL = pafs.LocalFileSystem()
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_files(root: Path, names: list[str]) -> None:
-    """Create ``names`` (``/``-separated) under ``root``, each holding its own name."""
-    for name in names:
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(name.encode())
-
-
-def relpaths(files: list[InputFile]) -> list[str]:
-    return [f.relpath for f in files]
-
-
-@pytest.fixture
-def photo_tree(tmp_path: Path) -> Path:
-    root = tmp_path / "photos"
-    make_files(
-        root,
-        [
-            "a.jpg",
-            "B.PNG",
-            "notes.txt",
-            "sub/c.jpeg",
-            "sub/deeper/d.JPG",
-            "sub/e.gif",
-            ".hidden.jpg",
-            ".cache/f.jpg",
-            "sub/.g.png",
-            "_manifest/part-0.jpg",
-            "sub/_manifest/h.jpg",
-            "x_manifest/i.jpg",
-        ],
-    )
-    return root
-
-
-# --- local listing -------------------------------------------------------------------------
-
-
-def test_local_folder_recursive_filters_extensions_and_skips_hidden(photo_tree: Path) -> None:
-    fs, files = list_inputs(str(photo_tree), extensions=IMAGES)
-    assert isinstance(fs, pafs.LocalFileSystem)
-    assert relpaths(files) == ["B.PNG", "a.jpg", "sub/c.jpeg", "sub/deeper/d.JPG", "x_manifest/i.jpg"]
-    first = files[1]
-    assert first.uri == first.path == str(photo_tree / "a.jpg")
-    assert first.size == len("a.jpg")
-    assert read_bytes(fs, first.path) == b"a.jpg"
-
-
-def test_local_folder_trailing_slash_relative_path_and_file_uri(
-    photo_tree: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(photo_tree.parent)
-    expected = relpaths(list_inputs(str(photo_tree), extensions=IMAGES)[1])
-    assert relpaths(list_inputs("photos/", extensions=IMAGES)[1]) == expected
-    _, files = list_inputs(f"file://{photo_tree}", extensions=["jpg", "JPEG", ".png"])
-    assert relpaths(files) == expected
-
-
-def test_local_glob(photo_tree: Path) -> None:
-    _, files = list_inputs(f"{photo_tree}/**/*.jpg", extensions=IMAGES)
-    # relpaths are relative to the non-glob part; ** matches zero folders too; glob patterns
-    # are case-sensitive (d.JPG is not *.jpg) while the extension filter is not.
-    assert relpaths(files) == ["a.jpg", "x_manifest/i.jpg"]
-    _, files = list_inputs(f"{photo_tree}/sub/*.jp*g", extensions=IMAGES)
-    assert relpaths(files) == ["c.jpeg"]
-    _, files = list_inputs(f"{photo_tree}/**/*.[jJ][pP]*", extensions=IMAGES)
-    assert relpaths(files) == ["a.jpg", "sub/c.jpeg", "sub/deeper/d.JPG", "x_manifest/i.jpg"]
-    _, files = list_inputs(f"{photo_tree}/sub/*/*", extensions=IMAGES)
-    assert relpaths(files) == ["deeper/d.JPG"]  # extension filter applies to globs too
-
-
-def test_local_glob_without_match_says_what_was_searched(photo_tree: Path) -> None:
-    with pytest.raises(StorageError, match=r"matching '\*\.webp'"):
-        list_inputs(f"{photo_tree}/*.webp", extensions=IMAGES + (".webp",))
-
-
-def test_glob_regex_semantics() -> None:
-    regex = glob_regex("**/x?/[!a]*.jpg")
-    assert regex.fullmatch("xy/b.jpg")
-    assert regex.fullmatch("p/q/xy/b1.jpg")
-    assert not regex.fullmatch("xy/a.jpg")
-    assert not regex.fullmatch("xyz/b.jpg")
-    assert not glob_regex("*.jpg").fullmatch("sub/a.jpg")
-
-
-def test_single_file_is_taken_as_given(photo_tree: Path) -> None:
-    fs, files = list_inputs(str(photo_tree / "sub" / "e.gif"), extensions=IMAGES)
-    path = str(photo_tree / "sub/e.gif")
-    assert files == [InputFile(uri=path, path=path, relpath="e.gif", size=len("sub/e.gif"))]
-
-
-def test_folder_without_images_reports_skipped_count(tmp_path: Path) -> None:
-    make_files(tmp_path, ["readme.md", "data.bin", ".secret.jpg"])
-    with pytest.raises(StorageError, match=r"2 file\(s\) found but none ends in .jpg"):
-        list_inputs(str(tmp_path), extensions=[".jpg"])
-
-
-def test_missing_local_folder(tmp_path: Path) -> None:
-    with pytest.raises(StorageError, match="no such file or folder"):
-        list_inputs(str(tmp_path / "nope"), extensions=IMAGES)
-
-
-def test_empty_extensions_rejected(photo_tree: Path) -> None:
-    with pytest.raises(ConfigError, match="extensions"):
-        list_inputs(str(photo_tree), extensions=[])
-
-
-# --- list files ----------------------------------------------------------------------------
-
-
-def test_txt_list_file_with_comments_relative_entries_and_duplicates(tmp_path: Path) -> None:
-    make_files(tmp_path, ["imgs/a/1.jpg", "imgs/b/2.png", "imgs/b/3.tif"])
-    listing = tmp_path / "imgs" / "list.txt"
-    listing.write_text(
-        textwrap.dedent(
-            f"""\
-            # images to enhance
-            a/1.jpg
-
-            {tmp_path}/imgs/b/2.png
-            ./b/3.tif
-            a/1.jpg
-            """
-        )
-    )
-    fs, files = list_inputs(str(listing), extensions=IMAGES)
-    assert isinstance(fs, pafs.LocalFileSystem)
-    # Taken as given (3.tif too), relative to the common folder imgs/, deduplicated, no stat.
-    assert relpaths(files) == ["a/1.jpg", "b/2.png", "b/3.tif"]
-    assert files[0].path == str(tmp_path / "imgs/a/1.jpg")
-    assert files[0].size is None
-
-
-def test_csv_list_file_uses_uri_column(tmp_path: Path) -> None:
-    make_files(tmp_path, ["x/p.jpg", "x/y/q.jpg"])
-    listing = tmp_path / "list.csv"
-    listing.write_text(f"id,URI\n1,{tmp_path}/x/p.jpg\n2,x/y/q.jpg\n")
-    _, files = list_inputs(str(listing), extensions=IMAGES)
-    assert relpaths(files) == ["p.jpg", "y/q.jpg"]
-
-
-def test_csv_list_file_without_header(tmp_path: Path) -> None:
-    listing = tmp_path / "list.csv"
-    listing.write_text("a/1.jpg\nb/2.jpg\n")
-    _, files = list_inputs(str(listing), extensions=IMAGES)
-    assert relpaths(files) == ["a/1.jpg", "b/2.jpg"]
-
-
-def test_parquet_list_file_first_string_column(tmp_path: Path) -> None:
-    listing = tmp_path / "lists" / "list.parquet"
-    listing.parent.mkdir()
-    table = pa.table({"n": [1, 2], "image": ["../img/a.jpg", f"file://{tmp_path}/img/sub/b.jpg"]})
-    pq.write_table(table, listing)
-    _, files = list_inputs(str(listing), extensions=IMAGES)
-    assert [f.path for f in files] == [str(tmp_path / "img/a.jpg"), str(tmp_path / "img/sub/b.jpg")]
-    assert relpaths(files) == ["a.jpg", "sub/b.jpg"]
-
-
-def test_list_file_mixing_filesystems_is_config_error(tmp_path: Path) -> None:
-    listing = tmp_path / "list.txt"
-    listing.write_text("/data/a.jpg\ns3://bucket/b.jpg\n")
-    with pytest.raises(ConfigError, match="mixes filesystems"):
-        list_inputs(str(listing), extensions=IMAGES)
-
-
-def test_empty_list_file(tmp_path: Path) -> None:
-    listing = tmp_path / "list.lst"
-    listing.write_text("# nothing yet\n\n")
-    with pytest.raises(StorageError, match="lists no image URIs"):
-        list_inputs(str(listing), extensions=IMAGES)
 
 
 # --- Location ------------------------------------------------------------------------------
@@ -598,7 +426,12 @@ def test_s3_glob_and_single_object(s3_server, s3_photos: str) -> None:
     _, files = list_inputs(f"s3://{s3_photos}/*/*.jpg", options, extensions=IMAGES)
     assert relpaths(files) == ["in/a.jpg", "input2/f.jpg", "other/g.jpg"]
     _, files = list_inputs(f"s3://{s3_photos}/other/g.jpg", options, extensions=IMAGES)
-    assert files == [InputFile(f"s3://{s3_photos}/other/g.jpg", f"{s3_photos}/other/g.jpg", "g.jpg", 11)]
+    (single,) = files
+    assert (single.uri, single.path, single.relpath, single.size) == (
+        f"s3://{s3_photos}/other/g.jpg", f"{s3_photos}/other/g.jpg", "g.jpg", 11)
+    # HeadObject (how a single object is found) gives its time but no ETag to pyarrow.
+    head = s3_server.client().head_object(Bucket=s3_photos, Key="other/g.jpg")
+    assert single.mtime == head["LastModified"] and single.etag is None
 
 
 @pytest.mark.s3
@@ -611,7 +444,8 @@ def test_s3_list_file_with_relative_and_absolute_entries(s3_server, s3_photos: s
     fs, files = list_inputs(f"s3://{s3_photos}/lists/batch.txt", s3_server.s3_options(), extensions=IMAGES)
     assert isinstance(fs, pafs.S3FileSystem)
     assert [f.uri for f in files] == [f"s3://{s3_photos}/in/a.jpg", f"s3://{s3_photos}/other/g.jpg"]
-    assert relpaths(files) == ["in/a.jpg", "other/g.jpg"]
+    # Neither entry is below the list file's folder (lists/): each is named bucket/key.
+    assert relpaths(files) == [f"{s3_photos}/in/a.jpg", f"{s3_photos}/other/g.jpg"]
     assert read_bytes(fs, files[1].path) == b"other/g.jpg"
 
     s3_server.put_object(s3_photos, "lists/bad.txt", b"../../elsewhere/x.jpg\n")
@@ -771,10 +605,9 @@ def _cli_env(ray_tmp: str, **aws: str) -> dict[str, str]:
 
 
 def _manifest_rows(s3_server, bucket: str) -> list[dict]:
-    fs, path = filesystem_for(f"s3://{bucket}/out/_manifest", s3_server.s3_options())
     from dce_batch.job.manifest import read_manifest
 
-    return read_manifest(fs, path).to_pylist()
+    return read_manifest(f"s3://{bucket}/out", s3=s3_server.s3_options()).to_pylist()
 
 
 @pytest.mark.s3
@@ -862,148 +695,6 @@ def test_cli_with_a_credential_process_profile(s3_auth_server, tmp_path: Path) -
     callers = set(calls.read_text().split())
     assert str(process.pid) in callers  # the driver (listing, manifest, summary)
     assert callers - {str(process.pid)}, "no Ray worker resolved credentials itself"
-
-
-# --- the columnar listing ---------------------------------------------------------------------
-
-
-def _as_files(table: pa.Table) -> list[InputFile]:
-    return [InputFile(**row) for row in table.to_pylist()]
-
-
-def test_list_inputs_table_schema_order_and_equivalence(photo_tree: Path) -> None:
-    from dce_batch.storage import INPUT_TABLE_SCHEMA, list_inputs_table
-
-    for source in (str(photo_tree), f"{photo_tree}/**/*.[jJ][pP]*", str(photo_tree / "sub" / "e.gif")):
-        fs, table = list_inputs_table(source, extensions=IMAGES)
-        assert table.schema == INPUT_TABLE_SCHEMA
-        relpaths_ = table.column("relpath").to_pylist()
-        assert relpaths_ == sorted(relpaths_)
-        assert _as_files(table) == list_inputs(source, extensions=IMAGES)[1]
-
-
-def test_broken_symbolic_links_are_listed_and_say_why_they_cannot_be_read(tmp_path: Path) -> None:
-    """pyarrow's listing leaves broken links out; a user sees them as files, so they are listed
-    (size 0), in subfolders too and through the same name filters, and reading one names it."""
-    from dce_batch.storage import list_inputs_table
-
-    make_files(tmp_path / "in", ["a.jpg", "sub/b.png"])
-    (tmp_path / "in" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
-    (tmp_path / "in" / "sub" / "gone2.png").symlink_to("../../missing.png")
-    (tmp_path / "in" / "gone.txt").symlink_to(tmp_path / "nowhere.txt")  # not an image name
-    (tmp_path / "in" / ".hidden.jpg").symlink_to(tmp_path / "nowhere.jpg")  # hidden: skipped
-    (tmp_path / "in" / "good_link.jpg").symlink_to(tmp_path / "in" / "a.jpg")
-    _, table = list_inputs_table(str(tmp_path / "in"), extensions=IMAGES)
-    rows = dict(zip(table.column("relpath").to_pylist(), table.column("size").to_pylist()))
-    assert rows == {"a.jpg": 5, "gone.jpg": 0, "good_link.jpg": 5, "sub/b.png": 9, "sub/gone2.png": 0}
-    with pytest.raises(StorageError, match=r"gone\.jpg: a broken symbolic link \(its target .*nowhere\.jpg does not exist\)"):
-        read_bytes(LOCAL, str(tmp_path / "in" / "gone.jpg"))
-    with pytest.raises(StorageError, match="no such file or object"):
-        read_bytes(LOCAL, str(tmp_path / "in" / "never.jpg"))
-
-
-def test_named_pipes_and_sockets_are_listed_and_never_opened(tmp_path: Path) -> None:
-    """pyarrow's listing leaves them out; opening a named pipe would wait for a writer forever.
-    Listed like broken links (size 0), and reading one says what it is without opening it."""
-    import socket
-
-    from dce_batch.storage import list_inputs_table
-
-    make_files(tmp_path / "in", ["a.jpg"])
-    os.mkfifo(tmp_path / "in" / "pipe.jpg")
-    os.mkfifo(tmp_path / "in" / "pipe.txt")  # not an image name
-    (tmp_path / "in" / "sub").mkdir()
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(tmp_path / "in" / "sub" / "sock.png"))
-    (tmp_path / "in" / "link_to_pipe.jpg").symlink_to(tmp_path / "in" / "pipe.jpg")
-    try:
-        _, table = list_inputs_table(str(tmp_path / "in"), extensions=IMAGES)
-        rows = dict(zip(table.column("relpath").to_pylist(), table.column("size").to_pylist()))
-        assert rows == {"a.jpg": 5, "link_to_pipe.jpg": 0, "pipe.jpg": 0, "sub/sock.png": 0}
-        for name, kind in [("pipe.jpg", "a named pipe"), ("link_to_pipe.jpg", "a named pipe"),
-                           ("sub/sock.png", "a socket")]:
-            with pytest.raises(StorageError, match=f"it is {kind}.*, not a regular file; move it out"):
-                read_bytes(LOCAL, str(tmp_path / "in" / name))  # (a hang here is the failure)
-    finally:
-        server.close()
-
-
-def test_list_inputs_table_odd_names_and_globs(tmp_path: Path) -> None:
-    from dce_batch.storage import list_inputs_table
-
-    names = ["a b+(1).jpg", "a b+(2).jpg", "é/ü [x].png", "dots.in.name.JPG", "q?.jpg", "back\\slash.jpg",
-             "ab.jpg", "a.b/c.jpg"]
-    make_files(tmp_path / "in", names)
-    _, table = list_inputs_table(str(tmp_path / "in"), extensions=IMAGES)
-    assert table.column("relpath").to_pylist() == sorted(names)
-    assert table.column("size").to_pylist() == [len(n.encode()) for n in sorted(names)]
-    glob = lambda pattern: list_inputs_table(f"{tmp_path}/in/{pattern}", extensions=IMAGES)[1].column("relpath").to_pylist()  # noqa: E731
-    assert glob("a b+(?).jpg") == ["a b+(1).jpg", "a b+(2).jpg"]  # regex characters are literals
-    assert glob("*/ü [[]x].png") == ["é/ü [x].png"]
-    assert glob("[!a]*.jpg") == ["back\\slash.jpg", "q?.jpg"]
-    assert glob("**/c.jpg") == ["a.b/c.jpg"]
-
-
-def test_list_inputs_table_large_text_list_file(tmp_path: Path) -> None:
-    """A 200,000-line list file with comments, blank lines, CRLF, BOM, duplicates and relative,
-    absolute and file:// entries, parsed column-wise."""
-    from dce_batch.storage import list_inputs_table
-
-    n = 200_000
-    lines = ["# generated"]
-    for i in range(n):
-        if i % 3 == 0:
-            lines.append(f"photos/day{i % 7}/img{i:06d}.jpg")  # relative to the list file
-        elif i % 3 == 1:
-            lines.append(f"  {tmp_path}/photos/day{i % 7}/img{i:06d}.jpg  ")
-        else:
-            lines.append(f"file://{tmp_path}/photos/./day{i % 7}/img{i:06d}.jpg")
-        if i % 1000 == 0:
-            lines += ["", "# comment", f"photos/day{i % 7}/img{i:06d}.jpg"]  # a duplicate
-    listing = tmp_path / "list.txt"
-    listing.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode())
-    fs, table = list_inputs_table(str(listing), extensions=IMAGES)
-    assert isinstance(fs, pafs.LocalFileSystem)
-    assert table.num_rows == n
-    assert table.column("relpath")[0].as_py() == "day0/img000000.jpg"
-    paths = table.column("path").to_pylist()
-    assert len(set(paths)) == n and all(p.startswith(f"{tmp_path}/photos/day") for p in paths)
-    assert table.column("uri").to_pylist() == paths  # local inputs: the URI is the path
-    assert table.column("size").null_count == n
-
-
-def test_list_file_errors_name_the_entry(tmp_path: Path) -> None:
-    from dce_batch.storage import list_inputs_table
-
-    bad = tmp_path / "bad.txt"
-    bad.write_bytes(b"a.jpg\n\xff\xfe not utf-8\n")
-    with pytest.raises(ConfigError, match="not UTF-8"):
-        list_inputs_table(str(bad), extensions=IMAGES)
-    mixed = tmp_path / "mixed.csv"
-    mixed.write_text("uri\n/data/a.jpg\ngs://bucket/b.jpg\n")
-    with pytest.raises(ConfigError, match=r"mixes filesystems \(local: /data/a.jpg; gs: gs://bucket/b.jpg\)"):
-        list_inputs_table(str(mixed), extensions=IMAGES)
-
-
-@pytest.mark.s3
-def test_s3_prefix_listing_pages_through_keys(s3_server, s3_bucket: str) -> None:
-    """More keys than one ListObjectsV2 page (1,000), with folder markers and hidden keys."""
-    from dce_batch.storage import list_inputs_table
-
-    client = s3_server.client()
-    expected = []
-    for i in range(1_150):
-        key = f"big/p{i % 4}/k{i:05d}.jpg"
-        client.put_object(Bucket=s3_bucket, Key=key, Body=b"x" * (i % 50))
-        expected.append(key.removeprefix("big/"))
-    for key in ["big/p0/", "big/.hidden/x.jpg", "big/_manifest/part.jpg", "big/notes.txt"]:
-        client.put_object(Bucket=s3_bucket, Key=key, Body=b"")
-    fs, table = list_inputs_table(f"s3://{s3_bucket}/big", s3_server.s3_options(), extensions=IMAGES)
-    assert table.column("relpath").to_pylist() == sorted(expected)
-    assert table.column("size").to_pylist()[:3] == [0, 4, 8]  # k00000, k00004, k00008 in p0
-    assert table.column("uri")[0].as_py() == f"s3://{s3_bucket}/big/p0/k00000.jpg"
-    _, one_level = list_inputs_table(f"s3://{s3_bucket}/big/p1/*.jpg", s3_server.s3_options(), extensions=IMAGES)
-    assert one_level.num_rows == len([k for k in expected if k.startswith("p1/")])
 
 
 @pytest.mark.s3

@@ -257,7 +257,7 @@ def test_flushing_subnormal_weights_leaves_the_outputs_unchanged(dirty_state):
     """What flushing changes is below float32's resolution of the outputs: a real photo through the
     network in fp32 at full resolution, with the subnormal weights and with zeros."""
     from dce_batch.imaging import decode_image
-    from dce_batch.job.pipeline import sample_images_dir
+    from dce_batch.job import sample_images_dir
 
     pixels = decode_image((__import__("pathlib").Path(sample_images_dir()) / "rocket_dusk.jpg").read_bytes()).to_float()
     x = torch.from_numpy(pixels[:128, :160]).permute(2, 0, 1)[None].contiguous()

@@ -1,68 +1,51 @@
-"""Enhancing images: device, precision, strength, and exact tiling that batches across images.
+"""Enhancing images: the network applied to whole images of any size, several at once.
 
 :class:`Enhancer` turns H x W x 3 images (uint8, uint16 or float32 in [0, 1]) into enhanced images
 of the same size and dtype. Integer images stay integers end to end: each window is converted to
 float on the device and the result is rounded back per window, so memory holds the image twice in
 its own depth (not as float32) and a GPU receives uint8, a quarter of the bytes.
 
-Tiling is exact. At scale 1, DCE-Net (and the fast variant) sees at most
-:data:`RECEPTIVE_FIELD_RADIUS` = 7 pixels around each output pixel, so the image is cut into
-windows of one fixed size (``tile_size`` + 2 x 7 on each side) that always lie inside the image:
-the last window of a row or column is shifted back to end at the image border instead of being cut
-short. A window edge on the image border sees the network's own zero padding exactly as full-frame
-inference does; every other edge carries 7 pixels of real context that are dropped from the
-window's *core*. The cores cover the image, so the result equals full-frame inference (up to float
-rounding of differently shaped convolutions), and, because every window of a large image has the
-same shape, windows of different images share one batch on a GPU.
+At scale 1 a large image is cut into windows whose cores give exactly the full-frame result
+(:mod:`dce_batch.enhance.tiling`); windows of equal shape, from one image or several, share a
+forward pass up to ``batch_pixels``.
 
 At scale > 1 (DCE-Net's default is 4) the curve maps are estimated on a downscaled copy of the
 whole image (small, itself tiled like above when large; small copies of one shape share a forward
 pass up to ``batch_pixels``, so a GPU gets batches), then what the model upsamples (the fast
 variant's 3 maps, DCE-Net's guided-filter coefficients) is computed in bands of rows and applied
-in horizontal strips: the result is the same whatever the bands and strips, and no
-full-resolution map of the whole image is held.
+in horizontal strips (:mod:`dce_batch.enhance.upsampling`): the result is the same whatever the
+bands and strips, and no full-resolution map of the whole image is held.
 
-Precision: ``auto`` picks int8 for DCE-Net on x86 CPUs (:mod:`dce_batch.enhance.quantization`: the fastest
-there with or without native bf16, within 3 8-bit steps of fp32), bf16 on CUDA GPUs that have it
-(fp16 on others), and elsewhere bf16 where the CPU computes it natively, else fp32. bf16 runs
-with bf16 weights in channels-last layout (faster than autocast on CPUs, and within one 8-bit
-step of fp32: benchmarks/bench_throughput.py); the curve iterations always run in float32.
-Asking for bf16 on a CPU that would emulate it (about 50x slower) is refused, not obeyed.
+The device and the precision the network runs in are decided by
+:mod:`dce_batch.enhance.precision`.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
 from dataclasses import dataclass, replace
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from dce_batch.errors import ConfigError
 from dce_batch.enhance.finishing import FinishConfig, finish_halo, finish_params, finish_tiles, params_copy
 from dce_batch.enhance.network import RECEPTIVE_FIELD_RADIUS, DCENet, DCENetFast, apply_curves
-from dce_batch.enhance.quantization import int8_available, int8_refusal, quantize_curve_head
+from dce_batch.enhance.precision import (
+    NETWORK_DTYPES,
+    Precision,
+    flush_denormals,
+    prepare_cpu_process,
+    resolve_device,
+    resolve_precision,
+)
+from dce_batch.enhance.quantization import quantize_curve_head
 from dce_batch.enhance.settings import check_inference_settings, resolve_scale
+from dce_batch.enhance.tiling import Window, balanced_grid, window_grid
+from dce_batch.enhance.upsampling import source_positions, upsample_rows_align_corners
 from dce_batch.enhance.weights import LoadedWeights
 
-__all__ = [
-    "EnhanceResult",
-    "Enhancer",
-    "InferenceConfig",
-    "Precision",
-    "Window",
-    "cpu_has_native_bf16",
-    "resolve_device",
-    "resolve_precision",
-    "balanced_grid",
-    "window_grid",
-]
+__all__ = ["EnhanceResult", "Enhancer", "InferenceConfig"]
 
-Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
-# int8 quantizes inside the network (dce_batch.enhance.quantization): it takes float32 like fp32.
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
 _INTEGER_MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 #: Pixels per strip where curves estimated on a downscaled copy are applied to the full image.
@@ -71,8 +54,9 @@ _STRIP_PIXELS = 16_384
 #: 192 bytes each, 25 MB) while a photo of a few megapixels still takes one band.
 _SOURCE_BAND_PIXELS = 131_072
 
-#: Activation memory of DCE-Net per pixel of a forward pass, float32 (measured: 1164 B/px at
-#: 6 MP full-frame, benchmarks/bench_tiling_memory.py); half precision needs about half.
+#: Activation memory of DCE-Net per pixel of a forward pass, float32: an upper bound of what
+#: benchmarks/bench_tiling_memory.py measures full-frame (benchmarks/README.md, "Tiling and
+#: memory"); half precision needs about half.
 NETWORK_BYTES_PER_PIXEL_FP32 = 1200
 
 
@@ -135,176 +119,6 @@ class EnhanceResult:
     tiled: bool
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); else torch emulates it.
-
-    The hardware flag is not enough: torch must also dispatch its AVX-512 kernels (it does not
-    when ``ATEN_CPU_CAPABILITY`` caps it, e.g. at ``avx2``), or bf16 is emulated all the same.
-    """
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
-        return False
-    try:
-        capabilities = torch.cpu.get_capabilities()  # type: ignore[attr-defined]
-    except (AttributeError, RuntimeError):
-        capabilities = {}
-    if capabilities:
-        return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16") or capabilities.get("amx_tile"))
-    try:  # older torch: read the flags ourselves (Linux)
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            flags = handle.read()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def resolve_precision(requested: str, device: torch.device, variant: str = "full") -> str:
-    """The precision a request means on ``device`` for a model of ``variant``; ConfigError for one
-    that would be unusable."""
-    if device.type == "cuda":
-        if requested == "auto":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if requested == "int8":
-            raise ConfigError("int8 runs on CPUs; on a GPU use --precision auto (bf16 or fp16)")
-        return requested
-    if requested == "auto":
-        # int8 is the fastest on every x86 CPU measured (3.2x fp32 and 1.6x bf16 where bf16 is
-        # native, 1.8x fp32 with AVX2 kernels), within 3 8-bit steps of fp32 (measured at most 2,
-        # mean 0.25): benchmarks/bench_throughput.py.
-        if int8_available() and variant == "full":  # the fast variant is already cheap: not quantized
-            return "int8"
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    if requested == "fp16":
-        raise ConfigError("fp16 needs a CUDA GPU; use --precision auto, fp32, bf16 or int8 on CPUs")
-    if requested == "int8" and int8_refusal(variant):
-        raise ConfigError(int8_refusal(variant))
-    if requested == "bf16" and not cpu_has_native_bf16():
-        raise ConfigError(
-            f"bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}, no native bf16) is emulated and "
-            "about 50x slower than fp32; use --precision auto (fp32 here) or fp32"
-        )
-    return requested
-
-
-def keep_freed_memory() -> None:
-    """Let glibc keep freed activation memory in the heap instead of unmapping it.
-
-    DCE-Net allocates and frees tens of MB per layer; by default glibc serves each such block
-    with a fresh mmap, faults it in page by page and unmaps it again, which costs more CPU
-    time than the convolutions (measured: 3x faster at 1024 x 768 with this, same pixels).
-    Memory stays bounded by the window size. A no-op where glibc's mallopt is not available.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, 512 << 20)
-        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-    except (OSError, AttributeError):
-        pass
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
-
-
-def flush_denormals() -> None:
-    """Treat subnormal floats as zero in this thread's CPU arithmetic (and threads it starts).
-
-    Activations can decay into the subnormal range too (the authors' published Zero-DCE
-    checkpoint does on dark photos), and on Intel CPUs each such multiply takes a slow microcode
-    path: a plain fp32 loop over DICM took 25 s per photo instead of 1.5 s. Values that small
-    are far below an 8-bit or 16-bit step, so the outputs do not change. A no-op on CPUs without
-    the flags (torch returns False).
-    """
-    torch.set_flush_denormal(True)
-
-
-def prepare_cpu_process() -> None:
-    """Process settings of a CPU worker that runs the network: freed memory kept, denormals flushed."""
-    keep_freed_memory()
-    flush_denormals()
-
-
-def resolve_device(requested: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available; an explicit CUDA request without CUDA is an error."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {requested!r} requested but no CUDA GPU is visible to this process")
-    return device
-
-
-@dataclass(frozen=True)
-class Window:
-    """A window of the image fed to the network, and the core of it that is kept.
-
-    ``top, left, height, width`` place the window in the image; ``core_*`` are image
-    coordinates of the kept part (half-open).
-    """
-
-    top: int
-    left: int
-    height: int
-    width: int
-    core_top: int
-    core_bottom: int
-    core_left: int
-    core_right: int
-
-
-def _axis_windows(length: int, window: int, halo: int) -> list[tuple[int, int, int]]:
-    """``(start, core_start, core_stop)`` along one axis; windows of ``min(window, length)``.
-
-    Windows start every ``window - 2 * halo`` pixels; the last one is moved back so that it
-    ends at the border. A core keeps ``halo`` pixels away from every window edge that is not
-    an image border, and consecutive cores meet or overlap, so they cover the axis.
-    """
-    if length <= window:
-        return [(0, 0, length)]
-    step = window - 2 * halo
-    if step < 1:
-        raise ConfigError(f"tile window {window} is too small for a halo of {halo}")
-    starts = list(range(0, length - window, step)) + [length - window]
-    spans = []
-    for start in starts:
-        core_start = start + halo if start > 0 else 0
-        core_stop = start + window - halo if start + window < length else length
-        spans.append((start, core_start, core_stop))
-    return spans
-
-
-def window_grid(height: int, width: int, tile: int, halo: int) -> list[Window]:
-    """Windows of side ``tile + 2 * halo`` (clipped to the image) covering an image.
-
-    All of one size, so that windows of different images can be stacked into one batch (GPUs).
-    """
-    side = tile + 2 * halo
-    return [
-        Window(top, left, min(side, height), min(side, width), core_top, core_bottom, core_left, core_right)
-        for top, core_top, core_bottom in _axis_windows(height, side, halo)
-        for left, core_left, core_right in _axis_windows(width, side, halo)
-    ]
-
-
-def _axis_split(length: int, tile: int, halo: int) -> list[tuple[int, int, int, int]]:
-    """``(start, stop, core_start, core_stop)``: ``ceil(length / tile)`` equal cores plus halos."""
-    count = max(1, -(-length // tile))
-    bounds = [round(i * length / count) for i in range(count + 1)]
-    return [(max(0, a - halo), min(length, b + halo), a, b) for a, b in zip(bounds, bounds[1:])]
-
-
-def balanced_grid(height: int, width: int, tile: int, halo: int) -> list[Window]:
-    """Windows whose cores split the image evenly (at most ``tile`` on a side), each with its halo.
-
-    Computes the least: no window overlaps another beyond the halos (fixed-size windows shifted
-    back at the border compute up to 40 % more on small photos). Used on CPUs, where windows
-    run one at a time and need not share a size.
-    """
-    return [
-        Window(top, left, bottom - top, right - left, core_top, core_bottom, core_left, core_right)
-        for top, bottom, core_top, core_bottom in _axis_split(height, tile, halo)
-        for left, right, core_left, core_right in _axis_split(width, tile, halo)
-    ]
-
 
 class Enhancer:
     """A loaded network plus settings; call :meth:`enhance` or :meth:`enhance_batch` on images.
@@ -319,7 +133,7 @@ class Enhancer:
             prepare_cpu_process()
         self.weights = weights
         self.model: DCENet | DCENetFast = weights.build(scale=config.scale)
-        self.network_dtype = _DTYPES[config.precision]
+        self.network_dtype = NETWORK_DTYPES[config.precision]
         # Channels-last: the images arrive as H x W x 3 (so the layout is free) and oneDNN's
         # convolutions are faster on it (benchmarks/bench_throughput.py).
         self.model.to(self.device, self.network_dtype).to(memory_format=torch.channels_last)
@@ -495,10 +309,11 @@ class Enhancer:
         h, halo = small.shape[-2], model.upsampling_halo
         band = max(1, _SOURCE_BAND_PIXELS // small.shape[-1])
         # Full-resolution row y interpolates small rows lo(y) and lo(y) + 1 (align_corners=True).
-        _, lo = _source_positions(0, height, h, height)
+        _, lo = source_positions(0, height, h, height)
         # Rows are independent, so any strip height gives the same pixels: on CPUs strips of about
-        # _STRIP_PIXELS keep the upsampled maps in cache (measured: 2x faster than 200 rows); a
-        # GPU takes its full-frame budget per strip (fewer kernel launches).
+        # _STRIP_PIXELS keep the upsampled maps in cache, where strips of a few hundred rows fall
+        # out of it (benchmarks/README.md, "Figures behind design choices in the code"); a GPU
+        # takes its full-frame budget per strip (fewer kernel launches).
         strip = max(1, self._strip_pixels // max(width, 1))
         for b0 in range(0, h, band):
             b1 = min(h - 1, b0 + band)  # source rows b0..b1: the next band starts at b1
@@ -511,7 +326,7 @@ class Enhancer:
             for r0 in range(y0, y1, strip):
                 r1 = min(y1, r0 + strip)
                 x = _to_unit_float(image[r0:r1].to(self.device), pixels.dtype).permute(2, 0, 1).unsqueeze(0)
-                maps = _upsample_rows_align_corners(source, r0, r1, height, width, h, row_offset=b0)
+                maps = upsample_rows_align_corners(source, r0, r1, height, width, h, row_offset=b0)
                 out[r0:r1] = _from_unit_float(model.apply_upsampled(maps, x)[0].permute(1, 2, 0), out.dtype)
         return height * width > self.config.max_full_frame_pixels
 
@@ -580,37 +395,3 @@ def _from_unit_float(values: torch.Tensor, dtype: np.dtype) -> np.ndarray:
     target = torch.uint8 if maximum == 255.0 else torch.int32
     result = quantised.to(target).cpu().numpy()
     return result if result.dtype == dtype else result.astype(dtype)
-
-
-def _source_positions(r0: int, r1: int, h: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For full-resolution rows ``r0:r1`` of ``height``: their positions among ``h`` source rows
-    under ``F.interpolate(..., align_corners=True)`` (PyTorch's index arithmetic), and the first
-    of the two source rows each one blends."""
-    scale = (h - 1) / (height - 1) if height > 1 else 0.0
-    position = torch.arange(r0, r1, dtype=torch.float32) * scale
-    return position, position.floor().long().clamp_(0, h - 1)
-
-
-def _upsample_rows_align_corners(curves: torch.Tensor, r0: int, r1: int, height: int, width: int,
-                                 rows_total: int | None = None, row_offset: int = 0) -> torch.Tensor:
-    """Rows ``r0:r1`` of ``F.interpolate(maps, (height, width), mode="bilinear", align_corners=True)``,
-    where ``curves`` holds rows ``row_offset ...`` of ``maps`` (``rows_total`` rows; default: all
-    of them are in ``curves``).
-
-    Rows are interpolated here with PyTorch's index arithmetic, columns by ``F.interpolate``
-    (whose row mapping is the identity when the row count is unchanged), so a strip never
-    needs the full-resolution map.
-    """
-    _, _, held, w = curves.shape
-    h = held if rows_total is None else rows_total
-    src, lo = _source_positions(r0, r1, h, height)
-    hi = (lo + 1).clamp_(max=h - 1)
-    frac = (src - lo.float()).view(1, 1, -1, 1).to(curves.device)
-    lo, hi = (lo - row_offset).to(curves.device), (hi - row_offset).to(curves.device)
-    rows = torch.lerp(curves[:, :, lo, :], curves[:, :, hi, :], frac)
-    if w == width:
-        return rows
-    # Channels-last (free when ``curves`` is): the CPU kernel vectorises over the channels, 2x
-    # faster for DCE-Net's 48.
-    rows = rows.contiguous(memory_format=torch.channels_last)
-    return torch.nn.functional.interpolate(rows, size=(r1 - r0, width), mode="bilinear", align_corners=True)

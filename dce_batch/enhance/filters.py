@@ -101,7 +101,7 @@ def guided_coefficients(guide: torch.Tensor, src: torch.Tensor, radius: int, eps
     (He and Sun 2015): ``src`` follows the guide's edges instead of bleeding across them.
     ``src`` goes through ``group`` channels at a time to bound the temporaries. The window means
     are :func:`small_box_mean`: the slopes divide by ``variance + eps``, which would amplify the
-    rounding of prefix sums (measured: 3e-4 at the output between two bandings of one image).
+    rounding of prefix sums until two bandings of one image differ at the output.
     """
     mean_g = small_box_mean(guide, radius)
     var_g = (small_box_mean(guide * guide, radius) - mean_g * mean_g).clamp_min_(0.0)
@@ -117,8 +117,9 @@ def guided_coefficients(guide: torch.Tensor, src: torch.Tensor, radius: int, eps
 
 
 # Sliding-DCT Wiener filter: 8 x 8 blocks, one every 3 pixels along each axis (BM3D's step; 4
-# to 9 blocks cover a pixel). Measured on simulated pairs (benchmarks/quality): stride 2 gains
-# 0.001 SSIM for 4x the time, stride 4 loses 0.004-0.012.
+# to 9 blocks cover a pixel). On the simulated pairs a denser stride costs several times the time
+# for almost no gain and a sparser one loses quality (benchmarks/quality/README.md, "A DCT stage
+# for the luma").
 DCT_BLOCK = 8
 DCT_STRIDE = 3
 
@@ -193,10 +194,12 @@ GROUP_SEARCH = 2
 _MATCH_FREQUENCIES = 4
 # Distances are compared in these units (a tenth of one coefficient's noise variance) and ties go to
 # the nearest shift, so float rounding (a tile against the full frame) rarely reorders candidates
-# (measured: one near-tie in the tiling test, 0.12 of an 8-bit step).
+# (the tiling test's near-tie: benchmarks/quality/README.md, "Block matching where the noise is
+# strong").
 _MATCH_QUANTUM = 0.1
-# Blocks per chunk of groups: on the CPU few enough to stay in cache (2,048 measured 1.7x faster than
-# 8,192, and faster than 512 whose chunks cost more calls), on a GPU enough to keep it busy.
+# Blocks per chunk of groups: on the CPU few enough to stay in cache and enough that the calls per
+# chunk do not dominate (benchmarks/quality/README.md, "Block matching where the noise is
+# strong"), on a GPU enough to keep it busy.
 _MEMBERS_PER_CHUNK = {"cpu": 2048, "cuda": 262_144}
 
 
@@ -240,8 +243,8 @@ def _add_matched_groups(rows: torch.Tensor, grid: tuple[int, int, int], grouped:
                                device=device)
     features = rows[pilots:].index_select(1, frequencies)  # (N * gh * gw) x 16
     if refs.numel() * 4 < pilots:
-        # Few references: gather each one's candidates (index_select: about 10x faster than
-        # advanced indexing for gathering rows on the CPU).
+        # Few references: gather each one's candidates (index_select: much faster than advanced
+        # indexing for gathering rows on the CPU; benchmarks/quality/README.md, "Block matching").
         candidates = image[:, None] * cells + cand_row.clamp(0, rows_g - 1) * cols_g + cand_col.clamp(0, cols_g - 1)
         neighbours = features.index_select(0, candidates.flatten()).view(*candidates.shape, -1)
         distance = (neighbours - features.index_select(0, refs)[:, None]).square_().sum(-1)

@@ -6,8 +6,9 @@ stage runs after the network, in torch on the same device (CPU or CUDA), batched
 * :func:`finish_params`, once per image on small copies of the input and of the network's output
   (see :func:`params_copy`): the noise level of the input (a low quantile of the local RMS of
   its detail layer; for the luma, read per brightness level) and the global exposure curve that
-  brings the mean luma
-  of the output's lit regions to the target (night scenes keep the network's look).
+  brings the output's mean luma to the brightness the scene's well-exposed version would have
+  (:mod:`dce_batch.enhance.exposure`: read from how far the scene's highlights stand above its mean, so
+  a night street with lamps stays dark and a dim room becomes a room).
 * :func:`finish_tiles`, per tile: the exposure curve, then a luma/chroma split (BT.709 Y'CbCr)
   and on each a guided filter with a local Wiener gain (He et al. 2013; Lee 1980) that removes
   the *local* noise variance: the input's noise times the gain that the curves and the
@@ -39,9 +40,11 @@ import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
+from dce_batch.enhance.exposure import scene_target
 from dce_batch.enhance.filters import LUMA_WEIGHTS, box_mean, dct_wiener, dct_wiener_reach, luma, small_box_mean
-from dce_batch.enhance.settings import DEFAULT_EXPOSURE_TARGET, FINISH_METHOD, ExposureSetting, FinishConfig, parse_exposure
+from dce_batch.enhance.settings import DEFAULT_EXPOSURE_TARGET, FINISH_METHOD, FinishConfig, parse_exposure
 
 __all__ = [
     "DEFAULT_EXPOSURE_TARGET",
@@ -65,9 +68,8 @@ NUM_PARAMS = 4
 
 # Exposure fitted to the scene (see _exposure_params).
 _DARK_INPUT_FULL, _DARK_INPUT_END = 0.2, 0.35      # input mean luma: full correction .. none
-_BLACK_LEVEL, _BLACK_REGION_RADIUS = 2.5 / 255.0, 4  # "black region": 9 x 9 mean under this
-_NIGHT_BLACK_FULL, _NIGHT_BLACK_END = 0.12, 0.35   # black fraction of the frame: full .. none
-_SHADOW_GAIN = 2.0                                 # exposure never multiplies a value by more
+_BLACK_LEVEL = 2.5 / 255.0                         # an input whose brightest luma is under this has no signal
+_SHADOW_GAIN = 3.0                                 # exposure never multiplies a value by more
 _HIGHLIGHT_KNEE = 0.5                              # the highlight lift starts here
 
 _CB_SCALE, _CR_SCALE = 1.8556, 1.5748  # Cb = (B - Y) / 1.8556, Cr = (R - Y) / 1.5748
@@ -83,8 +85,8 @@ def finish_halo(config: FinishConfig) -> int:
     and 12 more with block matching (:func:`dce_batch.enhance.filters.dct_wiener_reach`).
     """
     if not config.denoising:
-        return 0
-    halo = max(2 * config.radius, config.radius + 2 * config.chroma_refine_radius)
+        return 2 * _BLACK_RADIUS if config.enabled else 0
+    halo = max(2 * _BLACK_RADIUS, 2 * config.radius, config.radius + 2 * config.chroma_refine_radius)
     if config.dct_stage:
         halo = max(halo, 2 * config.radius + dct_wiener_reach(matched=config.block_matching))
     return halo
@@ -138,7 +140,8 @@ def _to_rgb(y: torch.Tensor, cbcr: torch.Tensor) -> torch.Tensor:
 _NOISE_WINDOW_RADIUS = 2    # 5 x 5 windows
 _NOISE_QUANTILE = 0.25
 # Per-image statistics use at most this many pixels (a mosaic of 64-pixel patches for the noise,
-# a strided sample for the exposure), so their cost stays a few ms per image.
+# a strided sample for the exposure), so their cost stays small next to the per-tile filters
+# (benchmarks/quality/README.md, "The luma's noise level, read per brightness level").
 _MAX_STAT_SAMPLES = 16_384
 
 
@@ -181,7 +184,8 @@ def _noise_sigmas(mean: torch.Tensor, rms: torch.Tensor) -> torch.Tensor:
 _NOISE_LEVEL_EDGES = (1.5, 3.0, 6.0, 12.0, 24.0, 48.0, 96.0, 256.0)
 _MIN_LEVEL_WINDOWS = 64
 # The estimate per level never exceeds this multiple of the whole frame's: noise varies with the
-# brightness by a bounded factor (up to 2x between levels in the simulated pairs), texture does not.
+# brightness by a bounded factor (benchmarks/quality/README.md, "The luma's noise level, read per
+# brightness level"), texture does not.
 _MAX_LEVEL_NOISE_RATIO = 1.5
 
 
@@ -191,14 +195,14 @@ def _luma_noise_by_level(mean: torch.Tensor, rms: torch.Tensor, whole_frame: tor
     :func:`_noise_sigmas`, within the level), at most :data:`_MAX_LEVEL_NOISE_RATIO` times
     ``whole_frame`` (that quantile over the whole frame).
 
-    Noise in a dark photo depends on the brightness (in the simulated pairs' sRGB, 1.9x larger
-    at 4-8 steps than at 32-64), and texture reads as noise to any window statistic. A quantile
+    Noise in a dark photo depends on the brightness (in the simulated pairs' sRGB it is larger in
+    the deep shadows than in the mid-tones), and texture reads as noise to any window statistic. A quantile
     over the whole frame reads whichever level has the flattest regions, or the texture where
     one level fills most of the frame; the median over levels reads a typical level. In real
     photos, levels that hold only a few edges read as texture, and the cap keeps them from
-    taking over (without it the estimate rose up to 13x on DICM). Measured against the true
-    noise of 48 simulated pairs (benchmarks/quality): the estimate's spread (coefficient of
-    variation of estimate / truth) fell from 0.20 to 0.15.
+    taking over (without it the estimate runs away on some DICM photos). Against the true noise
+    of the simulated pairs this estimate spreads less than the whole-frame quantile
+    (benchmarks/quality/README.md, "The luma's noise level, read per brightness level").
     """
     rms = rms.flatten(1)
     # 0 below the first edge (black), 1 .. 7 the levels
@@ -229,9 +233,9 @@ def _exposure_curve(x: torch.Tensor, exponent: torch.Tensor, highlights: torch.T
     [0, 1]; 0 = none): ``y + a (y - k)^2 (1 - y) / (1 - k)^2``, smooth at the knee, 1 at white
     and monotonic. The curves compress the highlights of a dark photo (each iteration
     ``x + a x (1 - x)`` is flatter near 1) where a longer exposure would have scaled them like
-    the rest, and the power curve compresses them further. Measured on simulated pairs
-    (benchmarks/quality): +0.002-0.014 SSIM and +0.05-0.36 dB on every set at a = 0.8; a
-    linear stretch clipped up to 7.6 % of a dark real set's pixels at white, this lift 1.1 %.
+    the rest, and the power curve compresses them further. The lift raises PSNR and SSIM on every
+    simulated set, and on dark real sets it clips far fewer pixels at white than a linear stretch
+    (benchmarks/quality/README.md, "Highlights the curves compress").
     """
     toned = torch.minimum(x.pow(exponent), x * _SHADOW_GAIN)
     if isinstance(highlights, float) and highlights == 0.0:
@@ -241,37 +245,34 @@ def _exposure_curve(x: torch.Tensor, exponent: torch.Tensor, highlights: torch.T
     return toned + lift
 
 
-def _exposure_exponent(luma: torch.Tensor, weight: torch.Tensor, target: float, max_boost: float,
+def _exposure_exponent(luma: torch.Tensor, target: torch.Tensor, max_boost: float,
                        highlights: torch.Tensor) -> torch.Tensor:
-    """Per image, the exponent g in [1 / max_boost, 1] whose weighted mean of the exposure curve
-    (:func:`_exposure_curve` with ``highlights``, N) of ``luma`` is closest to ``target``
-    (``luma``, ``weight``: N x 1 x h x w).
+    """Per image, the exponent g in [1 / max_boost, 1] whose mean of the exposure curve
+    (:func:`_exposure_curve` with ``highlights``, N) of ``luma`` (N x 1 x h x w) is closest to
+    ``target`` (N).
 
     Only brightens: an image already at or above the target keeps g = 1. Bisection on a
     strided sample (the mean of luma ** g falls monotonically with g).
     """
     step = max(1, luma[0].numel() // _MAX_STAT_SAMPLES)
     flat = luma.flatten(1)[:, ::step].clamp(1e-6, 1.0)
-    weight = weight.flatten(1)[:, ::step]
-    weight = weight / weight.sum(dim=1, keepdim=True).clamp_min(1e-12)
     lo = torch.full((flat.shape[0], 1), 1.0 / max_boost, device=flat.device, dtype=flat.dtype)
     hi = torch.ones_like(lo)
     for _ in range(16):  # the exponent to within 1e-5
         mid = 0.5 * (lo + hi)
-        too_bright = (_exposure_curve(flat, mid, highlights.view(-1, 1)) * weight).sum(dim=1, keepdim=True) > target
+        too_bright = _exposure_curve(flat, mid, highlights.view(-1, 1)).mean(dim=1, keepdim=True) > target.view(-1, 1)
         lo = torch.where(too_bright, mid, lo)
         hi = torch.where(too_bright, hi, mid)
     return hi.squeeze(1)
 
 
-def _exposure_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, target: float,
+def _exposure_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, target: float | None,
                      max_boost: float, highlight_stretch: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The exposure exponent and highlight stretch per image, fitted to the scene.
 
-    * Regions that are black in the input (a 9 x 9 mean under 2.5/255: night sky, unlit
-      corners) hold no signal to reveal: they are left out of the mean that is brought to the
-      target, and when they cover much of the frame it is a night scene, which keeps the
-      network's look (full correction up to 12 % black, none from 35 %).
+    * ``target`` None (``--exposure auto``): each image's target mean luma is the brightness its
+      well-exposed version would have, read from the scene (:func:`dce_batch.enhance.exposure.scene_target`);
+      a number forces one target for every image.
     * Inputs that are not dark (mean luma from 0.2 up to 0.35) get less and less correction,
       so a well-exposed photo keeps its tone whatever the curves did.
     * The highlight stretch (``highlight_stretch``, see :func:`_exposure_curve`) is scaled by the
@@ -279,14 +280,12 @@ def _exposure_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, targ
       the target: midtones and shadows are lifted less, and so is their noise.
     """
     luma_in = luma(low_small)
-    signal = (box_mean(luma_in, _BLACK_REGION_RADIUS) >= _BLACK_LEVEL).float()
-    black = 1.0 - signal.mean(dim=(1, 2, 3))
-    night = ((_NIGHT_BLACK_END - black) / (_NIGHT_BLACK_END - _NIGHT_BLACK_FULL)).clamp(0.0, 1.0)
     dark = ((_DARK_INPUT_END - luma_in.mean(dim=(1, 2, 3))) / (_DARK_INPUT_END - _DARK_INPUT_FULL)).clamp(0.0, 1.0)
-    no_signal = signal.flatten(1).sum(dim=1) == 0
-    strength = torch.where(no_signal, torch.zeros_like(dark), dark * night)
+    no_signal = luma_in.flatten(1).amax(dim=1) < _BLACK_LEVEL
+    strength = torch.where(no_signal, torch.zeros_like(dark), dark)
     highlights = strength * highlight_stretch
-    exponent = _exposure_exponent(luma(enhanced_small), signal, target, max_boost, highlights)
+    targets = scene_target(low_small) if target is None else torch.full_like(dark, target)
+    exponent = _exposure_exponent(luma(enhanced_small), targets, max_boost, highlights)
     return 1.0 - strength * (1.0 - exponent), highlights
 
 
@@ -303,16 +302,16 @@ def finish_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, config:
     low_small = low_small.float()
     enhanced_small = enhanced_small.float().clamp(0.0, 1.0)
     params = torch.zeros((low_small.shape[0], NUM_PARAMS), dtype=torch.float32, device=low_small.device)
-    target = config.exposure_target
     params[:, PARAM_TONE] = 1.0
-    if target is not None:
+    if config.exposure != "off":
+        target = None if config.exposure == "auto" else float(config.exposure)
         params[:, PARAM_TONE], params[:, PARAM_HIGHLIGHTS] = _exposure_params(
             low_small, enhanced_small, target, config.max_exposure_boost, config.highlight_stretch)
     if config.denoising:
         y, cbcr = _to_ycbcr(low_small)
         mean, rms = _local_detail(torch.cat((y, cbcr), dim=1))  # once, for both estimates
         sigmas = _noise_sigmas(mean, rms)
-        # --denoise fast keeps the earlier estimate, so its outputs stay those of earlier versions.
+        # --denoise fast has no DCT stage, so the plain estimate is the luma's noise level.
         params[:, PARAM_SIGMA_LUMA] = (_luma_noise_by_level(mean[:, :1], rms[:, :1], sigmas[:, 0])
                                        if config.dct_stage else sigmas[:, 0])
         params[:, PARAM_SIGMA_CHROMA] = sigmas[:, 1:3].mean(dim=1)
@@ -349,7 +348,46 @@ def finish_tiles(low: torch.Tensor, enhanced: torch.Tensor, params: torch.Tensor
         out = _tone(out, params[:, PARAM_TONE], params[:, PARAM_HIGHLIGHTS])
     if config.denoising:
         out = _denoise(low.float(), out, params, config, origins)
-    return out.clamp_(0.0, 1.0)
+    return _keep_blacks(low.float(), out).clamp_(0.0, 1.0)
+
+
+# Input regions whose every pixel and channel within BLACK_RADIUS is at or under BLACK_FLOOR stay
+# black; from there to BLACK_FULL the output fades in (smoothstep).
+_BLACK_RADIUS = 3
+_BLACK_FLOOR, _BLACK_FULL = 2.5 / 255.0, 4.0 / 255.0
+
+
+def _keep_blacks(low: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out`` scaled to black where the input is black all around: where the brightest value
+    of the input's 7 x 7 neighbourhood (any channel) is 2.5 8-bit steps or less (0, 1 or 2 in
+    8 bits) the output is 0, from 4 steps on it is kept, smoothly in between; that factor is then
+    averaged over the same 7 x 7 window (so a tile needs 6 pixels of context).
+
+    Zero-DCE's curves have a slope of up to 2^8 at black (each of the 8 iterations
+    ``x + a x (1 - x)`` nearly doubles a value near 0), so the last step of an 8-bit black
+    (JPEG residue of 0s and 1s) comes out as a mottled grey, and the exposure and the chroma
+    filter add to it (the bundled retina sample's black surround, with dark-red blotches). The
+    neighbourhood's maximum, not its mean, decides: a very dark but
+    real scene is dithered by its noise (a sensor's shot and read noise reach 3 steps and more in
+    any 7 x 7 window: none of the simulated LOL-like inputs has a window that stays under, but
+    the darkest, JPEG'd ones have a few), while a black mask or a clipped shadow is not. On the
+    simulated pairs it changes nothing at the LOL-like levels and costs a little PSNR on the
+    darkest JPEG'd one (benchmarks/quality/README.md, "Blacks stay black"; benchmarks/README.md,
+    "Figures behind design choices in the code").
+    """
+    brightest = low.amax(dim=1, keepdim=True)
+    if not bool((brightest < _BLACK_FULL).any()):
+        return out  # nothing dark enough here: the factor is 1 everywhere
+    r = _BLACK_RADIUS  # the window's maximum, one axis at a time (2 x 7 comparisons, not 49)
+    level = F.max_pool2d(F.max_pool2d(brightest, (2 * r + 1, 1), stride=1, padding=(r, 0)),
+                         (1, 2 * r + 1), stride=1, padding=(0, r))
+    if not bool((level < _BLACK_FULL).any()):
+        return out
+    t = ((level - _BLACK_FLOOR) / (_BLACK_FULL - _BLACK_FLOOR)).clamp_(0.0, 1.0)
+    # Averaged over the same window, so the fade follows no square (a JPEG's 8 x 8 blocks of a dark
+    # sky, some at 3 steps, some at 2, showed as a patchwork without it).
+    t = small_box_mean(t * t * (3.0 - 2.0 * t), _BLACK_RADIUS)
+    return out * t
 
 
 def _denoise(low: torch.Tensor, out: torch.Tensor, params: torch.Tensor, config: FinishConfig,
@@ -365,7 +403,7 @@ def _denoise(low: torch.Tensor, out: torch.Tensor, params: torch.Tensor, config:
     noise variance; the Wiener gain removes it and keeps texture that stands above the noise.
     The coefficients are averaged over the window as in the guided filter, which avoids blocky
     transitions. With ``chroma_refine_radius=0`` chroma goes through the luma's filter instead
-    (one pass, the earlier default).
+    (one pass).
     """
     r = config.radius
     two_pass = config.chroma_refine_radius > 0
@@ -391,7 +429,8 @@ def _denoise(low: torch.Tensor, out: torch.Tensor, params: torch.Tensor, config:
     if two_pass:
         y_filtered = _lee(y, mean_y, mean_squares, noise_var_luma, r)
         # The chroma's pilot is its window mean: the chroma grain is strong and the colour of
-        # most regions changes slowly (measured: as good as a first Lee pass, and cheaper).
+        # most regions changes slowly (as good as a first Lee pass, and cheaper:
+        # benchmarks/quality/README.md, "What the default does").
         chroma = _empirical_wiener(cbcr, mean_c, noise_var_chroma, config.chroma_refine_radius)
     else:
         ycc = _lee(torch.cat((y, cbcr), dim=1), stats[:, 0:3], mean_squares,
@@ -399,11 +438,12 @@ def _denoise(low: torch.Tensor, out: torch.Tensor, params: torch.Tensor, config:
         y_filtered, chroma = ycc[:, 0:1], ycc[:, 1:3]
     if config.dct_stage:
         # In DCT blocks texture and noise separate by frequency where a window's variance cannot
-        # tell them apart (measured: +0.010-0.015 SSIM on lol_matched, up to +0.026 on noisier sets).
+        # tell them apart (benchmarks/quality/README.md, "A DCT stage for the luma").
         sigma = params[:, PARAM_SIGMA_LUMA].view(-1, 1, 1, 1) * (k * config.dct_noise_factor)
         noise_sd = (gain * sigma).clamp_min_(1e-6)
         # Where the noise is strong, block matching adds what one block cannot tell apart
-        # (measured: +0.003 SSIM on lol_matched); lower levels gain little more and cost more time.
+        # (benchmarks/quality/README.md, "Block matching where the noise is strong"); lower levels
+        # gain little more and cost more time.
         strong = noise_sd >= config.matched_noise_level if config.block_matching else None
         y_filtered = dct_wiener(y / noise_sd, y_filtered / noise_sd, origins, strong=strong).mul_(noise_sd)
     return _to_rgb(y_filtered, chroma)
@@ -423,9 +463,10 @@ def _local_gain(luma_in: torch.Tensor, luma_out: torch.Tensor, radius: int) -> t
 
     The ratio alone underestimates the amplification where the curves' maps follow the luma
     (guided upsampling makes them steeper than the ratio of means) and in near-black windows,
-    where the input's mean is a step or two. Measured on simulated pairs (benchmarks/quality):
-    +0.004 SSIM (SICE) and +0.012 (Kodak) on ``lol_matched`` against the ratio alone, of which the
-    near-black windows (the ratio's floor at 1 step instead of 2) +0.004 and +0.005.
+    where the input's mean is a step or two. On ``lol_matched`` the slope scores a higher SSIM than
+    the ratio alone from both sources of references, part of it in the near-black windows (the
+    ratio's floor at 1 step rather than 2): benchmarks/quality/README.md, "The noise's local
+    gain: the slope of the chain".
     """
     means = small_box_mean(torch.cat((luma_in, luma_out, luma_in * luma_in, luma_in * luma_out), dim=1), radius)
     mean_low, mean_out, mean_low_sq, mean_low_out = means.split(1, dim=1)
@@ -451,9 +492,10 @@ def _empirical_wiener(noisy: torch.Tensor, pilot: torch.Tensor, noise_var: torch
     mean and variance) come from ``pilot``, a first, smoother estimate, instead of from
     ``noisy variance - noise variance``: the two-stage idea of BM3D (Dabov et al. 2007).
 
-    Measured on simulated pairs (benchmarks/quality): on chroma it adds 0.01-0.03 SSIM on the
-    noisy sets and takes nothing from clean ones; on luma it blurred texture. Taking the window
-    mean from the pilot too (not from ``noisy``) measured the same and saves two box means.
+    On the simulated pairs (benchmarks/quality/README.md, "What the default does") it raises the
+    SSIM of the noisy sets on chroma and takes nothing from clean ones; on luma it blurs texture.
+    Taking the window mean from the pilot too (not from ``noisy``) scores the same and saves two
+    box means.
     """
     channels = noisy.shape[1]
     stats = box_mean(torch.cat((pilot, pilot * pilot), dim=1), radius)

@@ -20,8 +20,8 @@ weight). The fast variant samples that copy and upsamples its maps bilinearly, a
 DCE-Net's copy is an area average (the noise of the pixels averaged too), and it upsamples its
 24 maps with the guided filter's joint upsampling, guided by the input's luma: the maps follow
 the image's edges instead of bleeding a glow around lamps and windows, and every pixel still
-goes through its own curve (so highlights keep their detail). Measured on simulated low-light
-pairs (``benchmarks/quality``), scale 4 scores higher than full resolution after finishing (the
+goes through its own curve (so highlights keep their detail). On simulated low-light pairs
+(``benchmarks/quality/README.md``), scale 4 scores higher than full resolution after finishing (the
 curves see less sensor noise and keep the scene's contrast), for 1/16 of the network's work.
 
 Both return :class:`CurveOutput` so that training (which needs the curve maps for the
@@ -63,8 +63,9 @@ RECEPTIVE_FIELD_RADIUS = 7
 ModelVariant = Literal["full", "fast"]
 
 # DCE-Net's guided upsampling: windows of 3 x 3 pixels of the downscaled copy, and the luma
-# variance below which a window keeps its mean maps (luma in [0, 1]; measured on crops of lamps
-# against dark walls: at scale 4, 1e-4 leaves no glow; at scale 8, 1e-3 lets more back than 1e-4).
+# variance below which a window keeps its mean maps (luma in [0, 1]; chosen on crops of lamps
+# against dark walls, where this value leaves no glow at scale 4 and a larger one lets more of it
+# back: benchmarks/quality/README.md, "Curves from a 4x smaller copy").
 GUIDED_RADIUS = 1
 GUIDED_EPS = 1e-4
 
@@ -166,8 +167,8 @@ class DCENet(nn.Module):
     def downscale(self, x: torch.Tensor) -> torch.Tensor:
         """The copy the curves are estimated on (``x`` itself at scale 1): area averaging
         (``adaptive_avg_pool2d``), which averages the sensor noise too, and which the batch job
-        computes strip by strip without a full-resolution float copy (measured: the same scores
-        as antialiased bilinear)."""
+        computes strip by strip without a full-resolution float copy (it scores as antialiased
+        bilinear does: benchmarks/quality/README.md, "Curves from a 4x smaller copy")."""
         if self.scale == 1.0:
             return x
         return F.adaptive_avg_pool2d(x, self.downscaled_size(x.shape[-2], x.shape[-1]))

@@ -29,7 +29,11 @@ the inputs. Exporting uses torch's exporter (``torch.onnx.export(dynamo=True)``,
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -87,6 +91,26 @@ def _export_module(loaded, scale: float):
     return Exported().eval()
 
 
+# The exporter registers torchvision's operators when it can and logs a WARNING for each one it
+# skips without torchvision; DCE-Net uses none of them.
+_EXPORTER_REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+@contextlib.contextmanager
+def _exporter_notices_hidden() -> Iterator[None]:
+    """The exporter's notices about things this graph does not use (missing torchvision, pytree
+    deprecations inside torch) kept from the user; its errors still raise."""
+    registry = logging.getLogger(_EXPORTER_REGISTRY_LOGGER)
+    level = registry.level
+    registry.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
+            yield
+    finally:
+        registry.setLevel(level)
+
+
 def export_onnx(weights: str | Path | None, target: str | Path, *, variant: str | None = None,
                 scale: float = 12.0, opset: int | None = None) -> OnnxExport:
     """Export ``weights`` (a shipped name, a .safetensors or .pth file; None: the default of
@@ -111,11 +135,12 @@ def export_onnx(weights: str | Path | None, target: str | Path, *, variant: str 
     dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=2), 3: torch.export.Dim("width", min=2)}
     opset = opset or DEFAULT_OPSET
     try:
-        program = torch.onnx.export(
-            module, example, dynamo=True, opset_version=opset, input_names=["image", "strength"],
-            output_names=["enhanced"], dynamic_shapes={"image": dims, "strength": None},
-            custom_translation_table={builtins.round: symbolic_round}, verbose=False,
-        )
+        with _exporter_notices_hidden():
+            program = torch.onnx.export(
+                module, example, dynamo=True, opset_version=opset, input_names=["image", "strength"],
+                output_names=["enhanced"], dynamic_shapes={"image": dims, "strength": None},
+                custom_translation_table={builtins.round: symbolic_round}, verbose=False,
+            )
     except Exception as exc:  # the exporter raises many types; say what failed
         raise WeightsError(f"ONNX export of {meta.name} failed: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc

@@ -1,33 +1,35 @@
 """int8 inference of the curve network on x86 CPUs (``precision="int8"``, the CPU default).
 
 CPUs without native bf16 (AVX2-only machines: most laptops and many cloud VMs) run the network
-in fp32, about half the speed of a CPU with native bf16. Post-training static quantization makes
-the seven convolutions int8 (oneDNN's kernels: AVX2's ``vpmaddubsw`` or AVX-512 VNNI). Measured
-with the library's CPU defaults on two threads (``benchmarks/bench_throughput.py --quick``): 1.8x
-fp32 with kernels capped at AVX2, 3.2x fp32 and 1.6x bf16 on an AVX-512 CPU with native bf16.
+in fp32, slower than a CPU with native bf16 runs it. Post-training static quantization makes
+the seven convolutions int8 (oneDNN's kernels: AVX2's ``vpmaddubsw`` or AVX-512 VNNI): faster
+than fp32 with kernels capped at AVX2, and faster than fp32 and bf16 on an AVX-512 CPU with
+native bf16 (``benchmarks/bench_throughput.py --quick``; figures in ``benchmarks/README.md``,
+"int8 against fp32 and bf16").
 
 Only the curve estimation is quantized: the input image, the 8 curve iterations and the
 finishing stay float32, so a curve-map error ``dA`` moves a pixel by about ``dA * x * (1 - x)``
-per iteration, least in the shadows that the curves lift most. Against fp32 on real photos
-(every 8th DICM image): at most 2 8-bit steps, mean 0.25, 0.15 % of values more than one step
-apart, the same with AVX2 and AVX-512 kernels; PSNR/SSIM on the simulated pairs within
-0.04 dB / 0.0007 of fp32.
+per iteration, least in the shadows that the curves lift most. On real photos the outputs stay
+within a few 8-bit steps of fp32's, with AVX2 and AVX-512 kernels alike, and PSNR/SSIM on the
+simulated pairs match fp32's (``benchmarks/README.md``, "int8 against fp32 and bf16";
+``benchmarks/quality/README.md``).
 
 Details that matter:
 
 * Activations are quantized to 7 bits (``reduce_range``): without VNNI the u8 x s8 multiply-adds
-  saturate at int16 otherwise (measured with torch's default oneDNN config: up to 35 steps).
+  saturate at int16 otherwise, and the outputs drift by many 8-bit steps with torch's default
+  oneDNN config (``benchmarks/README.md``, "Figures behind design choices in the code").
 * Weights are per-channel symmetric int8. Activation ranges are the min/max over a fixed
   calibration set: the bundled sample photos (``dce_batch/samples``), four 32-pixel corner crops
-  each, as they are and brightened (gamma 0.5). Every process derives the same model, in
-  about 0.3 s.
+  each, as they are and brightened (gamma 0.5). Every process derives the same model, cheaply,
+  when it starts.
 * Bias correction (Nagel et al., 2019): ReLU clips the rounding noise below zero, so each
   layer's error has a nonzero mean, which the 8 curve iterations add up; each convolution's bias
-  absorbs its mean error on the calibration crops. Without it the outputs came out 0.4 steps
-  darker on average than fp32's (mean difference 0.45, 3 % of values more than a step apart).
+  absorbs its mean error on the calibration crops. Without it the outputs are darker on average
+  than fp32's (``benchmarks/README.md``, "int8 against fp32 and bf16").
 * e_conv7's output feeds no convolution: it gets all 8 bits, and ``tanh`` runs in float32.
 * Hand-built from ``torch.ao.nn.quantized`` modules rather than torch's FX flow: FX's tracer
-  imports torch._inductor (2 s per process) and is deprecated for torchao's pt2e flow, which
+  imports torch._inductor (a slow start in every process) and is deprecated for torchao's pt2e flow, which
   reaches int8 kernels only through torch.compile (a C++ toolchain at run time).
 """
 
@@ -79,9 +81,10 @@ def int8_refusal(variant: str) -> str | None:
 def calibration_crops(scale: float = 1.0) -> torch.Tensor:
     """N x 3 x 32 x 32 float32 crops of the bundled samples (4 per image, at 2 brightnesses), as
     the network sees them at ``scale``: each sample downscaled first, as DCE-Net downscales (area
-    averaging), so the activations are calibrated on the statistics they will have. Measured at scale 4 against fp32 on every 8th DICM image: with full-resolution crops
-    int8 came out 0.22 of an 8-bit step darker on average (mean difference 0.23); with these,
-    0.03 (mean 0.11, max 3), the same with oneDNN capped at AVX2. Samples too small for a crop are skipped.
+    averaging), so the activations are calibrated on the statistics they will have: with
+    full-resolution crops int8 comes out darker than fp32 on average at scale 4, with these it
+    does not, with oneDNN capped at AVX2 too (``benchmarks/quality/README.md``, "Curves from a 4x
+    smaller copy"). Samples too small for a crop are skipped.
     """
     from PIL import Image
 

@@ -15,8 +15,9 @@ __all__ = ["DEFAULT_EXPOSURE_TARGET", "DEFAULT_SCALES", "FAST_FINISH_METHOD", "F
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 # Downscale factor of the copy each variant estimates its curves on, when none is given.
-# DCE-Net: 4, with guided upsampling (measured on simulated pairs: +0.5 dB and +0.008 SSIM against
-# full resolution after finishing, for 1/16 of the network's work; benchmarks/quality). Zero-DCE++:
+# DCE-Net: 4, with guided upsampling (higher PSNR and SSIM than full resolution after finishing on
+# the simulated pairs, for 1/16 of the network's work: benchmarks/quality/README.md, "Curves from
+# a 4x smaller copy"). Zero-DCE++:
 # 12, its authors' test setting.
 DEFAULT_SCALES = {"full": 4.0, "fast": 12.0}
 
@@ -47,22 +48,25 @@ DenoiseMode = Literal["auto", "fast", "off"]
 NoiseGain = Literal["slope", "ratio"]
 ExposureSetting = Union[float, Literal["auto", "off"]]
 
-# Mean luma (BT.709, non-linear) that "auto" exposure aims at: about where well-exposed
-# photographs sit (LOL references 0.45, Kodak 0.42).
+# Mean luma (BT.709, non-linear) of well-exposed photographs on average (LOL's and Kodak24's
+# references: benchmarks/quality/README.md, "What the default does", and "Harder simulated
+# levels"): what `dce-batch evaluate` measures the exposure error against. "auto" exposure reads a
+# target per image from the scene (dce_batch.enhance.exposure), between 0.15 and 0.62.
 DEFAULT_EXPOSURE_TARGET = 0.45
 
 
-# Names the finishing algorithm in the output settings that resume compares, so outputs made by
-# an earlier algorithm are never silently mixed with new ones. Change it whenever the pixels change.
-FINISH_METHOD = "dct-wiener-bm-6"
+# Names of the finishing algorithm in the output settings that resume compares, so that outputs
+# made with other pixels are never silently mixed with new ones. Every name carries one version
+# number (the last): bump FINISH_VERSION whenever the pixels of any path change (exposure and
+# blacks, say, change them all).
+FINISH_VERSION = 7
+FINISH_METHOD = f"dct-wiener-bm-{FINISH_VERSION}"
 # The DCT stage without block matching (``matched_noise_level=inf``).
-UNMATCHED_FINISH_METHOD = "dct-wiener-6"
-# ``noise_gain="ratio"``: the earlier defaults, under the names their outputs recorded (with and
-# without block matching), so an OUTPUT made by an earlier version resumes with that setting.
-RATIO_FINISH_METHODS = {True: "dct-wiener-bm-5", False: "dct-wiener-4"}
-# ``denoise="fast"``: the previous default (no DCT stage), under the name its outputs recorded,
-# so an OUTPUT made by an earlier version resumes with ``--denoise fast``.
-FAST_FINISH_METHOD = "lee-wiener-2"
+UNMATCHED_FINISH_METHOD = f"dct-wiener-{FINISH_VERSION}"
+# ``noise_gain="ratio"`` (with and without block matching).
+RATIO_FINISH_METHODS = {True: f"dct-wiener-bm-ratio-{FINISH_VERSION}", False: f"dct-wiener-ratio-{FINISH_VERSION}"}
+# ``denoise="fast"``: no DCT stage.
+FAST_FINISH_METHOD = f"lee-wiener-{FINISH_VERSION}"
 
 
 @dataclass(frozen=True)
@@ -71,17 +75,18 @@ class FinishConfig:
 
     Attributes:
         denoise: ``auto`` (noise-aware luma + chroma filtering, with the luma's DCT stage),
-            ``fast`` (the same without the DCT stage: the earlier default, faster) or ``off``.
-        denoise_strength: scales the smoothing threshold; 0 disables, 1 is the measured
+            ``fast`` (the same without the DCT stage: faster, noisier) or ``off``.
+        denoise_strength: scales the smoothing threshold; 0 disables, 1 is the tuned
             default, 2 smooths harder.
-        exposure: ``auto`` (mean luma of the lit regions to :data:`DEFAULT_EXPOSURE_TARGET`
-            for dark inputs), a target mean luma in (0, 1) used the same way, or ``off``.
+        exposure: ``auto`` (the mean luma of dark inputs brought to the brightness their
+            well-exposed version would have, read from the scene: :mod:`dce_batch.enhance.exposure`),
+            a target mean luma in (0, 1) for every image, or ``off``.
         max_exposure_boost: bound on the exposure curve (the exponent never goes below
             1 / this), so near-black scenes are not pushed into noise.
         highlight_stretch: with exposure on, how much the exposure curve lifts the highlights
             of dark scenes (above 0.5, smoothly, never past 1), in [0, 1]; scaled down with the
             exposure correction for brighter and night scenes. 0 keeps the highlights as the
-            curves left them (the earlier tone).
+            curves left them.
         radius: half-width of the luma filter's windows (and of the one the local gain and the
             chroma's pilot are measured over), in pixels.
         luma_noise_factor, chroma_noise_factor: the noise variance each filter removes, as a
@@ -94,17 +99,17 @@ class FinishConfig:
         noise_gain: how much the curves and the exposure amplified the input's noise at each
             pixel, under ``denoise="auto"``: ``slope`` (the default), the local slope of the
             output's luma against the input's (a regression over the filter's window), or the
-            ratio of their window means where that is larger; ``ratio``, the ratio alone (the
-            earlier defaults; ``denoise="fast"`` always uses it).
+            ratio of their window means where that is larger; ``ratio``, the ratio alone (which
+            ``denoise="fast"`` always uses).
         chroma_refine_radius: half-width of the windows of chroma's empirical Wiener filter;
-            0 filters chroma like luma instead (the earlier one-pass default). The tiling halo
+            0 filters chroma like luma instead (one pass). The tiling halo
             is :func:`dce_batch.enhance.finishing.finish_halo` (25 by default: the DCT stage's groups).
     """
 
     denoise: DenoiseMode = "auto"
     denoise_strength: float = 1.0
     exposure: ExposureSetting = "auto"
-    max_exposure_boost: float = 2.5
+    max_exposure_boost: float = 4.0
     highlight_stretch: float = 0.8
     radius: int = 3
     luma_noise_factor: float = 0.9

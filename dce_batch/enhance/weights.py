@@ -1,9 +1,11 @@
-"""Weights: the project's safetensors format with metadata, the shipped models, and importers.
+"""Weights: loading and saving the project's safetensors format, and importing published checkpoints.
 
 Like torchvision's weights objects, a dce_batch weights file says what it is (architecture,
 parameter count), how it was made (recipe, data, epochs, hardware), how good it is (metrics) and
 its licence. The format is a plain ``.safetensors`` file whose header metadata holds one key,
 ``dce_batch``, with that information as JSON, including the sha256 of the tensors (checked on load).
+That metadata (:class:`~dce_batch.enhance.registry.WeightsMeta`), its reader and the shipped
+weights are in :mod:`dce_batch.enhance.registry`, which needs no torch.
 
 Published checkpoints are imported, never unpickled as arbitrary objects: ``torch.load`` runs
 with ``weights_only=True`` and the keys and layouts are mapped onto this project's modules:
@@ -18,10 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,10 +32,22 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from dce_batch.errors import WeightsError
 from dce_batch.enhance.network import DCENet, DCENetFast, ModelVariant, build_model
-from dce_batch.enhance.registry import DEFAULT_WEIGHTS, PACKAGED_WEIGHTS, default_weights_for, read_weights_bytes
+from dce_batch.enhance.registry import (
+    DEFAULT_WEIGHTS,
+    FORMAT_VERSION,
+    METADATA_KEY,
+    PACKAGED_WEIGHTS,
+    WeightsMeta,
+    default_weights_for,
+    is_safetensors,
+    read_safetensors_metadata,
+    read_weights_bytes,
+)
 
 __all__ = [
     "DEFAULT_WEIGHTS",
+    "FORMAT_VERSION",
+    "METADATA_KEY",
     "PACKAGED_WEIGHTS",
     "LoadedWeights",
     "WeightsMeta",
@@ -48,9 +60,6 @@ __all__ = [
     "save_weights",
     "state_dict_sha256",
 ]
-
-METADATA_KEY = "dce_batch"
-FORMAT_VERSION = 1
 
 
 # Bit layouts of the float types weights come in: (signed integer type of the same width, the
@@ -79,8 +88,9 @@ def flush_subnormals(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     """``state`` with every subnormal float (0 < |x| < 1.18e-38 in fp32) set to zero.
 
     Training with weight decay leaves many weights decaying towards zero; once they are subnormal,
-    every multiply by one takes a microcode path on Intel CPUs that costs 10-20x, in torch and in
-    onnxruntime alike (benchmarks/bench_subnormals.py). Such a value is far below anything the
+    every multiply by one takes a slow microcode path on Intel CPUs, in torch and in onnxruntime
+    alike (benchmarks/bench_subnormals.py; benchmarks/README.md, "Subnormal weights and denormal
+    arithmetic (Intel)"). Such a value is far below anything the
     network's output can resolve, so zero gives the same outputs.
     """
     return {key: tensor.masked_fill(subnormal_mask(tensor), 0) if tensor.is_floating_point() else tensor
@@ -90,32 +100,6 @@ def flush_subnormals(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
 def count_subnormals(state: Mapping[str, torch.Tensor]) -> int:
     """How many values of ``state`` are subnormal."""
     return sum(int(subnormal_mask(t).sum()) for t in state.values() if t.is_floating_point())
-
-
-@dataclass(frozen=True)
-class WeightsMeta:
-    """What a weights file is, how it was made, how good it is and under which licence."""
-
-    name: str
-    variant: ModelVariant
-    num_params: int
-    sha256: str
-    source: str = ""
-    licence: str = ""
-    recipe: Mapping[str, Any] = field(default_factory=dict)
-    data: str = ""
-    metrics: Mapping[str, Any] = field(default_factory=dict)
-    created: str = ""
-    format_version: int = FORMAT_VERSION
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "WeightsMeta":
-        raw = json.loads(text)
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in raw.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -193,7 +177,7 @@ def load_weights(
     else:
         blob, label = read_weights_bytes(spec, variant=variant)
         label = name or label
-    if blob[:8] and _looks_like_safetensors(blob):
+    if is_safetensors(blob):
         loaded = _load_project_weights(blob, label)
     else:
         loaded = import_checkpoint(blob, name=_strip_suffix(label))
@@ -205,14 +189,6 @@ def load_weights(
     return loaded
 
 
-def _looks_like_safetensors(blob: bytes) -> bool:
-    # safetensors: 8-byte little-endian header length, then a JSON header starting with '{'.
-    if len(blob) < 10:
-        return False
-    header_len = int.from_bytes(blob[:8], "little")
-    return 0 < header_len < len(blob) and blob[8:9] == b"{"
-
-
 def _strip_suffix(label: str) -> str:
     for suffix in (".safetensors", ".pth", ".pt", ".ckpt"):
         if label.endswith(suffix):
@@ -222,16 +198,17 @@ def _strip_suffix(label: str) -> str:
 
 def _load_project_weights(blob: bytes, label: str) -> LoadedWeights:
     try:
-        header_len = int.from_bytes(blob[:8], "little")
-        header = json.loads(blob[8 : 8 + header_len])
         state = load_safetensors_bytes(blob)
-    except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
+    except (SafetensorError, ValueError) as exc:
         raise WeightsError(f"{label}: not a readable safetensors file ({exc})") from exc
-    meta_json = (header.get("__metadata__") or {}).get(METADATA_KEY)
-    if meta_json is None:
+    try:
+        raw_meta = read_safetensors_metadata(blob)
+        meta = None if raw_meta is None else WeightsMeta.from_dict(raw_meta)
+    except WeightsError as exc:
+        raise WeightsError(f"{label}: {exc}") from exc
+    if meta is None:
         # A bare safetensors state dict (e.g. exported by other tools): infer what it is.
         return _as_loaded(_map_known_layouts(flush_subnormals(state), label), name=_strip_suffix(label), source=label)
-    meta = WeightsMeta.from_json(meta_json)
     _check_layout(state, meta.variant, origin=label)
     actual = state_dict_sha256(state)
     if actual != meta.sha256:

@@ -9,8 +9,12 @@
 * **Every set** (paired or not): no-reference statistics of the input and of each
   configuration's output: mean brightness (Rec.709 luma), exposure error against a target,
   clipped fractions (shadows: every channel 0; highlights: some channel 255 after 8-bit
-  rounding), colour cast (distance of the average colour from grey in BT.709 CbCr) and a noise
-  estimate (``skimage.restoration.estimate_sigma``, wavelet-based, averaged over channels).
+  rounding), colour cast (distance of the average colour from grey in BT.709 CbCr), chroma (the
+  average per-pixel distance from grey in CbCr: saturation), a noise estimate
+  (``skimage.restoration.estimate_sigma``, wavelet-based, averaged over channels) and, where the
+  ``pypiqe`` package is installed (``pip install 'dce-batch[iqa]'``), PIQE (Venkatanath et al.
+  2015: a no-reference, opinion-unaware score of blockiness and noise, 0-100, lower is better;
+  it needs no trained weights, so it works offline).
 
 A configuration is the shipped weights or a checkpoint, a strength, and the finishing settings
 (:class:`dce_batch.enhance.finishing.FinishConfig`), or an already-enhanced folder. Enhancement runs
@@ -85,8 +89,18 @@ def paired_metrics(reference: np.ndarray, output: np.ndarray) -> dict[str, float
     return {"psnr": psnr, "ssim": ssim}
 
 
-def no_reference_stats(pixels: np.ndarray, exposure_target: float = DEFAULT_EXPOSURE_TARGET) -> dict[str, float]:
-    """Statistics of one H x W x 3 image in [0, 1] that need no reference (see module docs)."""
+def _piqe():
+    """``pypiqe.piqe`` or None when the package (an optional extra) is absent."""
+    try:
+        from pypiqe import piqe
+    except ImportError:
+        return None
+    return piqe
+
+
+def no_reference_stats(pixels: np.ndarray, exposure_target: float = DEFAULT_EXPOSURE_TARGET) -> dict[str, float | None]:
+    """Statistics of one H x W x 3 image in [0, 1] that need no reference (see module docs);
+    ``piqe`` is None without the ``pypiqe`` package or on an image too small to score."""
     _, _, sigma_fn = _skimage()
     u8 = np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
     x = u8.astype(np.float32) / 255.0
@@ -99,6 +113,13 @@ def no_reference_stats(pixels: np.ndarray, exposure_target: float = DEFAULT_EXPO
         # skimage drops zero wavelet coefficients; a perfectly flat image has none left (NaN).
         warnings.simplefilter("ignore", RuntimeWarning)
         noise = float(sigma_fn(x, average_sigmas=True, channel_axis=-1))
+    chroma = np.hypot((x[..., 2] - luma) / 1.8556, (x[..., 0] - luma) / 1.5748)
+    piqe_fn, piqe = _piqe(), None
+    if piqe_fn is not None and min(u8.shape[:2]) >= 32:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            score = float(piqe_fn(u8)[0])
+        piqe = score if math.isfinite(score) else None
     return {
         "mean": mean,
         "exposure_error": abs(mean - exposure_target),
@@ -106,6 +127,8 @@ def no_reference_stats(pixels: np.ndarray, exposure_target: float = DEFAULT_EXPO
         "clip_highlights": float((u8.max(axis=2) == 255).mean()),
         "colour_cast": float(math.hypot(cb, cr)),
         "noise": noise if math.isfinite(noise) else 0.0,
+        "chroma": float(chroma.mean()),
+        "piqe": piqe,
     }
 
 
@@ -155,9 +178,9 @@ _FINISH_KEYS = {"denoise", "denoise_strength", "exposure", "chroma_refine_radius
 def parse_configuration(spec: str) -> EvalConfiguration:
     """``LABEL[:key=value,...]``. Keys: ``weights``, ``strength``, ``finish=on|off``, ``denoise``
     (auto/fast/off), ``denoise_strength``, ``exposure`` (auto/off/0.45), ``chroma_refine_radius`` (0: one
-    chroma pass, the earlier default), ``matched_noise_level`` (``inf``: no block matching, the
-    earlier default), ``noise_gain`` (slope/ratio; ``ratio``: the earlier default),
-    ``highlight_stretch`` (0: the earlier tone), ``folder``, ``scale``, ``precision`` (as ``--precision``).
+    chroma pass), ``matched_noise_level`` (``inf``: no block matching), ``noise_gain`` (slope/ratio),
+    ``highlight_stretch`` (0: highlights as the curves leave them), ``folder``, ``scale``,
+    ``precision`` (as ``--precision``).
     The label ``input`` alone is the unenhanced input. Example:
     ``authors:weights=../shared/reference_weights/zero_dce_epoch99.pth,finish=off``.
     """
@@ -409,7 +432,13 @@ def evaluate(
 # Reports
 
 
-_SUMMARY_STATS = ("mean", "exposure_error", "clip_shadows", "clip_highlights", "colour_cast", "noise")
+_SUMMARY_STATS = ("mean", "exposure_error", "clip_shadows", "clip_highlights", "colour_cast", "chroma", "noise", "piqe")
+
+
+def _mean(values) -> float | None:
+    """The mean of the values that are not None (None when there are none)."""
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
 
 
 def summarize(results: Iterable[ImageResult]) -> list[dict[str, Any]]:
@@ -426,7 +455,7 @@ def summarize(results: Iterable[ImageResult]) -> list[dict[str, Any]]:
             inputs = [r for r in groups[(set_name, first_config)]]
             row = {"set": set_name, "configuration": "(input stats)", "images": len(inputs), "psnr": None,
                    "ssim": None, "seconds": None}
-            row.update({k: float(np.mean([r.stats_in[k] for r in inputs])) for k in _SUMMARY_STATS})
+            row.update({k: _mean(r.stats_in.get(k) for r in inputs) for k in _SUMMARY_STATS})
             rows.append(row)
         paired = [r for r in items if r.psnr is not None]
         row = {
@@ -435,7 +464,7 @@ def summarize(results: Iterable[ImageResult]) -> list[dict[str, Any]]:
             "ssim": float(np.mean([r.ssim for r in paired])) if paired else None,
             "seconds": float(np.mean([r.seconds for r in items])),
         }
-        row.update({k: float(np.mean([r.stats_out[k] for r in items])) for k in _SUMMARY_STATS})
+        row.update({k: _mean(r.stats_out.get(k) for r in items) for k in _SUMMARY_STATS})
         rows.append(row)
     return rows
 
@@ -448,14 +477,14 @@ def _fmt(value: Any, digits: int) -> str:
 
 def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
     header = ("| set | configuration | images | PSNR dB | SSIM | mean | exp. err | clip shadows % | "
-              "clip highlights % | cast | noise | s/image |")
-    lines = [header, "|" + "---|" * 12]
+              "clip highlights % | cast | chroma | noise | PIQE | s/image |")
+    lines = [header, "|" + "---|" * 14]
     for r in summary:
         lines.append("| " + " | ".join([
             r["set"], r["configuration"], str(r["images"]), _fmt(r["psnr"], 2), _fmt(r["ssim"], 3),
             _fmt(r["mean"], 3), _fmt(r["exposure_error"], 3), _fmt(100 * r["clip_shadows"], 2),
-            _fmt(100 * r["clip_highlights"], 2), _fmt(r["colour_cast"], 3), _fmt(r["noise"], 4),
-            _fmt(r["seconds"], 2),
+            _fmt(100 * r["clip_highlights"], 2), _fmt(r["colour_cast"], 3), _fmt(r["chroma"], 3),
+            _fmt(r["noise"], 4), _fmt(r["piqe"], 1), _fmt(r["seconds"], 2),
         ]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -483,7 +512,8 @@ def write_reports(results: Sequence[ImageResult], out_dir: Path, *, configuratio
     notes = ("PSNR/SSIM: scikit-image, RGB, data_range 1, outputs rounded to 8 bits; PSNR of identical images "
              f"capped at {PSNR_CAP:g} dB. mean: Rec.709 luma; exp. err: |mean - target|; clip: % of pixels "
              "with every channel 0 / some channel 255; cast: distance of the mean colour from grey in CbCr; "
-             "noise: skimage estimate_sigma. s/image: time to produce the output in this process (configurations with "
+             "chroma: mean per-pixel distance from grey in CbCr; noise: skimage estimate_sigma; PIQE: pypiqe "
+             "(lower is better; - without the package). s/image: time to produce the output in this process (configurations with "
              "the same weights share one network pass, which the first of them is charged for).\n")
     paths["markdown"].write_text("# dce-batch evaluate\n\n" + markdown_table(summary) + "\n" + notes)
     return paths

@@ -1,27 +1,30 @@
-"""Planning a run on the driver: every input's output name, what is refused, and what is already done.
+"""Planning a run on the driver: every input's output name, what is refused, what is already done.
 
 Everything here is columnar (pyarrow arrays and compute functions, no Python object per input),
-so a run over a million inputs is planned in seconds and holds each URI about once in memory
-(benchmarks/bench_planning.py). No Ray, no torch: plain functions tested with pytest.
+so a run over a million inputs is planned in seconds (benchmarks/bench_planning.py). No Ray, no
+torch: plain functions tested with pytest.
 
-Resume is settings-aware. Each output is made under a set of *output settings*: everything that
-changes its pixels or bytes (model sha256 and variant, the curves' scale, strength,
-requested precision, format and, for lossy formats, quality, plus finishing options). Their
-canonical JSON and its sha256 go into every manifest row. An input is skipped only when its latest
-``ok`` row has the same settings sha256 as this run would use and its output still exists; when
-finished outputs were made with other settings the run is refused with a message naming the
-differences, because the manifest would otherwise describe outputs that were never made.
+An input is **done** (skipped, with a row that repeats what the earlier run recorded) only when
+all of this holds for the latest ``ok`` row of its output:
+
+* the output file exists under OUTPUT (its path relative to OUTPUT, so a moved OUTPUT resumes);
+* the row was made from this input (its path relative to INPUT);
+* with the same output settings (:mod:`dce_batch.job.output_settings`); outputs made with other
+  settings refuse the run instead, naming the differences;
+* from the same input content, as far as the listing can tell: its size, and its modification
+  time (local disks) or ETag (object stores). An input whose fingerprint changed is redone and
+  counted (``changed``). A file touched without changing its bytes counts as changed too: the
+  listing cannot tell, and redoing it rewrites the same output. Rows from before fingerprints
+  were recorded (and inputs whose listing has none, e.g. list files without such columns) are
+  taken as unchanged.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import posixpath
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -30,32 +33,26 @@ import pyarrow.fs as pafs
 
 from dce_batch.errors import ConfigError, DceBatchError, StorageError, describe_error
 from dce_batch.imaging import DEFAULT_MAX_PIXELS, extension_for, format_of_extension, max_file_bytes, output_format_for_path
-from dce_batch.job.manifest import MANIFEST_SCHEMA, STATUS_ERROR, STATUS_SKIPPED, conform, latest_ok_rows
-from dce_batch.storage import MANIFEST_DIR, TEMP_NAME_PATTERN, InputFile, Location
+from dce_batch.job.manifest.schema import MANIFEST_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, conform
+from dce_batch.job.output_settings import describe_settings_change, settings_digest
+from dce_batch.storage import MANIFEST_DIR, TEMP_NAME_PATTERN, Location, walk_local_files
 
-__all__ = [
-    "OUTPUT_SETTINGS_VERSION",
-    "RESERVED_NAMES",
-    "Plan",
-    "describe_settings_change",
-    "input_table",
-    "output_relpath",
-    "output_settings",
-    "plan_run",
-    "settings_digest",
-]
-
-#: Bumped when the meaning of the output settings changes (old rows then never match).
-OUTPUT_SETTINGS_VERSION = 1
+__all__ = ["RESERVED_NAMES", "TODO_COLUMNS", "OutputFiles", "Plan", "input_table", "list_output_files",
+           "output_relpath", "plan_run"]
 
 #: Top-level names under OUTPUT that belong to dce_batch; no input may be written there.
 RESERVED_NAMES = frozenset({MANIFEST_DIR, "_report"})
 
-_LOSSY_FORMATS = frozenset({"JPEG", "WEBP"})
+#: Columns of :attr:`Plan.todo`, one row per input to enhance.
+TODO_COLUMNS = ("input_uri", "input_path", "input_relpath", "output_relpath", "output_path", "output_format",
+                "settings", "settings_sha256", "input_size", "input_mtime", "input_etag")
 
 # A relative path that could escape OUTPUT or is not a plain relative path (mirrors
 # storage.Location.child, which gives the exact message for the few rows that match).
 _UNSAFE_RELPATH = r"(^$)|(^/)|(//)|(/$)|((^|/)\.\.?(/|$))|\\|\x00|(^[A-Za-z][A-Za-z0-9+.\-]*://)"
+
+_FINGERPRINT = (("size", "input_size", pa.int64()), ("mtime", "input_mtime", pa.timestamp("ns", tz="UTC")),
+                ("etag", "input_etag", pa.string()))
 
 
 def output_relpath(relpath: str, fmt: str) -> str:
@@ -67,59 +64,16 @@ def output_relpath(relpath: str, fmt: str) -> str:
     return stem + extension_for(fmt)
 
 
-def output_settings(*, model_sha256: str, variant: str, scale: float, strength: float, precision: str,
-                    format: str, quality: int, output_format: str,
-                    finishing: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The settings that determine an output's pixels and bytes (see the module docstring).
-
-    ``precision`` is the *requested* one: ``auto`` may resolve to bf16 on one node and fp32 on
-    another (within one 8-bit step of each other), and the row's ``precision`` column records
-    what each node used.
-    """
-    return {
-        "version": OUTPUT_SETTINGS_VERSION,
-        "model_sha256": model_sha256,
-        "variant": variant,
-        # DCE-Net at scale 1 records None, as every version before the scale applied to it did:
-        # outputs made at full resolution then, or with --scale 1 now, are the same pixels.
-        "scale": None if variant == "full" and float(scale) == 1.0 else float(scale),
-        "strength": round(float(strength), 6),
-        "precision": precision,
-        "format": format,
-        "output_format": output_format,
-        "quality": int(quality) if output_format in _LOSSY_FORMATS else None,
-        "finishing": dict(finishing) if finishing else None,
-    }
-
-
-def settings_digest(settings: Mapping[str, Any]) -> tuple[str, str]:
-    """Canonical JSON of ``settings`` and its sha256."""
-    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
-    return text, hashlib.sha256(text.encode()).hexdigest()
-
-
-def describe_settings_change(before: str | None, after: str) -> str:
-    """``strength 1.0 -> 0.3, quality 95 -> 80`` from two settings JSON texts."""
-    if not before:
-        return "settings not recorded (made by dce_batch 0.1, before settings-aware resume)"
-    old, new = json.loads(before), json.loads(after)
-
-    def shown(key: str, value: Any) -> str:
-        # DCE-Net at full resolution records scale None (see output_settings): say what it means.
-        return "1.0 (full resolution)" if key == "scale" and value is None else repr(value)
-
-    changes = [f"{key} {shown(key, old.get(key))} -> {shown(key, new.get(key))}" for key in sorted(set(old) | set(new))
-               if old.get(key) != new.get(key)]
-    return ", ".join(changes) or "identical settings with a different digest"
-
-
-def input_table(inputs: list[InputFile]) -> pa.Table:
-    """A listing as the columnar table the planner takes (uri, path, relpath, size)."""
+def input_table(inputs) -> pa.Table:
+    """A list of :class:`~dce_batch.storage.InputFile` as the columnar listing the planner takes."""
     return pa.table({
         "uri": pa.array([f.uri for f in inputs], pa.string()),
         "path": pa.array([f.path for f in inputs], pa.string()),
         "relpath": pa.array([f.relpath for f in inputs], pa.string()),
         "size": pa.array([f.size for f in inputs], pa.int64()),
+        "mtime": pa.array([getattr(f, "mtime", None) for f in inputs], pa.timestamp("ns", tz="UTC")),
+        "etag": pa.array([getattr(f, "etag", None) for f in inputs], pa.string()),
+        "listing_error": pa.array([getattr(f, "listing_error", None) for f in inputs], pa.string()),
     })
 
 
@@ -127,9 +81,10 @@ def input_table(inputs: list[InputFile]) -> pa.Table:
 class Plan:
     """What a run will do. ``todo`` has one row per input to enhance; the others are manifest rows."""
 
-    todo: pa.Table  # input_uri, input_path, output_uri, output_path, output_format, settings, settings_sha256
+    todo: pa.Table  # TODO_COLUMNS
     skipped: pa.Table  # manifest rows, already done by an earlier run
-    refused: pa.Table  # manifest rows, refused before any work (unsafe or colliding names)
+    refused: pa.Table  # manifest rows, refused before any work (unsafe or colliding names, too large)
+    changed: int = 0  # inputs in ``todo`` whose earlier output was made from other content
 
     @property
     def total(self) -> int:
@@ -153,14 +108,14 @@ def _per_extension(relpaths: pa.Array, requested_format: str) -> tuple[pa.Array,
     rename = pc.take(pa.array(renames, pa.bool_()), index)
     stems = pc.replace_substring_regex(relpaths, r"\.[^./]*$", "")
     renamed = pc.binary_join_element_wise(stems, pc.take(pa.array(new_exts, pa.string()), index), "")
-    out_rel = pc.if_else(rename, renamed, relpaths)
-    return fmt_column, out_rel
+    return fmt_column, pc.if_else(rename, renamed, relpaths)
 
 
 def _keep(values, mask):
     """``values`` filtered by ``mask``, without a copy when every row is kept (the usual case)."""
-    return values if pc.all(mask).as_py() else pc.filter(values, mask) if not isinstance(values, pa.Table) \
-        else values.filter(mask)
+    if pc.all(mask).as_py():
+        return values
+    return values.filter(mask) if isinstance(values, pa.Table) else pc.filter(values, mask)
 
 
 def _join_path(base: str, rel: pa.Array) -> pa.Array:
@@ -168,32 +123,45 @@ def _join_path(base: str, rel: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(pa.scalar(prefix), rel, "")
 
 
-def _row_errors(table: pa.Table, errors: list[str], common: Mapping[str, Any]) -> pa.Table:
+def _column(listing: pa.Table, name: str, kind: pa.DataType) -> pa.Array:
+    if name in listing.column_names:
+        return listing[name].combine_chunks().cast(kind)
+    return pa.nulls(listing.num_rows, kind)
+
+
+def _refused_rows(table: pa.Table, errors: list[str], common: Mapping[str, Any]) -> pa.Table:
     now = datetime.now(timezone.utc)
-    return conform(pa.table({
-        "run_id": pa.array([common["run_id"]] * table.num_rows, pa.string()),
+    n = table.num_rows
+    columns = {
+        "run_id": pa.array([common["run_id"]] * n, pa.string()),
+        "input_relpath": table["relpath"],
         "input_uri": table["uri"],
-        "status": pa.array([STATUS_ERROR] * table.num_rows, pa.string()),
+        "status": pa.array([STATUS_ERROR] * n, pa.string()),
         "error": pa.array(errors, pa.string()),
-        "finished_at": pa.array([now] * table.num_rows, MANIFEST_SCHEMA.field("finished_at").type),
-        **{k: pa.array([v] * table.num_rows) for k, v in common.items() if k != "run_id"},
-    }))
+        "finished_at": pa.array([now] * n, MANIFEST_SCHEMA.field("finished_at").type),
+        **{k: pa.array([v] * n) for k, v in common.items() if k != "run_id"},
+    }
+    for source, target, kind in _FINGERPRINT:
+        columns[target] = _column(table, source, kind)
+    return conform(pa.table(columns))
 
 
-def plan_run(*, listing: pa.Table, input_fs: pafs.FileSystem, output: Location, run_id: str,
-             settings_for: Mapping[str, Mapping[str, Any]] | Any, requested_format: str,
+def plan_run(*, listing: pa.Table, output: Location, run_id: str,
+             settings_for: Callable[[str], Mapping[str, Any]], requested_format: str,
              row_constants: Mapping[str, Any], done: pa.Table | None,
-             existing_outputs: pa.Array | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Plan:
+             existing_outputs: pa.Array | None, max_pixels: int = DEFAULT_MAX_PIXELS,
+             input_root: Location | None = None) -> Plan:
     """Decide each input's output, refuse unsafe ones, and skip what is truly done.
 
     Args:
-        listing: ``uri, path, relpath, size`` of the inputs (sorted by relpath).
-        settings_for: a callable ``output_format -> settings dict`` (see :func:`output_settings`).
+        listing: ``uri, path, relpath, size`` and, when known, ``mtime`` and ``etag`` of the inputs.
+        settings_for: ``output_format -> settings dict`` (see :mod:`dce_batch.job.output_settings`).
         row_constants: columns every refused row carries (model name, sha, variant, ...).
-        done: the manifest's rows (all columns), or None when resuming is off.
-        existing_outputs: URIs of the files under OUTPUT (needed only when ``done`` has ok rows).
-        max_pixels: inputs listed as larger than any file of one such image can be
-            (:func:`~dce_batch.imaging.max_file_bytes`) are refused without being read.
+        done: the manifest's rows (any schema with the manifest's columns), or None (no resume).
+        existing_outputs: relative paths of the files under OUTPUT (needed when ``done`` has rows).
+        max_pixels: inputs listed as larger than any file of one such image can be are refused
+            without being read.
+        input_root: INPUT, when it is a folder inside OUTPUT: no output may be written into it.
     Raises:
         ConfigError: an output would overwrite an input, or finished outputs were made with other
             settings (the message names the differences and the choices).
@@ -204,12 +172,13 @@ def plan_run(*, listing: pa.Table, input_fs: pafs.FileSystem, output: Location, 
     first_part = pc.fill_null(pc.struct_field(pc.extract_regex(out_rel, r"^(?P<p>[^/]*)"), "p"), "")
     unsafe = pc.match_substring_regex(relpaths, _UNSAFE_RELPATH)
     reserved = pc.is_in(first_part, value_set=pa.array(sorted(RESERVED_NAMES)))
-    oversized = pc.fill_null(pc.greater(listing["size"].combine_chunks(), max_file_bytes(max_pixels)), False)
-    refused_mask = pc.or_(pc.or_(unsafe, reserved), oversized)
-
+    oversized = pc.fill_null(pc.greater(_column(listing, "size", pa.int64()), max_file_bytes(max_pixels)), False)
     output_path = _join_path(output.path, out_rel)
-    # Local paths are their own URIs: one array serves as both.
-    output_uri = output_path if output.uri == output.path else _join_path(output.uri, out_rel)
+    into_input = pa.array(np.zeros(len(out_rel), dtype=bool))
+    if input_root is not None and output.contains(input_root):
+        into_input = pc.starts_with(output_path, input_root.path.rstrip("/") + "/")
+    listing_error = _column(listing, "listing_error", pa.string())  # e.g. a file name that is not UTF-8
+    refused_mask = pc.or_(pc.or_(pc.or_(pc.or_(unsafe, reserved), oversized), into_input), pc.is_valid(listing_error))
 
     # Two inputs may not share an output (a.png and a.jpg with --format jpeg): the first claims it.
     candidates = pc.indices_nonzero(pc.invert(refused_mask))
@@ -231,39 +200,20 @@ def plan_run(*, listing: pa.Table, input_fs: pafs.FileSystem, output: Location, 
     # An output must never replace an input (OUTPUT == INPUT with a list file, say); only inputs
     # inside OUTPUT could be hit, so the full lookup runs only when there are some.
     inside = pc.starts_with(listing["path"], output.path.rstrip("/") + "/")
-    if type(input_fs) is type(output.filesystem) and pc.any(inside).as_py():
+    if pc.any(inside).as_py():
         clash = pc.and_(pc.invert(refused_mask), pc.is_in(output_path, value_set=listing["path"].combine_chunks()))
         if pc.any(clash).as_py():
             row = pc.indices_nonzero(clash)[0].as_py()
             raise ConfigError(f"the output for {listing['uri'][row].as_py()} would overwrite the input "
                               f"{output_path[row].as_py()}: choose another OUTPUT")
 
-    # Refused rows with messages (computed per row: they are few).
     refused_rows = pc.indices_nonzero(refused_mask)
-    refused = pa.table({"uri": pa.array([], pa.string())})
+    refused = listing.take(refused_rows)
     errors: list[str] = []
-    if len(refused_rows):
-        refused = listing.take(refused_rows)
-        for row in refused_rows.to_pylist():
-            rel, new_rel = relpaths[row].as_py(), out_rel[row].as_py()
-            if oversized[row].as_py():
-                size = listing["size"][row].as_py()
-                errors.append(f"ImageTooLargeError: the file is {size / 1e9:.2f} GB, more than any image of up to "
-                              f"{max_pixels / 1e6:g} MP takes ({max_file_bytes(max_pixels) / 1e9:.2f} GB), so it "
-                              "is not read; raise --max-pixels if it really is one image")
-                continue
-            if row in claimer:
-                errors.append(f"OutputCollisionError: {listing['uri'][claimer[row]].as_py()} already writes "
-                              f"{output_uri[row].as_py()}; rename one of them or use --format same")
-                continue
-            try:
-                output.child(rel)
-            except (DceBatchError, ValueError) as exc:
-                errors.append(describe_error(exc))
-                continue
-            errors.append(f"ReservedNameError: {rel} would be written into {output.uri}/{new_rel.split('/')[0]}, "
-                          "which dce_batch keeps for the run's manifest and report; rename or move the input")
-    refused_table = _row_errors(refused, errors, {"run_id": run_id, **row_constants})
+    for row in refused_rows.to_pylist():
+        rel, new_rel = relpaths[row].as_py(), out_rel[row].as_py()
+        errors.append(_refusal(listing, row, rel, new_rel, output, oversized, claimer, into_input, max_pixels))
+    refused_table = _refused_rows(refused, errors, {"run_id": run_id, **row_constants})
 
     keep = pc.invert(refused_mask)
     formats = _keep(fmt, keep)
@@ -274,50 +224,95 @@ def plan_run(*, listing: pa.Table, input_fs: pafs.FileSystem, output: Location, 
     input_uri = _keep(listing["uri"], keep)
     # Local inputs: the path is the URI, so one array serves as both.
     input_path = input_uri if listing["uri"].equals(listing["path"]) else _keep(listing["path"], keep)
-    kept_output_path = _keep(output_path, keep)
     todo = pa.table({
         "input_uri": input_uri,
         "input_path": input_path,
-        "output_uri": kept_output_path if output_uri is output_path else _keep(output_uri, keep),
-        "output_path": kept_output_path,
+        "input_relpath": _keep(relpaths, keep),
+        "output_relpath": _keep(out_rel, keep),
+        "output_path": _keep(output_path, keep),
         "output_format": formats,
         "settings": pa.DictionaryArray.from_arrays(index, pa.array([v[0] for v in settings_by_format.values()])),
         "settings_sha256": pa.DictionaryArray.from_arrays(index, pa.array([v[1] for v in settings_by_format.values()])),
+        **{target: _keep(_column(listing, source, kind), keep) for source, target, kind in _FINGERPRINT},
     })
-
-    skipped = MANIFEST_SCHEMA.empty_table()
+    skipped, changed = MANIFEST_SCHEMA.empty_table(), 0
     if done is not None and done.num_rows:
-        todo, skipped = _resume(todo, done, existing_outputs, run_id)
-    return Plan(todo=todo, skipped=skipped, refused=refused_table)
+        todo, skipped, changed = _resume(todo, done, existing_outputs, run_id)
+    return Plan(todo=todo, skipped=skipped, refused=refused_table, changed=changed)
 
 
-def _resume(todo: pa.Table, manifest: pa.Table, existing_outputs: pa.Array | None, run_id: str) -> tuple[pa.Table, pa.Table]:
-    """Split ``todo`` into what remains and skipped rows copied from the runs that made the outputs.
+def _refusal(listing, row, rel, new_rel, output, oversized, claimer, into_input, max_pixels) -> str:
+    known = _column(listing, "listing_error", pa.string())[row].as_py()
+    if known:
+        return known
+    if oversized[row].as_py():
+        size = listing["size"][row].as_py()
+        return (f"ImageTooLargeError: the file is {size / 1e9:.2f} GB, more than any image of up to "
+                f"{max_pixels / 1e6:g} MP takes ({max_file_bytes(max_pixels) / 1e9:.2f} GB), so it is not read; "
+                "raise --max-pixels if it really is one image")
+    if row in claimer:
+        return (f"OutputCollisionError: {listing['uri'][claimer[row]].as_py()} already writes "
+                f"{output.child_uri(new_rel)}; rename one of them or use --format same")
+    try:
+        output.child(rel)
+    except (DceBatchError, ValueError) as exc:
+        return describe_error(exc)
+    if into_input[row].as_py():
+        return (f"ReservedNameError: its output {output.child_uri(new_rel)} would be written inside INPUT, which lies "
+                "in OUTPUT, and a later run would take it for an input; rename the folder or choose another OUTPUT")
+    return (f"ReservedNameError: {rel} would be written into {output.uri}/{new_rel.split('/')[0]}, which dce_batch "
+            "keeps for the run's manifest and report; rename or move the input")
 
-    A hash lookup of each planned output among the outputs the manifest says were made (``index_in``,
-    linear in the manifest's size), then the same input and the same settings are required. Only
-    row numbers and key columns are handled until the end, so a million-row manifest is copied once.
-    """
-    rows = pc.indices_nonzero(pc.equal(manifest["status"].cast(pa.string()), "ok"))
-    keys = manifest.select(["output_uri", "input_uri", "settings_sha256", "finished_at"]).take(rows)
+
+def _latest_ok(manifest: pa.Table) -> pa.Table:
+    """Row number and key columns of the latest ``ok`` row of each output (fingerprints are read
+    later, for the matched rows only)."""
+    status = manifest["status"].cast(pa.string())
+    rows = pc.indices_nonzero(pc.and_(pc.equal(status, STATUS_OK), pc.is_valid(manifest["output_relpath"])))
+    keys = manifest.select(["output_relpath", "input_relpath", "settings_sha256", "finished_at"])
+    if len(rows) != manifest.num_rows:  # else every row is an ok one: no copy
+        keys = keys.take(rows)
     keys = keys.append_column("_row", rows)
-    if keys.num_rows and pc.count_distinct(keys["output_uri"]).as_py() < keys.num_rows:
-        keys = latest_ok_rows(keys.append_column("status", pa.array(["ok"] * keys.num_rows)))
+    if keys.num_rows and pc.count_distinct(keys["output_relpath"]).as_py() < keys.num_rows:
+        keys = keys.sort_by([("output_relpath", "ascending"), ("finished_at", "descending")])
+        out = keys["output_relpath"].combine_chunks()
+        first = pc.not_equal(out.slice(1), out.slice(0, len(out) - 1))
+        keys = keys.filter(pa.concat_arrays([pa.array([True]), first.fill_null(True)]))
+    return keys
+
+
+def _is_identity(indices: pa.Array) -> bool:
+    """Whether ``indices`` is 0, 1, ..., n-1."""
+    values = indices.to_numpy(zero_copy_only=False)
+    return bool(len(values) == 0 or (values[0] == 0 and values[-1] == len(values) - 1
+                                     and np.all(np.diff(values) == 1)))
+
+
+def _differs(old: pa.ChunkedArray, new: pa.Array) -> pa.Array:
+    """Where both sides are known and different (an unknown side never counts as a change)."""
+    return pc.fill_null(pc.not_equal(old, new), False)
+
+
+def _resume(todo: pa.Table, manifest: pa.Table, existing_outputs: pa.Array | None,
+            run_id: str) -> tuple[pa.Table, pa.Table, int]:
+    """Split ``todo`` into what remains, the skipped rows (copied from the runs that made the
+    outputs) and the number of inputs that changed since. Only row numbers and key columns are
+    handled until the end, so a million-row manifest is copied once."""
+    keys = _latest_ok(manifest)
     if existing_outputs is not None and keys.num_rows:
-        keys = _keep(keys, pc.is_in(keys["output_uri"], value_set=existing_outputs))
+        keys = _keep(keys, pc.is_in(keys["output_relpath"], value_set=existing_outputs))
     if keys.num_rows == 0:
-        return todo, MANIFEST_SCHEMA.empty_table()
-    position = pc.index_in(todo["output_uri"], value_set=keys["output_uri"].combine_chunks())
-    found = pc.is_valid(position)
+        return todo, MANIFEST_SCHEMA.empty_table(), 0
+    position = pc.index_in(todo["output_relpath"], value_set=keys["output_relpath"].combine_chunks())
     at = pc.fill_null(position, 0)
     # The same output from another input (a.png, then a.jpg with --format png) is not this input's.
-    same_input = pc.equal(pc.take(keys["input_uri"], at), todo["input_uri"])
-    matched = pc.and_(found, pc.fill_null(same_input, False))
+    same_input = pc.equal(pc.take(keys["input_relpath"], at), todo["input_relpath"])
+    matched = pc.and_(pc.is_valid(position), pc.fill_null(same_input, False))
     if not pc.any(matched).as_py():
-        return todo, MANIFEST_SCHEMA.empty_table()
+        return todo, MANIFEST_SCHEMA.empty_table(), 0
     position = _keep(position, matched)
-    wanted = todo.select(["settings", "settings_sha256"])
-    wanted = _keep(wanted, matched)
+    matched_rows = pc.indices_nonzero(matched)
+    wanted = todo.select(["settings", "settings_sha256"]).take(matched_rows)
     differs = pc.fill_null(pc.not_equal(pc.take(keys["settings_sha256"], position).cast(pa.string()),
                                         wanted["settings_sha256"].cast(pa.string())), True)
     earlier_rows = pc.take(keys["_row"], position)
@@ -334,40 +329,82 @@ def _resume(todo: pa.Table, manifest: pa.Table, existing_outputs: pa.Array | Non
             f"{len(conflicts)} of the outputs already in OUTPUT were made with other settings "
             f"({'; '.join(examples.values())}). Resuming would mix them with new ones and the manifest "
             "would describe outputs that were never made. Choose a new OUTPUT, run again with the "
-            "earlier settings, or pass --overwrite to redo everything"
-        )
-    earlier = manifest.take(earlier_rows)
+            "earlier settings, or pass --overwrite to redo everything")
+    # A fingerprint column that is null on either side everywhere (nothing recorded, or a source
+    # that does not say) cannot differ: skip it rather than copy a million nulls.
+    # Both sides are usually in the same order (listing and manifest sorted by name, one run
+    # having done everything): then the columns are compared as they are, without gathering.
+    every_row = len(matched_rows) == todo.num_rows  # matched_rows is 0..n-1
+    in_order = len(earlier_rows) == manifest.num_rows and _is_identity(earlier_rows)
+    changed_mask = pa.array(np.zeros(len(position), dtype=bool))
+    for _, target, _ in _FINGERPRINT:
+        if manifest[target].null_count == manifest.num_rows or todo[target].null_count == todo.num_rows:
+            continue
+        now = todo[target] if every_row else pc.take(todo[target], matched_rows)
+        then = manifest[target] if in_order else pc.take(manifest[target], earlier_rows)
+        changed_mask = pc.or_(changed_mask, _differs(then, now))  # chunk by chunk: no copies
+    changed = int(pc.sum(changed_mask.cast(pa.int64())).as_py() or 0)
+    unchanged = pc.invert(changed_mask).to_numpy(zero_copy_only=False)
+    skip_positions = matched_rows.to_numpy()[unchanged]
+    skip_mask = np.zeros(todo.num_rows, dtype=bool)
+    skip_mask[skip_positions] = True
+    earlier = manifest if in_order and changed == 0 else manifest.take(pc.filter(earlier_rows, pa.array(unchanged)))
+    # An unchanged input's recorded fingerprint is what the listing says now wherever both are
+    # known: only columns with rows recorded before fingerprints were need the listing's values.
+    renewed = ["input_uri"] + [target for _, target, _ in _FINGERPRINT if earlier[target].null_count]
+    now_seen = todo.select(renewed) if len(skip_positions) == todo.num_rows else \
+        todo.select(renewed).take(pa.array(skip_positions, pa.int64()))
     n = earlier.num_rows
     replacements = {
-        "run_id": pa.array([run_id] * n, pa.string()),
-        "status": pa.array([STATUS_SKIPPED] * n, pa.string()),
-        "made_by_run_id": pc.coalesce(earlier["made_by_run_id"], earlier["run_id"]),
-        "finished_at": pa.array([datetime.now(timezone.utc)] * n, MANIFEST_SCHEMA.field("finished_at").type),
+        "run_id": pa.repeat(pa.scalar(run_id, pa.string()), n),
+        "status": pa.repeat(pa.scalar(STATUS_SKIPPED, pa.string()), n),
+        "made_by_run_id": pc.coalesce(earlier["made_by_run_id"].cast(pa.string()), earlier["run_id"].cast(pa.string())),
+        "finished_at": pa.repeat(pa.scalar(datetime.now(timezone.utc), MANIFEST_SCHEMA.field("finished_at").type), n),
         "duration_ms": pa.nulls(n, pa.float32()),
         "worker": pa.nulls(n, pa.string()),
+        # Where and what the input is now (INPUT may have moved; rows made before fingerprints
+        # were recorded gain them here).
+        **{name: now_seen[name] for name in renewed},
     }
+    # Kept in the manifest's compact form (repetitive columns dictionary-encoded): a million
+    # skipped rows' settings JSON would otherwise take hundreds of MB; parts are written in the
+    # manifest's schema, slice by slice.
     skipped = earlier
     for name, column in replacements.items():
         index = skipped.schema.get_field_index(name)
-        skipped = skipped.set_column(index, pa.field(name, column.type), column)
-    return todo.filter(pc.invert(matched)), skipped
+        skipped = skipped.set_column(index, skipped.schema.field(name), column.cast(skipped.schema.field(name).type))
+    return todo.filter(pa.array(~skip_mask)), skipped, changed
 
 
 @dataclass(frozen=True)
 class OutputFiles:
     """What one listing of OUTPUT found."""
 
-    uris: pa.Array
-    """URIs of the finished files (what resume checks outputs against)."""
+    relpaths: pa.Array
+    """Paths of the finished files, relative to OUTPUT (what resume checks outputs against)."""
     unfinished: list[str]
-    """Paths of temp files (``.<name>.<hex>.tmp``): writes that a killed writer never renamed."""
+    """Paths of temp files (``.<name>.<hex>.tmp``) of runs of this OUTPUT that a killed writer
+    never renamed (see :func:`list_output_files`)."""
+
+    @property
+    def nested_outputs(self) -> list[str]:
+        """Folders (relative to OUTPUT) that hold another job's manifest: another OUTPUT nested here."""
+        nested = self.relpaths.filter(pc.match_substring(self.relpaths, f"/{MANIFEST_DIR}/"))
+        return sorted({r.split(f"/{MANIFEST_DIR}/")[0] for r in nested.to_pylist()})
 
 
-def list_output_files(output: Location) -> OutputFiles:
-    """Every file under OUTPUT, in one listing instead of a request per output."""
+def list_output_files(output: Location, *, temp_tags: frozenset[str] = frozenset(),
+                      input_root: Location | None = None) -> OutputFiles:
+    """Every file under OUTPUT, in one listing instead of a request per output.
+
+    Temp files are reported as unfinished only when they are this OUTPUT's own: their tag (the
+    first six hex digits, see :func:`dce_batch.storage.io.temp_name`) is one of ``temp_tags`` (the
+    runs of this OUTPUT), and they lie neither inside INPUT nor inside another job's OUTPUT
+    nested here (a folder with its own ``_manifest``), whose writes may be in flight.
+    """
     base = output.path.rstrip("/")
     if isinstance(output.filesystem, pafs.LocalFileSystem):
-        paths = _walk_local(base)
+        paths = walk_local_files(base)
     else:
         selector = pafs.FileSelector(output.path, allow_not_found=True, recursive=True)
         try:
@@ -376,32 +413,23 @@ def list_output_files(output: Location) -> OutputFiles:
             raise StorageError(f"cannot list {output.uri} to check which outputs exist: {exc}") from exc
         paths = pa.array([info.path for info in infos if info.type == pafs.FileType.File], pa.string())
         del infos
-    is_temp = pc.match_substring_regex(paths, TEMP_NAME_PATTERN)
-    unfinished = paths.filter(is_temp).to_pylist()
-    relative = pc.utf8_slice_codeunits(paths.filter(pc.invert(is_temp)), start=len(base))
-    return OutputFiles(pc.binary_join_element_wise(pa.scalar(output.uri.rstrip("/")), relative, ""), unfinished)
-
-
-def _walk_local(base: str) -> pa.Array:
-    """Every file under ``base`` as Arrow strings, folder by folder (no object per file kept)."""
-    chunks: list[pa.Array] = []
-    pending = [base]
-    try:
-        while pending:
-            folder = pending.pop()
-            names = []
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append(entry.path)
-                    else:
-                        names.append(entry.path)
-            if names:
-                chunks.append(pa.array(names, pa.string()))
-    except FileNotFoundError:
-        if not chunks and not os.path.exists(base):
-            return pa.array([], pa.string())
-        raise
-    except OSError as exc:
-        raise StorageError(f"cannot list {base} to check which outputs exist: {exc}") from exc
-    return pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
+    relative = pc.utf8_slice_codeunits(paths, start=len(base) + 1)
+    is_temp = pc.match_substring_regex(relative, TEMP_NAME_PATTERN)
+    ours = pa.array([], pa.string())
+    if temp_tags and pc.any(is_temp).as_py():
+        candidates = relative.filter(is_temp).to_pylist()
+        foreign_roots = set(OutputFiles(relative, []).nested_outputs)
+        inside_input = input_root.path.rstrip("/") + "/" if input_root is not None and output.contains(input_root) else None
+        kept = []
+        for rel in candidates:
+            tag = rel.rsplit(".", 2)[-2][:6]
+            if tag not in temp_tags:
+                continue
+            if any(rel.startswith(root + "/") for root in foreign_roots):
+                continue
+            if inside_input and f"{base}/{rel}".startswith(inside_input):
+                continue
+            kept.append(f"{base}/{rel}")
+        ours = pa.array(kept, pa.string())
+    finished = relative.filter(pc.invert(is_temp))
+    return OutputFiles(finished, ours.to_pylist())

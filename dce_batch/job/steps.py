@@ -9,7 +9,7 @@ Three steps with no Ray in them, so they are tested with plain pytest:
 
 :class:`ImageProcessor` chains the three for one CPU actor of the enhancement job (the fused
 pipeline); on GPU nodes the job runs the reader and writer as CPU tasks around GPU actors that
-only enhance (see :mod:`dce_batch.job.pipeline`), passing :class:`ImageState` objects between them.
+only enhance (see :mod:`dce_batch.job.engines.ray`), passing :class:`ImageState` objects between them.
 
 A bad input never raises: it becomes an ``error`` row saying why, so one corrupt file never fails
 its batch. A failure to write OUTPUT (full, read-only, unreachable) raises
@@ -20,6 +20,7 @@ what was written.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import errno
 import logging
 import time
@@ -31,7 +32,7 @@ import pyarrow.fs as pafs
 from dce_batch.errors import DceBatchError, ImageTooLargeError, OutputWriteError, StorageError, describe_error
 from dce_batch.imaging import DEFAULT_MAX_PIXELS, DecodedImage, EncodeOptions, decode_image, encode_image, mean_luminance
 from dce_batch.job.manifest import STATUS_ERROR, STATUS_OK, ManifestRow
-from dce_batch.storage import read_bytes, write_bytes_atomic
+from dce_batch.storage import read_bytes, temp_tag, write_bytes_atomic
 
 __all__ = ["ImageProcessor", "ImageReader", "ImageState", "ImageWriter", "WorkItem", "wait_for_writes"]
 
@@ -47,12 +48,23 @@ class WorkItem:
     """One planned input -> output pair (planned by the driver before anything is decoded)."""
 
     input_uri: str
-    output_uri: str
+    input_relpath: str  # under INPUT: the input's identity in the manifest
+    output_relpath: str  # under OUTPUT
     output_path: str  # path in the output filesystem
     output_format: str  # Pillow format name the output is written in (matches its extension)
     input_path: str | None = None  # path in the input filesystem (None: bytes come from elsewhere)
     settings: str | None = None
     settings_sha256: str | None = None
+    input_size: int | None = None  # the input's fingerprint, as listed
+    input_mtime: object = None
+    input_etag: str | None = None
+
+    @classmethod
+    def batch_from_table(cls, table) -> list["WorkItem"]:
+        """Items from planned rows (:data:`dce_batch.job.plan.TODO_COLUMNS`)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        columns = {name: table[name].to_pylist() for name in names if name in table.column_names}
+        return [cls(**{name: values[i] for name, values in columns.items()}) for i in range(table.num_rows)]
 
 
 @dataclass
@@ -67,9 +79,10 @@ class ImageState:
 
 
 def _new_row(item: WorkItem, run_id: str, constants: dict) -> ManifestRow:
-    return ManifestRow(input_uri=item.input_uri, output_uri=item.output_uri, status=STATUS_ERROR,
-                       output_format=item.output_format, run_id=run_id, settings=item.settings,
-                       settings_sha256=item.settings_sha256, made_by_run_id=run_id, **constants)
+    return ManifestRow(input_uri=item.input_uri, input_relpath=item.input_relpath, output_relpath=item.output_relpath,
+                       status=STATUS_ERROR, output_format=item.output_format, run_id=run_id, settings=item.settings,
+                       settings_sha256=item.settings_sha256, made_by_run_id=run_id, input_size=item.input_size,
+                       input_mtime=item.input_mtime, input_etag=item.input_etag, **constants)
 
 
 class ImageReader:
@@ -131,9 +144,11 @@ class ImageReader:
 class ImageWriter:
     """Encodes enhanced pixels, writes them atomically and completes the rows."""
 
-    def __init__(self, encode: EncodeOptions, output_filesystem: pafs.FileSystem) -> None:
+    def __init__(self, encode: EncodeOptions, output_filesystem: pafs.FileSystem, run_id: str = "") -> None:
         self.encode = encode
         self.output_filesystem = output_filesystem
+        # Temp files carry the run's tag: a later run of this OUTPUT removes exactly its debris.
+        self.temp_tag = temp_tag(run_id) if run_id else None
 
     def encode_state(self, state: ImageState) -> bytes | None:
         """The output bytes, or None with the row's error set (the image cannot be encoded)."""
@@ -156,7 +171,7 @@ class ImageWriter:
     def write(self, state: ImageState, data: bytes) -> None:
         """Write one output; per-name failures become the row's error, anything else raises."""
         try:
-            write_bytes_atomic(self.output_filesystem, state.item.output_path, data)
+            write_bytes_atomic(self.output_filesystem, state.item.output_path, data, temp_tag=self.temp_tag)
         except StorageError as exc:
             cause = exc.__cause__
             if isinstance(cause, OSError) and cause.errno in _PER_NAME_ERRNOS:
@@ -174,7 +189,7 @@ class ImageWriter:
         row = state.row
         row.duration_ms = (time.time() - state.started) * 1000.0
         if row.status != STATUS_OK:  # nothing was written: no output to point at
-            row.output_uri = row.output_format = None
+            row.output_relpath = row.output_format = None
             row.settings = row.settings_sha256 = row.made_by_run_id = None
         return row
 
@@ -213,7 +228,7 @@ class ImageProcessor:
         self.enhancer = enhancer
         self.reader = ImageReader(input_filesystem, run_id=run_id, row_constants=constants, max_pixels=max_pixels,
                                   limit_reason=limit_reason)
-        self.writer = ImageWriter(encode, output_filesystem)
+        self.writer = ImageWriter(encode, output_filesystem, run_id)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=_IO_THREADS, thread_name_prefix="dce-io")
 
     def enhance_state(self, state: ImageState) -> None:

@@ -11,6 +11,7 @@ failure the SDK does not retry (an error answer to a GET of a tiny object, see
 
 from __future__ import annotations
 
+import hashlib
 import mimetypes
 import os
 import posixpath
@@ -23,9 +24,11 @@ import pyarrow.fs as pafs
 
 from dce_batch.errors import StorageError
 from dce_batch.storage.aws import PortableS3FileSystem
+from dce_batch.storage.local_tree import walk_local_files
+from dce_batch.storage.s3_errors import S3Failure, pyarrow_failure
 from dce_batch.storage.uris import display, fsspec_protocol, get_info, storage_error
 
-__all__ = ["TEMP_NAME_PATTERN", "delete_tree_contents", "exists", "list_files", "read_bytes", "remove_files",
+__all__ = ["TEMP_NAME_PATTERN", "delete_tree_contents", "temp_tag", "exists", "list_files", "read_bytes", "remove_files",
            "write_bytes_atomic", "writes_via_temp_files"]
 
 # fsspec protocols whose single upload is already atomic (the object appears only when complete).
@@ -33,14 +36,6 @@ __all__ = ["TEMP_NAME_PATTERN", "delete_tree_contents", "exists", "list_files", 
 _OBJECT_STORE_PROTOCOLS = frozenset(
     {"gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "hf", "memory", "r2", "b2", "wasb", "wasbs"}
 )
-
-
-# pyarrow reads an S3 object into a buffer of exactly the object's size. When S3 answers that GET
-# with an error (503 SlowDown, 500 InternalError), the AWS SDK writes the XML error body into the
-# same buffer; for objects smaller than that body (a few hundred bytes) it overflows, and the SDK
-# reports "Failed to flush response stream" (INTERNAL_FAILURE), which it does not retry. Found
-# with tests/fault_proxy.py; read_bytes retries exactly this, nothing else.
-_OVERFLOWED_ERROR_BODY = "Failed to flush response stream"
 
 
 def _backoff_s(attempt: int) -> float:
@@ -59,7 +54,12 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
             with fs.open_input_stream(path, compression=None) as stream:
                 return stream.read()
         except OSError as exc:
-            if attempt + 1 < attempts and _OVERFLOWED_ERROR_BODY in str(exc):
+            # pyarrow reads an S3 object into a buffer of exactly the object's size. When S3
+            # answers that GET with an error (503 SlowDown, 500 InternalError), the AWS SDK writes
+            # the XML error body into the same buffer; for objects smaller than that body (a few
+            # hundred bytes) it overflows, and the SDK reports an internal failure that it does not
+            # retry. Found with tests/fault_proxy.py; retried here, and nothing else is.
+            if attempt + 1 < attempts and pyarrow_failure(exc) is S3Failure.OVERFLOWED_ERROR_BODY:
                 time.sleep(_backoff_s(attempt))
                 continue
             raise storage_error(exc, "read", fs, path) from exc
@@ -90,7 +90,11 @@ def list_files(fs: pafs.FileSystem, path: str) -> set[str]:
     """Paths of every file under the folder ``path`` (recursive); empty if it does not exist.
 
     One listing instead of a request per file: how a resumed run checks which outputs exist.
+    Local folders: see :func:`~dce_batch.storage.local_tree.walk_local_files` (links are not
+    followed; names that are not UTF-8 are escaped).
     """
+    if isinstance(fs, pafs.LocalFileSystem):
+        return set(walk_local_files(path).to_pylist())
     selector = pafs.FileSelector(path, allow_not_found=True, recursive=True)
     infos = get_info(fs, selector, "list", path)
     return {info.path for info in infos if info.type == pafs.FileType.File}
@@ -106,12 +110,21 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
 TEMP_NAME_PATTERN = r"(^|/)\.[^/]+\.[0-9a-f]{12}\.tmp$"
 
 
-def temp_name(path: str) -> str:
-    """Hidden temp name next to ``path``: skipped by listings, recognisable as debris."""
+def temp_tag(owner: str) -> str:
+    """Six hex digits naming who writes a temp file (a run), so that its debris can be told from
+    the in-flight writes of anyone else."""
+    return hashlib.sha256(owner.encode()).hexdigest()[:6]
+
+
+def temp_name(path: str, tag: str | None = None) -> str:
+    """Hidden temp name next to ``path`` (``.<name>.<tag><random>.tmp``, 12 hex digits in all):
+    skipped by listings, recognisable as debris, and as whose debris when ``tag`` is given."""
     folder, name = posixpath.split(path)
     # Keep within the usual 255-byte name limit even for long names.
     stem = name.encode("utf-8")[:200].decode("utf-8", "ignore")
-    return posixpath.join(folder, f".{stem}.{uuid.uuid4().hex[:12]}.tmp")
+    random = uuid.uuid4().hex
+    hex12 = (tag + random[: 12 - len(tag)]) if tag else random[:12]
+    return posixpath.join(folder, f".{stem}.{hex12}.tmp")
 
 
 def writes_via_temp_files(fs: pafs.FileSystem) -> bool:
@@ -139,11 +152,11 @@ def remove_files(fs: pafs.FileSystem, paths: list[str]) -> int:
     return removed
 
 
-def _write_local_atomic(path: str, data: bytes) -> None:
+def _write_local_atomic(path: str, data: bytes, tag: str | None = None) -> None:
     """Temp file in the same folder, fsync, rename over the final name."""
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    temp = temp_name(path)
+    temp = temp_name(path, tag)
     # os.open with 0o666 lets the umask decide permissions, as for any normally created file
     # (tempfile.mkstemp would leave outputs readable by their owner only).
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -180,17 +193,18 @@ def _write_stream(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         stream.close()
 
 
-def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes, *, temp_tag: str | None = None) -> None:
     """Write ``data`` to ``path`` so that no half-written file is ever visible under its name.
 
     Local disks: temp file (``.<name>.<random>.tmp``) in the same folder, fsync, atomic rename.
     S3 and object stores: one PUT / multipart upload is already atomic, so write directly.
     Other fsspec filesystems: temp file then move. Parent folders are created as needed
-    (but no folder-marker objects on S3).
+    (but no folder-marker objects on S3). ``temp_tag`` (:func:`temp_tag`) marks the temp file as
+    the writer's, so that only its own debris is ever cleaned up.
     """
     try:
         if isinstance(fs, pafs.LocalFileSystem):
-            _write_local_atomic(path, data)
+            _write_local_atomic(path, data, temp_tag)
         elif isinstance(fs, pafs.S3FileSystem):
             _write_stream(fs, path, data)
         else:
@@ -200,7 +214,7 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
             if fsspec_protocol(fs) in _OBJECT_STORE_PROTOCOLS:
                 _write_stream(fs, path, data)
             else:
-                temp = temp_name(path)
+                temp = temp_name(path, temp_tag)
                 try:
                     _write_stream(fs, temp, data)
                     fs.move(temp, path)

@@ -16,8 +16,9 @@ from urllib.parse import unquote, urlsplit
 
 import pyarrow.fs as pafs
 
-from dce_batch.errors import ConfigError, StorageError
+from dce_batch.errors import ConfigError, CredentialsError, StorageError
 from dce_batch.storage.aws import PortableS3FileSystem, S3Options, s3_filesystem
+from dce_batch.storage.s3_errors import S3Failure, s3_failure
 
 __all__ = ["Location", "filesystem_for"]
 
@@ -64,8 +65,15 @@ def local_path(scheme: str, rest: str) -> str:
 
 
 def require_uri(uri: str) -> str:
+    """``uri`` without surrounding blanks; ConfigError if it is empty or not valid UTF-8."""
     if not isinstance(uri, str) or not uri.strip():
         raise ConfigError("an empty path or URI was given; pass a folder, file or s3:// URI")
+    try:
+        uri.encode("utf-8")
+    except UnicodeEncodeError:  # bytes from the command line that are not UTF-8
+        shown = uri.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ConfigError(f"the path {shown!r} is not valid UTF-8 (the bytes shown as \\xNN); rename it, "
+                          "or name it through a folder or a list file") from None
     return uri.strip()
 
 
@@ -174,64 +182,72 @@ def fs_kind(fs: pafs.FileSystem) -> tuple[str, str | None]:
 # Errors
 # --------------------------------------------------------------------------------------------
 
-_ACCESS_MARKERS = (
-    "ACCESS_DENIED", "ACCESSDENIED", "INVALID_ACCESS_KEY_ID", "INVALIDACCESSKEYID",
-    "SIGNATURE_DOES_NOT_MATCH", "SIGNATUREDOESNOTMATCH", "EXPIRED_TOKEN", "EXPIREDTOKEN",
-    "HTTP RESPONSE CODE: 403", "HTTP STATUS 403",
-)
-_THROTTLE_MARKERS = ("SLOW_DOWN", "SLOWDOWN", "THROTTL", "HTTP STATUS 503", "HTTP STATUS 429",
-                     "SERVICE_UNAVAILABLE", "SERVICEUNAVAILABLE")
-_SERVER_MARKERS = ("INTERNAL_FAILURE", "INTERNALERROR", "HTTP STATUS 500", "HTTP STATUS 502",
-                   "HTTP STATUS 504")
-_TIMEOUT_MARKERS = ("REQUEST_TIMEOUT", "CURLCODE: 28", "TIMEOUT WAS REACHED", "TIMED OUT")
-
-
 def _attempts(fs: pafs.FileSystem) -> str:
     if isinstance(fs, PortableS3FileSystem):
         return f"{fs.options.max_attempts} attempts"
     return "its retries"
 
 
-def storage_error(exc: BaseException, action: str, fs: pafs.FileSystem, path: str) -> StorageError:
-    """Turn a low-level error into a StorageError that says what to check.
-
-    The message is built from pyarrow's error text, which names the operation and the S3 error
-    code but never credentials.
-    """
-    where = display(fs, path)
-    text = str(exc)
-    upper = text.upper()
-    is_s3 = isinstance(fs, pafs.S3FileSystem)
-    endpoint = s3_endpoint(fs) if is_s3 else None
+def _s3_reason(kind: S3Failure, exc: BaseException, fs: pafs.FileSystem, path: str) -> tuple[type[StorageError], str]:
+    """The error type and the reason (what to check) for an S3 failure of ``kind``."""
+    endpoint = s3_endpoint(fs)
     endpoint_text = f"endpoint {endpoint}" if endpoint else "the AWS endpoint"
-
-    if is_s3 and ("NO_SUCH_BUCKET" in upper or "NOSUCHBUCKET" in upper):
+    text = str(exc)
+    if kind is S3Failure.NO_SUCH_BUCKET:
         bucket = path.split("/", 1)[0]
-        reason = (
-            f"bucket {bucket!r} does not exist ({endpoint_text}; check the bucket name and "
-            "AWS_ENDPOINT_URL / --s3-endpoint)"
-        )
-    elif is_s3 and any(marker in upper for marker in _ACCESS_MARKERS):
-        reason = (
+        return StorageError, (f"bucket {bucket!r} does not exist ({endpoint_text}; check the bucket name and "
+                              "AWS_ENDPOINT_URL / --s3-endpoint)")
+    if kind is S3Failure.TOKEN_REJECTED:
+        return CredentialsError, (
+            f"the credentials were rejected by {endpoint_text}: the session token has expired or is not valid. "
+            "Renew the temporary credentials (`aws sso login`, or a new AWS_SESSION_TOKEN together with its "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), and check that no AWS_SESSION_TOKEN is left over "
+            "from another session")
+    if kind is S3Failure.KEYS_REJECTED:
+        return CredentialsError, (
+            f"the credentials were rejected by {endpoint_text}: the access key is unknown there or the secret "
+            "key does not match it. Check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the profile's keys, "
+            "AWS_PROFILE) and that they belong to this endpoint (AWS_ENDPOINT_URL / --s3-endpoint)")
+    if kind is S3Failure.REJECTED_WITHOUT_CODE:
+        return CredentialsError, (
+            f"{endpoint_text} refused the request with HTTP 400 and no error code, which is how S3 answers a "
+            "request whose credentials it rejects: most often an expired or invalid session token. Renew the "
+            "temporary credentials (`aws sso login`, or a new AWS_SESSION_TOKEN with its AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY; unset a stale AWS_SESSION_TOKEN), and check that the keys and AWS_REGION "
+            f"belong to this endpoint ({text})")
+    if kind is S3Failure.ACCESS_DENIED:
+        return StorageError, (
             f"access denied by {endpoint_text} (check the credentials this node gets from "
             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, AWS_PROFILE or its "
-            "instance/pod role, and that they may access this bucket)"
-        )
-    elif is_s3 and any(marker in upper for marker in _THROTTLE_MARKERS):
-        reason = (
-            f"{endpoint_text} kept asking to slow down (throttling) after {_attempts(fs)}; "
-            f"lower --num-actors or raise AWS_MAX_ATTEMPTS. ({text})"
-        )
-    elif is_s3 and any(marker in upper for marker in _TIMEOUT_MARKERS):
-        reason = f"{endpoint_text} did not answer in time after {_attempts(fs)} ({text})"
-    elif is_s3 and ("NETWORK_CONNECTION" in upper or "CURLCODE" in upper):
-        reason = (
-            f"cannot connect to {endpoint_text} (check AWS_ENDPOINT_URL / --s3-endpoint and that "
-            f"the server is running and reachable from this node; tried {_attempts(fs)})"
-        )
-    elif is_s3 and any(marker in upper for marker in _SERVER_MARKERS):
-        reason = f"{endpoint_text} kept failing with server errors after {_attempts(fs)} ({text})"
-    elif isinstance(exc, FileNotFoundError) and isinstance(fs, pafs.LocalFileSystem) and os.path.islink(path):
+            "instance/pod role, and that they may access this bucket)")
+    if kind is S3Failure.THROTTLED:
+        return StorageError, (f"{endpoint_text} kept asking to slow down (throttling) after {_attempts(fs)}; "
+                              f"lower --num-actors or raise AWS_MAX_ATTEMPTS. ({text})")
+    if kind is S3Failure.TIMEOUT:
+        return StorageError, f"{endpoint_text} did not answer in time after {_attempts(fs)} ({text})"
+    if kind is S3Failure.UNREACHABLE:
+        return StorageError, (f"cannot connect to {endpoint_text} (check AWS_ENDPOINT_URL / --s3-endpoint and "
+                              f"that the server is running and reachable from this node; tried {_attempts(fs)})")
+    if kind is S3Failure.NO_CREDENTIALS:
+        return CredentialsError, f"no usable AWS credentials: {text}"
+    # SERVER_ERROR, and OVERFLOWED_ERROR_BODY when its retries ran out: the server kept failing.
+    return StorageError, f"{endpoint_text} kept failing with server errors after {_attempts(fs)} ({text})"
+
+
+def storage_error(exc: BaseException, action: str, fs: pafs.FileSystem, path: str) -> StorageError:
+    """Turn a low-level error into a StorageError (CredentialsError when S3 rejected the
+    credentials) that says what to check.
+
+    S3 failures are recognised by :func:`~dce_batch.storage.s3_errors.s3_failure` (botocore's
+    error codes, or the one table of pyarrow's wording); local ones by their exception class.
+    Messages name the operation and the S3 error code, never credentials.
+    """
+    where = display(fs, path)
+    kind = s3_failure(exc) if isinstance(fs, pafs.S3FileSystem) else None
+    if kind is not None:
+        error_type, reason = _s3_reason(kind, exc, fs, path)
+        return error_type(f"cannot {action} {where}: {reason}")
+    if isinstance(exc, FileNotFoundError) and isinstance(fs, pafs.LocalFileSystem) and os.path.islink(path):
         reason = f"a broken symbolic link (its target {os.readlink(path)} does not exist)"
     elif isinstance(exc, FileNotFoundError):
         reason = "no such file or object"
@@ -242,7 +258,7 @@ def storage_error(exc: BaseException, action: str, fs: pafs.FileSystem, path: st
     elif isinstance(exc, NotADirectoryError):
         reason = "a parent of it is a file, not a folder"
     else:
-        reason = text or type(exc).__name__
+        reason = str(exc) or type(exc).__name__
     return StorageError(f"cannot {action} {where}: {reason}")
 
 

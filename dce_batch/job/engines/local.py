@@ -1,12 +1,12 @@
 """The job on one machine without a cluster: a pool of worker processes, one per CPU.
 
 Starting Ray costs a laptop seconds of its few cores (its own processes, then actors that import
-torch): on 2 CPUs, about 12 core-seconds for DICM's 64 photos, a third of the work itself
-(benchmarks/bench_pipeline.py). For a collection that small, the job runs the very same
-:class:`~dce_batch.job.steps.ImageProcessor` in local worker processes instead, forked from a
+torch): for a collection of a few hundred photos that is a large share of the work
+(benchmarks/bench_pipeline.py). So with no cluster around, the job runs the very same
+:class:`~dce_batch.job.worker.EnhanceWorker` in local worker processes instead, forked from a
 server that imported torch while the driver planned, so a worker is ready in milliseconds. Rows,
-the crash journal, resume, exit codes and outputs are the same as with Ray; larger collections,
-GPUs and existing clusters use Ray (see :func:`dce_batch.job.pipeline.choose_engine`).
+parts, resume, exit codes and outputs are the same as on Ray; larger collections, GPUs and
+existing clusters use Ray (see :func:`dce_batch.job.driver.choose_engine`).
 """
 
 from __future__ import annotations
@@ -14,19 +14,21 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
-from typing import Any, Iterator
+from typing import Iterator
 
 import pyarrow as pa
 
-from dce_batch.job.manifest import rows_to_table, write_pending_part
+from dce_batch.errors import OutputWriteError, WorkerLostError
+from dce_batch.job.manifest.parts import BatchRows
+from dce_batch.job.sizing import WorkerPlan, plan_workers
+from dce_batch.job.steps import WorkItem
 
-__all__ = ["LocalPool"]
+__all__ = ["LocalEngine"]
 
 # Imported once by the fork server, before any worker is forked from it.
-_PRELOAD = ["dce_batch.job.engines.forkserver_guard", "torch", "dce_batch.enhance.enhancer", "dce_batch.job.steps", "dce_batch.enhance.weights"]
+_PRELOAD = ["dce_batch.job.engines.forkserver_guard", "torch", "dce_batch.enhance.enhancer", "dce_batch.job.worker"]
 
-_processor = None  # the worker process's ImageProcessor
-_journal: tuple[Any, str, str, str] | None = None
+_worker = None  # the worker process's EnhanceWorker
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -39,32 +41,21 @@ def _context() -> multiprocessing.context.BaseContext:
 
 def _init_worker(config, weights_blob: bytes, weights_name: str, output, pixel_limit: int,
                  limit_reason: str | None) -> None:
-    global _processor, _journal
-    import torch
-
-    from dce_batch.enhance.enhancer import Enhancer
-    from dce_batch.job.steps import ImageProcessor
-    from dce_batch.storage import MANIFEST_DIR
-    from dce_batch.enhance.weights import load_weights
+    global _worker
+    from dce_batch.job.worker import EnhanceWorker, writer_name
 
     _die_with_parent()
-    torch.set_num_threads(1)  # one worker per CPU
-    weights = load_weights(weights_blob, name=weights_name)
-    enhancer = Enhancer(weights, config.inference_config(weights.meta.variant))
-    worker = f"local/pid{os.getpid()}"
-    _processor = ImageProcessor(enhancer, config.encode_options(), None, output.filesystem,
-                                run_id=config.run_id, worker=worker, max_pixels=pixel_limit,
-                                limit_reason=limit_reason)
-    _journal = (output.filesystem, output.child(MANIFEST_DIR), config.run_id, worker)
+    _worker = EnhanceWorker(config, weights_blob, weights_name, output, pixel_limit=pixel_limit,
+                            limit_reason=limit_reason, worker=f"local/pid{os.getpid()}",
+                            writer=writer_name("l"), threads=1)
 
 
 def _die_with_parent() -> None:
     """Linux: end this worker when the fork server (which ends with the driver) ends.
 
-    (See :mod:`dce_batch.job.engines.forkserver_guard` for the fork server's side.)
-
-    A driver killed with SIGKILL must not leave workers enhancing on: a run started after it
-    could plan the same images while they finish.
+    (See :mod:`dce_batch.job.engines.forkserver_guard` for the fork server's side.) A driver
+    killed with SIGKILL must not leave workers enhancing on: a run started after it could plan
+    the same images while they finish.
     """
     try:
         import ctypes
@@ -75,61 +66,83 @@ def _die_with_parent() -> None:
         pass
 
 
-def _process(items: list, input_filesystem) -> bytes:
-    """Worker: one batch of items; returns its rows (Arrow IPC bytes), journalled first."""
-    _processor.reader.input_filesystem = input_filesystem  # known once the inputs are listed
-    rows = rows_to_table(_processor.process_batch(items))
-    fs, manifest_path, run_id, worker = _journal
-    write_pending_part(fs, manifest_path, run_id, worker, rows)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, rows.schema) as stream:
-        stream.write_table(rows)
-    return sink.getvalue().to_pybytes()
+def _process(items: list[WorkItem], input_filesystem) -> BatchRows:
+    """Worker: one batch of items; its rows, in the worker's rolling part."""
+    return _worker.process(items, input_filesystem)
 
 
-class LocalPool:
-    """``workers`` processes that each hold an ImageProcessor; :meth:`run` streams rows back."""
+def _available_memory() -> float:
+    try:
+        import psutil
 
-    def __init__(self, workers: int, init_args: tuple, plan: Any = None) -> None:
-        self.workers = workers
-        self.plan = plan  # what it was sized by (pipeline.ActorPool), for the run's summary
+        return float(psutil.virtual_memory().available)
+    except ImportError:  # psutil comes with Ray; a bare install may lack it
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+class LocalEngine:
+    """Worker processes on this machine; :meth:`batches` streams each finished batch back."""
+
+    name = "local"
+
+    def __init__(self, config, output, weights_blob: bytes, weights_name: str) -> None:
+        self.config = config
+        self.plan_ = plan_workers(config, {"CPU": float(os.cpu_count() or 1), "memory": _available_memory() * 0.8},
+                                  local_cluster=True)
+        self.workers = self.plan_.max_size
         self._executor = concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers, mp_context=_context(), initializer=_init_worker, initargs=init_args)
+            max_workers=self.workers, mp_context=_context(), initializer=_init_worker,
+            initargs=(config, weights_blob, weights_name, output, self.plan_.image_pixel_limit,
+                      self.plan_.limit_reason))
 
     def start(self) -> None:
         """Fork and initialise every worker now (the driver plans meanwhile)."""
         for future in [self._executor.submit(os.getpid) for _ in range(self.workers)]:
             future.add_done_callback(lambda f: f.exception())
 
-    def run(self, batches: Iterator[list], input_filesystem) -> Iterator[pa.Table]:
-        """Submit batches, at most two per worker in flight; yield each batch's rows as it finishes."""
+    def plan(self) -> tuple[WorkerPlan, dict]:
+        return self.plan_, {"CPU": os.cpu_count()}
+
+    def batches(self, todo: pa.Table, plan: WorkerPlan, input_fs, output, weights) -> Iterator[BatchRows | None]:
+        """Submit batches, at most two per worker in flight; yield each batch's rows as it finishes
+        (and None now and then, so the caller can notice a stop request)."""
+        per_call = plan.images_per_call
+        starts = iter(range(0, todo.num_rows, per_call))
         pending: set[concurrent.futures.Future] = set()
-        batches = iter(batches)
         exhausted = False
         while pending or not exhausted:
             while not exhausted and len(pending) < 2 * self.workers:
-                batch = next(batches, None)
-                if batch is None:
+                start = next(starts, None)
+                if start is None:
                     exhausted = True
                     break
-                pending.add(self._executor.submit(_process, batch, input_filesystem))
+                items = WorkItem.batch_from_table(todo.slice(start, per_call))
+                pending.add(self._executor.submit(_process, items, input_fs))
             if not pending:
                 break
             done, pending = concurrent.futures.wait(pending, timeout=0.2,
                                                     return_when=concurrent.futures.FIRST_COMPLETED)
+            if not done:
+                yield None
             for future in done:
                 try:
-                    data = future.result()
+                    yield future.result()
                 except concurrent.futures.process.BrokenProcessPool as exc:
-                    raise RuntimeError(
-                        "a worker process of the local pool died (out of memory? killed?); the rows of the images "
-                        "it finished are kept: run again to resume, or lower --max-pixels") from exc
-                with pa.ipc.open_stream(data) as reader:
-                    yield reader.read_all()
+                    raise WorkerLostError(
+                        "a worker process died (killed, or out of memory); the run stopped and kept the rows of the "
+                        "images that finished: run again to resume (lower --max-pixels or --batch-size if memory "
+                        "ran out)") from exc
+                except OutputWriteError:
+                    raise
 
     def close(self, *, cancel: bool = False) -> None:
         """Stop the workers (at once when ``cancel``: their current images end unwritten or whole)."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         if cancel:
             for process in list(getattr(self._executor, "_processes", {}).values()):  # no public API for this
                 process.terminate()
-        self._executor.shutdown(wait=not cancel, cancel_futures=cancel)
+        # Waiting even after terminating: the pool's queues and semaphores are then released in
+        # order, and the resource tracker has nothing to warn about at exit.
+        self._executor.shutdown(wait=True, cancel_futures=cancel)

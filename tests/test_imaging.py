@@ -1,4 +1,4 @@
-"""Tests for dce_batch.imaging.codecs. Every image is generated here with Pillow/numpy."""
+"""Tests for dce_batch.imaging. Every image is generated here with Pillow/numpy."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import PIL
 import pytest
 from PIL import Image, ImageCms
 
-from dce_batch.imaging import codecs as imageio
 from dce_batch.errors import (
     ConfigError,
     CorruptImageError,
@@ -22,6 +21,7 @@ from dce_batch.errors import (
 from dce_batch.imaging import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
+    REC709_LUMA,
     DecodedImage,
     EncodedImage,
     EncodeOptions,
@@ -34,6 +34,7 @@ from dce_batch.imaging import (
     to_uint8,
     to_unit_float,
 )
+from dce_batch.imaging.decode import _pil_to_arrays
 
 ORIENTATION = 0x0112
 MAKE = 0x010F
@@ -493,7 +494,7 @@ def test_premultiplied_la_is_unpremultiplied():
 def test_rgba_premultiplied_in_memory_mode():
     # Pillow 13 cannot write RGBa files, but the converter must still cope with the mode.
     image = Image.new("RGBA", (3, 2), (200, 100, 50, 128)).convert("RGBa")
-    pixels, alpha = imageio._pil_to_arrays(image)
+    pixels, alpha = _pil_to_arrays(image)
     assert pixels.shape == (2, 3, 3) and pixels.dtype == np.uint8 and alpha is not None
     np.testing.assert_allclose(pixels[0, 0], [200, 100, 50], atol=2)
 
@@ -540,7 +541,7 @@ def test_grayscale_written_back_as_gray():
     enhanced = decoded.to_float() * np.array([1.0, 0.5, 0.25], np.float32)
     png = open_bytes(encode_image(enhanced, decoded, EncodeOptions()).data)
     assert png.mode == "L"
-    luma = enhanced @ np.array(imageio.REC709_LUMA, np.float32)
+    luma = enhanced @ np.array(REC709_LUMA, np.float32)
     np.testing.assert_array_equal(np.asarray(png), np.rint(luma * 255).astype(np.uint8))
     jpeg = encode_image(enhanced, decoded, EncodeOptions(format="jpeg"))
     assert open_bytes(jpeg.data).mode == "L"

@@ -1,0 +1,343 @@
+"""Bytes to upright pixels in their native depth: identification, size checks, modes, orientation.
+
+Pillow identifies every file and checks its size from the header before any pixel is decoded
+(decompression bombs), with the caller's limit and without changing Pillow's global settings. It
+decodes the pixels, reads EXIF/ICC and orientation, converts CMYK through its profile and every
+other mode to RGB plus alpha. 16-bit colour, which Pillow cannot hold, is decoded by
+:mod:`~dce_batch.imaging.deep`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+import warnings
+import zlib
+from typing import Final
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from dce_batch.errors import (
+    ConfigError,
+    CorruptImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
+from dce_batch.imaging.decoded import GRAY_8BIT_MODES, HIGH_DEPTH_MODES, DecodedImage
+from dce_batch.imaging.deep import decode_deep_colour, is_deep_colour
+from dce_batch.imaging.formats import DEFAULT_MAX_PIXELS, SUPPORTED_TEXT
+from dce_batch.imaging.metadata import icc_colour_space, usable_icc
+
+__all__ = ["decode_image"]
+
+logger = logging.getLogger(__name__)
+
+# What Pillow's decoders raise on damaged data. zlib.error comes from PNG/TIFF inflate.
+_DECODE_ERRORS: Final = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    struct.error,
+    zlib.error,
+)
+# Exceptions with which a plugin says "not my format" during identification (as Image.open).
+_NOT_THIS_FORMAT: Final = (SyntaxError, IndexError, TypeError, struct.error)
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode image bytes into upright RGB pixels in their native depth (uint8/uint16) plus metadata.
+
+    Multi-frame files (GIF, animated WebP, multi-page TIFF, MPO) give their first frame.
+
+    Args:
+        data: the encoded file content.
+        max_pixels: refuse images with more pixels than this, checked from the header before any
+            pixel data is decoded. This limit replaces Pillow's ``Image.MAX_IMAGE_PIXELS`` for
+            this call (it may be above or below it); the global is not modified.
+
+    Raises:
+        UnsupportedImageError: the bytes are not an image format Pillow recognises.
+        ImageTooLargeError: the image has more than ``max_pixels`` pixels.
+        CorruptImageError: the data is truncated or damaged.
+        ConfigError: ``max_pixels`` is not a positive integer.
+    """
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)):
+        raise ConfigError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    if max_pixels <= 0:
+        raise ConfigError(f"max_pixels must be a positive integer, got {max_pixels}")
+    data = bytes(data)  # accept bytearray/memoryview; BytesIO needs a stable buffer
+    if not data:
+        raise UnsupportedImageError(
+            f"empty file (0 bytes), not an image; supported: {SUPPORTED_TEXT}. "
+            "Check that the upload or copy completed"
+        )
+
+    with warnings.catch_warnings():
+        # Some plugins still consult Pillow's own limit (e.g. when seeking frames); its warning
+        # is noise because our limit, checked below, is the one that applies. Pillow's
+        # UserWarnings about damaged metadata ("Corrupt EXIF data") would flood batch logs;
+        # damage that matters surfaces as an exception instead.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        _check_webp_canvas(data, max_pixels)
+        image = _identify(data)
+        fmt = str(image.format)
+        _check_size(image.size, max_pixels)
+        if is_deep_colour(image, fmt):
+            return decode_deep_colour(data, image, fmt)
+        _load(image, fmt)
+
+        mode = image.mode
+        # EXIF and ICC are read after load() because PNG may store them after the pixel data.
+        exif = image.info.get("exif") or None
+        icc = image.info.get("icc_profile") or None
+        _apply_orientation(image)
+        if mode == "CMYK":
+            image = _cmyk_to_rgb(image, icc)
+            icc = None  # pixels are sRGB now; a CMYK profile cannot describe them
+        pixels, alpha = _pil_to_arrays(image)
+        del image
+
+    return DecodedImage(
+        pixels=pixels,
+        alpha=alpha,
+        format=fmt,
+        mode=mode,
+        grayscale=_is_grayscale_mode(mode),
+        bit_depth=8 if pixels.dtype == np.uint8 else 16,
+        exif=bytes(exif) if exif is not None else None,
+        icc_profile=usable_icc(icc),
+    )
+
+
+def _identify(data: bytes) -> ImageFile.ImageFile:
+    """Open ``data`` lazily (header only), like :func:`PIL.Image.open` without its size check.
+
+    ``Image.open`` rejects images above ``2 * Image.MAX_IMAGE_PIXELS`` before returning. That
+    global is process-wide, so rather than raising it (and racing other threads) we run the same
+    plugin search ourselves and let :func:`_check_size` apply the caller's limit.
+    """
+    fp = io.BytesIO(data)
+    prefix = data[:16]
+    hints: list[str] = []
+    # First plugin whose signature check matched but whose header parser then gave up.
+    damaged: tuple[str, BaseException] | None = None
+    Image.preinit()  # the common plugins first, in Image.open's order
+    Image.init()
+    for fmt in tuple(Image.ID):
+        factory, accept = Image.OPEN[fmt]
+        try:
+            verdict = accept(prefix) if accept else True
+        except _NOT_THIS_FORMAT:  # a signature check that reads past a prefix this short (BMP's)
+            continue
+        if isinstance(verdict, str):  # e.g. "... because AVIF support not installed"
+            hints.append(verdict)
+            continue
+        if not verdict:
+            continue
+        fp.seek(0)
+        try:
+            return factory(fp, "")
+        except _NOT_THIS_FORMAT as exc:
+            # Try the next plugin, as Image.open does. Plugins without a signature check (TGA,
+            # IM, ...) try every file, so only a signature match hints at a damaged header.
+            if accept is not None and damaged is None:
+                damaged = (fmt, exc)
+            continue
+        except Image.DecompressionBombError as exc:
+            # Only plugins that allocate while opening (WebP) check Pillow's limit here.
+            raise _pillow_limit_error(exc, fmt) from exc
+        except _DECODE_ERRORS as exc:
+            if accept is None:
+                continue  # a guess by a plugin without a signature check, not evidence
+            raise CorruptImageError(
+                f"looks like {fmt} but its header cannot be read ({type(exc).__name__}: {exc}); "
+                "the file is damaged or truncated, re-export or re-download it"
+            ) from exc
+    if damaged is not None:
+        fmt, exc = damaged
+        raise CorruptImageError(
+            f"has a {fmt} signature but its header cannot be read ({type(exc).__name__}: {exc}); "
+            "the file is damaged or truncated, re-export or re-download it"
+        ) from exc
+    raise UnsupportedImageError(_describe_unrecognised(data, hints))
+
+
+def _describe_unrecognised(data: bytes, hints: list[str]) -> str:
+    """Say what the bytes look like, so the user can tell a bad file from a missing codec."""
+    head = data[:12]
+    printable = "".join(chr(b) if 32 <= b < 127 else "." for b in head)
+    message = f"not a recognised image format (first bytes {head.hex(' ')} {printable!r})"
+    if len(data) < 16:
+        message += f": only {len(data)} bytes, too short to be an image (a truncated upload or copy?)"
+    elif hints:
+        message += f": {hints[0]}"
+    elif data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"heif", b"mif1", b"msf1"):
+        message += ": HEIC/HEIF is not supported, convert it to JPEG first"
+    elif data.startswith(b"version https://git-lfs"):
+        message += ": this is a Git LFS pointer, run 'git lfs pull' to fetch the real file"
+    elif data.lstrip()[:1] in (b"<", b"{"):
+        message += ": the file is text (HTML/XML/JSON), probably an error page saved in its place"
+    return f"{message}; supported: {SUPPORTED_TEXT}"
+
+
+def _check_size(size: tuple[int, int], max_pixels: int) -> None:
+    """Raise :class:`ImageTooLargeError` if ``size`` (from the header) exceeds ``max_pixels``."""
+    width, height = size
+    pixels = width * height
+    if pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"{width}x{height} = {pixels / 1e6:.1f} MP exceeds the limit of "
+            f"{max_pixels / 1e6:g} MP ({max_pixels:,} pixels); raise --max-pixels if this image "
+            "is expected"
+        )
+
+
+def _check_webp_canvas(data: bytes, max_pixels: int) -> None:
+    """Check a WebP canvas size from its first bytes.
+
+    Pillow's WebP plugin creates the decoder (which allocates the whole canvas) while opening,
+    i.e. before :func:`_check_size` could run, so the size is read from the RIFF header here.
+    """
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # extended: 24-bit canvas width-1, height-1
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+    elif chunk == b"VP8L":  # lossless: 14-bit width-1, height-1 after a 1-byte signature
+        bits = int.from_bytes(data[21:25], "little")
+        width = (bits & 0x3FFF) + 1
+        height = ((bits >> 14) & 0x3FFF) + 1
+    elif chunk == b"VP8 ":  # lossy: 14-bit width, height after the key frame start code
+        width = int.from_bytes(data[26:28], "little") & 0x3FFF
+        height = int.from_bytes(data[28:30], "little") & 0x3FFF
+    else:
+        return
+    _check_size((width, height), max_pixels)
+
+
+def _pillow_limit_error(exc: Exception, fmt: str) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"{exc}; this exceeds Pillow's own hard limit for {fmt} files, which --max-pixels cannot raise"
+    )
+
+
+def _load(image: ImageFile.ImageFile, fmt: str) -> None:
+    """Decode the pixel data, turning decoder failures into :class:`CorruptImageError`."""
+    try:
+        image.load()
+    except Image.DecompressionBombError as exc:
+        # A plugin checked Pillow's global limit while decoding (e.g. GIF/TIFF internals).
+        raise _pillow_limit_error(exc, fmt) from exc
+    except _DECODE_ERRORS as exc:
+        raise CorruptImageError(
+            f"{fmt} data is damaged or truncated ({type(exc).__name__}: {exc}); "
+            "re-export or re-download the file"
+        ) from exc
+
+
+def _apply_orientation(image: Image.Image) -> None:
+    """Rotate/flip ``image`` in place so it is upright, per its EXIF Orientation tag."""
+    try:
+        # in_place=True avoids a full copy when no rotation is needed.
+        ImageOps.exif_transpose(image, in_place=True)
+    except Exception as exc:  # noqa: BLE001 - malformed EXIF must not fail the image
+        logger.debug("ignoring unreadable EXIF orientation: %s", exc)
+
+
+def _cmyk_to_rgb(image: Image.Image, icc: bytes | None) -> Image.Image:
+    """Convert CMYK to RGB, through the embedded CMYK profile into sRGB when there is one.
+
+    Pillow's plain ``convert("RGB")`` ignores colour management, which noticeably distorts
+    print-oriented CMYK files; it is the fallback when there is no usable profile.
+    """
+    if icc is not None and icc_colour_space(icc) == "CMYK":
+        try:
+            from PIL import ImageCms
+        except ImportError:  # Pillow built without LittleCMS
+            return image.convert("RGB")
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            srgb = ImageCms.createProfile("sRGB")
+            converted = ImageCms.profileToProfile(image, source, srgb, outputMode="RGB")
+            if converted is not None:
+                return converted
+        except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
+            logger.debug("CMYK profile unusable, converting without it: %s", exc)
+    return image.convert("RGB")
+
+
+def _is_grayscale_mode(mode: str) -> bool:
+    return mode in GRAY_8BIT_MODES or mode in HIGH_DEPTH_MODES
+
+
+def _pil_to_arrays(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pixels as C-contiguous HxWx3 (uint8, or uint16 for high-depth gray) and alpha HxW or None.
+
+    Closes ``image`` (and any converted copy) as soon as its array is made, so that no more than
+    one decoded copy of the pixels is alive besides the array being built.
+    """
+    mode = image.mode
+    if mode in HIGH_DEPTH_MODES:
+        # Transparency keys on 16-bit gray are ignored: there is no 16-bit gray+alpha mode.
+        gray = _release(image)
+        return _gray_to_rgb(_high_depth_to_u16(gray, mode)), None
+    if mode in GRAY_8BIT_MODES:
+        if image.has_transparency_data:
+            la = _release(_converted(image, "LA"))  # also un-premultiplies "La"
+            return _gray_to_rgb(la[:, :, 0]), np.ascontiguousarray(la[:, :, 1])
+        return _gray_to_rgb(_release(_converted(image, "L"))), None
+
+    # Colour: RGB, RGBA, RGBa, RGBX, P, PA, YCbCr, HSV, LAB, ...
+    target = "RGBA" if image.has_transparency_data else "RGB"
+    try:
+        array = _release(_converted(image, target))
+    except ValueError as exc:
+        raise UnsupportedImageError(
+            f"Pillow mode {mode!r} cannot be converted to {target} ({exc}); "
+            "convert the file to 8-bit RGB first"
+        ) from exc
+    if target == "RGBA":
+        return np.ascontiguousarray(array[:, :, :3]), np.ascontiguousarray(array[:, :, 3])
+    # np.asarray of a Pillow image is a read-only view of an exported bytes copy; callers may
+    # write in place (torch.from_numpy needs writable memory), so own it.
+    return np.array(array, order="C"), None
+
+
+def _converted(image: Image.Image, mode: str) -> Image.Image:
+    """``image`` in ``mode``; the source is closed when a converted copy replaces it."""
+    if image.mode == mode:
+        return image
+    converted = image.convert(mode)
+    image.close()
+    return converted
+
+
+def _release(image: Image.Image) -> np.ndarray:
+    """The image's pixels as an array; the Pillow image is closed (its memory freed) at once."""
+    array = np.asarray(image)
+    image.close()
+    return array
+
+
+def _high_depth_to_u16(array: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit integer, 32-bit integer and float gray to uint16 (0..65535)."""
+    if mode == "F":
+        out = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        np.clip(out, 0.0, 1.0, out=out)
+        return np.rint(out * np.float32(65535.0)).astype(np.uint16)
+    if mode == "I":
+        # 32-bit integer images are in practice 16-bit data (old Pillow opened 16-bit PNG as I).
+        return np.clip(array, 0, 65535).astype(np.uint16)
+    return array.astype(np.uint16)  # also converts big-endian I;16B to native
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[:, :, None], 3, axis=2)

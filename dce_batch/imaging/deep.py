@@ -1,0 +1,207 @@
+"""16-bit colour: PNG and TIFF decoded and encoded with imagecodecs (libpng, libtiff) and tifffile.
+
+Pillow cannot hold 16-bit colour (it cuts 16-bit RGB(A) PNG/TIFF to 8 bits when loading), so
+:mod:`~dce_batch.imaging.decode` lets Pillow identify such a file, check its size and read its
+metadata, and hands the pixels to this module; 16-bit PNG and TIFF outputs are written here too.
+16-bit gray without alpha stays with Pillow, which decodes it exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Final
+
+import numpy as np
+from PIL import ImageFile
+
+from dce_batch.errors import CorruptImageError, UnsupportedImageError
+from dce_batch.imaging.decoded import HIGH_DEPTH_MODES, DecodedImage
+from dce_batch.imaging.metadata import (
+    EXIF_ORIENTATION,
+    IFD0_HEIGHT,
+    IFD0_WIDTH,
+    icc_colour_space,
+    png_chunk_after_pixels,
+    png_with_metadata,
+    upright_exif,
+    usable_icc,
+)
+
+logger = logging.getLogger(__name__)
+
+_TIFF_BITS_PER_SAMPLE: Final = 258
+_TIFF_PHOTOMETRIC: Final = 262
+_TIFF_RGB: Final = 2
+_TIFF_PLANAR_CONFIGURATION: Final = 284
+_TIFF_EXTRA_SAMPLES: Final = 338
+_TIFF_ASSOCIATED_ALPHA: Final = 1
+
+
+def is_deep_colour(image: ImageFile.ImageFile, fmt: str) -> bool:
+    """16-bit colour (or gray + alpha) PNG/TIFF, which Pillow would cut to 8 bits when loading.
+
+    Decided from the header, before ``load()``. PNG: Pillow opens such files in 8-bit modes but
+    their raw mode still says ``;16``. TIFF: RGB photometric with 16 bits per sample (Pillow also
+    misreads planar 16-bit RGB as 8-bit). 16-bit gray without alpha (``I;16``) stays with Pillow,
+    which decodes it exactly; other 16-bit TIFF colour spaces (CMYK, YCbCr, Lab) also stay with
+    Pillow and come out 8-bit.
+    """
+    if fmt == "TIFF":
+        bits = image.tag_v2.get(_TIFF_BITS_PER_SAMPLE)
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        return image.tag_v2.get(_TIFF_PHOTOMETRIC) == _TIFF_RGB and set(bits) == {16}
+    if fmt != "PNG" or image.mode in HIGH_DEPTH_MODES:
+        return False
+    for tile in image.tile or ():  # Pillow < 11 leaves None when there is no image data
+        # Index 3 is the decoder arguments (Pillow >= 11 names it .args); the raw mode comes first.
+        args = tile[3]
+        rawmode = args if isinstance(args, str) else (args[0] if args else None)
+        if isinstance(rawmode, str) and ";16" in rawmode:
+            return True
+    return False
+
+
+def decode_deep_colour(data: bytes, image: ImageFile.ImageFile, fmt: str) -> DecodedImage:
+    """Decode a 16-bit colour or gray+alpha PNG/TIFF to uint16 with imagecodecs (libpng/libtiff).
+
+    Pillow has already identified the file and checked its size; it still supplies the metadata
+    (ICC, EXIF, orientation, TIFF tags), but never decodes the pixels.
+    """
+    import imagecodecs
+
+    width, height = image.size
+    mode = image.mode
+    icc = image.info.get("icc_profile") or None
+    if fmt == "PNG":
+        # The eXIf chunk may follow the pixel data, where Pillow reads it only on load().
+        exif = image.info.get("exif") or png_chunk_after_pixels(data, b"eXIf")
+        # Pillow's getexif() on a PNG decodes the pixels when info has no "exif": give it one.
+        image.info["exif"] = exif or b""
+        planar = associated_alpha = False
+    else:
+        exif = None  # Pillow exposes no EXIF block for TIFF sources (their tags are IFD0's)
+        # Stored size: recent Pillow reports a TIFF's size already turned by its Orientation.
+        width, height = image.tag_v2[IFD0_WIDTH], image.tag_v2[IFD0_HEIGHT]
+        planar = image.tag_v2.get(_TIFF_PLANAR_CONFIGURATION) == 2
+        extra = image.tag_v2.get(_TIFF_EXTRA_SAMPLES)
+        extra = extra if isinstance(extra, tuple) else (extra,)
+        associated_alpha = mode == "RGBa" or _TIFF_ASSOCIATED_ALPHA in extra
+    try:
+        orientation = int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception as exc:  # noqa: BLE001 - malformed EXIF must not fail the image
+        logger.debug("ignoring unreadable EXIF orientation: %s", exc)
+        orientation = 1
+    image.close()
+    del image
+
+    try:
+        if fmt == "PNG":
+            array = imagecodecs.png_decode(data)
+        else:
+            array = imagecodecs.tiff_decode(data, index=0)
+    except MemoryError:
+        raise
+    # imagecodecs' PngError/TiffError are RuntimeErrors; a damaged first IFD offset is "directory
+    # out of range" (IndexError).
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise CorruptImageError(
+            f"16-bit {fmt} data is damaged or truncated ({type(exc).__name__}: {exc}); "
+            "re-export or re-download the file"
+        ) from exc
+    if planar and array.ndim == 3 and array.shape[1:] == (height, width):
+        array = np.moveaxis(array, 0, -1)  # libtiff returns separate planes as (S, H, W)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.dtype != np.uint16 or array.shape[:2] != (height, width) or array.shape[2] > 4:
+        raise UnsupportedImageError(
+            f"16-bit {fmt} ({mode}) decoded to {array.dtype} {array.shape}, not {height}x{width} "
+            "16-bit gray or colour; convert the file to 16-bit RGB first"
+        )
+
+    channels = array.shape[2]
+    colour = array[:, :, :3] if channels >= 3 else array[:, :, :1].repeat(3, axis=2)
+    alpha = array[:, :, channels - 1] if channels in (2, 4) else None
+    if associated_alpha and alpha is not None:
+        colour = _unpremultiply(colour, alpha)
+    pixels = np.ascontiguousarray(_orient(colour, orientation))
+    if alpha is not None:
+        alpha = np.ascontiguousarray(_orient(alpha, orientation))
+    del array, colour
+    return DecodedImage(
+        pixels=pixels,
+        alpha=alpha,
+        format=fmt,
+        mode=mode,
+        grayscale=channels <= 2,
+        bit_depth=16,
+        exif=bytes(exif) if exif else None,
+        icc_profile=usable_icc(icc),
+    )
+
+
+def _unpremultiply(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Straight colour from premultiplied 16-bit colour (as Pillow does for 8-bit RGBa/La)."""
+    scale = np.where(alpha > 0, np.float32(65535.0) / np.maximum(alpha, 1), 0).astype(np.float32)
+    straight = np.rint(colour * scale[:, :, None])
+    return np.clip(straight, 0, 65535).astype(np.uint16)
+
+
+def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """A view of ``array`` (H x W [x C]) made upright per an EXIF Orientation value (1..8).
+
+    The same transposes as Pillow's ``ImageOps.exif_transpose``.
+    """
+    if orientation == 2:
+        return array[:, ::-1]
+    if orientation == 3:
+        return array[::-1, ::-1]
+    if orientation == 4:
+        return array[::-1]
+    if orientation == 5:
+        return array.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(array, -1)
+    if orientation == 7:
+        return array.swapaxes(0, 1)[::-1, ::-1]
+    if orientation == 8:
+        return np.rot90(array, 1)
+    return array
+
+
+def encode_16bit(array: np.ndarray, fmt: str, mode: str, source: DecodedImage) -> bytes:
+    """16-bit PNG (imagecodecs/libpng) or TIFF (tifffile) with the ICC profile and EXIF kept.
+
+    Pillow cannot hold 16-bit colour, so it cannot write these. ``array`` is HxW (gray), HxWx2
+    (gray + alpha), HxWx3 (RGB) or HxWx4 (RGBA) uint16.
+    """
+    gray = mode in ("L", "LA")
+    icc = source.icc_profile
+    if icc is not None and icc_colour_space(icc) != ("GRAY" if gray else "RGB"):
+        icc = None
+    if fmt == "PNG":
+        import imagecodecs
+
+        png = bytes(imagecodecs.png_encode(array))
+        exif = upright_exif(source.exif, source.width, source.height)
+        return png_with_metadata(png, icc, exif)
+
+    import tifffile
+
+    exif = upright_exif(source.exif, source.width, source.height)
+    if exif is not None:
+        # Pillow exposes no EXIF block for TIFF sources, so this is a PNG/JPEG with a .tif name.
+        logger.debug("16-bit TIFF output: source EXIF not written (tifffile writes no Exif IFD)")
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer,
+        array,
+        photometric="minisblack" if gray else "rgb",
+        planarconfig="contig",
+        extrasamples=("unassalpha",) if mode.endswith("A") else None,
+        compression="zlib",  # Adobe Deflate (tag value 8), as the 8-bit TIFFs: lossless, common
+        iccprofile=icc,
+        metadata=None,  # no tifffile JSON in ImageDescription
+        software=False,
+    )
+    return buffer.getvalue()

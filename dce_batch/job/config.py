@@ -1,0 +1,213 @@
+"""The settings of one enhancement run: :class:`EnhanceConfig`, validated whole before anything starts.
+
+Built by the CLI (``dce-batch enhance``) or by a caller, and shipped whole to the workers. Every
+setting is checked here, in the driver, so that a bad value fails at once with exit 2 and one
+line, never later in a worker with a traceback: NaN and infinity where a number is expected,
+counts below one, precisions the chosen device cannot run.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+
+from dce_batch.enhance.settings import FinishConfig, check_inference_settings
+from dce_batch.errors import ConfigError
+from dce_batch.imaging import DEFAULT_MAX_PIXELS, EncodeOptions
+from dce_batch.job.manifest.parts import DEFAULT_PART_MAX_AGE_S, DEFAULT_PART_MAX_ROWS
+from dce_batch.storage import S3Options
+
+__all__ = ["DEFAULT_OUTPUT", "ENGINES", "PIPELINES", "EnhanceConfig", "new_run_id", "sample_images_dir"]
+
+DEFAULT_OUTPUT = "./enhanced"
+ENGINES = ("auto", "ray", "local")
+PIPELINES = ("auto", "fused", "staged")
+#: Images per call of a CPU actor when --batch-size is not given (the next image's read overlaps
+#: the current one's enhancement).
+CPU_IMAGES_PER_CALL = 2
+#: Images per call of a GPU actor at most, and the pixels one call may hold when --batch-size is not
+#: given (so that the memory one call declares stays bounded for large --max-pixels).
+GPU_IMAGES_PER_CALL = 16
+GPU_CALL_PIXELS = 400_000_000
+
+
+def sample_images_dir() -> str:
+    """The bundled sample images (the job's default INPUT)."""
+    return str(resources.files("dce_batch").joinpath("samples"))
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def _finite(name: str, value: float | None, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ConfigError(f"{name} must be {'above' if low_open else 'at least'} {low:g}, got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(f"{name} must be at most {high:g}, got {value!r}")
+
+
+def _count(name: str, value: int | None, low: int = 1) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be a whole number of at least {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class EnhanceConfig:
+    """Settings of one enhancement run (built by the CLI; shipped whole to the workers)."""
+
+    input: str
+    output: str = DEFAULT_OUTPUT
+    weights: str | None = None
+    variant: str | None = None  # full | fast; None: from the weights
+    scale: float | None = None  # None: the variant's default (enhance.settings.DEFAULT_SCALES)
+    format: str = "same"
+    quality: int = 95
+    strength: float = 1.0
+    precision: str = "auto"
+    denoise: str = "auto"  # noise-aware denoising after the curves: auto | fast | off
+    denoise_strength: float = 1.0
+    exposure: float | str = "auto"  # scene-fitted exposure: auto | off | a target mean brightness
+    highlight_stretch: float = FinishConfig.highlight_stretch
+    base: str | None = None  # list-file inputs: name outputs relative to this URI
+    num_actors: tuple[int, int] | None = None
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float | None = None  # None: 1 per actor (its torch threads)
+    batch_size: int | None = None  # images per call; None: see images_per_call
+    pipeline: str = "auto"  # auto: fused on CPUs, staged with GPUs
+    actor_memory: int | None = None  # bytes; None: from max_pixels and the images per call
+    s3: S3Options | None = None
+    overwrite: bool = False
+    allow_output_inside_input: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    tile_size: int | None = None
+    max_full_frame_pixels: int | None = None
+    progress_interval_s: float = 10.0
+    part_rows: int = DEFAULT_PART_MAX_ROWS  # rows per manifest part at most
+    part_flush_s: float = DEFAULT_PART_MAX_AGE_S  # seconds a finished image's row may wait for its part
+    dashboard: bool = False
+    engine: str = "auto"  # ray | local | auto (see dce_batch.job.driver.choose_engine)
+    quiet: bool = False  # only errors and the final summary
+    verbose: bool = False  # Ray's own INFO lines and worker logs too
+    report: bool | None = None  # build OUTPUT/_report/index.html; None: for local OUTPUTs
+    run_id: str = field(default_factory=new_run_id)
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{name.upper()} is empty: give a folder, glob, s3:// prefix or list file"
+                                  if name == "input" else "OUTPUT is empty: give a folder or s3:// prefix")
+        for name in ("input", "output", "base", "weights"):
+            value = getattr(self, name)
+            try:
+                (value or "").encode("utf-8")
+            except UnicodeEncodeError:
+                shown = (value or "").encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                raise ConfigError(f"{name.upper() if name in ('input', 'output') else '--' + name} {shown!r} is not "
+                                  "valid UTF-8, which the storage layer needs for paths; rename it") from None
+        if self.variant not in (None, "full", "fast"):
+            raise ConfigError(f"--model-variant must be full or fast, got {self.variant!r}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine must be auto, ray or local, got {self.engine!r}")
+        if self.pipeline not in PIPELINES:
+            raise ConfigError(f"--pipeline must be auto, fused or staged, got {self.pipeline!r}")
+        if self.num_actors is not None:
+            low, high = self.num_actors
+            if not (isinstance(low, int) and isinstance(high, int)) or low < 1 or high < low:
+                raise ConfigError(f"--num-actors must be MIN[:MAX] with 1 <= MIN <= MAX, got {low}:{high}")
+        _finite("--gpus-per-actor", self.gpus_per_actor, low=0)
+        _finite("--cpus-per-actor", self.cpus_per_actor, low=0, low_open=True)
+        if self.gpus_per_actor > 0 and self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
+            raise ConfigError("--cpus-per-actor must be above 0")
+        _count("--batch-size", self.batch_size)
+        _count("--max-pixels", self.max_pixels)
+        _count("--quality", self.quality)
+        if self.quality > 100:
+            raise ConfigError(f"--quality must be 1-100, got {self.quality}")
+        _count("--tile-size", self.tile_size, low=16)
+        _count("max_full_frame_pixels", self.max_full_frame_pixels)
+        _count("part_rows", self.part_rows)
+        _finite("part_flush_s", self.part_flush_s, low=0)
+        _finite("progress_interval_s", self.progress_interval_s, low=0, low_open=True)
+        _finite("--scale", self.scale, low=1)
+        _finite("--strength", self.strength, low=0, high=1)
+        _finite("--denoise-strength", self.denoise_strength, low=0, high=4)
+        _finite("--highlight-stretch", self.highlight_stretch, low=0, high=1)
+        if not isinstance(self.exposure, str):
+            _finite("--exposure", self.exposure, low=0, high=1, low_open=True)
+        if self.actor_memory is not None:
+            from dce_batch.job.sizing import ACTOR_BASE_MEMORY
+
+            _count("--actor-memory", self.actor_memory, low=ACTOR_BASE_MEMORY)
+        if self.engine == "local" and (self.gpus_per_actor > 0 or self.pipeline == "staged"):
+            raise ConfigError("--engine local runs the fused CPU pipeline; GPUs and --pipeline staged need --engine ray")
+        if self.quiet and self.verbose:
+            raise ConfigError("--quiet and --verbose contradict each other; pass one")
+        self._check_precision()
+        check_inference_settings(strength=self.strength, precision=self.precision, scale=self.scale,
+                                 tile_size=self.tile_size, max_full_frame_pixels=self.max_full_frame_pixels)
+        self.finish_config()  # validates denoise and exposure
+        self.encode_options()  # validates format and quality
+
+    def _check_precision(self) -> None:
+        """What can be known before a worker starts: the device the actors will have."""
+        gpus = self.gpus_per_actor > 0
+        if self.precision == "fp16" and not gpus:
+            raise ConfigError("--precision fp16 needs a CUDA GPU (--gpus-per-actor); on CPUs use auto, fp32, bf16 "
+                              "or int8")
+        if self.precision == "int8" and gpus:
+            raise ConfigError("--precision int8 runs on CPUs; with GPUs use auto (bf16 or fp16), fp32 or bf16")
+        if self.precision == "int8" and platform.machine().lower() not in ("x86_64", "amd64"):
+            raise ConfigError(f"--precision int8 needs an x86-64 CPU (this is {platform.machine()}); use auto or fp32")
+
+    @property
+    def staged(self) -> bool:
+        return self.pipeline == "staged" or (self.pipeline == "auto" and self.gpus_per_actor > 0)
+
+    @property
+    def images_per_call(self) -> int:
+        """Images per actor call: ``--batch-size``, else 2 on CPUs and, on GPUs, up to 16 within
+        :data:`GPU_CALL_PIXELS` of images of ``--max-pixels``."""
+        if self.batch_size:
+            return self.batch_size
+        if not self.staged:
+            return CPU_IMAGES_PER_CALL
+        return max(1, min(GPU_IMAGES_PER_CALL, GPU_CALL_PIXELS // self.max_pixels))
+
+    def inference_config(self):
+        from dce_batch.enhance.enhancer import InferenceConfig  # torch stays out of the driver until needed
+
+        return InferenceConfig(
+            strength=self.strength, precision=self.precision,  # type: ignore[arg-type]
+            scale=self.scale, tile_size=self.tile_size, max_full_frame_pixels=self.max_full_frame_pixels,
+            finish=self.finish_config(),
+        )
+
+    def finish_config(self) -> FinishConfig:
+        return FinishConfig(denoise=self.denoise, denoise_strength=self.denoise_strength,  # type: ignore[arg-type]
+                            exposure=self.exposure, highlight_stretch=self.highlight_stretch)
+
+    def encode_options(self) -> EncodeOptions:
+        return EncodeOptions(format=self.format, quality=self.quality)
+
+    def settings_record(self) -> dict:
+        """Every setting, for the run summary (no credentials: only the S3 endpoint)."""
+        from dataclasses import asdict
+
+        settings = asdict(self)
+        settings.pop("s3", None)
+        if self.s3 is not None:
+            settings["s3_endpoint"] = self.s3.endpoint_url
+        return settings

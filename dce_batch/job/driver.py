@@ -1,0 +1,504 @@
+"""The enhancement job's driver: checks, lease, plan, engine, commit.
+
+    checks      settings, INPUT, OUTPUT, weights: an invalid argument fails here, before anything
+                is written (exit 2)
+    lease       one run per OUTPUT (:mod:`.manifest.lease`)
+    plan        list the inputs, read the manifest (adopting the parts of runs that died),
+                remove this OUTPUT's own debris, decide each input's output and what is done
+                (:mod:`.plan`); meanwhile the engine starts
+    run         the engine (local worker processes, or Ray Data) enhances the planned inputs; each
+                finished batch comes back for progress and the ledger (:mod:`.manifest.parts`);
+                a stop request (Ctrl-C, SIGTERM) or a lost lease is noticed between batches
+    commit      the parts not yet written, the summary, and last the commit record
+
+Ray is imported only by :mod:`.engines.ray`, torch only by the workers (the driver reads the
+weights' metadata from their header).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from dce_batch import __version__
+from dce_batch.errors import (
+    ConfigError,
+    DceBatchError,
+    InputNotFoundError,
+    OutputWriteError,
+    RunInterrupted,
+    StorageError,
+    WeightsError,
+    describe_error,
+)
+from dce_batch.imaging import IMAGE_EXTENSIONS
+from dce_batch.job.config import EnhanceConfig
+from dce_batch.job.manifest.lease import acquire_lease, lease_supported
+from dce_batch.job.manifest.parts import PartLedger
+from dce_batch.job.manifest.schema import MANIFEST_SCHEMA
+from dce_batch.job.manifest.store import CommitRecord, ManifestStore, PartInfo, part_name
+from dce_batch.job.manifest.summary import RunSummary
+from dce_batch.job.output_settings import settings_for_run
+from dce_batch.job.plan import Plan, list_output_files, plan_run
+from dce_batch.job.progress import Progress
+from dce_batch.job.signals import StopRequest
+from dce_batch.job.worker import read_weights_spec
+from dce_batch.storage import Location, filesystem_for, list_inputs_table, remove_files, temp_tag
+
+__all__ = ["LOCAL_MAX_IMAGES", "ResolvedWeights", "choose_engine", "resolve_weights", "run_enhance"]
+
+#: Collections up to this many images run in local processes when no cluster is running (Ray's
+#: start-up would cost more than it saves); larger ones start a local Ray (benchmarks/bench_pipeline.py).
+LOCAL_MAX_IMAGES = 1000
+
+
+# --------------------------------------------------------------------------------------------
+# Checks before anything is written
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ResolvedWeights:
+    blob: bytes
+    name: str
+    meta: Any  # the metadata: name, variant, sha256, num_params, source
+
+
+def resolve_weights(config: EnhanceConfig, blob: bytes | None = None, name: str | None = None) -> ResolvedWeights:
+    """The weights' bytes and metadata: the project's own files are read from their header (no
+    torch in the driver; the workers verify the tensors' sha256), published checkpoints are
+    imported here."""
+    from dce_batch.enhance.registry import read_header_metadata
+
+    if blob is None:
+        blob, name = read_weights_spec(config)
+    header = read_header_metadata(blob)
+    if header is not None:
+        if config.variant is not None and header.variant != config.variant:
+            raise WeightsError(
+                f"weights {name!r} are for the {header.variant!r} variant, but --model-variant {config.variant!r} "
+                "was asked for; drop one of the two or pass matching weights")
+        return ResolvedWeights(blob, name, header)
+    from dce_batch.enhance.weights import load_weights
+
+    loaded = load_weights(blob, variant=config.variant, name=name)
+    return ResolvedWeights(blob, name, loaded.meta)
+
+
+def check_precision(config: EnhanceConfig, variant: str, *, local: bool) -> None:
+    """What needs the weights' variant, or this machine's CPU when the workers run on it."""
+    if config.precision == "int8" and variant != "full":
+        raise ConfigError("--precision int8 quantizes DCE-Net (the full model); run the fast variant with --precision "
+                          "auto, fp32 or bf16")
+    if config.precision == "bf16" and config.gpus_per_actor == 0 and local:
+        from dce_batch.enhance.precision import cpu_has_native_bf16
+
+        if not cpu_has_native_bf16():
+            raise ConfigError("--precision bf16 on this CPU (no native bf16) would be emulated, about 50x slower than "
+                              "fp32; use --precision auto or fp32")
+
+
+def _ray_working_dir() -> str | None:
+    """The temporary folder ``ray job submit --working-dir`` unpacked this job into, if it is one."""
+    cwd = os.getcwd()
+    marker = "/runtime_resources/working_dir_files/"
+    return cwd if marker in cwd else None
+
+
+def check_output_location(config: EnhanceConfig, output: Location) -> None:
+    """Refuse an OUTPUT that would be lost or would feed later runs:
+
+    * inside Ray's temporary working folder of a submitted job (deleted with the job);
+    * inside an INPUT folder (a later run would enhance its own outputs), unless allowed.
+    """
+    working_dir = _ray_working_dir()
+    if working_dir and isinstance(output.filesystem, pafs.LocalFileSystem) and \
+            (output.path + "/").startswith(working_dir.rstrip("/") + "/"):
+        raise ConfigError(
+            f"OUTPUT {config.output} would be written into Ray's temporary working folder of this job ({working_dir}), "
+            "which is deleted with the job and the cluster: give an absolute path on the cluster's storage or an "
+            "s3:// URI")
+    if config.allow_output_inside_input:
+        return
+    input_fs, input_path = filesystem_for(config.input, config.s3)
+    root = input_path
+    if set("*?[") & set(root):  # a glob: its fixed leading folders
+        parts = root.split("/")
+        root = "/".join(parts[: next(i for i, p in enumerate(parts) if set("*?[") & set(p))])
+    try:
+        info = input_fs.get_file_info(root)
+    except OSError as exc:
+        raise StorageError(f"cannot check INPUT {config.input}: {exc}") from exc
+    if info.type == pafs.FileType.NotFound:
+        raise InputNotFoundError(f"INPUT {config.input} does not exist (relative paths are taken from {os.getcwd()})")
+    if info.type == pafs.FileType.File:
+        return
+    if Location(uri=config.input, filesystem=input_fs, path=root).contains(output):
+        raise ConfigError(
+            f"OUTPUT {output.uri} is inside INPUT {config.input}: a later run would enhance its own "
+            "outputs. Choose an OUTPUT outside INPUT, or pass --allow-output-inside-input")
+
+
+def _input_root(config: EnhanceConfig) -> Location | None:
+    """INPUT as a folder, when it is one (for the checks that keep outputs out of it)."""
+    try:
+        fs, path = filesystem_for(config.input, config.s3)
+        if set("*?[") & set(path) or fs.get_file_info(path).type != pafs.FileType.Directory:
+            return None
+    except (OSError, DceBatchError):
+        return None
+    return Location(uri=config.input, filesystem=fs, path=path.rstrip("/"))
+
+
+def check_output_writable(output: Location) -> None:
+    """Fail before any work when a local OUTPUT cannot be written (read-only, no permission)."""
+    from dce_batch.storage import write_bytes_atomic
+
+    if not isinstance(output.filesystem, pafs.LocalFileSystem):
+        return  # object stores: the lease's write says it (a probe would leave folder markers)
+    probe = f"{output.path}/_manifest/.write-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        write_bytes_atomic(output.filesystem, probe, b"dce_batch checks that OUTPUT is writable")
+        output.filesystem.delete_file(probe)
+    except (StorageError, OSError) as exc:
+        raise OutputWriteError(f"OUTPUT {output.uri} cannot be written: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    input_fs: pafs.FileSystem
+    plan: Plan
+    adopted: list[PartInfo]
+    removed_temp_files: int = 0
+    aborted_uploads: int = 0
+
+
+def prepare(config: EnhanceConfig, output: Location, store: ManifestStore, weights: ResolvedWeights,
+            *, lease_started: datetime, dead_runs: set[str], warn: Callable[[str], None]) -> Prepared:
+    """List inputs, read the manifest (adopting dead runs' parts), clean this OUTPUT's debris, plan.
+
+    Finding no input raises NoInputsFoundError (exit 2); links the listing skipped are ``warn``-ed."""
+    input_fs, listing = list_inputs_table(config.input, config.s3, extensions=IMAGE_EXTENSIONS,
+                                          base=config.base or None, warn=warn)
+    if config.overwrite:
+        store.delete_all()
+        done, adopted, runs = None, [], set()
+    else:
+        state = store.state()
+        done, adopted, runs = state.rows, state.uncommitted, set(state.runs)
+    input_root = _input_root(config)
+    found = list_output_files(output, temp_tags=frozenset(temp_tag(r) for r in runs | dead_runs),
+                              input_root=input_root)
+    # A writer killed mid-write leaves its temp file: this OUTPUT's runs' debris (never anyone else's).
+    removed = remove_files(output.filesystem, found.unfinished)
+    from dce_batch.storage.multipart import abort_stale_uploads
+
+    # Uploads under another job's OUTPUT nested in this one, or under INPUT, are not this job's.
+    leave = set(found.nested_outputs)
+    if input_root is not None and output.contains(input_root):
+        leave.add(input_root.path[len(output.path.rstrip("/")) + 1:])
+    aborted = abort_stale_uploads(output.filesystem, output.path, started_before=lease_started, leave=sorted(leave))
+    meta = weights.meta
+    constants = dict(model_name=meta.name, model_sha256=meta.sha256, strength=config.strength,
+                     variant=meta.variant, precision=config.precision)
+    plan = plan_run(listing=listing, output=output, run_id=config.run_id,
+                    settings_for=functools.partial(settings_for_run, config, meta),
+                    requested_format=config.format, row_constants=constants, done=done,
+                    existing_outputs=found.relpaths, max_pixels=config.max_pixels, input_root=input_root)
+    return Prepared(input_fs, plan, adopted, removed, aborted)
+
+
+class _Background:
+    """Run a function in a daemon thread; :meth:`result` waits, checking for a stop request."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._run, args=(fn,), daemon=True, name="dce-plan").start()
+
+    def _run(self, fn) -> None:
+        try:
+            self._result = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def result(self, stop: StopRequest) -> Any:
+        while not self._done.wait(0.2):
+            if stop.requested:
+                raise _interrupted(stop)
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def _interrupted(stop: StopRequest) -> RunInterrupted:
+    import signal
+
+    name = "terminated" if stop.signum == signal.SIGTERM else "interrupted"
+    return RunInterrupted(f"{name}; finished images are in the manifest, run again to resume", stop.signum or 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Engines
+# --------------------------------------------------------------------------------------------
+
+
+def _could_run_locally(config: EnhanceConfig) -> bool:
+    if not (config.engine == "auto" and config.gpus_per_actor == 0 and config.pipeline != "staged"
+            and config.num_actors is None):
+        return False
+    from dce_batch.job.engines.ray import starts_local_cluster
+
+    return starts_local_cluster()
+
+
+def choose_engine(config: EnhanceConfig, images: int) -> str:
+    """``local`` (a process pool on this machine) or ``ray`` for a run with ``images`` to do.
+
+    ``auto`` picks local only when nothing else asks for Ray: no cluster is running or named
+    (RAY_ADDRESS, ``ray start``, ``ray job submit``), no GPUs, staged pipeline or actor counts are
+    asked for, and at most :data:`LOCAL_MAX_IMAGES` images are to do.
+    """
+    if config.engine != "auto":
+        return config.engine
+    return "local" if images <= LOCAL_MAX_IMAGES and _could_run_locally(config) else "ray"
+
+
+def _warn_of_the_pixel_limit(plan, say: Callable[[str], None]) -> None:
+    if plan.limit_reason:  # set only when the workers take less than --max-pixels
+        say(f"warning: images over {plan.image_pixel_limit / 1e6:.0f} MP will get error rows: {plan.limit_reason}")
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+def _say_to_stderr(line: str) -> None:
+    print(f"[dce-batch enhance] {line}", file=sys.stderr, flush=True)
+
+
+def _warn(line: str) -> None:
+    """Something the user should know even in a quiet run (a skipped link, say)."""
+    print(f"[dce-batch enhance] warning: {line}", file=sys.stderr, flush=True)
+
+
+def _silent(line: str) -> None:  # noqa: ARG001 - --quiet
+    return None
+
+
+def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = None,
+                shutdown: bool = True) -> RunSummary:
+    """Run the enhancement job (see the module docstring); the run's summary.
+
+    Raises :class:`~dce_batch.errors.RunInterrupted` after a stop request (the finished images are
+    committed), a :class:`~dce_batch.errors.ConfigError` for invalid arguments, other
+    :class:`~dce_batch.errors.DceBatchError` types for failures at run time. ``shutdown=False``
+    leaves a local Ray this call started running (the CLI exits right after).
+    """
+    say = _silent if config.quiet else (log or _say_to_stderr)
+    started = time.time()
+    timings: dict[str, float] = {}
+    output = Location.parse(config.output, config.s3)
+    check_output_location(config, output)
+    blob, name = read_weights_spec(config)  # a missing file or unknown name fails here, before OUTPUT is touched
+    weights = resolve_weights(config, blob, name)
+    check_precision(config, weights.meta.variant, local=config.engine == "local" or _could_run_locally(config))
+    timings["weights_s"] = time.time() - started
+    check_output_writable(output)
+    store = ManifestStore.of(output)
+    stop = StopRequest().install()
+    lease = None
+    engine = None
+    try:
+        if lease_supported(output.filesystem):
+            lease = acquire_lease(store, config.run_id, command=" ".join(sys.argv)[:500])
+            if lease.taken_over:
+                say(f"took over OUTPUT's lease from {lease.taken_over}")
+        else:
+            say(f"warning: {output.uri} offers no conditional writes, so nothing stops a second run on it: run one "
+                "job at a time per OUTPUT")
+        lease_started = datetime.fromtimestamp(lease.holder.started_at if lease else started, timezone.utc)
+        dead_runs = {lease.previous.run_id} if lease and lease.previous else set()
+        preparing = _Background(lambda: prepare(config, output, store, weights, lease_started=lease_started,
+                                                dead_runs=dead_runs, warn=_warn))
+        if config.engine == "local" or (config.engine == "auto" and _could_run_locally(config)):
+            from dce_batch.job.engines.local import LocalEngine
+
+            # The workers start (and import torch) while the driver plans; if the plan turns out
+            # too large for them, Ray takes over and they are dismissed.
+            engine = LocalEngine(config, output, weights.blob, weights.name)
+            engine.start()
+            prepared = preparing.result(stop)
+            if choose_engine(config, prepared.plan.todo.num_rows) != "local":
+                engine.close(cancel=True)
+                engine = None
+        if engine is None:
+            from dce_batch.job.engines.ray import RayEngine
+
+            engine = RayEngine(config, say, shutdown=shutdown)
+            engine.start()
+            stop.reinstall()  # ray.init installs its own SIGTERM handler
+            timings["ray_ready_s"] = time.time() - started
+        prepared = preparing.result(stop)
+        timings["planned_s"] = time.time() - started
+        return _run(config, output, store, weights, prepared, engine, stop, lease, started, timings, say)
+    finally:
+        if engine is not None:
+            engine.close(cancel=True)
+        if lease is not None:
+            lease.release()
+        stop.restore()
+
+
+def _run(config, output, store, weights, prepared: Prepared, engine, stop: StopRequest, lease, started: float,
+         timings: dict[str, float], say) -> RunSummary:
+    plan = prepared.plan
+    meta = weights.meta
+    summary = RunSummary(
+        run_id=config.run_id, input=config.input, output=output.uri,
+        started_at=datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+        model={"name": meta.name, "variant": meta.variant, "sha256": meta.sha256,
+               "parameters": meta.num_params, "source": meta.source},
+        settings=config.settings_record(), versions=_versions(), timings=timings,
+    )
+    summary.refused, summary.changed = plan.refused.num_rows, plan.changed
+    ledger = PartLedger(store)
+    for part in prepared.adopted:
+        ledger.add_written(part)
+        summary.adopted_rows += part.rows
+    say(f"run {config.run_id}: {plan.total} inputs in {config.input}: {plan.todo.num_rows} to enhance"
+        + (f" ({plan.changed} changed since they were enhanced)" if plan.changed else "")
+        + f", {plan.skipped.num_rows} already done, {plan.refused.num_rows} refused; model {meta.name} ({meta.variant})"
+        + (f"; adopted {summary.adopted_rows} rows of {len(prepared.adopted)} parts of an interrupted run"
+           if prepared.adopted else "")
+        + (f"; removed {prepared.removed_temp_files} temp files of writes an interrupted run never finished"
+           if prepared.removed_temp_files else "")
+        + (f"; aborted {prepared.aborted_uploads} unfinished uploads" if prepared.aborted_uploads else ""))
+    _write_planning_rows(config, store, ledger, summary, plan)
+    progress = Progress(plan.todo.num_rows, quiet=config.quiet, interval_s=config.progress_interval_s,
+                        interactive=False if config.verbose else None,
+                        started=time.monotonic() - (time.time() - started))
+    status = "failed"
+    try:
+        if plan.todo.num_rows:
+            worker_plan, resources = engine.plan()
+            summary.cluster = {"engine": engine.name, "resources": resources, "workers": worker_plan.describe()}
+            say(_describe_pool(engine, worker_plan, config))
+            _warn_of_the_pixel_limit(worker_plan, say)
+            for batch in engine.batches(plan.todo, worker_plan, prepared.input_fs, output, weights):
+                if batch is not None:
+                    if "first_batch_s" not in timings:
+                        timings["first_batch_s"] = time.time() - started
+                    ledger.add(batch)
+                    summary.add(batch.rows)
+                    progress.update_batch(batch.rows)
+                if stop.requested:
+                    status = "interrupted"
+                    break
+                if lease is not None:
+                    lease.check()
+        if status != "interrupted":
+            status = "finished"
+    finally:
+        progress.close()
+        # What finished is kept whatever ended the run: the workers stop first, then the driver
+        # writes the parts they have not, and the commit record (best effort when OUTPUT itself
+        # is what failed).
+        engine.close(cancel=status != "finished")
+        try:
+            if lease is not None and lease.lost is not None:
+                # Another run holds OUTPUT now: this one writes nothing more. The parts its workers
+                # wrote are adopted by that run or the next; rows only held here are redone.
+                raise lease.lost
+            ledger.write_held()
+            if status == "finished":
+                _finish_summary(summary, plan, started)
+                store.write_summary(config.run_id, summary.to_json())
+            store.write_commit(CommitRecord(
+                run_id=config.run_id, status=status, parts=ledger.parts(),
+                counts={"ok": summary.ok, "error": summary.error, "skipped": summary.skipped,
+                        "refused": summary.refused, "changed": summary.changed},
+                adopted=[p.name for p in prepared.adopted]))
+        except DceBatchError as exc:
+            if status == "finished":
+                raise
+            say(f"warning: could not commit the rows of this run ({describe_error(exc)}); the next run adopts "
+                "the parts that were written")
+    if status == "interrupted":
+        raise _interrupted(stop)
+    _report(config, summary, say)
+    return summary
+
+
+def _write_planning_rows(config, store: ManifestStore, ledger: PartLedger, summary: RunSummary, plan: Plan) -> None:
+    """Skipped and refused rows, written by the driver (large tables in slices of a part each)."""
+    sequence = 0
+    for table in (plan.skipped, plan.refused):
+        for start in range(0, table.num_rows, config.part_rows):
+            piece = table.slice(start, config.part_rows)
+            summary.add(piece)
+            ledger.add_written(store.write_part(part_name(config.run_id, "plan", sequence), piece))
+            sequence += 1
+
+
+def _describe_pool(engine, plan, config) -> str:
+    where = (f"{engine.workers} local processes (no cluster running: starting Ray would cost more than it saves; "
+             "--engine ray to use it)" if engine.name == "local" else
+             f"Ray: actors {plan.min_size}..{plan.max_size} x (CPU {plan.cpus_per_worker:g}, GPU "
+             f"{plan.gpus_per_worker:g}, memory {plan.memory_per_worker / 2**30:.1f} GiB)")
+    return (f"{'staged' if plan.staged else 'fused'} pipeline in {where}; {plan.images_per_call} images per call of up "
+            f"to {plan.image_pixel_limit / 1e6:g} MP (pool limited by {plan.limited_by}), precision {config.precision}")
+
+
+def _finish_summary(summary: RunSummary, plan: Plan, started: float) -> None:
+    summary.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    summary.elapsed_s = time.time() - started
+    processed = summary.ok + summary.error - plan.refused.num_rows
+    summary.images_per_s = processed / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
+    summary.megapixels_per_s = summary.megapixels / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
+
+
+def _report(config: EnhanceConfig, summary: RunSummary, say) -> None:
+    output = Location.parse(config.output, config.s3)
+    wants = config.report if config.report is not None else isinstance(output.filesystem, pafs.LocalFileSystem)
+    if not wants:
+        return
+    from dce_batch.report import build_report
+
+    try:
+        summary.report = build_report(config.output, s3=config.s3, log=say, run_id=config.run_id)
+    except Exception as exc:  # noqa: BLE001 - the images are done; a report failure must not hide that
+        print(f"[dce-batch enhance] warning: the report could not be built: {describe_error(exc)}",
+              file=sys.stderr, flush=True)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    import PIL
+
+    return {"dce_batch": __version__, "ray": version("ray"), "torch": version("torch"), "pillow": PIL.__version__,
+            "pyarrow": pa.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
+
+
+__all__ += ["MANIFEST_SCHEMA"]

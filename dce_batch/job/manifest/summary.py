@@ -1,0 +1,96 @@
+"""A run's summary, ``_manifest/_run-<run_id>.json``: counts, speed, timings, settings, versions.
+
+Written by a run that finished (an interrupted run commits its parts but writes no summary), just
+before its commit record. The report reads it; so can any tool (plain JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dce_batch.job.manifest.schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
+
+__all__ = ["RunSummary"]
+
+
+@dataclass
+class RunSummary:
+    """Counts and settings of one run; written as ``_manifest/_run-<run_id>.json``."""
+
+    run_id: str
+    input: str
+    output: str
+    started_at: str
+    finished_at: str = ""
+    elapsed_s: float = 0.0
+    total: int = 0
+    ok: int = 0
+    error: int = 0
+    skipped: int = 0
+    images_per_s: float = 0.0
+    megapixels_per_s: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    megapixels: float = 0.0
+    errors_by_type: dict[str, int] = field(default_factory=dict)
+    first_errors: list[dict[str, str]] = field(default_factory=list)
+    model: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    cluster: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    report: str = ""  # URI of the HTML report, when one was built (after this summary was written)
+    refused: int = 0  # inputs refused at planning (their rows are errors)
+    changed: int = 0  # inputs redone because they changed since an earlier run enhanced them
+    adopted_rows: int = 0  # rows of runs that died before committing, adopted by this run
+
+    def add(self, table: pa.Table) -> None:
+        """Fold a batch of manifest rows into the counts."""
+        statuses = table["status"].cast(pa.string()).to_pylist()
+        self.total += len(statuses)
+        self.ok += statuses.count(STATUS_OK)
+        self.error += statuses.count(STATUS_ERROR)
+        self.skipped += statuses.count(STATUS_SKIPPED)
+        # Bytes of the inputs this run read (skipped rows repeat an earlier run's numbers).
+        status = table["status"].cast(pa.string())
+        processed = table.filter(pc.not_equal(status, STATUS_SKIPPED))
+        self.bytes_in += int(pc.sum(processed["bytes_in"]).as_py() or 0)
+        self.bytes_out += int(pc.sum(processed["bytes_out"]).as_py() or 0)
+        ok = table.filter(pc.equal(status, STATUS_OK))
+        pixels = pc.sum(pc.multiply(ok["width"].cast(pa.int64()), ok["height"].cast(pa.int64()))).as_py()
+        self.megapixels += (pixels or 0) / 1e6
+        if STATUS_ERROR in statuses:
+            errors = table.filter(pc.equal(table["status"].cast(pa.string()), STATUS_ERROR))
+            for uri, message in zip(errors["input_uri"].to_pylist(), errors["error"].cast(pa.string()).to_pylist()):
+                kind = (message or "Error").split(":", 1)[0]
+                self.errors_by_type[kind] = self.errors_by_type.get(kind, 0) + 1
+                if len(self.first_errors) < 20:
+                    self.first_errors.append({"input_uri": uri, "error": message or ""})
+
+    def to_json(self) -> str:
+        return json.dumps(vars(self), indent=2, default=str)
+
+    def table(self) -> str:
+        """The final summary as a small text table for the terminal."""
+        lines = [
+            f"run {self.run_id}: {self.input} -> {self.output}",
+            f"  {'inputs':<14}{self.total:>10}",
+            f"  {'ok':<14}{self.ok:>10}",
+            f"  {'skipped':<14}{self.skipped:>10}   (done by an earlier run)",
+            *([f"  {'changed':<14}{self.changed:>10}   (inputs changed since they were enhanced: redone)"]
+              if self.changed else []),
+            f"  {'error':<14}{self.error:>10}",
+            f"  {'elapsed':<14}{self.elapsed_s:>10.1f} s",
+            f"  {'throughput':<14}{self.images_per_s:>10.2f} images/s ({self.megapixels_per_s:.2f} MP/s)",
+            f"  {'bytes in/out':<14}{self.bytes_in:>10,} / {self.bytes_out:,}",
+        ]
+        for kind, count in sorted(self.errors_by_type.items()):
+            lines.append(f"  {kind:<24}{count:>6}")
+        for entry in self.first_errors[:5]:
+            lines.append(f"    {entry['input_uri']}: {entry['error']}")
+        return "\n".join(lines)

@@ -1,0 +1,147 @@
+"""The command line as a user meets it: one subparser per command, and bad arguments never
+reach a worker (exit 2, one line saying what is wrong, no traceback)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dce_batch import __version__
+from dce_batch.cli import COMMANDS, build_parser, main
+
+BAD_NUMBERS = ["nan", "inf", "-inf", "1e400", "", "x"]
+
+
+def _run(argv, capsys) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own exit
+        code = exc.code
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "error" in line.lower()]
+
+
+def test_every_command_is_a_subparser_and_version_is_printed(capsys):
+    parser = build_parser()
+    subparsers = next(a for a in parser._subparsers._group_actions)  # noqa: SLF001 - inspecting, not relying
+    assert sorted(subparsers.choices) == sorted(COMMANDS)
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"dce-batch {__version__}"
+    code, err = _run([], capsys)
+    assert code == 2 and "COMMAND" in err
+    code, err = _run(["enhanse"], capsys)
+    assert code == 2 and "invalid choice: 'enhanse'" in err
+
+
+# option -> values it must refuse (NaN, infinities, overflow, out of range, empty, not a number)
+ENHANCE_REFUSES = {
+    "--scale": BAD_NUMBERS + ["0.5", "-1"],
+    "--strength": BAD_NUMBERS + ["-0.1", "1.5"],
+    "--denoise-strength": BAD_NUMBERS + ["-1", "5"],
+    "--highlight-stretch": BAD_NUMBERS + ["-0.1", "2"],
+    "--exposure": BAD_NUMBERS + ["0", "1", "-0.2"],
+    "--quality": BAD_NUMBERS + ["0", "101", "-5", "9" * 40],
+    "--gpus-per-actor": BAD_NUMBERS + ["-1"],
+    "--cpus-per-actor": BAD_NUMBERS + ["0", "-1"],
+    "--batch-size": BAD_NUMBERS + ["0", "-2", "1.5"],
+    "--max-pixels": BAD_NUMBERS + ["0", "-1"],
+    "--tile-size": BAD_NUMBERS + ["0", "8"],
+    "--actor-memory": BAD_NUMBERS + ["0", "-4G", "1e400G", "1T" * 3],
+    "--num-actors": ["", "0", "3:2", "a:b", "1:2:3"],
+    "--manifest-flush-seconds": BAD_NUMBERS + ["-1"],
+    "--weights": [""],
+    "--base": [""],
+    "--s3-endpoint": [""],
+}
+
+
+@pytest.mark.parametrize("option,value", [(o, v) for o, values in ENHANCE_REFUSES.items() for v in values])
+def test_enhance_refuses_bad_values_with_one_line(option, value, capsys, tmp_path):
+    code, err = _run(["enhance", str(tmp_path / "in"), str(tmp_path / "out"), option, value], capsys)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(_error_lines(err)) == 1, err
+    assert not (tmp_path / "out").exists(), "nothing written for an invalid argument"
+
+
+TRAIN_REFUSES = {
+    "--workers": BAD_NUMBERS + ["0", "-1", "1.5"],
+    "--gpus-per-worker": BAD_NUMBERS + ["-1"],
+    "--cpus-per-worker": BAD_NUMBERS + ["0"],
+    "--epochs": BAD_NUMBERS + ["0"],
+    "--image-size": BAD_NUMBERS + ["8"],
+    "--min-crop": BAD_NUMBERS + ["1.5"],
+    "--batch-size": BAD_NUMBERS + ["0"],
+    "--lr": BAD_NUMBERS + ["0", "-1"],
+    "--exposure-target": BAD_NUMBERS + ["2"],
+    "--val-fraction": BAD_NUMBERS + ["-0.1"],
+    "--max-images": BAD_NUMBERS + ["1"],
+    "--data": [""],
+    "--export": [""],
+    "--storage": [""],
+}
+EVALUATE_REFUSES = {"--threads": BAD_NUMBERS + ["0"], "--target": BAD_NUMBERS + ["1.5"],
+                    "--max-side": BAD_NUMBERS + ["0"], "--seed": BAD_NUMBERS + ["-1"]}
+
+
+@pytest.mark.parametrize("command,option,value", [("train", o, v) for o, values in TRAIN_REFUSES.items() for v in values]
+                         + [("evaluate", o, v) for o, values in EVALUATE_REFUSES.items() for v in values])
+def test_train_and_evaluate_refuse_bad_values_with_one_line(command, option, value, capsys):
+    code, err = _run([command, option, value], capsys)
+    assert code == 2 and "Traceback" not in err and len(_error_lines(err)) == 1, err
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["enhance", "", "OUT"], "expected a path"),
+    (["enhance", "IN", ""], "expected a path"),
+    (["report", "OUT", "--link-expiry-hours", "nan"], "finite"),
+    (["report", "OUT", "--link-expiry-hours", "inf"], "finite"),
+    (["report", "OUT", "--link-expiry-hours", "-1"], ">= 0"),
+    (["report", "OUT", "--link-expiry-hours", "1000"], "at most 168"),
+    (["report", "OUT", "--max-pairs", "-1"], ">= 0"),
+    (["export-onnx", "x.onnx", "--scale", "nan"], "finite"),
+    (["export-onnx", "x.onnx", "--opset", "1e400"], "whole number"),
+    (["manifest", "repair", ""], "expected a path"),
+    (["manifest", "fix", "OUT"], "invalid choice"),
+])
+def test_other_commands_refuse_bad_values_with_one_line(argv, expected, capsys):
+    code, err = _run(argv, capsys)
+    assert code == 2 and expected in err and "Traceback" not in err, err
+
+
+def test_settings_a_worker_would_only_discover_are_refused_before_anything_starts(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    for argv, expected in [
+        (["--precision", "fp16"], "fp16 needs a CUDA GPU"),
+        (["--precision", "int8", "--gpus-per-actor", "1"], "int8 runs on CPUs"),
+        (["--precision", "int8", "--model-variant", "fast"], "int8 quantizes DCE-Net"),
+        (["--engine", "local", "--gpus-per-actor", "1"], "--engine local"),
+        (["--weights", "no_such_model"], "not found"),
+    ]:
+        code, err = _run(["enhance", str(tmp_path / "in"), str(tmp_path / "out"), *argv], capsys)
+        assert code == 2 and expected in err and "Traceback" not in err, (argv, err)
+        assert not (tmp_path / "out").exists(), f"{argv}: OUTPUT touched"
+
+
+def test_a_non_utf8_path_argument_is_an_error_line_not_a_traceback(tmp_path):
+    name = os.fsdecode(b"in\xff")
+    result = subprocess.run([sys.executable, "-m", "dce_batch.cli", "enhance", str(tmp_path / name),
+                             str(tmp_path / "out")], capture_output=True, timeout=120)
+    assert result.returncode == 2 and b"Traceback" not in result.stderr and b"not valid UTF-8" in result.stderr
+
+
+def test_an_output_in_ray_s_temporary_working_folder_is_refused(tmp_path, capsys, monkeypatch):
+    working = tmp_path / "session" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123"
+    (working / "in").mkdir(parents=True)
+    monkeypatch.chdir(working)
+    code, err = _run(["enhance", "in", "enhanced"], capsys)
+    assert code == 2 and "Ray's temporary working folder" in err and "s3://" in err
+    assert not (working / "enhanced").exists()

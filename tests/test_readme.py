@@ -1,0 +1,125 @@
+"""Every command and code block of the README runs as written, in order, in a copy of the checkout.
+
+The two set-up commands (a new virtual environment and `pip install`) are what CI itself runs
+(`.ci/run` is the second, verbatim); every other block runs here: the enhancement examples, the
+cluster block against a `ray start --head` started exactly as it says (token auth included, with
+its own HOME and RAY_TMPDIR so nothing of the user's is touched), the S3 block against a
+`moto_server` on the port the README names, training, report, evaluate, ONNX, and the Python
+snippets. Each block's time is printed (`pytest -s`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .ray_cluster import stop_processes_of
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.s3]
+
+_BLOCK = re.compile(r"^```(bash|python)\n(.*?)^```", re.M | re.S)
+
+
+def readme_blocks() -> list[tuple[str, str]]:
+    return [(kind, body) for kind, body in _BLOCK.findall((REPO / "README.md").read_text())]
+
+
+def _is_setup(body: str) -> bool:
+    return "python3 -m venv" in body
+
+
+def test_the_readme_has_its_two_commands_and_ci_runs_the_second_verbatim():
+    setup = [body.strip() for kind, body in readme_blocks() if _is_setup(body)]
+    assert len(setup) == 2
+    assert setup[1] in (REPO / ".ci" / "run").read_text()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _checkout_copy(target: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+
+
+def _moto_with_a_bucket(port: int, log: Path):
+    process = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while _port_free(port):
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.1)
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client.create_bucket(Bucket="bucket")
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        path = log.with_name(f"raw{i}.png")
+        Image.fromarray((rng.random((48, 64, 3)) * 60).astype(np.uint8)).save(path)
+        client.put_object(Bucket="bucket", Key=f"raw/img{i}.png", Body=path.read_bytes())
+    return process, client
+
+
+def test_every_readme_block_runs_as_written(tmp_path):
+    if not all(_port_free(port) for port in (9000, 6390, 8290, 52391)):
+        pytest.skip("a port the README's blocks name (9000, 6390, 8290, 52391) is in use on this machine")
+    work = tmp_path / "checkout"
+    _checkout_copy(work)
+    for block_path in sorted({p for _, body in readme_blocks() for p in re.findall(r"/tmp/[\w.-]+", body)}):
+        # What an earlier run of these blocks left there (an OUTPUT made by other code, say).
+        shutil.rmtree(block_path, ignore_errors=True) if Path(block_path).is_dir() else Path(block_path).unlink(
+            missing_ok=True)
+    ray_tmp = tempfile.mkdtemp(prefix="rr", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
+    env.update(HOME=str(home), RAY_TMPDIR=ray_tmp, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", MPLBACKEND="Agg")
+    moto, client = _moto_with_a_bucket(9000, tmp_path / "moto.log")
+    timings = []
+    try:
+        for kind, body in readme_blocks():
+            if _is_setup(body):
+                continue
+            command = ["bash", "-euo", "pipefail", "-c", body] if kind == "bash" else [sys.executable, "-c", body]
+            started = time.monotonic()
+            result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=900)
+            timings.append((time.monotonic() - started, body.strip().splitlines()[0]))
+            assert result.returncode == 0, f"README block failed:\n{body}\n--- stdout\n{result.stdout[-3000:]}" \
+                                           f"\n--- stderr\n{result.stderr[-5000:]}"
+        # The S3 block's outputs, while the server is up.
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket="bucket", Prefix="enhanced/")["Contents"]]
+        assert {"enhanced/img0.png", "enhanced/img1.png"} <= set(keys)
+    finally:
+        stop_processes_of(ray_tmp)
+        moto.terminate()
+        moto.wait(timeout=30)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+        for seconds, first_line in timings:
+            print(f"{seconds:7.1f} s  {first_line}")
+    # What the blocks were meant to make, made.
+    assert sorted(p.name for p in (work / "enhanced-samples").glob("*.*")) == sorted(
+        p.name for p in (REPO / "dce_batch" / "samples").iterdir() if p.suffix in (".jpg", ".png"))
+    assert (work / "enhanced-samples" / "_report" / "index.html").is_file()
+    assert len(list(Path("/tmp/dce-enhanced-on-ray").glob("*.jpg"))) >= 3
