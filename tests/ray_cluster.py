@@ -113,6 +113,32 @@ def processes_of(temp_dir: str, *, with_environment: bool = False) -> list[int]:
     return sorted(found)
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def ray_tmp():
+    """A short private Ray temp dir for a CLI subprocess (its own local cluster), cleaned after.
+
+    Short: Ray's socket paths must fit in 107 bytes. The processes of that cluster are found by
+    their temp dir and stopped exactly, never by name.
+    """
+    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    yield path
+    stop_processes_of(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def cli_env(ray_tmp: str) -> dict[str, str]:
+    """Environment for a CLI subprocess: its own local cluster in ``ray_tmp`` (not one the
+    environment names), and this checkout's dce_batch first on the path."""
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env["RAY_TMPDIR"] = ray_tmp
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
 _AGENTS = (b"ray::DashboardAgent", b"ray::RuntimeEnvAgent")
 
 

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from dce_batch.job.manifest import MANIFEST_SCHEMA, read_manifest
 from dce_batch.job.sizing import ACTOR_BASE_MEMORY, FUSED_BYTES_PER_PIXEL
 from dce_batch.enhance.weights import load_weights
 
-from .ray_cluster import processes_of, stop_processes_of, writers_of
+from .ray_cluster import cli_env, processes_of, stop_processes_of, writers_of
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
@@ -436,31 +435,11 @@ def _run_cli(args, cwd, env=None, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture()
-def ray_tmp():
-    """A short private Ray temp dir for a CLI subprocess (its own local cluster), cleaned after.
-
-    Short: Ray's socket paths must fit in 107 bytes. The processes of that cluster are found by
-    their temp dir and stopped exactly, never by name.
-    """
-    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    yield path
-    stop_processes_of(path)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _cli_env(ray_tmp: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    env["RAY_TMPDIR"] = ray_tmp
-    return env
-
-
 @pytest.mark.slow
 def test_cli_default_run_enhances_the_bundled_samples(tmp_path, ray_tmp):
     """The README's first command: no arguments, samples -> ./enhanced/ and a report; with no cluster
     running, 5 images run in local worker processes. The same run on Ray gives the same images."""
-    result = _run_cli([], cwd=tmp_path, env=_cli_env(ray_tmp))
+    result = _run_cli([], cwd=tmp_path, env=cli_env(ray_tmp))
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = sorted(p.name for p in (tmp_path / "enhanced").iterdir() if p.is_file())
     samples = sorted(p.name for p in (REPO / "dce_batch" / "samples").iterdir() if p.suffix in (".jpg", ".png"))
@@ -471,7 +450,7 @@ def test_cli_default_run_enhances_the_bundled_samples(tmp_path, ray_tmp):
     assert summary["cluster"]["engine"] == "local" and "local processes" in result.stderr
     assert "Warning" not in result.stderr, "nothing for the user to puzzle over (e.g. leaked semaphores)"
     on_ray = _run_cli(["--engine", "ray", "--no-report", str(REPO / "dce_batch" / "samples"), str(tmp_path / "ray")],
-                      cwd=tmp_path, env=_cli_env(ray_tmp))
+                      cwd=tmp_path, env=cli_env(ray_tmp))
     assert on_ray.returncode == 0, on_ray.stderr[-3000:]
     for name in samples:
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "enhanced" / name).read_bytes()
@@ -483,7 +462,7 @@ def test_cli_exit_codes(tmp_path, ray_tmp):
     source = tmp_path / "in"
     _save(source / "good.png", _dark(30, 30), "PNG")
     (source / "bad.jpg").write_bytes(b"nope")
-    env = _cli_env(ray_tmp)
+    env = cli_env(ray_tmp)
     # Exit statuses do not depend on the engine: local processes spare starting a Ray cluster here
     # (the CLI's own Ray cluster is tested by test_cli_default_run_enhances_the_bundled_samples and
     # the interrupted and killed runs below)
@@ -604,7 +583,7 @@ def _alive(pids: set[int]) -> set[int]:
 def _start_job(source: Path, out: Path, ray_tmp: str, engine: str, stderr, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(REPO / "jobs" / "enhance.py"), str(source), str(out), "--batch-size", "1",
-         "--engine", engine, "--no-report", *extra], env=_cli_env(ray_tmp), stdout=subprocess.DEVNULL, stderr=stderr,
+         "--engine", engine, "--no-report", *extra], env=cli_env(ray_tmp), stdout=subprocess.DEVNULL, stderr=stderr,
         # A suite started in the background (`cmd &`) inherits SIGINT ignored, and Python then
         # installs no KeyboardInterrupt handler: give the job the disposition a terminal gives it.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -780,7 +759,7 @@ def test_one_cpu_cluster_does_not_stall(tmp_path, ray_tmp):
     script = ("import ray, sys; ray.init(num_cpus=1, include_dashboard=False);"
               "from dce_batch.job import EnhanceConfig, run_enhance;"
               "s = run_enhance(EnhanceConfig(input=sys.argv[1], output=sys.argv[2])); sys.exit(0 if s.ok == 3 else 1)")
-    result = subprocess.run([sys.executable, "-c", script, str(source), str(tmp_path / "out")], env=_cli_env(ray_tmp),
+    result = subprocess.run([sys.executable, "-c", script, str(source), str(tmp_path / "out")], env=cli_env(ray_tmp),
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -811,7 +790,7 @@ def test_an_output_that_fills_up_or_is_read_only_fails_the_run_and_claims_nothin
         mount += f" && mount -o remount,ro {out}"
     script = (f"{mount} && {sys.executable} {REPO / 'jobs' / 'enhance.py'} {source} {out} --batch-size 1; "
               f"code=$?; cp -a {out}/. {kept}/; exit $code")
-    result = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=_cli_env(ray_tmp),
+    result = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=cli_env(ray_tmp),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]
     expected = "No space left" if situation == "full" else "Read-only file system"

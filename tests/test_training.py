@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +24,7 @@ from dce_batch.training.data import AugmentConfig, augment_batch, decode_for_tra
 from dce_batch.training.losses import LossWeights
 from dce_batch.training.run import TrainingOutcome, run_training
 
-from .ray_cluster import processes_of, stop_processes_of
+from .ray_cluster import cli_env, processes_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -344,27 +341,6 @@ def test_loss_curves_are_optional(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def ray_tmp():
-    """A short private Ray temp dir for a CLI subprocess (its own local cluster), cleaned after.
-
-    Short: Ray's socket paths must fit in 107 bytes. The processes of that cluster are found by
-    their temp dir and stopped exactly, never by name.
-    """
-    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    yield path
-    stop_processes_of(path)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _cli_env(ray_tmp: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)  # its own local cluster, not one that the environment names
-    env["RAY_TMPDIR"] = ray_tmp
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    return env
-
-
 # Each call in a fresh interpreter: a mistake must be reported before anything imports or starts Ray.
 _MISTAKES_SCRIPT = r"""
 import contextlib, io, json, sys
@@ -401,7 +377,7 @@ def test_cli_refuses_mistakes_with_one_line_before_ray_starts(tmp_path, ray_tmp)
         "epochz": ["--config", str(tmp_path / "bad.toml"), "--data", bundled],
     }
     result = subprocess.run([sys.executable, "-c", _MISTAKES_SCRIPT, json.dumps(list(cases.values()))],
-                            cwd=tmp_path, env=_cli_env(ray_tmp), capture_output=True, text=True, timeout=300, check=False)
+                            cwd=tmp_path, env=cli_env(ray_tmp), capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     for expected, outcome in zip(cases, report["results"]):
@@ -413,7 +389,7 @@ def test_cli_refuses_mistakes_with_one_line_before_ray_starts(tmp_path, ray_tmp)
     # `samples` is the bundled set; a folder of that name here is ambiguous, and ./samples names it
     (tmp_path / "samples").mkdir()
     result = subprocess.run([sys.executable, "-c", _MISTAKES_SCRIPT, json.dumps([["--data", "samples"]])],
-                            cwd=tmp_path, env=_cli_env(ray_tmp), capture_output=True, text=True, timeout=300, check=False)
+                            cwd=tmp_path, env=cli_env(ray_tmp), capture_output=True, text=True, timeout=300, check=False)
     (outcome,) = json.loads(result.stdout.strip().splitlines()[-1])["results"]
     assert outcome["code"] == 2 and "--data ./samples" in outcome["stderr"], outcome
 
@@ -429,7 +405,7 @@ def test_readme_example_trains_on_the_bundled_set_quietly(tmp_path, ray_tmp):
     """On a fresh clone's default settings: a local Ray starts, and what the user reads is the
     run's line, one line per epoch and the result; no Ray log lines, bars or colour codes."""
     result = subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), *README_EXAMPLE.split()],
-                            cwd=tmp_path, env=_cli_env(ray_tmp), capture_output=True, text=True, timeout=600, check=False)
+                            cwd=tmp_path, env=cli_env(ray_tmp), capture_output=True, text=True, timeout=600, check=False)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     lines = output.splitlines()
