@@ -30,7 +30,7 @@ import pyarrow.fs as pafs
 
 from dce_batch.errors import ConfigError, CredentialsError
 
-__all__ = ["DEFAULT_MAX_ATTEMPTS", "PortableS3FileSystem", "S3Options", "s3_filesystem"]
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "PortableS3FileSystem", "S3Options", "s3_client", "s3_filesystem"]
 
 #: Attempts per S3 request (the first try plus retries) unless AWS_MAX_ATTEMPTS or the profile's
 #: ``max_attempts`` says otherwise. The AWS default of 3 is meant for interactive calls; a batch
@@ -374,3 +374,35 @@ def s3_filesystem(options: S3Options, bucket: str) -> PortableS3FileSystem:
     if region is None:
         region = DEFAULT_ENDPOINT_REGION if options.endpoint_url else _aws_bucket_region(bucket)
     return PortableS3FileSystem(dataclasses.replace(options, region=region or DEFAULT_ENDPOINT_REGION))
+
+
+def s3_client(options: S3Options):
+    """A botocore S3 client configured exactly like the job's S3 filesystem (endpoint, region,
+    retries, timeouts, addressing), with credentials in the precedence its SDK uses: keys given in
+    code, then keys in the environment (which the SDK inside pyarrow prefers to any profile), else
+    the profile's chain (SSO, credential_process ...). Made per call: the environment it reads may change."""
+    import botocore
+    import botocore.config
+
+    config = botocore.config.Config(
+        region_name=options.region,
+        connect_timeout=options.connect_timeout_s,
+        read_timeout=options.request_timeout_s,
+        retries={"mode": "standard", "max_attempts": options.max_attempts},
+        signature_version=botocore.UNSIGNED if options.anonymous else None,
+        # Path-style addressing for custom endpoints, as pyarrow does (http://host/bucket/key).
+        s3={"addressing_style": "path"} if options.endpoint_url else None,
+        # The endpoint is exactly the filesystem's, never one from the environment.
+        ignore_configured_endpoint_urls=True,
+    )
+    keys = {}
+    if options.has_keys:
+        keys = {"aws_access_key_id": options.access_key, "aws_secret_access_key": options.secret_key,
+                "aws_session_token": options.session_token}
+    elif os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        # The SDK inside pyarrow prefers these to any profile; a session with a profile would not.
+        keys = {"aws_access_key_id": os.environ["AWS_ACCESS_KEY_ID"],
+                "aws_secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"],
+                "aws_session_token": os.environ.get("AWS_SESSION_TOKEN") or None}
+    return botocore_session(options.profile).create_client("s3", endpoint_url=options.endpoint_url, config=config,
+                                                         **keys)

@@ -27,43 +27,13 @@ from collections.abc import Iterator
 import pyarrow.fs as pafs
 
 from dce_batch.errors import StorageError
-from dce_batch.storage.aws import PortableS3FileSystem, S3Options, botocore_session
+from dce_batch.storage.aws import PortableS3FileSystem, s3_client
 
-__all__ = ["ConditionFailed", "create_exclusive", "delete_if", "read_versioned", "replace_if", "s3_client"]
+__all__ = ["ConditionFailed", "create_exclusive", "delete_if", "read_versioned", "replace_if"]
 
 
 class ConditionFailed(Exception):
     """The file exists (create) or changed since it was read (replace, delete)."""
-
-
-def s3_client(options: S3Options):
-    """A botocore S3 client configured exactly like the job's S3 filesystem (endpoint, region,
-    retries, timeouts, addressing), with credentials from the same chain."""
-    import botocore
-    import botocore.config
-
-    config = botocore.config.Config(
-        region_name=options.region,
-        connect_timeout=options.connect_timeout_s,
-        read_timeout=options.request_timeout_s,
-        retries={"mode": "standard", "max_attempts": options.max_attempts},
-        signature_version=botocore.UNSIGNED if options.anonymous else None,
-        # Path-style addressing for custom endpoints, as pyarrow does (http://host/bucket/key).
-        s3={"addressing_style": "path"} if options.endpoint_url else None,
-        # The endpoint is exactly the filesystem's, never one from the environment.
-        ignore_configured_endpoint_urls=True,
-    )
-    keys = {}
-    if options.has_keys:
-        keys = {"aws_access_key_id": options.access_key, "aws_secret_access_key": options.secret_key,
-                "aws_session_token": options.session_token}
-    elif os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-        # The SDK inside pyarrow prefers these to any profile; a session with a profile would not.
-        keys = {"aws_access_key_id": os.environ["AWS_ACCESS_KEY_ID"],
-                "aws_secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"],
-                "aws_session_token": os.environ.get("AWS_SESSION_TOKEN") or None}
-    return botocore_session(options.profile).create_client("s3", endpoint_url=options.endpoint_url, config=config,
-                                                         **keys)
 
 
 def _bucket_key(path: str) -> tuple[str, str]:

@@ -35,7 +35,7 @@ from dce_batch.errors import (
     describe_error,
 )
 from dce_batch.storage.arrow_paths import relative_to, with_prefix
-from dce_batch.storage.aws import PortableS3FileSystem, S3Options, botocore_session
+from dce_batch.storage.aws import PortableS3FileSystem, S3Options, s3_client
 from dce_batch.storage.globs import GLOB_CHARS, glob_regex_source, split_glob
 from dce_batch.storage.input_table import (
     INPUT_TABLE_SCHEMA,
@@ -107,48 +107,15 @@ class _Page(NamedTuple):
 # --------------------------------------------------------------------------------------------
 
 
-def _listing_keys(options: S3Options) -> dict[str, str | None]:
-    """Keys for the driver's listing client, in the precedence the filesystem's SDK uses.
-
-    Keys given in code come first; then keys in the environment, which the AWS SDK inside
-    pyarrow prefers to any profile (a botocore session with a profile set would skip them);
-    else none, and botocore resolves the profile's credentials (SSO, credential_process ...).
-    """
-    if options.has_keys:
-        return {"aws_access_key_id": options.access_key, "aws_secret_access_key": options.secret_key,
-                "aws_session_token": options.session_token}
-    access_key, secret_key = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if access_key and secret_key:
-        return {"aws_access_key_id": access_key, "aws_secret_access_key": secret_key,
-                "aws_session_token": os.environ.get("AWS_SESSION_TOKEN") or None}
-    return {}
-
-
 def _s3_pages(fs: PortableS3FileSystem, base: str, recursive: bool) -> Iterator[_Page]:
     """The objects under ``base``, one ListObjectsV2 page at a time."""
-    import botocore
-    import botocore.config
     import botocore.exceptions
 
     options = fs.options
     bucket, _, key = base.partition("/")
     prefix = key.strip("/") + "/" if key.strip("/") else ""
-    config = botocore.config.Config(
-        region_name=options.region,
-        connect_timeout=options.connect_timeout_s,
-        read_timeout=options.request_timeout_s,
-        # botocore's standard retry mode (jittered backoff) for the same number of attempts.
-        retries={"mode": "standard", "max_attempts": options.max_attempts},
-        signature_version=botocore.UNSIGNED if options.anonymous else None,
-        # Path-style addressing for custom endpoints, as pyarrow does (http://host/bucket/key).
-        s3={"addressing_style": "path"} if options.endpoint_url else None,
-        # The endpoint is exactly the filesystem's, never one from the environment.
-        ignore_configured_endpoint_urls=True,
-    )
     try:
-        client = botocore_session(options.profile).create_client(
-            "s3", endpoint_url=options.endpoint_url, config=config, **_listing_keys(options)
-        )
+        client = s3_client(options)
         request = {"Bucket": bucket, "Prefix": prefix}
         if not recursive:
             request["Delimiter"] = "/"

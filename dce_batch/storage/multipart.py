@@ -14,7 +14,7 @@ from datetime import datetime
 
 from dce_batch.errors import StorageError
 from dce_batch.storage.aws import PortableS3FileSystem
-from dce_batch.storage.conditional import s3_client
+from dce_batch.storage.aws import s3_client
 
 __all__ = ["abort_stale_uploads"]
 
