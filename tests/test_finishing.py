@@ -334,8 +334,8 @@ def test_exposure_keeps_a_night_scene_dark_and_lifts_a_dim_room():
 
 
 def test_blacks_stay_black_on_the_retina_sample():
-    """Issue 25 item 7: the bundled retina sample's black surround (0-2 in 8 bits) came out at
-    about 11.5 / 255 with grey blotches and a dark-red rim. Through the job's own path
+    """The bundled retina sample's black surround (0-2 in 8 bits), which the curves alone lift into
+    grey blotches with a dark-red rim. Through the job's own path
     (``enhance_image``: decoder, Enhancer, network, finishing, encoder), every pixel whose input
     neighbourhood is black stays within 2 / 255 of black; the network alone lifts them."""
     from pathlib import Path
@@ -412,7 +412,7 @@ def test_params_shape_and_noise_estimate_track_the_noise():
 def test_the_noise_estimate_is_not_read_from_texture_that_fills_most_of_the_frame():
     # Two flat dark bands (10 % of the frame each) and a textured brighter one (80 %), all with
     # the same noise: the estimate per brightness level reads the noise; one quantile over the
-    # whole frame (--denoise fast, the earlier estimate) falls in the texture.
+    # whole frame (what --denoise fast uses) falls in the texture.
     sigma = 2.0 * STEP
     g = torch.Generator().manual_seed(3)
     rows, cols = torch.meshgrid(torch.arange(200), torch.arange(200), indexing="ij")

@@ -582,8 +582,11 @@ def _alive(pids: set[int]) -> set[int]:
 
 def _start_job(source: Path, out: Path, ray_tmp: str, engine: str, stderr, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
+        # At most two workers: on a many-core machine a pool per CPU could finish every image
+        # before the test's signal lands.
         [sys.executable, str(REPO / "jobs" / "enhance.py"), str(source), str(out), "--batch-size", "1",
-         "--engine", engine, "--no-report", *extra], env=cli_env(ray_tmp), stdout=subprocess.DEVNULL, stderr=stderr,
+         "--num-actors", "1:2", "--engine", engine, "--no-report", *extra], env=cli_env(ray_tmp),
+        stdout=subprocess.DEVNULL, stderr=stderr,
         # A suite started in the background (`cmd &`) inherits SIGINT ignored, and Python then
         # installs no KeyboardInterrupt handler: give the job the disposition a terminal gives it.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

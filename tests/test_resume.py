@@ -143,9 +143,14 @@ def pd_now():
     return datetime.now(timezone.utc)
 
 
-def test_every_run_commits_its_parts_last(tmp_path):
+def test_every_run_commits_its_parts_last(tmp_path, monkeypatch):
     source, out = tmp_path / "in", tmp_path / "out"
     _inputs(source, 3)
+    written: list[str] = []
+    for method, label in (("write_part", "part"), ("write_summary", "summary"), ("write_commit", "commit")):
+        original = getattr(ManifestStore, method)
+        monkeypatch.setattr(ManifestStore, method, lambda self, *a, _f=original, _l=label, **k: (
+            written.append(_l), _f(self, *a, **k))[1])
     first = _run(source, out)
     second = _run(source, out)
     commits = {p.stem: json.loads(p.read_text()) for p in (out / "_manifest" / "_commits").glob("*.json")}
@@ -155,6 +160,10 @@ def test_every_run_commits_its_parts_last(tmp_path):
     assert listed == {p.name for p in (out / "_manifest").glob("part-*.parquet")}
     summary_time = (out / "_manifest" / f"_run-{second.run_id}.json").stat().st_mtime_ns
     assert (out / "_manifest" / "_commits" / f"{second.run_id}.json").stat().st_mtime_ns >= summary_time
+    # The order of the driver's writes themselves (file times share a coarse clock tick): each
+    # run's parts, then its summary, then its commit record, last.
+    runs = "".join(w[0] for w in written).replace("p", "").split("c")
+    assert written[-2:] == ["summary", "commit"] and runs == ["s", "s", ""]
 
 
 @pytest.mark.s3
@@ -208,7 +217,8 @@ def test_a_killed_local_worker_stops_the_run_with_one_line_and_loses_nothing(tmp
         _image(source / f"img{i:02d}.png", i, size=(300, 400))
     repo = Path(__file__).resolve().parents[1]
     process = subprocess.Popen([sys.executable, str(repo / "jobs" / "enhance.py"), str(source), str(out), "--engine",
-                                "local", "--batch-size", "1", "--manifest-flush-seconds", "0", "--no-report"],
+                                "local", "--batch-size", "1", "--num-actors", "1:2", "--manifest-flush-seconds", "0",
+                                "--no-report"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

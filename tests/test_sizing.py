@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from dce_batch.errors import ConfigError
 from dce_batch.job import EnhanceConfig
@@ -83,7 +84,7 @@ def test_gpu_actors_declare_their_call_s_images_and_leave_cpu_for_the_tasks():
         _pool(4, gpus_per_actor=1)
 
 
-def test_the_declared_bound_covers_what_a_call_really_takes(tmp_path):
+def test_the_declared_bound_covers_what_a_call_really_takes(tmp_path, request):
     """bench_memory.py's bound on a small image: one fused call of two 2 MP 16-bit PNGs (the worst
     case per pixel) stays within what the worker declares for them, over its base."""
     import gc
@@ -107,6 +108,10 @@ def test_the_declared_bound_covers_what_a_call_really_takes(tmp_path):
                               output_relpath=path.name, output_path=str(tmp_path / "out" / path.name),
                               output_format="PNG"))
     fs = pafs.LocalFileSystem()
+    # One torch thread, as each worker runs (per-thread scratch memory would grow with the cores).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     processor = ImageProcessor(Enhancer(load_weights(), InferenceConfig(device="cpu")), EncodeOptions(), fs, fs,
                                run_id="r", max_pixels=2_000_000)
     tiny = tmp_path / "tiny.png"
