@@ -233,7 +233,7 @@ def enhance_parser() -> argparse.ArgumentParser:
                    help="CPUs per actor, fractional allowed (default 1: one actor per CPU)")
     g.add_argument("--batch-size", type=_count(1), default=None,
                    help="images per actor call (default 2 on CPUs; on GPUs up to 16, fewer for large --max-pixels). "
-                        "Each actor declares memory for one call: batch size x --max-pixels x 32 bytes, plus 700 MiB")
+                        "Each actor declares memory for one call: batch size x --max-pixels x 36 bytes, plus 700 MiB")
     g.add_argument("--pipeline", choices=["auto", "fused", "staged"], default="auto",
                    help="fused: each actor reads, enhances and writes (default on CPUs); staged: CPU tasks "
                         "decode and encode around actors that only run the network (default with GPUs)")

@@ -394,9 +394,15 @@ def _weights_key(weights: Any) -> tuple[str, str]:
         return text, get_weights(text).variant
     except WeightsError:
         pass
-    from dce_batch.enhance.weights import load_weights  # a file: read once here to learn its variant
+    return text, _file_variant(text)
 
-    return text, load_weights(Path(text).expanduser()).meta.variant
+
+@functools.lru_cache(maxsize=16)
+def _file_variant(text: str) -> str:
+    """A weights file's variant, read once per path (not per image or batch)."""
+    from dce_batch.enhance.weights import load_weights
+
+    return load_weights(Path(text).expanduser()).meta.variant
 
 
 def enhance_batch(

@@ -54,12 +54,6 @@ _STRIP_PIXELS = 16_384
 #: 192 bytes each, 25 MB) while a photo of a few megapixels still takes one band.
 _SOURCE_BAND_PIXELS = 131_072
 
-#: Activation memory of DCE-Net per pixel of a forward pass, float32: an upper bound of what
-#: benchmarks/bench_tiling_memory.py measures full-frame (benchmarks/README.md, "Tiling and
-#: memory"); half precision needs about half.
-NETWORK_BYTES_PER_PIXEL_FP32 = 1200
-
-
 @dataclass(frozen=True)
 class InferenceConfig:
     """How to run the network.

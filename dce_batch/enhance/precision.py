@@ -82,7 +82,7 @@ def resolve_precision(requested: str, device: torch.device, variant: str = "full
     if requested == "bf16" and not cpu_has_native_bf16():
         raise ConfigError(
             f"bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}, no native bf16) is emulated and "
-            "about 50x slower than fp32; use --precision auto (fp32 here) or fp32"
+            "far slower than fp32; use --precision auto (fp32 here) or fp32"
         )
     return requested
 

@@ -129,8 +129,6 @@ class EnhanceConfig:
                 raise ConfigError(f"--num-actors must be MIN[:MAX] with 1 <= MIN <= MAX, got {low}:{high}")
         _finite("--gpus-per-actor", self.gpus_per_actor, low=0)
         _finite("--cpus-per-actor", self.cpus_per_actor, low=0, low_open=True)
-        if self.gpus_per_actor > 0 and self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
-            raise ConfigError("--cpus-per-actor must be above 0")
         _count("--batch-size", self.batch_size)
         _count("--max-pixels", self.max_pixels)
         _count("--quality", self.quality)

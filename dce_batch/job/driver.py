@@ -46,7 +46,6 @@ from dce_batch.imaging import IMAGE_EXTENSIONS
 from dce_batch.job.config import EnhanceConfig
 from dce_batch.job.manifest.lease import acquire_lease, lease_supported
 from dce_batch.job.manifest.parts import PartLedger
-from dce_batch.job.manifest.schema import MANIFEST_SCHEMA
 from dce_batch.job.manifest.store import CommitRecord, ManifestStore, PartInfo, part_name
 from dce_batch.job.manifest.summary import RunSummary
 from dce_batch.job.output_settings import settings_for_run
@@ -105,7 +104,7 @@ def check_precision(config: EnhanceConfig, variant: str, *, local: bool) -> None
         from dce_batch.enhance.precision import cpu_has_native_bf16
 
         if not cpu_has_native_bf16():
-            raise ConfigError("--precision bf16 on this CPU (no native bf16) would be emulated, about 50x slower than "
+            raise ConfigError("--precision bf16 on this CPU (no native bf16) would be emulated, far slower than "
                               "fp32; use --precision auto or fp32")
 
 
@@ -501,4 +500,3 @@ def _versions() -> dict[str, str]:
             "pyarrow": pa.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
 
 
-__all__ += ["MANIFEST_SCHEMA"]

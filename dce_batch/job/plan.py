@@ -212,7 +212,8 @@ def plan_run(*, listing: pa.Table, output: Location, run_id: str,
     errors: list[str] = []
     for row in refused_rows.to_pylist():
         rel, new_rel = relpaths[row].as_py(), out_rel[row].as_py()
-        errors.append(_refusal(listing, row, rel, new_rel, output, oversized, claimer, into_input, max_pixels))
+        errors.append(_refusal(listing, listing_error, row, rel, new_rel, output, oversized, claimer, into_input,
+                               max_pixels))
     refused_table = _refused_rows(refused, errors, {"run_id": run_id, **row_constants})
 
     keep = pc.invert(refused_mask)
@@ -241,8 +242,8 @@ def plan_run(*, listing: pa.Table, output: Location, run_id: str,
     return Plan(todo=todo, skipped=skipped, refused=refused_table, changed=changed)
 
 
-def _refusal(listing, row, rel, new_rel, output, oversized, claimer, into_input, max_pixels) -> str:
-    known = _column(listing, "listing_error", pa.string())[row].as_py()
+def _refusal(listing, listing_error, row, rel, new_rel, output, oversized, claimer, into_input, max_pixels) -> str:
+    known = listing_error[row].as_py()
     if known:
         return known
     if oversized[row].as_py():

@@ -114,6 +114,3 @@ def raise_if_fatal(table: pa.Table) -> None:
     if _FATAL_COLUMN in table.column_names and table.num_rows:
         raise pickle.loads(table[_FATAL_COLUMN][0].as_py())
 
-
-def pid_name() -> str:
-    return f"pid{os.getpid()}"

@@ -17,7 +17,6 @@ __all__ = ["BEFORE_COLOUR", "AFTER_COLOUR", "HISTOGRAM_BINS", "Bar", "Chart", "L
 
 BEFORE_COLOUR, AFTER_COLOUR = "#5b6f95", "#e8a33d"
 HISTOGRAM_BINS = 20
-AXIS_COLOUR = "#888"
 _LEGEND_CHAR_WIDTH = 7  # px per character of a legend label at the chart's 11 px font
 
 

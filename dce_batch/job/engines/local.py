@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from dce_batch.errors import OutputWriteError, WorkerLostError
+from dce_batch.errors import WorkerLostError
 from dce_batch.job.manifest.parts import BatchRows
 from dce_batch.job.sizing import WorkerPlan, plan_workers
 from dce_batch.job.steps import WorkItem
@@ -132,8 +132,6 @@ class LocalEngine:
                         "a worker process died (killed, or out of memory); the run stopped and kept the rows of the "
                         "images that finished: run again to resume (lower --max-pixels or --batch-size if memory "
                         "ran out)") from exc
-                except OutputWriteError:
-                    raise
 
     def close(self, *, cancel: bool = False) -> None:
         """Stop the workers (at once when ``cancel``: their current images end unwritten or whole)."""

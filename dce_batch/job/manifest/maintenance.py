@@ -27,7 +27,6 @@ import pyarrow.fs as pafs
 from dce_batch.errors import LegacyManifestError, ManifestError, StorageError
 from dce_batch.job.manifest.schema import MANIFEST_SCHEMA, is_current_format
 from dce_batch.job.manifest.store import (
-    COMMITS_DIR,
     LEGACY_JOURNAL_DIR,
     CommitRecord,
     ManifestStore,
@@ -154,9 +153,10 @@ def upgrade(output: Location, *, log: Callable[[str], None] = lambda line: None)
         result.rows += info.rows
     result.runs = len(written)
     result.parts = [p.name for p in written]
-    store.write_commit(CommitRecord(run_id=f"upgrade-{_stamp()}", status="upgraded", parts=written,
+    stamp = _stamp()  # once: the record's run id and its file name must agree
+    store.write_commit(CommitRecord(run_id=f"upgrade-{stamp}", status="upgraded", parts=written,
                                     counts={"rows": result.rows, "journal_rows": result.journal_rows}),
-                       name=f"upgrade-{_stamp()}")
+                       name=f"upgrade-{stamp}")
     # Only now the earlier files go: a crash before this leaves both, and upgrading again writes
     # the same part names (one file each), so no row is ever in two parts.
     for name, _ in legacy:
@@ -199,8 +199,9 @@ def repair(output: Location, *, log: Callable[[str], None] = lambda line: None,
     for name in store.commit_names():
         path = store.commit_path(name)
         result.damaged.append(_set_aside(store, path, f"commit-{name}.json"))
-    store.write_commit(CommitRecord(run_id=f"repair-{_stamp()}", status="repaired", parts=good,
-                                    counts={"rows": result.rows}), name=f"repair-{_stamp()}")
+    stamp = _stamp()  # once: the record's run id and its file name must agree
+    store.write_commit(CommitRecord(run_id=f"repair-{stamp}", status="repaired", parts=good,
+                                    counts={"rows": result.rows}), name=f"repair-{stamp}")
     result.parts = len(good)
     if list_outputs is not None:
         result.outputs_without_rows = len(list_outputs(output) - ok_outputs)
@@ -212,4 +213,3 @@ def repair(output: Location, *, log: Callable[[str], None] = lambda line: None,
     return result
 
 
-__all__ += ["COMMITS_DIR"]

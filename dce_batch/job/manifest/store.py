@@ -17,7 +17,6 @@ and DuckDB's ``*.parquet`` glob, which read the parts as one table.
 from __future__ import annotations
 
 import json
-import posixpath
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -184,17 +183,6 @@ class ManifestStore:
             raise _legacy_error(self.uri)
         return table if allow_legacy else _to_schema(table, COMPACT_SCHEMA if compact else MANIFEST_SCHEMA)
 
-    def read_parts(self, names: Iterable[str], *, compact: bool = False, columns: list[str] | None = None) -> pa.Table:
-        schema = COMPACT_SCHEMA if compact else MANIFEST_SCHEMA
-        tables = [self.read_part(name, compact=compact) for name in names]
-        if columns is not None:
-            schema = pa.schema([schema.field(c) for c in columns])
-            tables = [t.select(columns) for t in tables]
-        if not tables:
-            return schema.empty_table()
-        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-        return _one_row_per_run_and_input(table) if columns is None or {"run_id", "input_relpath", "finished_at"} <= set(columns) else table
-
     def state(self, *, compact: bool = True) -> ManifestState:
         """Everything under ``_manifest/``: commit records, committed and uncommitted parts, and
         their rows. Raises :class:`LegacyManifestError` for an earlier format and
@@ -300,7 +288,3 @@ def _one_row_per_run_and_input(table: pa.Table) -> pa.Table:
     keep = pa.concat_arrays([pa.array([True]), first.fill_null(True)])
     return table.take(order["i"].filter(keep))
 
-
-def output_uri_of(output_uri: str, relpath: str | None) -> str | None:
-    """The URI of an output from OUTPUT's URI and the row's ``output_relpath``."""
-    return None if relpath is None else posixpath.join(output_uri.rstrip("/"), relpath)
