@@ -30,6 +30,12 @@ fails the first ``n`` attempts of every request, for tests that need an exact re
 ``first_fault_on=("LIST", ...)`` faults the first request of those operations whatever the draw,
 so that a short run cannot miss an operation that makes only a few requests.
 
+``hold(method, pattern)`` makes the first matching request (its path matched by the regex
+``pattern``) reach the server and then wait for :meth:`FaultProxy.release` without an answer
+(then the connection is reset): the moment after a write took effect and before its writer heard
+so, for a test to kill the writer in. ``held`` is set once such a request waits; ``held_path``
+says which.
+
 Fixtures: ``fault_proxy`` (function scope: a proxy in front of the session's ``s3_server``,
 faults off until a test sets ``fault_rate``).
 """
@@ -146,6 +152,10 @@ class FaultProxy:
         self._last_faulted: set[str] = set()
         self._stats = ProxyStats()
         self._released = threading.Event()  # set on stop: stalled handlers give up at once
+        self._hold: tuple[str, re.Pattern] | None = None
+        self.held = threading.Event()
+        self.held_path: str | None = None
+        self._hold_released = threading.Event()
         self.configure(fault_rate=fault_rate, kinds=kinds)
         self._server = _Server(("127.0.0.1", 0), _Handler, proxy=self)
         self._thread: threading.Thread | None = None
@@ -188,8 +198,26 @@ class FaultProxy:
         self._thread.start()
         return self
 
+    def hold(self, method: str, pattern: str) -> None:
+        """Hold the answer to the next ``method`` request whose path matches ``pattern`` (see above)."""
+        with self._lock:
+            self._hold = (method, re.compile(pattern))
+            self.held.clear()
+            self._hold_released.clear()
+
+    def release(self) -> None:
+        self._hold_released.set()
+
+    def _takes_hold(self, method: str, path: str) -> bool:
+        with self._lock:
+            if self._hold is None or self._hold[0] != method or not self._hold[1].search(path):
+                return False
+            self._hold, self.held_path = None, path
+            return True
+
     def stop(self) -> None:
         self._released.set()
+        self._hold_released.set()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
@@ -337,6 +365,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reset()  # the real server failed: the client sees a dropped connection
             return
         if fault == "drop_after":
+            self._reset()
+            return
+        if proxy._takes_hold(self.command, self.path):
+            proxy.held.set()
+            proxy._hold_released.wait(300)
             self._reset()
             return
         if fault == "truncate" and (self.command == "HEAD" or len(data) < 2):

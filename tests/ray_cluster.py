@@ -157,8 +157,10 @@ def writers_of(temp_dir: str) -> list[int]:
     return writers
 
 
-def stop_processes_of(temp_dir: str, wait_s: float = 10.0) -> None:
-    """Stop exactly the processes of the cluster in ``temp_dir``: SIGTERM, then SIGKILL for what is left."""
+def stop_processes_of(temp_dir: str, wait_s: float = 3.0) -> None:
+    """Stop exactly the processes of the cluster in ``temp_dir``: SIGTERM, then SIGKILL for what is
+    left after ``wait_s`` (some of Ray's actors take their time over SIGTERM; a test's cluster has
+    nothing to save)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in processes_of(temp_dir, with_environment=True):
             try:

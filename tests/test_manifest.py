@@ -80,6 +80,29 @@ def test_the_driver_writes_the_parts_workers_did_not_under_the_same_names(tmp_pa
     assert sorted(rows["input_relpath"].to_pylist()) == ["a", "b", "c"]
 
 
+def test_a_part_whose_worker_died_before_replying_keeps_only_rows_no_retry_wrote(tmp_path):
+    """Worker w1 wrote parts 0 (a, b) and 1 (c) and died before replying; Ray ran both batches again
+    on w2, which finished a and c only before the run was interrupted. Part 0 keeps b (its image
+    is written, its row never reached the driver); part 1 is deleted; the others are untouched."""
+    store = _store(tmp_path)
+    dead = PartBuffer(store, "r1", "w1", max_rows=1000, max_age_s=0.0)
+    dead.add(rows_to_table([_row("r1", "a", "error"), _row("r1", "b")]))
+    dead.add(rows_to_table([_row("r1", "c")]))
+    store.write_part(part_name("r0", "w1", 0), rows_to_table([_row("r0", "a")]))  # an earlier run's: not a stray
+    ledger = PartLedger(store)
+    retry = PartBuffer(store, "r1", "w2", max_rows=1000, max_age_s=0.0)
+    for rows in (rows_to_table([_row("r1", "a")]), rows_to_table([_row("r1", "c")])):
+        ledger.add(retry.add(rows))
+    assert ledger.settle_strays("r1") == (2, 2)
+    assert sorted(p.name for p in ledger.parts()) == ["part-r1-w1-00000.parquet", "part-r1-w2-00000.parquet",
+                                                     "part-r1-w2-00001.parquet"]
+    assert not Path(store.file("part-r1-w1-00001.parquet")).exists()
+    raw = [(r["run_id"], r["input_relpath"], r["status"]) for n in store.part_names()
+           for r in pq.read_table(store.file(n)).to_pylist()]
+    assert sorted(raw) == [("r0", "a", "ok"), ("r1", "a", "ok"), ("r1", "b", "ok"), ("r1", "c", "ok")]
+    assert ledger.settle_strays("r1") == (0, 0)  # settled: nothing left to do
+
+
 def test_uncommitted_parts_are_adopted_and_committed_ones_checked(tmp_path):
     store = _store(tmp_path)
     committed = store.write_part(part_name("r1", "w1", 0), rows_to_table([_row("r1", "a")]))

@@ -505,6 +505,11 @@ def _parts_written(out: Path) -> int:
     return len(list((out / "_manifest").glob("part-*.parquet")))
 
 
+# Inputs of the kill and interrupt tests: with at most two workers (_start_job), a run is still
+# working when the signal comes.
+KILLED_RUN_INPUTS = 24
+
+
 def _many_inputs(source: Path, count: int = 40, height: int = 400, width: int = 600) -> None:
     for i in range(count):
         _save(source / f"img{i:02d}.png", _dark(height, width, i), "PNG", compress_level=1)
@@ -628,7 +633,7 @@ def test_an_interrupted_run_commits_what_finished_and_the_rerun_does_exactly_the
     speed): the rerun skips exactly the inputs whose rows the interrupted run left, and does the rest.
     Workers write a part after each batch, so the signal comes once rows are on disk."""
     source, out = tmp_path / "in", tmp_path / "out"
-    _many_inputs(source)
+    _many_inputs(source, KILLED_RUN_INPUTS)
     stderr_file = tmp_path / "stderr.txt"
     with open(stderr_file, "w") as stderr:
         process = _start_job(source, out, ray_tmp, engine, stderr, "--manifest-flush-seconds", "0")
@@ -653,7 +658,7 @@ def test_an_interrupted_run_commits_what_finished_and_the_rerun_does_exactly_the
     assert committed_ok >= max(1, commit["counts"]["ok"])
     summary = run_enhance(EnhanceConfig(input=str(source), output=str(out), engine=engine))  # as a user reruns it
     assert summary.skipped == committed_ok, "every image the interrupted run committed is kept"
-    assert summary.ok == 40 - committed_ok and summary.error == 0, "the rerun does only the remainder"
+    assert summary.ok == KILLED_RUN_INPUTS - committed_ok and summary.error == 0, "the rerun does only the remainder"
     _check_exactly_once(out, source)
 
 
@@ -663,7 +668,7 @@ def test_a_killed_driver_s_written_parts_are_adopted_and_nothing_is_done_twice(r
     """SIGKILL the driver mid-run (workers writing a part after each batch): the next run adopts
     the parts the dead run wrote, skips exactly the images they hold, and redoes the rest."""
     source, out = tmp_path / "in", tmp_path / "out"
-    _many_inputs(source)
+    _many_inputs(source, KILLED_RUN_INPUTS)
     stderr_file = tmp_path / "stderr.txt"  # a file, not a pipe: nobody reads it while the job runs
     with open(stderr_file, "w") as stderr:
         process = _start_job(source, out, ray_tmp, engine, stderr, "--manifest-flush-seconds", "0")
@@ -682,7 +687,7 @@ def test_a_killed_driver_s_written_parts_are_adopted_and_nothing_is_done_twice(r
     dead_parts = sorted(p.name for p in (out / "_manifest").glob("part-*.parquet"))
     summary = run_enhance(EnhanceConfig(input=str(source), output=str(out), engine=engine))
     assert summary.skipped == in_parts and summary.adopted_rows == in_parts
-    assert summary.ok == 40 - in_parts
+    assert summary.ok == KILLED_RUN_INPUTS - in_parts
     commit = json.loads((out / "_manifest" / "_commits" / f"{summary.run_id}.json").read_text())
     assert sorted(commit["adopted"]) == dead_parts and set(dead_parts) <= {p["name"] for p in commit["parts"]}
     _check_exactly_once(out, source)

@@ -329,3 +329,21 @@ def test_only_this_output_s_own_temp_files_are_debris(tmp_path):
                                                                      f"sub/.b.png.{ours}111111.tmp",
                                                                      f"_manifest/.part-run1-l1-00000.parquet.{ours}555555.tmp"])
     assert "a.png" in found.relpaths.to_pylist()
+
+
+def test_dictionary_encoded_digests_are_compared_as_their_strings():
+    """Settings digests are compared by dictionary index (a manifest read in its compact form):
+    the answer is the strings' answer, whatever each chunk's dictionary, with null as different."""
+    import pyarrow as pa
+
+    from dce_batch.job.plan import _strings_differ
+
+    old = pa.chunked_array([
+        pa.DictionaryArray.from_arrays(pa.array([0, 1, None, 0], pa.int32()), pa.array(["png-d", "jpeg-d"])),
+        pa.DictionaryArray.from_arrays(pa.array([1, 0], pa.int32()), pa.array(["jpeg-d", "webp-d"])),
+    ])
+    new = pa.DictionaryArray.from_arrays(pa.array([0, 0, 0, 1, 1, 0], pa.int32()), pa.array(["png-d", "jpeg-d"]))
+    expected = [o != n if o is not None else True for o, n in zip(old.to_pylist(), new.to_pylist())]
+    assert expected == [False, True, True, True, True, True]
+    assert _strings_differ(old, new).to_pylist() == expected
+    assert _strings_differ(old.cast(pa.string()), new.cast(pa.string())).to_pylist() == expected

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .ray_cluster import stop_processes_of
+from .ray_cluster import processes_of, stop_processes_of
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.s3]
@@ -80,6 +80,29 @@ def _moto_with_a_bucket(port: int, log: Path):
     return process, client
 
 
+def _check_training_is_quiet_and_leaves_no_cluster(result, work: Path, ray_tmp: str) -> None:
+    """The training example on a machine with no cluster: a local Ray starts, and what the user
+    reads is the run's line, one line per epoch and the result; no Ray log lines, bars or colour
+    codes; the results where the user said; and the local cluster ends with the command."""
+    from dce_batch.enhance.weights import load_weights
+
+    output = result.stdout + result.stderr
+    assert "\x1b" not in output and "\r" not in output, "no colour codes or redrawn bars"
+    assert not any(marker in output for marker in ("row/s", "it/s", "INFO", "Warning", "(pid=")), output
+    training = [line for line in output.splitlines() if line.startswith("[dce-batch train]")]
+    assert [line.split()[3] for line in training if "] epoch " in line] == ["1/2", "2/2"], output
+    assert len(training) <= 4, output
+    finished = [line for line in result.stdout.splitlines() if line.startswith("run finished: 2 epochs")]
+    assert len(finished) == 1 and "weights in runs/try1.safetensors" in finished[0], output  # the result on stdout
+    assert "40 images from the bundled training samples" in result.stderr, output
+    assert load_weights(work / "runs" / "try1.safetensors").meta.metrics["epochs"] == 2
+    assert (work / "runs" / "try1" / "metrics.json").is_file()
+    deadline = time.monotonic() + 30
+    while processes_of(ray_tmp) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not processes_of(ray_tmp), "the local Ray cluster outlived the command"
+
+
 def test_every_readme_block_runs_as_written(tmp_path):
     if not all(_port_free(port) for port in (9000, 6390, 8290, 52391)):
         pytest.skip("a port the README's blocks name (9000, 6390, 8290, 52391) is in use on this machine")
@@ -89,11 +112,15 @@ def test_every_readme_block_runs_as_written(tmp_path):
         # What an earlier run of these blocks left there (an OUTPUT made by other code, say).
         shutil.rmtree(block_path, ignore_errors=True) if Path(block_path).is_dir() else Path(block_path).unlink(
             missing_ok=True)
-    ray_tmp = tempfile.mkdtemp(prefix="rr", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    # Short: Ray's socket paths must fit 107 bytes. The cluster block's head keeps its own temp dir,
+    # so every other block runs as on a machine with no cluster (training then starts and stops a
+    # local Ray of its own, as on a fresh clone).
+    head_tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
+    local_tmp = tempfile.mkdtemp(prefix="rl", dir="/tmp")
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
-    env.update(HOME=str(home), RAY_TMPDIR=ray_tmp, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+    env.update(HOME=str(home), AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", MPLBACKEND="Agg")
     moto, client = _moto_with_a_bucket(9000, tmp_path / "moto.log")
@@ -104,18 +131,22 @@ def test_every_readme_block_runs_as_written(tmp_path):
                 continue
             command = ["bash", "-euo", "pipefail", "-c", body] if kind == "bash" else [sys.executable, "-c", body]
             started = time.monotonic()
-            result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=900)
+            block_env = {**env, "RAY_TMPDIR": head_tmp if "ray start --head" in body else local_tmp}
+            result = subprocess.run(command, cwd=work, env=block_env, capture_output=True, text=True, timeout=900)
             timings.append((time.monotonic() - started, body.strip().splitlines()[0]))
             assert result.returncode == 0, f"README block failed:\n{body}\n--- stdout\n{result.stdout[-3000:]}" \
                                            f"\n--- stderr\n{result.stderr[-5000:]}"
+            if body.startswith("dce-batch train"):
+                _check_training_is_quiet_and_leaves_no_cluster(result, work, local_tmp)
         # The S3 block's outputs, while the server is up.
         keys = [o["Key"] for o in client.list_objects_v2(Bucket="bucket", Prefix="enhanced/")["Contents"]]
         assert {"enhanced/img0.png", "enhanced/img1.png"} <= set(keys)
     finally:
-        stop_processes_of(ray_tmp)
+        for ray_tmp in (head_tmp, local_tmp):
+            stop_processes_of(ray_tmp)
+            shutil.rmtree(ray_tmp, ignore_errors=True)
         moto.terminate()
         moto.wait(timeout=30)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
         for seconds, first_line in timings:
             print(f"{seconds:7.1f} s  {first_line}")
     # What the blocks were meant to make, made.

@@ -325,3 +325,55 @@ def test_cli_prefix_to_prefix_through_20_percent_faults(fault_proxy, s3_server, 
     _assert_faults_on_reads_writes_listings(fault_proxy)
     fault_proxy.configure(fault_rate=0.0)
     _check_job_output(s3_server, s3_bucket, inputs, s3_server.s3_options())
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_an_actor_killed_after_its_part_was_written_but_before_it_replied_leaves_no_row_twice(
+        ray_local, fault_proxy, s3_server, s3_bucket) -> None:
+    """The window between a worker's part landing in the bucket and the worker's reply: the proxy
+    lets the first part PUT reach the server and holds its answer, the test kills that actor, and
+    Ray runs the batch again on another one. The driver settles the dead actor's part before it
+    commits (that part's only row was written again by the retry: the part goes), so every input
+    has one row in the bucket's parts, once."""
+    import threading
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dce_batch.job import EnhanceConfig, run_enhance
+
+    inputs = _put_inputs(s3_server, s3_bucket)
+    options = _options(fault_proxy)
+    fault_proxy.hold("PUT", r"/enhanced/_manifest/part-[^/?]+-a\d+x[0-9a-f]{8}-\d{5}\.parquet")
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["summary"] = run_enhance(EnhanceConfig(
+                input=f"s3://{s3_bucket}/raw/", output=f"s3://{s3_bucket}/enhanced/", s3=options, engine="ray",
+                batch_size=1, part_flush_s=0.0, progress_interval_s=5.0))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert fault_proxy.held.wait(300), outcome
+        held_key = fault_proxy.held_path.split("?")[0].split(f"/{s3_bucket}/", 1)[1]
+        pid = int(held_key.rsplit("-a", 1)[1].split("x")[0])
+        os.kill(pid, 9)  # exactly the actor whose PUT is held
+        while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z":
+            threading.Event().wait(0.05)
+    finally:
+        fault_proxy.release()
+        thread.join(timeout=300)
+    assert not thread.is_alive() and "error" not in outcome, outcome
+    summary = outcome["summary"]
+    assert (summary.ok, summary.error) == (N_IMAGES, 0)
+    parts = [k for k in s3_server.list_keys(s3_bucket, "enhanced/_manifest/") if k.rsplit("/", 1)[1].startswith("part-")]
+    assert held_key not in parts, "the dead actor's part, whose one row the retry wrote again, was settled"
+    rows = [r for key in parts for r in pq.read_table(pa.BufferReader(s3_server.get_object(s3_bucket, key)),
+                                                      columns=["run_id", "input_uri"]).to_pylist()]
+    assert sorted(r["input_uri"] for r in rows) == sorted(inputs), "every input once, in one part"
+    _check_job_output(s3_server, s3_bucket, inputs, s3_server.s3_options())

@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -470,9 +471,12 @@ def test_s3_missing_bucket_is_actionable(s3_server) -> None:
 def test_s3_empty_prefix_and_unreachable_endpoint(s3_server, s3_bucket: str) -> None:
     with pytest.raises(StorageError, match="no objects under this prefix"):
         list_inputs(f"s3://{s3_bucket}/nothing/", s3_server.s3_options(), extensions=IMAGES)
-    dead = S3Options(endpoint_url="http://127.0.0.1:9", access_key="k", secret_key="s")
-    with pytest.raises(StorageError, match=r"cannot connect to endpoint http://127.0.0.1:9"):
-        list_inputs(f"s3://{s3_bucket}/x/", dead, extensions=IMAGES)
+    with socket.socket() as held:  # a port bound here and never listened on: connections are refused
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        dead = S3Options(endpoint_url=f"http://127.0.0.1:{port}", access_key="k", secret_key="s", max_attempts=2)
+        with pytest.raises(StorageError, match=rf"cannot connect to endpoint http://127.0.0.1:{port}"):
+            list_inputs(f"s3://{s3_bucket}/x/", dead, extensions=IMAGES)
 
 
 @pytest.mark.s3

@@ -430,6 +430,10 @@ def _run(config, output, store, weights, prepared: Prepared, engine, stop: StopR
                 # wrote are adopted by that run or the next; rows only held here are redone.
                 raise lease.lost
             ledger.write_held()
+            strays, duplicates = ledger.settle_strays(config.run_id)
+            if strays:
+                say(f"{strays} manifest part(s) written by workers that died before replying: {duplicates} rows "
+                    "their batches' retries wrote again were dropped from them")
             if status == "finished":
                 _finish_summary(summary, plan, started)
                 store.write_summary(config.run_id, summary.to_json())

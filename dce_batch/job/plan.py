@@ -36,6 +36,7 @@ from dce_batch.imaging import DEFAULT_MAX_PIXELS, extension_for, format_of_exten
 from dce_batch.job.manifest.schema import MANIFEST_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, conform
 from dce_batch.job.output_settings import describe_settings_change, settings_digest
 from dce_batch.storage import MANIFEST_DIR, TEMP_NAME_PATTERN, Location, walk_local_files
+from dce_batch.storage.arrow_paths import has_duplicates
 
 __all__ = ["RESERVED_NAMES", "TODO_COLUMNS", "OutputFiles", "Plan", "input_table", "list_output_files",
            "output_relpath", "plan_run"]
@@ -183,7 +184,7 @@ def plan_run(*, listing: pa.Table, output: Location, run_id: str,
     # Two inputs may not share an output (a.png and a.jpg with --format jpeg): the first claims it.
     candidates = pc.indices_nonzero(pc.invert(refused_mask))
     claimer: dict[int, int] = {}  # colliding row -> the row that claimed the output first
-    if pc.count_distinct(_keep(out_rel, pc.invert(refused_mask))).as_py() < len(candidates):  # rare: sort only then
+    if has_duplicates(_keep(out_rel, pc.invert(refused_mask))):  # rare: sort only then
         order = pc.take(candidates, pc.sort_indices(
             pa.table({"o": pc.take(out_rel, candidates), "i": candidates}),
             sort_keys=[("o", "ascending"), ("i", "ascending")]))
@@ -274,7 +275,7 @@ def _latest_ok(manifest: pa.Table) -> pa.Table:
     if len(rows) != manifest.num_rows:  # else every row is an ok one: no copy
         keys = keys.take(rows)
     keys = keys.append_column("_row", rows)
-    if keys.num_rows and pc.count_distinct(keys["output_relpath"]).as_py() < keys.num_rows:
+    if keys.num_rows and has_duplicates(keys["output_relpath"]):
         keys = keys.sort_by([("output_relpath", "ascending"), ("finished_at", "descending")])
         out = keys["output_relpath"].combine_chunks()
         first = pc.not_equal(out.slice(1), out.slice(0, len(out) - 1))
@@ -287,6 +288,28 @@ def _is_identity(indices: pa.Array) -> bool:
     values = indices.to_numpy(zero_copy_only=False)
     return bool(len(values) == 0 or (values[0] == 0 and values[-1] == len(values) - 1
                                      and np.all(np.diff(values) == 1)))
+
+
+def _strings_differ(old: pa.ChunkedArray, new: pa.Array) -> pa.Array:
+    """Where two string columns differ (null counts as different). Dictionary-encoded columns
+    (settings digests: a few distinct values in a million rows) are compared by their indices,
+    without spelling out a million 64-character strings."""
+    if isinstance(new, pa.ChunkedArray) and new.num_chunks == 1:
+        new = new.chunk(0)
+    if isinstance(old, pa.Array):
+        old = pa.chunked_array([old])
+    if not (pa.types.is_dictionary(old.type) and isinstance(new, pa.DictionaryArray)):
+        return pc.fill_null(pc.not_equal(old.cast(pa.string()), new.cast(pa.string())), True)
+    new_values, new_indices = new.dictionary, new.indices
+    pieces, start = [], 0
+    for chunk in old.chunks:
+        # Each old dictionary entry as the position of the same string in the new dictionary.
+        as_new = pc.index_in(chunk.dictionary.cast(pa.string()), value_set=new_values.cast(pa.string()))
+        old_codes = pc.take(as_new, chunk.indices)
+        piece = pc.not_equal(old_codes, new_indices.slice(start, len(chunk)).cast(old_codes.type))
+        pieces.append(pc.fill_null(piece, True))
+        start += len(chunk)
+    return pa.concat_arrays(pieces) if pieces else pa.array([], pa.bool_())
 
 
 def _differs(old: pa.ChunkedArray, new: pa.Array) -> pa.Array:
@@ -314,8 +337,7 @@ def _resume(todo: pa.Table, manifest: pa.Table, existing_outputs: pa.Array | Non
     position = _keep(position, matched)
     matched_rows = pc.indices_nonzero(matched)
     wanted = todo.select(["settings", "settings_sha256"]).take(matched_rows)
-    differs = pc.fill_null(pc.not_equal(pc.take(keys["settings_sha256"], position).cast(pa.string()),
-                                        wanted["settings_sha256"].cast(pa.string())), True)
+    differs = _strings_differ(pc.take(keys["settings_sha256"], position), wanted["settings_sha256"])
     earlier_rows = pc.take(keys["_row"], position)
     if pc.any(differs).as_py():
         conflicts = pc.indices_nonzero(differs)
@@ -337,19 +359,20 @@ def _resume(todo: pa.Table, manifest: pa.Table, existing_outputs: pa.Array | Non
     # having done everything): then the columns are compared as they are, without gathering.
     every_row = len(matched_rows) == todo.num_rows  # matched_rows is 0..n-1
     in_order = len(earlier_rows) == manifest.num_rows and _is_identity(earlier_rows)
+    # The matched rows are gathered once, for the comparison and for the skipped rows alike.
+    matched_earlier = manifest if in_order else manifest.take(earlier_rows)
     changed_mask = pa.array(np.zeros(len(position), dtype=bool))
     for _, target, _ in _FINGERPRINT:
         if manifest[target].null_count == manifest.num_rows or todo[target].null_count == todo.num_rows:
             continue
         now = todo[target] if every_row else pc.take(todo[target], matched_rows)
-        then = manifest[target] if in_order else pc.take(manifest[target], earlier_rows)
-        changed_mask = pc.or_(changed_mask, _differs(then, now))  # chunk by chunk: no copies
+        changed_mask = pc.or_(changed_mask, _differs(matched_earlier[target], now))  # chunk by chunk: no copies
     changed = int(pc.sum(changed_mask.cast(pa.int64())).as_py() or 0)
     unchanged = pc.invert(changed_mask).to_numpy(zero_copy_only=False)
     skip_positions = matched_rows.to_numpy()[unchanged]
     skip_mask = np.zeros(todo.num_rows, dtype=bool)
     skip_mask[skip_positions] = True
-    earlier = manifest if in_order and changed == 0 else manifest.take(pc.filter(earlier_rows, pa.array(unchanged)))
+    earlier = matched_earlier if changed == 0 else matched_earlier.filter(pa.array(unchanged))
     # An unchanged input's recorded fingerprint is what the listing says now wherever both are
     # known: only columns with rows recorded before fingerprints were need the listing's values.
     renewed = ["input_uri"] + [target for _, target, _ in _FINGERPRINT if earlier[target].null_count]

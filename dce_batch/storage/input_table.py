@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dce_batch.errors import ConfigError
-from dce_batch.storage.arrow_paths import strings
+from dce_batch.storage.arrow_paths import one_array, strings
 
 __all__ = ["INPUT_TABLE_SCHEMA", "MTIME_TYPE", "InputFile", "make_input_table"]
 
@@ -80,7 +80,7 @@ def make_input_table(
         if values is None:
             return pa.nulls(rows, type_)
         if isinstance(values, pa.ChunkedArray):
-            values = values.combine_chunks()
+            values = one_array(values)
         if not isinstance(values, pa.Array):
             values = pa.array(values, type_)
         return values if values.type == type_ else values.cast(type_)
@@ -96,9 +96,12 @@ def unquoted_etags(etags) -> pa.Array:
     """ETags without their surrounding double quotes.
 
     S3 answers ListObjectsV2 and HeadObject with the ETag in quotes and S3 Inventory reports it
-    without; one form makes fingerprints from either source comparable.
+    without; one form makes fingerprints from either source comparable. Trimmed (a copy) only
+    when some are quoted.
     """
-    return pc.utf8_trim(strings(etags), characters='"')
+    etags = strings(etags)
+    quoted = pc.or_(pc.starts_with(etags, '"'), pc.ends_with(etags, '"'))
+    return pc.utf8_trim(etags, characters='"') if pc.any(quoted).as_py() else etags
 
 
 def normalise_extensions(extensions: Iterable[str]) -> frozenset[str]:

@@ -27,7 +27,9 @@ from dce_batch.storage.arrow_paths import (
     NEEDS_NORMPATH,
     SCHEME_PATTERN,
     first_where,
+    has_duplicates,
     normpath_where_needed,
+    one_array,
     strings,
     with_prefix,
 )
@@ -86,7 +88,7 @@ def _is_text(column_type: pa.DataType) -> bool:
 def _plain(column) -> pa.Array:
     """A column as one array, dictionary-decoded."""
     if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+        column = one_array(column)
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     return column
@@ -192,7 +194,9 @@ def _entries_table(table: pa.Table, source: str) -> pa.Table:
                   for f in ("size", "mtime", "etag")],
         schema=LIST_FILE_SCHEMA,
     )
-    return entries.filter(pc.and_(pc.is_valid(uris), pc.not_equal(uris, "")))
+    listed = pc.and_(pc.is_valid(uris), pc.not_equal(uris, ""))
+    # Blank lines are rare: filter (a copy of every column) only when there are some.
+    return entries if pc.all(listed).as_py() else entries.filter(listed)
 
 
 def _looks_like_reference(text: str, extensions: frozenset[str]) -> bool:
@@ -373,7 +377,7 @@ def list_from_list_file(
     if entries.num_rows == 0:
         raise NoInputsFoundError(f"list file {uri} lists no image URIs (it is empty or all comments)")
     own_folder = posixpath.dirname(list_path)
-    resolved = _resolve_entries(entries.column("uri").combine_chunks(), list_fs, own_folder)
+    resolved = _resolve_entries(one_array(entries.column("uri")), list_fs, own_folder)
 
     kinds = _storage_kinds(resolved)
     distinct = pc.unique(kinds).to_pylist()
@@ -392,14 +396,14 @@ def list_from_list_file(
     fs = list_fs if same_storage else filesystem_for(resolved[0].as_py(), s3)[0]
     paths = _entry_paths(resolved, kind, fs)
     fingerprinted = any(entries.column(name).null_count < entries.num_rows for name in ("size", "mtime", "etag"))
-    if fingerprinted:
+    if fingerprinted and has_duplicates(paths):  # grouping only then
         # Each path once, from its first line and so with that line's fingerprint.
         numbered = pa.table({"path": paths, "row": pa.array(range(len(paths)), pa.int64())})
         first_rows = numbered.group_by("path").aggregate([("row", "min")])["row_min"].combine_chunks()
         if len(first_rows) < len(paths):
             first_rows = first_rows.take(pc.sort_indices(first_rows))
             entries, paths = entries.take(first_rows), paths.take(first_rows)
-    else:
+    elif not fingerprinted:
         paths = pc.unique(paths)  # no fingerprint to keep: each path once
     relpaths = names_from_entries(paths, own_folder if same_storage else None)
     prints = {"sizes": entries.column("size"), "mtimes": entries.column("mtime"),

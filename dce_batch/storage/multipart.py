@@ -13,8 +13,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from dce_batch.errors import StorageError
-from dce_batch.storage.aws import PortableS3FileSystem
-from dce_batch.storage.aws import s3_client
+from dce_batch.storage.aws import PortableS3FileSystem, s3_client
 
 __all__ = ["abort_stale_uploads"]
 

@@ -11,7 +11,11 @@ killed driver:
   the parts the worker wrote during that call. The driver's :class:`PartLedger` keeps the rows of
   parts not yet written (at most one buffer per worker), and when the work is done writes those
   parts itself, under the very names the workers would have used. A name is written by one
-  writer at a time, so a part is never in two files, and its rows are never in two parts;
+  writer at a time, so a part is never in two files;
+* a worker that dies after writing a part but before replying leaves a part the driver never
+  heard of, while Ray runs the batch again on another worker: before committing, the driver
+  finds such strays and drops from them the rows the retry wrote again
+  (:meth:`PartLedger.settle_strays`), so no input has two rows of one run;
 * the driver's last act is the commit record listing the parts (:mod:`.store`).
 
 A driver killed mid-run loses the rows still buffered (their images are redone by the next run,
@@ -26,9 +30,10 @@ import time
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dce_batch.job.manifest.schema import conform
-from dce_batch.job.manifest.store import ManifestStore, PartInfo, part_name
+from dce_batch.job.manifest.store import ManifestStore, PartInfo, part_name, run_of_part
 
 __all__ = ["DEFAULT_PART_MAX_AGE_S", "DEFAULT_PART_MAX_ROWS", "BatchRows", "PartBuffer", "PartLedger",
            "tag_rows", "untag_rows"]
@@ -144,6 +149,32 @@ class PartLedger:
             infos.append(info)
         self._held.clear()
         return infos
+
+    def settle_strays(self, run_id: str) -> tuple[int, int]:
+        """Account for the parts of this run whose rows never came back: a worker wrote the part,
+        then died before replying, and Ray ran the batch again elsewhere. A stray's rows that a
+        known part of this run also holds are dropped (the stray is rewritten without them, or
+        deleted); the rest (images finished whose rows the driver never received) are kept, and
+        the part is listed in the commit like the others. Call it once the workers have stopped
+        and :meth:`write_held` has run. Returns (stray parts, duplicate rows dropped)."""
+        strays = [name for name in self.store.part_names() if run_of_part(name) == run_id and name not in self.written]
+        if not strays:
+            return 0, 0
+        known = pa.chunked_array(
+            [chunk for info in self.parts() if run_of_part(info.name) == run_id
+             for chunk in self.store.read_column(info.name, "input_relpath").chunks], pa.string())
+        dropped = 0
+        for name in strays:
+            table = self.store.read_part(name)
+            keep = pc.invert(pc.is_in(table["input_relpath"], value_set=known.combine_chunks()))
+            kept = table.filter(keep)
+            dropped += table.num_rows - kept.num_rows
+            if kept.num_rows == 0:
+                self.store.delete_part(name)
+                continue
+            self.written[name] = (self.store.write_part(name, kept) if kept.num_rows < table.num_rows
+                                  else PartInfo(name, table.num_rows))
+        return len(strays), dropped
 
     def parts(self) -> list[PartInfo]:
         return [self.written[name] for name in sorted(self.written)]

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from dce_batch.errors import LegacyManifestError, ManifestError, OutputWriteError, StorageError
 from dce_batch.job.manifest.schema import FORMAT, MANIFEST_SCHEMA, is_current_format, parquet_bytes
 from dce_batch.storage import MANIFEST_DIR, Location, read_bytes, temp_tag, write_bytes_atomic
+from dce_batch.storage.arrow_paths import has_duplicates
 
 __all__ = ["COMMITS_DIR", "LEASE_NAME", "CommitRecord", "ManifestState", "ManifestStore", "PartInfo", "part_name"]
 
@@ -183,6 +184,14 @@ class ManifestStore:
             raise _legacy_error(self.uri)
         return table if allow_legacy else _to_schema(table, COMPACT_SCHEMA if compact else MANIFEST_SCHEMA)
 
+    def read_column(self, name: str, column: str) -> pa.ChunkedArray:
+        """One column of a part (a string column of the current format)."""
+        data = read_bytes(self.filesystem, self.file(name))
+        try:
+            return pq.read_table(pa.BufferReader(data), columns=[column])[column].cast(pa.string())
+        except (OSError, pa.ArrowInvalid, KeyError) as exc:
+            raise ManifestError(f"the manifest part {self.uri}/{name} cannot be read ({exc})") from exc
+
     def state(self, *, compact: bool = True) -> ManifestState:
         """Everything under ``_manifest/``: commit records, committed and uncommitted parts, and
         their rows. Raises :class:`LegacyManifestError` for an earlier format and
@@ -215,6 +224,14 @@ class ManifestStore:
         images whose part is not written are not claimed, and those images are redone)."""
         self._write(self.file(name), parquet_bytes(table), "the manifest", run_of_part(name))
         return PartInfo(name, table.num_rows)
+
+    def delete_part(self, name: str) -> None:
+        try:
+            self.filesystem.delete_file(self.file(name))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise OutputWriteError(f"OUTPUT cannot be written (removing the manifest part {name}): {exc}") from exc
 
     def write_commit(self, record: CommitRecord, name: str | None = None) -> str:
         path = self.commit_path(name or record.run_id)
@@ -278,8 +295,8 @@ def _one_row_per_run_and_input(table: pa.Table) -> pa.Table:
     if table.num_rows < 2:
         return table
     keys = pc.binary_join_element_wise(table["run_id"].cast(pa.string()), table["input_relpath"], "\x00")
-    if pc.count_distinct(keys).as_py() == table.num_rows:
-        return table  # the usual case: a hash count, no sort
+    if not has_duplicates(keys):
+        return table  # the usual case: a hash pass, no sort
     indices = pa.array(range(table.num_rows), pa.int64())
     order = pa.table({"k": keys, "t": table["finished_at"], "i": indices}).sort_by([("k", "ascending"),
                                                                                  ("t", "descending")])
