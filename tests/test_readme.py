@@ -103,6 +103,25 @@ def _check_training_is_quiet_and_leaves_no_cluster(result, work: Path, ray_tmp: 
     assert not processes_of(ray_tmp), "the local Ray cluster outlived the command"
 
 
+def _check_the_job_ran_on_the_cluster(result, work: Path) -> None:
+    """The submitted job joined the head the block started (it did not start a Ray of its own),
+    ran its actors on that one node, and enhanced every sample once."""
+    from dce_batch.imaging import decode_image, mean_luminance
+    from dce_batch.job.manifest import read_manifest
+
+    log = result.stdout + result.stderr
+    assert "Started a local Ray instance" not in log, log[-3000:]
+    rows = read_manifest("/tmp/dce-enhanced-on-ray").to_pylist()
+    samples = sorted(p.name for p in (work / "dce_batch" / "samples").iterdir() if p.suffix in (".jpg", ".png"))
+    assert sorted(r["input_relpath"] for r in rows) == samples and {r["status"] for r in rows} == {"ok"}, rows
+    assert len({r["worker"].split("/")[0] for r in rows}) == 1, "every actor on the head's node"
+    for row in rows:
+        before = decode_image((work / "dce_batch" / "samples" / row["input_relpath"]).read_bytes())
+        after = decode_image(Path("/tmp/dce-enhanced-on-ray", row["output_relpath"]).read_bytes())
+        assert (after.width, after.height) == (before.width, before.height)
+        assert mean_luminance(after.pixels) > mean_luminance(before.pixels)
+
+
 def test_every_readme_block_runs_as_written(tmp_path):
     if not all(_port_free(port) for port in (9000, 6390, 8290, 52391)):
         pytest.skip("a port the README's blocks name (9000, 6390, 8290, 52391) is in use on this machine")
@@ -138,6 +157,8 @@ def test_every_readme_block_runs_as_written(tmp_path):
                                            f"\n--- stderr\n{result.stderr[-5000:]}"
             if body.startswith("dce-batch train"):
                 _check_training_is_quiet_and_leaves_no_cluster(result, work, local_tmp)
+            if "ray job submit" in body:
+                _check_the_job_ran_on_the_cluster(result, work)
         # The S3 block's outputs, while the server is up.
         keys = [o["Key"] for o in client.list_objects_v2(Bucket="bucket", Prefix="enhanced/")["Contents"]]
         assert {"enhanced/img0.png", "enhanced/img1.png"} <= set(keys)
@@ -153,4 +174,3 @@ def test_every_readme_block_runs_as_written(tmp_path):
     assert sorted(p.name for p in (work / "enhanced-samples").glob("*.*")) == sorted(
         p.name for p in (REPO / "dce_batch" / "samples").iterdir() if p.suffix in (".jpg", ".png"))
     assert (work / "enhanced-samples" / "_report" / "index.html").is_file()
-    assert len(list(Path("/tmp/dce-enhanced-on-ray").glob("*.jpg"))) >= 3
