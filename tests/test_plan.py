@@ -6,6 +6,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from dce_batch.errors import ConfigError
@@ -53,13 +54,14 @@ def _inputs(*relpaths, root="/in", size=1):
 
 
 def test_output_names_mirror_inputs_and_change_extension_only_with_the_format(tmp_path):
-    plan = _plan(tmp_path, _inputs("a.jpg", "sub/b.png", "c.gif", "d.JPEG", "e.mpo"))
+    plan = _plan(tmp_path, _inputs("sub/b.png", "a.jpg", "c.gif", "e.mpo", "d.JPEG"))  # in any order
     out = tmp_path / "out"
-    assert plan.todo["output_path"].to_pylist() == [str(out / "a.jpg"), str(out / "sub/b.png"), str(out / "c.png"),
-                                                    str(out / "d.JPEG"), str(out / "e.mpo")]
-    assert plan.todo["output_format"].to_pylist() == ["JPEG", "PNG", "PNG", "JPEG", "JPEG"]
-    assert plan.todo["output_relpath"].to_pylist() == ["a.jpg", "sub/b.png", "c.png", "d.JPEG", "e.mpo"]
-    assert plan.todo["input_relpath"].to_pylist() == ["a.jpg", "sub/b.png", "c.gif", "d.JPEG", "e.mpo"]
+    # what remains to do comes back in name order
+    assert plan.todo["input_relpath"].to_pylist() == ["a.jpg", "c.gif", "d.JPEG", "e.mpo", "sub/b.png"]
+    assert plan.todo["output_path"].to_pylist() == [str(out / "a.jpg"), str(out / "c.png"), str(out / "d.JPEG"),
+                                                    str(out / "e.mpo"), str(out / "sub/b.png")]
+    assert plan.todo["output_format"].to_pylist() == ["JPEG", "PNG", "JPEG", "JPEG", "PNG"]
+    assert plan.todo["output_relpath"].to_pylist() == ["a.jpg", "c.png", "d.JPEG", "e.mpo", "sub/b.png"]
     webp = _plan(tmp_path, _inputs("a.jpg", "b.png"), fmt="webp")
     assert [p.rsplit("/", 1)[1] for p in webp.todo["output_path"].to_pylist()] == ["a.webp", "b.webp"]
     assert output_relpath("x/y.jpeg", "JPEG") == "x/y.jpeg" and output_relpath("x/y.gif", "PNG") == "x/y.png"
@@ -74,7 +76,8 @@ def test_planning_refuses_escaping_colliding_and_reserved_names(tmp_path):
     plan = _plan(tmp_path, inputs, fmt="jpeg")
     refused = dict(zip(plan.refused["input_uri"].to_pylist(), plan.refused["error"].to_pylist()))
     assert refused["s3://b/../../etc/evil.jpg"].startswith("StorageError")
-    assert "OutputCollisionError" in refused["/in/a.jpg"] and "/in/a.png" in refused["/in/a.jpg"]
+    # the first in name order claims the output, whatever order the listing came in
+    assert "OutputCollisionError" in refused["/in/a.png"] and "/in/a.jpg" in refused["/in/a.png"]
     assert refused["/in/_manifest/part-x.png"].startswith("ReservedNameError") and "_manifest" in refused["/in/_manifest/part-x.png"]
     assert refused["/in/_report/index.png"].startswith("ReservedNameError")
     assert plan.todo["output_relpath"].to_pylist() == ["a.jpg", "b.jpg", "ok/_manifest.jpg"]
@@ -246,7 +249,10 @@ def test_planning_a_large_listing_is_columnar(tmp_path):
                     settings_for=_settings_for(), requested_format="same", row_constants={}, done=None,
                     existing_outputs=None)
     assert plan.todo.num_rows == n and plan.refused.num_rows == 0
-    assert plan.todo["output_path"][n - 1].as_py() == str(tmp_path / "out" / f"d{(n - 1) % 100}/img{n - 1}.jpg")
+    last = f"d{(n - 1) % 100}/img{n - 1}.jpg"
+    row = pc.index(plan.todo["input_relpath"], last).as_py()
+    assert plan.todo["output_path"][row].as_py() == str(tmp_path / "out" / last)
+    assert plan.todo["input_relpath"].to_pylist() == sorted(listing["relpath"].to_pylist())
 
 
 def _listing(entries):

@@ -193,8 +193,9 @@ def prepare(config: EnhanceConfig, output: Location, store: ManifestStore, weigh
     """List inputs, read the manifest (adopting dead runs' parts), clean this OUTPUT's debris, plan.
 
     Finding no input raises NoInputsFoundError (exit 2); links the listing skipped are ``warn``-ed."""
+    # Unsorted: plan_run sorts what remains to do, after resume (a million skipped rows never are).
     input_fs, listing = list_inputs_table(config.input, config.s3, extensions=IMAGE_EXTENSIONS,
-                                          base=config.base or None, warn=warn)
+                                          base=config.base or None, warn=warn, sort=False)
     if config.overwrite:
         store.delete_all()
         done, adopted, runs = None, [], set()

@@ -155,7 +155,9 @@ def plan_run(*, listing: pa.Table, output: Location, run_id: str,
     """Decide each input's output, refuse unsafe ones, and skip what is truly done.
 
     Args:
-        listing: ``uri, path, relpath, size`` and, when known, ``mtime`` and ``etag`` of the inputs.
+        listing: ``uri, path, relpath, size`` and, when known, ``mtime`` and ``etag`` of the inputs,
+            in any order (the rows to do and the refused rows come back sorted by ``relpath``;
+            a listing in the order of an earlier run's manifest resumes without gathering).
         settings_for: ``output_format -> settings dict`` (see :mod:`dce_batch.job.output_settings`).
         row_constants: columns every refused row carries (model name, sha, variant, ...).
         done: the manifest's rows (any schema with the manifest's columns), or None (no resume).
@@ -167,6 +169,8 @@ def plan_run(*, listing: pa.Table, output: Location, run_id: str,
         ConfigError: an output would overwrite an input, or finished outputs were made with other
             settings (the message names the differences and the choices).
     """
+    if done is None or done.num_rows == 0:
+        listing = _sorted_by(listing, "relpath")  # every row is to do: sort the listing's fewer columns
     listing = listing.combine_chunks()
     relpaths = listing["relpath"].chunk(0) if listing.num_rows else pa.array([], pa.string())
     fmt, out_rel = _per_extension(relpaths, requested_format)
@@ -185,9 +189,10 @@ def plan_run(*, listing: pa.Table, output: Location, run_id: str,
     candidates = pc.indices_nonzero(pc.invert(refused_mask))
     claimer: dict[int, int] = {}  # colliding row -> the row that claimed the output first
     if has_duplicates(_keep(out_rel, pc.invert(refused_mask))):  # rare: sort only then
+        # "First" in name order (a.jpg before a.png), whatever order the listing came in.
         order = pc.take(candidates, pc.sort_indices(
-            pa.table({"o": pc.take(out_rel, candidates), "i": candidates}),
-            sort_keys=[("o", "ascending"), ("i", "ascending")]))
+            pa.table({"o": pc.take(out_rel, candidates), "r": pc.take(relpaths, candidates)}),
+            sort_keys=[("o", "ascending"), ("r", "ascending")]))
         sorted_rel = pc.take(out_rel, order)
         same = pc.equal(sorted_rel.slice(1), sorted_rel.slice(0, len(sorted_rel) - 1))
         for pos in pc.indices_nonzero(same).to_pylist():
@@ -240,7 +245,21 @@ def plan_run(*, listing: pa.Table, output: Location, run_id: str,
     skipped, changed = MANIFEST_SCHEMA.empty_table(), 0
     if done is not None and done.num_rows:
         todo, skipped, changed = _resume(todo, done, existing_outputs, run_id)
-    return Plan(todo=todo, skipped=skipped, refused=refused_table, changed=changed)
+    # What runs first and what the manifest lists first, in name order; sorted after resume has
+    # taken out what is done (a million skipped rows are never sorted).
+    return Plan(todo=_sorted_by(todo, "input_relpath"), skipped=skipped,
+                refused=_sorted_by(refused_table, "input_relpath"), changed=changed)
+
+
+def _sorted_by(table: pa.Table, column: str) -> pa.Table:
+    """``table`` in the order of its (unique) string ``column``; as it is when already in order."""
+    if table.num_rows < 2:
+        return table
+    names = table[column]
+    names = names.chunk(0) if names.num_chunks == 1 else names.combine_chunks()
+    if pc.all(pc.less(names.slice(0, len(names) - 1), names.slice(1))).as_py():
+        return table
+    return table.take(pc.sort_indices(names))
 
 
 def _refusal(listing, listing_error, row, rel, new_rel, output, oversized, claimer, into_input, max_pixels) -> str:

@@ -301,6 +301,7 @@ def list_inputs_table(
     extensions: Iterable[str],
     base: str | None = None,
     warn: Callable[[str], None] | None = None,
+    sort: bool = True,
 ) -> tuple[pafs.FileSystem, pa.Table]:
     """Find the input images of a run, as a table (see :data:`INPUT_TABLE_SCHEMA`).
 
@@ -326,7 +327,8 @@ def list_inputs_table(
     (size 0) so that reading them gives a row saying what they are. A file whose name is not
     UTF-8 is listed with ``\\xNN`` escapes and ``listing_error`` set (UnsupportedNameError).
 
-    Returns the filesystem of the images and the table, sorted by ``relpath``.
+    Returns the filesystem of the images and the table, sorted by ``relpath`` (``sort=False``:
+    in the order found, for a caller that sorts only the rows it keeps).
     NoInputsFoundError (an InputNotFoundError and a StorageError) if nothing is found;
     StorageError if the location is unreachable (CredentialsError when S3 rejects the
     credentials); ConfigError for an unusable list file or settings.
@@ -359,7 +361,7 @@ def list_inputs_table(
     if base is not None:
         table = _rebased(table, fs, base, s3)
     # Paths are unique by construction (listings) or deduplicated (list files).
-    return fs, table.sort_by("relpath")
+    return fs, table.sort_by("relpath") if sort else table
 
 
 def list_inputs(
