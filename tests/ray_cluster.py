@@ -139,6 +139,19 @@ def cli_env(ray_tmp: str) -> dict[str, str]:
     return env
 
 
+def alive(pids) -> set[int]:
+    """Those of ``pids`` still running (a zombie, killed and not yet reaped by its parent, is not)."""
+    running = set()
+    for pid in pids:
+        try:
+            state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            running.add(pid)
+    return running
+
+
 _AGENTS = (b"ray::DashboardAgent", b"ray::RuntimeEnvAgent")
 
 

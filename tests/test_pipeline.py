@@ -28,7 +28,7 @@ from dce_batch.job.manifest import MANIFEST_SCHEMA, read_manifest
 from dce_batch.job.sizing import ACTOR_BASE_MEMORY, FUSED_BYTES_PER_PIXEL
 from dce_batch.enhance.weights import load_weights
 
-from .ray_cluster import cli_env, processes_of, stop_processes_of, writers_of
+from .ray_cluster import alive, cli_env, processes_of, stop_processes_of, writers_of
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
@@ -543,11 +543,11 @@ def _stop_everything_it_started(process_pid: int, workers: set[int], ray_tmp: st
     if engine == "ray":
         # Ray's workers outlive a killed raylet until their next call to it fails (minutes when
         # busy): stop exactly those this run started before the next run plans.
-        for pid in _alive(workers):
+        for pid in alive(workers):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     # The local pool's fork server and workers end with the driver (PR_SET_PDEATHSIG).
-    _wait_for(lambda: not _alive(workers), 30, what=f"the killed run's workers to exit: {_describe(workers)}")
+    _wait_for(lambda: not alive(workers), 30, what=f"the killed run's workers to exit: {_describe(workers)}")
 
 
 def descendants(pid: int) -> set[int]:
@@ -570,19 +570,7 @@ def descendants(pid: int) -> set[int]:
 
 
 def _describe(pids: set[int]) -> str:
-    return "; ".join(f"{pid}: {(Path('/proc') / str(pid) / 'cmdline').read_bytes()[:80]!r}" for pid in _alive(pids))
-
-
-def _alive(pids: set[int]) -> set[int]:
-    alive = set()
-    for pid in pids:
-        try:
-            state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.add(pid)
-    return alive
+    return "; ".join(f"{pid}: {(Path('/proc') / str(pid) / 'cmdline').read_bytes()[:80]!r}" for pid in alive(pids))
 
 
 def _start_job(source: Path, out: Path, ray_tmp: str, engine: str, stderr, *extra: str) -> subprocess.Popen:
@@ -599,9 +587,10 @@ def _start_job(source: Path, out: Path, ray_tmp: str, engine: str, stderr, *extr
 
 @pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_with_one_line_and_the_rerun_finishes_the_rest(tmp_path, ray_tmp):
-    """Two SIGINTs back to back (an impatient user): the first only sets a flag, so the process is
-    alive for the second, which ends it at once: exit 130, one line, no traceback. Whatever the
-    workers wrote is adopted by the rerun, which ends with every input done once."""
+    """Two SIGINTs (an impatient user): the first only sets a flag, so the process is alive for the
+    second, which ends it at once: exit 130, one line, no traceback. Whatever the workers wrote is
+    adopted by the rerun, which ends with every input done once. The second is sent once the first
+    was handled (two sent back to back may reach the process as one)."""
     source, out = tmp_path / "in", tmp_path / "out"
     _many_inputs(source, 12)
     stderr_file = tmp_path / "stderr.txt"
@@ -610,6 +599,11 @@ def test_a_second_ctrl_c_stops_at_once_with_one_line_and_the_rerun_finishes_the_
     try:
         _wait_for(lambda: _outputs_written(out) >= 1, 300, process, "the first output", stderr_file)
         process.send_signal(signal.SIGINT)
+        _wait_for(lambda: "stopping after the batches in flight" in stderr_file.read_text()
+                  or process.poll() is not None, 60, what="the first Ctrl-C's line")
+        # Sent while the run still finishes its batches in flight (it almost always is; if it ended
+        # first, there was no second Ctrl-C to handle and only the rest is checked).
+        second_while_running = process.poll() is None
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
     finally:
@@ -618,6 +612,9 @@ def test_a_second_ctrl_c_stops_at_once_with_one_line_and_the_rerun_finishes_the_
     said = stderr_file.read_text()
     assert process.returncode == 130, said[-2000:]
     assert "Traceback" not in said and "KeyboardInterrupt" not in said, said[-2000:]
+    if second_while_running and "stopping now" not in said:
+        # The run may have left in the instant between the check and the signal: then it committed.
+        assert list((out / "_manifest" / "_commits").glob("*.json")), said[-2000:]
     summary = run_enhance(EnhanceConfig(input=str(source), output=str(out), engine="local"))
     assert summary.ok + summary.skipped == 12 and summary.error == 0
     _check_exactly_once(out, source)
@@ -752,7 +749,7 @@ def test_a_killed_actor_loses_no_input_and_every_input_ends_once(ray_local, tmp_
     thread.join(timeout=300)
     assert not thread.is_alive() and "error" not in outcome, outcome
     assert outcome["summary"].ok == 24 and outcome["summary"].error == 0
-    assert not _alive({pid}), "the actor that wrote the first rows is dead"
+    assert not alive({pid}), "the actor that wrote the first rows is dead"
     # Ray re-runs a batch whose actor died before replying: one final row and one valid output
     # per input must hold whichever actor's row is final.
     _check_exactly_once(out, source)

@@ -92,8 +92,11 @@ def _check_training_is_quiet_and_leaves_no_cluster(result, work: Path, ray_tmp: 
     training = [line for line in output.splitlines() if line.startswith("[dce-batch train]")]
     assert [line.split()[3] for line in training if "] epoch " in line] == ["1/2", "2/2"], output
     assert len(training) <= 4, output
+    # The result on stdout, progress on stderr: the training's one stdout line comes first (the
+    # block's enhancement prints its own after it).
     finished = [line for line in result.stdout.splitlines() if line.startswith("run finished: 2 epochs")]
-    assert len(finished) == 1 and "weights in runs/try1.safetensors" in finished[0], output  # the result on stdout
+    assert len(finished) == 1 and "weights in runs/try1.safetensors" in finished[0], output
+    assert result.stdout.splitlines()[0] == finished[0], output
     assert "40 images from the bundled training samples" in result.stderr, output
     assert load_weights(work / "runs" / "try1.safetensors").meta.metrics["epochs"] == 2
     assert (work / "runs" / "try1" / "metrics.json").is_file()
@@ -151,12 +154,15 @@ def test_every_readme_block_runs_as_written(tmp_path):
             command = ["bash", "-euo", "pipefail", "-c", body] if kind == "bash" else [sys.executable, "-c", body]
             started = time.monotonic()
             block_env = {**env, "RAY_TMPDIR": head_tmp if "ray start --head" in body else local_tmp}
+            before = {p.name for p in work.iterdir()}
             result = subprocess.run(command, cwd=work, env=block_env, capture_output=True, text=True, timeout=900)
             timings.append((time.monotonic() - started, body.strip().splitlines()[0]))
             assert result.returncode == 0, f"README block failed:\n{body}\n--- stdout\n{result.stdout[-3000:]}" \
                                            f"\n--- stderr\n{result.stderr[-5000:]}"
             if body.startswith("dce-batch train"):
                 _check_training_is_quiet_and_leaves_no_cluster(result, work, local_tmp)
+                # nothing in the working folder but what the block's two commands name
+                assert {p.name for p in work.iterdir()} - before == {"runs", "enhanced-try1"}
             if "ray job submit" in body:
                 _check_the_job_ran_on_the_cluster(result, work)
         # The S3 block's outputs, while the server is up.

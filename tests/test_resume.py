@@ -147,10 +147,17 @@ def test_every_run_commits_its_parts_last(tmp_path, monkeypatch):
     source, out = tmp_path / "in", tmp_path / "out"
     _inputs(source, 3)
     written: list[str] = []
-    for method, label in (("write_part", "part"), ("write_summary", "summary"), ("write_commit", "commit")):
+
+    def recording(method: str, label: str):
         original = getattr(ManifestStore, method)
-        monkeypatch.setattr(ManifestStore, method, lambda self, *a, _f=original, _l=label, **k: (
-            written.append(_l), _f(self, *a, **k))[1])
+
+        def write(self, *args, **kwargs):
+            written.append(label)
+            return original(self, *args, **kwargs)
+        return write
+
+    for method, label in (("write_part", "part"), ("write_summary", "summary"), ("write_commit", "commit")):
+        monkeypatch.setattr(ManifestStore, method, recording(method, label))
     first = _run(source, out)
     second = _run(source, out)
     commits = {p.stem: json.loads(p.read_text()) for p in (out / "_manifest" / "_commits").glob("*.json")}

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -36,6 +41,7 @@ from dce_batch.storage import (
     write_bytes_atomic,
 )
 from tests.fault_proxy import FaultProxy, fault_proxy  # noqa: F401 - fault_proxy is a fixture
+from tests.ray_cluster import alive
 
 pytestmark = pytest.mark.s3
 
@@ -336,11 +342,6 @@ def test_an_actor_killed_after_its_part_was_written_but_before_it_replied_leaves
     Ray runs the batch again on another one. The driver settles the dead actor's part before it
     commits (that part's only row was written again by the retry: the part goes), so every input
     has one row in the bucket's parts, once."""
-    import threading
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from dce_batch.job import EnhanceConfig, run_enhance
 
     inputs = _put_inputs(s3_server, s3_bucket)
@@ -362,9 +363,11 @@ def test_an_actor_killed_after_its_part_was_written_but_before_it_replied_leaves
         assert fault_proxy.held.wait(300), outcome
         held_key = fault_proxy.held_path.split("?")[0].split(f"/{s3_bucket}/", 1)[1]
         pid = int(held_key.rsplit("-a", 1)[1].split("x")[0])
-        os.kill(pid, 9)  # exactly the actor whose PUT is held
-        while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z":
-            threading.Event().wait(0.05)
+        os.kill(pid, signal.SIGKILL)  # exactly the actor whose PUT is held
+        deadline = time.monotonic() + 60
+        while alive({pid}) and time.monotonic() < deadline:  # dead before its PUT may be answered
+            time.sleep(0.05)
+        assert not alive({pid}), "the actor whose part upload is held did not die"
     finally:
         fault_proxy.release()
         thread.join(timeout=300)

@@ -36,7 +36,7 @@ from dce_batch.imaging import DEFAULT_MAX_PIXELS, extension_for, format_of_exten
 from dce_batch.job.manifest.schema import MANIFEST_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, conform
 from dce_batch.job.output_settings import describe_settings_change, settings_digest
 from dce_batch.storage import MANIFEST_DIR, TEMP_NAME_PATTERN, Location, walk_local_files
-from dce_batch.storage.arrow_paths import has_duplicates
+from dce_batch.storage.arrow_paths import has_duplicates, one_array
 
 __all__ = ["RESERVED_NAMES", "TODO_COLUMNS", "OutputFiles", "Plan", "input_table", "list_output_files",
            "output_relpath", "plan_run"]
@@ -255,8 +255,7 @@ def _sorted_by(table: pa.Table, column: str) -> pa.Table:
     """``table`` in the order of its (unique) string ``column``; as it is when already in order."""
     if table.num_rows < 2:
         return table
-    names = table[column]
-    names = names.chunk(0) if names.num_chunks == 1 else names.combine_chunks()
+    names = one_array(table[column])
     if pc.all(pc.less(names.slice(0, len(names) - 1), names.slice(1))).as_py():
         return table
     return table.take(pc.sort_indices(names))
@@ -313,8 +312,8 @@ def _strings_differ(old: pa.ChunkedArray, new: pa.Array) -> pa.Array:
     """Where two string columns differ (null counts as different). Dictionary-encoded columns
     (settings digests: a few distinct values in a million rows) are compared by their indices,
     without spelling out a million 64-character strings."""
-    if isinstance(new, pa.ChunkedArray) and new.num_chunks == 1:
-        new = new.chunk(0)
+    if isinstance(new, pa.ChunkedArray):
+        new = one_array(new)
     if isinstance(old, pa.Array):
         old = pa.chunked_array([old])
     if not (pa.types.is_dictionary(old.type) and isinstance(new, pa.DictionaryArray)):

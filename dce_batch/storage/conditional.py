@@ -90,17 +90,17 @@ def _s3_read(fs: PortableS3FileSystem, path: str) -> tuple[bytes, str]:
     read (a connection reset mid-stream): those are retried here, as many times."""
     import botocore.exceptions
 
-    attempts = max(1, fs.options.max_attempts)
-    for attempt in range(attempts):
+    attempt = 1
+    while True:
         answer = _s3_call(fs, "get_object", path)
         try:
             return answer["Body"].read(), answer["ETag"]
         except (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError,
                 ConnectionError) as exc:
-            if attempt == attempts - 1:
+            if attempt >= fs.options.max_attempts:
                 raise StorageError(f"cannot read s3://{path}: {exc}") from exc
-            time.sleep(min(2.0, 0.05 * 2 ** attempt))
-    raise AssertionError("unreachable")
+            time.sleep(min(2.0, 0.05 * 2 ** (attempt - 1)))
+            attempt += 1
 
 
 def read_versioned(fs: pafs.FileSystem, path: str) -> tuple[bytes, str]:

@@ -400,9 +400,8 @@ def list_from_list_file(
         # Each path once, from its first line and so with that line's fingerprint.
         numbered = pa.table({"path": paths, "row": pa.array(range(len(paths)), pa.int64())})
         first_rows = numbered.group_by("path").aggregate([("row", "min")])["row_min"].combine_chunks()
-        if len(first_rows) < len(paths):
-            first_rows = first_rows.take(pc.sort_indices(first_rows))
-            entries, paths = entries.take(first_rows), paths.take(first_rows)
+        first_rows = first_rows.take(pc.sort_indices(first_rows))
+        entries, paths = entries.take(first_rows), paths.take(first_rows)
     elif not fingerprinted:
         paths = pc.unique(paths)  # no fingerprint to keep: each path once
     relpaths = names_from_entries(paths, own_folder if same_storage else None)

@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 
 from dce_batch.job.manifest.schema import conform
 from dce_batch.job.manifest.store import ManifestStore, PartInfo, part_name, run_of_part
+from dce_batch.storage.arrow_paths import one_array
 
 __all__ = ["DEFAULT_PART_MAX_AGE_S", "DEFAULT_PART_MAX_ROWS", "BatchRows", "PartBuffer", "PartLedger",
            "tag_rows", "untag_rows"]
@@ -160,13 +161,13 @@ class PartLedger:
         strays = [name for name in self.store.part_names() if run_of_part(name) == run_id and name not in self.written]
         if not strays:
             return 0, 0
-        known = pa.chunked_array(
-            [chunk for info in self.parts() if run_of_part(info.name) == run_id
-             for chunk in self.store.read_column(info.name, "input_relpath").chunks], pa.string())
+        known = pa.concat_arrays([one_array(self.store.read_part(info.name)["input_relpath"])
+                                  for info in self.parts() if run_of_part(info.name) == run_id]
+                                 or [pa.array([], pa.string())])
         dropped = 0
         for name in strays:
             table = self.store.read_part(name)
-            keep = pc.invert(pc.is_in(table["input_relpath"], value_set=known.combine_chunks()))
+            keep = pc.invert(pc.is_in(table["input_relpath"], value_set=known))
             kept = table.filter(keep)
             dropped += table.num_rows - kept.num_rows
             if kept.num_rows == 0:

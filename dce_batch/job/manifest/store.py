@@ -184,14 +184,6 @@ class ManifestStore:
             raise _legacy_error(self.uri)
         return table if allow_legacy else _to_schema(table, COMPACT_SCHEMA if compact else MANIFEST_SCHEMA)
 
-    def read_column(self, name: str, column: str) -> pa.ChunkedArray:
-        """One column of a part (a string column of the current format)."""
-        data = read_bytes(self.filesystem, self.file(name))
-        try:
-            return pq.read_table(pa.BufferReader(data), columns=[column])[column].cast(pa.string())
-        except (OSError, pa.ArrowInvalid, KeyError) as exc:
-            raise ManifestError(f"the manifest part {self.uri}/{name} cannot be read ({exc})") from exc
-
     def state(self, *, compact: bool = True) -> ManifestState:
         """Everything under ``_manifest/``: commit records, committed and uncommitted parts, and
         their rows. Raises :class:`LegacyManifestError` for an earlier format and
