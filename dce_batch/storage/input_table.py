@@ -92,14 +92,15 @@ def make_input_table(
     )
 
 
-def unquoted_etags(etags) -> pa.Array:
+def unquoted_etags(etags) -> pa.Array | pa.ChunkedArray:
     """ETags without their surrounding double quotes.
 
     S3 answers ListObjectsV2 and HeadObject with the ETag in quotes and S3 Inventory reports it
     without; one form makes fingerprints from either source comparable. Trimmed (a copy) only
-    when some are quoted.
+    when some are quoted; a chunked string column (a list file's) keeps its chunks.
     """
-    etags = strings(etags)
+    if not (isinstance(etags, pa.ChunkedArray) and etags.type == pa.string()):
+        etags = strings(etags)
     quoted = pc.or_(pc.starts_with(etags, '"'), pc.ends_with(etags, '"'))
     return pc.utf8_trim(etags, characters='"') if pc.any(quoted).as_py() else etags
 

@@ -85,13 +85,16 @@ def _is_text(column_type: pa.DataType) -> bool:
     )
 
 
+def _decoded(column):
+    """A column without dictionary encoding; a plain column as it is (chunks kept, no copy)."""
+    return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
+
+
 def _plain(column) -> pa.Array:
     """A column as one array, dictionary-decoded."""
     if isinstance(column, pa.ChunkedArray):
         column = one_array(column)
-    if pa.types.is_dictionary(column.type):
-        column = column.cast(column.type.value_type)
-    return column
+    return _decoded(column)
 
 
 def _by_lower_name(table: pa.Table) -> dict[str, str]:
@@ -161,7 +164,8 @@ def _fingerprints(table: pa.Table, source: str) -> dict[str, pa.Array | None]:
         if name is None:
             found[field] = None
             continue
-        values = _plain(table.column(name))
+        # Chunks kept: a million 32-character ETags are not copied into one array.
+        values = _decoded(table.column(name))
         if field == "size":
             found[field] = _size_column(values, name, source)
         elif field == "mtime":
