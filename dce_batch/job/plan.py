@@ -124,10 +124,13 @@ def _join_path(base: str, rel: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(pa.scalar(prefix), rel, "")
 
 
-def _column(listing: pa.Table, name: str, kind: pa.DataType) -> pa.Array:
-    if name in listing.column_names:
-        return listing[name].combine_chunks().cast(kind)
-    return pa.nulls(listing.num_rows, kind)
+def _column(listing: pa.Table, name: str, kind: pa.DataType, *, chunked: bool = False) -> pa.Array | pa.ChunkedArray:
+    """A listing's column as ``kind`` (nulls where the listing has none): one array, or with
+    ``chunked`` the listing's chunks as they are (a list file's million ETags not copied)."""
+    if name not in listing.column_names:
+        return pa.nulls(listing.num_rows, kind)
+    column = listing[name] if chunked else listing[name].combine_chunks()
+    return column if column.type == kind else column.cast(kind)
 
 
 def _refused_rows(table: pa.Table, errors: list[str], common: Mapping[str, Any]) -> pa.Table:
@@ -240,7 +243,7 @@ def plan_run(*, listing: pa.Table, output: Location, run_id: str,
         "output_format": formats,
         "settings": pa.DictionaryArray.from_arrays(index, pa.array([v[0] for v in settings_by_format.values()])),
         "settings_sha256": pa.DictionaryArray.from_arrays(index, pa.array([v[1] for v in settings_by_format.values()])),
-        **{target: _keep(_column(listing, source, kind), keep) for source, target, kind in _FINGERPRINT},
+        **{target: _keep(_column(listing, source, kind, chunked=True), keep) for source, target, kind in _FINGERPRINT},
     })
     skipped, changed = MANIFEST_SCHEMA.empty_table(), 0
     if done is not None and done.num_rows:
