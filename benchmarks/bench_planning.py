@@ -28,7 +28,7 @@ and the ratio with / without is printed per scenario (issue 22 asks for at most 
 inputs). Each (scenario, variant) runs ``--rounds`` times, the two variants back to back in each
 round (with first in odd rounds, without first in even ones). Two ratios are printed: of the
 medians, and the median of each round's own ratio (the two runs of a round share the machine's
-state of that moment, which on a VM moves planning's time by 20 % from one minute to the next);
+state of that moment, which on a VM moves from one minute to the next: benchmarks/README.md);
 the verdict is on the second.
 
 The inputs need not exist (planning never opens them); the outputs do, for the existence check,

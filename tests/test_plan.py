@@ -265,10 +265,24 @@ def _listing(entries):
     })
 
 
-def test_an_input_whose_fingerprint_changed_is_redone_and_counted(tmp_path):
+def _rechunked(listing: pa.Table, at: int) -> pa.Table:
+    """``listing`` with its fingerprint columns split in two chunks at row ``at`` and the other
+    columns left whole, as a list file of several row groups arrives (planning keeps those
+    columns' chunks)."""
+    for name in ("size", "mtime", "etag"):
+        column = listing[name].combine_chunks()
+        listing = listing.set_column(listing.schema.get_field_index(name), name,
+                                     pa.chunked_array([column.slice(0, at), column.slice(at)]))
+    return listing
+
+
+@pytest.mark.parametrize("fingerprint_chunks", [1, 2])
+def test_an_input_whose_fingerprint_changed_is_redone_and_counted(tmp_path, fingerprint_chunks):
     """Size, modification time (local disks) or ETag (object stores): any known difference means the
     input was replaced; what is unknown on either side (rows of earlier versions, list files without
-    such columns) counts as unchanged. Skipped rows carry the fingerprint seen now."""
+    such columns) counts as unchanged. Skipped rows carry the fingerprint seen now. The same when
+    the listing's fingerprint columns come in other chunks than its paths (and a refused input
+    filters them)."""
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     t1 = t0 + timedelta(seconds=5)
     settings = _settings_for()
@@ -282,13 +296,16 @@ def test_an_input_whose_fingerprint_changed_is_redone_and_counted(tmp_path):
     ])
     listing = _listing([("same.png", 10, t0, None), ("bigger.png", 11, t0, None), ("touched.png", 10, t1, None),
                         ("etag.png", 10, None, '"def"'), ("etag_same.png", 10, None, '"abc"'),
-                        ("old.png", 10, t1, None)])
+                        ("old.png", 10, t1, None), ("huge.png", 5_000_000_000, t0, None)])
+    if fingerprint_chunks == 2:
+        listing = _rechunked(listing, 3)
     plan = plan_run(listing=listing, output=Location.parse(str(tmp_path / "out")), run_id="run2",
                     settings_for=settings, requested_format="same", row_constants={}, done=done,
                     existing_outputs=pa.array(["same.png", "bigger.png", "touched.png", "etag.png", "etag_same.png",
                                                "old.png"]))
     assert sorted(plan.todo["input_relpath"].to_pylist()) == ["bigger.png", "etag.png", "touched.png"]
     assert plan.changed == 3
+    assert plan.refused["input_uri"].to_pylist() == ["/in/huge.png"]  # refused by its size, unread
     skipped = {r["input_relpath"]: r for r in plan.skipped.to_pylist()}
     assert set(skipped) == {"same.png", "etag_same.png", "old.png"}
     assert skipped["old.png"]["input_mtime"] == t1 and skipped["old.png"]["input_size"] == 10  # now recorded

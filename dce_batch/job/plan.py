@@ -129,7 +129,7 @@ def _column(listing: pa.Table, name: str, kind: pa.DataType, *, chunked: bool = 
     ``chunked`` the listing's chunks as they are (a list file's million ETags not copied)."""
     if name not in listing.column_names:
         return pa.nulls(listing.num_rows, kind)
-    column = listing[name] if chunked else listing[name].combine_chunks()
+    column = listing[name] if chunked else one_array(listing[name])
     return column if column.type == kind else column.cast(kind)
 
 

@@ -126,7 +126,7 @@ def _entry_column(table: pa.Table, source: str) -> pa.Array:
     return pc.utf8_trim_whitespace(strings(_plain(table.column(name))))
 
 
-def _size_column(values: pa.Array, name: str, source: str) -> pa.Array:
+def _size_column(values: pa.Array | pa.ChunkedArray, name: str, source: str) -> pa.Array | pa.ChunkedArray:
     try:
         return values.cast(pa.int64())  # text or whole floats; "12.5" or "big" fail
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -134,7 +134,7 @@ def _size_column(values: pa.Array, name: str, source: str) -> pa.Array:
                           f"{exc}") from exc
 
 
-def _mtime_column(values: pa.Array, name: str, source: str) -> pa.Array:
+def _mtime_column(values: pa.Array | pa.ChunkedArray, name: str, source: str) -> pa.Array | pa.ChunkedArray:
     """Times as ``timestamp[ns, UTC]``; times without a zone are taken as UTC (as S3 reports them)."""
     kind = values.type
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_null(kind):
@@ -156,7 +156,7 @@ def _mtime_column(values: pa.Array, name: str, source: str) -> pa.Array:
                       "timestamp column or as ISO 8601 text (2024-05-01T12:00:00Z)")
 
 
-def _fingerprints(table: pa.Table, source: str) -> dict[str, pa.Array | None]:
+def _fingerprints(table: pa.Table, source: str) -> dict[str, pa.Array | pa.ChunkedArray | None]:
     by_name = _by_lower_name(table)
     found: dict[str, pa.Array | None] = {}
     for field, candidates in _FINGERPRINT_COLUMNS.items():
