@@ -138,6 +138,11 @@ def test_a_row_written_twice_in_a_run_reads_once_the_latest(tmp_path):
     store.write_part(part_name("r1", "w2", 0), rows_to_table([_row("r1", "a", "ok")]))
     rows = read_manifest(str(tmp_path / "out"))
     assert rows.num_rows == 1 and rows["status"][0].as_py() == "ok"
+    # Another run's row for the same input is that run's own: kept, and r1's duplicate still folds.
+    store.write_part(part_name("r2", "w1", 0), rows_to_table([_row("r2", "a", "skipped"), _row("r2", "b")]))
+    rows = read_manifest(str(tmp_path / "out"))
+    assert sorted((r["run_id"], r["input_relpath"], r["status"]) for r in rows.to_pylist()) == [
+        ("r1", "a", "ok"), ("r2", "a", "skipped"), ("r2", "b", "ok")]
 
 
 def test_writing_a_part_where_output_cannot_be_written_is_an_output_write_error(tmp_path):

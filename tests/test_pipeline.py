@@ -448,6 +448,9 @@ def test_cli_default_run_enhances_the_bundled_samples(tmp_path, ray_tmp):
     assert result.stdout.strip().splitlines()[-1] == f"report: {tmp_path / 'enhanced' / '_report' / 'index.html'}"
     summary = json.loads(next((tmp_path / "enhanced" / "_manifest").glob("_run-*.json")).read_text())
     assert summary["cluster"]["engine"] == "local" and "local processes" in result.stderr
+    # What "auto" ran as, per image (the settings keep the request).
+    assert summary["settings"]["precision"] == "auto"
+    assert sum(summary["precisions"].values()) == len(samples) and set(summary["precisions"]) <= {"fp32", "bf16", "int8"}
     assert "Warning" not in result.stderr, "nothing for the user to puzzle over (e.g. leaked semaphores)"
     on_ray = _run_cli(["--engine", "ray", "--no-report", str(REPO / "dce_batch" / "samples"), str(tmp_path / "ray")],
                       cwd=tmp_path, env=cli_env(ray_tmp))

@@ -62,6 +62,10 @@ def test_output_names_mirror_inputs_and_change_extension_only_with_the_format(tm
                                                     str(out / "e.mpo"), str(out / "sub/b.png")]
     assert plan.todo["output_format"].to_pylist() == ["JPEG", "PNG", "JPEG", "JPEG", "PNG"]
     assert plan.todo["output_relpath"].to_pylist() == ["a.jpg", "c.png", "d.JPEG", "e.mpo", "sub/b.png"]
+    kept = _plan(tmp_path, _inputs("sub/b.png", "a.jpg", "d.JPEG", "e.mpo", "f.name.tif"))  # no name changes
+    assert kept.todo["output_relpath"].to_pylist() == kept.todo["input_relpath"].to_pylist() == [
+        "a.jpg", "d.JPEG", "e.mpo", "f.name.tif", "sub/b.png"]
+    assert kept.todo["output_format"].to_pylist() == ["JPEG", "JPEG", "JPEG", "TIFF", "PNG"]
     webp = _plan(tmp_path, _inputs("a.jpg", "b.png"), fmt="webp")
     assert [p.rsplit("/", 1)[1] for p in webp.todo["output_path"].to_pylist()] == ["a.webp", "b.webp"]
     assert output_relpath("x/y.jpeg", "JPEG") == "x/y.jpeg" and output_relpath("x/y.gif", "PNG") == "x/y.png"

@@ -106,6 +106,8 @@ def _per_extension(relpaths: pa.Array, requested_format: str) -> tuple[pa.Array,
         new_exts.append(posixpath.splitext(new)[1])
     index = pc.index_in(extensions, value_set=distinct)
     fmt_column = pc.take(pa.array(formats, pa.string()), index)
+    if not any(renames):  # every output keeps its input's name (the usual case): no regex pass
+        return fmt_column, relpaths
     rename = pc.take(pa.array(renames, pa.bool_()), index)
     stems = pc.replace_substring_regex(relpaths, r"\.[^./]*$", "")
     renamed = pc.binary_join_element_wise(stems, pc.take(pa.array(new_exts, pa.string()), index), "")

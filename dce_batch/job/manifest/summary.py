@@ -48,6 +48,9 @@ class RunSummary:
     refused: int = 0  # inputs refused at planning (their rows are errors)
     changed: int = 0  # inputs redone because they changed since an earlier run enhanced them
     adopted_rows: int = 0  # rows of runs that died before committing, adopted by this run
+    # How many images this run enhanced in each precision: what ``settings["precision"]`` (the
+    # request, ``auto`` by default) resolved to on the nodes that ran them (fp32, bf16, int8, fp16).
+    precisions: dict[str, int] = field(default_factory=dict)
 
     def add(self, table: pa.Table) -> None:
         """Fold a batch of manifest rows into the counts."""
@@ -64,6 +67,9 @@ class RunSummary:
         ok = table.filter(pc.equal(status, STATUS_OK))
         pixels = pc.sum(pc.multiply(ok["width"].cast(pa.int64()), ok["height"].cast(pa.int64()))).as_py()
         self.megapixels += (pixels or 0) / 1e6
+        for precision in ok["precision"].cast(pa.string()).to_pylist():
+            key = precision or "unknown"
+            self.precisions[key] = self.precisions.get(key, 0) + 1
         if STATUS_ERROR in statuses:
             errors = table.filter(pc.equal(table["status"].cast(pa.string()), STATUS_ERROR))
             for uri, message in zip(errors["input_uri"].to_pylist(), errors["error"].cast(pa.string()).to_pylist()):
