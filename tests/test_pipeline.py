@@ -451,6 +451,9 @@ def test_cli_default_run_enhances_the_bundled_samples(tmp_path, ray_tmp):
     # What "auto" ran as, per image (the settings keep the request).
     assert summary["settings"]["precision"] == "auto"
     assert sum(summary["precisions"].values()) == len(samples) and set(summary["precisions"]) <= {"fp32", "bf16", "int8"}
+    precision_line = next(line for line in result.stdout.splitlines() if line.strip().startswith("precision"))
+    ran_in = ", ".join(f"{name} {count:,}" for name, count in sorted(summary["precisions"].items()))
+    assert precision_line.split(None, 1)[1].strip() == ran_in, precision_line
     assert "Warning" not in result.stderr, "nothing for the user to puzzle over (e.g. leaked semaphores)"
     on_ray = _run_cli(["--engine", "ray", "--no-report", str(REPO / "dce_batch" / "samples"), str(tmp_path / "ray")],
                       cwd=tmp_path, env=cli_env(ray_tmp))

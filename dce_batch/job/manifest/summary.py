@@ -95,6 +95,9 @@ class RunSummary:
             f"  {'throughput':<14}{self.images_per_s:>10.2f} images/s ({self.megapixels_per_s:.2f} MP/s)",
             f"  {'bytes in/out':<14}{self.bytes_in:>10,} / {self.bytes_out:,}",
         ]
+        if self.precisions:  # what --precision auto resolved to, where it ran
+            ran_in = ", ".join(f"{name} {count:,}" for name, count in sorted(self.precisions.items()))
+            lines.append(f"  {'precision':<14}{ran_in:>10}")
         for kind, count in sorted(self.errors_by_type.items()):
             lines.append(f"  {kind:<24}{count:>6}")
         for entry in self.first_errors[:5]:
