@@ -284,9 +284,16 @@ def _to_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
 def _one_row_per_run_and_input(table: pa.Table) -> pa.Table:
     """The rows with each (run, input) once: the latest. A run writes one row per input; only a
     batch retried after its worker wrote its part but before the result came back can give two."""
-    if table.num_rows < 2 or not _an_input_twice_in_one_run(table):
-        return table  # the usual case: hash passes, no sort
-    keys = pc.binary_join_element_wise(table["run_id"].cast(pa.string()), table["input_relpath"], "\x00")
+    if table.num_rows < 2:
+        return table
+    # Rows of one run are keyed by their input paths as they are; only rows of several runs need a
+    # key joined from run id and path (a new column of a million strings).
+    if len(pc.unique(table["run_id"])) == 1:
+        keys = table["input_relpath"]
+    else:
+        keys = pc.binary_join_element_wise(table["run_id"].cast(pa.string()), table["input_relpath"], "\x00")
+    if not has_duplicates(keys):
+        return table  # the usual case: a hash pass, no sort
     indices = pa.array(range(table.num_rows), pa.int64())
     order = pa.table({"k": keys, "t": table["finished_at"], "i": indices}).sort_by([("k", "ascending"),
                                                                                  ("t", "descending")])
@@ -294,18 +301,3 @@ def _one_row_per_run_and_input(table: pa.Table) -> pa.Table:
     first = pc.not_equal(sorted_keys.slice(1), sorted_keys.slice(0, len(sorted_keys) - 1))
     keep = pa.concat_arrays([pa.array([True]), first.fill_null(True)])
     return table.take(order["i"].filter(keep))
-
-
-
-def _an_input_twice_in_one_run(table: pa.Table) -> bool:
-    """Whether some run has two rows for one input, checked run by run on the input paths as they
-    are: a key joined from run id and path for each of a million rows would be a new 40 MB column
-    to hash, where one run's paths need no copy at all."""
-    run_ids = table["run_id"]
-    distinct = pc.unique(run_ids)
-    if len(distinct) == 1:
-        return has_duplicates(table["input_relpath"])
-    for run_id in distinct.cast(pa.string()).to_pylist():
-        if has_duplicates(table["input_relpath"].filter(pc.fill_null(pc.equal(run_ids, run_id), False))):
-            return True
-    return False

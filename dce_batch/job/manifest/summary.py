@@ -67,9 +67,9 @@ class RunSummary:
         ok = table.filter(pc.equal(status, STATUS_OK))
         pixels = pc.sum(pc.multiply(ok["width"].cast(pa.int64()), ok["height"].cast(pa.int64()))).as_py()
         self.megapixels += (pixels or 0) / 1e6
-        for precision in ok["precision"].cast(pa.string()).to_pylist():
-            key = precision or "unknown"
-            self.precisions[key] = self.precisions.get(key, 0) + 1
+        for entry in pc.value_counts(ok["precision"].cast(pa.string())).to_pylist():
+            key = entry["values"] or "unknown"
+            self.precisions[key] = self.precisions.get(key, 0) + entry["counts"]
         if STATUS_ERROR in statuses:
             errors = table.filter(pc.equal(table["status"].cast(pa.string()), STATUS_ERROR))
             for uri, message in zip(errors["input_uri"].to_pylist(), errors["error"].cast(pa.string()).to_pylist()):
