@@ -59,9 +59,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         owner: S3ErrorServer = self.server.owner  # type: ignore[attr-defined]
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
+        self._read_body()
         if owner.stall_s:
             owner._released.wait(owner.stall_s)
             self.close_connection = True
@@ -75,6 +73,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _read_body(self) -> None:
+        """Read the whole request body before answering. An answer sent while the client is still
+        sending makes the client's next write fail (a broken pipe instead of the error under test).
+        pyarrow sends uploads with ``Transfer-Encoding: chunked`` and no Content-Length."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers, then the end
+                        pass
+                    return
+                self.rfile.read(size + 2)  # the chunk and its CRLF
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _answer
 
