@@ -320,6 +320,7 @@ def test_list_file_errors_name_the_entry(tmp_path: Path) -> None:
         list_inputs_table(str(mixed), extensions=IMAGES)
 
 
+@pytest.mark.slow
 @pytest.mark.s3
 def test_s3_prefix_listing_pages_through_keys(s3_server, s3_bucket: str) -> None:
     """More keys than one ListObjectsV2 page (1,000), with folder markers and hidden keys."""

@@ -78,6 +78,7 @@ def _manifest(output_dir) -> list[dict]:
     return read_manifest(str(output_dir)).to_pylist()
 
 
+@pytest.mark.slow
 def test_local_folder_end_to_end(ray_local, mixed_inputs, tmp_path):
     out = tmp_path / "out"
     summary = run_enhance(_config(mixed_inputs, out))
@@ -139,6 +140,7 @@ def test_local_folder_end_to_end(ray_local, mixed_inputs, tmp_path):
     assert not any(out.rglob("*.tmp")), "no temporary files may be left behind"
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_inputs_and_overwrite_redoes_all(ray_local, tmp_path):
     source = tmp_path / "in"
     for i in range(4):
@@ -287,6 +289,7 @@ def test_changing_the_format_is_not_a_resume(tmp_path):
     assert (out / "x.webp").is_file() and decode_image((out / "x.webp").read_bytes()).format == "WEBP"
 
 
+@pytest.mark.slow
 def test_published_checkpoint_as_weights(ray_local, tmp_path):
     """--weights also takes the authors' .pth checkpoints, imported on the fly."""
     from .shared_data import shared_path
@@ -300,6 +303,7 @@ def test_published_checkpoint_as_weights(ray_local, tmp_path):
     assert rows[0]["mean_luma_out"] > rows[0]["mean_luma_in"]
 
 
+@pytest.mark.slow
 def test_list_file_input(ray_local, tmp_path):
     """A list of URIs instead of a listing: an entry under the list file's folder keeps its path
     below it, whatever else the list holds, so adding an entry renames nothing."""
@@ -335,6 +339,7 @@ def test_output_inside_input_is_refused(tmp_path):
     assert not (source / "enhanced").exists()
 
 
+@pytest.mark.slow
 def test_output_inside_input_when_allowed(ray_local, tmp_path):
     source = tmp_path / "in"
     _save(source / "x.png", _dark(30, 30), "PNG")
@@ -342,6 +347,7 @@ def test_output_inside_input_when_allowed(ray_local, tmp_path):
     assert summary.ok == 1 and (source / "enhanced" / "x.png").is_file()
 
 
+@pytest.mark.slow
 def test_staged_pipeline_gives_the_fused_pipeline_s_outputs(ray_local, mixed_inputs, tmp_path):
     """The GPU-node pipeline (decode tasks -> network actors on batches of windows -> encode
     tasks) runs on CPUs too: same images, same rows, as the fused one."""
@@ -361,6 +367,7 @@ def test_staged_pipeline_gives_the_fused_pipeline_s_outputs(ray_local, mixed_inp
             assert row["worker"] and row["precision"] == "fp32" and row["tiled"] == fused_rows[name]["tiled"]
 
 
+@pytest.mark.slow
 def test_an_image_larger_than_the_actor_memory_allows_is_a_row_not_a_crash(ray_local, tmp_path):
     source = tmp_path / "in"
     _save(source / "small.png", _dark(40, 50), "PNG")
@@ -390,6 +397,7 @@ def test_a_machine_short_of_memory_still_runs_and_rows_say_which_images_need_mor
     assert any(line.startswith("warning: images over 12 MP will get error rows") for line in said), said
 
 
+@pytest.mark.slow
 def test_s3_prefix_to_prefix(ray_local, s3_server, s3_bucket, tmp_path):
     client = s3_server.client()
     for i, (fmt, ext) in enumerate([("JPEG", "jpg"), ("PNG", "png"), ("JPEG", "jpg")]):

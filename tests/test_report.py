@@ -292,6 +292,7 @@ def test_a_later_run_that_enhanced_nothing_keeps_the_figures_of_the_run_that_did
                                                      for n in earlier.notices)
 
 
+@pytest.mark.slow
 def test_a_rerun_with_nothing_to_do_reports_the_first_runs_figures(tmp_path):
     """Two real `dce-batch enhance` runs on one folder: the report the second one writes, and the one
     `dce-batch report` writes after it, head with the first run's figures."""
