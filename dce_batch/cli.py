@@ -39,8 +39,17 @@ EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 # --------------------------------------------------------------------------------------------
-# Argument types: every number finite and in range, or argparse's one-line error (exit 2)
+# Argument types: every number finite and in range, or a one-line error (exit 2)
 # --------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (exit 2): what is wrong, and where the
+    options are listed. ``--help`` prints the full usage as usual."""
+
+    def error(self, message: str):  # type: ignore[override]
+        line = " ".join(message.splitlines())
+        self.exit(EXIT_INVALID, f"{self.prog}: error: {line} ({self.prog} --help shows the options)\n")
 
 
 def _number(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> Callable[[str], float]:
@@ -180,7 +189,7 @@ def enhance_parser() -> argparse.ArgumentParser:
     from dce_batch.enhance.settings import FinishConfig
     from dce_batch.job.config import DEFAULT_OUTPUT
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="dce-batch enhance",
         description="Enhance low-light images with Zero-DCE: on worker processes of this machine for small runs "
                     "with no cluster around, else on Ray (a running cluster, or a local one it starts). With no "
@@ -309,7 +318,7 @@ def enhance_main(argv: Sequence[str] | None = None) -> int:
 
 
 def convert_weights_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="dce-batch convert-weights",
         description="Write weights in the project's safetensors format: import a published checkpoint (.pth), or "
                     "re-save a .safetensors file (its metadata kept, subnormal values flushed to zero).")
@@ -344,7 +353,7 @@ def convert_weights_main(argv: Sequence[str] | None = None) -> int:
 
 
 def show_weights_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dce-batch show-weights", description="Print a weights file's metadata.")
+    p = _Parser(prog="dce-batch show-weights", description="Print a weights file's metadata.")
     p.add_argument("weights", nargs="?", default=None, type=_path,
                    help="a shipped name or a file (default: the default model)")
     return p
@@ -366,7 +375,7 @@ def show_weights_main(argv: Sequence[str] | None = None) -> int:
 def report_parser() -> argparse.ArgumentParser:
     from dce_batch.report import DEFAULT_MAX_PAIRS
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="dce-batch report",
         description="Build OUTPUT/_report/index.html for the latest finished run under OUTPUT: summary, "
                     "before/after pairs, brightness histograms, slowest and failed images, training curves. "
@@ -406,7 +415,7 @@ def _opset(text: str) -> int:
 def export_onnx_parser() -> argparse.ArgumentParser:
     from dce_batch.enhance.onnx_export import DEFAULT_OPSET, MIN_OPSET
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="dce-batch export-onnx",
         description="Export weights to ONNX: input 'image' (N x 3 x H x W float32 in [0, 1], any N, H, W) and "
                     "'strength' (float32 [1], 0..1), output 'enhanced'. Needs pip install 'dce-batch[onnx]'.",
@@ -441,7 +450,7 @@ def export_onnx_main(argv: Sequence[str] | None = None) -> int:
 
 
 def manifest_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="dce-batch manifest",
         description="Maintain an OUTPUT's manifest: upgrade one written by an earlier version, repair a damaged "
                     "one, or break the lease of a run that is gone.")
@@ -499,7 +508,7 @@ def manifest_main(argv: Sequence[str] | None = None) -> int:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="dce-batch train",
         description="Train DCE-Net with Ray Train on a folder or s3:// prefix of (unpaired, low- and "
                     "over-exposed) images, on the Ray cluster at RAY_ADDRESS or a local one it starts. "
@@ -650,7 +659,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 def evaluate_parser() -> argparse.ArgumentParser:
     from dce_batch.enhance.finishing import DEFAULT_EXPOSURE_TARGET
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="dce-batch evaluate",
         description="Compare enhancement configurations side by side: PSNR/SSIM on paired sets (low and "
                     "reference folders matched by file name), no-reference statistics on every set. Runs "
@@ -759,7 +768,7 @@ COMMANDS: dict[str, tuple[str, Callable[[], argparse.ArgumentParser], Callable[[
 
 def build_parser() -> argparse.ArgumentParser:
     """``dce-batch``: one subparser per command, each with its command's own arguments."""
-    top = argparse.ArgumentParser(prog="dce-batch", description="Enhance low-light photos at scale with Zero-DCE on Ray.")
+    top = _Parser(prog="dce-batch", description="Enhance low-light photos at scale with Zero-DCE on Ray.")
     top.add_argument("--version", action="version", version=f"dce-batch {__version__}")
     commands = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (summary, parser, _) in COMMANDS.items():

@@ -206,3 +206,28 @@ def test_the_python_api_refuses_what_the_command_line_refuses(one_image, tmp_pat
                      {"grad_clip": float("inf")}, {"keep_checkpoints": 2**31}, {"epochs": 1.5}]:
         with pytest.raises(ConfigError):
             TrainConfig(data="samples", **settings)
+
+
+@pytest.mark.parametrize("argv", [
+    ["enhance", "IN", "OUT", "--scale", "nan"], ["enhance", "--no-such-option"], ["enhance", "A", "B", "C"],
+    ["train", "--epochs", "0"], ["evaluate", "--threads", "x"], ["report"], ["report", "OUT", "--max-pairs", "-1"],
+    ["manifest", "fix", "OUT"], ["show-weights", ""], ["convert-weights", "a.pth"], ["export-onnx", "--opset", "9"],
+    ["enhanse"], [], ["--no-such-option"],
+])
+def test_a_usage_error_is_one_line_naming_the_help(argv, capsys):
+    code, err = _run(argv, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    command = "dce-batch" + (f" {argv[0]}" if argv and argv[0] in COMMANDS else "")
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"{command}: error: ") and lines[0].endswith(f"({command} --help shows the options)"), err
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_still_shows_usage_and_every_option(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and out.startswith(f"usage: dce-batch {command}") and "--help" in out
+    parser = COMMANDS[command][1]()
+    assert all(option in out for action in parser._actions for option in action.option_strings  # noqa: SLF001
+               if action.help != "==SUPPRESS==")
