@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Callable, Sequence
@@ -789,14 +790,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 def program(argv: Sequence[str] | None = None, command: Callable[[Sequence[str] | None], int] = main) -> None:
     """The ``dce-batch`` program (and ``jobs/*.py``): run, then leave. After ``enhance`` everything is
     written, so the process ends at once: a local Ray it started ends with it (its processes share
-    its fate) without seconds of orderly shutdown."""
-    code = command(argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    its fate) without seconds of orderly shutdown.
+
+    A Ctrl-C that lands where no command handles it (while a command imports its modules, say) is
+    one line and exit 130, never a traceback; once the command has returned, a late Ctrl-C is
+    ignored and the program leaves with the command's status."""
     args = list(sys.argv[1:] if argv is None else argv)
+    named = next((name for name, (_, _, run) in COMMANDS.items() if run is command), None)
+    name = f"dce-batch {named or (args[0] if command is main and args[:1] and args[0] in COMMANDS else '')}".strip()
+    try:
+        try:
+            code = command(argv)
+        finally:
+            _ignore_ctrl_c()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except KeyboardInterrupt:
+        _ignore_ctrl_c()
+        print(f"{name}: interrupted", file=sys.stderr, flush=True)
+        code = EXIT_INTERRUPTED
     if command is enhance_main or (args[:1] == ["enhance"] and command is main):
         os._exit(code)
     sys.exit(code)
+
+
+def _ignore_ctrl_c() -> None:
+    if threading.current_thread() is threading.main_thread():  # only the main thread sets handlers
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover

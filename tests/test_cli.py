@@ -4,8 +4,10 @@ reach a worker (exit 2, one line saying what is wrong, no traceback)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -231,3 +233,39 @@ def test_help_still_shows_usage_and_every_option(command, capsys):
     parser = COMMANDS[command][1]()
     assert all(option in out for action in parser._actions for option in action.option_strings  # noqa: SLF001
                if action.help != "==SUPPRESS==")
+
+
+# The program as the dce-batch script runs it; "ready" is printed inside program(), so the signal
+# always lands in the program's own code, wherever that is (imports, listing, the run, its exit).
+_PROGRAM_SCRIPT = r"""
+import sys
+from dce_batch.cli import main, program
+
+def command(argv):
+    print("ready", flush=True)
+    return main(argv)
+
+program(sys.argv[1:], command=command)
+"""
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.1, 0.3, 0.6, 1.5])
+def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(delay_s, one_image, tmp_path):
+    process = subprocess.Popen([sys.executable, "-c", _PROGRAM_SCRIPT, "enhance", str(one_image), str(tmp_path / "out"),
+                                "--engine", "local", "--quiet", "--no-report"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    time.sleep(delay_s)
+    exited_before = process.poll() is not None
+    if not exited_before:
+        process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    # A run that has started says at once that it stops after the batches in flight; the outcome
+    # is one line.
+    lines = [line for line in err.splitlines() if line.strip() and "stopping after the batches in flight" not in line]
+    assert "Traceback" not in err, err
+    if process.returncode == 0:
+        # Only a run that had finished: gone before the signal, or past its summary when it came.
+        assert exited_before or "images" in out, (out, err)
+    else:
+        assert process.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0], (process.returncode, err)
