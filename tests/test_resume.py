@@ -248,3 +248,45 @@ def test_a_killed_local_worker_stops_the_run_with_one_line_and_loses_nothing(tmp
     assert in_parts >= 2
     summary = _run(source, out)
     assert summary.skipped == in_parts and summary.ok == 24 - in_parts and summary.error == 0
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every folder (None) and file (its bytes) under ``root``."""
+    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
+
+
+def _refusals(tmp_path: Path) -> dict[str, list[str]]:
+    """Runs refused with exit 2 once listing or sizing has begun, each with an INPUT that exists."""
+    (tmp_path / "empty").mkdir(exist_ok=True)
+    (tmp_path / "empty.txt").write_text("")
+    return {
+        "an empty list file": [str(tmp_path / "empty.txt")],
+        "an empty INPUT folder": [str(tmp_path / "empty")],
+        "more actors than CPUs": [str(tmp_path / "in"), "--num-actors", "64"],
+        "an actor memory no machine has": [str(tmp_path / "in"), "--actor-memory", "1000T"],
+    }
+
+
+def test_a_refused_run_leaves_no_output_behind(tmp_path, capsys):
+    _inputs(tmp_path / "in", 1)
+    for case, argv in _refusals(tmp_path).items():
+        out = tmp_path / "new" / "out"  # its parent is new too
+        code = main(["enhance", argv[0], str(out), *argv[1:], "--engine", "local", "--no-report"])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, (case, err)
+        assert not (tmp_path / "new").exists(), f"{case}: {_tree(tmp_path / 'new')}"
+
+
+def test_a_refused_run_leaves_an_existing_output_as_it_was(tmp_path, capsys):
+    _inputs(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    assert _run(tmp_path / "in", out).ok == 2
+    before = _tree(out)
+    cases = {**_refusals(tmp_path),
+             "other settings than the outputs were made with": [str(tmp_path / "in"), "--strength", "0.5"],
+             "--overwrite on a machine too small": [str(tmp_path / "in"), "--overwrite", "--num-actors", "64"]}
+    for case, argv in cases.items():
+        code = main(["enhance", argv[0], str(out), *argv[1:], "--engine", "local", "--no-report"])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, (case, err)
+        assert _tree(out) == before, case

@@ -196,8 +196,7 @@ def prepare(config: EnhanceConfig, output: Location, store: ManifestStore, weigh
     # Unsorted: plan_run sorts what remains to do, after resume (a million skipped rows never are).
     input_fs, listing = list_inputs_table(config.input, config.s3, extensions=IMAGE_EXTENSIONS,
                                           base=config.base or None, warn=warn, sort=False)
-    if config.overwrite:
-        store.delete_all()
+    if config.overwrite:  # the manifest is deleted once the run is sure to go ahead (_run)
         done, adopted, runs = None, [], set()
     else:
         state = store.state()
@@ -322,14 +321,24 @@ def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = No
     check_output_location(config, output)
     blob, name = read_weights_spec(config)  # a missing file or unknown name fails here, before OUTPUT is touched
     weights = resolve_weights(config, blob, name)
-    check_precision(config, weights.meta.variant, local=config.engine == "local" or _could_run_locally(config))
+    local = config.engine == "local" or _could_run_locally(config)
+    check_precision(config, weights.meta.variant, local=local)
     timings["weights_s"] = time.time() - started
-    check_output_writable(output)
+    missing = _missing_paths(output)
     store = ManifestStore.of(output)
     stop = StopRequest().install()
     lease = None
     engine = None
+    refused = False
     try:
+        if local:
+            from dce_batch.job.engines.local import LocalEngine
+
+            # Sized here, before OUTPUT is touched. The workers start (and import torch) while the
+            # driver plans; if the plan turns out too large for them, Ray takes over and they are
+            # dismissed.
+            engine = LocalEngine(config, output, weights.blob, weights.name)
+        check_output_writable(output)
         if lease_supported(output.filesystem):
             lease = acquire_lease(store, config.run_id, command=" ".join(sys.argv)[:500])
             if lease.taken_over:
@@ -341,12 +350,7 @@ def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = No
         dead_runs = {lease.previous.run_id} if lease and lease.previous else set()
         preparing = _Background(lambda: prepare(config, output, store, weights, lease_started=lease_started,
                                                 dead_runs=dead_runs, warn=_warn))
-        if config.engine == "local" or (config.engine == "auto" and _could_run_locally(config)):
-            from dce_batch.job.engines.local import LocalEngine
-
-            # The workers start (and import torch) while the driver plans; if the plan turns out
-            # too large for them, Ray takes over and they are dismissed.
-            engine = LocalEngine(config, output, weights.blob, weights.name)
+        if engine is not None:
             engine.start()
             prepared = preparing.result(stop)
             if choose_engine(config, prepared.plan.todo.num_rows) != "local":
@@ -362,12 +366,51 @@ def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = No
         prepared = preparing.result(stop)
         timings["planned_s"] = time.time() - started
         return _run(config, output, store, weights, prepared, engine, stop, lease, started, timings, say)
+    except (ConfigError, WeightsError):
+        refused = True
+        raise
     finally:
         if engine is not None:
             engine.close(cancel=True)
         if lease is not None:
             lease.release()
         stop.restore()
+        if refused:
+            _remove_missing_paths(output, missing)
+
+
+def _missing_paths(output: Location) -> list[str]:
+    """The folders of a local OUTPUT (OUTPUT itself, the folders above it, its ``_manifest``)
+    and the lease's lock file that do not exist yet: what a run refused with exit 2 removes
+    again, leaving OUTPUT as it found it. Object stores have no folders, and their lease
+    object is deleted on release."""
+    if not isinstance(output.filesystem, pafs.LocalFileSystem):
+        return []
+    store = ManifestStore.of(output)
+    missing = [p for p in (f"{store.lease_path}.lock", store.path) if not os.path.lexists(p)]
+    folder = output.path
+    while folder and not os.path.lexists(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        folder = parent if parent != folder else ""
+    return missing
+
+
+def _remove_missing_paths(output: Location, missing: list[str]) -> None:
+    """Remove what :func:`_missing_paths` found missing, as far as it is this run's alone: the lock
+    file only while no lease exists, a folder only when it is empty (best effort: the refusal is
+    what the caller needs to see)."""
+    from dce_batch.storage.conditional import discard_local_lock
+
+    store = ManifestStore.of(output)
+    for path in missing:
+        try:
+            if path == f"{store.lease_path}.lock":
+                discard_local_lock(store.lease_path)
+            else:
+                os.rmdir(path)
+        except OSError:
+            continue
 
 
 def _run(config, output, store, weights, prepared: Prepared, engine, stop: StopRequest, lease, started: float,
@@ -394,14 +437,17 @@ def _run(config, output, store, weights, prepared: Prepared, engine, stop: StopR
         + (f"; removed {prepared.removed_temp_files} temp files of writes an interrupted run never finished"
            if prepared.removed_temp_files else "")
         + (f"; aborted {prepared.aborted_uploads} unfinished uploads" if prepared.aborted_uploads else ""))
+    # Sizing the pool may still refuse the run (a cluster too small): before anything is written.
+    worker_plan, resources = engine.plan() if plan.todo.num_rows else (None, None)
+    if config.overwrite:
+        store.delete_all()
     _write_planning_rows(config, store, ledger, summary, plan)
     progress = Progress(plan.todo.num_rows, quiet=config.quiet, interval_s=config.progress_interval_s,
                         interactive=False if config.verbose else None,
                         started=time.monotonic() - (time.time() - started))
     status = "failed"
     try:
-        if plan.todo.num_rows:
-            worker_plan, resources = engine.plan()
+        if worker_plan is not None:
             summary.cluster = {"engine": engine.name, "resources": resources, "workers": worker_plan.describe()}
             say(_describe_pool(engine, worker_plan, config))
             _warn_of_the_pixel_limit(worker_plan, say)
