@@ -516,7 +516,7 @@ def train_parser() -> argparse.ArgumentParser:
                     "The same --name and --storage resume a run. Try it: dce-batch train --data samples "
                     "--epochs 2 --image-size 64 --workers 1 --name try1 --export runs/try1.safetensors",
     )
-    p.add_argument("--config", metavar="FILE",
+    p.add_argument("--config", metavar="FILE", type=_path,
                    help="a TOML recipe whose keys are these options' long names (e.g. training/zerodce_sice_v1.toml); "
                         "options given on the command line override it")
     p.add_argument("--data", metavar="URI", type=_path,
@@ -666,14 +666,14 @@ def evaluate_parser() -> argparse.ArgumentParser:
                     "reference folders matched by file name), no-reference statistics on every set. Runs "
                     "in-process (no Ray); writes results.json, per_image.csv and summary.md.",
     )
-    p.add_argument("--paired", nargs=2, action="append", default=[], metavar=("LOW", "REFERENCE"),
+    p.add_argument("--paired", nargs=2, action="append", default=[], metavar=("LOW", "REFERENCE"), type=_path,
                    help="a folder of inputs and a folder of references with the same file names (repeatable)")
-    p.add_argument("--unpaired", action="append", default=[], metavar="DIR",
+    p.add_argument("--unpaired", action="append", default=[], metavar="DIR", type=_path,
                    help="a folder of inputs without references (repeatable)")
     p.add_argument("--simulate", metavar="LEVEL[,LEVEL]",
                    help="also build simulated low-light pairs at these levels (see dce_batch.evaluation.lowlight_sim.LEVELS) "
                         "from --simulate-from, under OUT/simulated/")
-    p.add_argument("--simulate-from", metavar="DIR", help="well-exposed images to darken for --simulate")
+    p.add_argument("--simulate-from", metavar="DIR", type=_path, help="well-exposed images to darken for --simulate")
     p.add_argument("--simulate-max-side", type=_count(16, MAX_SIDE), default=600,
                    help="downsize references to this longer side first (default 600, LOL-like)")
     p.add_argument("--seed", type=_count(0, MAX_SEED), default=0, help="simulation seed (default 0)")
@@ -683,12 +683,12 @@ def evaluate_parser() -> argparse.ArgumentParser:
                         "matched_noise_level (inf: no block matching), noise_gain (slope|ratio), highlight_stretch "
                         "(0: highlights as the curves leave them), folder (already-enhanced images), scale. "
                         "'input' alone is the unenhanced input. Default: input, network:finish=off, default")
-    p.add_argument("--out", default="evaluation", metavar="DIR", help="where to write the reports (default ./evaluation)")
+    p.add_argument("--out", default="evaluation", metavar="DIR", type=_path, help="where to write the reports (default ./evaluation)")
     p.add_argument("--max-images", type=_count(1, MAX_COUNT), help="at most this many images per set (first by name)")
     p.add_argument("--max-side", type=_count(16, MAX_SIDE), help="downsize images whose longer side exceeds this first (speed)")
     p.add_argument("--target", type=_unit, default=DEFAULT_EXPOSURE_TARGET,
                    help=f"mean brightness the exposure error is measured against (default {DEFAULT_EXPOSURE_TARGET})")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto (CUDA when present)")
     p.add_argument("--threads", type=_count(1, MAX_THREADS), default=1,
                    help="torch CPU threads (default 1: steady timings, and no oversubscription on a shared machine)")
     return p
@@ -700,10 +700,11 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
 
     args = evaluate_parser().parse_args(argv)
     try:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         import torch
 
+        from dce_batch.enhance.precision import resolve_device
+
+        resolve_device(args.device)  # an unknown device, or CUDA where there is none: refused before any work
         torch.set_num_threads(args.threads)
         out = Path(args.out)
         sets = [set_from_paths(low, ref) for low, ref in args.paired] + [set_from_paths(d) for d in args.unpaired]

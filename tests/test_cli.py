@@ -269,3 +269,33 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(delay_s, one_image, tmp_p
         assert exited_before or "images" in out, (out, err)
     else:
         assert process.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0], (process.returncode, err)
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "--unpaired", "IN", "--out", ""], ["evaluate", "--paired", "", "IN"], ["evaluate", "--unpaired", ""],
+    ["evaluate", "--unpaired", "IN", "--simulate", "dim", "--simulate-from", ""],
+    ["evaluate", "--unpaired", "IN", "--out", "OUT", "--device", ""],
+    ["evaluate", "--unpaired", "IN", "--out", "OUT", "--device", "bogus"],
+    ["evaluate", "--unpaired", "IN", "--out", "OUT", "--device", "meta"],
+    ["evaluate", "--unpaired", "IN", "--out", "OUT", "--device", "cuda:99"],
+    ["export-onnx", ""], ["export-onnx", "zerodce_sice_v1", ""], ["export-onnx", "IN"],
+    ["train", "--config", "", "--data", "samples"],
+])
+def test_evaluate_export_and_train_refuse_empty_paths_and_unknown_devices(argv, one_image, tmp_path, capsys,
+                                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = _run([{"IN": str(one_image), "OUT": str(tmp_path / "out")}.get(a, a) for a in argv], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"], "nothing written, in the cwd or elsewhere"
+
+
+def test_evaluate_on_cuda_without_a_gpu_is_refused_with_one_line(one_image, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, err = _run(["evaluate", "--unpaired", str(one_image), "--out", str(tmp_path / "out"), "--device", "cuda"],
+                     capsys)
+    assert code == 2 and "no CUDA GPU" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
