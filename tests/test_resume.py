@@ -290,3 +290,44 @@ def test_a_refused_run_leaves_an_existing_output_as_it_was(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and "Traceback" not in err, (case, err)
         assert _tree(out) == before, case
+
+
+def test_a_finished_run_whose_clean_up_fails_keeps_its_result(tmp_path, monkeypatch, capsys):
+    """A worker wrote a part and died before replying; its batch ran again. Deleting that stray
+    part (all its rows repeat) fails on the storage: the run still finishes, with its summary and
+    commit record, and says what it left."""
+    import dce_batch.job.driver as driver
+    from dce_batch.job.manifest.parts import PartLedger
+    from dce_batch.job.manifest.store import part_name, run_of_part
+    from tests.failing_fs import no_part_deletes
+
+    source, out = tmp_path / "in", tmp_path / "out"
+    _inputs(source, 2)
+
+    class FailingOutput(Location):
+        @classmethod
+        def parse(cls, uri, s3=None):
+            location = Location.parse(uri, s3)
+            if location.uri != str(out):
+                return location
+            return Location(uri=location.uri, filesystem=no_part_deletes(), path=location.path)
+
+    write_held = PartLedger.write_held
+
+    def write_held_and_a_dead_worker_s_part(self):
+        written = write_held(self)
+        name = sorted(self.written)[0]  # what a worker that died before replying had written too
+        self.store.write_part(part_name(run_of_part(name), "wdead", 0), self.store.read_part(name))
+        return written
+
+    monkeypatch.setattr(driver, "Location", FailingOutput)
+    monkeypatch.setattr(PartLedger, "write_held", write_held_and_a_dead_worker_s_part)
+    summary = _run(source, out)
+    assert (summary.ok, summary.error) == (2, 0)
+    err = capsys.readouterr().err
+    assert "could not delete" in err and "injected failure" in err, err
+    store = ManifestStore.of(Location.parse(str(out)))
+    assert (out / "_manifest" / f"_run-{summary.run_id}.json").exists()
+    assert [c.status for c in store.read_commits() if c.run_id == summary.run_id] == ["finished"]
+    rows = [r for r in read_manifest(str(out)).to_pylist() if r["run_id"] == summary.run_id]
+    assert sorted(r["input_relpath"] for r in rows) == ["img0.png", "img1.png"]

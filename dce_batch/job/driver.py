@@ -477,7 +477,7 @@ def _run(config, output, store, weights, prepared: Prepared, engine, stop: StopR
                 # wrote are adopted by that run or the next; rows only held here are redone.
                 raise lease.lost
             ledger.write_held()
-            strays, duplicates = ledger.settle_strays(config.run_id)
+            strays, duplicates = ledger.settle_strays(config.run_id, warn=_warn)
             if strays:
                 say(f"{strays} manifest part(s) written by workers that died before replying: {duplicates} rows "
                     "their batches' retries wrote again were dropped from them")
