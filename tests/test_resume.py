@@ -280,7 +280,12 @@ def test_a_refused_run_leaves_no_output_behind(tmp_path, capsys):
 def test_a_refused_run_leaves_an_existing_output_as_it_was(tmp_path, capsys):
     _inputs(tmp_path / "in", 2)
     out = tmp_path / "out"
-    assert _run(tmp_path / "in", out).ok == 2
+    first = _run(tmp_path / "in", out)
+    assert first.ok == 2
+    from dce_batch.storage import temp_tag
+
+    # A write of the first run killed midway: debris the next run that goes ahead removes.
+    (out / f".img0.png.{temp_tag(first.run_id)}456789.tmp").write_bytes(b"half")
     before = _tree(out)
     cases = {**_refusals(tmp_path),
              "other settings than the outputs were made with": [str(tmp_path / "in"), "--strength", "0.5"],

@@ -184,19 +184,24 @@ class Prepared:
     input_fs: pafs.FileSystem
     plan: Plan
     adopted: list[PartInfo]
+    debris: list[str]  # temp files of writes this OUTPUT's interrupted runs never finished
+    leave_uploads: list[str]  # folders whose unfinished uploads are not this job's
+    lease_started: datetime
     removed_temp_files: int = 0
     aborted_uploads: int = 0
 
 
 def prepare(config: EnhanceConfig, output: Location, store: ManifestStore, weights: ResolvedWeights,
             *, lease_started: datetime, dead_runs: set[str], warn: Callable[[str], None]) -> Prepared:
-    """List inputs, read the manifest (adopting dead runs' parts), clean this OUTPUT's debris, plan.
+    """List inputs, read the manifest (adopting dead runs' parts), find this OUTPUT's debris, plan.
+    Nothing under OUTPUT changes here: a run refused once planned leaves OUTPUT as it was
+    (:func:`clear_debris` removes the debris once the run goes ahead).
 
     Finding no input raises NoInputsFoundError (exit 2); links the listing skipped are ``warn``-ed."""
     # Unsorted: plan_run sorts what remains to do, after resume (a million skipped rows never are).
     input_fs, listing = list_inputs_table(config.input, config.s3, extensions=IMAGE_EXTENSIONS,
                                           base=config.base or None, warn=warn, sort=False)
-    if config.overwrite:  # the manifest is deleted once the run is sure to go ahead (_run)
+    if config.overwrite:  # the manifest is deleted once the run goes ahead (_run)
         done, adopted, runs = None, [], set()
     else:
         state = store.state()
@@ -204,15 +209,10 @@ def prepare(config: EnhanceConfig, output: Location, store: ManifestStore, weigh
     input_root = _input_root(config)
     found = list_output_files(output, temp_tags=frozenset(temp_tag(r) for r in runs | dead_runs),
                               input_root=input_root)
-    # A writer killed mid-write leaves its temp file: this OUTPUT's runs' debris (never anyone else's).
-    removed = remove_files(output.filesystem, found.unfinished)
-    from dce_batch.storage.multipart import abort_stale_uploads
-
     # Uploads under another job's OUTPUT nested in this one, or under INPUT, are not this job's.
     leave = set(found.nested_outputs)
     if input_root is not None and output.contains(input_root):
         leave.add(input_root.path[len(output.path.rstrip("/")) + 1:])
-    aborted = abort_stale_uploads(output.filesystem, output.path, started_before=lease_started, leave=sorted(leave))
     meta = weights.meta
     constants = dict(model_name=meta.name, model_sha256=meta.sha256, strength=config.strength,
                      variant=meta.variant, precision=config.precision)
@@ -220,7 +220,19 @@ def prepare(config: EnhanceConfig, output: Location, store: ManifestStore, weigh
                     settings_for=functools.partial(settings_for_run, config, meta),
                     requested_format=config.format, row_constants=constants, done=done,
                     existing_outputs=found.relpaths, max_pixels=config.max_pixels, input_root=input_root)
-    return Prepared(input_fs, plan, adopted, removed, aborted)
+    return Prepared(input_fs, plan, adopted, debris=list(found.unfinished), leave_uploads=sorted(leave),
+                    lease_started=lease_started)
+
+
+def clear_debris(output: Location, prepared: Prepared) -> None:
+    """Remove what writers of this OUTPUT's runs that were killed left: their temp files (never
+    anyone else's) and, on S3, their unfinished uploads. Counts go into ``prepared``."""
+    from dce_batch.storage.multipart import abort_stale_uploads
+
+    prepared.removed_temp_files = remove_files(output.filesystem, prepared.debris)
+    prepared.aborted_uploads = abort_stale_uploads(output.filesystem, output.path,
+                                                   started_before=prepared.lease_started,
+                                                   leave=prepared.leave_uploads)
 
 
 class _Background:
@@ -425,6 +437,12 @@ def _run(config, output, store, weights, prepared: Prepared, engine, stop: StopR
         settings=config.settings_record(), versions=_versions(), timings=timings,
     )
     summary.refused, summary.changed = plan.refused.num_rows, plan.changed
+    # Sizing the pool may still refuse the run (a cluster too small). Then it goes ahead, and from
+    # here on changes OUTPUT.
+    worker_plan, resources = engine.plan() if plan.todo.num_rows else (None, None)
+    if config.overwrite:
+        store.delete_all()
+    clear_debris(output, prepared)
     ledger = PartLedger(store)
     for part in prepared.adopted:
         ledger.add_written(part)
@@ -437,10 +455,6 @@ def _run(config, output, store, weights, prepared: Prepared, engine, stop: StopR
         + (f"; removed {prepared.removed_temp_files} temp files of writes an interrupted run never finished"
            if prepared.removed_temp_files else "")
         + (f"; aborted {prepared.aborted_uploads} unfinished uploads" if prepared.aborted_uploads else ""))
-    # Sizing the pool may still refuse the run (a cluster too small): before anything is written.
-    worker_plan, resources = engine.plan() if plan.todo.num_rows else (None, None)
-    if config.overwrite:
-        store.delete_all()
     _write_planning_rows(config, store, ledger, summary, plan)
     progress = Progress(plan.todo.num_rows, quiet=config.quiet, interval_s=config.progress_interval_s,
                         interactive=False if config.verbose else None,
