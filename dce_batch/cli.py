@@ -544,7 +544,7 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=_count(1, MAX_COUNT), default=200)
     g.add_argument("--image-size", type=_count(16, MAX_SIDE), default=256, help="training crops/resizes to this size (default 256)")
     g.add_argument("--base-size", type=_count(16, MAX_SIDE), help="decode images to this square size first (default: --image-size)")
-    g.add_argument("--min-crop", type=_unit, default=1.0,
+    g.add_argument("--min-crop", type=_number(0.05, 1), default=1.0,
                    help="random crops cover this fraction of the side at least (default 1: whole image, resized)")
     g.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     g.add_argument("--batch-size", type=_count(1, MAX_IMAGES_PER_CALL), default=8, help="per worker (default 8)")
@@ -555,7 +555,7 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--spatial-weight", type=_number(0, MAX_LOSS_WEIGHT), help="spatial consistency weight (default 1)")
     g.add_argument("--color-weight", type=_number(0, MAX_LOSS_WEIGHT), help="colour constancy weight (default 5)")
     g.add_argument("--exposure-weight", type=_number(0, MAX_LOSS_WEIGHT), help="exposure control weight (default 10)")
-    g.add_argument("--exposure-target", type=_unit, help="well-exposedness level E (default 0.6)")
+    g.add_argument("--exposure-target", type=_number(0, 1, low_open=True), help="well-exposedness level E (default 0.6)")
     g.add_argument("--val-fraction", type=_unit, default=0.05)
     g.add_argument("--seed", type=_count(0, MAX_SEED), default=0)
     g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
@@ -686,7 +686,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="evaluation", metavar="DIR", type=_path, help="where to write the reports (default ./evaluation)")
     p.add_argument("--max-images", type=_count(1, MAX_COUNT), help="at most this many images per set (first by name)")
     p.add_argument("--max-side", type=_count(16, MAX_SIDE), help="downsize images whose longer side exceeds this first (speed)")
-    p.add_argument("--target", type=_unit, default=DEFAULT_EXPOSURE_TARGET,
+    p.add_argument("--target", type=_number(0, 1, low_open=True), default=DEFAULT_EXPOSURE_TARGET,
                    help=f"mean brightness the exposure error is measured against (default {DEFAULT_EXPOSURE_TARGET})")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto (CUDA when present)")
     p.add_argument("--threads", type=_count(1, MAX_THREADS), default=1,

@@ -8,13 +8,16 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from dce_batch import __version__
 from dce_batch.cli import COMMANDS, build_parser, main
 
-BAD_NUMBERS = ["nan", "inf", "-inf", "1e400", "", "x"]
+# Beside what test_every_numeric_and_path_option_refuses_bad_values_with_one_line tries on every
+# option (from the parsers): a negative infinity and text.
+BAD_NUMBERS = ["-inf", "x"]
 
 
 def _run(argv, capsys) -> tuple[int, str]:
@@ -43,7 +46,7 @@ def test_every_command_is_a_subparser_and_version_is_printed(capsys):
     assert code == 2 and "invalid choice: 'enhanse'" in err
 
 
-# option -> values it must refuse (NaN, infinities, overflow, out of range, empty, not a number)
+# option -> values out of its own range it must refuse (and -inf, text)
 ENHANCE_REFUSES = {
     "--scale": BAD_NUMBERS + ["0.5", "-1"],
     "--strength": BAD_NUMBERS + ["-0.1", "1.5"],
@@ -299,3 +302,97 @@ def test_evaluate_on_cuda_without_a_gpu_is_refused_with_one_line(one_image, tmp_
                      capsys)
     assert code == 2 and "no CUDA GPU" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Every numeric and path option of every command, from the parsers themselves
+# --------------------------------------------------------------------------------------------
+
+NUMERIC_VALUES = ["nan", "inf", "-1", "0", "9" * 30, "1e400", "", os.fsdecode(b"\xff")]
+PATH_VALUES = ["", os.fsdecode(b"\xff")]
+#: (command, option, value) -> why the value is a real setting, not a mistake.
+ACCEPTED = {
+    ("enhance", "--strength", "0"): "0 leaves images unchanged",
+    ("enhance", "--denoise-strength", "0"): "0 switches denoising off",
+    ("enhance", "--highlight-stretch", "0"): "0 leaves the highlights as the curves made them",
+    ("enhance", "--gpus-per-actor", "0"): "0 is CPU actors, the default",
+    ("enhance", "--manifest-flush-seconds", "0"): "0 writes each row as its image finishes",
+    ("train", "--gpus-per-worker", "0"): "0 is CPU workers, the default",
+    ("train", "--weight-decay", "0"): "0 is no weight decay",
+    ("train", "--tv-weight", "0"): "0 switches that loss term off",
+    ("train", "--spatial-weight", "0"): "0 switches that loss term off",
+    ("train", "--color-weight", "0"): "0 switches that loss term off",
+    ("train", "--exposure-weight", "0"): "0 switches that loss term off",
+    ("train", "--val-fraction", "0"): "0 is no validation split",
+    ("train", "--seed", "0"): "a seed, the default",
+    ("train", "--max-failures", "0"): "0 is no restart",
+    ("train", "--max-failures", "-1"): "-1 is restarts without limit",
+    ("evaluate", "--seed", "0"): "a seed, the default",
+    ("report", "--max-pairs", "0"): "0 shows no before/after pair",
+    ("report", "--link-expiry-hours", "0"): "0 shows s3:// URIs as text instead of links",
+}
+
+
+def _subparsers() -> dict:
+    parser = build_parser()
+    return next(a for a in parser._subparsers._group_actions).choices  # noqa: SLF001 - a test reads them
+
+
+def _fuzz_cases() -> list[tuple[str, str, str]]:
+    from dce_batch import cli
+
+    cases = []
+    for command, parser in sorted(_subparsers().items()):
+        for action in parser._actions:  # noqa: SLF001
+            if getattr(action.type, "__module__", None) != cli.__name__:
+                continue  # choices, flags and free text: not numbers or paths
+            name = action.option_strings[0] if action.option_strings else action.dest
+            values = PATH_VALUES if action.type is cli._path else NUMERIC_VALUES  # noqa: SLF001
+            cases += [(command, name, v) for v in values if (command, name, v) not in ACCEPTED]
+    return cases
+
+
+def test_the_fuzz_covers_every_command_and_its_accepted_values_exist():
+    cases = _fuzz_cases()
+    assert {c for c, _, _ in cases} == set(COMMANDS)
+    options = {(c, o) for c, o, _ in cases}
+    assert {(c, o) for c, o, _ in ACCEPTED} <= options, "an exception for an option the parsers do not have"
+    assert len(options) > 60
+
+
+def _valid_argv(command: str, image_dir: Path, out: Path) -> tuple[list[str], dict[str, int]]:
+    """Arguments that run (so a value wrongly accepted starts real work and fails the test), and
+    where each positional sits in them."""
+    weights = str(Path(__file__).resolve().parents[1] / "dce_batch" / "weights" / "zerodce_sice_v1.safetensors")
+    return {
+        "enhance": ([str(image_dir), str(out), "--engine", "local", "--no-report"], {"input": 0, "output": 1}),
+        "train": (["--data", "samples", "--storage", str(out), "--epochs", "1", "--workers", "1"], {}),
+        "evaluate": (["--unpaired", str(image_dir), "--out", str(out), "--max-images", "1"], {}),
+        "report": ([str(out)], {"output": 0}),
+        "manifest": (["repair", str(out)], {"output": 1}),
+        "show-weights": ([weights], {"weights": 0}),
+        "convert-weights": ([weights, str(out / "w.safetensors")], {"source": 0, "target": 1}),
+        "export-onnx": ([str(out / "x.onnx")], {"args": 0}),
+    }[command]
+
+
+@pytest.mark.parametrize("command,option,value", _fuzz_cases())
+def test_every_numeric_and_path_option_refuses_bad_values_with_one_line(command, option, value, one_image, tmp_path,
+                                                                        capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    argv, positionals = _valid_argv(command, one_image, out)
+    if option in positionals:
+        argv[positionals[option]] = value
+    elif option == "--paired":
+        argv += [option, value, str(one_image)]
+    else:
+        argv += [option, value]
+    code, err = _run([command, *argv], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in err and len(lines) == 1, (code, err)
+    parser = _subparsers()[command]
+    action = next(a for a in parser._actions if option in a.option_strings or a.dest == option)  # noqa: SLF001
+    named = option if action.option_strings else (action.metavar or action.dest)
+    assert named in lines[0], f"the error is not about {named}: {lines[0]}"
+    assert not out.exists(), "nothing written for a refused value"

@@ -93,7 +93,7 @@ class TrainConfig:
             ("--spatial-weight", self.loss.spatial, 0, MAX_LOSS_WEIGHT, False),
             ("--color-weight", self.loss.color, 0, MAX_LOSS_WEIGHT, False),
             ("--exposure-weight", self.loss.exposure, 0, MAX_LOSS_WEIGHT, False),
-            ("--exposure-target", self.loss.exposure_target, 0, 1, False),
+            ("--exposure-target", self.loss.exposure_target, 0, 1, True),
         ]:
             check_number(name, value, low, high, low_open=low_open)
         checks = [
