@@ -337,7 +337,7 @@ def test_output_inside_input_is_refused(tmp_path):
 
 def test_a_cluster_too_small_for_the_pool_is_refused_before_the_manifest_changes(ray_local, tmp_path):
     """Ray sizes the pool once the cluster is up: a refusal there (exit 2) writes no planning row
-    and no commit record into the OUTPUT of earlier runs."""
+    and no commit record into an OUTPUT that holds finished runs."""
     source, out = tmp_path / "in", tmp_path / "out"
     _save(source / "a.png", _dark(30, 30), "PNG")
     assert run_enhance(_config(source, out, engine="local", report=False)).ok == 1

@@ -68,7 +68,7 @@ def _local_lock(path: str) -> Iterator[None]:
     """Exclusive among this machine's processes: every conditional write to ``path`` takes it.
 
     The lock file may be removed (:func:`discard_local_lock`) while others wait on it: a process
-    that gets the lock of a file no longer at that path locks the one there now instead."""
+    that gets the lock of a file no longer at that path locks the file at that path instead."""
     folder = os.path.dirname(path)
     lock = f"{path}.lock"
     while True:
