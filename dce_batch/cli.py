@@ -20,12 +20,16 @@ import math
 import os
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
 from dce_batch import __version__
 from dce_batch.errors import ConfigError, DceBatchError, ReportError, RunInterrupted, WeightsError, describe_error
+from dce_batch.limits import (MAX_ACTOR_MEMORY, MAX_COUNT, MAX_FLUSH_S, MAX_IMAGES_PER_CALL, MAX_LOSS_WEIGHT, MAX_LR,
+                              MAX_PIXEL_LIMIT, MAX_REPORT_PAIRS, MAX_SCALE, MAX_SEED, MAX_SIDE, MAX_THREADS, MAX_WORKERS,
+                              MAX_WORKER_RESOURCES, describe_range)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -36,50 +40,50 @@ EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 # --------------------------------------------------------------------------------------------
-# Argument types: every number finite and in range, or argparse's one-line error (exit 2)
+# Argument types: every number finite and in range, or a one-line error (exit 2)
 # --------------------------------------------------------------------------------------------
 
 
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (exit 2): what is wrong, and where the
+    options are listed. ``--help`` prints the full usage as usual."""
+
+    def error(self, message: str):  # type: ignore[override]
+        line = " ".join(message.splitlines())
+        self.exit(EXIT_INVALID, f"{self.prog}: error: {line} ({self.prog} --help shows the options)\n")
 
 
-def _non_negative(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+def _number(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> Callable[[str], float]:
+    """A finite number within ``[low, high]`` (``(low, high]`` if ``low_open``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        below = low is not None and (value <= low if low_open else value < low)
+        if not math.isfinite(value) or below or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number {describe_range(low, high, low_open=low_open)}, got {text!r}")
+        return value
+    parse.__name__ = "number"
+    return parse
 
 
-def _positive(text: str) -> float:
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
+_unit = _number(0, 1)
 
 
-def _unit(text: str) -> float:
-    value = _number(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
-    return value
+def _count(low: int, high: int) -> Callable[[str], int]:
+    """A whole number from ``low`` to ``high``."""
 
-
-def _count(low: int = 1, high: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text.strip().replace("_", ""))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            bounds = f"from {low} to {high}" if high is not None else f">= {low}"
-            raise argparse.ArgumentTypeError(f"expected a whole number {bounds}, got {text!r}")
+        except ValueError:  # not a whole number, or more digits than Python converts
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number {describe_range(low, high)}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number {describe_range(low, high)}, got {text!r}")
         return value
     parse.__name__ = "whole number"
     return parse
@@ -88,6 +92,12 @@ def _count(low: int = 1, high: int | None = None) -> Callable[[str], int]:
 def _path(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a path or URI, got an empty string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise argparse.ArgumentTypeError(f"{shown!r} is not valid UTF-8, which the storage layer needs for paths; "
+                                         "rename it") from None
     return text
 
 
@@ -98,8 +108,9 @@ def _num_actors(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected MIN or MIN:MAX, got {text!r}") from None
     if len(parts) == 1:
         parts = parts * 2
-    if len(parts) != 2 or parts[0] < 1 or parts[1] < parts[0]:
-        raise argparse.ArgumentTypeError(f"expected MIN[:MAX] with 1 <= MIN <= MAX, got {text!r}")
+    if len(parts) != 2 or parts[0] < 1 or parts[1] < parts[0] or parts[1] > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"expected MIN[:MAX] with 1 <= MIN <= MAX <= {MAX_WORKERS:,}, got {text!r}")
     return parts[0], parts[1]
 
 
@@ -121,8 +132,9 @@ def _size(text: str) -> int:
         value = float(number) * units[unit]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a size like 4G or 512M, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0 or value > 1 << 60:
-        raise argparse.ArgumentTypeError(f"expected a size like 4G or 512M, got {text!r}")
+    if not math.isfinite(value) or value <= 0 or value > MAX_ACTOR_MEMORY:
+        raise argparse.ArgumentTypeError(f"expected a size like 4G or 512M, at most {MAX_ACTOR_MEMORY >> 40}T, "
+                                         f"got {text!r}")
     return int(value)
 
 
@@ -178,7 +190,7 @@ def enhance_parser() -> argparse.ArgumentParser:
     from dce_batch.enhance.settings import FinishConfig
     from dce_batch.job.config import DEFAULT_OUTPUT
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="dce-batch enhance",
         description="Enhance low-light images with Zero-DCE: on worker processes of this machine for small runs "
                     "with no cluster around, else on Ray (a running cluster, or a local one it starts). With no "
@@ -194,7 +206,7 @@ def enhance_parser() -> argparse.ArgumentParser:
                    help="shipped model name, a .safetensors file, or a published .pth checkpoint (local or s3://)")
     g.add_argument("--model-variant", choices=["full", "fast"],
                    help="full = Zero-DCE (default), fast = Zero-DCE++; picks the shipped weights of that variant")
-    g.add_argument("--scale", type=_number, default=None,
+    g.add_argument("--scale", type=_number(1, MAX_SCALE), default=None,
                    help="estimate the curves on a copy downscaled by this factor, 1 = full resolution "
                         "(default: 4 for Zero-DCE, with guided upsampling; 12 for the fast variant)")
     g.add_argument("--strength", type=_unit, default=1.0, help="0 = unchanged ... 1 = full enhancement (default 1)")
@@ -202,7 +214,7 @@ def enhance_parser() -> argparse.ArgumentParser:
                    help="noise-aware denoising of what the curves lifted (default auto: strength follows the "
                         "measured noise and the local gain; clean images are left alone). fast: without the luma's "
                         "DCT stage (faster, noisier)")
-    g.add_argument("--denoise-strength", type=_non_negative, default=1.0, help="0..4 (default 1); higher smooths harder")
+    g.add_argument("--denoise-strength", type=_number(0, 4), default=1.0, help="0..4 (default 1); higher smooths harder")
     g.add_argument("--exposure", type=_exposure, default="auto",
                    help="auto (default: brightness chosen from the scene), off, or a target mean brightness such "
                         "as 0.45")
@@ -227,11 +239,11 @@ def enhance_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("cluster sizing")
     g.add_argument("--num-actors", type=_num_actors, metavar="MIN[:MAX]",
                    help="actor pool size (default: what the cluster's CPUs/GPUs and memory hold)")
-    g.add_argument("--gpus-per-actor", type=_non_negative, default=0.0,
+    g.add_argument("--gpus-per-actor", type=_number(0, MAX_WORKER_RESOURCES), default=0.0,
                    help="GPUs per actor, fractional allowed (default 0)")
-    g.add_argument("--cpus-per-actor", type=_positive, default=None,
+    g.add_argument("--cpus-per-actor", type=_number(0, MAX_WORKER_RESOURCES, low_open=True), default=None,
                    help="CPUs per actor, fractional allowed (default 1: one actor per CPU)")
-    g.add_argument("--batch-size", type=_count(1), default=None,
+    g.add_argument("--batch-size", type=_count(1, MAX_IMAGES_PER_CALL), default=None,
                    help="images per actor call (default 2 on CPUs; on GPUs up to 16, fewer for large --max-pixels). "
                         "Each actor declares memory for one call: batch size x --max-pixels x 36 bytes, plus 700 MiB")
     g.add_argument("--pipeline", choices=["auto", "fused", "staged"], default="auto",
@@ -250,15 +262,15 @@ def enhance_parser() -> argparse.ArgumentParser:
     g.add_argument("--report", action=argparse.BooleanOptionalAction, default=None,
                    help="build OUTPUT/_report/index.html at the end (default: yes for local OUTPUTs, no for "
                         "object storage, whose report would hold presigned links)")
-    g.add_argument("--manifest-flush-seconds", type=_non_negative, default=None, metavar="S",
+    g.add_argument("--manifest-flush-seconds", type=_number(0, MAX_FLUSH_S), default=None, metavar="S",
                    help="longest a finished image's row waits in its worker before the worker writes it to the "
                         "manifest (default 60): what the next run redoes if this one is killed")
     g.add_argument("--quiet", action="store_true", help="print only errors and the final summary")
     g.add_argument("--verbose", action="store_true", help="also Ray's own INFO lines and the workers' logs")
     g = p.add_argument_group("limits")
-    g.add_argument("--max-pixels", type=_count(1), default=None,
+    g.add_argument("--max-pixels", type=_count(1, MAX_PIXEL_LIMIT), default=None,
                    help="refuse images above this many pixels (default 100,000,000)")
-    g.add_argument("--tile-size", type=_count(16), default=None,
+    g.add_argument("--tile-size", type=_count(16, MAX_SIDE), default=None,
                    help="tile side for exact tiled inference (default: 256 on CPUs, 1024 on GPUs)")
     _add_s3_options(p)
     return p
@@ -307,7 +319,7 @@ def enhance_main(argv: Sequence[str] | None = None) -> int:
 
 
 def convert_weights_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="dce-batch convert-weights",
         description="Write weights in the project's safetensors format: import a published checkpoint (.pth), or "
                     "re-save a .safetensors file (its metadata kept, subnormal values flushed to zero).")
@@ -342,7 +354,7 @@ def convert_weights_main(argv: Sequence[str] | None = None) -> int:
 
 
 def show_weights_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dce-batch show-weights", description="Print a weights file's metadata.")
+    p = _Parser(prog="dce-batch show-weights", description="Print a weights file's metadata.")
     p.add_argument("weights", nargs="?", default=None, type=_path,
                    help="a shipped name or a file (default: the default model)")
     return p
@@ -364,17 +376,17 @@ def show_weights_main(argv: Sequence[str] | None = None) -> int:
 def report_parser() -> argparse.ArgumentParser:
     from dce_batch.report import DEFAULT_MAX_PAIRS
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="dce-batch report",
         description="Build OUTPUT/_report/index.html for the latest finished run under OUTPUT: summary, "
                     "before/after pairs, brightness histograms, slowest and failed images, training curves. "
                     "One self-contained file that opens offline.",
     )
     p.add_argument("output", metavar="OUTPUT", type=_path, help="the run's OUTPUT folder or s3:// prefix")
-    p.add_argument("--max-pairs", type=_count(0), default=DEFAULT_MAX_PAIRS,
+    p.add_argument("--max-pairs", type=_count(0, MAX_REPORT_PAIRS), default=DEFAULT_MAX_PAIRS,
                    help=f"before/after pairs shown at most, evenly sampled (default {DEFAULT_MAX_PAIRS})")
     p.add_argument("--run-id", help="report this run instead of the latest finished one")
-    p.add_argument("--link-expiry-hours", type=_non_negative, default=168.0,
+    p.add_argument("--link-expiry-hours", type=_number(0, 168), default=168.0,
                    help="lifetime of presigned links to s3:// images (default 168 = 7 days, the most S3 allows); "
                         "0 shows s3:// URIs as text instead of links")
     _add_s3_options(p)
@@ -385,9 +397,6 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     from dce_batch.report import build_report
 
     args = report_parser().parse_args(argv)
-    if args.link_expiry_hours > 168:
-        print("dce-batch report: --link-expiry-hours can be at most 168 (7 days, the most S3 allows)", file=sys.stderr)
-        return EXIT_INVALID
     try:
         uri = build_report(args.output, s3=_s3_options(args), max_pairs=args.max_pairs, run_id=args.run_id,
                            presign_expires_s=int(args.link_expiry_hours * 3600),
@@ -398,19 +407,28 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
+def _opset(text: str) -> int:
+    from dce_batch.enhance.onnx_export import DEFAULT_OPSET, MIN_OPSET, newest_opset
+
+    return _count(MIN_OPSET, newest_opset() or DEFAULT_OPSET)(text)
+
+
 def export_onnx_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from dce_batch.enhance.onnx_export import DEFAULT_OPSET, MIN_OPSET
+
+    p = _Parser(
         prog="dce-batch export-onnx",
         description="Export weights to ONNX: input 'image' (N x 3 x H x W float32 in [0, 1], any N, H, W) and "
                     "'strength' (float32 [1], 0..1), output 'enhanced'. Needs pip install 'dce-batch[onnx]'.",
     )
-    p.add_argument("args", nargs="+", metavar="[WEIGHTS] OUT.onnx",
+    p.add_argument("args", nargs="+", metavar="[WEIGHTS] OUT.onnx", type=_path,
                    help="weights (shipped name, .safetensors or .pth; default zerodce_sice_v1) and the output file")
     p.add_argument("--model-variant", choices=["full", "fast"],
                    help="pick the shipped weights of this variant when WEIGHTS is not given")
-    p.add_argument("--scale", type=_number, default=12.0,
+    p.add_argument("--scale", type=_number(1, MAX_SCALE), default=12.0,
                    help="fast variant: the downscale factor for curve estimation, fixed in the graph (default 12)")
-    p.add_argument("--opset", type=_count(13), default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--opset", type=_opset, default=None,
+                   help=f"ONNX opset, from {MIN_OPSET} to the newest the installed onnx knows (default {DEFAULT_OPSET})")
     return p
 
 
@@ -433,7 +451,7 @@ def export_onnx_main(argv: Sequence[str] | None = None) -> int:
 
 
 def manifest_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="dce-batch manifest",
         description="Maintain an OUTPUT's manifest: upgrade one written by an earlier version, repair a damaged "
                     "one, or break the lease of a run that is gone.")
@@ -491,14 +509,14 @@ def manifest_main(argv: Sequence[str] | None = None) -> int:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="dce-batch train",
         description="Train DCE-Net with Ray Train on a folder or s3:// prefix of (unpaired, low- and "
                     "over-exposed) images, on the Ray cluster at RAY_ADDRESS or a local one it starts. "
                     "The same --name and --storage resume a run. Try it: dce-batch train --data samples "
                     "--epochs 2 --image-size 64 --workers 1 --name try1 --export runs/try1.safetensors",
     )
-    p.add_argument("--config", metavar="FILE",
+    p.add_argument("--config", metavar="FILE", type=_path,
                    help="a TOML recipe whose keys are these options' long names (e.g. training/zerodce_sice_v1.toml); "
                         "options given on the command line override it")
     p.add_argument("--data", metavar="URI", type=_path,
@@ -515,37 +533,37 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true",
                    help="also Ray's own log lines, progress bars and the workers' output")
     g = p.add_argument_group("scaling")
-    g.add_argument("--workers", type=_count(1), default=2, help="training workers (default 2)")
+    g.add_argument("--workers", type=_count(1, MAX_WORKERS), default=2, help="training workers (default 2)")
     g.add_argument("--gpu", action="store_true", help="one GPU per worker (same as --gpus-per-worker 1)")
-    g.add_argument("--gpus-per-worker", type=_non_negative, default=0.0)
-    g.add_argument("--cpus-per-worker", type=_positive, default=1.0)
-    g.add_argument("--max-failures", type=_count(-1), default=3,
+    g.add_argument("--gpus-per-worker", type=_number(0, MAX_WORKER_RESOURCES), default=0.0)
+    g.add_argument("--cpus-per-worker", type=_number(0, MAX_WORKER_RESOURCES, low_open=True), default=1.0)
+    g.add_argument("--max-failures", type=_count(-1, MAX_COUNT), default=3,
                    help="worker-group restarts from the latest checkpoint (default 3; -1: no limit)")
     g = p.add_argument_group("recipe (defaults: the Zero-DCE authors')")
     g.add_argument("--model-variant", choices=["full", "fast"], default="full")
-    g.add_argument("--epochs", type=_count(1), default=200)
-    g.add_argument("--image-size", type=_count(16), default=256, help="training crops/resizes to this size (default 256)")
-    g.add_argument("--base-size", type=_count(16), help="decode images to this square size first (default: --image-size)")
-    g.add_argument("--min-crop", type=_unit, default=1.0,
+    g.add_argument("--epochs", type=_count(1, MAX_COUNT), default=200)
+    g.add_argument("--image-size", type=_count(16, MAX_SIDE), default=256, help="training crops/resizes to this size (default 256)")
+    g.add_argument("--base-size", type=_count(16, MAX_SIDE), help="decode images to this square size first (default: --image-size)")
+    g.add_argument("--min-crop", type=_number(0.05, 1), default=1.0,
                    help="random crops cover this fraction of the side at least (default 1: whole image, resized)")
     g.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
-    g.add_argument("--batch-size", type=_count(1), default=8, help="per worker (default 8)")
-    g.add_argument("--lr", type=_positive, default=1e-4)
-    g.add_argument("--weight-decay", type=_non_negative, default=1e-4)
-    g.add_argument("--grad-clip", type=_positive, default=0.1)
-    g.add_argument("--tv-weight", type=_non_negative, help="illumination smoothness weight (default 200; 1600 for fast)")
-    g.add_argument("--spatial-weight", type=_non_negative, help="spatial consistency weight (default 1)")
-    g.add_argument("--color-weight", type=_non_negative, help="colour constancy weight (default 5)")
-    g.add_argument("--exposure-weight", type=_non_negative, help="exposure control weight (default 10)")
-    g.add_argument("--exposure-target", type=_unit, help="well-exposedness level E (default 0.6)")
+    g.add_argument("--batch-size", type=_count(1, MAX_IMAGES_PER_CALL), default=8, help="per worker (default 8)")
+    g.add_argument("--lr", type=_number(0, MAX_LR, low_open=True), default=1e-4)
+    g.add_argument("--weight-decay", type=_number(0, MAX_LR), default=1e-4)
+    g.add_argument("--grad-clip", type=_number(0, MAX_LOSS_WEIGHT, low_open=True), default=0.1)
+    g.add_argument("--tv-weight", type=_number(0, MAX_LOSS_WEIGHT), help="illumination smoothness weight (default 200; 1600 for fast)")
+    g.add_argument("--spatial-weight", type=_number(0, MAX_LOSS_WEIGHT), help="spatial consistency weight (default 1)")
+    g.add_argument("--color-weight", type=_number(0, MAX_LOSS_WEIGHT), help="colour constancy weight (default 5)")
+    g.add_argument("--exposure-weight", type=_number(0, MAX_LOSS_WEIGHT), help="exposure control weight (default 10)")
+    g.add_argument("--exposure-target", type=_number(0, 1, low_open=True), help="well-exposedness level E (default 0.6)")
     g.add_argument("--val-fraction", type=_unit, default=0.05)
-    g.add_argument("--seed", type=_count(0), default=0)
+    g.add_argument("--seed", type=_count(0, MAX_SEED), default=0)
     g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto = bf16 autocast on GPUs, fp32 on CPUs")
-    g.add_argument("--max-images", type=_count(2), help="train on a random subset of this many images")
-    g.add_argument("--keep-checkpoints", type=_count(1), default=3, help="best checkpoints kept (the latest always is)")
-    g.add_argument("--checkpoint-every", type=_count(1), default=1, help="checkpoint every N epochs (and after the last)")
-    g.add_argument("--inject-failure-at-epoch", type=_count(1), help=argparse.SUPPRESS)
+    g.add_argument("--max-images", type=_count(2, MAX_COUNT), help="train on a random subset of this many images")
+    g.add_argument("--keep-checkpoints", type=_count(1, MAX_COUNT), default=3, help="best checkpoints kept (the latest always is)")
+    g.add_argument("--checkpoint-every", type=_count(1, MAX_COUNT), default=1, help="checkpoint every N epochs (and after the last)")
+    g.add_argument("--inject-failure-at-epoch", type=_count(1, MAX_COUNT), help=argparse.SUPPRESS)
     _add_s3_options(p)
     return p
 
@@ -642,36 +660,36 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 def evaluate_parser() -> argparse.ArgumentParser:
     from dce_batch.enhance.finishing import DEFAULT_EXPOSURE_TARGET
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="dce-batch evaluate",
         description="Compare enhancement configurations side by side: PSNR/SSIM on paired sets (low and "
                     "reference folders matched by file name), no-reference statistics on every set. Runs "
                     "in-process (no Ray); writes results.json, per_image.csv and summary.md.",
     )
-    p.add_argument("--paired", nargs=2, action="append", default=[], metavar=("LOW", "REFERENCE"),
+    p.add_argument("--paired", nargs=2, action="append", default=[], metavar=("LOW", "REFERENCE"), type=_path,
                    help="a folder of inputs and a folder of references with the same file names (repeatable)")
-    p.add_argument("--unpaired", action="append", default=[], metavar="DIR",
+    p.add_argument("--unpaired", action="append", default=[], metavar="DIR", type=_path,
                    help="a folder of inputs without references (repeatable)")
     p.add_argument("--simulate", metavar="LEVEL[,LEVEL]",
                    help="also build simulated low-light pairs at these levels (see dce_batch.evaluation.lowlight_sim.LEVELS) "
                         "from --simulate-from, under OUT/simulated/")
-    p.add_argument("--simulate-from", metavar="DIR", help="well-exposed images to darken for --simulate")
-    p.add_argument("--simulate-max-side", type=_count(16), default=600,
+    p.add_argument("--simulate-from", metavar="DIR", type=_path, help="well-exposed images to darken for --simulate")
+    p.add_argument("--simulate-max-side", type=_count(16, MAX_SIDE), default=600,
                    help="downsize references to this longer side first (default 600, LOL-like)")
-    p.add_argument("--seed", type=_count(0), default=0, help="simulation seed (default 0)")
+    p.add_argument("--seed", type=_count(0, MAX_SEED), default=0, help="simulation seed (default 0)")
     p.add_argument("--config", action="append", default=[], metavar="LABEL[:key=value,...]", dest="configs",
                    help="a configuration (repeatable). Keys: weights, strength, finish=on|off, denoise=auto|fast|off, "
                         "denoise_strength, exposure=auto|off|TARGET, chroma_refine_radius (0: one chroma pass), "
                         "matched_noise_level (inf: no block matching), noise_gain (slope|ratio), highlight_stretch "
                         "(0: highlights as the curves leave them), folder (already-enhanced images), scale. "
                         "'input' alone is the unenhanced input. Default: input, network:finish=off, default")
-    p.add_argument("--out", default="evaluation", metavar="DIR", help="where to write the reports (default ./evaluation)")
-    p.add_argument("--max-images", type=_count(1), help="at most this many images per set (first by name)")
-    p.add_argument("--max-side", type=_count(16), help="downsize images whose longer side exceeds this first (speed)")
-    p.add_argument("--target", type=_unit, default=DEFAULT_EXPOSURE_TARGET,
+    p.add_argument("--out", default="evaluation", metavar="DIR", type=_path, help="where to write the reports (default ./evaluation)")
+    p.add_argument("--max-images", type=_count(1, MAX_COUNT), help="at most this many images per set (first by name)")
+    p.add_argument("--max-side", type=_count(16, MAX_SIDE), help="downsize images whose longer side exceeds this first (speed)")
+    p.add_argument("--target", type=_number(0, 1, low_open=True), default=DEFAULT_EXPOSURE_TARGET,
                    help=f"mean brightness the exposure error is measured against (default {DEFAULT_EXPOSURE_TARGET})")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    p.add_argument("--threads", type=_count(1), default=1,
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto (CUDA when present)")
+    p.add_argument("--threads", type=_count(1, MAX_THREADS), default=1,
                    help="torch CPU threads (default 1: steady timings, and no oversubscription on a shared machine)")
     return p
 
@@ -682,10 +700,11 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
 
     args = evaluate_parser().parse_args(argv)
     try:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         import torch
 
+        from dce_batch.enhance.precision import resolve_device
+
+        resolve_device(args.device)  # an unknown device, or CUDA where there is none: refused before any work
         torch.set_num_threads(args.threads)
         out = Path(args.out)
         sets = [set_from_paths(low, ref) for low, ref in args.paired] + [set_from_paths(d) for d in args.unpaired]
@@ -751,7 +770,7 @@ COMMANDS: dict[str, tuple[str, Callable[[], argparse.ArgumentParser], Callable[[
 
 def build_parser() -> argparse.ArgumentParser:
     """``dce-batch``: one subparser per command, each with its command's own arguments."""
-    top = argparse.ArgumentParser(prog="dce-batch", description="Enhance low-light photos at scale with Zero-DCE on Ray.")
+    top = _Parser(prog="dce-batch", description="Enhance low-light photos at scale with Zero-DCE on Ray.")
     top.add_argument("--version", action="version", version=f"dce-batch {__version__}")
     commands = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (summary, parser, _) in COMMANDS.items():
@@ -772,14 +791,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 def program(argv: Sequence[str] | None = None, command: Callable[[Sequence[str] | None], int] = main) -> None:
     """The ``dce-batch`` program (and ``jobs/*.py``): run, then leave. After ``enhance`` everything is
     written, so the process ends at once: a local Ray it started ends with it (its processes share
-    its fate) without seconds of orderly shutdown."""
-    code = command(argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    its fate) without seconds of orderly shutdown.
+
+    A Ctrl-C that lands where no command handles it (while a command imports its modules, say) is
+    one line and exit 130, never a traceback; once the command has returned, a late Ctrl-C is
+    ignored and the program leaves with the command's status."""
     args = list(sys.argv[1:] if argv is None else argv)
+    named = next((name for name, (_, _, run) in COMMANDS.items() if run is command), None)
+    name = f"dce-batch {named or (args[0] if command is main and args[:1] and args[0] in COMMANDS else '')}".strip()
+    try:
+        try:
+            code = command(argv)
+        finally:
+            _ignore_ctrl_c()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except KeyboardInterrupt:
+        _ignore_ctrl_c()
+        print(f"{name}: interrupted", file=sys.stderr, flush=True)
+        code = EXIT_INTERRUPTED
     if command is enhance_main or (args[:1] == ["enhance"] and command is main):
         os._exit(code)
     sys.exit(code)
+
+
+def _ignore_ctrl_c() -> None:
+    if threading.current_thread() is threading.main_thread():  # only the main thread sets handlers
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,15 +4,20 @@ reach a worker (exit 2, one line saying what is wrong, no traceback)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from dce_batch import __version__
 from dce_batch.cli import COMMANDS, build_parser, main
 
-BAD_NUMBERS = ["nan", "inf", "-inf", "1e400", "", "x"]
+# Beside what test_every_numeric_and_path_option_refuses_bad_values_with_one_line tries on every
+# option (from the parsers): a negative infinity and text.
+BAD_NUMBERS = ["-inf", "x"]
 
 
 def _run(argv, capsys) -> tuple[int, str]:
@@ -41,7 +46,7 @@ def test_every_command_is_a_subparser_and_version_is_printed(capsys):
     assert code == 2 and "invalid choice: 'enhanse'" in err
 
 
-# option -> values it must refuse (NaN, infinities, overflow, out of range, empty, not a number)
+# option -> values out of its own range it must refuse (and -inf, text)
 ENHANCE_REFUSES = {
     "--scale": BAD_NUMBERS + ["0.5", "-1"],
     "--strength": BAD_NUMBERS + ["-0.1", "1.5"],
@@ -104,9 +109,9 @@ def test_train_and_evaluate_refuse_bad_values_with_one_line(command, option, val
     (["enhance", "IN", ""], "expected a path"),
     (["report", "OUT", "--link-expiry-hours", "nan"], "finite"),
     (["report", "OUT", "--link-expiry-hours", "inf"], "finite"),
-    (["report", "OUT", "--link-expiry-hours", "-1"], ">= 0"),
-    (["report", "OUT", "--link-expiry-hours", "1000"], "at most 168"),
-    (["report", "OUT", "--max-pairs", "-1"], ">= 0"),
+    (["report", "OUT", "--link-expiry-hours", "-1"], "from 0 to 168"),
+    (["report", "OUT", "--link-expiry-hours", "1000"], "from 0 to 168"),
+    (["report", "OUT", "--max-pairs", "-1"], "from 0 to 100,000"),
     (["export-onnx", "x.onnx", "--scale", "nan"], "finite"),
     (["export-onnx", "x.onnx", "--opset", "1e400"], "whole number"),
     (["manifest", "repair", ""], "expected a path"),
@@ -145,3 +150,249 @@ def test_an_output_in_ray_s_temporary_working_folder_is_refused(tmp_path, capsys
     code, err = _run(["enhance", "in", "enhanced"], capsys)
     assert code == 2 and "Ray's temporary working folder" in err and "s3://" in err
     assert not (working / "enhanced").exists()
+
+
+@pytest.fixture
+def one_image(tmp_path):
+    """INPUT with one tiny PNG: a value wrongly accepted starts a real run (and fails the test)."""
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (8, 8), (20, 20, 20)).save(tmp_path / "in" / "a.png")
+    return tmp_path / "in"
+
+
+# Values above each option's upper bound (dce_batch.limits): refused by the parser, never reaching
+# a worker, a C integer or the memory allocator.
+HUGE = {
+    "enhance": {"--batch-size": ["4097", "99999999999"], "--max-pixels": [str(2**40 + 1), "1" + "0" * 21],
+                "--tile-size": ["65537"], "--num-actors": ["1:99999999999", "4097"], "--scale": ["1025", "1e300"],
+                "--cpus-per-actor": ["1025", "1e300"], "--gpus-per-actor": ["1e300"], "--actor-memory": ["2000T"],
+                "--manifest-flush-seconds": ["86401", "1e300"], "--denoise-strength": ["5"]},
+    "evaluate": {"--threads": ["1025", "100000000000000000000"], "--max-side": ["65537"], "--seed": [str(2**32)],
+                 "--max-images": [str(2**31)], "--simulate-max-side": ["65537"]},
+    "train": {"--workers": ["4097"], "--batch-size": ["4097"], "--epochs": [str(2**31)], "--lr": ["11"],
+              "--seed": [str(2**32)], "--image-size": ["65537"], "--cpus-per-worker": ["1e300"],
+              "--tv-weight": ["1e300"], "--max-failures": [str(2**31)]},
+    "export-onnx": {"--opset": ["99999"], "--scale": ["1e300", "1025"]},
+    "report": {"--max-pairs": ["100001"]},
+}
+
+
+@pytest.mark.parametrize("command,option,value", [(c, o, v) for c, options in HUGE.items()
+                                                  for o, values in options.items() for v in values])
+def test_values_above_an_option_s_bound_are_refused_with_one_line(command, option, value, capsys, tmp_path, one_image):
+    out = tmp_path / "out"
+    positionals = {"enhance": [str(one_image), str(out)], "evaluate": ["--unpaired", str(one_image), "--out", str(out)],
+                   "train": ["--data", str(one_image), "--storage", str(out), "--epochs", "1"],
+                   "export-onnx": [str(out / "x.onnx")], "report": [str(out)]}[command]
+    code, err = _run([command, *positionals, option, value], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    lines = _error_lines(err)
+    assert len(lines) == 1 and option in lines[0], err
+    assert not out.exists(), "nothing written for an invalid argument"
+
+
+def test_the_python_api_refuses_what_the_command_line_refuses(one_image, tmp_path):
+    from dce_batch.errors import ConfigError
+    from dce_batch.job import EnhanceConfig
+    from dce_batch.training.config import TrainConfig
+
+    base = dict(input=str(one_image), output=str(tmp_path / "out"))
+    for settings in [{"batch_size": 4097}, {"max_pixels": 2**40 + 1}, {"tile_size": 65537}, {"num_actors": (1, 4097)},
+                     {"scale": 1e300}, {"cpus_per_actor": 1e300}, {"gpus_per_actor": 1025.0},
+                     {"actor_memory": 2**60}, {"part_flush_s": 1e300}, {"part_rows": 10**30},
+                     {"max_full_frame_pixels": 10**30}, {"progress_interval_s": float("inf")}]:
+        with pytest.raises(ConfigError):
+            EnhanceConfig(**base, **settings)
+    for settings in [{"workers": 4097}, {"batch_size": 4097}, {"epochs": 2**31}, {"lr": float("inf")},
+                     {"lr": float("nan")}, {"seed": 2**32}, {"image_size": 65537}, {"cpus_per_worker": 1e300},
+                     {"gpus_per_worker": float("inf")}, {"max_failures": 2**31}, {"weight_decay": float("nan")},
+                     {"grad_clip": float("inf")}, {"keep_checkpoints": 2**31}, {"epochs": 1.5}]:
+        with pytest.raises(ConfigError):
+            TrainConfig(data="samples", **settings)
+
+
+@pytest.mark.parametrize("argv", [
+    ["enhance", "IN", "OUT", "--scale", "nan"], ["enhance", "--no-such-option"], ["enhance", "A", "B", "C"],
+    ["train", "--epochs", "0"], ["evaluate", "--threads", "x"], ["report"], ["report", "OUT", "--max-pairs", "-1"],
+    ["manifest", "fix", "OUT"], ["show-weights", ""], ["convert-weights", "a.pth"], ["export-onnx", "--opset", "9"],
+    ["enhanse"], [], ["--no-such-option"],
+])
+def test_a_usage_error_is_one_line_naming_the_help(argv, capsys):
+    code, err = _run(argv, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    command = "dce-batch" + (f" {argv[0]}" if argv and argv[0] in COMMANDS else "")
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"{command}: error: ") and lines[0].endswith(f"({command} --help shows the options)"), err
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_still_shows_usage_and_every_option(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and out.startswith(f"usage: dce-batch {command}") and "--help" in out
+    parser = COMMANDS[command][1]()
+    assert all(option in out for action in parser._actions for option in action.option_strings  # noqa: SLF001
+               if action.help != "==SUPPRESS==")
+
+
+# The program as the dce-batch script runs it; "ready" is printed inside program(), so the signal
+# always lands in the program's own code, wherever that is (imports, listing, the run, its exit).
+_PROGRAM_SCRIPT = r"""
+import sys
+from dce_batch.cli import main, program
+
+def command(argv):
+    print("ready", flush=True)
+    return main(argv)
+
+program(sys.argv[1:], command=command)
+"""
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.1, 0.3, 0.6, 1.5])
+def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(delay_s, one_image, tmp_path):
+    process = subprocess.Popen([sys.executable, "-c", _PROGRAM_SCRIPT, "enhance", str(one_image), str(tmp_path / "out"),
+                                "--engine", "local", "--quiet", "--no-report"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    time.sleep(delay_s)
+    exited_before = process.poll() is not None
+    if not exited_before:
+        process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    # A run that has started says at once that it stops after the batches in flight; the outcome
+    # is one line.
+    lines = [line for line in err.splitlines() if line.strip() and "stopping after the batches in flight" not in line]
+    assert "Traceback" not in err, err
+    if process.returncode == 0:
+        # Only a run that had finished: gone before the signal, or past its summary when it came.
+        assert exited_before or "images" in out, (out, err)
+    else:
+        assert process.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0], (process.returncode, err)
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "--unpaired", "IN", "--out", ""], ["evaluate", "--paired", "", "IN"], ["evaluate", "--unpaired", ""],
+    ["evaluate", "--unpaired", "IN", "--simulate", "dim", "--simulate-from", ""],
+    ["evaluate", "--unpaired", "IN", "--out", "OUT", "--device", ""],
+    ["evaluate", "--unpaired", "IN", "--out", "OUT", "--device", "bogus"],
+    ["evaluate", "--unpaired", "IN", "--out", "OUT", "--device", "meta"],
+    ["evaluate", "--unpaired", "IN", "--out", "OUT", "--device", "cuda:99"],
+    ["export-onnx", ""], ["export-onnx", "zerodce_sice_v1", ""], ["export-onnx", "IN"],
+    ["train", "--config", "", "--data", "samples"],
+])
+def test_evaluate_export_and_train_refuse_empty_paths_and_unknown_devices(argv, one_image, tmp_path, capsys,
+                                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = _run([{"IN": str(one_image), "OUT": str(tmp_path / "out")}.get(a, a) for a in argv], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"], "nothing written, in the cwd or elsewhere"
+
+
+def test_evaluate_on_cuda_without_a_gpu_is_refused_with_one_line(one_image, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, err = _run(["evaluate", "--unpaired", str(one_image), "--out", str(tmp_path / "out"), "--device", "cuda"],
+                     capsys)
+    assert code == 2 and "no CUDA GPU" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Every numeric and path option of every command, from the parsers themselves
+# --------------------------------------------------------------------------------------------
+
+NUMERIC_VALUES = ["nan", "inf", "-1", "0", "9" * 30, "1e400", "", os.fsdecode(b"\xff")]
+PATH_VALUES = ["", os.fsdecode(b"\xff")]
+#: (command, option, value) -> why the value is a real setting, not a mistake.
+ACCEPTED = {
+    ("enhance", "--strength", "0"): "0 leaves images unchanged",
+    ("enhance", "--denoise-strength", "0"): "0 switches denoising off",
+    ("enhance", "--highlight-stretch", "0"): "0 leaves the highlights as the curves made them",
+    ("enhance", "--gpus-per-actor", "0"): "0 is CPU actors, the default",
+    ("enhance", "--manifest-flush-seconds", "0"): "0 writes each row as its image finishes",
+    ("train", "--gpus-per-worker", "0"): "0 is CPU workers, the default",
+    ("train", "--weight-decay", "0"): "0 is no weight decay",
+    ("train", "--tv-weight", "0"): "0 switches that loss term off",
+    ("train", "--spatial-weight", "0"): "0 switches that loss term off",
+    ("train", "--color-weight", "0"): "0 switches that loss term off",
+    ("train", "--exposure-weight", "0"): "0 switches that loss term off",
+    ("train", "--val-fraction", "0"): "0 is no validation split",
+    ("train", "--seed", "0"): "a seed, the default",
+    ("train", "--max-failures", "0"): "0 is no restart",
+    ("train", "--max-failures", "-1"): "-1 is restarts without limit",
+    ("evaluate", "--seed", "0"): "a seed, the default",
+    ("report", "--max-pairs", "0"): "0 shows no before/after pair",
+    ("report", "--link-expiry-hours", "0"): "0 shows s3:// URIs as text instead of links",
+}
+
+
+def _subparsers() -> dict:
+    parser = build_parser()
+    return next(a for a in parser._subparsers._group_actions).choices  # noqa: SLF001 - a test reads them
+
+
+def _fuzz_cases() -> list[tuple[str, str, str]]:
+    from dce_batch import cli
+
+    cases = []
+    for command, parser in sorted(_subparsers().items()):
+        for action in parser._actions:  # noqa: SLF001
+            if getattr(action.type, "__module__", None) != cli.__name__:
+                continue  # choices, flags and free text: not numbers or paths
+            name = action.option_strings[0] if action.option_strings else action.dest
+            values = PATH_VALUES if action.type is cli._path else NUMERIC_VALUES  # noqa: SLF001
+            cases += [(command, name, v) for v in values if (command, name, v) not in ACCEPTED]
+    return cases
+
+
+def test_the_fuzz_covers_every_command_and_its_accepted_values_exist():
+    cases = _fuzz_cases()
+    assert {c for c, _, _ in cases} == set(COMMANDS)
+    options = {(c, o) for c, o, _ in cases}
+    assert {(c, o) for c, o, _ in ACCEPTED} <= options, "an exception for an option the parsers do not have"
+    assert len(options) > 60
+
+
+def _valid_argv(command: str, image_dir: Path, out: Path) -> tuple[list[str], dict[str, int]]:
+    """Arguments that run (so a value wrongly accepted starts real work and fails the test), and
+    where each positional sits in them."""
+    weights = str(Path(__file__).resolve().parents[1] / "dce_batch" / "weights" / "zerodce_sice_v1.safetensors")
+    return {
+        "enhance": ([str(image_dir), str(out), "--engine", "local", "--no-report"], {"input": 0, "output": 1}),
+        "train": (["--data", "samples", "--storage", str(out), "--epochs", "1", "--workers", "1"], {}),
+        "evaluate": (["--unpaired", str(image_dir), "--out", str(out), "--max-images", "1"], {}),
+        "report": ([str(out)], {"output": 0}),
+        "manifest": (["repair", str(out)], {"output": 1}),
+        "show-weights": ([weights], {"weights": 0}),
+        "convert-weights": ([weights, str(out / "w.safetensors")], {"source": 0, "target": 1}),
+        "export-onnx": ([str(out / "x.onnx")], {"args": 0}),
+    }[command]
+
+
+@pytest.mark.parametrize("command,option,value", _fuzz_cases())
+def test_every_numeric_and_path_option_refuses_bad_values_with_one_line(command, option, value, one_image, tmp_path,
+                                                                        capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    argv, positionals = _valid_argv(command, one_image, out)
+    if option in positionals:
+        argv[positionals[option]] = value
+    elif option == "--paired":
+        argv += [option, value, str(one_image)]
+    else:
+        argv += [option, value]
+    code, err = _run([command, *argv], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in err and len(lines) == 1, (code, err)
+    parser = _subparsers()[command]
+    action = next(a for a in parser._actions if option in a.option_strings or a.dest == option)  # noqa: SLF001
+    named = option if action.option_strings else (action.metavar or action.dest)
+    assert named in lines[0], f"the error is not about {named}: {lines[0]}"
+    assert not out.exists(), "nothing written for a refused value"

@@ -622,3 +622,18 @@ def test_s3_keys_with_dot_segments_are_listed_and_refused_by_the_planner(s3_serv
     assert set(refused) == {f"s3://{s3_bucket}/odd/./dot.jpg", f"s3://{s3_bucket}/odd/sub/../up.jpg"}
     assert all(e.startswith("StorageError: invalid relative path") and "'.' or '..' parts" in e
                for e in refused.values())
+
+
+def test_finding_no_images_names_only_options_the_command_line_has(tmp_path: Path, capsys) -> None:
+    import re
+
+    from dce_batch.cli import enhance_parser, main
+
+    make_files(tmp_path / "notes", ["readme.md", "data.bin"])
+    (tmp_path / "empty").mkdir()
+    options = {o for action in enhance_parser()._actions for o in action.option_strings}  # noqa: SLF001
+    for source in ("notes", "empty"):
+        code = main(["enhance", str(tmp_path / source), str(tmp_path / "out"), "--engine", "local"])
+        err = capsys.readouterr().err
+        assert code == 2 and "no input images" in err, err
+        assert set(re.findall(r"--[a-z][a-z-]*", err)) <= options, err

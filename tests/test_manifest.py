@@ -324,3 +324,50 @@ def test_repair_sets_damaged_files_aside_and_commits_every_part_that_reads(tmp_p
     assert (out / "_manifest" / "_damaged" / "part-r1-w2-00000.parquet").exists()
     state = store.state()  # reads again
     assert [p.name for p in state.committed] == [good.name] and not state.uncommitted
+
+
+def test_a_lock_file_removed_while_another_run_waits_on_it_still_excludes(tmp_path):
+    """A refused run removes the lease's lock file it created (discard_local_lock). A run that was
+    waiting on that file must then lock the file at the path, not the removed one: else a third
+    run creating a new lock file would hold the lock at the same time."""
+    from dce_batch.storage.conditional import _local_lock, discard_local_lock
+
+    lease = str(tmp_path / "_manifest" / "_lease.json")
+    held = []
+
+    def waiter() -> None:
+        with _local_lock(lease):
+            held.append(os.path.exists(lease + ".lock"))
+
+    with _local_lock(lease):
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(0.3)  # the waiter has opened the lock file and waits in flock
+        os.unlink(lease + ".lock")  # what discard_local_lock does while it holds the lock
+    thread.join(timeout=10)
+    assert held == [True], "the waiter locked a file no longer at the path"
+    assert discard_local_lock(lease) and not os.path.exists(lease + ".lock")
+    Path(lease).write_text("{}")
+    assert not discard_local_lock(lease) and os.path.exists(lease + ".lock"), "kept while a lease exists"
+
+
+def test_a_stray_part_that_cannot_be_deleted_is_left_with_a_warning(tmp_path):
+    """Deleting a stray whose rows all repeat other parts' is clean-up: when the delete fails
+    (a real failing filesystem), the ledger warns and goes on; the stray's rows are older than
+    the parts that repeat them, so the manifest still reads one (the latest) row per input."""
+    from tests.failing_fs import no_part_deletes
+
+    local = Location.parse(str(tmp_path / "out"))
+    store = ManifestStore.of(Location(uri=local.uri, filesystem=no_part_deletes(), path=local.path))
+    dead = PartBuffer(store, "r1", "w1", max_rows=1000, max_age_s=0.0)
+    dead.add(rows_to_table([_row("r1", "c", "error", age_s=60)]))  # written, then its worker died
+    ledger = PartLedger(store)
+    retry = PartBuffer(store, "r1", "w2", max_rows=1000, max_age_s=0.0)
+    ledger.add(retry.add(rows_to_table([_row("r1", "c")])))
+    warnings = []
+    assert ledger.settle_strays("r1", warn=warnings.append) == (1, 1)
+    assert len(warnings) == 1 and "part-r1-w1-00000.parquet" in warnings[0] and "injected failure" in warnings[0]
+    assert [p.name for p in ledger.parts()] == ["part-r1-w2-00000.parquet"]
+    assert Path(store.file("part-r1-w1-00000.parquet")).exists()
+    rows = store.state().rows.to_pylist()
+    assert [(r["input_relpath"], r["status"]) for r in rows] == [("c", "ok")]

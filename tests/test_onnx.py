@@ -108,7 +108,15 @@ def test_exported_weights_hold_no_subnormal_value(exported, variant):
     assert int(np.count_nonzero((values != 0) & (np.abs(values) < tiny))) == 0
 
 
-def test_bad_scale_is_refused(tmp_path):
+def test_bad_scale_and_opset_are_refused(tmp_path):
     from dce_batch.cli import main
+    from dce_batch.enhance.onnx_export import export_onnx
+    from dce_batch.errors import ConfigError
 
-    assert main(["export-onnx", "--model-variant", "fast", "--scale", "0.5", str(tmp_path / "x.onnx")]) == 2
+    with pytest.raises(SystemExit) as refused:  # by the parser, in one line
+        main(["export-onnx", "--model-variant", "fast", "--scale", "0.5", str(tmp_path / "x.onnx")])
+    assert refused.value.code == 2
+    for settings in [{"scale": 0.5}, {"scale": 1e300}, {"opset": 14}, {"opset": 99999}]:
+        with pytest.raises(ConfigError):
+            export_onnx(None, tmp_path / "x.onnx", variant="fast", **settings)
+    assert not (tmp_path / "x.onnx").exists()

@@ -340,6 +340,20 @@ def test_output_inside_input_is_refused(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_cluster_too_small_for_the_pool_is_refused_before_the_manifest_changes(ray_local, tmp_path):
+    """Ray sizes the pool once the cluster is up: a refusal there (exit 2) writes no planning row
+    and no commit record into an OUTPUT that holds finished runs."""
+    source, out = tmp_path / "in", tmp_path / "out"
+    _save(source / "a.png", _dark(30, 30), "PNG")
+    assert run_enhance(_config(source, out, engine="local", report=False)).ok == 1
+    _save(source / "b.png", _dark(30, 30, 1), "PNG")  # something to do, and a skipped row to write
+    before = {str(p.relative_to(out)): (None if p.is_dir() else p.read_bytes()) for p in sorted(out.rglob("*"))}
+    with pytest.raises(ConfigError, match="do not fit"):
+        run_enhance(_config(source, out, engine="ray", num_actors=(64, 64), report=False))
+    assert {str(p.relative_to(out)): (None if p.is_dir() else p.read_bytes()) for p in sorted(out.rglob("*"))} == before
+
+
+@pytest.mark.slow
 def test_output_inside_input_when_allowed(ray_local, tmp_path):
     source = tmp_path / "in"
     _save(source / "x.png", _dark(30, 30), "PNG")

@@ -373,6 +373,26 @@ def test_no_manifest_is_a_clear_error(tmp_path):
     assert main(["report", str(tmp_path)]) == 2
 
 
+@pytest.mark.parametrize("content", ["[1, 2]", '"text"', "null", '{"settings": [1]}', '{"model": "m"}',
+                                     '{"run_id": 7}', '{"cluster": [1]}', '{"elapsed_s": "slow"}', '{"versions": 3}',
+                                     '{"settings": {"strength": 1.0}, "ok": "many"}'])
+def test_a_summary_that_is_not_an_object_of_the_right_types_is_skipped_with_a_warning(content, tmp_path, capsys):
+    _write_run(tmp_path, "r1", [_row("r1", "a.png", "ok", tmp_path, minutes=1)])
+    _write_run(tmp_path, "r2", [_row("r2", "b.png", "ok", tmp_path, minutes=11)], minutes=10)
+    summary = tmp_path / "out" / "_manifest" / "_run-r2.json"
+    summary.write_text(content)
+    said = []
+    build_report(str(tmp_path / "out"), log=said.append)
+    data = collect_report_data(Location.parse(str(tmp_path / "out")))
+    assert data.run_id == "r1" and "r2" in data.runs, "r2 counts as a run that did not finish"
+    assert any("_run-r2.json" in line and "skipped" in line for line in said), said
+    from dce_batch.cli import main
+
+    assert main(["report", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "_run-r2.json" in err
+
+
 @pytest.mark.slow
 def test_a_huge_manifest_is_sampled(tmp_path):
     """200,000 rows: only max_pairs images are read (the rest are never touched)."""

@@ -248,3 +248,91 @@ def test_a_killed_local_worker_stops_the_run_with_one_line_and_loses_nothing(tmp
     assert in_parts >= 2
     summary = _run(source, out)
     assert summary.skipped == in_parts and summary.ok == 24 - in_parts and summary.error == 0
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every folder (None) and file (its bytes) under ``root``."""
+    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
+
+
+def _refusals(tmp_path: Path) -> dict[str, list[str]]:
+    """Runs refused with exit 2 once listing or sizing has begun, each with an INPUT that exists."""
+    (tmp_path / "empty").mkdir(exist_ok=True)
+    (tmp_path / "empty.txt").write_text("")
+    return {
+        "an empty list file": [str(tmp_path / "empty.txt")],
+        "an empty INPUT folder": [str(tmp_path / "empty")],
+        "more actors than CPUs": [str(tmp_path / "in"), "--num-actors", "64"],
+        "an actor memory no machine has": [str(tmp_path / "in"), "--actor-memory", "1000T"],
+    }
+
+
+def test_a_refused_run_leaves_no_output_behind(tmp_path, capsys):
+    _inputs(tmp_path / "in", 1)
+    for case, argv in _refusals(tmp_path).items():
+        out = tmp_path / "new" / "out"  # its parent is new too
+        code = main(["enhance", argv[0], str(out), *argv[1:], "--engine", "local", "--no-report"])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, (case, err)
+        assert not (tmp_path / "new").exists(), f"{case}: {_tree(tmp_path / 'new')}"
+
+
+def test_a_refused_run_leaves_an_existing_output_as_it_was(tmp_path, capsys):
+    _inputs(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    first = _run(tmp_path / "in", out)
+    assert first.ok == 2
+    from dce_batch.storage import temp_tag
+
+    # A write of the first run killed midway: debris the next run that goes ahead removes.
+    (out / f".img0.png.{temp_tag(first.run_id)}456789.tmp").write_bytes(b"half")
+    before = _tree(out)
+    cases = {**_refusals(tmp_path),
+             "other settings than the outputs were made with": [str(tmp_path / "in"), "--strength", "0.5"],
+             "--overwrite on a machine too small": [str(tmp_path / "in"), "--overwrite", "--num-actors", "64"]}
+    for case, argv in cases.items():
+        code = main(["enhance", argv[0], str(out), *argv[1:], "--engine", "local", "--no-report"])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, (case, err)
+        assert _tree(out) == before, case
+
+
+def test_a_finished_run_whose_clean_up_fails_keeps_its_result(tmp_path, monkeypatch, capsys):
+    """A worker wrote a part and died before replying; its batch ran again. Deleting that stray
+    part (all its rows repeat) fails on the storage: the run still finishes, with its summary and
+    commit record, and says what it left."""
+    import dce_batch.job.driver as driver
+    from dce_batch.job.manifest.parts import PartLedger
+    from dce_batch.job.manifest.store import part_name, run_of_part
+    from tests.failing_fs import no_part_deletes
+
+    source, out = tmp_path / "in", tmp_path / "out"
+    _inputs(source, 2)
+
+    class FailingOutput(Location):
+        @classmethod
+        def parse(cls, uri, s3=None):
+            location = Location.parse(uri, s3)
+            if location.uri != str(out):
+                return location
+            return Location(uri=location.uri, filesystem=no_part_deletes(), path=location.path)
+
+    write_held = PartLedger.write_held
+
+    def write_held_and_a_dead_worker_s_part(self):
+        written = write_held(self)
+        name = sorted(self.written)[0]  # what a worker that died before replying had written too
+        self.store.write_part(part_name(run_of_part(name), "wdead", 0), self.store.read_part(name))
+        return written
+
+    monkeypatch.setattr(driver, "Location", FailingOutput)
+    monkeypatch.setattr(PartLedger, "write_held", write_held_and_a_dead_worker_s_part)
+    summary = _run(source, out)
+    assert (summary.ok, summary.error) == (2, 0)
+    err = capsys.readouterr().err
+    assert "could not delete" in err and "injected failure" in err, err
+    store = ManifestStore.of(Location.parse(str(out)))
+    assert (out / "_manifest" / f"_run-{summary.run_id}.json").exists()
+    assert [c.status for c in store.read_commits() if c.run_id == summary.run_id] == ["finished"]
+    rows = [r for r in read_manifest(str(out)).to_pylist() if r["run_id"] == summary.run_id]
+    assert sorted(r["input_relpath"] for r in rows) == ["img0.png", "img1.png"]

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dce_batch.errors import ConfigError
+from dce_batch.limits import MAX_SCALE
 from dce_batch.enhance.filters import guided_coefficients, luma
 
 __all__ = [
@@ -76,8 +77,8 @@ def downscaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
 
 
 def _check_scale(scale: float) -> float:
-    if scale < 1:
-        raise ConfigError(f"scale must be >= 1 (a downscale factor), got {scale}")
+    if not 1 <= scale <= MAX_SCALE:  # NaN fails the comparison too
+        raise ConfigError(f"scale must be from 1 to {MAX_SCALE:g} (a downscale factor), got {scale}")
     return float(scale)
 
 

@@ -1,6 +1,7 @@
 """Export weights to ONNX: ``dce-batch export-onnx [WEIGHTS] OUT.onnx``.
 
-The graph (opset 18 or later) has
+The graph (opset 18 unless ``opset`` asks for another one, from :data:`MIN_OPSET` to the newest
+opset of the installed onnx) has
 
 * input ``image``: float32 N x 3 x H x W in [0, 1] (RGB, 8-bit values / 255); N, H and W are
   dynamic;
@@ -38,10 +39,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dce_batch.errors import ConfigError, WeightsError
+from dce_batch.limits import MAX_SCALE, check_number
 
-__all__ = ["OnnxExport", "export_onnx"]
+__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "OnnxExport", "export_onnx", "newest_opset"]
 
 DEFAULT_OPSET = 18
+#: The oldest opset the graph converts to: the exporter writes opset 18, and ONNX's version
+#: converter has no adapter for ``Pow`` below 15 (asked for 13 or 14, it would keep 18).
+MIN_OPSET = 15
 INPUT_DOC = ("image: float32 N x 3 x H x W RGB in [0, 1] (dynamic N, H, W); strength: float32 [1] in [0, 1] "
              "(0 = unchanged, 1 = the model as trained); output enhanced: float32 N x 3 x H x W in [0, 1]")
 
@@ -111,12 +116,34 @@ def _exporter_notices_hidden() -> Iterator[None]:
         registry.setLevel(level)
 
 
+def newest_opset() -> int | None:
+    """The newest opset the installed onnx knows (None without onnx)."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    return int(onnx.defs.onnx_opset_version())
+
+
+def check_export_settings(target: str | Path, *, scale: float, opset: int | None) -> None:
+    """ConfigError for a scale, opset or target the export cannot honour, before the slow export."""
+    check_number("--scale", scale, 1, MAX_SCALE)
+    if opset is not None:
+        newest = newest_opset()
+        check_number("--opset", opset, MIN_OPSET, newest if newest is not None else DEFAULT_OPSET, integer=True)
+    if not str(target).strip():
+        raise ConfigError("the ONNX file's path is empty")
+    if Path(target).is_dir():
+        raise ConfigError(f"{target} is a folder: give the path of the .onnx file to write")
+
+
 def export_onnx(weights: str | Path | None, target: str | Path, *, variant: str | None = None,
                 scale: float = 12.0, opset: int | None = None) -> OnnxExport:
     """Export ``weights`` (a shipped name, a .safetensors or .pth file; None: the default of
     ``variant``) to the ONNX file ``target``. See the module docstring for the graph."""
     import builtins
 
+    check_export_settings(target, scale=scale, opset=opset)
     try:
         import onnxscript  # noqa: F401 - torch's exporter needs it
         import torch
@@ -126,8 +153,6 @@ def export_onnx(weights: str | Path | None, target: str | Path, *, variant: str 
     from dce_batch.enhance.onnx_round import symbolic_round
     from dce_batch.enhance.weights import load_weights
 
-    if scale < 1:
-        raise ConfigError(f"--scale must be >= 1 (a downscale factor), got {scale}")
     loaded = load_weights(None if weights is None else str(weights), variant=variant)  # type: ignore[arg-type]
     meta = loaded.meta
     module = _export_module(loaded, scale)
@@ -144,6 +169,10 @@ def export_onnx(weights: str | Path | None, target: str | Path, *, variant: str 
     except Exception as exc:  # the exporter raises many types; say what failed
         raise WeightsError(f"ONNX export of {meta.name} failed: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    written_opset = program.model.opset_imports.get("")
+    if written_opset != opset:
+        raise WeightsError(f"ONNX export of {meta.name} could not convert the graph to opset {opset} (it stayed at "
+                           f"{written_opset}); use --opset {DEFAULT_OPSET} or later")
     effective_scale = float(scale) if meta.variant == "fast" else 1.0
     program.model.metadata_props.update({
         "dce_batch.name": meta.name,
@@ -158,7 +187,10 @@ def export_onnx(weights: str | Path | None, target: str | Path, *, variant: str 
     program.model.producer_name = "dce_batch"
     program.model.doc_string = f"Zero-DCE low-light enhancement ({meta.name}, {meta.variant}). {INPUT_DOC}"
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(target))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        program.save(str(target))
+    except OSError as exc:
+        raise ConfigError(f"cannot write {target}: {exc}") from exc
     return OnnxExport(path=str(target), name=meta.name, variant=meta.variant, sha256=meta.sha256,
                       scale=effective_scale, opset=opset, bytes=target.stat().st_size)

@@ -127,11 +127,20 @@ def prepare_cpu_process() -> None:
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available; an explicit CUDA request without CUDA is an error."""
+    """``auto`` picks CUDA when available; ``cpu``, ``cuda`` and ``cuda:N`` name a device. An
+    unknown name, or CUDA (or a GPU index) this process cannot see, is a :class:`ConfigError`."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {requested!r}: use cpu, cuda, cuda:N or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {requested!r} requested but no CUDA GPU is visible to this process")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {requested!r} requested but this process sees {torch.cuda.device_count()} CUDA "
+                          "GPU(s), numbered from 0")
     return device
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, Union
 
 from dce_batch.errors import ConfigError
+from dce_batch.limits import MAX_SCALE, MAX_SIDE
 
 __all__ = ["DEFAULT_EXPOSURE_TARGET", "DEFAULT_SCALES", "FAST_FINISH_METHOD", "FINISH_METHOD", "PRECISIONS",
            "RATIO_FINISH_METHODS", "UNMATCHED_FINISH_METHOD", "FinishConfig", "check_inference_settings",
@@ -34,10 +35,10 @@ def check_inference_settings(*, strength: float, precision: str, scale: float | 
         raise ConfigError(f"strength must be in [0, 1] (0 = unchanged, 1 = full model), got {strength}")
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if scale is not None and scale < 1:
-        raise ConfigError(f"scale must be >= 1 (a downscale factor; 1 = full resolution), got {scale}")
-    if tile_size is not None and tile_size < 16:
-        raise ConfigError(f"tile_size must be at least 16 pixels, got {tile_size}")
+    if scale is not None and not 1 <= scale <= MAX_SCALE:  # NaN fails the comparison too
+        raise ConfigError(f"scale must be from 1 to {MAX_SCALE:g} (a downscale factor; 1 = full resolution), got {scale}")
+    if tile_size is not None and not 16 <= tile_size <= MAX_SIDE:
+        raise ConfigError(f"tile_size must be from 16 to {MAX_SIDE} pixels, got {tile_size}")
     if max_full_frame_pixels is not None and max_full_frame_pixels < 1:
         raise ConfigError("max_full_frame_pixels must be positive")
     if batch_pixels is not None and batch_pixels < 1:

@@ -8,7 +8,6 @@ counts below one, precisions the chosen device cannot run.
 
 from __future__ import annotations
 
-import math
 import platform
 import uuid
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from dce_batch.enhance.settings import FinishConfig, check_inference_settings
 from dce_batch.errors import ConfigError
 from dce_batch.imaging import DEFAULT_MAX_PIXELS, EncodeOptions
 from dce_batch.job.manifest.parts import DEFAULT_PART_MAX_AGE_S, DEFAULT_PART_MAX_ROWS
+from dce_batch.limits import (MAX_ACTOR_MEMORY, MAX_COUNT, MAX_FLUSH_S, MAX_IMAGES_PER_CALL, MAX_PIXEL_LIMIT, MAX_SCALE,
+                              MAX_SIDE, MAX_WORKER_RESOURCES, MAX_WORKERS, check_number)
 from dce_batch.storage import S3Options
 
 __all__ = ["DEFAULT_OUTPUT", "ENGINES", "PIPELINES", "EnhanceConfig", "new_run_id", "sample_images_dir"]
@@ -42,25 +43,6 @@ def sample_images_dir() -> str:
 
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-
-
-def _finite(name: str, value: float | None, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ConfigError(f"{name} must be {'above' if low_open else 'at least'} {low:g}, got {value!r}")
-    if high is not None and value > high:
-        raise ConfigError(f"{name} must be at most {high:g}, got {value!r}")
-
-
-def _count(name: str, value: int | None, low: int = 1) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name} must be a whole number of at least {low}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -124,31 +106,31 @@ class EnhanceConfig:
         if self.pipeline not in PIPELINES:
             raise ConfigError(f"--pipeline must be auto, fused or staged, got {self.pipeline!r}")
         if self.num_actors is not None:
+            if not (isinstance(self.num_actors, (tuple, list)) and len(self.num_actors) == 2):
+                raise ConfigError(f"--num-actors must be MIN[:MAX], got {self.num_actors!r}")
             low, high = self.num_actors
-            if not (isinstance(low, int) and isinstance(high, int)) or low < 1 or high < low:
-                raise ConfigError(f"--num-actors must be MIN[:MAX] with 1 <= MIN <= MAX, got {low}:{high}")
-        _finite("--gpus-per-actor", self.gpus_per_actor, low=0)
-        _finite("--cpus-per-actor", self.cpus_per_actor, low=0, low_open=True)
-        _count("--batch-size", self.batch_size)
-        _count("--max-pixels", self.max_pixels)
-        _count("--quality", self.quality)
-        if self.quality > 100:
-            raise ConfigError(f"--quality must be 1-100, got {self.quality}")
-        _count("--tile-size", self.tile_size, low=16)
-        _count("max_full_frame_pixels", self.max_full_frame_pixels)
-        _count("part_rows", self.part_rows)
-        _finite("part_flush_s", self.part_flush_s, low=0)
-        _finite("progress_interval_s", self.progress_interval_s, low=0, low_open=True)
-        _finite("--scale", self.scale, low=1)
-        _finite("--strength", self.strength, low=0, high=1)
-        _finite("--denoise-strength", self.denoise_strength, low=0, high=4)
-        _finite("--highlight-stretch", self.highlight_stretch, low=0, high=1)
+            check_number("--num-actors MIN", low, 1, MAX_WORKERS, integer=True)
+            check_number("--num-actors MAX", high, low, MAX_WORKERS, integer=True)
+        check_number("--gpus-per-actor", self.gpus_per_actor, 0, MAX_WORKER_RESOURCES)
+        check_number("--cpus-per-actor", self.cpus_per_actor, 0, MAX_WORKER_RESOURCES, low_open=True)
+        check_number("--batch-size", self.batch_size, 1, MAX_IMAGES_PER_CALL, integer=True)
+        check_number("--max-pixels", self.max_pixels, 1, MAX_PIXEL_LIMIT, integer=True)
+        check_number("--quality", self.quality, 1, 100, integer=True)
+        check_number("--tile-size", self.tile_size, 16, MAX_SIDE, integer=True)
+        check_number("max_full_frame_pixels", self.max_full_frame_pixels, 1, MAX_PIXEL_LIMIT, integer=True)
+        check_number("part_rows", self.part_rows, 1, MAX_COUNT, integer=True)
+        check_number("part_flush_s", self.part_flush_s, 0, MAX_FLUSH_S)
+        check_number("progress_interval_s", self.progress_interval_s, 0, MAX_FLUSH_S, low_open=True)
+        check_number("--scale", self.scale, 1, MAX_SCALE)
+        check_number("--strength", self.strength, 0, 1)
+        check_number("--denoise-strength", self.denoise_strength, 0, 4)
+        check_number("--highlight-stretch", self.highlight_stretch, 0, 1)
         if not isinstance(self.exposure, str):
-            _finite("--exposure", self.exposure, low=0, high=1, low_open=True)
+            check_number("--exposure", self.exposure, 0, 1, low_open=True)
         if self.actor_memory is not None:
             from dce_batch.job.sizing import ACTOR_BASE_MEMORY
 
-            _count("--actor-memory", self.actor_memory, low=ACTOR_BASE_MEMORY)
+            check_number("--actor-memory", self.actor_memory, ACTOR_BASE_MEMORY, MAX_ACTOR_MEMORY, integer=True)
         if self.engine == "local" and (self.gpus_per_actor > 0 or self.pipeline == "staged"):
             raise ConfigError("--engine local runs the fused CPU pipeline; GPUs and --pipeline staged need --engine ray")
         if self.quiet and self.verbose:

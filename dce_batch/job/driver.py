@@ -184,20 +184,24 @@ class Prepared:
     input_fs: pafs.FileSystem
     plan: Plan
     adopted: list[PartInfo]
+    debris: list[str]  # temp files of writes this OUTPUT's interrupted runs never finished
+    leave_uploads: list[str]  # folders whose unfinished uploads are not this job's
+    lease_started: datetime
     removed_temp_files: int = 0
     aborted_uploads: int = 0
 
 
 def prepare(config: EnhanceConfig, output: Location, store: ManifestStore, weights: ResolvedWeights,
             *, lease_started: datetime, dead_runs: set[str], warn: Callable[[str], None]) -> Prepared:
-    """List inputs, read the manifest (adopting dead runs' parts), clean this OUTPUT's debris, plan.
+    """List inputs, read the manifest (adopting dead runs' parts), find this OUTPUT's debris, plan.
+    Nothing under OUTPUT changes here: a run refused once planned leaves OUTPUT as it was
+    (:func:`clear_debris` removes the debris once the run goes ahead).
 
     Finding no input raises NoInputsFoundError (exit 2); links the listing skipped are ``warn``-ed."""
     # Unsorted: plan_run sorts what remains to do, after resume (a million skipped rows never are).
     input_fs, listing = list_inputs_table(config.input, config.s3, extensions=IMAGE_EXTENSIONS,
                                           base=config.base or None, warn=warn, sort=False)
-    if config.overwrite:
-        store.delete_all()
+    if config.overwrite:  # the manifest is deleted once the run goes ahead (_run)
         done, adopted, runs = None, [], set()
     else:
         state = store.state()
@@ -205,15 +209,10 @@ def prepare(config: EnhanceConfig, output: Location, store: ManifestStore, weigh
     input_root = _input_root(config)
     found = list_output_files(output, temp_tags=frozenset(temp_tag(r) for r in runs | dead_runs),
                               input_root=input_root)
-    # A writer killed mid-write leaves its temp file: this OUTPUT's runs' debris (never anyone else's).
-    removed = remove_files(output.filesystem, found.unfinished)
-    from dce_batch.storage.multipart import abort_stale_uploads
-
     # Uploads under another job's OUTPUT nested in this one, or under INPUT, are not this job's.
     leave = set(found.nested_outputs)
     if input_root is not None and output.contains(input_root):
         leave.add(input_root.path[len(output.path.rstrip("/")) + 1:])
-    aborted = abort_stale_uploads(output.filesystem, output.path, started_before=lease_started, leave=sorted(leave))
     meta = weights.meta
     constants = dict(model_name=meta.name, model_sha256=meta.sha256, strength=config.strength,
                      variant=meta.variant, precision=config.precision)
@@ -221,7 +220,19 @@ def prepare(config: EnhanceConfig, output: Location, store: ManifestStore, weigh
                     settings_for=functools.partial(settings_for_run, config, meta),
                     requested_format=config.format, row_constants=constants, done=done,
                     existing_outputs=found.relpaths, max_pixels=config.max_pixels, input_root=input_root)
-    return Prepared(input_fs, plan, adopted, removed, aborted)
+    return Prepared(input_fs, plan, adopted, debris=list(found.unfinished), leave_uploads=sorted(leave),
+                    lease_started=lease_started)
+
+
+def clear_debris(output: Location, prepared: Prepared) -> None:
+    """Remove what writers of this OUTPUT's runs that were killed left: their temp files (never
+    anyone else's) and, on S3, their unfinished uploads. Counts go into ``prepared``."""
+    from dce_batch.storage.multipart import abort_stale_uploads
+
+    prepared.removed_temp_files = remove_files(output.filesystem, prepared.debris)
+    prepared.aborted_uploads = abort_stale_uploads(output.filesystem, output.path,
+                                                   started_before=prepared.lease_started,
+                                                   leave=prepared.leave_uploads)
 
 
 class _Background:
@@ -322,14 +333,24 @@ def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = No
     check_output_location(config, output)
     blob, name = read_weights_spec(config)  # a missing file or unknown name fails here, before OUTPUT is touched
     weights = resolve_weights(config, blob, name)
-    check_precision(config, weights.meta.variant, local=config.engine == "local" or _could_run_locally(config))
+    local = config.engine == "local" or _could_run_locally(config)
+    check_precision(config, weights.meta.variant, local=local)
     timings["weights_s"] = time.time() - started
-    check_output_writable(output)
+    missing = _missing_paths(output)
     store = ManifestStore.of(output)
     stop = StopRequest().install()
     lease = None
     engine = None
+    refused = False
     try:
+        if local:
+            from dce_batch.job.engines.local import LocalEngine
+
+            # Sized here, before OUTPUT is touched. The workers start (and import torch) while the
+            # driver plans; if the plan turns out too large for them, Ray takes over and they are
+            # dismissed.
+            engine = LocalEngine(config, output, weights.blob, weights.name)
+        check_output_writable(output)
         if lease_supported(output.filesystem):
             lease = acquire_lease(store, config.run_id, command=" ".join(sys.argv)[:500])
             if lease.taken_over:
@@ -341,12 +362,7 @@ def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = No
         dead_runs = {lease.previous.run_id} if lease and lease.previous else set()
         preparing = _Background(lambda: prepare(config, output, store, weights, lease_started=lease_started,
                                                 dead_runs=dead_runs, warn=_warn))
-        if config.engine == "local" or (config.engine == "auto" and _could_run_locally(config)):
-            from dce_batch.job.engines.local import LocalEngine
-
-            # The workers start (and import torch) while the driver plans; if the plan turns out
-            # too large for them, Ray takes over and they are dismissed.
-            engine = LocalEngine(config, output, weights.blob, weights.name)
+        if engine is not None:
             engine.start()
             prepared = preparing.result(stop)
             if choose_engine(config, prepared.plan.todo.num_rows) != "local":
@@ -362,12 +378,51 @@ def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = No
         prepared = preparing.result(stop)
         timings["planned_s"] = time.time() - started
         return _run(config, output, store, weights, prepared, engine, stop, lease, started, timings, say)
+    except (ConfigError, WeightsError):
+        refused = True
+        raise
     finally:
         if engine is not None:
             engine.close(cancel=True)
         if lease is not None:
             lease.release()
         stop.restore()
+        if refused:
+            _remove_missing_paths(output, missing)
+
+
+def _missing_paths(output: Location) -> list[str]:
+    """The folders of a local OUTPUT (OUTPUT itself, the folders above it, its ``_manifest``)
+    and the lease's lock file that do not exist yet: what a run refused with exit 2 removes
+    again, leaving OUTPUT as it found it. Object stores have no folders, and their lease
+    object is deleted on release."""
+    if not isinstance(output.filesystem, pafs.LocalFileSystem):
+        return []
+    store = ManifestStore.of(output)
+    missing = [p for p in (f"{store.lease_path}.lock", store.path) if not os.path.lexists(p)]
+    folder = output.path
+    while folder and not os.path.lexists(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        folder = parent if parent != folder else ""
+    return missing
+
+
+def _remove_missing_paths(output: Location, missing: list[str]) -> None:
+    """Remove what :func:`_missing_paths` found missing, as far as it is this run's alone: the lock
+    file only while no lease exists, a folder only when it is empty (best effort: the refusal is
+    what the caller needs to see)."""
+    from dce_batch.storage.conditional import discard_local_lock
+
+    store = ManifestStore.of(output)
+    for path in missing:
+        try:
+            if path == f"{store.lease_path}.lock":
+                discard_local_lock(store.lease_path)
+            else:
+                os.rmdir(path)
+        except OSError:
+            continue
 
 
 def _run(config, output, store, weights, prepared: Prepared, engine, stop: StopRequest, lease, started: float,
@@ -382,6 +437,12 @@ def _run(config, output, store, weights, prepared: Prepared, engine, stop: StopR
         settings=config.settings_record(), versions=_versions(), timings=timings,
     )
     summary.refused, summary.changed = plan.refused.num_rows, plan.changed
+    # Sizing the pool may still refuse the run (a cluster too small). Then it goes ahead, and from
+    # here on changes OUTPUT.
+    worker_plan, resources = engine.plan() if plan.todo.num_rows else (None, None)
+    if config.overwrite:
+        store.delete_all()
+    clear_debris(output, prepared)
     ledger = PartLedger(store)
     for part in prepared.adopted:
         ledger.add_written(part)
@@ -400,8 +461,7 @@ def _run(config, output, store, weights, prepared: Prepared, engine, stop: StopR
                         started=time.monotonic() - (time.time() - started))
     status = "failed"
     try:
-        if plan.todo.num_rows:
-            worker_plan, resources = engine.plan()
+        if worker_plan is not None:
             summary.cluster = {"engine": engine.name, "resources": resources, "workers": worker_plan.describe()}
             say(_describe_pool(engine, worker_plan, config))
             _warn_of_the_pixel_limit(worker_plan, say)
@@ -431,7 +491,7 @@ def _run(config, output, store, weights, prepared: Prepared, engine, stop: StopR
                 # wrote are adopted by that run or the next; rows only held here are redone.
                 raise lease.lost
             ledger.write_held()
-            strays, duplicates = ledger.settle_strays(config.run_id)
+            strays, duplicates = ledger.settle_strays(config.run_id, warn=_warn)
             if strays:
                 say(f"{strays} manifest part(s) written by workers that died before replying: {duplicates} rows "
                     "their batches' retries wrote again were dropped from them")

@@ -50,7 +50,8 @@ def build_report(output: str, *, s3: S3Options | None = None, max_pairs: int = D
     if max_pairs < 0:
         raise ReportError(f"max_pairs must be >= 0, got {max_pairs}")
     location = Location.parse(output, s3)
-    data = collect_report_data(location, s3=s3, max_pairs=max_pairs, run_id=run_id)
+    data = collect_report_data(location, s3=s3, max_pairs=max_pairs, run_id=run_id,
+                               warn=lambda line: say(f"warning: {line}"))
     say(f"report of run {data.run_id}: {data.counts.total:,} rows, {data.outputs_total:,} outputs, "
         f"{data.failed_total:,} failed; {len(data.pairs)} pairs")
     thumbs = make_thumbnails([u for p in data.pairs for u in (p.input_uri, p.output_uri)], s3)

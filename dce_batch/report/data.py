@@ -21,10 +21,13 @@ Which run the page shows:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -32,8 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from dce_batch.enhance.registry import read_safetensors_metadata
-from dce_batch.errors import DceBatchError, ReportError, StorageError
-from dce_batch.job.manifest import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, read_manifest
+from dce_batch.errors import DceBatchError, ReportError, StorageError, describe_error
+from dce_batch.job.manifest import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, RunSummary, read_manifest
 from dce_batch.storage import MANIFEST_DIR, Location, S3Options, filesystem_for, read_bytes
 
 __all__ = [
@@ -200,8 +203,12 @@ class ReportData:
 # --------------------------------------------------------------------------------------------
 
 
-def read_run_summaries(output: Location) -> dict[str, dict[str, Any]]:
-    """``run_id -> summary`` for every ``_run-<run_id>.json`` under OUTPUT's manifest folder."""
+def read_run_summaries(output: Location, *, warn: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """``run_id -> summary`` for every ``_run-<run_id>.json`` under OUTPUT's manifest folder.
+
+    A summary that cannot be read, is not a JSON object, or has a field of another type than
+    :class:`~dce_batch.job.manifest.RunSummary` writes is skipped (its run counts as unfinished),
+    and ``warn`` is told which and why."""
     fs = output.filesystem
     manifest_path = output.child(MANIFEST_DIR)
     try:
@@ -213,11 +220,35 @@ def read_run_summaries(output: Location) -> dict[str, dict[str, Any]]:
         if info.type == pafs.FileType.File and info.base_name.startswith("_run-") and info.base_name.endswith(".json"):
             try:
                 summary = json.loads(read_bytes(fs, info.path))
-            except (ValueError, StorageError):
-                continue  # a damaged summary: the run counts as unfinished
-            if isinstance(summary, dict):
-                summaries[str(summary.get("run_id") or info.base_name[5:-5])] = summary
+                problem = _summary_problem(summary)
+            except (ValueError, StorageError) as exc:
+                problem = f"it cannot be read ({describe_error(exc)})"
+            if problem is not None:
+                if warn is not None:
+                    warn(f"skipped the run summary {output.child_uri(MANIFEST_DIR + '/' + info.base_name)}: {problem}; "
+                         "its run counts as unfinished")
+                continue
+            summaries[str(summary.get("run_id") or info.base_name[5:-5])] = summary
     return summaries
+
+
+@functools.lru_cache(maxsize=1)
+def _summary_field_types() -> dict[str, tuple[type, ...]]:
+    """The JSON types of each field :class:`RunSummary` writes (a float field takes an integer too)."""
+    hints = typing.get_type_hints(RunSummary)
+    json_types = {float: (int, float), int: (int,), str: (str,), dict: (dict,), list: (list,)}
+    return {f.name: json_types[typing.get_origin(hints[f.name]) or hints[f.name]] for f in dataclasses.fields(RunSummary)}
+
+
+def _summary_problem(summary: Any) -> str | None:
+    """Why a parsed run summary cannot be used, or None."""
+    if not isinstance(summary, dict):
+        return f"it holds a JSON {type(summary).__name__}, not an object"
+    for name, kinds in _summary_field_types().items():
+        value = summary.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            return f"its field {name!r} is a {type(value).__name__}, not a {' or '.join(k.__name__ for k in kinds)}"
+    return None
 
 
 def read_manifest_rows(output: Location) -> pa.Table:
@@ -426,15 +457,20 @@ def _integer(value: Any) -> int | None:
 
 
 def collect_report_data(output: Location, *, s3: S3Options | None = None, max_pairs: int = DEFAULT_MAX_PAIRS,
-                        run_id: str | None = None) -> ReportData:
+                        run_id: str | None = None, warn: Callable[[str], None] | None = None) -> ReportData:
     """Read the summaries, manifest rows and the model's training history of the runs under
-    ``output`` and compute what the page shows.
+    ``output`` and compute what the page shows. ``warn`` is told of each run summary skipped
+    (see :func:`read_run_summaries`); the page shows them as notices.
 
     Raises:
         ReportError: there is no run under ``output``, or no run ``run_id``.
         StorageError: the manifest cannot be read.
     """
-    summaries = read_run_summaries(output)
+    unusable: list[str] = []  # summaries skipped, and why: warned about and shown on the page
+    summaries = read_run_summaries(output, warn=unusable.append)
+    for line in unusable:
+        if warn is not None:
+            warn(line)
     manifest = read_manifest_rows(output)
     runs = order_runs(manifest, summaries)
     if not runs:
@@ -454,7 +490,7 @@ def collect_report_data(output: Location, *, s3: S3Options | None = None, max_pa
     headline_counts = counts if headline_id == run_id else count_rows(manifest, headline_id)
     input_root = str(summary.get("input") or (summaries.get(run_id) or {}).get("input") or "")
 
-    notices = []
+    notices = [line[0].upper() + line[1:] + "." for line in unusable]
     if not finished:
         notices.append(f"Run {run_id} did not finish (it wrote no run summary): the report shows the rows it "
                        "wrote; run dce-batch enhance again with the same OUTPUT to finish it.")

@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 from dce_batch.errors import StorageError
 from dce_batch.storage.aws import PortableS3FileSystem, s3_client
 
-__all__ = ["ConditionFailed", "create_exclusive", "delete_if", "read_versioned", "replace_if"]
+__all__ = ["ConditionFailed", "create_exclusive", "delete_if", "discard_local_lock", "read_versioned", "replace_if"]
 
 
 class ConditionFailed(Exception):
@@ -65,15 +65,44 @@ def _local_token(data: bytes) -> str:
 
 @contextlib.contextmanager
 def _local_lock(path: str) -> Iterator[None]:
-    """Exclusive among this machine's processes: every conditional write to ``path`` takes it."""
+    """Exclusive among this machine's processes: every conditional write to ``path`` takes it.
+
+    The lock file may be removed (:func:`discard_local_lock`) while others wait on it: a process
+    that gets the lock of a file no longer at that path locks the file at that path instead."""
     folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    lock = f"{path}.lock"
+    while True:
+        os.makedirs(folder, exist_ok=True)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder went away between the two calls
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.path.samestat(os.fstat(fd), os.stat(lock))
+            except FileNotFoundError:
+                current = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if current:
+            break
+        os.close(fd)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def discard_local_lock(path: str) -> bool:
+    """Remove the lock file of a local ``path`` that does not exist (a lease released by a run
+    that is leaving no trace); whether it was removed. Processes waiting on it lock a new one."""
+    with _local_lock(path):
+        if os.path.lexists(path):
+            return False
+        os.unlink(f"{path}.lock")
+        return True
 
 
 def _local_replace(path: str, data: bytes) -> None:

@@ -225,7 +225,7 @@ def _nothing_found(uri: str, what: str, extensions: frozenset[str], seen: int) -
     )
     return NoInputsFoundError(
         f"no input images in {uri}: {detail} ({what}; hidden files and {MANIFEST_DIR} folders "
-        "are skipped); check the path and --extensions"
+        "are skipped); check the path: a folder, glob, s3:// prefix or list file of images with these extensions"
     )
 
 

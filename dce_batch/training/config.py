@@ -15,6 +15,8 @@ from typing import Any
 from dce_batch.enhance.network import ModelVariant
 from dce_batch.errors import ConfigError
 from dce_batch.imaging import DEFAULT_MAX_PIXELS
+from dce_batch.limits import (MAX_COUNT, MAX_IMAGES_PER_CALL, MAX_LOSS_WEIGHT, MAX_LR, MAX_PIXEL_LIMIT, MAX_SEED, MAX_SIDE,
+                              MAX_WORKER_RESOURCES, MAX_WORKERS, check_number)
 from dce_batch.storage import S3Options
 from dce_batch.training.losses import LossWeights
 
@@ -69,6 +71,31 @@ class TrainConfig:
     inject_failure_at_epoch: int | None = None
 
     def __post_init__(self) -> None:
+        # Types, finiteness and the upper bounds (dce_batch.limits) first: a recipe's numbers reach
+        # here without the CLI's argument types.
+        for name, value, low, high in [
+            ("--workers", self.workers, 1, MAX_WORKERS), ("--epochs", self.epochs, 1, MAX_COUNT),
+            ("--image-size", self.image_size, 16, MAX_SIDE), ("--base-size", self.base_size, 16, MAX_SIDE),
+            ("--batch-size", self.batch_size, 1, MAX_IMAGES_PER_CALL), ("--max-failures", self.max_failures, -1, MAX_COUNT),
+            ("--seed", self.seed, 0, MAX_SEED), ("--keep-checkpoints", self.keep_checkpoints, 1, MAX_COUNT),
+            ("--checkpoint-every", self.checkpoint_every, 1, MAX_COUNT), ("--max-images", self.max_images, 2, MAX_COUNT),
+            ("max_pixels", self.max_pixels, 1, MAX_PIXEL_LIMIT),
+            ("--inject-failure-at-epoch", self.inject_failure_at_epoch, 1, MAX_COUNT),
+        ]:
+            check_number(name, value, low, high, integer=True)
+        for name, value, low, high, low_open in [
+            ("--gpus-per-worker", self.gpus_per_worker, 0, MAX_WORKER_RESOURCES, False),
+            ("--cpus-per-worker", self.cpus_per_worker, 0, MAX_WORKER_RESOURCES, True),
+            ("--min-crop", self.min_crop, 0.05, 1, False), ("--lr", self.lr, 0, MAX_LR, True),
+            ("--weight-decay", self.weight_decay, 0, MAX_LR, False),
+            ("--grad-clip", self.grad_clip, 0, MAX_LOSS_WEIGHT, True), ("--val-fraction", self.val_fraction, 0, 1, False),
+            ("--tv-weight", self.loss.smoothness, 0, MAX_LOSS_WEIGHT, False),
+            ("--spatial-weight", self.loss.spatial, 0, MAX_LOSS_WEIGHT, False),
+            ("--color-weight", self.loss.color, 0, MAX_LOSS_WEIGHT, False),
+            ("--exposure-weight", self.loss.exposure, 0, MAX_LOSS_WEIGHT, False),
+            ("--exposure-target", self.loss.exposure_target, 0, 1, True),
+        ]:
+            check_number(name, value, low, high, low_open=low_open)
         checks = [
             (bool(self.data), ("--data is required: a folder, glob, s3:// prefix or list file of images, "
                                f"or '{BUNDLED_DATA}' for the bundled training images")),

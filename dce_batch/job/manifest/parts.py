@@ -28,10 +28,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dce_batch.errors import StorageError, describe_error
 from dce_batch.job.manifest.schema import conform
 from dce_batch.job.manifest.store import ManifestStore, PartInfo, part_name, run_of_part
 from dce_batch.storage.arrow_paths import one_array
@@ -151,13 +153,18 @@ class PartLedger:
         self._held.clear()
         return infos
 
-    def settle_strays(self, run_id: str) -> tuple[int, int]:
+    def settle_strays(self, run_id: str, *, warn: Callable[[str], None] | None = None) -> tuple[int, int]:
         """Account for the parts of this run whose rows never came back: a worker wrote the part,
         then died before replying, and Ray ran the batch again elsewhere. A stray's rows that a
         known part of this run also holds are dropped (the stray is rewritten without them, or
         deleted); the rest (images finished whose rows the driver never received) are kept, and
         the part is listed in the commit like the others. Call it once the workers have stopped
-        and :meth:`write_held` has run. Returns (stray parts, duplicate rows dropped)."""
+        and :meth:`write_held` has run. Returns (stray parts, duplicate rows dropped).
+
+        Deleting a stray that only repeats rows is clean-up: if the storage refuses the delete,
+        ``warn`` is told and the stray stays, unlisted (the next run adopts it). Its rows are
+        those of a worker that died before the retry that repeated them, and the manifest reads
+        the latest row per run and input."""
         strays = [name for name in self.store.part_names() if run_of_part(name) == run_id and name not in self.written]
         if not strays:
             return 0, 0
@@ -171,7 +178,13 @@ class PartLedger:
             kept = table.filter(keep)
             dropped += table.num_rows - kept.num_rows
             if kept.num_rows == 0:
-                self.store.delete_part(name)
+                try:
+                    self.store.delete_part(name)
+                except StorageError as exc:
+                    if warn is not None:
+                        warn(f"could not delete the manifest part {name}, whose rows all repeat rows of this run's "
+                             f"other parts ({describe_error(exc)}); it stays unlisted, the next run adopts it, and "
+                             "the manifest reads one row per run and input")
                 continue
             self.written[name] = (self.store.write_part(name, kept) if kept.num_rows < table.num_rows
                                   else PartInfo(name, table.num_rows))
