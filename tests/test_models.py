@@ -147,8 +147,8 @@ def test_each_variant_has_one_default_and_the_enums_follow_the_registry():
 
 def _copy_for_the_sidecar_script(root: Path) -> Path:
     """The files the sidecar script reads, in a tree of their own that a test may change."""
-    for relative in ("scripts/make_weights_sidecars.py", "dce_batch/__init__.py", "dce_batch/errors.py",
-                     "dce_batch/enhance/__init__.py", "dce_batch/enhance/registry.py"):
+    for relative in ("scripts/make_weights_sidecars.py", "dce_batch/__init__.py", "dce_batch/_version.py",
+                     "dce_batch/errors.py", "dce_batch/enhance/__init__.py", "dce_batch/enhance/registry.py"):
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_bytes((REPO / relative).read_bytes())
     for folder, pattern in (("dce_batch/weights", "*"), ("training/results", "*_metrics.json")):
