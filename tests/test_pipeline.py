@@ -29,7 +29,7 @@ from dce_batch.job.sizing import ACTOR_BASE_MEMORY, FUSED_BYTES_PER_PIXEL
 from dce_batch.ray_stderr import is_core_log_line
 from dce_batch.enhance.weights import load_weights
 
-from .ray_cluster import alive, cli_env, processes_of, stop_processes_of, writers_of
+from .ray_cluster import alive, cli_env, descendants, processes_of, stop_processes_of, writers_of
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
@@ -558,25 +558,6 @@ def _stop_everything_it_started(process_pid: int, workers: set[int], ray_tmp: st
                 os.kill(pid, signal.SIGKILL)
     # The local pool's fork server and workers end with the driver (PR_SET_PDEATHSIG).
     _wait_for(lambda: not alive(workers), 30, what=f"the killed run's workers to exit: {_describe(workers)}")
-
-
-def descendants(pid: int) -> set[int]:
-    """Live processes below ``pid`` (its workers: a local pool's fork server and workers, or Ray's)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
 
 
 def _describe(pids: set[int]) -> str:
