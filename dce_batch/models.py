@@ -265,14 +265,7 @@ def zero_dce(*, weights: ZeroDCE_Weights | Weights | str | Path | None = None, s
     ``net(x)`` takes N x 3 x H x W in [0, 1] and returns a ``CurveOutput`` whose ``.image`` is the
     enhanced batch; ``net(x, strength=0.5)`` applies half the curve.
     """
-    from dce_batch.enhance.network import DCENet, init_weights
-
-    loaded = _resolve(weights, "full")
-    if loaded is None:
-        model = DCENet(scale=scale)
-        init_weights(model)
-        return model.eval()
-    return loaded.build(scale=scale)  # type: ignore[return-value]
+    return _network(weights, "full", scale)  # type: ignore[return-value]
 
 
 def zero_dce_pp(*, weights: ZeroDCEPP_Weights | Weights | str | Path | None = None,
@@ -283,14 +276,19 @@ def zero_dce_pp(*, weights: ZeroDCEPP_Weights | Weights | str | Path | None = No
     authors' and ``dce-batch enhance``'s default, suits photos; use 1 for small images).
     ``weights`` as for :func:`zero_dce`, with :class:`ZeroDCEPP_Weights`.
     """
-    from dce_batch.enhance.network import DCENetFast, init_weights
+    return _network(weights, "fast", scale)  # type: ignore[return-value]
 
-    loaded = _resolve(weights, "fast")
+
+def _network(weights: Any, variant: str, scale: float):
+    """The network of ``variant`` in eval mode: with ``weights``, or freshly initialised without."""
+    from dce_batch.enhance.network import DCENet, DCENetFast, init_weights
+
+    loaded = _resolve(weights, variant)
     if loaded is None:
-        model = DCENetFast(scale=scale)
+        model = (DCENet if variant == "full" else DCENetFast)(scale=scale)
         init_weights(model)
         return model.eval()
-    return loaded.build(scale=scale)  # type: ignore[return-value]
+    return loaded.build(scale=scale)
 
 
 # --------------------------------------------------------------------------------------------
