@@ -267,6 +267,34 @@ def test_the_moved_modules_table_names_modules_that_exist():
                 assert not path.with_suffix(".py").exists() and not (path / "__init__.py").exists(), (name, row)
 
 
+def test_what_the_readme_writes_into_the_checkout_is_ignored_by_git():
+    """The outputs of the README's commands that land in the working folder (relative OUTPUTs,
+    training storage and exports) stay out of ``git status``."""
+    import shlex
+    import subprocess
+
+    from dce_batch.job.config import DEFAULT_OUTPUT
+
+    written = {DEFAULT_OUTPUT}
+    for body in re.findall(r"^```bash\n(.*?)^```", README.read_text(), re.M | re.S):
+        for line in body.splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:2] == ["dce-batch", "enhance"]:
+                positional = [w for i, w in enumerate(words[2:], 2)
+                              if not w.startswith("-") and not words[i - 1].startswith("--")]
+                written.update(positional[1:2])
+            for option in ("--storage", "--export", "--out"):
+                if option in words:
+                    written.add(words[words.index(option) + 1])
+    relative = sorted(w.removeprefix("./") for w in written if not w.startswith(("/", "s3://", "$")))
+    assert "enhanced-samples" in relative and "runs" in relative, relative
+    if subprocess.run(["git", "rev-parse"], cwd=REPO, capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    for path in relative:
+        ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", f"{path}/"], cwd=REPO)
+        assert ignored.returncode == 0, f"{path}/ (written by a README command) is not in .gitignore"
+
+
 def test_one_version():
     """The package's version is declared twice (pyproject.toml, dce_batch/_version.py): the same."""
     try:
