@@ -6,7 +6,7 @@ The pure pieces (no Ray): :mod:`~dce_batch.enhance.network` (DCE-Net and the fas
 The Ray layers: :mod:`~dce_batch.job.driver` (enhancement job) and :mod:`~dce_batch.training.run`.
 """
 
-__version__ = "0.2.0"
+from dce_batch._version import __version__
 
 __all__ = ["__version__", "enhance_batch", "enhance_image", "models"]
 

@@ -38,6 +38,18 @@ if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time
 
     import numpy as np
     from PIL import Image
+    from typing_extensions import TypedDict, Unpack  # typing's Unpack needs Python 3.11
+
+    class EnhanceSettings(TypedDict, total=False):
+        """The keywords :func:`enhance_image` passes on to :func:`enhance_batch`."""
+
+        scale: float | None
+        device: str
+        precision: str
+        denoise: str
+        denoise_strength: float
+        exposure: float | str
+        highlight_stretch: float
 
     from dce_batch.enhance.network import DCENet, DCENetFast
     from dce_batch.enhance.weights import LoadedWeights
@@ -253,14 +265,7 @@ def zero_dce(*, weights: ZeroDCE_Weights | Weights | str | Path | None = None, s
     ``net(x)`` takes N x 3 x H x W in [0, 1] and returns a ``CurveOutput`` whose ``.image`` is the
     enhanced batch; ``net(x, strength=0.5)`` applies half the curve.
     """
-    from dce_batch.enhance.network import DCENet, init_weights
-
-    loaded = _resolve(weights, "full")
-    if loaded is None:
-        model = DCENet(scale=scale)
-        init_weights(model)
-        return model.eval()
-    return loaded.build(scale=scale)  # type: ignore[return-value]
+    return _network(weights, "full", scale)  # type: ignore[return-value]
 
 
 def zero_dce_pp(*, weights: ZeroDCEPP_Weights | Weights | str | Path | None = None,
@@ -271,14 +276,19 @@ def zero_dce_pp(*, weights: ZeroDCEPP_Weights | Weights | str | Path | None = No
     authors' and ``dce-batch enhance``'s default, suits photos; use 1 for small images).
     ``weights`` as for :func:`zero_dce`, with :class:`ZeroDCEPP_Weights`.
     """
-    from dce_batch.enhance.network import DCENetFast, init_weights
+    return _network(weights, "fast", scale)  # type: ignore[return-value]
 
-    loaded = _resolve(weights, "fast")
+
+def _network(weights: Any, variant: str, scale: float):
+    """The network of ``variant`` in eval mode: with ``weights``, or freshly initialised without."""
+    from dce_batch.enhance.network import DCENet, DCENetFast, init_weights
+
+    loaded = _resolve(weights, variant)
     if loaded is None:
-        model = DCENetFast(scale=scale)
+        model = (DCENet if variant == "full" else DCENetFast)(scale=scale)
         init_weights(model)
         return model.eval()
-    return loaded.build(scale=scale)  # type: ignore[return-value]
+    return loaded.build(scale=scale)
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,19 +337,8 @@ def _enhancer(weights_key: str, variant: str, strength: float, scale: float | No
     return Enhancer(loaded, config)
 
 
-def enhance_image(
-    image: "Image.Image",
-    weights: str | WeightsEnum | Weights | Path | None = None,
-    strength: float = 1.0,
-    *,
-    scale: float | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    denoise: str = "auto",
-    denoise_strength: float = 1.0,
-    exposure: float | str = "auto",
-    highlight_stretch: float = FinishConfig.highlight_stretch,
-) -> "Image.Image":
+def enhance_image(image: "Image.Image", weights: str | WeightsEnum | Weights | Path | None = None,
+                  strength: float = 1.0, **settings: Unpack[EnhanceSettings]) -> "Image.Image":
     """Enhance one PIL image and return a new PIL image, exactly as ``dce-batch enhance`` would.
 
     Args:
@@ -348,32 +347,20 @@ def enhance_image(
         weights: a shipped name (default ``zerodce_sice_v1``; ``zerodcepp_sice_v2`` is the fast
             variant), an enum member, or a weights file.
         strength: 0 returns the image unchanged, 1 applies the model as trained.
-        scale: the curves are estimated on a copy downscaled by this factor (1 = full
-            resolution); None takes the variant's default, as ``dce-batch enhance`` does (4 for
-            DCE-Net, with guided upsampling; 12 for the fast variant).
-        device, precision: as for ``dce-batch enhance`` (``auto`` uses CUDA when present).
-        denoise, denoise_strength, exposure, highlight_stretch: the finishing after the
-            curves, as for ``dce-batch enhance`` (on by default there and here;
-            ``denoise="off", exposure="off"`` gives the network alone).
+        settings: ``scale``, ``device``, ``precision``, ``denoise``, ``denoise_strength``,
+            ``exposure``, ``highlight_stretch``: as for :func:`enhance_batch`, same defaults.
 
-    The loaded network is cached (the last four settings), so calling this in a loop is cheap.
-    Grayscale stays grayscale and alpha is kept (the result is ``L``, ``LA``, ``RGB`` or ``RGBA``,
+    The network is cached as for :func:`enhance_batch`. Grayscale stays grayscale and alpha is kept (the result is ``L``, ``LA``, ``RGB`` or ``RGBA``,
     8 bits per channel), ICC profile and EXIF are kept.
     """
     from PIL import Image as PILImage
 
     from dce_batch.imaging import EncodeOptions, decode_image, encode_image
 
-    if weights is None:
-        weights = ZeroDCE_Weights.DEFAULT
-    key, variant = _weights_key(weights)
-    finish = FinishConfig(denoise=denoise, denoise_strength=denoise_strength, exposure=exposure,  # type: ignore[arg-type]
-                          highlight_stretch=highlight_stretch)
-    enhancer = _enhancer(key, variant, float(strength), None if scale is None else float(scale), device, precision,
-                         finish)
     decoded = decode_image(_pil_to_bytes(image), max_pixels=_pixel_limit(image))
-    result = enhancer.enhance(decoded.pixels)
-    encoded = encode_image(result.pixels, decoded, EncodeOptions(format="png"), fmt="PNG")
+    # decoded.pixels is H x W x 3 (alpha and grayscale are kept aside in ``decoded``).
+    (pixels,) = enhance_batch([decoded.pixels], weights, strength, **settings)
+    encoded = encode_image(pixels, decoded, EncodeOptions(format="png"), fmt="PNG")
     out = PILImage.open(io.BytesIO(encoded.data))
     out.load()
     return out
@@ -422,7 +409,19 @@ def enhance_batch(
     uint16 or float32 in [0, 1]; the same shape and dtype back, with the pixels ``dce-batch
     enhance`` computes for those values (the same network, settings and finishing; windows of
     equal shape from several images share a forward pass). No EXIF orientation is applied: the
-    arrays are taken as they are. Settings as for :func:`enhance_image`; the network is cached."""
+    arrays are taken as they are. ``weights`` and ``strength`` as for :func:`enhance_image`.
+
+    Args:
+        scale: the curves are estimated on a copy downscaled by this factor (1 = full
+            resolution); None takes the variant's default, as ``dce-batch enhance`` does (4 for
+            DCE-Net, with guided upsampling; 12 for the fast variant).
+        device, precision: as for ``dce-batch enhance`` (``auto`` uses CUDA when present).
+        denoise, denoise_strength, exposure, highlight_stretch: the finishing after the curves,
+            as for ``dce-batch enhance`` (on by default there and here; ``denoise="off",
+            exposure="off"`` gives the network alone).
+
+    The loaded network is cached (the last four settings), so calling this in a loop is cheap.
+    """
     import numpy as np
 
     if weights is None:
@@ -446,3 +445,16 @@ def enhance_batch(
             raise ConfigError(f"image {index}: expected H x W, H x W x 3 or H x W x 4 pixels, got shape {array.shape}")
     results = enhancer.enhance_batch(colour)
     return [make(result.pixels) for make, result in zip(rebuild, results)]
+
+
+def _signature_with_settings(function, settings_from):
+    """``function``'s signature with ``**settings`` spelled out as ``settings_from``'s keywords, for
+    help() and editors that read signatures at run time."""
+    import inspect
+
+    own = [p for p in inspect.signature(function).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    keywords = [p for p in inspect.signature(settings_from).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    return inspect.signature(function).replace(parameters=[*own, *keywords])
+
+
+enhance_image.__signature__ = _signature_with_settings(enhance_image, enhance_batch)

@@ -158,9 +158,7 @@ def quiet_ray(verbose: bool) -> RayQuietSettings:
             "print_on_execution_start": False,
             "verbose_stats_logs": False,
         },
-        # Ray's C++ core logs at ERROR level on every healthy Ray Data actor pool ("has
-        # constructor arguments in the object store and max_restarts > 0", ray-project/ray#53727:
-        # Ray Data itself puts each pool's function in the object store), which reads as a failure.
-        # Failures reach the user as exceptions; --verbose shows Ray's own log lines again.
-        environment={"RAY_DEDUP_LOGS": "1", "RAY_BACKEND_LOG_LEVEL": "fatal"},
+        # No C++ log level (RAY_BACKEND_LOG_LEVEL): lowering it would hide real errors too. The
+        # callers filter the driver's standard error instead (dce_batch.ray_stderr).
+        environment={"RAY_DEDUP_LOGS": "1"},
     )

@@ -152,6 +152,28 @@ def alive(pids) -> set[int]:
     return running
 
 
+def descendants(pid: int, *, generation: int | None = None) -> set[int]:
+    """Live processes below ``pid`` (a local pool's fork server and workers, or Ray's); with
+    ``generation``, only those that many levels below (1: children, 2: grandchildren)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: set[int] = set()
+    level, depth = [pid], 0
+    while level and (generation is None or depth < generation):
+        level = [child for parent in level for child in children.get(parent, [])]
+        depth += 1
+        if generation is None or depth == generation:
+            found.update(level)
+    return found
+
+
 _AGENTS = (b"ray::DashboardAgent", b"ray::RuntimeEnvAgent")
 
 

@@ -178,38 +178,45 @@ def test_tiles_with_the_halo_match_the_full_frame(tile):
     halo = finish_halo(config)
     # The DCT stage's blocks reach 7 pixels, its matched groups 2 x 2 grid steps of 3 more.
     assert halo == 2 * config.radius + 7 + 2 * GROUP_SEARCH * DCT_STRIDE == 25
-    worst = _worst_tile_error(low, enhanced, params, config, full, tile, halo)
-    # In practice float rounding of the prefix sums (~2e-5), and where two candidate blocks nearly
-    # tie, another group (measured once here: 4.8e-4).
-    assert worst < STEP
+    differences = _tile_differences(low, enhanced, params, config, full, tile, halo)
+    # What a tile may change: the rounding of its box means' running sums, which start at the tile's
+    # edge (the largest rounding in the chain: the other sums have at most 64 terms); and, rarely,
+    # a discrete choice that rounding tips the other way: two candidate blocks at nearly the same
+    # distance from a group's reference (one of GROUP_SIZE members swapped) or a pixel on a
+    # threshold (strong noise, black). Those are few, and the job's requirement holds for them
+    # too: no pixel moves by an 8-bit step (outputs are written in 8 bits).
+    rounding = _prefix_sum_rounding(*low.shape[-2:], config.radius)
+    assert float((differences > rounding).float().mean()) < 0.01, "more than near-ties differ"
+    assert float(differences.max()) < STEP
     # Block matching is at work in these images (strong noise: 8x and 4x lifts of 2 steps), and
     # a halo without the groups' share is visibly wrong.
     unmatched = FinishConfig(exposure=0.5, matched_noise_level=math.inf)
     assert float((finish_tiles(low, enhanced, params, unmatched) - full).abs().max()) > 4 * STEP
-    assert _worst_tile_error(low, enhanced, params, config, full, tile, 2 * config.radius + 7) > 1e-3
-    # Without the chroma pass's share the chroma is visibly wrong (measured 0.01-0.03).
-    assert _worst_tile_error(low, enhanced, params, config, full, tile, 2 * config.radius) > 1e-3
+    assert _worst_tile_error(low, enhanced, params, config, full, tile, 2 * config.radius + 7) > STEP
+    # Without the chroma pass's share the chroma is visibly wrong (more than a step).
+    assert _worst_tile_error(low, enhanced, params, config, full, tile, 2 * config.radius) > STEP
     # The DCT blocks lie on a grid fixed to the image: a tile that does not say where it lies
-    # gets other blocks (these tiles start 13 rows before their cores, off the grid of 3; measured 0.04).
-    assert _worst_tile_error(low, enhanced, params, config, full, tile, halo, origins=False) > 1e-3
-    # The first chroma pass alone: one pixel less context is visibly wrong (measured 0.007), the
-    # halo is not generous, it is needed.
+    # gets other blocks (these tiles start 13 rows before their cores, off the grid of 3).
+    assert _worst_tile_error(low, enhanced, params, config, full, tile, halo, origins=False) > STEP
+    # The first chroma pass alone: one pixel less context is visibly wrong, the halo is not
+    # generous, it is needed.
     first_only = FinishConfig(exposure=0.5, chroma_refine_radius=0, denoise="fast")
     full = finish_tiles(low, enhanced, params, first_only)
     assert finish_halo(first_only) == 2 * config.radius
     assert _worst_tile_error(low, enhanced, params, first_only, full, tile, 2 * config.radius) < STEP
-    assert _worst_tile_error(low, enhanced, params, first_only, full, tile, 2 * config.radius - 1) > 1e-3
-    # The same with the DCT stage: its blocks need 7 pixels more (with 6, measured 0.005-0.013).
+    assert _worst_tile_error(low, enhanced, params, first_only, full, tile, 2 * config.radius - 1) > STEP
+    # The same with the DCT stage: its blocks need 7 pixels more.
     with_dct = FinishConfig(exposure=0.5, chroma_refine_radius=0, matched_noise_level=math.inf)
     full = finish_tiles(low, enhanced, params, with_dct)
     assert finish_halo(with_dct) == 2 * config.radius + 7
     assert _worst_tile_error(low, enhanced, params, with_dct, full, tile, 2 * config.radius + 7) < STEP
-    assert _worst_tile_error(low, enhanced, params, with_dct, full, tile, 2 * config.radius) > 1e-3
+    assert _worst_tile_error(low, enhanced, params, with_dct, full, tile, 2 * config.radius) > STEP
 
 
-def _worst_tile_error(low, enhanced, params, config, full, tile, halo, origins=True) -> float:
+def _tile_differences(low, enhanced, params, config, full, tile, halo, origins=True) -> torch.Tensor:
+    """|tiled - full| at every pixel, the image finished in tiles of ``tile`` with ``halo``."""
     _, _, height, width = low.shape
-    worst = 0.0
+    differences = torch.zeros_like(full)
     for y0 in range(0, height, tile):
         for x0 in range(0, width, tile):
             y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
@@ -217,8 +224,24 @@ def _worst_tile_error(low, enhanced, params, config, full, tile, halo, origins=T
             out = finish_tiles(low[..., py0:py1, px0:px1], enhanced[..., py0:py1, px0:px1], params, config,
                                origins=[(py0, px0)] * low.shape[0] if origins else None)
             core = out[..., y0 - py0:y1 - py0, x0 - px0:x1 - px0]
-            worst = max(worst, float((core - full[..., y0:y1, x0:x1]).abs().max()))
-    return worst
+            differences[..., y0:y1, x0:x1] = (core - full[..., y0:y1, x0:x1]).abs()
+    return differences
+
+
+def _worst_tile_error(*args, **kwargs) -> float:
+    return float(_tile_differences(*args, **kwargs).max())
+
+
+def _prefix_sum_rounding(height: int, width: int, radius: int) -> float:
+    """How far a tile's box mean of values in [0, 1] can be from the full frame's: the means come
+    from running sums (filters.box_mean) that start at the tile's edge, not the image's. A running
+    sum over k <= n such values is off by at most gamma_n * n (gamma_n = n u / (1 - n u), u =
+    2^-24: Higham, Accuracy and Stability of Numerical Algorithms, section 3.1); a window's sum is
+    the difference of two, along each of two axes, the second summing 2r + 1 of the first's; the
+    mean divides by (2r + 1)^2. Two such computations differ by at most twice that."""
+    n = max(height, width)
+    gamma = n * 2.0**-24 / (1 - n * 2.0**-24)
+    return 2 * (2 * gamma * n * (2 * radius + 1) + 2 * gamma * n) / (2 * radius + 1) ** 2
 
 
 def test_exposure_moves_a_dark_result_toward_the_scene_target():
@@ -348,10 +371,25 @@ def test_blacks_stay_black_on_the_retina_sample():
     path = Path(__file__).resolve().parents[1] / "dce_batch" / "samples" / "retina_dark.jpg"
     image = Image.open(path).convert("RGB")
     pixels = np.asarray(image)
-    surround = maximum_filter(pixels.max(axis=2), size=13) <= 2  # 6 px or more from any signal
+    brightest = pixels.max(axis=2)
+    surround = maximum_filter(brightest, size=13) <= 2  # more than 6 px from any signal
     assert surround.mean() > 0.1  # the black mask around the retina
     out = np.asarray(enhance_image(image, device="cpu"))
     assert int(out[surround].max()) <= 2
+    # The band of black inputs (0-2) within 6 px of the retina is exempt from that: it is the
+    # disc's soft edge (its rim ramps 0, 1, 2, 3, 6 ... in the input) and the JPEG ringing beside
+    # it, both real input, which the curves lift steeply. Blacks are kept only where a pixel's
+    # whole 7 x 7 neighbourhood is black: deciding by a pixel's own value would cut a hard step
+    # into every soft edge and break up dark content that noise dithers between 0 and 6 steps.
+    # What holds there: a ramp down from the edge to black, no rim of its own.
+    brightness = out.max(axis=2).astype(float)
+    black = brightest <= 2
+    within = [black & (maximum_filter(brightest, size=2 * k + 1) > 2) for k in range(1, 7)]
+    rings = [within[0]] + [outer & ~inner for inner, outer in zip(within, within[1:])]
+    ring_means = [float(brightness[ring].mean()) for ring in rings]
+    assert all(a > b for a, b in zip(ring_means, ring_means[1:])), ring_means
+    edge = ~black & (maximum_filter(black, size=3))  # the signal's outermost pixels
+    assert ring_means[0] < float(brightness[edge].mean()), (ring_means, float(brightness[edge].mean()))
     network = np.asarray(enhance_image(image, device="cpu", denoise="off", exposure="off"))
     assert float(network[surround].mean()) > 5.0  # what the fix is for
     # The retina itself is lifted, not blacked out.

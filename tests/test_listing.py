@@ -28,11 +28,7 @@ from dce_batch.storage import (
 )
 from dce_batch.storage.globs import glob_regex
 from tests.fault_proxy import fault_proxy  # noqa: F401 - a fixture
-from tests.trees import make_files, relpaths
-
-IMAGES = (".jpg", ".jpeg", ".png")
-LOCAL = pafs.LocalFileSystem()
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.trees import IMAGES, LOCAL, REPO_ROOT, make_files, relpaths
 
 
 @pytest.fixture

@@ -121,6 +121,19 @@ def test_enhance_image_keeps_grayscale_and_alpha_and_fast_variant():
     np.testing.assert_array_equal(np.asarray(unchanged), np.asarray(gray))
 
 
+def test_enhance_image_takes_the_keywords_of_enhance_batch():
+    """One list of settings, with its defaults, in enhance_batch; enhance_image passes them on and
+    shows them in its signature."""
+    import inspect
+
+    image = inspect.signature(dce_batch.enhance_image).parameters
+    batch = inspect.signature(dce_batch.enhance_batch).parameters
+    assert list(image)[1:] == list(batch)[1:] and list(image)[0] == "image"
+    assert all(image[name].default == batch[name].default for name in list(batch)[1:])
+    with pytest.raises(TypeError, match="colour"):
+        dce_batch.enhance_image(Image.new("RGB", (4, 4)), colour=1)
+
+
 def test_transforms_give_the_network_input():
     tensor = models.ZeroDCE_Weights.DEFAULT.transforms()(Image.open(SAMPLES / "chelsea_night.png"))
     assert tensor.shape == (1, 3, 213, 320) and tensor.dtype == torch.float32 and 0 <= tensor.min() <= tensor.max() <= 1
@@ -147,8 +160,8 @@ def test_each_variant_has_one_default_and_the_enums_follow_the_registry():
 
 def _copy_for_the_sidecar_script(root: Path) -> Path:
     """The files the sidecar script reads, in a tree of their own that a test may change."""
-    for relative in ("scripts/make_weights_sidecars.py", "dce_batch/__init__.py", "dce_batch/errors.py",
-                     "dce_batch/enhance/__init__.py", "dce_batch/enhance/registry.py"):
+    for relative in ("scripts/make_weights_sidecars.py", "dce_batch/__init__.py", "dce_batch/_version.py",
+                     "dce_batch/errors.py", "dce_batch/enhance/__init__.py", "dce_batch/enhance/registry.py"):
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_bytes((REPO / relative).read_bytes())
     for folder, pattern in (("dce_batch/weights", "*"), ("training/results", "*_metrics.json")):

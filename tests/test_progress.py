@@ -18,6 +18,7 @@ import threading
 import pyarrow as pa
 import pytest
 
+from dce_batch.job.manifest.summary import RunSummary
 from dce_batch.job.progress import Progress, format_duration
 from dce_batch.ray_logging import quiet_ray
 
@@ -64,6 +65,60 @@ def test_pipe_gets_periodic_plain_lines_with_rate_errors_and_eta():
     assert lines[-1] == "100/100 images (100%), 3 errors, 4.76 images/s, elapsed 21s, ETA 0s"
     progress.close()  # idempotent
     assert stream.getvalue().splitlines()[-1] == lines[-1]
+
+
+def _manifest_batch(statuses: list[str]) -> pa.Table:
+    """Rows as the workers return them, with what the run summary counts."""
+    return _batch(statuses).append_column("bytes_in", pa.array([100] * len(statuses))) \
+        .append_column("bytes_out", pa.array([200] * len(statuses))) \
+        .append_column("width", pa.array([640] * len(statuses), pa.int32())) \
+        .append_column("height", pa.array([480] * len(statuses), pa.int32())) \
+        .append_column("precision", pa.array(["int8"] * len(statuses)))
+
+
+def _summary_rate(summary: RunSummary) -> str:
+    line = next(line for line in summary.table().splitlines() if line.strip().startswith("throughput"))
+    return line.split()[1]
+
+
+@pytest.mark.parametrize("interactive", [False, True], ids=["plain", "terminal"])
+def test_the_closing_line_and_the_summary_say_the_same_images_per_second(interactive):
+    """One interval for both: from the run's start (before the bar existed) to the last image; the
+    summary counts what the workers did, not what planning skipped or refused."""
+    clock = FakeClock()
+    started = clock.now
+    clock.now += 4  # planning and starting the workers, before the progress exists
+    summary = RunSummary(run_id="r", input="in", output="out", started_at="")
+    refused = _manifest_batch(["error"] * 2)  # written at planning: counted as errors, not as work
+    summary.add(refused)
+    summary.refused = 2
+    summary.add(_manifest_batch(["skipped"] * 5))
+    master, slave = pty.openpty()
+    received = bytearray()
+    reader = threading.Thread(target=_read_all, args=(master, received), daemon=True)
+    reader.start()
+    with os.fdopen(slave, "w", buffering=1) as terminal:
+        stream = terminal if interactive else io.StringIO()
+        progress = Progress(30, stream=stream, clock=clock, started=started, interval_s=1000, refresh_s=0)
+        assert progress.interactive is interactive
+        for statuses in (["ok"] * 10, ["ok"] * 9 + ["error"], ["ok"] * 10):
+            clock.now += 2.3
+            batch = _manifest_batch(statuses)
+            summary.add(batch)
+            progress.update_batch(batch)
+        clock.now += 0.5
+        progress.close()
+        clock.now += 3  # committing: after the last image, in neither figure
+        summary.finish(progress.elapsed_s)
+        plain = stream.getvalue() if not interactive else ""
+    reader.join(timeout=10)
+    os.close(master)
+    assert summary.elapsed_s == pytest.approx(4 + 3 * 2.3 + 0.5) and _summary_rate(summary) == "2.63"
+    if interactive:
+        final = received.decode(errors="replace").replace("\r\n", "\n").split("\r")[-1]
+        assert re.search(r"30/30 \[[^\]]*, *" + re.escape(_summary_rate(summary)) + r"img/s", final), final
+    else:
+        assert f", {_summary_rate(summary)} images/s," in plain.splitlines()[-1], plain
 
 
 def test_quiet_prints_only_errors_and_caps_them():

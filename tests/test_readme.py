@@ -85,10 +85,12 @@ def _check_training_is_quiet_and_leaves_no_cluster(result, work: Path, ray_tmp: 
     reads is the run's line, one line per epoch and the result; no Ray log lines, bars or colour
     codes; the results where the user said; and the local cluster ends with the command."""
     from dce_batch.enhance.weights import load_weights
+    from dce_batch.ray_stderr import is_core_log_line
 
     output = result.stdout + result.stderr
     assert "\x1b" not in output and "\r" not in output, "no colour codes or redrawn bars"
     assert not any(marker in output for marker in ("row/s", "it/s", "INFO", "Warning", "(pid=")), output
+    assert not [line for line in output.splitlines() if is_core_log_line(line)], "no Ray C++ log lines"
     training = [line for line in output.splitlines() if line.startswith("[dce-batch train]")]
     assert [line.split()[3] for line in training if "] epoch " in line] == ["1/2", "2/2"], output
     assert len(training) <= 4, output

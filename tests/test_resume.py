@@ -21,6 +21,8 @@ from dce_batch.job.manifest import ManifestStore, read_manifest
 from dce_batch.job.manifest.lease import acquire_lease
 from dce_batch.storage import Location
 
+from .ray_cluster import descendants
+
 
 def _image(path: Path, seed: int, size=(40, 56)) -> None:
     rng = np.random.default_rng(seed)
@@ -200,19 +202,6 @@ def test_on_s3_a_run_aborts_the_uploads_a_killed_run_left_open_and_holds_a_lease
     assert "out/_manifest/_lease.json" not in s3_server.list_keys(s3_bucket, "out/")
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
-
-
 @pytest.mark.slow
 def test_a_killed_local_worker_stops_the_run_with_one_line_and_loses_nothing(tmp_path):
     import signal
@@ -232,7 +221,7 @@ def test_a_killed_local_worker_stops_the_run_with_one_line_and_loses_nothing(tmp
         while len(list(out.glob("_manifest/part-*.parquet"))) < 2:
             assert process.poll() is None and time.monotonic() < deadline, "no parts"
             time.sleep(0.05)
-        workers = [w for server in _children(process.pid) for w in _children(server)]
+        workers = sorted(descendants(process.pid, generation=2))
         assert workers, "the local pool's workers (children of its fork server)"
         os.kill(workers[0], signal.SIGKILL)
         _, err = process.communicate(timeout=120)

@@ -33,11 +33,7 @@ from dce_batch.storage import (
 )
 from dce_batch.storage import io as storage_io
 from dce_batch.storage.uris import s3_endpoint
-from tests.trees import make_files, relpaths
-
-IMAGES = (".jpg", ".jpeg", ".png")
-LOCAL = pafs.LocalFileSystem()
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.trees import IMAGES, LOCAL, REPO_ROOT, make_files, relpaths
 
 
 # --- Location ------------------------------------------------------------------------------

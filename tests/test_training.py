@@ -212,6 +212,26 @@ def test_invalid_training_settings():
         _config("", "/runs")
 
 
+def test_a_cpu_training_worker_runs_with_denormals_flushed():
+    """What the training loop does first on a CPU worker (no Ray needed): subnormal results become
+    zero, as in the enhancement workers (activations and gradients go subnormal too)."""
+    from dce_batch.training.loop import prepare_cpu_worker
+
+    # torch returns False where the CPU has no flush-to-zero mode it can set: nothing to test there.
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU has no flush-to-zero mode torch can set")
+    threads = torch.get_num_threads()
+    try:
+        tiny = torch.tensor(0x000AE398, dtype=torch.int32).view(torch.float32).reshape(1)  # 1.0e-39, from its bits
+        assert (tiny * 1.0).item() != 0.0  # off: a subnormal survives arithmetic
+        prepare_cpu_worker(TrainConfig(data=BUNDLED_DATA, cpus_per_worker=1))
+        assert (tiny * 1.0).item() == 0.0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_flush_denormal(True)  # as any Enhancer leaves this process
+        torch.set_num_threads(threads)
+
+
 def test_bundled_training_samples():
     """`--data samples`: the bundled set, small, readable, under- and over-exposed."""
     config = TrainConfig(data=BUNDLED_DATA)

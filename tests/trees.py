@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.fs as pafs
+
+IMAGES = (".jpg", ".jpeg", ".png")  # the extensions the listing tests ask for
+LOCAL = pafs.LocalFileSystem()
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 
 def make_files(root: Path, names: list[str]) -> None:
     """Create ``names`` (``/``-separated) under ``root``, each holding its own name."""

@@ -149,7 +149,7 @@ def export_onnx(weights: str | Path | None, target: str | Path, *, variant: str 
         import torch
     except ImportError as exc:
         raise ConfigError(f"ONNX export needs onnxscript and onnx: pip install 'dce-batch[onnx]' ({exc})") from exc
-    from dce_batch import __version__
+    from dce_batch._version import __version__
     from dce_batch.enhance.onnx_round import symbolic_round
     from dce_batch.enhance.weights import load_weights
 

@@ -89,6 +89,7 @@ class Progress:
         self.started = clock() if started is None else started
         self.last_line = clock()
         self.closed = False
+        self.finished: float | None = None  # when close() was called, on ``clock``
         self._bar = None
         if self.interactive:
             from tqdm.auto import tqdm
@@ -97,9 +98,11 @@ class Progress:
             # skipping, which would leave a slow run's bar stale for many batches).
             # A terminal that reports 0 columns (some container ttys) would get an empty bar.
             sized = _terminal_columns(self.stream) > 0
+            # Always images/s (tqdm turns a rate under 1 into s/img), the unit of the summary.
             self._bar = tqdm(total=total, unit="img", file=self.stream, dynamic_ncols=sized,
                              ncols=None if sized else 100, mininterval=refresh_s, miniters=1, smoothing=0.1,
-                             desc="enhance")
+                             desc="enhance", bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
+                                                        "[{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]")
             self._bar.set_postfix_str("0 errors", refresh=False)
 
     # -- counting -----------------------------------------------------------------------------
@@ -141,8 +144,14 @@ class Progress:
 
     # -- output ---------------------------------------------------------------------------------
 
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds from the start to :meth:`close` (to now while open): the interval of the
+        closing line's images/s, which the run summary takes too (:meth:`RunSummary.finish`)."""
+        return (self.clock() if self.finished is None else self.finished) - self.started
+
     def rate(self, now: float | None = None) -> float:
-        """Images per second since the start."""
+        """Images per second since the start (until :meth:`close`)."""
         elapsed = (self.clock() if now is None else now) - self.started
         return self.done / elapsed if elapsed > 0 else 0.0
 
@@ -172,10 +181,14 @@ class Progress:
         if self.closed:
             return
         self.closed = True
+        self.finished = self.clock()
         if self._bar is not None:
+            # tqdm's last redraw shows the mean rate over its own elapsed time: make that the
+            # run's (it started before the bar was made), as in the summary.
+            self._bar.start_t = self._bar._time() - (self.finished - self.started)
             self._bar.close()
         elif not self.quiet:
-            self._line(self.clock())
+            self._line(self.finished)
 
     def __enter__(self) -> "Progress":
         return self

@@ -31,13 +31,21 @@ from dce_batch.training.data import AugmentConfig, augment_batch
 from dce_batch.training.losses import ZeroDCELoss
 from dce_batch.training.progress import EpochEvent, ResumeEvent, send_progress
 
-__all__ = ["CHECKPOINT_FILE", "HISTORY_FILE", "LOSS_TERMS", "train_loop"]
+__all__ = ["CHECKPOINT_FILE", "HISTORY_FILE", "LOSS_TERMS", "prepare_cpu_worker", "train_loop"]
 
 CHECKPOINT_FILE = "state.pt"
 HISTORY_FILE = "history.json"
 LOSS_TERMS = ("smoothness", "spatial", "color", "exposure")
 SHUFFLE_BUFFER_ROWS = 256
 VALIDATION_BATCH = 32
+
+
+def prepare_cpu_worker(config: TrainConfig) -> None:
+    """A CPU worker's process: its share of the cores, freed memory kept and denormals flushed
+    (activations and gradients decay into the subnormal range too, where Intel CPUs take a slow
+    path for every multiply; see :func:`~dce_batch.enhance.precision.flush_denormals`)."""
+    torch.set_num_threads(max(1, math.floor(config.cpus_per_worker)))
+    prepare_cpu_process()
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
@@ -56,8 +64,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cpu":
-        torch.set_num_threads(max(1, math.floor(config.cpus_per_worker)))
-        prepare_cpu_process()
+        prepare_cpu_worker(config)
     autocast_dtype = torch.bfloat16 if (config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")) else None
 
     torch.manual_seed(config.seed)

@@ -23,7 +23,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import torch
 
 from dce_batch.enhance.weights import WeightsMeta
 from dce_batch.errors import ConfigError
+from dce_batch.ray_stderr import FilteredStderr
 from dce_batch.storage import Location, filesystem_for, read_bytes
 from dce_batch.training.config import TrainConfig
 from dce_batch.training.datasets import (
@@ -90,36 +91,38 @@ def run_training(config: TrainConfig, *, say: Callable[[str], None] | None = Non
     storage_fs, storage_path = filesystem_for(config.storage, config.s3)
     storage_location = Location.parse(config.storage, config.s3)
 
-    start_ray(config.verbose)
-    data = decode_datasets(config, filesystem, files)
-    say(f"{PREFIX} run {name!r}: {data.images} images from {config.data_description} ({data.train_images} "
-        f"train, {data.val_images} validation, {len(data.unreadable)} unreadable), {config.workers} "
-        f"worker{'s' if config.workers != 1 else ''}; checkpoints in {storage_location.child_uri(name)}")
-    if data.train_images % config.workers:
-        # Ray Train gives every worker the same number of rows (DDP steps must match), so the
-        # remainder sits out each epoch; the local shuffle changes which rows that is.
-        say(f"{PREFIX}   {data.train_images % config.workers} training image(s) per epoch left out"
-            f" to split {data.train_images} evenly over {config.workers} workers")
-    for line in data.unreadable[:10]:
-        say(f"{PREFIX}   skipped {line}")
+    # Ray's benign C++ log lines held back for the run (see dce_batch.ray_stderr); --verbose shows them.
+    with nullcontext() if config.verbose else FilteredStderr():
+        start_ray(config.verbose)
+        data = decode_datasets(config, filesystem, files)
+        say(f"{PREFIX} run {name!r}: {data.images} images from {config.data_description} ({data.train_images} "
+            f"train, {data.val_images} validation, {len(data.unreadable)} unreadable), {config.workers} "
+            f"worker{'s' if config.workers != 1 else ''}; checkpoints in {storage_location.child_uri(name)}")
+        if data.train_images % config.workers:
+            # Ray Train gives every worker the same number of rows (DDP steps must match), so the
+            # remainder sits out each epoch; the local shuffle changes which rows that is.
+            say(f"{PREFIX}   {data.train_images % config.workers} training image(s) per epoch left out"
+                f" to split {data.train_images} evenly over {config.workers} workers")
+        for line in data.unreadable[:10]:
+            say(f"{PREFIX}   skipped {line}")
 
-    with _ray_deprecations_hidden(not config.verbose), ProgressRelay(say, started) as relay:
-        trainer = _trainer(config, name, storage_fs, storage_path, data, init_state, relay.queue)
-        result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    if result.checkpoint is None:
-        raise ConfigError(f"run {name!r} finished without a checkpoint")
+        with _ray_deprecations_hidden(not config.verbose), ProgressRelay(say, started) as relay:
+            trainer = _trainer(config, name, storage_fs, storage_path, data, init_state, relay.queue)
+            result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        if result.checkpoint is None:
+            raise ConfigError(f"run {name!r} finished without a checkpoint")
 
-    with result.checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        history = json.loads((Path(folder) / HISTORY_FILE).read_text())
-    write_run_results(result.filesystem, result.path, name, config, data, history, say)
-    meta = export_weights(config, name, state["model"], history[-1], data) if config.export else None
-    return TrainingOutcome(run_path=result.path, run_uri=storage_location.child_uri(name), metrics=history[-1],
-                           history=history, images=data.images, unreadable=data.unreadable,
-                           train_images=data.train_images, val_images=data.val_images,
-                           export_uri=config.export, weights_meta=meta, seconds=time.monotonic() - started)
+        with result.checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+            history = json.loads((Path(folder) / HISTORY_FILE).read_text())
+        write_run_results(result.filesystem, result.path, name, config, data, history, say)
+        meta = export_weights(config, name, state["model"], history[-1], data) if config.export else None
+        return TrainingOutcome(run_path=result.path, run_uri=storage_location.child_uri(name), metrics=history[-1],
+                               history=history, images=data.images, unreadable=data.unreadable,
+                               train_images=data.train_images, val_images=data.val_images,
+                               export_uri=config.export, weights_meta=meta, seconds=time.monotonic() - started)
 
 
 def start_ray(verbose: bool) -> bool:

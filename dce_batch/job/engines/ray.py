@@ -43,6 +43,7 @@ from dce_batch.job.worker import (
     writer_name,
 )
 from dce_batch.ray_logging import quiet_ray
+from dce_batch.ray_stderr import FilteredStderr
 
 __all__ = ["EnhanceActor", "GpuEnhanceActor", "RayEngine", "is_local_cluster", "starts_local_cluster"]
 
@@ -185,6 +186,8 @@ class RayEngine:
         self.config, self.say, self.shutdown = config, say, shutdown
         self.started_cluster = False
         self._closed = False
+        # Quiet runs: Ray's benign C++ log lines (see ray_stderr) held back until close().
+        self._stderr = FilteredStderr()
 
     def start(self) -> None:
         """Connect to RAY_ADDRESS or a ``ray start`` cluster on this machine, else start one."""
@@ -192,6 +195,8 @@ class RayEngine:
 
         quiet = quiet_ray(self.config.verbose)
         quiet.apply()
+        if not self.config.verbose:
+            self._stderr.start()
         if ray.is_initialized():
             return
         if not starts_local_cluster():
@@ -279,7 +284,10 @@ class RayEngine:
         if self._closed:
             return
         self._closed = True
-        if self.started_cluster and self.shutdown:
-            import ray
+        try:
+            if self.started_cluster and self.shutdown:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
+        finally:
+            self._stderr.stop()

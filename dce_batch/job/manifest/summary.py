@@ -78,6 +78,16 @@ class RunSummary:
                 if len(self.first_errors) < 20:
                     self.first_errors.append({"input_uri": uri, "error": message or ""})
 
+    def finish(self, elapsed_s: float, finished_at: str = "") -> None:
+        """Close the counts: ``elapsed_s`` is the run's time to its last image (the progress's
+        :attr:`~dce_batch.job.progress.Progress.elapsed_s`, so both say the same images/s); the
+        rates count the images this run enhanced or failed (not skipped, not refused at planning)."""
+        self.finished_at = finished_at or self.finished_at
+        self.elapsed_s = elapsed_s
+        processed = self.ok + self.error - self.refused
+        self.images_per_s = processed / elapsed_s if elapsed_s > 0 else 0.0
+        self.megapixels_per_s = self.megapixels / elapsed_s if elapsed_s > 0 else 0.0
+
     def to_json(self) -> str:
         return json.dumps(vars(self), indent=2, default=str)
 
