@@ -48,7 +48,11 @@ def test_a_replaced_input_is_redone_and_the_summary_says_so(tmp_path, capsys):
     _image(source / "img1.png", 99, size=(44, 60))  # retouched: other pixels, other size
     second = _run(source, out)
     assert (second.ok, second.skipped, second.changed) == (1, 2, 1)
-    assert "1 changed since they were enhanced" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "1 changed since they were enhanced" in err
+    # The closing progress line and the summary count the same images over the same interval.
+    closing = [line for line in err.splitlines() if "images (100%)" in line][-1]
+    assert f"{second.images_per_s:.2f} images/s" in closing, (closing, second.images_per_s)
     assert "changed" in second.table() and (out / "img1.png").read_bytes() != before
     latest = {r["input_relpath"]: r for r in read_manifest(str(out)).to_pylist() if r["run_id"] == second.run_id}
     assert latest["img1.png"]["status"] == "ok" and latest["img1.png"]["width"] == 60

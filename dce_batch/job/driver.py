@@ -496,7 +496,7 @@ def _run(config, output, store, weights, prepared: Prepared, engine, stop: StopR
                 say(f"{strays} manifest part(s) written by workers that died before replying: {duplicates} rows "
                     "their batches' retries wrote again were dropped from them")
             if status == "finished":
-                _finish_summary(summary, plan, started)
+                summary.finish(progress.elapsed_s, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
                 store.write_summary(config.run_id, summary.to_json())
             store.write_commit(CommitRecord(
                 run_id=config.run_id, status=status, parts=ledger.parts(),
@@ -532,14 +532,6 @@ def _describe_pool(engine, plan, config) -> str:
              f"{plan.gpus_per_worker:g}, memory {plan.memory_per_worker / 2**30:.1f} GiB)")
     return (f"{'staged' if plan.staged else 'fused'} pipeline in {where}; {plan.images_per_call} images per call of up "
             f"to {plan.image_pixel_limit / 1e6:g} MP (pool limited by {plan.limited_by}), precision {config.precision}")
-
-
-def _finish_summary(summary: RunSummary, plan: Plan, started: float) -> None:
-    summary.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    summary.elapsed_s = time.time() - started
-    processed = summary.ok + summary.error - plan.refused.num_rows
-    summary.images_per_s = processed / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
-    summary.megapixels_per_s = summary.megapixels / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
 
 
 def _report(config: EnhanceConfig, summary: RunSummary, say) -> None:
