@@ -310,11 +310,11 @@ def use_driver_memory_pool() -> None:
     """Arrow's allocations in this process from here on come from the C library's ``malloc``.
 
     The driver's planning allocates and frees column after column of tens of MB (a million
-    paths, sizes, times, ETags, sort orders). pyarrow's default pool (mimalloc) hands such blocks
-    back to the system and takes fresh ones, whose every page is then faulted in again; ``malloc``
-    keeps freed blocks of that size for the next allocation. Buffers allocated before keep their
-    own pool, so switching at any point is safe (benchmarks/README.md, "Arrow's memory pool in the
-    driver")."""
+    paths, sizes, times, ETags, sort orders). pyarrow's default pool (mimalloc) backs them with
+    transparent huge pages and purges them when freed, so the kernel zeroes fresh 2 MB pages
+    again and again, more with every extra column; ``malloc`` reuses freed memory. Buffers
+    allocated before keep their own pool, so switching at any point is safe
+    (benchmarks/README.md, "Arrow's memory pool in the driver")."""
     pa.set_memory_pool(pa.system_memory_pool())
 
 
