@@ -35,7 +35,12 @@ The inputs need not exist (planning never opens them); the outputs do, for the e
 so the script makes 1,000,000 empty files once (on /dev/shm when it has room, else /tmp) and
 reuses them; ``--clean`` deletes them afterwards.
 
+Each child uses the Arrow memory pool ``run_enhance`` sets (``driver.use_driver_memory_pool``);
+``--pools driver,mimalloc`` also measures pyarrow's default pool, interleaved, and prints the
+ratio of the medians for each scenario and variant.
+
     python benchmarks/bench_planning.py                 # 1,000,000 inputs, 5 rounds (~4-5 min on 2 CPUs, /dev/shm)
+    python benchmarks/bench_planning.py --pools driver,mimalloc   # and pyarrow's default pool (twice as long)
     python benchmarks/bench_planning.py --inputs 100000 --rounds 1
     python benchmarks/bench_planning.py --clean         # and remove the files it made
 """
@@ -154,8 +159,9 @@ def prepare_files(n: int) -> Path:
     return work
 
 
-def run_scenario(n: int, scenario: str, variant: str) -> dict:
-    """Child process: one ``driver.prepare``, timed; returns counts, seconds and peak RSS."""
+def run_scenario(n: int, scenario: str, variant: str, pool: str = "driver") -> dict:
+    """Child process: one ``driver.prepare``, timed; returns counts, seconds and peak RSS. ``pool``:
+    Arrow's memory pool, ``driver`` for the one ``run_enhance`` sets, or a pyarrow pool's name."""
     from datetime import datetime, timezone
 
     from dce_batch.job import driver
@@ -172,6 +178,13 @@ def run_scenario(n: int, scenario: str, variant: str) -> dict:
         shutil.copytree(work / f"manifest_{'all' if scenario == 'resume' else 'half'}_{variant}", manifest)
     config = _config(work, variant)
     import ray  # noqa: F401 - the driver has Ray imported too (engine choice): count it in the baseline
+
+    if pool == "driver":
+        driver.use_driver_memory_pool()  # as run_enhance does
+    else:
+        import pyarrow as pa
+
+        pa.set_memory_pool(getattr(pa, f"{pool}_memory_pool")())
 
     weights = driver.resolve_weights(config)
     output = Location.parse(config.output, config.s3)
@@ -196,9 +209,10 @@ def _reset_peak() -> None:
         handle.write("5")  # resets VmHWM to the current RSS
 
 
-def _child(n: int, scenario: str, variant: str) -> dict:
+def _child(n: int, scenario: str, variant: str, pool: str) -> dict:
     child = subprocess.run([sys.executable, __file__, "--inputs", str(n), "--scenario", scenario,
-                            "--variant", variant], capture_output=True, text=True, cwd=REPO, timeout=1800)
+                            "--variant", variant, "--pools", pool], capture_output=True, text=True, cwd=REPO,
+                           timeout=1800)
     if child.returncode != 0:
         raise RuntimeError(f"{scenario}/{variant} failed ({child.returncode}):\n{child.stderr[-3000:]}")
     return json.loads(child.stdout.strip().splitlines()[-1])
@@ -209,11 +223,14 @@ def main() -> int:
     parser.add_argument("--inputs", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=5, help="runs of each scenario and variant (default: 5)")
     parser.add_argument("--clean", action="store_true", help="delete the files made for the benchmark at the end")
+    parser.add_argument("--pools", default="driver",
+                        help="Arrow memory pools to compare, comma-separated: driver (what run_enhance sets), "
+                             "mimalloc (pyarrow's default on Linux), jemalloc, system (default: driver)")
     parser.add_argument("--scenario", choices=SCENARIOS, help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.scenario:
-        print(json.dumps(run_scenario(args.inputs, args.scenario, args.variant)))
+        print(json.dumps(run_scenario(args.inputs, args.scenario, args.variant, args.pools)))
         return 0
     print(hardware_line("n/a (no model runs)"))
     started = time.time()
@@ -222,18 +239,38 @@ def main() -> int:
           f"with {args.inputs:,} existing outputs in {work} (set up {'now' if time.time() - started > 5 else 'earlier'}: "
           f"{(work / 'ready').read_text().split(chr(10))[1]})")
     print(foreign_load_now())
-    results: dict[tuple[str, str], list[dict]] = {}
+    pools = args.pools.split(",")
+    by_pool: dict[str, dict[tuple[str, str], list[dict]]] = {pool: {} for pool in pools}
     monitor = LoadMonitor()
     try:
         for round_ in range(args.rounds):
             for scenario in SCENARIOS:
-                for variant in (VARIANTS if round_ % 2 == 0 else VARIANTS[::-1]):
-                    results.setdefault((scenario, variant), []).append(_child(args.inputs, scenario, variant))
+                for pool in (pools if round_ % 2 == 0 else pools[::-1]):
+                    for variant in (VARIANTS if round_ % 2 == 0 else VARIANTS[::-1]):
+                        by_pool[pool].setdefault((scenario, variant), []).append(
+                            _child(args.inputs, scenario, variant, pool))
     finally:
         load = monitor.line()
         monitor.stop()
         if args.clean:
             shutil.rmtree(work, ignore_errors=True)
+    for pool in pools:
+        print(f"Arrow memory pool: {pool}" + (" (what run_enhance sets: system)" if pool == "driver" else ""))
+        _report(by_pool[pool])
+    if len(pools) > 1:
+        rows = []
+        for scenario in SCENARIOS:
+            for variant in VARIANTS:
+                base = median([r["seconds"] for r in by_pool[pools[0]][(scenario, variant)]])
+                rows.append([scenario, f"{variant} fingerprints"] + [
+                    f"{median([r['seconds'] for r in by_pool[pool][(scenario, variant)]]) / base:.3f}"
+                    for pool in pools[1:]])
+        print(table(["scenario", "variant"] + [f"{pool} / {pools[0]} (median s)" for pool in pools[1:]], rows))
+    print(load)
+    return 0
+
+
+def _report(results: dict[tuple[str, str], list[dict]]) -> None:
     rows = []
     for scenario in SCENARIOS:
         for variant in VARIANTS:
@@ -266,8 +303,6 @@ def main() -> int:
           "driver, pyarrow); 'RSS before': its RSS then, imports and weights' header read; CPU s: the child's "
           "process_time (all threads) during prepare, less sensitive than wall time to other processes' load; "
           "the verdict vs 1.10 is on the median of the rounds' wall-time ratios")
-    print(load)
-    return 0
 
 
 if __name__ == "__main__":

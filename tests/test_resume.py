@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -43,7 +44,9 @@ def _run(source, out, **settings):
 def test_a_replaced_input_is_redone_and_the_summary_says_so(tmp_path, capsys):
     source, out = tmp_path / "in", tmp_path / "out"
     _inputs(source)
+    pa.set_memory_pool(pa.mimalloc_memory_pool())  # pyarrow's default, whatever ran before
     first = _run(source, out)
+    assert pa.default_memory_pool().backend_name == "system"  # the driver's pool (use_driver_memory_pool)
     before = (out / "img1.png").read_bytes()
     _image(source / "img1.png", 99, size=(44, 60))  # retouched: other pixels, other size
     second = _run(source, out)

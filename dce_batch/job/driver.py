@@ -317,6 +317,18 @@ def _silent(line: str) -> None:  # noqa: ARG001 - --quiet
     return None
 
 
+def use_driver_memory_pool() -> None:
+    """Arrow's allocations in this process from here on come from the C library's ``malloc``.
+
+    The driver's planning allocates and frees column after column of tens of MB (a million
+    paths, sizes, times, ETags, sort orders). pyarrow's default pool (mimalloc) backs them with
+    transparent huge pages and purges them when freed, so the kernel zeroes fresh 2 MB pages
+    again and again, more with every extra column; ``malloc`` reuses freed memory. Buffers
+    allocated before keep their own pool, so switching at any point is safe
+    (benchmarks/README.md, "Arrow's memory pool in the driver")."""
+    pa.set_memory_pool(pa.system_memory_pool())
+
+
 def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = None,
                 shutdown: bool = True) -> RunSummary:
     """Run the enhancement job (see the module docstring); the run's summary.
@@ -327,6 +339,7 @@ def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = No
     leaves a local Ray this call started running (the CLI exits right after).
     """
     say = _silent if config.quiet else (log or _say_to_stderr)
+    use_driver_memory_pool()
     started = time.time()
     timings: dict[str, float] = {}
     output = Location.parse(config.output, config.s3)
