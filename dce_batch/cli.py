@@ -23,7 +23,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from dce_batch import __version__
 from dce_batch.errors import ConfigError, DceBatchError, ReportError, RunInterrupted, WeightsError, describe_error
@@ -51,6 +51,27 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         line = " ".join(message.splitlines())
         self.exit(EXIT_INVALID, f"{self.prog}: error: {line} ({self.prog} --help shows the options)\n")
+
+
+class _CommandParser(_Parser):
+    """A command's subparser under ``dce-batch``. Arguments it does not know are its own usage
+    error (``dce-batch enhance: error: unrecognized arguments: ...``), as when the command runs
+    alone: argparse would pass them up to the top parser, whose error names ``dce-batch``."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, []
+
+
+def _command_parser(parser: argparse.ArgumentParser | None, *, prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser a command's arguments go into: ``parser`` (the command's subparser under
+    ``dce-batch``), or one of its own for ``<command>_main``. Both print the same ``--help``."""
+    if parser is None:
+        return _Parser(prog=prog, description=description)
+    parser.prog, parser.description = prog, description
+    return parser
 
 
 def _number(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> Callable[[str], float]:
@@ -186,12 +207,12 @@ def _is_ray_error(exc: BaseException) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def enhance_parser() -> argparse.ArgumentParser:
+def enhance_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     from dce_batch.enhance.settings import FinishConfig
     from dce_batch.job.config import DEFAULT_OUTPUT
 
-    p = _Parser(
-        prog="dce-batch enhance",
+    p = _command_parser(
+        parser, prog="dce-batch enhance",
         description="Enhance low-light images with Zero-DCE: on worker processes of this machine for small runs "
                     "with no cluster around, else on Ray (a running cluster, or a local one it starts). With no "
                     "arguments, enhances the bundled sample images into ./enhanced/.",
@@ -276,11 +297,10 @@ def enhance_parser() -> argparse.ArgumentParser:
     return p
 
 
-def enhance_main(argv: Sequence[str] | None = None) -> int:
+def enhance_run(args: argparse.Namespace) -> int:
     from dce_batch.imaging import DEFAULT_MAX_PIXELS
     from dce_batch.job import EnhanceConfig, run_enhance, sample_images_dir
 
-    args = enhance_parser().parse_args(argv)
     try:
         config = EnhanceConfig(
             input=args.input or sample_images_dir(), output=args.output, weights=args.weights,
@@ -318,9 +338,9 @@ def enhance_main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def convert_weights_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="dce-batch convert-weights",
+def convert_weights_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = _command_parser(
+        parser, prog="dce-batch convert-weights",
         description="Write weights in the project's safetensors format: import a published checkpoint (.pth), or "
                     "re-save a .safetensors file (its metadata kept, subnormal values flushed to zero).")
     p.add_argument("source", type=_path,
@@ -333,10 +353,9 @@ def convert_weights_parser() -> argparse.ArgumentParser:
     return p
 
 
-def convert_weights_main(argv: Sequence[str] | None = None) -> int:
+def convert_weights_run(args: argparse.Namespace) -> int:
     from dce_batch.enhance.weights import load_weights, save_weights
 
-    args = convert_weights_parser().parse_args(argv)
     try:
         loaded = load_weights(Path(args.source))
         meta = loaded.meta
@@ -353,17 +372,16 @@ def convert_weights_main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
-def show_weights_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="dce-batch show-weights", description="Print a weights file's metadata.")
+def show_weights_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = _command_parser(parser, prog="dce-batch show-weights", description="Print a weights file's metadata.")
     p.add_argument("weights", nargs="?", default=None, type=_path,
                    help="a shipped name or a file (default: the default model)")
     return p
 
 
-def show_weights_main(argv: Sequence[str] | None = None) -> int:
+def show_weights_run(args: argparse.Namespace) -> int:
     from dce_batch.enhance.weights import load_weights
 
-    args = show_weights_parser().parse_args(argv)
     try:
         meta = load_weights(args.weights).meta
     except DceBatchError as exc:
@@ -373,11 +391,11 @@ def show_weights_main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
-def report_parser() -> argparse.ArgumentParser:
+def report_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     from dce_batch.report import DEFAULT_MAX_PAIRS
 
-    p = _Parser(
-        prog="dce-batch report",
+    p = _command_parser(
+        parser, prog="dce-batch report",
         description="Build OUTPUT/_report/index.html for the latest finished run under OUTPUT: summary, "
                     "before/after pairs, brightness histograms, slowest and failed images, training curves. "
                     "One self-contained file that opens offline.",
@@ -393,10 +411,9 @@ def report_parser() -> argparse.ArgumentParser:
     return p
 
 
-def report_main(argv: Sequence[str] | None = None) -> int:
+def report_run(args: argparse.Namespace) -> int:
     from dce_batch.report import build_report
 
-    args = report_parser().parse_args(argv)
     try:
         uri = build_report(args.output, s3=_s3_options(args), max_pairs=args.max_pairs, run_id=args.run_id,
                            presign_expires_s=int(args.link_expiry_hours * 3600),
@@ -413,15 +430,24 @@ def _opset(text: str) -> int:
     return _count(MIN_OPSET, newest_opset() or DEFAULT_OPSET)(text)
 
 
-def export_onnx_parser() -> argparse.ArgumentParser:
+class _WeightsAndTarget(argparse.Action):
+    """``[WEIGHTS] OUT.onnx``: one path or two, refused by the parser like any other usage error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) > 2:
+            raise argparse.ArgumentError(None, "expected [WEIGHTS] OUT.onnx")
+        setattr(namespace, self.dest, values)
+
+
+def export_onnx_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     from dce_batch.enhance.onnx_export import DEFAULT_OPSET, MIN_OPSET
 
-    p = _Parser(
-        prog="dce-batch export-onnx",
+    p = _command_parser(
+        parser, prog="dce-batch export-onnx",
         description="Export weights to ONNX: input 'image' (N x 3 x H x W float32 in [0, 1], any N, H, W) and "
                     "'strength' (float32 [1], 0..1), output 'enhanced'. Needs pip install 'dce-batch[onnx]'.",
     )
-    p.add_argument("args", nargs="+", metavar="[WEIGHTS] OUT.onnx", type=_path,
+    p.add_argument("args", nargs="+", metavar="[WEIGHTS] OUT.onnx", type=_path, action=_WeightsAndTarget,
                    help="weights (shipped name, .safetensors or .pth; default zerodce_sice_v1) and the output file")
     p.add_argument("--model-variant", choices=["full", "fast"],
                    help="pick the shipped weights of this variant when WEIGHTS is not given")
@@ -432,13 +458,9 @@ def export_onnx_parser() -> argparse.ArgumentParser:
     return p
 
 
-def export_onnx_main(argv: Sequence[str] | None = None) -> int:
+def export_onnx_run(args: argparse.Namespace) -> int:
     from dce_batch.enhance.onnx_export import export_onnx
 
-    parser = export_onnx_parser()
-    args = parser.parse_args(argv)
-    if len(args.args) > 2:
-        parser.error("expected [WEIGHTS] OUT.onnx")
     weights, target = (args.args if len(args.args) == 2 else (None, args.args[0]))
     try:
         info = export_onnx(weights, target, variant=args.model_variant, scale=args.scale, opset=args.opset)
@@ -450,9 +472,9 @@ def export_onnx_main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
-def manifest_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="dce-batch manifest",
+def manifest_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = _command_parser(
+        parser, prog="dce-batch manifest",
         description="Maintain an OUTPUT's manifest: upgrade one written by an earlier version, repair a damaged "
                     "one, or break the lease of a run that is gone.")
     p.add_argument("action", choices=["upgrade", "repair", "unlock"],
@@ -465,14 +487,12 @@ def manifest_parser() -> argparse.ArgumentParser:
     return p
 
 
-def manifest_main(argv: Sequence[str] | None = None) -> int:
+def manifest_run(args: argparse.Namespace) -> int:
     from dce_batch.job.manifest import ManifestStore
     from dce_batch.job.manifest.lease import acquire_lease, break_lease, lease_supported
     from dce_batch.job.manifest.maintenance import repair, upgrade
     from dce_batch.job.plan import list_output_files
     from dce_batch.storage import Location
-
-    args = manifest_parser().parse_args(argv)
 
     def say(line: str) -> None:
         print(f"[dce-batch manifest] {line}", file=sys.stderr, flush=True)
@@ -508,9 +528,9 @@ def manifest_main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def train_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="dce-batch train",
+def train_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = _command_parser(
+        parser, prog="dce-batch train",
         description="Train DCE-Net with Ray Train on a folder or s3:// prefix of (unpaired, low- and "
                     "over-exposed) images, on the Ray cluster at RAY_ADDRESS or a local one it starts. "
                     "The same --name and --storage resume a run. Try it: dce-batch train --data samples "
@@ -618,9 +638,12 @@ def parse_train_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def train_main(argv: Sequence[str] | None = None) -> int:
+def train_run(args: argparse.Namespace) -> int:
     """``dce-batch train``: 0 when the run finished, 2 for invalid arguments (reported before Ray
-    starts where they can be), 1 when training failed at run time, 130 when interrupted."""
+    starts where they can be), 1 when training failed at run time, 130 when interrupted.
+
+    With ``--config``, the command's words (``args.argv``) are parsed again with the recipe's
+    values as defaults, so an option on the command line wins wherever it stands."""
     from dce_batch.errors import WeightsError
     from dce_batch.job.progress import format_duration
     from dce_batch.training.run import run_training
@@ -628,7 +651,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     ray_module = sys.modules.get("ray")
     ray_was_running = ray_module is not None and ray_module.is_initialized()
     try:
-        config = train_config_from_args(parse_train_args(argv))
+        if args.config:
+            args = parse_train_args(args.argv)
+        config = train_config_from_args(args)
         outcome = run_training(config)
     except KeyboardInterrupt:
         print("dce-batch train: interrupted; the same --name and --storage continue from the latest checkpoint",
@@ -657,11 +682,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     os._exit(0)
 
 
-def evaluate_parser() -> argparse.ArgumentParser:
+def evaluate_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     from dce_batch.enhance.finishing import DEFAULT_EXPOSURE_TARGET
 
-    p = _Parser(
-        prog="dce-batch evaluate",
+    p = _command_parser(
+        parser, prog="dce-batch evaluate",
         description="Compare enhancement configurations side by side: PSNR/SSIM on paired sets (low and "
                     "reference folders matched by file name), no-reference statistics on every set. Runs "
                     "in-process (no Ray); writes results.json, per_image.csv and summary.md.",
@@ -694,11 +719,10 @@ def evaluate_parser() -> argparse.ArgumentParser:
     return p
 
 
-def evaluate_main(argv: Sequence[str] | None = None) -> int:
+def evaluate_run(args: argparse.Namespace) -> int:
     from dce_batch.evaluation.evaluate import (DEFAULT_CONFIGURATIONS, evaluate, parse_configuration, set_from_paths, unique_set_names,
                            write_reports)
 
-    args = evaluate_parser().parse_args(argv)
     try:
         import torch
 
@@ -752,40 +776,94 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
 # dce-batch COMMAND
 # --------------------------------------------------------------------------------------------
 
-#: command -> (one-line help, its parser, its main)
-COMMANDS: dict[str, tuple[str, Callable[[], argparse.ArgumentParser], Callable[[Sequence[str]], int]]] = {
-    "enhance": ("enhance images (no arguments: the bundled samples into ./enhanced/)", enhance_parser, enhance_main),
-    "train": ("train DCE-Net with Ray Train", train_parser, train_main),
-    "evaluate": ("compare configurations: PSNR/SSIM on paired sets, no-reference statistics", evaluate_parser,
-                 evaluate_main),
-    "report": ("build OUTPUT/_report/index.html for a finished run", report_parser, report_main),
-    "manifest": ("upgrade, repair or unlock an OUTPUT's manifest", manifest_parser, manifest_main),
-    "show-weights": ("print a weights file's metadata", show_weights_parser, show_weights_main),
-    "convert-weights": ("import a published checkpoint into the safetensors format", convert_weights_parser,
-                        convert_weights_main),
-    "export-onnx": ("export the network to ONNX (dynamic size, strength as an input)", export_onnx_parser,
-                    export_onnx_main),
+def _run_alone(parser: Callable[[], argparse.ArgumentParser], run: Callable[[argparse.Namespace], int],
+               argv: Sequence[str] | None) -> int:
+    """A command on its own (``<command>_main``, ``jobs/*.py``): its own parser, then its run function."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    args.argv = argv  # train parses its words again under a recipe's defaults
+    return run(args)
+
+
+def enhance_main(argv: Sequence[str] | None = None) -> int:
+    return _run_alone(enhance_parser, enhance_run, argv)
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    return _run_alone(train_parser, train_run, argv)
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    return _run_alone(evaluate_parser, evaluate_run, argv)
+
+
+def report_main(argv: Sequence[str] | None = None) -> int:
+    return _run_alone(report_parser, report_run, argv)
+
+
+def manifest_main(argv: Sequence[str] | None = None) -> int:
+    return _run_alone(manifest_parser, manifest_run, argv)
+
+
+def show_weights_main(argv: Sequence[str] | None = None) -> int:
+    return _run_alone(show_weights_parser, show_weights_run, argv)
+
+
+def convert_weights_main(argv: Sequence[str] | None = None) -> int:
+    return _run_alone(convert_weights_parser, convert_weights_run, argv)
+
+
+def export_onnx_main(argv: Sequence[str] | None = None) -> int:
+    return _run_alone(export_onnx_parser, export_onnx_run, argv)
+
+
+class Command(NamedTuple):
+    """A ``dce-batch`` command: its subparser is filled by ``parser`` and runs ``run``."""
+
+    help: str  #: its line in ``dce-batch --help``
+    parser: Callable[..., argparse.ArgumentParser]  #: fills the parser it is given, else returns one of its own
+    run: Callable[[argparse.Namespace], int]  #: runs on the parsed arguments; returns the exit status
+    main: Callable[[Sequence[str] | None], int]  #: parser and run on its own: ``<command>_main(argv)``
+
+
+COMMANDS: dict[str, Command] = {
+    "enhance": Command("enhance images (no arguments: the bundled samples into ./enhanced/)", enhance_parser,
+                       enhance_run, enhance_main),
+    "train": Command("train DCE-Net with Ray Train", train_parser, train_run, train_main),
+    "evaluate": Command("compare configurations: PSNR/SSIM on paired sets, no-reference statistics", evaluate_parser,
+                        evaluate_run, evaluate_main),
+    "report": Command("build OUTPUT/_report/index.html for a finished run", report_parser, report_run, report_main),
+    "manifest": Command("upgrade, repair or unlock an OUTPUT's manifest", manifest_parser, manifest_run,
+                        manifest_main),
+    "show-weights": Command("print a weights file's metadata", show_weights_parser, show_weights_run,
+                            show_weights_main),
+    "convert-weights": Command("import a published checkpoint into the safetensors format", convert_weights_parser,
+                               convert_weights_run, convert_weights_main),
+    "export-onnx": Command("export the network to ONNX (dynamic size, strength as an input)", export_onnx_parser,
+                           export_onnx_run, export_onnx_main),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``dce-batch``: one subparser per command, each with its command's own arguments."""
+    """``dce-batch``: one subparser per command, filled by the command's own parser function, whose
+    ``run`` default is the command's run function."""
     top = _Parser(prog="dce-batch", description="Enhance low-light photos at scale with Zero-DCE on Ray.")
     top.add_argument("--version", action="version", version=f"dce-batch {__version__}")
-    commands = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (summary, parser, _) in COMMANDS.items():
-        command_parser = parser()
-        commands.add_parser(name, help=summary, description=command_parser.description, parents=[command_parser],
-                            add_help=False, conflict_handler="resolve")
+    commands = top.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_CommandParser)
+    for name, command in COMMANDS.items():
+        command.parser(commands.add_parser(name, help=command.help)).set_defaults(run=command.run)
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``dce-batch COMMAND [options]``: argparse picks the command and parses its options (``--help``,
+    ``--version`` and usage errors exit there), then the command runs on them."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
-        build_parser().parse_args(argv)  # --help, --version, or argparse's one-line error (exit 2)
-        return EXIT_INVALID
-    return COMMANDS[argv[0]][2](argv[1:])
+    args = build_parser().parse_args(argv)
+    # The command's own words follow its name (the top parser takes no value that could look like
+    # one): train parses them again under a recipe's defaults.
+    args.argv = argv[argv.index(args.command) + 1:]
+    return args.run(args)
 
 
 def program(argv: Sequence[str] | None = None, command: Callable[[Sequence[str] | None], int] = main) -> None:
@@ -797,7 +875,7 @@ def program(argv: Sequence[str] | None = None, command: Callable[[Sequence[str] 
     one line and exit 130, never a traceback; once the command has returned, a late Ctrl-C is
     ignored and the program leaves with the command's status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    named = next((name for name, (_, _, run) in COMMANDS.items() if run is command), None)
+    named = next((name for name, c in COMMANDS.items() if c.main is command), None)
     name = f"dce-batch {named or (args[0] if command is main and args[:1] and args[0] in COMMANDS else '')}".strip()
     try:
         try:

@@ -33,10 +33,10 @@ def _error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if "error" in line.lower()]
 
 
-def test_every_command_is_a_subparser_and_version_is_printed(capsys):
-    parser = build_parser()
-    subparsers = next(a for a in parser._subparsers._group_actions)  # noqa: SLF001 - inspecting, not relying
-    assert sorted(subparsers.choices) == sorted(COMMANDS)
+def test_every_command_is_a_subparser_and_version_is_printed(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps at the terminal's width, hyphenated words too
+    listing = " ".join(build_parser().format_help().split())
+    assert all(f" {name} {command.help} " in listing for name, command in COMMANDS.items()), listing
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.strip() == f"dce-batch {__version__}"
@@ -44,6 +44,42 @@ def test_every_command_is_a_subparser_and_version_is_printed(capsys):
     assert code == 2 and "COMMAND" in err
     code, err = _run(["enhanse"], capsys)
     assert code == 2 and "invalid choice: 'enhanse'" in err
+
+
+# Arguments each command parses without error, and what they parse to.
+MINIMAL_ARGV = {
+    "enhance": ([], {"input": None, "output": "./enhanced"}), "train": ([], {"data": None, "epochs": 200}),
+    "evaluate": ([], {"paired": [], "configs": []}), "report": (["X"], {"output": "X"}),
+    "manifest": (["repair", "X"], {"action": "repair", "output": "X"}), "show-weights": ([], {"weights": None}),
+    "convert-weights": (["a.pth", "b"], {"source": "a.pth", "target": "b"}),
+    "export-onnx": (["x.onnx"], {"args": ["x.onnx"], "scale": 12.0}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_argparse_dispatches_each_command_to_its_run_function(name, monkeypatch):
+    argv, expected = MINIMAL_ARGV[name]
+    args = build_parser().parse_args([name, *argv])
+    assert args.run is COMMANDS[name].run and args.command == name
+    assert {key: getattr(args, key) for key in expected} == expected
+    # The subparser is the command's own parser, filled once: the same defaults as the command alone.
+    alone = vars(COMMANDS[name].parser().parse_args(argv))
+    assert {k: v for k, v in vars(args).items() if k not in ("run", "command")} == alone
+    # main() parses once and returns what the picked run function returns, given the command's words.
+    seen = []
+    monkeypatch.setitem(COMMANDS, name, COMMANDS[name]._replace(run=lambda a: seen.append(a) or 7))
+    assert main([name, *argv]) == 7 and len(seen) == 1 and seen[0].argv == argv and seen[0].command == name
+
+
+def test_report_is_dispatched_to_report_run():
+    from dce_batch import cli
+
+    assert build_parser().parse_args(["report", "X"]).run is cli.report_run
+
+
+def test_enhance_with_no_arguments_enhances_the_bundled_samples():
+    args = build_parser().parse_args(["enhance"])
+    assert args.run is COMMANDS["enhance"].run and args.input is None and args.output == "./enhanced"
 
 
 # option -> values out of its own range it must refuse (and -inf, text)
@@ -233,9 +269,8 @@ def test_help_still_shows_usage_and_every_option(command, capsys):
         main([command, "--help"])
     out = capsys.readouterr().out
     assert info.value.code == 0 and out.startswith(f"usage: dce-batch {command}") and "--help" in out
-    parser = COMMANDS[command][1]()
-    assert all(option in out for action in parser._actions for option in action.option_strings  # noqa: SLF001
-               if action.help != "==SUPPRESS==")
+    # The subparser is filled by the command's own parser function: the same text as the command alone.
+    assert out == COMMANDS[command].parser().format_help()
 
 
 # The program as the dce-batch script runs it; "ready" is printed inside program(), so the signal
@@ -333,16 +368,16 @@ ACCEPTED = {
 }
 
 
-def _subparsers() -> dict:
-    parser = build_parser()
-    return next(a for a in parser._subparsers._group_actions).choices  # noqa: SLF001 - a test reads them
+def _command_parsers() -> dict:
+    # Each command's parser, as its parser function fills the subparser of `dce-batch` with it.
+    return {name: command.parser() for name, command in COMMANDS.items()}
 
 
 def _fuzz_cases() -> list[tuple[str, str, str]]:
     from dce_batch import cli
 
     cases = []
-    for command, parser in sorted(_subparsers().items()):
+    for command, parser in sorted(_command_parsers().items()):
         for action in parser._actions:  # noqa: SLF001
             if getattr(action.type, "__module__", None) != cli.__name__:
                 continue  # choices, flags and free text: not numbers or paths
@@ -391,7 +426,7 @@ def test_every_numeric_and_path_option_refuses_bad_values_with_one_line(command,
     code, err = _run([command, *argv], capsys)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and "Traceback" not in err and len(lines) == 1, (code, err)
-    parser = _subparsers()[command]
+    parser = _command_parsers()[command]
     action = next(a for a in parser._actions if option in a.option_strings or a.dest == option)  # noqa: SLF001
     named = option if action.option_strings else (action.metavar or action.dest)
     assert named in lines[0], f"the error is not about {named}: {lines[0]}"

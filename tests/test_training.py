@@ -323,6 +323,36 @@ def test_shipped_recipes_parse_and_unknown_keys_are_refused(tmp_path):
         parse_train_args(["--config", str(typo)])
 
 
+@pytest.mark.parametrize("through", ["dce-batch train", "train_main"])
+def test_recipe_values_are_defaults_on_the_subparser_path_too(through, tmp_path, monkeypatch, capsys):
+    """``dce-batch train --config`` goes through argparse's train subparser: the recipe's values are
+    the defaults and the command line wins, before --config or after it."""
+    from dce_batch import cli
+
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('name = "from_recipe"\nepochs = 7\nimage-size = 64\nlr = 0.002\n')
+    configs = []
+
+    def run_training(config):
+        configs.append(config)
+        raise ConfigError("stopped by the test")
+
+    monkeypatch.setattr("dce_batch.training.run.run_training", run_training)
+    argv = ["--epochs", "3", "--config", str(recipe), "--data", "d", "--lr", "0.001"]
+    code = cli.main(["train", *argv]) if through == "dce-batch train" else cli.train_main(argv)
+    assert code == 2 and "stopped by the test" in capsys.readouterr().err
+    (config,) = configs
+    assert (config.name, config.image_size) == ("from_recipe", 64), "the recipe's values"
+    assert (config.epochs, config.lr, config.data) == (3, 0.001, "d"), "the command line over the recipe"
+
+    typo = tmp_path / "typo.toml"
+    typo.write_text("epochz = 3\n")
+    code = cli.main(["train", "--config", str(typo), "--data", "d"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("dce-batch train: ") and "epochz" in err and len(err.splitlines()) == 1, err
+    assert len(configs) == 1, "a bad recipe stops before training"
+
+
 def test_loss_curves_are_optional(tmp_path, monkeypatch):
     """matplotlib is the `plot` extra: without it the run skips the PNG and says why."""
     import pyarrow.fs as pafs
