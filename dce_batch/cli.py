@@ -327,6 +327,16 @@ def enhance_run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - exit status by cause, message first
         return _report_failure("dce-batch enhance", exc)
+    from dce_batch.report import report_after_run
+
+    def say(line: str) -> None:
+        if not config.quiet:
+            print(f"[dce-batch enhance] {line}", file=sys.stderr, flush=True)
+
+    def warn(line: str) -> None:
+        print(f"[dce-batch enhance] warning: {line}", file=sys.stderr, flush=True)
+
+    summary.report = report_after_run(config, say, warn)
     print(summary.table())
     if summary.report:
         print(f"report: {summary.report}")
@@ -683,7 +693,7 @@ def train_run(args: argparse.Namespace) -> int:
 
 
 def evaluate_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    from dce_batch.enhance.finishing import DEFAULT_EXPOSURE_TARGET
+    from dce_batch.enhance.settings import DEFAULT_EXPOSURE_TARGET
 
     p = _command_parser(
         parser, prog="dce-batch evaluate",

@@ -431,3 +431,14 @@ def test_every_numeric_and_path_option_refuses_bad_values_with_one_line(command,
     named = option if action.option_strings else (action.metavar or action.dest)
     assert named in lines[0], f"the error is not about {named}: {lines[0]}"
     assert not out.exists(), "nothing written for a refused value"
+
+
+def test_parsing_a_command_line_imports_neither_torch_nor_ray():
+    """``main`` builds every command's parser to dispatch: none may import torch or Ray. The driver
+    never needs them (the workers load torch), they cost seconds at start-up, and a Ctrl-C inside
+    torch's import aborts the process (its C++ cannot unwind a KeyboardInterrupt)."""
+    probe = ("import sys; from dce_batch.cli import build_parser; build_parser().parse_args(['enhance', 'in', 'out']); "
+             "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

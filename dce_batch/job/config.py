@@ -82,7 +82,7 @@ class EnhanceConfig:
     engine: str = "auto"  # ray | local | auto (see dce_batch.job.driver.choose_engine)
     quiet: bool = False  # only errors and the final summary
     verbose: bool = False  # Ray's own INFO lines and worker logs too
-    report: bool | None = None  # build OUTPUT/_report/index.html; None: for local OUTPUTs
+    report: bool | None = None  # dce-batch enhance builds OUTPUT/_report/index.html; None: for local OUTPUTs
     run_id: str = field(default_factory=new_run_id)
 
     def __post_init__(self) -> None:

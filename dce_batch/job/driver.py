@@ -336,7 +336,8 @@ def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = No
     Raises :class:`~dce_batch.errors.RunInterrupted` after a stop request (the finished images are
     committed), a :class:`~dce_batch.errors.ConfigError` for invalid arguments, other
     :class:`~dce_batch.errors.DceBatchError` types for failures at run time. ``shutdown=False``
-    leaves a local Ray this call started running (the CLI exits right after).
+    leaves a local Ray this call started running (the CLI exits right after). The HTML report is
+    the caller's: :func:`dce_batch.report.report_after_run` builds it as ``dce-batch enhance`` does.
     """
     say = _silent if config.quiet else (log or _say_to_stderr)
     use_driver_memory_pool()
@@ -523,7 +524,6 @@ def _run(config, output, store, weights, prepared: Prepared, engine, stop: StopR
                 "the parts that were written")
     if status == "interrupted":
         raise _interrupted(stop)
-    _report(config, summary, say)
     return summary
 
 
@@ -545,20 +545,6 @@ def _describe_pool(engine, plan, config) -> str:
              f"{plan.gpus_per_worker:g}, memory {plan.memory_per_worker / 2**30:.1f} GiB)")
     return (f"{'staged' if plan.staged else 'fused'} pipeline in {where}; {plan.images_per_call} images per call of up "
             f"to {plan.image_pixel_limit / 1e6:g} MP (pool limited by {plan.limited_by}), precision {config.precision}")
-
-
-def _report(config: EnhanceConfig, summary: RunSummary, say) -> None:
-    output = Location.parse(config.output, config.s3)
-    wants = config.report if config.report is not None else isinstance(output.filesystem, pafs.LocalFileSystem)
-    if not wants:
-        return
-    from dce_batch.report import build_report
-
-    try:
-        summary.report = build_report(config.output, s3=config.s3, log=say, run_id=config.run_id)
-    except Exception as exc:  # noqa: BLE001 - the images are done; a report failure must not hide that
-        print(f"[dce-batch enhance] warning: the report could not be built: {describe_error(exc)}",
-              file=sys.stderr, flush=True)
 
 
 def _versions() -> dict[str, str]:

@@ -6,9 +6,10 @@
 * :mod:`~dce_batch.report.thumbnails`: data-URI thumbnails;
 * :mod:`~dce_batch.report.links`: relative, ``file://`` and presigned links;
 * :mod:`~dce_batch.report.render` and ``templates/``: the page, Jinja2 with autoescape;
-* :mod:`~dce_batch.report.build`: :func:`build_report`, which puts them together.
+* :mod:`~dce_batch.report.build`: :func:`build_report`, which puts them together, and
+  :func:`report_after_run`, the report ``dce-batch enhance`` builds after a run.
 """
 
-from dce_batch.report.build import DEFAULT_MAX_PAIRS, REPORT_DIR, build_report
+from dce_batch.report.build import DEFAULT_MAX_PAIRS, REPORT_DIR, build_report, report_after_run
 
-__all__ = ["DEFAULT_MAX_PAIRS", "REPORT_DIR", "build_report"]
+__all__ = ["DEFAULT_MAX_PAIRS", "REPORT_DIR", "build_report", "report_after_run"]

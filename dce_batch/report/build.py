@@ -12,14 +12,19 @@ input by a later run that reads OUTPUT. Which run it shows: :mod:`dce_batch.repo
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from dce_batch.errors import ReportError
+import pyarrow.fs as pafs
+
+from dce_batch.errors import ReportError, describe_error
 from dce_batch.report.data import DEFAULT_MAX_PAIRS, collect_report_data
 from dce_batch.report.links import DEFAULT_PRESIGN_EXPIRES_S, LinkMaker
 from dce_batch.report.render import render_html
 from dce_batch.report.thumbnails import make_thumbnails
 from dce_batch.storage import Location, S3Options, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from dce_batch.job.config import EnhanceConfig
 
 __all__ = ["DEFAULT_MAX_PAIRS", "REPORT_DIR", "build_report"]
 
@@ -60,3 +65,20 @@ def build_report(output: str, *, s3: S3Options | None = None, max_pairs: int = D
     uri = location.child_uri(f"{REPORT_DIR}/index.html")
     say(f"report written: {uri}")
     return uri
+
+
+def report_after_run(config: "EnhanceConfig", log: Callable[[str], None],
+                     warn: Callable[[str], None]) -> str | None:
+    """The report ``dce-batch enhance`` builds once a run has finished: its path, or None when
+    the run's settings do not ask for one (``EnhanceConfig.report``; unset: for a local OUTPUT,
+    whose report is a file to open, not for object storage) or it could not be built. The
+    images are done by then, so a failure here is a ``warn``-ing, never the run's."""
+    output = Location.parse(config.output, config.s3)
+    wants = config.report if config.report is not None else isinstance(output.filesystem, pafs.LocalFileSystem)
+    if not wants:
+        return None
+    try:
+        return build_report(config.output, s3=config.s3, log=log, run_id=config.run_id)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        warn(f"the report could not be built: {describe_error(exc)}")
+        return None
