@@ -19,6 +19,9 @@ __all__ = ["RayQuietSettings", "quiet_ray"]
 # per-operator summaries) are noise for someone waiting for their images.
 _RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
 _RAY_DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
+# Its one warning, when a local Ray starts with token authentication on by default, tells how to
+# turn it off; the clusters a quiet run starts are its own, for the length of the run.
+_RAY_AUTH_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 # Environment variables a quiet apply() set (not the user), which a verbose one removes again.
 _SET_BY_US: dict[str, str] = {}
 # Levels of those loggers before a quiet apply(), restored by a verbose one.
@@ -74,9 +77,11 @@ class RayQuietSettings:
             logger = logging.getLogger(name)
             _SAVED_LEVELS.setdefault(name, logger.level)
             logger.setLevel(self.log_level)
-        # Its one warning says that its bars are off: ours replace them, so that is no news.
-        _SAVED_LEVELS.setdefault(_RAY_DATA_PROGRESS_LOGGER, logging.getLogger(_RAY_DATA_PROGRESS_LOGGER).level)
-        logging.getLogger(_RAY_DATA_PROGRESS_LOGGER).setLevel(max(self.log_level, logging.ERROR))
+        # Ray Data's progress logger: its one warning says that its bars are off, and ours replace
+        # them, so that is no news.
+        for name in (_RAY_DATA_PROGRESS_LOGGER, _RAY_AUTH_SETUP_LOGGER):
+            _SAVED_LEVELS.setdefault(name, logging.getLogger(name).level)
+            logging.getLogger(name).setLevel(max(self.log_level, logging.ERROR))
         context = DataContext.get_current()
         for key, value in self.data_context.items():
             if hasattr(context, key):  # fields come and go between Ray releases

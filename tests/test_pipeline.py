@@ -484,6 +484,8 @@ def test_cli_default_run_enhances_the_bundled_samples(tmp_path, ray_tmp):
     # Quiet: none of Ray's C++ log lines (Ray Data's ERROR about constructor arguments included),
     # though a real C++ error would get through (tests/test_ray_stderr.py).
     assert not [line for line in on_ray.stderr.splitlines() if is_core_log_line(line)], on_ray.stderr[-3000:]
+    # Nor Ray's Python warnings (token authentication on the local cluster the run started).
+    assert "WARNING" not in on_ray.stderr, on_ray.stderr[-3000:]
     for name in samples:
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "enhanced" / name).read_bytes()
     _wait_for(lambda: not processes_of(ray_tmp), 30, what="the local cluster it started to stop with it")
