@@ -249,7 +249,7 @@ def test_exposure_moves_a_dark_result_toward_the_scene_target():
     enhanced = low.pow(0.4)  # curves that left it at ~0.29
     before = float(enhanced.mean())
     out = finish_image(low, enhanced, FinishConfig(denoise="off"))
-    target = float(scene_target(low))
+    target = float(scene_target(low, luma(enhanced).mean(dim=(1, 2, 3))))
     assert before < 0.3 and 0.35 < target <= TARGET_MAX + 1e-6
     assert abs(float(luma(out).mean()) - target) < 0.01
     assert bool((out <= _SHADOW_GAIN * enhanced + 1e-6).all())  # shadow gain capped
@@ -257,15 +257,20 @@ def test_exposure_moves_a_dark_result_toward_the_scene_target():
     assert abs(float(luma(custom).mean()) - 0.35) < 0.01
 
 
-def test_the_scene_target_follows_how_far_the_highlights_stand_above_the_mean():
-    """Hand-computable: a flat frame's highlight is its mean (feature 0, the intercept); a frame
-    whose 99.5th percentile stands 10x above its mean (in linear light) gets a + b log(0.1). The
-    feature does not change when the exposure does (it is a ratio in linear light)."""
-    from dce_batch.enhance.exposure import TARGET_INTERCEPT, TARGET_MIN, TARGET_SLOPE, scene_feature
+def test_the_scene_target_follows_the_curves_and_the_feature_is_a_ratio_in_linear_light():
+    """Hand-computable: curves that left an image at mean luma m give it a + c m (within the
+    clamps); brighter curves, a brighter target. The highlight feature of a flat frame is 0; a
+    frame whose 99.5th percentile stands 8x above its mean (in linear light) reads log(1/8),
+    whatever its exposure (it is a ratio in linear light)."""
+    from dce_batch.enhance.exposure import CURVES_WEIGHT, TARGET_INTERCEPT, scene_feature
 
     flat = torch.full((1, 3, 64, 64), 0.05)
+    for m in (0.2, 0.35, 0.5):
+        assert float(scene_target(flat, torch.tensor([m]))) == pytest.approx(
+            min(max(TARGET_INTERCEPT + CURVES_WEIGHT * m, TARGET_MIN), TARGET_MAX), abs=1e-5)
+    assert float(scene_target(flat, torch.tensor([0.4]))) > float(scene_target(flat, torch.tensor([0.3])))
+    assert float(scene_target(flat, torch.tensor([1.0]))) == pytest.approx(TARGET_MAX)
     assert float(scene_feature(flat)) == pytest.approx(0.0, abs=1e-5)
-    assert float(scene_target(flat)) == pytest.approx(min(TARGET_INTERCEPT, TARGET_MAX), abs=1e-5)
     # Linear light: a room at 0.002 with a white sheet at 0.2 on 1/8 of the frame (4 x 4 pools intact).
     linear = torch.full((1, 3, 64, 64), 0.002)
     linear[..., :8, :] = 0.2
@@ -275,10 +280,6 @@ def test_the_scene_target_follows_how_far_the_highlights_stand_above_the_mean():
     # (the feature decodes sRGB through a 12-bit table: the dark room's 0.026 is read within 0.5 %)
     for scale in (1.0, 0.25):  # the same scene exposed 4x shorter
         assert float(scene_feature(encode(linear * scale))) == pytest.approx(expected, abs=0.005)
-    assert float(scene_target(encode(linear))) == pytest.approx(
-        max(TARGET_MIN, TARGET_INTERCEPT + TARGET_SLOPE * expected), abs=0.002)
-    # A dim room whose brightest things sit near its mean is lifted more than a dark scene with a lamp.
-    assert float(scene_target(encode(linear))) < float(scene_target(flat))
 
 
 def test_the_highlight_stretch_lifts_highlights_smoothly_up_to_white():
@@ -339,21 +340,70 @@ def test_exposure_is_bounded_for_very_dark_scenes():
     assert float(params[0, PARAM_TONE]) == pytest.approx(1.0 / config.max_exposure_boost, abs=1e-4)
 
 
-def test_exposure_keeps_a_night_scene_dark_and_lifts_a_dim_room():
-    # A town at night: lamps that clip even in the dark capture over a dim street and a black sky.
-    low = torch.zeros((1, 3, 100, 100))
-    low[..., 36:, :] = 0.08
-    low[..., 36:40, ::10] = 1.0  # street lamps
-    enhanced = (low * 5.0).clamp(0.0, 1.0)  # the curves left it at a mean of 0.27
+def test_exposure_keeps_a_night_town_as_the_curves_left_it_and_lifts_a_dim_room():
+    # A town at night: four lamps that clip even in the dark capture (each one 4 x 4 pool), over a
+    # dim street and a black sky; their 99.9th percentile stands ~160x above the mean.
+    low = torch.zeros((1, 3, 200, 200))
+    low[..., 72:, :] = 0.08
+    for x in (20, 60, 120, 160):
+        low[..., 72:76, x:x + 4] = 1.0
+    enhanced = (low * 5.0).clamp(0.0, 1.0)  # the curves left it at a mean of 0.26
     night = finish_image(low, enhanced, FinishConfig(denoise="off"))
-    assert float(scene_target(low)) == pytest.approx(TARGET_MIN)
-    assert float(luma(enhanced).mean()) > TARGET_MIN
+    assert float(scene_target(low, luma(enhanced).mean(dim=(1, 2, 3)))) == pytest.approx(TARGET_MIN)
     assert float((night - enhanced).abs().max()) < STEP
+    assert float(night[..., :72, :].max()) == 0.0  # the sky stays black
     # The same light spread evenly over a room with nothing bright in it becomes a room.
     room = torch.full((1, 3, 100, 100), 0.04)
     room[..., ::8, :] = 0.06
     lifted = finish_image(room, room * 3.0, FinishConfig(denoise="off"))
-    assert float(lifted.mean()) > float((room * 3.0).mean()) + 0.2
+    assert float(lifted.mean()) > float((room * 3.0).mean()) + 0.1
+
+
+def test_a_night_scene_lit_by_point_sources_is_left_as_the_curves_left_it():
+    """A night sky with a few lamps far brighter than anything a dim room holds (the 99.9th
+    percentile of linear luma 300x the mean, beyond NIGHT_FULL) gets no exposure lift; the same
+    frame with the lamps 20x the mean is a room and is lifted."""
+    from dce_batch.enhance.exposure import NIGHT_FULL, NIGHT_START, night_weight
+
+    def scene(lamp: float) -> torch.Tensor:
+        low = torch.full((1, 3, 128, 128), 0.02)  # sRGB: a dim sky
+        low[..., 60:64, 60:64] = lamp  # one 4 x 4 pool of 1 / 1024 of the frame
+        low[..., 100:104, 20:24] = lamp
+        return low
+    night, room = scene(1.0), scene(0.12)
+    assert float(night_weight(night)) == 1.0 and float(night_weight(room)) == 0.0
+    assert NIGHT_FULL < NIGHT_START
+    curves = torch.tensor([0.3])
+    assert float(scene_target(night, curves)) == pytest.approx(TARGET_MIN)
+    assert float(scene_target(room, curves)) > 0.4
+    enhanced = lambda low: (low * 8.0).clamp(0.0, 1.0)  # the sky at 0.16, above TARGET_MIN
+    params = finish_params(torch.cat((night, room)), torch.cat((enhanced(night), enhanced(room))),
+                           FinishConfig(denoise="off"))
+    assert float(params[0, PARAM_TONE]) == 1.0 and float(params[1, PARAM_TONE]) < 0.9
+
+
+def test_the_scene_is_read_from_the_whole_frame_not_the_mosaic_of_patches():
+    """finish_params reads the exposure target from ``scene`` when given: a lamp outside every
+    patch of the mosaic makes it a night scene there and nowhere else. scene_copy area-averages
+    by an integer factor, band by band, exactly as one average pool of the whole frame."""
+    from dce_batch.enhance.finishing import SCENE_SIDE, scene_copy
+
+    low = torch.full((1, 3, 600, 900), 0.02)
+    for x in (140, 400, 660):  # lamps between the mosaic's patches (a 4 x 4 grid of 128-px squares)
+        low[..., 290:306, x:x + 16] = 1.0
+    small = params_copy(low)
+    assert float(small.max()) < 0.5  # the mosaic misses the lamp
+    scene = scene_copy((low * 255).round().to(torch.uint8)) / 255
+    assert scene.shape[-2:] == (600 // 2, 900 // 2) and max(scene.shape[-2:]) <= SCENE_SIDE
+    whole = torch.nn.functional.avg_pool2d((low * 255).round(), 2) / 255
+    assert torch.allclose(scene, whole, atol=1e-6)
+    config = FinishConfig(denoise="off")
+    enhanced = (small * 8.0).clamp(0.0, 1.0)
+    from_mosaic = finish_params(small, enhanced, config)
+    from_frame = finish_params(small, enhanced, config, scene)
+    assert float(from_mosaic[0, PARAM_TONE]) < 0.9 and float(from_frame[0, PARAM_TONE]) == 1.0
+    # the full-frame path (finish_image) and the job's Enhancer pass the same whole-frame copy
+    assert scene_copy(low).shape == scene.shape
 
 
 def test_blacks_stay_black_on_the_retina_sample():
@@ -431,7 +481,7 @@ def test_images_without_usable_signal_get_a_valid_output(kind):
             out = finish_tiles(low, enhanced, params, config)
             assert out.shape == low.shape and bool(torch.isfinite(out).all())
             assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-    assert bool(torch.isfinite(scene_target(low)).all())
+    assert bool(torch.isfinite(scene_target(low, luma(low).mean(dim=(1, 2, 3)))).all())
     if kind in ("black", "1x1 black"):
         assert float(finish_image(low, low, FinishConfig()).max()) == 0.0  # black stays black
     if kind == "white":

@@ -16,8 +16,13 @@ not look at any mean-brightness target, so the references keep the scenes' own s
 dark-walled room stays dark, the white facade bright), as a photographer's exposures do;
 ``--every K`` keeps every K-th such sequence.
 
+``--pairs DIR`` writes real dark/metered pairs for ``dce-batch evaluate --paired DIR/low DIR/ref``:
+in each bracket of 5, 7 or 9 frames, every dark frame (mean luma 0.015-0.15) against the bracket's
+middle frame by mean luma, the exposure the camera metered (``fit_exposure.py`` fits on them).
+
     python benchmarks/quality/sice_sequences.py --summary
     python benchmarks/quality/sice_sequences.py --references /tmp/sice_refs --every 5
+    python benchmarks/quality/sice_sequences.py --pairs /tmp/sice_brackets
 """
 
 from __future__ import annotations
@@ -79,12 +84,30 @@ def pick_reference(thumbs: np.ndarray, group: list[int]) -> int | None:
     return best
 
 
+DARK_FRAMES = (0.015, 0.15)     # mean luma of the dark frames paired with their metered frame
+BRACKET_SIZES = (5, 7, 9)       # brackets centred on the metered exposure
+
+
+def bracket_pairs(thumbs: np.ndarray, groups: list[list[int]]) -> list[tuple[int, int]]:
+    """(dark frame, its bracket's metered frame) index pairs (see ``--pairs`` in the docstring)."""
+    pairs = []
+    for group in groups:
+        if len(group) not in BRACKET_SIZES:
+            continue
+        means = {i: float((thumbs[i] / 255.0 @ LUMA).mean()) for i in group}
+        order = sorted(group, key=means.get)
+        metered = order[len(order) // 2]
+        pairs += [(i, metered) for i in order if DARK_FRAMES[0] <= means[i] <= DARK_FRAMES[1]]
+    return pairs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sice", type=Path, default=shared_root() / "data" / "sice_part1_train")
     parser.add_argument("--summary", action="store_true", help="print the sequences and their frames' mean luma")
     parser.add_argument("--references", type=Path, help="write one well-exposed frame per sequence here (PNG)")
     parser.add_argument("--every", type=int, default=1, help="keep every K-th sequence that has a reference")
+    parser.add_argument("--pairs", type=Path, help="write real dark/metered pairs here (DIR/low, DIR/ref; PNG)")
     args = parser.parse_args()
     if not args.sice.is_dir():
         sys.exit(f"{args.sice} is absent (../shared; set DCE_SHARED)")
@@ -97,6 +120,15 @@ def main() -> None:
         for g in groups:
             means = [(thumbs[i] @ LUMA).mean() / 255.0 for i in g]
             print(f"  {numbers[g[0]]}-{numbers[g[-1]]}: " + " ".join(f"{m:.2f}" for m in means))
+    if args.pairs:
+        pairs = bracket_pairs(thumbs, groups)
+        (args.pairs / "low").mkdir(parents=True, exist_ok=True)
+        (args.pairs / "ref").mkdir(parents=True, exist_ok=True)
+        for dark, metered in pairs:
+            name = f"s{numbers[dark]}.png"
+            Image.open(args.sice / f"{numbers[dark]}.jpg").convert("RGB").save(args.pairs / "low" / name)
+            Image.open(args.sice / f"{numbers[metered]}.jpg").convert("RGB").save(args.pairs / "ref" / name)
+        print(f"wrote {len(pairs)} dark/metered pairs to {args.pairs}/low and {args.pairs}/ref")
     if args.references:
         chosen = [r for r in (pick_reference(thumbs, g) for g in groups) if r is not None][::args.every]
         args.references.mkdir(parents=True, exist_ok=True)

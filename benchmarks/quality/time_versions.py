@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 from pathlib import Path
 from dce_batch.evaluation.evaluate import _read
 from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
-from dce_batch.weights import load_weights
+from dce_batch.enhance.weights import load_weights
 from dce_batch.enhance.finishing import FinishConfig
 paths = sorted(p for p in Path(sys.argv[2]).iterdir() if p.suffix.lower() in ('.jpg', '.png', '.bmp'))[:int(sys.argv[3])]
 images = [_read(p, None) for p in paths]

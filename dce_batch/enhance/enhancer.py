@@ -28,7 +28,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from dce_batch.enhance.finishing import FinishConfig, finish_halo, finish_params, finish_tiles, params_copy
+from dce_batch.enhance.finishing import (FinishConfig, finish_halo, finish_params, finish_tiles, params_copy,
+                                         scene_copy)
 from dce_batch.enhance.network import RECEPTIVE_FIELD_RADIUS, DCENet, DCENetFast, apply_curves
 from dce_batch.enhance.precision import (
     NETWORK_DTYPES,
@@ -202,7 +203,10 @@ class Enhancer:
             copy = params_copy(torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0))  # picks pixels, no float copy
             return _to_unit_float(copy.contiguous().to(self.device), array.dtype)
 
-        return finish_params(small(pixels), small(stage), finish)
+        scene = scene_copy(torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)) if finish.exposure == "auto" else None
+        if scene is not None:
+            scene = _to_unit_float(scene.to(self.device), pixels.dtype)
+        return finish_params(small(pixels), small(stage), finish, scene)
 
     def _finish_windows(self, images, stages, outputs, members: list[tuple[int, Window]], params: torch.Tensor,
                         finish: FinishConfig) -> None:

@@ -7,8 +7,8 @@ stage runs after the network, in torch on the same device (CPU or CUDA), batched
   (see :func:`params_copy`): the noise level of the input (a low quantile of the local RMS of
   its detail layer; for the luma, read per brightness level) and the global exposure curve that
   brings the output's mean luma to the brightness the scene's well-exposed version would have
-  (:mod:`dce_batch.enhance.exposure`: read from how far the scene's highlights stand above its mean, so
-  a night street with lamps stays dark and a dim room becomes a room).
+  (:mod:`dce_batch.enhance.exposure`: read from how far the network's curves lifted the scene,
+  calibrated on real captures; a night scene lit by point sources keeps the curves' look).
 * :func:`finish_tiles`, per tile: the exposure curve, then a luma/chroma split (BT.709 Y'CbCr)
   and on each a guided filter with a local Wiener gain (He et al. 2013; Lee 1980) that removes
   the *local* noise variance: the input's noise times the gain that the curves and the
@@ -113,6 +113,26 @@ def params_copy(image: torch.Tensor, max_pixels: int = 262_144, patch: int = 128
     xs = [round(j * (width - pw) / max(grid - 1, 1)) for j in range(grid)]
     rows = [torch.cat([image[..., y:y + ph, x:x + pw] for x in xs], dim=-1) for y in ys]
     return torch.cat(rows, dim=-2)
+
+
+SCENE_SIDE = 640  # longer side of the copy the scene's exposure target is read from
+
+
+def scene_copy(image: torch.Tensor, max_side: int = SCENE_SIDE, band: int = 32) -> torch.Tensor:
+    """The copy :func:`dce_batch.enhance.exposure.scene_target` reads a scene from: the whole frame,
+    area-averaged by the smallest integer factor that brings its longer side to ``max_side`` or
+    less (as float32, in the input's own units). A mosaic of patches (:func:`params_copy`) would miss
+    the lamps and windows the target depends on. ``image`` is N x C x H x W of any dtype; it is
+    converted ``band`` output rows at a time, so a 4K frame never exists as float32 whole.
+    """
+    height, width = image.shape[-2:]
+    factor = max(1, -(-max(height, width) // max_side))
+    if factor == 1:
+        return image.float()
+    rows = (height // factor) * factor
+    step = band * factor
+    return torch.cat([F.avg_pool2d(image[..., y:min(y + step, rows), :(width // factor) * factor].float(), factor)
+                      for y in range(0, rows, step)], dim=-2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,7 +287,7 @@ def _exposure_exponent(luma: torch.Tensor, target: torch.Tensor, max_boost: floa
 
 
 def _exposure_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, target: float | None,
-                     max_boost: float, highlight_stretch: float) -> tuple[torch.Tensor, torch.Tensor]:
+                     max_boost: float, highlight_stretch: float, scene: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The exposure exponent and highlight stretch per image, fitted to the scene.
 
     * ``target`` None (``--exposure auto``): each image's target mean luma is the brightness its
@@ -284,17 +304,21 @@ def _exposure_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, targ
     no_signal = luma_in.flatten(1).amax(dim=1) < _BLACK_LEVEL
     strength = torch.where(no_signal, torch.zeros_like(dark), dark)
     highlights = strength * highlight_stretch
-    targets = scene_target(low_small) if target is None else torch.full_like(dark, target)
-    exponent = _exposure_exponent(luma(enhanced_small), targets, max_boost, highlights)
+    luma_out = luma(enhanced_small)
+    targets = scene_target(scene, luma_out.mean(dim=(1, 2, 3))) if target is None else torch.full_like(dark, target)
+    exponent = _exposure_exponent(luma_out, targets, max_boost, highlights)
     return 1.0 - strength * (1.0 - exponent), highlights
 
 
 @torch.inference_mode()
-def finish_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, config: FinishConfig) -> torch.Tensor:
+def finish_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, config: FinishConfig,
+                  scene: torch.Tensor | None = None) -> torch.Tensor:
     """Per-image statistics, once per image, from small copies (see :func:`params_copy`).
 
     ``low_small`` and ``enhanced_small`` are N x 3 x h x w float32 in [0, 1] (the input and the
-    network's output at the same small size). Returns N x :data:`NUM_PARAMS` float32.
+    network's output at the same small size); ``scene`` (N x 3 x h' x w', float32 in [0, 1]) is
+    the input the exposure target is read from (:func:`scene_copy`; ``low_small`` when None).
+    Returns N x :data:`NUM_PARAMS` float32.
     """
     if low_small.shape != enhanced_small.shape or low_small.ndim != 4 or low_small.shape[1] != 3:
         raise ValueError(f"expected two N x 3 x h x w tensors of one shape, got {tuple(low_small.shape)} "
@@ -306,7 +330,8 @@ def finish_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, config:
     if config.exposure != "off":
         target = None if config.exposure == "auto" else float(config.exposure)
         params[:, PARAM_TONE], params[:, PARAM_HIGHLIGHTS] = _exposure_params(
-            low_small, enhanced_small, target, config.max_exposure_boost, config.highlight_stretch)
+            low_small, enhanced_small, target, config.max_exposure_boost, config.highlight_stretch,
+            low_small if scene is None else scene.float())
     if config.denoising:
         y, cbcr = _to_ycbcr(low_small)
         mean, rms = _local_detail(torch.cat((y, cbcr), dim=1))  # once, for both estimates
@@ -508,5 +533,5 @@ def _empirical_wiener(noisy: torch.Tensor, pilot: torch.Tensor, noise_var: torch
 
 def finish_image(low: torch.Tensor, enhanced: torch.Tensor, config: FinishConfig) -> torch.Tensor:
     """Full-frame finishing of N x 3 x H x W images (params from :func:`params_copy` copies)."""
-    params = finish_params(params_copy(low), params_copy(enhanced), config)
+    params = finish_params(params_copy(low), params_copy(enhanced), config, scene_copy(low))
     return finish_tiles(low, enhanced, params, config)
