@@ -145,27 +145,35 @@ def test_training_is_deterministic_with_a_seed(fast_run, training_images, tmp_pa
     assert [[m[k] for k in keys] for m in fast_run.history] == [[m[k] for k in keys] for m in again.history]
 
 
+S3_TRAINING_IMAGES = 10
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.s3
 def test_on_s3_an_injected_worker_failure_restarts_from_the_bucket_and_the_same_name_resumes(
         ray_local, s3_server, s3_bucket, tmp_path):
-    """Data, checkpoints, metrics and weights in a bucket. A worker process dies in epoch 2
+    """Data, checkpoints, metrics and weights in a bucket. The worker process dies in epoch 2
     (os._exit in the last rank): the group restarts from the checkpoint of epoch 1 read back from
     the bucket, and the run completes without losing or repeating epochs. The same name with more
-    epochs then continues after epoch 2 instead of starting over."""
+    epochs then continues after epoch 2 instead of starting over.
+
+    One worker: what this proves (restart and resume from checkpoints in a bucket) does not depend
+    on the group's size, and each worker of a group costs its start-up again on every (re)start;
+    two workers with DDP are test_two_workers_train_checkpoint_and_export's."""
     client = s3_server.client()
     rng = np.random.default_rng(1)
-    for i in range(20):  # two batches per worker and epoch: the failure comes at the second
+    for i in range(S3_TRAINING_IMAGES):  # two batches an epoch: the failure comes at the second
         buffer = io.BytesIO()
         Image.fromarray(_training_image(rng)).save(buffer, "PNG")
         client.put_object(Bucket=s3_bucket, Key=f"sice/{i:02d}.png", Body=buffer.getvalue())
     lines: list[str] = []
-    config = _config(f"s3://{s3_bucket}/sice/", f"s3://{s3_bucket}/runs", name="s3run", epochs=2, max_failures=1,
-                     inject_failure_at_epoch=1, export=f"s3://{s3_bucket}/models/dce.safetensors",
+    config = _config(f"s3://{s3_bucket}/sice/", f"s3://{s3_bucket}/runs", name="s3run", workers=1, epochs=2,
+                     max_failures=1, inject_failure_at_epoch=1, export=f"s3://{s3_bucket}/models/dce.safetensors",
                      s3=s3_server.s3_options())
     crashed = run_training(config, say=lines.append)
-    assert crashed.images == 20 and crashed.run_uri == f"s3://{s3_bucket}/runs/s3run"
+    assert crashed.images == S3_TRAINING_IMAGES and crashed.run_uri == f"s3://{s3_bucket}/runs/s3run"
+    assert crashed.train_images > config.batch_size, "a second batch, at which the failure comes"
     assert [m["epoch"] for m in crashed.history] == [1, 2]
     # restarted exactly once, from a checkpoint (not from scratch): epoch 1 was never redone
     assert [m["resumes"] for m in crashed.history] == [0, 1]
@@ -176,7 +184,7 @@ def test_on_s3_an_injected_worker_failure_restarts_from_the_bucket_and_the_same_
     blob = client.get_object(Bucket=s3_bucket, Key="models/dce.safetensors")["Body"].read()
     assert load_weights(blob).meta.metrics["epochs"] == 2
 
-    more = run_training(_config(f"s3://{s3_bucket}/sice/", f"s3://{s3_bucket}/runs", name="s3run", epochs=3,
+    more = run_training(_config(f"s3://{s3_bucket}/sice/", f"s3://{s3_bucket}/runs", name="s3run", workers=1, epochs=3,
                                 s3=s3_server.s3_options()))
     assert [m["epoch"] for m in more.history] == [1, 2, 3]
     assert more.history[:2] == crashed.history
