@@ -714,7 +714,10 @@ def test_a_killed_driver_s_written_parts_are_adopted_and_nothing_is_done_twice(r
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2, 3])
+# What each seed draws: 1, SIGTERM with a part after each batch, 0.38 s after the first output; 5,
+# SIGKILL with the rows held for 60 s (lost with the process: the rerun redoes those inputs over
+# their outputs), 1.19 s after it. (Seeds 2 and 3 drew seed 1's signal and flush again, at 0.13 and 0.55 s.)
+@pytest.mark.parametrize("seed", [1, 5])
 def test_signals_at_random_moments_leave_every_input_done_exactly_once(tmp_path, ray_tmp, seed):
     """SIGTERM or SIGKILL at a random moment (the seed draws which and when, from the first output to
     well past it), then a rerun: whatever the moment, every input ends with one valid output and its
