@@ -413,6 +413,8 @@ def test_cli_refuses_mistakes_with_one_line_before_ray_starts(tmp_path, ray_tmp)
     Image.fromarray(_training_image(np.random.default_rng(3))).save(tmp_path / "one" / "a.png")
     (tmp_path / "a_folder").mkdir()
     (tmp_path / "bad.toml").write_text("epochz = 3\n")
+    # `samples` is the bundled set; a folder of that name here is ambiguous, and ./samples names it
+    (tmp_path / "samples").mkdir()
     bundled = str(REPO / "dce_batch" / "training_samples")
     cases = {
         "does not exist": ["--data", str(tmp_path / "missing")],
@@ -423,20 +425,15 @@ def test_cli_refuses_mistakes_with_one_line_before_ray_starts(tmp_path, ray_tmp)
         "is a folder": ["--data", bundled, "--export", str(tmp_path / "a_folder")],
         "nope.safetensors": ["--data", bundled, "--init-weights", "nope.safetensors"],
         "epochz": ["--config", str(tmp_path / "bad.toml"), "--data", bundled],
+        "--data ./samples": ["--data", "samples"],
     }
     result = subprocess.run([sys.executable, "-c", _MISTAKES_SCRIPT, json.dumps(list(cases.values()))],
                             cwd=tmp_path, env=cli_env(ray_tmp), capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(report["results"]) == len(cases), report
     for expected, outcome in zip(cases, report["results"]):
         lines = outcome["stderr"].splitlines()
         assert outcome["code"] == 2 and len(lines) == 1 and expected in lines[0], outcome
         assert lines[0].startswith("dce-batch train: ") and not outcome["stdout"], outcome
     assert not report["ray_started"] and not any(Path(ray_tmp).iterdir()), "Ray must not start for a mistake"
-
-    # `samples` is the bundled set; a folder of that name here is ambiguous, and ./samples names it
-    (tmp_path / "samples").mkdir()
-    result = subprocess.run([sys.executable, "-c", _MISTAKES_SCRIPT, json.dumps([["--data", "samples"]])],
-                            cwd=tmp_path, env=cli_env(ray_tmp), capture_output=True, text=True, timeout=300, check=False)
-    (outcome,) = json.loads(result.stdout.strip().splitlines()[-1])["results"]
-    assert outcome["code"] == 2 and "--data ./samples" in outcome["stderr"], outcome
