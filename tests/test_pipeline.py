@@ -70,7 +70,8 @@ def mixed_inputs(tmp_path: Path) -> Path:
 
 # A pool of one actor where its size is not what a test is about: each actor is a process that
 # imports torch and loads the model, seconds on a 2-core machine. The default pool (an actor per
-# CPU) runs in test_local_folder_end_to_end, the staged pipeline, the kill and interrupt tests.
+# CPU) runs in test_local_folder_end_to_end, the staged run of the staged-pipeline test, and the
+# kill and interrupt tests.
 ONE_ACTOR = (1, 1)
 
 
@@ -372,7 +373,7 @@ def test_output_inside_input_when_allowed(ray_local, tmp_path):
 def test_staged_pipeline_gives_the_fused_pipeline_s_outputs(ray_local, mixed_inputs, tmp_path):
     """The GPU-node pipeline (decode tasks -> network actors on batches of windows -> encode
     tasks) runs on CPUs too: same images, same rows, as the fused one."""
-    fused = run_enhance(_config(mixed_inputs, tmp_path / "fused", precision="fp32"))
+    fused = run_enhance(_config(mixed_inputs, tmp_path / "fused", precision="fp32", num_actors=ONE_ACTOR))
     staged = run_enhance(_config(mixed_inputs, tmp_path / "staged", precision="fp32", pipeline="staged",
                                  cpus_per_actor=0.5, batch_size=4))
     assert (staged.ok, staged.error) == (fused.ok, fused.error) == (7, 2)
