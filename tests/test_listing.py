@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -321,13 +322,12 @@ def test_list_file_errors_name_the_entry(tmp_path: Path) -> None:
 def test_s3_prefix_listing_pages_through_keys(s3_server, s3_bucket: str) -> None:
     """More keys than one ListObjectsV2 page (1,000), with folder markers and hidden keys."""
     client = s3_server.client()
-    expected = []
-    for i in range(1_150):
-        key = f"big/p{i % 4}/k{i:05d}.jpg"
-        client.put_object(Bucket=s3_bucket, Key=key, Body=b"x" * (i % 50))
-        expected.append(key.removeprefix("big/"))
-    for key in ["big/p0/", "big/.hidden/x.jpg", "big/_manifest/part.jpg", "big/notes.txt"]:
-        client.put_object(Bucket=s3_bucket, Key=key, Body=b"")
+    sizes = {f"big/p{i % 4}/k{i:05d}.jpg": i % 50 for i in range(1_150)}
+    expected = [key.removeprefix("big/") for key in sizes]
+    sizes.update(dict.fromkeys(["big/p0/", "big/.hidden/x.jpg", "big/_manifest/part.jpg", "big/notes.txt"], 0))
+    # Uploaded over a few connections at once: one by one, the 1,154 requests took most of the test.
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: client.put_object(Bucket=s3_bucket, Key=key, Body=b"x" * sizes[key]), sizes))
     _, table = list_inputs_table(f"s3://{s3_bucket}/big", s3_server.s3_options(), extensions=IMAGES)
     assert table.column("relpath").to_pylist() == sorted(expected)
     assert table.column("size").to_pylist()[:3] == [0, 4, 8]  # k00000, k00004, k00008 in p0

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .ray_cluster import processes_of, stop_processes_of
+from .ray_cluster import FAST_TRAIN_POLLING, processes_of, stop_processes_of
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.s3]
@@ -146,7 +146,10 @@ def test_every_readme_block_runs_as_written(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
     env.update(HOME=str(home), AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", MPLBACKEND="Agg")
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", MPLBACKEND="Agg",
+               # Ray Train's controller polls its workers every 2 s by default, so the training
+               # example ends up to 2 s after its worker did: the suite's faster polling, as elsewhere.
+               **FAST_TRAIN_POLLING)
     moto, client = _moto_with_a_bucket(9000, tmp_path / "moto.log")
     timings = []
     try:

@@ -532,9 +532,11 @@ def find_chromium() -> str | None:
 
 @pytest.fixture(scope="module")
 def samples_run(ray_local, tmp_path_factory) -> Path:
-    """The real job over the bundled samples."""
+    """The real job over the bundled samples, on Ray (one actor: the report shows the run's
+    figures and pairs, whatever the pool's size)."""
     out = tmp_path_factory.mktemp("samples") / "enhanced"
-    summary = run_enhance(EnhanceConfig(input=sample_images_dir(), output=str(out)), log=lambda line: None)
+    summary = run_enhance(EnhanceConfig(input=sample_images_dir(), output=str(out), num_actors=(1, 1)),
+                          log=lambda line: None)
     assert summary.ok == len(SAMPLES) and summary.error == 0
     return out
 

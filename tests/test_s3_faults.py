@@ -302,7 +302,7 @@ def test_job_prefix_to_prefix_through_20_percent_faults(ray_local, fault_proxy, 
     fault_proxy.first_fault_on = JOB_OPERATIONS
     summary = run_enhance(EnhanceConfig(
         input=f"s3://{s3_bucket}/raw/", output=f"s3://{s3_bucket}/enhanced/", s3=options, batch_size=2,
-        run_id="20250101T000000-faults", progress_interval_s=5.0,
+        run_id="20250101T000000-faults", progress_interval_s=5.0, num_actors=(1, 1),  # one actor, as the CLI's below
     ))
     _assert_faults_on_reads_writes_listings(fault_proxy)
     fault_proxy.configure(fault_rate=0.0)

@@ -145,27 +145,35 @@ def test_training_is_deterministic_with_a_seed(fast_run, training_images, tmp_pa
     assert [[m[k] for k in keys] for m in fast_run.history] == [[m[k] for k in keys] for m in again.history]
 
 
+S3_TRAINING_IMAGES = 10
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.s3
 def test_on_s3_an_injected_worker_failure_restarts_from_the_bucket_and_the_same_name_resumes(
         ray_local, s3_server, s3_bucket, tmp_path):
-    """Data, checkpoints, metrics and weights in a bucket. A worker process dies in epoch 2
+    """Data, checkpoints, metrics and weights in a bucket. The worker process dies in epoch 2
     (os._exit in the last rank): the group restarts from the checkpoint of epoch 1 read back from
     the bucket, and the run completes without losing or repeating epochs. The same name with more
-    epochs then continues after epoch 2 instead of starting over."""
+    epochs then continues after epoch 2 instead of starting over.
+
+    One worker: what this proves (restart and resume from checkpoints in a bucket) does not depend
+    on the group's size, and each worker of a group costs its start-up again on every (re)start;
+    two workers with DDP are test_two_workers_train_checkpoint_and_export's."""
     client = s3_server.client()
     rng = np.random.default_rng(1)
-    for i in range(20):  # two batches per worker and epoch: the failure comes at the second
+    for i in range(S3_TRAINING_IMAGES):  # two batches an epoch: the failure comes at the second
         buffer = io.BytesIO()
         Image.fromarray(_training_image(rng)).save(buffer, "PNG")
         client.put_object(Bucket=s3_bucket, Key=f"sice/{i:02d}.png", Body=buffer.getvalue())
     lines: list[str] = []
-    config = _config(f"s3://{s3_bucket}/sice/", f"s3://{s3_bucket}/runs", name="s3run", epochs=2, max_failures=1,
-                     inject_failure_at_epoch=1, export=f"s3://{s3_bucket}/models/dce.safetensors",
+    config = _config(f"s3://{s3_bucket}/sice/", f"s3://{s3_bucket}/runs", name="s3run", workers=1, epochs=2,
+                     max_failures=1, inject_failure_at_epoch=1, export=f"s3://{s3_bucket}/models/dce.safetensors",
                      s3=s3_server.s3_options())
     crashed = run_training(config, say=lines.append)
-    assert crashed.images == 20 and crashed.run_uri == f"s3://{s3_bucket}/runs/s3run"
+    assert crashed.images == S3_TRAINING_IMAGES and crashed.run_uri == f"s3://{s3_bucket}/runs/s3run"
+    assert crashed.train_images > config.batch_size, "a second batch, at which the failure comes"
     assert [m["epoch"] for m in crashed.history] == [1, 2]
     # restarted exactly once, from a checkpoint (not from scratch): epoch 1 was never redone
     assert [m["resumes"] for m in crashed.history] == [0, 1]
@@ -176,7 +184,7 @@ def test_on_s3_an_injected_worker_failure_restarts_from_the_bucket_and_the_same_
     blob = client.get_object(Bucket=s3_bucket, Key="models/dce.safetensors")["Body"].read()
     assert load_weights(blob).meta.metrics["epochs"] == 2
 
-    more = run_training(_config(f"s3://{s3_bucket}/sice/", f"s3://{s3_bucket}/runs", name="s3run", epochs=3,
+    more = run_training(_config(f"s3://{s3_bucket}/sice/", f"s3://{s3_bucket}/runs", name="s3run", workers=1, epochs=3,
                                 s3=s3_server.s3_options()))
     assert [m["epoch"] for m in more.history] == [1, 2, 3]
     assert more.history[:2] == crashed.history
@@ -405,6 +413,8 @@ def test_cli_refuses_mistakes_with_one_line_before_ray_starts(tmp_path, ray_tmp)
     Image.fromarray(_training_image(np.random.default_rng(3))).save(tmp_path / "one" / "a.png")
     (tmp_path / "a_folder").mkdir()
     (tmp_path / "bad.toml").write_text("epochz = 3\n")
+    # `samples` is the bundled set; a folder of that name here is ambiguous, and ./samples names it
+    (tmp_path / "samples").mkdir()
     bundled = str(REPO / "dce_batch" / "training_samples")
     cases = {
         "does not exist": ["--data", str(tmp_path / "missing")],
@@ -415,20 +425,15 @@ def test_cli_refuses_mistakes_with_one_line_before_ray_starts(tmp_path, ray_tmp)
         "is a folder": ["--data", bundled, "--export", str(tmp_path / "a_folder")],
         "nope.safetensors": ["--data", bundled, "--init-weights", "nope.safetensors"],
         "epochz": ["--config", str(tmp_path / "bad.toml"), "--data", bundled],
+        "--data ./samples": ["--data", "samples"],
     }
     result = subprocess.run([sys.executable, "-c", _MISTAKES_SCRIPT, json.dumps(list(cases.values()))],
                             cwd=tmp_path, env=cli_env(ray_tmp), capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(report["results"]) == len(cases), report
     for expected, outcome in zip(cases, report["results"]):
         lines = outcome["stderr"].splitlines()
         assert outcome["code"] == 2 and len(lines) == 1 and expected in lines[0], outcome
         assert lines[0].startswith("dce-batch train: ") and not outcome["stdout"], outcome
     assert not report["ray_started"] and not any(Path(ray_tmp).iterdir()), "Ray must not start for a mistake"
-
-    # `samples` is the bundled set; a folder of that name here is ambiguous, and ./samples names it
-    (tmp_path / "samples").mkdir()
-    result = subprocess.run([sys.executable, "-c", _MISTAKES_SCRIPT, json.dumps([["--data", "samples"]])],
-                            cwd=tmp_path, env=cli_env(ray_tmp), capture_output=True, text=True, timeout=300, check=False)
-    (outcome,) = json.loads(result.stdout.strip().splitlines()[-1])["results"]
-    assert outcome["code"] == 2 and "--data ./samples" in outcome["stderr"], outcome
