@@ -170,6 +170,9 @@ def test_every_readme_block_runs_as_written(tmp_path):
                 assert {p.name for p in work.iterdir()} - before == {"runs", "enhanced-try1"}
             if "ray job submit" in body:
                 _check_the_job_ran_on_the_cluster(result, work)
+                # The head serves only this block (the README stops it with `ray stop`): idle, it
+                # would take CPU from every block after it.
+                stop_processes_of(head_tmp)
         # The S3 block's outputs, while the server is up.
         keys = [o["Key"] for o in client.list_objects_v2(Bucket="bucket", Prefix="enhanced/")["Contents"]]
         assert {"enhanced/img0.png", "enhanced/img1.png"} <= set(keys)
