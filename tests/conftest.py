@@ -13,6 +13,7 @@ SHARED_MODULE_FIXTURE = ("test_training.py", "test_report.py", "test_onnx.py", "
 LONGEST_FIRST = ("test_readme.py", "test_training.py", "test_job_submit.py")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
 def pytest_collection_modifyitems(session, config, items):
     for item in items:
         if item.path.name in SHARED_MODULE_FIXTURE:
