@@ -402,8 +402,14 @@ def test_the_scene_is_read_from_the_whole_frame_not_the_mosaic_of_patches():
     from_mosaic = finish_params(small, enhanced, config)
     from_frame = finish_params(small, enhanced, config, scene)
     assert float(from_mosaic[0, PARAM_TONE]) < 0.9 and float(from_frame[0, PARAM_TONE]) == 1.0
-    # the full-frame path (finish_image) and the job's Enhancer pass the same whole-frame copy
+    # The copy has the same shape whether the frame comes as 8-bit (the job's Enhancer) or float.
     assert scene_copy(low).shape == scene.shape
+    # The full-frame path (finish_image) reads the whole frame too: the night scene is left as the
+    # curves left it, where the mosaic's target would have lifted it.
+    curves = (low * 8.0).clamp(0.0, 1.0)
+    assert float((finish_image(low, curves, config) - curves).abs().max()) < STEP
+    lifted = finish_tiles(low, curves, finish_params(params_copy(low), params_copy(curves), config), config)
+    assert float((lifted - curves).mean()) > 0.02
 
 
 def test_blacks_stay_black_on_the_retina_sample():
