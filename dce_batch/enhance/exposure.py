@@ -20,8 +20,8 @@ mean brightness of well-exposed references (a camera's meter, protecting highlig
 0.35 on SICE). How far the highlights stand above the mean (:func:`scene_feature`) adds little
 on real captures (0.080) and misleads on simulated ones: a real dark capture keeps highlights
 that the well-exposed photo of its scene clips or compresses, so it reads about one unit lower
-than a well-exposed photo darkened in linear light, and a model of it fitted on simulation
-(0.70 + 0.20 r) read real dark photos as night scenes and left them at its floor
+than a well-exposed photo darkened in linear light, and a model of it fitted on simulated
+captures (0.70 + 0.20 r) reads real dark photos as night scenes and leaves them at its floor
 (benchmarks/quality/README.md, "Exposure calibrated on real captures").
 """
 
