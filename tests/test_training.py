@@ -21,7 +21,7 @@ from dce_batch.job import EnhanceConfig, run_enhance
 from dce_batch.training.config import BUNDLED_DATA, TrainConfig, training_samples_dir
 from dce_batch.training.data import AugmentConfig, augment_batch, decode_for_training
 from dce_batch.training.losses import LossWeights
-from dce_batch.training.run import TrainingOutcome, run_training
+from dce_batch.training.run import run_training
 
 from .ray_cluster import cli_env
 
@@ -61,14 +61,6 @@ def _fast_config(data, storage, **overrides) -> TrainConfig:
     """The fast variant with its own loss weights: one worker, one epoch."""
     return _config(data, storage, variant="fast", epochs=1, workers=1, loss=LossWeights.for_variant("fast"),
                    **overrides)
-
-
-@pytest.fixture(scope="module")
-def fast_run(ray_local, training_images, tmp_path_factory) -> TrainingOutcome:
-    """A fast-variant run fine-tuned from the shipped fast model (``--init-weights``) at a tiny
-    learning rate, its weights exported. The test that checks it repeats it for determinism
-    instead of training two runs of its own: each run costs seconds of Ray Train start-up."""
-    return run_training(_fine_tuning_config(training_images, tmp_path_factory.mktemp("fast")))
 
 
 def _fine_tuning_config(data, folder: Path) -> TrainConfig:
@@ -134,29 +126,30 @@ def test_two_workers_train_checkpoint_and_export(ray_local, training_images, tmp
 @pytest.mark.ray
 @pytest.mark.slow
 def test_fast_variant_fine_tunes_with_its_own_defaults_and_a_seed_repeats_it_bit_for_bit(
-        fast_run, training_images, tmp_path):
+        ray_local, training_images, tmp_path):
     """The fast variant trains with its own loss weights from ``--init-weights``; and the same run
     again gives bit-identical losses, by construction: the block order is fixed from the listing
     to the worker's shard (``preserve_order``), the shuffle and augmentation are seeded, and the
     worker computes in one thread, in the same order, on the same machine. The fixture's images
     span several Ray Data blocks, which without a fixed order may arrive in any order.
 
-    One test for both: the suite runs on two processes, and a second test using the module's run
-    could land in the other one and train it again there."""
-    outcome = fast_run
-    assert outcome.weights_meta.variant == "fast" and outcome.weights_meta.num_params == 10_561
-    assert outcome.weights_meta.recipe["loss"]["smoothness"] == 1600
-    assert outcome.weights_meta.recipe["init_weights"] == "zerodcepp_sice_v2"
+    One test for both: each run costs seconds of Ray Train start-up, and the suite's two
+    processes would each train a run shared by two tests."""
+    # Fine-tuned from the shipped fast model (--init-weights) at a tiny learning rate, exported.
+    first = run_training(_fine_tuning_config(training_images, tmp_path / "first"))
+    assert first.weights_meta.variant == "fast" and first.weights_meta.num_params == 10_561
+    assert first.weights_meta.recipe["loss"]["smoothness"] == 1600
+    assert first.weights_meta.recipe["init_weights"] == "zerodcepp_sice_v2"
     # --init-weights started from the shipped fast model, not from random weights: an Adam step
     # moves each weight by at most lr * (1 - beta1) / sqrt(1 - beta2) ~ 3.2 lr, and one epoch here
     # is a handful of steps, far below this bound (random weights would be nowhere near).
     shipped = load_weights("zerodcepp_sice_v2").state_dict
-    exported = load_weights(outcome.export_uri).state_dict
+    exported = load_weights(first.export_uri).state_dict
     assert all(torch.allclose(exported[k], shipped[k], rtol=0, atol=1e-6) for k in shipped)
 
-    again = run_training(_fine_tuning_config(training_images, tmp_path))
+    again = run_training(_fine_tuning_config(training_images, tmp_path / "again"))
     keys = ("train_loss", "val_loss", "train_exposure", "train_smoothness")
-    assert [[m[k] for k in keys] for m in fast_run.history] == [[m[k] for k in keys] for m in again.history]
+    assert [[m[k] for k in keys] for m in first.history] == [[m[k] for k in keys] for m in again.history]
 
 
 S3_TRAINING_IMAGES = 10
