@@ -203,9 +203,10 @@ class Enhancer:
             copy = params_copy(torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0))  # picks pixels, no float copy
             return _to_unit_float(copy.contiguous().to(self.device), array.dtype)
 
-        scene = scene_copy(torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)) if finish.exposure == "auto" else None
-        if scene is not None:
-            scene = _to_unit_float(scene.to(self.device), pixels.dtype)
+        scene = None
+        if finish.exposure == "auto":  # the scene's target is read from the whole frame
+            scene = _to_unit_float(scene_copy(torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)).to(self.device),
+                                   pixels.dtype)
         return finish_params(small(pixels), small(stage), finish, scene)
 
     def _finish_windows(self, images, stages, outputs, members: list[tuple[int, Window]], params: torch.Tensor,
