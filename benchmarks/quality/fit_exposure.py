@@ -22,6 +22,11 @@
    dark frames (about one unit apart). A model of ``r`` alone fitted on simulated pairs
    (0.70 + 0.20 r) therefore read real dark photos as night scenes and left them at its floor;
    ``r`` adds little to ``m`` on real captures, so the shipped model leaves it out.
+5. **The capture's own exposure** ``e = log(mean linear luma)``: ``m`` rises with it inside a
+   bracket (one scene, several exposures), so a model of ``m`` alone gives a darker frame of one
+   scene a lower target. Printed: the fit with ``e`` added and its held-out error. It lowers
+   that error a little, but through the finishing it loses on the darkest real frames and on
+   the simulated sets (benchmarks/quality/README.md, "Exposure: two variants tried and left").
 
     python benchmarks/quality/fit_exposure.py [--level 0.45]
 """
@@ -56,19 +61,29 @@ def _feature(pixels: np.ndarray) -> float:
     return float(scene_feature(x))
 
 
+def _log_linear_mean(pixels: np.ndarray) -> float:
+    """log of the mean linear luma: how much light the capture gathered (its exposure)."""
+    import torch
+
+    from dce_batch.enhance.exposure import srgb_to_linear
+
+    linear = srgb_to_linear(torch.from_numpy(np.array(pixels)).float() / 255.0).numpy()
+    return float(np.log(max(float((linear @ LUMA).mean()), 1e-6)))
+
+
 def _curves_mean(enhancer, pixels: np.ndarray) -> float:
     return float((enhancer.enhance(np.array(pixels)).pixels / 255.0 @ LUMA).mean())
 
 
-def real_pairs(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(r of each dark frame, the curves' mean luma on it, its metered frame's mean luma, its
-    sequence's index), over :func:`sice_sequences.bracket_pairs`."""
+def real_pairs(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(r of each dark frame, the curves' mean luma on it, the log of its mean linear luma, its
+    metered frame's mean luma, its sequence's index), over :func:`sice_sequences.bracket_pairs`."""
     from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
     from dce_batch.enhance.weights import load_weights
 
     enhancer = Enhancer(load_weights(None), InferenceConfig())
     numbers, thumbs = load_thumbnails(folder)
-    features, curves, targets, sequences = [], [], [], []
+    features, curves, exposures, targets, sequences = [], [], [], [], []
     metered_means: dict[int, float] = {}
     for dark, metered in bracket_pairs(thumbs, group_sequences(thumbs)):
         if metered not in metered_means:
@@ -76,9 +91,10 @@ def real_pairs(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
         pixels = _load(folder / f"{numbers[dark]}.jpg")
         features.append(_feature(pixels))
         curves.append(_curves_mean(enhancer, pixels))
+        exposures.append(_log_linear_mean(pixels))
         targets.append(metered_means[metered])
         sequences.append(metered)
-    return np.array(features), np.array(curves), np.array(targets), np.array(sequences)
+    return np.array(features), np.array(curves), np.array(exposures), np.array(targets), np.array(sequences)
 
 
 def _held_out_rms(columns: list[np.ndarray], y: np.ndarray, seq: np.ndarray) -> float:
@@ -101,7 +117,7 @@ def main() -> None:
     shared = shared_root() / "data"
     if not shared.is_dir():
         sys.exit(f"{shared} is absent (../shared; set DCE_SHARED)")
-    r, m, y, seq = real_pairs(shared / "sice_part1_train")
+    r, m, e, y, seq = real_pairs(shared / "sice_part1_train")
     a, c, b = np.linalg.lstsq(np.column_stack([np.ones(len(y)), m, r]), y, rcond=None)[0]
     c_alone, a_alone = np.polyfit(m, y, 1)
     print(f"SICE brackets: {len(r)} real dark frames (mean luma 0.015-0.15) from "
@@ -112,6 +128,12 @@ def main() -> None:
     print(f"  leave-one-sequence-out RMS error: m and r {_held_out_rms([m, r], y, seq):.4f}, m alone "
           f"{_held_out_rms([m], y, seq):.4f}, r alone {_held_out_rms([r], y, seq):.4f}, a fixed target "
           f"{_held_out_rms([], y, seq):.4f}")
+    a_e, c_e, b_e = np.linalg.lstsq(np.column_stack([np.ones(len(y)), m, e]), y, rcond=None)[0]
+    dark = np.exp(e) < np.exp(e).mean() / 2
+    residual = y - (a_alone + c_alone * m)
+    print(f"  m and the capture's exposure e = log(mean linear luma): {a_e:.3f} + {c_e:.3f} m {b_e:+.3f} e, "
+          f"held-out RMS {_held_out_rms([m, e], y, seq):.4f}; residual of m alone on the {dark.sum()} frames under "
+          f"half the average exposure {residual[dark].mean():+.3f}, on the rest {residual[~dark].mean():+.3f}")
     intercept = args.level - c_alone * m.mean()
     print(f"  at level {args.level}: target = {intercept:.3f} + {c_alone:.3f} m   (shipped: {TARGET_INTERCEPT} + "
           f"{CURVES_WEIGHT} m)")
