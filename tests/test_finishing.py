@@ -22,6 +22,7 @@ from dce_batch.enhance.finishing import (
     finish_tiles,
     params_copy,
     parse_exposure,
+    scene_copy,
 )
 from dce_batch.enhance.exposure import TARGET_MAX, TARGET_MIN, scene_target
 from dce_batch.enhance.filters import luma
@@ -492,6 +493,19 @@ def test_images_without_usable_signal_get_a_valid_output(kind):
         assert float(finish_image(low, low, FinishConfig()).max()) == 0.0  # black stays black
     if kind == "white":
         assert float(finish_image(low, low, FinishConfig()).min()) == 1.0  # white stays white
+
+
+@pytest.mark.parametrize("shape", [(1, 1000), (1000, 1), (2, 1300), (3, 2000), (700, 2)])
+def test_the_scene_copy_of_a_long_thin_strip_keeps_its_short_side(shape):
+    """Only the long side is averaged down to 640 px when the short one is below the factor, so
+    the copy is never empty, and the strip is finished at its own shape."""
+    g = torch.Generator().manual_seed(4)
+    low = torch.rand((1, 3, *shape), generator=g) * 0.2
+    factor = -(-max(shape) // 640)
+    expected = tuple(side // min(factor, side) for side in shape)  # a side under the factor stays whole
+    assert scene_copy(low).shape[-2:] == expected and max(expected) <= 640
+    out = finish_image(low, low.pow(0.5), FinishConfig())
+    assert out.shape == low.shape and bool(torch.isfinite(out).all())
 
 
 def test_params_shape_and_noise_estimate_track_the_noise():

@@ -35,6 +35,7 @@ from dce_batch.imaging import (
     to_unit_float,
 )
 from dce_batch.imaging.decode import _pil_to_arrays
+from dce_batch.imaging.metadata import upright_exif
 
 ORIENTATION = 0x0112
 MAKE = 0x010F
@@ -355,6 +356,28 @@ def test_malformed_exif_is_dropped_not_fatal():
     for requested in ("jpeg", "png", "webp"):
         encoded = encode_image(broken.pixels, broken, EncodeOptions(format=requested))
         assert not open_bytes(encoded.data).getexif()
+
+
+def test_malformed_exif_is_dropped_without_a_warning():
+    """Pillow warns as it parses a truncated EXIF directory; the job drops the block quietly (the
+    warning would reach the user's terminal with no image named)."""
+    truncated = b"Exif\x00\x00II*\x00\x08\x00\x00\x00" + b"\xff" * 6  # an IFD of 65,535 entries, 6 bytes long
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert upright_exif(truncated, 4, 4) is None
+    assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.parametrize("samples", ["float32 RGB", "five channels"])
+def test_a_tiff_of_a_sample_layout_pillow_cannot_decode_is_unsupported_not_corrupt(samples):
+    import tifffile
+
+    pixels = rgb_array(6, 8)
+    array = pixels.astype(np.float32) / 255.0 if samples == "float32 RGB" else np.dstack([pixels, pixels[..., :2]])
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array, photometric="rgb" if samples == "float32 RGB" else "minisblack", planarconfig="contig")
+    with pytest.raises(UnsupportedImageError, match="sample layout cannot be decoded.*convert it to 8- or 16-bit"):
+        decode_image(buffer.getvalue())
 
 
 def test_icc_profile_kept():

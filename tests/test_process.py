@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import io
 from pathlib import Path
 
@@ -13,7 +15,8 @@ from PIL import Image
 from dce_batch.errors import OutputWriteError
 from dce_batch.imaging import EncodeOptions, decode_image, mean_luminance
 from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
-from dce_batch.job.steps import ImageProcessor, WorkItem
+from dce_batch.enhance.settings import FinishConfig
+from dce_batch.job.steps import ImageProcessor, WorkItem, enhance_states
 from dce_batch.enhance.weights import load_weights
 
 FS = pafs.LocalFileSystem()
@@ -94,3 +97,47 @@ def test_a_16_bit_png_is_enhanced_from_its_16_bit_values_and_stays_16_bit(proces
     assert np.array_equal(written.pixels, expected)
     # far more distinct levels than 8 bits could hold in this dark range
     assert len(np.unique(written.pixels[..., 0])) > 1000
+
+
+@pytest.mark.parametrize("shape", [(1, 1000), (1000, 1), (2, 1300), (10, 7000)])
+def test_a_long_thin_strip_is_enhanced_at_its_own_shape(tmp_path, shape):
+    """With the job's default finishing: a strip whose short side is below the factor that brings
+    its long side to the scene copy's 640 px. That side is not averaged (averaging it would leave
+    nothing to read the scene from)."""
+    (tmp_path / "in").mkdir()
+    rng = np.random.default_rng(3)
+    Image.fromarray((rng.random((*shape, 3)) * 50).astype(np.uint8)).save(tmp_path / "in" / "strip.png")
+    enhancer = Enhancer(load_weights(), InferenceConfig(precision="fp32", finish=FinishConfig()))
+    finishing = ImageProcessor(enhancer, EncodeOptions(), FS, FS, run_id="r1", worker="w")
+    try:
+        (row,) = finishing.process_batch([_item(tmp_path / "in" / "strip.png", tmp_path / "out" / "strip.png")])
+    finally:
+        finishing.close()
+    assert row.status == "ok" and row.error is None, row.error
+    assert decode_image((tmp_path / "out" / "strip.png").read_bytes()).pixels.shape == (*shape, 3)
+
+
+def test_an_image_the_network_cannot_take_gets_its_reason_and_the_others_go_through(processor, tmp_path):
+    """The network's refusal of one image becomes that image's error, in a batch (the staged
+    pipeline's GPU actor) and alone (the fused pipeline): no output for it, and the others are
+    enhanced and written."""
+    (tmp_path / "in").mkdir()
+    names = ["a.png", "odd.png", "b.png"]
+    for seed, name in enumerate(names):
+        _dark_png(tmp_path / "in" / name, seed=seed)
+    items = [_item(tmp_path / "in" / n, tmp_path / "out" / n) for n in names]
+    states = list(processor.reader.read_batch(items))
+    # Pixels no network takes (an image of no rows), in place of what the decoder gave.
+    states[1].decoded = dataclasses.replace(states[1].decoded, pixels=np.zeros((0, 8, 3), np.uint8))
+    enhance_states(processor.enhancer, states)
+    assert states[1].decoded is None and states[1].row.error.startswith("RuntimeError")
+    assert states[0].enhanced is not None and states[2].enhanced is not None
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        rows = processor.writer.write_batch(states, pool)
+    assert [r.status for r in rows] == ["ok", "error", "ok"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
+
+    (alone,) = list(processor.reader.read_batch(items[1:2]))
+    alone.decoded = dataclasses.replace(alone.decoded, pixels=np.zeros((8, 0, 3), np.uint8))
+    enhance_states(processor.enhancer, [alone])
+    assert alone.decoded is None and alone.enhanced is None and alone.row.error.startswith("RuntimeError")

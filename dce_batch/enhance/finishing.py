@@ -123,15 +123,17 @@ def scene_copy(image: torch.Tensor, max_side: int = SCENE_SIDE, band: int = 32) 
     area-averaged by the smallest integer factor that brings its longer side to ``max_side`` or
     less (as float32, in the input's own units). A mosaic of patches (:func:`params_copy`) would miss
     the lamps and windows the target depends on. ``image`` is N x C x H x W of any dtype; it is
-    converted ``band`` output rows at a time, so a 4K frame never exists as float32 whole.
+    converted ``band`` output rows at a time, so a 4K frame never exists as float32 whole. A side
+    shorter than the factor (a strip of 1000 x 1) is not averaged, so no side becomes empty.
     """
     height, width = image.shape[-2:]
     factor = max(1, -(-max(height, width) // max_side))
     if factor == 1:
         return image.float()
-    rows = (height // factor) * factor
-    step = band * factor
-    return torch.cat([F.avg_pool2d(image[..., y:min(y + step, rows), :(width // factor) * factor].float(), factor)
+    fy, fx = min(factor, height), min(factor, width)
+    rows = (height // fy) * fy
+    step = band * fy
+    return torch.cat([F.avg_pool2d(image[..., y:min(y + step, rows), :(width // fx) * fx].float(), (fy, fx))
                       for y in range(0, rows, step)], dim=-2)
 
 

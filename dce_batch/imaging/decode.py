@@ -162,6 +162,14 @@ def _identify(data: bytes) -> ImageFile.ImageFile:
             ) from exc
     if damaged is not None:
         fmt, exc = damaged
+        if fmt == "TIFF" and "unknown pixel mode" in str(exc):
+            # Pillow's TIFF reader names no mode for this combination of samples: a valid file
+            # of a layout it does not decode, far more often than a damaged one.
+            raise UnsupportedImageError(
+                f"is a TIFF whose sample layout cannot be decoded ({type(exc).__name__}: {exc}), "
+                "e.g. floating-point samples or more than four channels; convert it to 8- or 16-bit "
+                "RGB or gray (or, if it should be one of those, the file is damaged)"
+            ) from exc
         raise CorruptImageError(
             f"has a {fmt} signature but its header cannot be read ({type(exc).__name__}: {exc}); "
             "the file is damaged or truncated, re-export or re-download it"

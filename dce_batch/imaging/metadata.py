@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import warnings
 import zlib
 from typing import Final
 
@@ -48,19 +49,22 @@ def upright_exif(raw: bytes | None, width: int, height: int) -> bytes | None:
     if not raw:
         return None
     try:
-        exif = Image.Exif()
-        exif.load(raw)
-        if EXIF_ORIENTATION in exif:
-            exif[EXIF_ORIENTATION] = 1
-        for tag, value in ((IFD0_WIDTH, width), (IFD0_HEIGHT, height)):
-            if tag in exif:
-                exif[tag] = value
-        if _EXIF_IFD in exif:
-            exif_ifd = exif.get_ifd(_EXIF_IFD)  # a live dict: tobytes() writes what is set here
-            for tag, value in ((_EXIF_PIXEL_X, width), (_EXIF_PIXEL_Y, height)):
-                if tag in exif_ifd:
-                    exif_ifd[tag] = value
-        data = exif.tobytes()
+        # Pillow warns of malformed EXIF as it parses; such a block is dropped or cleaned here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            exif = Image.Exif()
+            exif.load(raw)
+            if EXIF_ORIENTATION in exif:
+                exif[EXIF_ORIENTATION] = 1
+            for tag, value in ((IFD0_WIDTH, width), (IFD0_HEIGHT, height)):
+                if tag in exif:
+                    exif[tag] = value
+            if _EXIF_IFD in exif:
+                exif_ifd = exif.get_ifd(_EXIF_IFD)  # a live dict: tobytes() writes what is set here
+                for tag, value in ((_EXIF_PIXEL_X, width), (_EXIF_PIXEL_Y, height)):
+                    if tag in exif_ifd:
+                        exif_ifd[tag] = value
+            data = exif.tobytes()
     except Exception as exc:  # noqa: BLE001 - malformed EXIF is dropped, never fatal
         logger.debug("dropping unreadable EXIF: %s", exc)
         return None

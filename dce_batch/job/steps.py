@@ -212,6 +212,40 @@ def wait_for_writes(writes: Sequence[concurrent.futures.Future | None]) -> None:
             future.result()
 
 
+def _fail_enhance(state: ImageState, exc: Exception) -> None:
+    if isinstance(exc, MemoryError):
+        state.row.error = describe_error(exc) + " (lower --max-pixels or the tile size, or give actors more memory)"
+    else:
+        logger.exception("unexpected error enhancing %s", state.item.input_uri)
+        state.row.error = describe_error(exc)
+    state.decoded = None
+
+
+def enhance_states(enhancer, states: Sequence[ImageState]) -> None:
+    """Enhance the decoded images of ``states`` in one call to the network. An image it cannot
+    take gets the reason in its row, and the others still go through (one at a time, when the
+    batch failed): one odd image must not fail the batch."""
+    todo = [s for s in states if s.decoded is not None]
+    if not todo:
+        return
+    try:
+        results = enhancer.enhance_batch([s.decoded.pixels for s in todo])
+    except Exception as exc:  # noqa: BLE001 - an odd image must not fail the batch
+        if len(todo) == 1:
+            _fail_enhance(todo[0], exc)
+            return
+        results = []
+        for state in todo:
+            try:
+                results.append(enhancer.enhance(state.decoded.pixels))
+            except Exception as one:  # noqa: BLE001
+                _fail_enhance(state, one)
+                results.append(None)
+    for state, result in zip(todo, results):
+        if result is not None:
+            state.enhanced, state.row.tiled = result.pixels, result.tiled
+
+
 class ImageProcessor:
     """Read -> decode -> enhance -> encode -> write, overlapping the I/O with the network.
 
@@ -232,15 +266,7 @@ class ImageProcessor:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=_IO_THREADS, thread_name_prefix="dce-io")
 
     def enhance_state(self, state: ImageState) -> None:
-        if state.decoded is None:
-            return
-        try:
-            result = self.enhancer.enhance(state.decoded.pixels)
-        except MemoryError as exc:
-            state.row.error = describe_error(exc) + " (lower --max-pixels or the tile size, or give actors more memory)"
-            state.decoded = None
-            return
-        state.enhanced, state.row.tiled = result.pixels, result.tiled
+        enhance_states(self.enhancer, [state])
 
     def process(self, item: WorkItem, data: bytes | None, read_error: str | None = None) -> ManifestRow:
         """One image whose bytes the caller already has."""

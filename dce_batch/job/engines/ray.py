@@ -32,7 +32,7 @@ from dce_batch.job.manifest.parts import BatchRows, PartBuffer, tag_rows, untag_
 from dce_batch.job.manifest.schema import rows_to_table
 from dce_batch.job.manifest.store import ManifestStore
 from dce_batch.job.sizing import WorkerPlan
-from dce_batch.job.steps import ImageReader, ImageState, ImageWriter, WorkItem
+from dce_batch.job.steps import ImageReader, ImageState, ImageWriter, WorkItem, enhance_states
 from dce_batch.job.worker import (
     EnhanceWorker,
     build_enhancer,
@@ -120,14 +120,10 @@ class GpuEnhanceActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         states = _unpickle_states(batch)
-        todo = [s for s in states if s.decoded is not None]
         for state in states:
             for name, value in self.constants.items():
                 setattr(state.row, name, value)
-        if todo:
-            results = self.enhancer.enhance_batch([s.decoded.pixels for s in todo])
-            for state, result in zip(todo, results):
-                state.enhanced, state.row.tiled = result.pixels, result.tiled
+        enhance_states(self.enhancer, states)
         return _pickle_states(states)
 
 
