@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -175,8 +176,12 @@ def _report_failure(program: str, exc: BaseException) -> int:
     cause = _dce_cause(exc)
     if cause is None:
         if _is_ray_error(exc):
-            first = (str(exc).strip().splitlines() or [""])[0]
-            print(f"{program}: the Ray cluster failed: {type(exc).__name__}: {first}", file=sys.stderr)
+            raised = _raised_in_worker(exc)
+            if raised is not None:  # the code a worker ran failed, not Ray: name that error
+                print(f"{program}: a Ray worker failed: {type(raised).__name__}: {_first_line(raised)} (a bug: "
+                      "please report it, with the worker's traceback from Ray's logs)", file=sys.stderr)
+            else:
+                print(f"{program}: the Ray cluster failed: {type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)
             return EXIT_FAILED
         traceback.print_exc()  # a bug: its traceback is the report
         return EXIT_FAILED
@@ -196,6 +201,28 @@ def _dce_cause(exc: BaseException) -> DceBatchError | None:
             return current
         current = getattr(current, "cause", None) or current.__cause__
     return None
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error's text, without the terminal colours Ray adds to it."""
+    return (_ANSI_ESCAPE.sub("", str(exc)).strip().splitlines() or [""])[0]
+
+
+def _raised_in_worker(exc: BaseException) -> BaseException | None:
+    """The innermost error under Ray's wrappers (RayTaskError, UserCodeException) that is not
+    Ray's own: what the worker's code raised. None when Ray itself failed (a dead actor or node)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    raised = None
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if not type(current).__module__.startswith("ray."):
+            raised = current
+        current = getattr(current, "cause", None) or current.__cause__
+    return raised
 
 
 def _is_ray_error(exc: BaseException) -> bool:

@@ -442,3 +442,31 @@ def test_parsing_a_command_line_imports_neither_torch_nor_ray():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_ray_worker_s_own_error_is_named_under_ray_s_wrappers_and_ray_s_failures_keep_theirs(capsys):
+    """What the code in a worker raised is the line the user reads, under Ray's RayTaskError and
+    UserCodeException and without Ray's terminal colours; a failure of Ray itself is named as such."""
+    import traceback
+
+    from ray.exceptions import ActorDiedError, RayTaskError, UserCodeException
+
+    from dce_batch.cli import EXIT_FAILED, _report_failure
+
+    try:
+        try:
+            raise ValueError("torch.cat(): expected a non-empty list of Tensors")
+        except ValueError as inner:
+            raise UserCodeException("\x1b[36mray::MapBatches(FusedActor)\x1b[39m failed") from inner
+    except UserCodeException as user:
+        wrapped = RayTaskError("ray::MapBatches(FusedActor)", traceback.format_exc(), user).as_instanceof_cause()
+    assert _report_failure("dce-batch enhance", wrapped) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.startswith("dce-batch enhance: a Ray worker failed: ValueError: torch.cat(): expected a non-empty "
+                          "list of Tensors (a bug: please report it")
+    assert err.count("\n") == 1 and "\x1b" not in err
+
+    assert _report_failure("dce-batch enhance", ActorDiedError()) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.startswith("dce-batch enhance: the Ray cluster failed: ActorDiedError: ") and "\x1b" not in err
+    assert err.count("\n") == 1
