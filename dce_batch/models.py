@@ -312,9 +312,14 @@ def _pil_to_bytes(image: "Image.Image") -> bytes:
     exif = image.getexif()
     if len(exif):
         extra["exif"] = exif.tobytes()
+    # Modes neither PNG nor TIFF can hold become their plain equivalent (premultiplied alpha is
+    # undone, HSV becomes RGB).
+    plain = {"La": "LA", "RGBa": "RGBA", "HSV": "RGB", "I;16N": "I;16"}.get(image.mode)
+    if plain is not None:
+        image = image.convert(plain)
     buffer = io.BytesIO()
-    # PNG holds every mode that PNG can (fast, uncompressed); TIFF the rest (CMYK, float, ...).
-    fmt = "PNG" if image.mode in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA") else "TIFF"
+    # PNG holds every mode that PNG can (fast, uncompressed); TIFF the rest (CMYK, 32-bit, float, ...).
+    fmt = "PNG" if image.mode in ("1", "L", "LA", "I;16", "I;16B", "P", "RGB", "RGBA") else "TIFF"
     options = {"compress_level": 0} if fmt == "PNG" else {}
     image.save(buffer, fmt, **options, **extra)
     return buffer.getvalue()
@@ -350,8 +355,10 @@ def enhance_image(image: "Image.Image", weights: str | WeightsEnum | Weights | P
         settings: ``scale``, ``device``, ``precision``, ``denoise``, ``denoise_strength``,
             ``exposure``, ``highlight_stretch``: as for :func:`enhance_batch`, same defaults.
 
-    The network is cached as for :func:`enhance_batch`. Grayscale stays grayscale and alpha is kept (the result is ``L``, ``LA``, ``RGB`` or ``RGBA``,
-    8 bits per channel), ICC profile and EXIF are kept.
+    The network is cached as for :func:`enhance_batch`. Grayscale stays grayscale and alpha is
+    kept; the result is ``L``, ``LA``, ``RGB`` or ``RGBA`` at 8 bits per channel, except that a
+    16-bit, 32-bit integer or float (``F``, read as [0, 1]) grayscale image comes back ``I;16``.
+    ICC profile and EXIF are kept.
     """
     from PIL import Image as PILImage
 
@@ -434,6 +441,10 @@ def enhance_batch(
     colour, rebuild = [], []
     for index, image in enumerate(images):
         array = np.asarray(image)
+        if array.ndim in (2, 3) and 0 in array.shape[:2]:
+            raise ConfigError(f"image {index} has no pixels (shape {array.shape})")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ConfigError(f"image {index} holds NaN or infinite values; float pixels must be finite, in [0, 1]")
         if array.ndim == 2:
             colour.append(np.ascontiguousarray(np.repeat(array[..., None], 3, axis=2)))
             rebuild.append(lambda out: np.ascontiguousarray(out[..., 0]))
@@ -443,6 +454,8 @@ def enhance_batch(
             rebuild.append(lambda out, alpha=alpha: out if alpha is None else np.concatenate([out, alpha], axis=2))
         else:
             raise ConfigError(f"image {index}: expected H x W, H x W x 3 or H x W x 4 pixels, got shape {array.shape}")
+    if not colour:
+        return []
     results = enhancer.enhance_batch(colour)
     return [make(result.pixels) for make, result in zip(rebuild, results)]
 

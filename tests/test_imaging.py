@@ -820,6 +820,22 @@ def test_16bit_tiff_whose_directory_libtiff_refuses_is_corrupt():
         decode_image(bytes(data))
 
 
+def test_size_limit_message_shows_small_sizes():
+    data = save(Image.new("L", (2, 500)), "PNG")
+    with pytest.raises(ImageTooLargeError, match=r"2x500 = 0\.001 MP exceeds the limit of 0\.0005 MP"):
+        decode_image(data, max_pixels=500)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 7), (7, 1)])
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "RGB"])
+def test_decoded_arrays_are_writable_for_one_row_and_one_column(mode, size):
+    """numpy counts a one-row slice as contiguous; the decoder still hands back arrays it owns
+    (torch.from_numpy warns on read-only memory)."""
+    decoded = decode_image(save(Image.new(mode, size), "PNG"))
+    assert decoded.pixels.flags.writeable
+    assert decoded.alpha is None or decoded.alpha.flags.writeable
+
+
 def test_16bit_colour_size_checked_before_decoding():
     data = png16(gradient16(40, 50))
     with pytest.raises(ImageTooLargeError, match="50x40"):

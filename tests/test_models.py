@@ -121,6 +121,33 @@ def test_enhance_image_keeps_grayscale_and_alpha_and_fast_variant():
     np.testing.assert_array_equal(np.asarray(unchanged), np.asarray(gray))
 
 
+@pytest.mark.parametrize("mode, expected", [
+    ("La", "LA"), ("RGBa", "RGBA"), ("HSV", "RGB"), ("I", "I;16"), ("I;16B", "I;16"), ("F", "I;16"),
+    ("CMYK", "RGB"), ("RGBX", "RGB"), ("PA", "RGBA"), ("1", "L"),
+])
+def test_enhance_image_takes_every_pillow_mode(mode, expected):
+    """Modes PNG cannot hold (premultiplied alpha, HSV, 32-bit, float, CMYK) still enhance."""
+    rng = np.random.default_rng(5)
+    rgba = Image.fromarray(np.dstack([(rng.random((12, 16, 3)) * 60).astype(np.uint8),
+                                      np.full((12, 16), 200, np.uint8)]), "RGBA")
+    source = rgba.convert("L").convert(mode) if mode in ("I", "I;16B", "F", "1") else rgba.convert(mode)
+    if mode == "F":  # float gray is read as [0, 1]
+        source = Image.fromarray(np.asarray(rgba.convert("L"), np.float32) / 255, "F")
+    out = dce_batch.enhance_image(source)
+    assert out.mode == expected and out.size == (16, 12)
+
+
+def test_enhance_batch_refuses_what_has_no_pixels_and_takes_an_empty_list():
+    assert dce_batch.enhance_batch([]) == []
+    with pytest.raises(models.ConfigError, match="image 1 has no pixels"):
+        dce_batch.enhance_batch([np.zeros((4, 4, 3), np.uint8), np.zeros((0, 5, 3), np.uint8)])
+    for bad in (np.nan, np.inf):
+        image = np.full((6, 6, 3), 0.1, np.float32)
+        image[2, 3, 1] = bad
+        with pytest.raises(models.ConfigError, match="image 0 holds NaN or infinite values"):
+            dce_batch.enhance_batch([image])
+
+
 def test_enhance_image_takes_the_keywords_of_enhance_batch():
     """One list of settings, with its defaults, in enhance_batch; enhance_image passes them on and
     shows them in its signature."""

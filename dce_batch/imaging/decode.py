@@ -201,10 +201,16 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
     pixels = width * height
     if pixels > max_pixels:
         raise ImageTooLargeError(
-            f"{width}x{height} = {pixels / 1e6:.1f} MP exceeds the limit of "
+            f"{width}x{height} = {_megapixels(pixels)} MP exceeds the limit of "
             f"{max_pixels / 1e6:g} MP ({max_pixels:,} pixels); raise --max-pixels if this image "
             "is expected"
         )
+
+
+def _megapixels(pixels: int) -> str:
+    """``pixels`` in MP, with the digits that tell a small image from an empty one."""
+    mp = pixels / 1e6
+    return f"{mp:.1f}" if mp >= 0.1 else f"{mp:.2g}"
 
 
 def _check_webp_canvas(data: bytes, max_pixels: int) -> None:
@@ -300,7 +306,7 @@ def _pil_to_arrays(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     if mode in GRAY_8BIT_MODES:
         if image.has_transparency_data:
             la = _release(_converted(image, "LA"))  # also un-premultiplies "La"
-            return _gray_to_rgb(la[:, :, 0]), np.ascontiguousarray(la[:, :, 1])
+            return _gray_to_rgb(la[:, :, 0]), np.array(la[:, :, 1], order="C")
         return _gray_to_rgb(_release(_converted(image, "L"))), None
 
     # Colour: RGB, RGBA, RGBa, RGBX, P, PA, YCbCr, HSV, LAB, ...
@@ -312,10 +318,11 @@ def _pil_to_arrays(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
             f"Pillow mode {mode!r} cannot be converted to {target} ({exc}); "
             "convert the file to 8-bit RGB first"
         ) from exc
-    if target == "RGBA":
-        return np.ascontiguousarray(array[:, :, :3]), np.ascontiguousarray(array[:, :, 3])
     # np.asarray of a Pillow image is a read-only view of an exported bytes copy; callers may
-    # write in place (torch.from_numpy needs writable memory), so own it.
+    # write in place (torch.from_numpy needs writable memory), so own it. np.array copies even a
+    # one-row or one-column slice that numpy already counts as contiguous.
+    if target == "RGBA":
+        return np.array(array[:, :, :3], order="C"), np.array(array[:, :, 3], order="C")
     return np.array(array, order="C"), None
 
 
