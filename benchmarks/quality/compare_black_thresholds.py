@@ -1,0 +1,90 @@
+"""The rule that keeps black inputs black, at several thresholds, through the job's own finishing.
+
+``finishing._keep_blacks`` scales the output to 0 where the brightest value of the input's 7 x 7
+neighbourhood is at or under a floor (2.5 8-bit steps) and keeps it from a second threshold on
+(4 steps). This script runs the default finishing (``finish_image`` with ``FinishConfig()``, the
+network's output cached per image) with those thresholds moved, or with the rule off, and prints
+PSNR / SSIM against the references, so the rule's cost on real and simulated pairs sits beside
+what it buys (the bundled retina sample's black surround, ``tests/test_finishing.py``).
+
+    python benchmarks/quality/sice_sequences.py --pairs /tmp/sice_pairs
+    dce-batch evaluate --simulate lol_matched,lol_wide,lol_wide_jpeg \\
+        --simulate-from ../shared/data/well_exposed/kodak24 --config input --out /tmp/evalsim
+    python benchmarks/quality/compare_black_thresholds.py /tmp/sice_pairs /tmp/evalsim/simulated
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))
+
+from compare_exposure_models import load_pairs  # noqa: E402
+
+#: (floor, full) in 8-bit steps; None switches the rule off.
+THRESHOLDS: dict[str, tuple[float, float] | None] = {
+    "shipped 2.5/4": (2.5, 4.0),
+    "off": None,
+    "2/3": (2.0, 3.0),
+    "1.5/2.5": (1.5, 2.5),
+    "0.5/1.5": (0.5, 1.5),
+}
+
+
+def finished(items: list[dict], thresholds: tuple[float, float] | None) -> tuple[float, float]:
+    """Mean PSNR and SSIM of the default finishing with the black thresholds set to ``thresholds``."""
+    import torch
+
+    from dce_batch.enhance import finishing
+    from dce_batch.enhance.settings import FinishConfig
+    from dce_batch.evaluation.evaluate import paired_metrics, quantize
+
+    saved = finishing._keep_blacks, finishing._BLACK_FLOOR, finishing._BLACK_FULL
+    try:
+        if thresholds is None:
+            finishing._keep_blacks = lambda low, out: out
+        else:
+            finishing._BLACK_FLOOR, finishing._BLACK_FULL = (t / 255.0 for t in thresholds)
+        scores = []
+        for item in items:
+            low = torch.from_numpy(np.ascontiguousarray(item["low"])).permute(2, 0, 1)[None]
+            out = torch.from_numpy(np.ascontiguousarray(item["out"])).permute(2, 0, 1)[None]
+            with torch.inference_mode():
+                output = finishing.finish_image(low, out, FinishConfig())[0].permute(1, 2, 0).numpy()
+            scores.append(paired_metrics(item["ref"], quantize(output)))
+    finally:
+        finishing._keep_blacks, finishing._BLACK_FLOOR, finishing._BLACK_FULL = saved
+    return float(np.mean([s["psnr"] for s in scores])), float(np.mean([s["ssim"] for s in scores]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sice_pairs", type=Path, help="folder written by sice_sequences.py --pairs")
+    parser.add_argument("simulated", type=Path, nargs="?", help="folder of simulated levels (LEVEL/low, LEVEL/high)")
+    args = parser.parse_args()
+    import torch
+
+    from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
+    from dce_batch.enhance.weights import load_weights
+
+    torch.set_num_threads(2)
+    enhancer = Enhancer(load_weights(None), InferenceConfig())
+    sets = {"SICE brackets, real": load_pairs(args.sice_pairs / "low", args.sice_pairs / "ref", enhancer)}
+    if args.simulated is not None:
+        for level in sorted(p.name for p in args.simulated.iterdir() if (p / "low").is_dir()):
+            sets[level] = load_pairs(args.simulated / level / "low", args.simulated / level / "high", enhancer)
+    print("PSNR dB / SSIM of the default finishing, black thresholds (floor/full, 8-bit steps):")
+    print(f"  {'set':22s} " + "  ".join(f"{name:>15s}" for name in THRESHOLDS))
+    for name, items in sets.items():
+        cells = [finished(items, thresholds) for thresholds in THRESHOLDS.values()]
+        print(f"  {name + f' ({len(items)})':22s} " + "  ".join(f"{p:7.2f} / {s:.4f}" for p, s in cells))
+
+
+if __name__ == "__main__":
+    main()
