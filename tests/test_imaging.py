@@ -380,6 +380,17 @@ def test_a_tiff_of_a_sample_layout_pillow_cannot_decode_is_unsupported_not_corru
         decode_image(buffer.getvalue())
 
 
+@pytest.mark.parametrize("kind", ["12-bit", "16-bit lossless"])
+def test_a_jpeg_of_more_than_8_bits_is_unsupported_not_corrupt(kind):
+    import imagecodecs
+
+    samples = (np.random.default_rng(0).random((6, 8, 3)) * 4095).astype(np.uint16)
+    options = {"bitspersample": 12} if kind == "12-bit" else {"lossless": True, "bitspersample": 16}
+    data = imagecodecs.jpeg8_encode(samples, **options)
+    with pytest.raises(UnsupportedImageError, match="JPEG of more than 8 bits per sample.*convert it to 16-bit PNG"):
+        decode_image(data)
+
+
 def test_icc_profile_kept():
     icc = srgb_icc()
     for source_format in ("JPEG", "PNG", "WEBP", "TIFF"):

@@ -581,6 +581,31 @@ def test_a_file_name_that_is_not_utf8_is_listed_escaped_with_an_error_and_nothin
         list_inputs_table(os.fsdecode(raw_root + b"/d\xff"), extensions=IMAGES)
 
 
+def test_undecodable_photo_formats_are_listed_with_their_error_and_other_files_are_counted(tmp_path: Path) -> None:
+    """A folder of iPhone photos (HEIC) gets a row per photo saying what to do, not silence; the
+    files skipped for their names are reported once, by extension, through ``warn``."""
+    from dce_batch.imaging import UNDECODABLE_EXTENSIONS
+
+    root = tmp_path / "in"
+    make_files(root, ["a.jpg", "IMG_1.HEIC", "sub/IMG_2.heif", "notes.txt", "b.txt", "icon.ico", "README",
+                      ".hidden.heic"])
+    warnings: list[str] = []
+    _, table = list_inputs_table(str(root), extensions=IMAGES, refused_extensions=UNDECODABLE_EXTENSIONS,
+                                 warn=warnings.append)
+    rows = {r["relpath"]: r["listing_error"] for r in table.select(["relpath", "listing_error"]).to_pylist()}
+    assert set(rows) == {"a.jpg", "IMG_1.HEIC", "sub/IMG_2.heif"} and rows["a.jpg"] is None
+    assert rows["IMG_1.HEIC"] == rows["sub/IMG_2.heif"] == UNDECODABLE_EXTENSIONS[".heic"]
+    assert rows["IMG_1.HEIC"].startswith("UnsupportedImageError: HEIC/HEIF photos cannot be decoded; convert")
+    assert warnings == ["4 file(s) skipped, not named as an image format dce-batch reads (.txt 2, .ico 1, "
+                        "no extension 1); a list file (.txt, .csv, .parquet) takes files whatever their names"]
+    # A glob lists them as the folder does; without refused_extensions (training data) they are skipped.
+    _, globbed = list_inputs_table(str(root / "*"), extensions=IMAGES, refused_extensions=UNDECODABLE_EXTENSIONS,
+                                   warn=warnings.append)
+    assert globbed["relpath"].to_pylist() == ["IMG_1.HEIC", "a.jpg"]
+    _, plain = list_inputs_table(str(root), extensions=IMAGES, warn=lambda line: None)
+    assert plain["relpath"].to_pylist() == ["a.jpg"]
+
+
 def test_walk_local_files_lists_links_without_following_them(tmp_path: Path) -> None:
     make_files(tmp_path / "out", ["a.jpg", "sub/b.jpg"])
     (tmp_path / "out/loop").symlink_to(".")

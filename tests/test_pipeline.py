@@ -347,6 +347,33 @@ def test_output_inside_input_is_refused(tmp_path):
     assert not (source / "enhanced").exists()
 
 
+def test_a_heic_photo_gets_a_row_that_says_to_convert_it(tmp_path):
+    source = tmp_path / "in"
+    _save(source / "a.png", _dark(30, 30), "PNG")
+    (source / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    summary = run_enhance(_config(source, tmp_path / "out", engine="local", report=False))
+    assert (summary.ok, summary.error, summary.refused) == (1, 1, 1)
+    rows = {r["input_relpath"]: r for r in _manifest(tmp_path / "out")}
+    assert rows["IMG_0001.HEIC"]["status"] == "error" and rows["IMG_0001.HEIC"]["output_relpath"] is None
+    assert rows["IMG_0001.HEIC"]["error"].startswith("UnsupportedImageError: HEIC/HEIF photos cannot be decoded")
+
+
+@pytest.mark.parametrize("name", ["photos[1]", "q?x", "star*x"])
+def test_a_folder_named_like_a_glob_is_that_folder(tmp_path, name):
+    """INPUT "photos[1]" exists as named: it is a folder, not a pattern, for the listing and for
+    the check that keeps OUTPUT out of INPUT (which once cut it back to tmp_path and refused an
+    OUTPUT beside it)."""
+    source = tmp_path / name
+    _save(source / "x.png", _dark(30, 30), "PNG")
+    summary = run_enhance(_config(source, tmp_path / "out", engine="local", report=False))
+    assert summary.ok == 1 and (tmp_path / "out" / "x.png").is_file()
+    with pytest.raises(ConfigError, match="inside INPUT"):
+        run_enhance(_config(source, source / "enhanced", engine="local", report=False))
+    # A pattern is still a pattern: its fixed leading folder is what OUTPUT must stay out of.
+    with pytest.raises(ConfigError, match="inside INPUT"):
+        run_enhance(_config(tmp_path / "*" / "*.png", tmp_path / "enhanced", engine="local", report=False))
+
+
 @pytest.mark.slow
 def test_a_cluster_too_small_for_the_pool_is_refused_before_the_manifest_changes(ray_local, tmp_path):
     """Ray sizes the pool once the cluster is up: a refusal there (exit 2) writes no planning row

@@ -89,6 +89,20 @@ def test_planning_refuses_escaping_colliding_and_reserved_names(tmp_path):
     assert plan.total == len(inputs)
 
 
+def test_a_collision_is_won_by_the_input_whose_name_the_output_is_and_the_advice_fits_it(tmp_path):
+    """coll.gif is written as coll.png: the real coll.png keeps its output (before, name order gave
+    it to the GIF), and the advice is only a new name, since no --format separates them."""
+    for names in (("coll.gif", "coll.png"), ("coll.png", "coll.gif")):
+        plan = _plan(tmp_path, _inputs(*names))
+        refused = dict(zip(plan.refused["input_uri"].to_pylist(), plan.refused["error"].to_pylist()))
+        assert plan.todo["input_relpath"].to_pylist() == ["coll.png"] and list(refused) == ["/in/coll.gif"]
+        assert refused["/in/coll.gif"].endswith("already writes " + str(tmp_path / "out" / "coll.png") + "; rename one of them")
+    plan = _plan(tmp_path, _inputs("a.png", "a.jpg", "b.gif", "b.png"), fmt="jpeg")
+    refused = dict(zip(plan.refused["input_uri"].to_pylist(), plan.refused["error"].to_pylist()))
+    assert refused["/in/a.png"].endswith("rename one of them or use --format same")  # a.jpg and a.png apart
+    assert refused["/in/b.png"].endswith("rename one of them")  # b.gif is written as b.png under --format same
+
+
 def test_a_file_larger_than_any_image_within_max_pixels_is_refused_unread(tmp_path):
     """A 5 GB "photo" (a video renamed, say) would exhaust the actor's memory on every rerun."""
     limit = max_file_bytes(DEFAULT_MAX_PIXELS)

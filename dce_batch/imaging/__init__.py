@@ -37,6 +37,7 @@ from dce_batch.imaging.encode import EncodedImage, EncodeOptions, encode_image
 from dce_batch.imaging.formats import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
+    UNDECODABLE_EXTENSIONS,
     extension_for,
     format_of_extension,
     max_file_bytes,
@@ -48,6 +49,7 @@ from dce_batch.imaging.pixels import REC709_LUMA, mean_luminance, to_uint8, to_u
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "UNDECODABLE_EXTENSIONS",
     "REC709_LUMA",
     "DecodedImage",
     "EncodeOptions",

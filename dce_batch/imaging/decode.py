@@ -170,6 +170,13 @@ def _identify(data: bytes) -> ImageFile.ImageFile:
                 "e.g. floating-point samples or more than four channels; convert it to 8- or 16-bit "
                 "RGB or gray (or, if it should be one of those, the file is damaged)"
             ) from exc
+        if fmt == "JPEG" and "-bit layers" in str(exc):
+            # Pillow reads 8-bit JPEG only; 12-bit (medical, some cameras' raw previews) and 16-bit
+            # lossless JPEG are valid files it refuses in the frame header.
+            raise UnsupportedImageError(
+                f"is a JPEG of more than 8 bits per sample ({exc}), which cannot be decoded; "
+                "convert it to 16-bit PNG or TIFF"
+            ) from exc
         raise CorruptImageError(
             f"has a {fmt} signature but its header cannot be read ({type(exc).__name__}: {exc}); "
             "the file is damaged or truncated, re-export or re-download it"

@@ -18,6 +18,7 @@ from dce_batch.errors import ConfigError
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "UNDECODABLE_EXTENSIONS",
     "extension_for",
     "format_of_extension",
     "max_file_bytes",
@@ -46,6 +47,15 @@ IMAGE_EXTENSIONS: Final[frozenset[str]] = frozenset(
         ".qoi",
     }
 )  # fmt: skip
+
+#: Extensions of formats people store photos in that cannot be decoded here (Pillow has no HEIF
+#: codec): a folder's such files are listed with this error, so that each gets a manifest row
+#: that says what to do rather than no row at all.
+UNDECODABLE_EXTENSIONS: Final[dict[str, str]] = {
+    ext: "UnsupportedImageError: HEIC/HEIF photos cannot be decoded; convert them to JPEG first "
+         "(for example with heif-convert, or export as JPEG from the phone or Photos)"
+    for ext in (".heic", ".heif", ".hif")
+}
 
 # Shown in "unsupported" messages; the decodable set is whatever Pillow identifies.
 SUPPORTED_TEXT: Final = "JPEG, PNG, WebP, TIFF, BMP, GIF, MPO, JPEG 2000, AVIF, PNM, TGA, QOI"

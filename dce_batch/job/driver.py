@@ -42,7 +42,7 @@ from dce_batch.errors import (
     WeightsError,
     describe_error,
 )
-from dce_batch.imaging import IMAGE_EXTENSIONS
+from dce_batch.imaging import IMAGE_EXTENSIONS, UNDECODABLE_EXTENSIONS
 from dce_batch.job.config import EnhanceConfig
 from dce_batch.job.manifest.lease import acquire_lease, lease_supported
 from dce_batch.job.manifest.parts import PartLedger
@@ -54,6 +54,7 @@ from dce_batch.job.progress import Progress
 from dce_batch.job.signals import StopRequest
 from dce_batch.job.worker import read_weights_spec
 from dce_batch.storage import Location, filesystem_for, list_inputs_table, remove_files, temp_tag
+from dce_batch.storage.globs import GLOB_CHARS
 
 __all__ = ["LOCAL_MAX_IMAGES", "ResolvedWeights", "choose_engine", "resolve_weights", "run_enhance"]
 
@@ -132,11 +133,14 @@ def check_output_location(config: EnhanceConfig, output: Location) -> None:
         return
     input_fs, input_path = filesystem_for(config.input, config.s3)
     root = input_path
-    if set("*?[") & set(root):  # a glob: its fixed leading folders
-        parts = root.split("/")
-        root = "/".join(parts[: next(i for i, p in enumerate(parts) if set("*?[") & set(p))])
     try:
         info = input_fs.get_file_info(root)
+        # A path that does not exist as named and holds * ? [ is a glob (as the listing reads it):
+        # its fixed leading folders. A folder named "photos[1]" is that folder.
+        if info.type == pafs.FileType.NotFound and GLOB_CHARS & set(root):
+            parts = root.split("/")
+            root = "/".join(parts[: next(i for i, p in enumerate(parts) if GLOB_CHARS & set(p))])
+            info = input_fs.get_file_info(root)
     except OSError as exc:
         raise StorageError(f"cannot check INPUT {config.input}: {exc}") from exc
     if info.type == pafs.FileType.NotFound:
@@ -153,7 +157,7 @@ def _input_root(config: EnhanceConfig) -> Location | None:
     """INPUT as a folder, when it is one (for the checks that keep outputs out of it)."""
     try:
         fs, path = filesystem_for(config.input, config.s3)
-        if set("*?[") & set(path) or fs.get_file_info(path).type != pafs.FileType.Directory:
+        if fs.get_file_info(path).type != pafs.FileType.Directory:
             return None
     except (OSError, DceBatchError):
         return None
@@ -200,7 +204,8 @@ def prepare(config: EnhanceConfig, output: Location, store: ManifestStore, weigh
     Finding no input raises NoInputsFoundError (exit 2); links the listing skipped are ``warn``-ed."""
     # Unsorted: plan_run sorts what remains to do, after resume (a million skipped rows never are).
     input_fs, listing = list_inputs_table(config.input, config.s3, extensions=IMAGE_EXTENSIONS,
-                                          base=config.base or None, warn=warn, sort=False)
+                                          base=config.base or None, warn=warn, sort=False,
+                                          refused_extensions=UNDECODABLE_EXTENSIONS)
     if config.overwrite:  # the manifest is deleted once the run goes ahead (_run)
         done, adopted, runs = None, [], set()
     else:

@@ -190,14 +190,16 @@ def plan_run(*, listing: pa.Table, output: Location, run_id: str,
     listing_error = _column(listing, "listing_error", pa.string())  # e.g. a file name that is not UTF-8
     refused_mask = pc.or_(pc.or_(pc.or_(pc.or_(unsafe, reserved), oversized), into_input), pc.is_valid(listing_error))
 
-    # Two inputs may not share an output (a.png and a.jpg with --format jpeg): the first claims it.
+    # Two inputs may not share an output (a.png and a.jpg with --format jpeg): one claims it, the
+    # input whose own name it is (a.png over a.gif, whose output is a PNG too), else the first
+    # in name order (a.jpg before a.png), whatever order the listing came in.
     candidates = pc.indices_nonzero(pc.invert(refused_mask))
     claimer: dict[int, int] = {}  # colliding row -> the row that claimed the output first
     if has_duplicates(_keep(out_rel, pc.invert(refused_mask))):  # rare: sort only then
-        # "First" in name order (a.jpg before a.png), whatever order the listing came in.
+        names, outputs = pc.take(relpaths, candidates), pc.take(out_rel, candidates)
         order = pc.take(candidates, pc.sort_indices(
-            pa.table({"o": pc.take(out_rel, candidates), "r": pc.take(relpaths, candidates)}),
-            sort_keys=[("o", "ascending"), ("r", "ascending")]))
+            pa.table({"o": outputs, "renamed": pc.not_equal(names, outputs), "r": names}),
+            sort_keys=[("o", "ascending"), ("renamed", "ascending"), ("r", "ascending")]))
         sorted_rel = pc.take(out_rel, order)
         same = pc.equal(sorted_rel.slice(1), sorted_rel.slice(0, len(sorted_rel) - 1))
         for pos in pc.indices_nonzero(same).to_pylist():
@@ -224,7 +226,7 @@ def plan_run(*, listing: pa.Table, output: Location, run_id: str,
     for row in refused_rows.to_pylist():
         rel, new_rel = relpaths[row].as_py(), out_rel[row].as_py()
         errors.append(_refusal(listing, listing_error, row, rel, new_rel, output, oversized, claimer, into_input,
-                               max_pixels))
+                               max_pixels, requested_format))
     refused_table = _refused_rows(refused, errors, {"run_id": run_id, **row_constants})
 
     keep = pc.invert(refused_mask)
@@ -266,7 +268,19 @@ def _sorted_by(table: pa.Table, column: str) -> pa.Table:
     return table.take(pc.sort_indices(names))
 
 
-def _refusal(listing, listing_error, row, rel, new_rel, output, oversized, claimer, into_input, max_pixels) -> str:
+def _collision_advice(rel: str, other: str, requested_format: str) -> str:
+    """What separates two inputs that would write one output: ``--format same`` when it would
+    give them different outputs (a.png and a.jpg under --format jpeg), else only a new name
+    (a.gif and a.png: a GIF is written as PNG whatever the format)."""
+    if requested_format != "same":
+        _, apart = _per_extension(pa.array([rel, other], pa.string()), "same")
+        if apart[0].as_py() != apart[1].as_py():
+            return "rename one of them or use --format same"
+    return "rename one of them"
+
+
+def _refusal(listing, listing_error, row, rel, new_rel, output, oversized, claimer, into_input, max_pixels,
+             requested_format) -> str:
     known = listing_error[row].as_py()
     if known:
         return known
@@ -276,8 +290,10 @@ def _refusal(listing, listing_error, row, rel, new_rel, output, oversized, claim
                 f"{max_pixels / 1e6:g} MP takes ({max_file_bytes(max_pixels) / 1e9:.2f} GB), so it is not read; "
                 "raise --max-pixels if it really is one image")
     if row in claimer:
-        return (f"OutputCollisionError: {listing['uri'][claimer[row]].as_py()} already writes "
-                f"{output.child_uri(new_rel)}; rename one of them or use --format same")
+        other = claimer[row]
+        advice = _collision_advice(rel, listing["relpath"][other].as_py(), requested_format)
+        return (f"OutputCollisionError: {listing['uri'][other].as_py()} already writes "
+                f"{output.child_uri(new_rel)}; {advice}")
     try:
         output.child(rel)
     except (DceBatchError, ValueError) as exc:

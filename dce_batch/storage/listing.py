@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import NamedTuple
 
 import pyarrow as pa
@@ -156,9 +157,15 @@ def _list_tree(
     *,
     recursive: bool = True,
     pattern: str | None = None,
+    refused: Mapping[str, str] | None = None,
 ) -> tuple[pa.Table, int]:
     """Files under ``base`` with an image extension (and whose relpath matches the regex
-    ``pattern``), as a table; and how many candidate files were seen (for "nothing found")."""
+    ``pattern``), as a table; and how many candidate files were seen (for "nothing found").
+
+    Files with an extension in ``refused`` (extension -> manifest error) are listed too, with
+    that error as their ``listing_error``. Other files are skipped, and when some images were
+    found, ``warn`` is called once with how many were skipped, by extension."""
+    refused = {ext.lower(): error for ext, error in (refused or {}).items()}
     if isinstance(fs, PortableS3FileSystem):
         pages = _s3_pages(fs, base, recursive)
     elif isinstance(fs, pafs.LocalFileSystem):
@@ -169,6 +176,7 @@ def _list_tree(
     lowered_exts = sorted(extensions)
     chunks: list[pa.Table] = []
     seen = 0
+    skipped: Counter[str] = Counter()
     for page in pages:
         if len(page.paths) == 0:
             continue
@@ -181,10 +189,24 @@ def _list_tree(
         is_image = pc.ends_with(lower, lowered_exts[0])
         for ext in lowered_exts[1:]:
             is_image = pc.or_(is_image, pc.ends_with(lower, ext))
-        keep = pc.and_(candidate, is_image)
         errors = None
+        for ext, error in refused.items():
+            hit = pc.and_(pc.ends_with(lower, ext), pc.invert(is_image))
+            if pc.any(hit).as_py():
+                is_image = pc.or_(is_image, hit)
+                base_errors = errors if errors is not None else pa.nulls(len(lower), pa.string())
+                errors = pc.if_else(hit, pa.scalar(error), base_errors)
+        keep = pc.and_(candidate, is_image)
+        other = pc.and_(candidate, pc.invert(is_image))
+        if pc.any(other).as_py():
+            names = pc.filter(lower, other)
+            exts = pc.fill_null(pc.struct_field(pc.extract_regex(names, r"(?P<e>\.[^./]*)$"), "e"), "")
+            for item in pc.value_counts(exts).to_pylist():
+                skipped[item["values"]] += item["counts"]
         if page.not_utf8 is not None and pc.any(page.not_utf8).as_py():
-            errors = pc.if_else(page.not_utf8, pa.scalar(_NOT_UTF8_ERROR), pa.scalar(None, pa.string()))
+            # A name that cannot be shown as it is says so first, whatever its extension.
+            base_errors = errors if errors is not None else pa.nulls(len(lower), pa.string())
+            errors = pc.if_else(page.not_utf8, pa.scalar(_NOT_UTF8_ERROR), base_errors)
         columns = [page.paths, relpaths, page.sizes, page.mtimes, page.etags, errors]
         paths, relpaths, sizes, mtimes, etags, errors = (
             None if c is None else pc.filter(c, keep) for c in columns
@@ -193,7 +215,20 @@ def _list_tree(
                                        etags=etags, listing_errors=errors))
     if not chunks:
         return INPUT_TABLE_SCHEMA.empty_table(), seen
-    return pa.concat_tables(chunks).combine_chunks(), seen
+    table = pa.concat_tables(chunks).combine_chunks()
+    if skipped and table.num_rows:  # none found: _nothing_found says it all
+        warn(_skipped_line(skipped))
+    return table, seen
+
+
+def _skipped_line(skipped: Counter[str]) -> str:
+    """One line on the files a folder listing left out, by extension (most common first)."""
+    total = sum(skipped.values())
+    shown = [f"{ext or 'no extension'} {count:,}" for ext, count in skipped.most_common(6)]
+    if len(skipped) > 6:
+        shown.append(f"{len(skipped) - 6} more extensions")
+    return (f"{total:,} file(s) skipped, not named as an image format dce-batch reads ({', '.join(shown)}); "
+            "a list file (.txt, .csv, .parquet) takes files whatever their names")
 
 
 def _missing_error(fs: pafs.FileSystem, path: str, uri: str) -> StorageError:
@@ -230,7 +265,7 @@ def _nothing_found(uri: str, what: str, extensions: frozenset[str], seen: int) -
 
 
 def _list_glob(fs: pafs.FileSystem, path: str, uri: str, extensions: frozenset[str],
-               warn: Callable[[str], None]) -> pa.Table:
+               warn: Callable[[str], None], refused: Mapping[str, str] | None = None) -> pa.Table:
     base, pattern = split_glob(path)
     if isinstance(fs, pafs.S3FileSystem) and not base:
         raise StorageError(f"cannot list {uri}: the bucket name cannot be a pattern")
@@ -240,7 +275,7 @@ def _list_glob(fs: pafs.FileSystem, path: str, uri: str, extensions: frozenset[s
     # A single-segment pattern ("a/*.png") needs one level only: avoids listing a whole bucket.
     recursive = "/" in pattern or "**" in pattern
     table, seen = _list_tree(
-        fs, base, extensions, warn, recursive=recursive, pattern=glob_regex_source(pattern)
+        fs, base, extensions, warn, recursive=recursive, pattern=glob_regex_source(pattern), refused=refused
     )
     if table.num_rows == 0:
         what = f"files matching {pattern!r} under {display(fs, base)}"
@@ -302,6 +337,7 @@ def list_inputs_table(
     base: str | None = None,
     warn: Callable[[str], None] | None = None,
     sort: bool = True,
+    refused_extensions: Mapping[str, str] | None = None,
 ) -> tuple[pafs.FileSystem, pa.Table]:
     """Find the input images of a run, as a table (see :data:`INPUT_TABLE_SCHEMA`).
 
@@ -327,6 +363,11 @@ def list_inputs_table(
     (size 0) so that reading them gives a row saying what they are. A file whose name is not
     UTF-8 is listed with ``\\xNN`` escapes and ``listing_error`` set (UnsupportedNameError).
 
+    Folders, prefixes and globs also list files with an extension in ``refused_extensions``
+    (extension -> the manifest error, e.g. HEIC photos, which cannot be decoded) with that error
+    as their ``listing_error``, so that they get a row that says why rather than no row; other
+    files are skipped, and ``warn`` is called once with how many, by extension.
+
     Returns the filesystem of the images and the table, sorted by ``relpath`` (``sort=False``:
     in the order found, for a caller that sorts only the rows it keeps).
     NoInputsFoundError (an InputNotFoundError and a StorageError) if nothing is found;
@@ -342,7 +383,7 @@ def list_inputs_table(
     has_glob = bool(GLOB_CHARS & set(path))
     info = get_info(fs, path, "list", path)
     if has_glob and info.type == pafs.FileType.NotFound:
-        table = _list_glob(fs, path, uri, exts, warn)
+        table = _list_glob(fs, path, uri, exts, warn, refused_extensions)
     elif info.type == pafs.FileType.File:
         if posixpath.splitext(path)[1].lower() in LIST_FILE_SUFFIXES:
             fs, table = list_from_list_file(fs, path, uri, s3, exts)
@@ -353,7 +394,7 @@ def list_inputs_table(
                                      sizes=pa.array([info.size], pa.int64()),
                                      mtimes=pa.array([info.mtime_ns], MTIME_TYPE))
     elif info.type == pafs.FileType.Directory:
-        table, seen = _list_tree(fs, path, exts, warn)
+        table, seen = _list_tree(fs, path, exts, warn, refused=refused_extensions)
         if table.num_rows == 0:
             raise _nothing_found(uri, "searched recursively", exts, seen)
     else:
