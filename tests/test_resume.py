@@ -77,6 +77,26 @@ def test_a_touched_but_equal_input_is_redone_to_the_same_output(tmp_path):
     assert (out / "img2.png").read_bytes() == before
 
 
+def test_a_replaced_input_that_no_longer_decodes_keeps_its_earlier_output_and_is_retried(tmp_path):
+    """Decided: a finished output is never deleted because its input went bad (it may be the only
+    good copy); the latest row says error and every rerun tries the input again."""
+    source, out = tmp_path / "in", tmp_path / "out"
+    _inputs(source, 2)
+    _run(source, out)
+    before = (out / "img1.png").read_bytes()
+    (source / "img1.png").write_bytes(b"garbage")
+    failed = _run(source, out)
+    assert (failed.ok, failed.error, failed.skipped, failed.changed) == (0, 1, 1, 1)
+    assert (out / "img1.png").read_bytes() == before
+    latest = {r["input_relpath"]: r for r in read_manifest(str(out)).to_pylist() if r["run_id"] == failed.run_id}
+    assert latest["img1.png"]["status"] == "error" and latest["img1.png"]["output_relpath"] is None
+    again = _run(source, out)
+    assert (again.error, again.skipped) == (1, 1)
+    _image(source / "img1.png", 7)  # repaired
+    repaired = _run(source, out)
+    assert (repaired.ok, repaired.skipped) == (1, 1) and (out / "img1.png").read_bytes() != before
+
+
 def test_a_moved_output_resumes_and_its_report_still_works(tmp_path):
     source, out = tmp_path / "in", tmp_path / "out"
     _inputs(source)
