@@ -663,6 +663,23 @@ def test_int32_and_float_modes_are_clipped():
 # 16-bit colour: decoded from its 16-bit values, written back at 16 bits
 
 
+@pytest.mark.parametrize("magic, channels, maximum", [(b"P6", 3, 65535), (b"P6", 3, 1023), (b"P5", 1, 4095),
+                                                     (b"P5", 1, 65535)])
+def test_16bit_pnm_keeps_its_16_bits_scaled_from_its_maximum(magic, channels, maximum):
+    """Pillow cuts a 16-bit PPM (as dcraw -4 and netpbm write them) to 8 bits; its 16 bits are
+    kept, scaled from the file's maximum to 65535, and a PGM's as well."""
+    rng = np.random.default_rng(4)
+    samples = rng.integers(0, maximum + 1, (5, 7, channels)).astype(">u2")
+    data = magic + b"\n# made by a test\n7 5\n" + str(maximum).encode() + b"\n" + samples.tobytes()
+    decoded = decode_image(data)
+    assert decoded.bit_depth == 16 and decoded.grayscale is (channels == 1)
+    check_pixels(decoded, 5, 7, np.uint16)
+    expected = np.rint(samples.astype(np.float64) * 65535 / maximum).astype(np.uint16)
+    np.testing.assert_array_equal(decoded.pixels, np.repeat(expected, 3 // channels, axis=2))
+    with pytest.raises(CorruptImageError, match="truncated"):
+        decode_image(data[:-3])
+
+
 def test_16bit_rgb_png():
     values = np.random.default_rng(2).integers(0, 65536, (5, 7, 3), dtype=np.uint16)
     decoded = decode_image(png16_rgb(values))

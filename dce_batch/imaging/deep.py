@@ -1,6 +1,7 @@
-"""16-bit colour: PNG and TIFF decoded and encoded with imagecodecs (libpng, libtiff) and tifffile.
+"""16-bit colour: PNG and TIFF decoded and encoded with imagecodecs (libpng, libtiff) and tifffile;
+binary 16-bit PPM/PGM decoded with numpy.
 
-Pillow cannot hold 16-bit colour (it cuts 16-bit RGB(A) PNG/TIFF to 8 bits when loading), so
+Pillow cannot hold 16-bit colour (it cuts 16-bit RGB(A) PNG/TIFF/PPM to 8 bits when loading), so
 :mod:`~dce_batch.imaging.decode` lets Pillow identify such a file, check its size and read its
 metadata, and hands the pixels to this module; 16-bit PNG and TIFF outputs are written here too.
 16-bit gray without alpha stays with Pillow, which decodes it exactly.
@@ -47,6 +48,8 @@ def is_deep_colour(image: ImageFile.ImageFile, fmt: str) -> bool:
     which decodes it exactly; other 16-bit TIFF colour spaces (CMYK, YCbCr, Lab) also stay with
     Pillow and come out 8-bit.
     """
+    if fmt == "PPM":
+        return _pnm_samples(image) is not None
     if fmt == "TIFF":
         bits = image.tag_v2.get(_TIFF_BITS_PER_SAMPLE)
         bits = bits if isinstance(bits, tuple) else (bits,)
@@ -62,6 +65,36 @@ def is_deep_colour(image: ImageFile.ImageFile, fmt: str) -> bool:
     return False
 
 
+def _pnm_samples(image: ImageFile.ImageFile) -> tuple[int, int, int] | None:
+    """(channels, maximum value, offset of the samples) of a binary PPM/PGM with more than 8 bits
+    per sample and a maximum Pillow scales itself (Pillow cuts such a PPM to 8 bits; its PGM are
+    read here too, so that both scale alike); None for every other PNM (8-bit, plain-text, and
+    16-bit PGM of maximum 65535, which Pillow reads exactly as raw data)."""
+    tiles = image.tile or ()
+    if len(tiles) != 1 or tiles[0][0] != "ppm":
+        return None
+    args = tiles[0][3]
+    if not (isinstance(args, tuple) and len(args) == 2 and args[0] in ("RGB", "L") and args[1] > 255):
+        return None
+    return (3 if args[0] == "RGB" else 1), int(args[1]), int(tiles[0][2])
+
+
+def _decode_pnm(data: bytes, image: ImageFile.ImageFile) -> np.ndarray:
+    """The samples of a binary 16-bit PPM/PGM (big-endian), scaled from its maximum to 0..65535."""
+    channels, maximum, offset = _pnm_samples(image)  # type: ignore[misc]
+    width, height = image.size
+    count = width * height * channels
+    if len(data) < offset + 2 * count:
+        raise CorruptImageError(
+            f"16-bit {'PPM' if channels == 3 else 'PGM'} data is truncated ({len(data) - offset:,} bytes of "
+            f"samples, {2 * count:,} expected); re-export or re-download the file")
+    samples = np.frombuffer(data, ">u2", count, offset).reshape(height, width, channels)
+    if maximum == 65535:
+        return samples.astype(np.uint16)
+    scaled = np.rint(np.minimum(samples, maximum) * np.float32(65535.0 / maximum))
+    return scaled.astype(np.uint16)
+
+
 def decode_deep_colour(data: bytes, image: ImageFile.ImageFile, fmt: str) -> DecodedImage:
     """Decode a 16-bit colour or gray+alpha PNG/TIFF to uint16 with imagecodecs (libpng/libtiff).
 
@@ -73,6 +106,10 @@ def decode_deep_colour(data: bytes, image: ImageFile.ImageFile, fmt: str) -> Dec
     width, height = image.size
     mode = image.mode
     icc = image.info.get("icc_profile") or None
+    if fmt == "PPM":  # no metadata, no orientation: the samples follow the header
+        array = _decode_pnm(data, image)
+        image.close()
+        return _decoded(array, False, 1, fmt, mode, None, icc)
     if fmt == "PNG":
         # The eXIf chunk may follow the pixel data, where Pillow reads it only on load().
         exif = image.info.get("exif") or png_chunk_after_pixels(data, b"eXIf")
@@ -119,6 +156,12 @@ def decode_deep_colour(data: bytes, image: ImageFile.ImageFile, fmt: str) -> Dec
             "16-bit gray or colour; convert the file to 16-bit RGB first"
         )
 
+    return _decoded(array, associated_alpha, orientation, fmt, mode, exif, icc)
+
+
+def _decoded(array: np.ndarray, associated_alpha: bool, orientation: int, fmt: str, mode: str,
+             exif: bytes | None, icc: bytes | None) -> DecodedImage:
+    """H x W x S uint16 samples (gray, gray + alpha, RGB or RGBA) as an upright DecodedImage."""
     channels = array.shape[2]
     colour = array[:, :, :3] if channels >= 3 else array[:, :, :1].repeat(3, axis=2)
     alpha = array[:, :, channels - 1] if channels in (2, 4) else None
