@@ -591,19 +591,20 @@ def test_undecodable_photo_formats_are_listed_with_their_error_and_other_files_a
                       ".hidden.heic"])
     warnings: list[str] = []
     _, table = list_inputs_table(str(root), extensions=IMAGES, refused_extensions=UNDECODABLE_EXTENSIONS,
-                                 warn=warnings.append)
+                                 warn=warnings.append, warn_skipped=True)
     rows = {r["relpath"]: r["listing_error"] for r in table.select(["relpath", "listing_error"]).to_pylist()}
     assert set(rows) == {"a.jpg", "IMG_1.HEIC", "sub/IMG_2.heif"} and rows["a.jpg"] is None
     assert rows["IMG_1.HEIC"] == rows["sub/IMG_2.heif"] == UNDECODABLE_EXTENSIONS[".heic"]
     assert rows["IMG_1.HEIC"].startswith("UnsupportedImageError: HEIC/HEIF photos cannot be decoded; convert")
     assert warnings == ["4 file(s) skipped, not named as an image format dce-batch reads (.txt 2, .ico 1, "
                         "no extension 1); a list file (.txt, .csv, .parquet) takes files whatever their names"]
-    # A glob lists them as the folder does; without refused_extensions (training data) they are skipped.
+    # A glob lists them as the folder does; without refused_extensions and warn_skipped (training
+    # data) they are skipped without a word.
     _, globbed = list_inputs_table(str(root / "*"), extensions=IMAGES, refused_extensions=UNDECODABLE_EXTENSIONS,
-                                   warn=warnings.append)
-    assert globbed["relpath"].to_pylist() == ["IMG_1.HEIC", "a.jpg"]
-    _, plain = list_inputs_table(str(root), extensions=IMAGES, warn=lambda line: None)
-    assert plain["relpath"].to_pylist() == ["a.jpg"]
+                                   warn=warnings.append, warn_skipped=True)
+    assert globbed["relpath"].to_pylist() == ["IMG_1.HEIC", "a.jpg"] and len(warnings) == 2
+    _, plain = list_inputs_table(str(root), extensions=IMAGES, warn=warnings.append)
+    assert plain["relpath"].to_pylist() == ["a.jpg"] and len(warnings) == 2
 
 
 def test_walk_local_files_lists_links_without_following_them(tmp_path: Path) -> None:

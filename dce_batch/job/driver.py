@@ -205,7 +205,7 @@ def prepare(config: EnhanceConfig, output: Location, store: ManifestStore, weigh
     # Unsorted: plan_run sorts what remains to do, after resume (a million skipped rows never are).
     input_fs, listing = list_inputs_table(config.input, config.s3, extensions=IMAGE_EXTENSIONS,
                                           base=config.base or None, warn=warn, sort=False,
-                                          refused_extensions=UNDECODABLE_EXTENSIONS)
+                                          refused_extensions=UNDECODABLE_EXTENSIONS, warn_skipped=True)
     if config.overwrite:  # the manifest is deleted once the run goes ahead (_run)
         done, adopted, runs = None, [], set()
     else:

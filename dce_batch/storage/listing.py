@@ -158,13 +158,14 @@ def _list_tree(
     recursive: bool = True,
     pattern: str | None = None,
     refused: Mapping[str, str] | None = None,
+    warn_skipped: bool = False,
 ) -> tuple[pa.Table, int]:
     """Files under ``base`` with an image extension (and whose relpath matches the regex
     ``pattern``), as a table; and how many candidate files were seen (for "nothing found").
 
     Files with an extension in ``refused`` (extension -> manifest error) are listed too, with
-    that error as their ``listing_error``. Other files are skipped, and when some images were
-    found, ``warn`` is called once with how many were skipped, by extension."""
+    that error as their ``listing_error``. Other files are skipped; with ``warn_skipped``, when
+    some images were found, ``warn`` is called once with how many were skipped, by extension."""
     refused = {ext.lower(): error for ext, error in (refused or {}).items()}
     if isinstance(fs, PortableS3FileSystem):
         pages = _s3_pages(fs, base, recursive)
@@ -216,7 +217,7 @@ def _list_tree(
     if not chunks:
         return INPUT_TABLE_SCHEMA.empty_table(), seen
     table = pa.concat_tables(chunks).combine_chunks()
-    if skipped and table.num_rows:  # none found: _nothing_found says it all
+    if warn_skipped and skipped and table.num_rows:  # none found: _nothing_found says it all
         warn(_skipped_line(skipped))
     return table, seen
 
@@ -265,7 +266,8 @@ def _nothing_found(uri: str, what: str, extensions: frozenset[str], seen: int) -
 
 
 def _list_glob(fs: pafs.FileSystem, path: str, uri: str, extensions: frozenset[str],
-               warn: Callable[[str], None], refused: Mapping[str, str] | None = None) -> pa.Table:
+               warn: Callable[[str], None], refused: Mapping[str, str] | None = None,
+               warn_skipped: bool = False) -> pa.Table:
     base, pattern = split_glob(path)
     if isinstance(fs, pafs.S3FileSystem) and not base:
         raise StorageError(f"cannot list {uri}: the bucket name cannot be a pattern")
@@ -275,7 +277,8 @@ def _list_glob(fs: pafs.FileSystem, path: str, uri: str, extensions: frozenset[s
     # A single-segment pattern ("a/*.png") needs one level only: avoids listing a whole bucket.
     recursive = "/" in pattern or "**" in pattern
     table, seen = _list_tree(
-        fs, base, extensions, warn, recursive=recursive, pattern=glob_regex_source(pattern), refused=refused
+        fs, base, extensions, warn, recursive=recursive, pattern=glob_regex_source(pattern), refused=refused,
+        warn_skipped=warn_skipped,
     )
     if table.num_rows == 0:
         what = f"files matching {pattern!r} under {display(fs, base)}"
@@ -338,6 +341,7 @@ def list_inputs_table(
     warn: Callable[[str], None] | None = None,
     sort: bool = True,
     refused_extensions: Mapping[str, str] | None = None,
+    warn_skipped: bool = False,
 ) -> tuple[pafs.FileSystem, pa.Table]:
     """Find the input images of a run, as a table (see :data:`INPUT_TABLE_SCHEMA`).
 
@@ -366,7 +370,7 @@ def list_inputs_table(
     Folders, prefixes and globs also list files with an extension in ``refused_extensions``
     (extension -> the manifest error, e.g. HEIC photos, which cannot be decoded) with that error
     as their ``listing_error``, so that they get a row that says why rather than no row; other
-    files are skipped, and ``warn`` is called once with how many, by extension.
+    files are skipped (with ``warn_skipped``, ``warn`` is called once with how many, by extension).
 
     Returns the filesystem of the images and the table, sorted by ``relpath`` (``sort=False``:
     in the order found, for a caller that sorts only the rows it keeps).
@@ -383,7 +387,7 @@ def list_inputs_table(
     has_glob = bool(GLOB_CHARS & set(path))
     info = get_info(fs, path, "list", path)
     if has_glob and info.type == pafs.FileType.NotFound:
-        table = _list_glob(fs, path, uri, exts, warn, refused_extensions)
+        table = _list_glob(fs, path, uri, exts, warn, refused_extensions, warn_skipped)
     elif info.type == pafs.FileType.File:
         if posixpath.splitext(path)[1].lower() in LIST_FILE_SUFFIXES:
             fs, table = list_from_list_file(fs, path, uri, s3, exts)
@@ -394,7 +398,7 @@ def list_inputs_table(
                                      sizes=pa.array([info.size], pa.int64()),
                                      mtimes=pa.array([info.mtime_ns], MTIME_TYPE))
     elif info.type == pafs.FileType.Directory:
-        table, seen = _list_tree(fs, path, exts, warn, refused=refused_extensions)
+        table, seen = _list_tree(fs, path, exts, warn, refused=refused_extensions, warn_skipped=warn_skipped)
         if table.num_rows == 0:
             raise _nothing_found(uri, "searched recursively", exts, seen)
     else:
