@@ -336,6 +336,19 @@ def test_s3_prefix_listing_pages_through_keys(s3_server, s3_bucket: str) -> None
     assert one_level.num_rows == len([k for k in expected if k.startswith("p1/")])
 
 
+def test_an_s3_prefix_with_a_trailing_slash_is_the_prefix_even_beside_an_object_of_its_name(
+        s3_server, s3_bucket: str) -> None:
+    """S3 holds an object "photos" and keys under "photos/" at once: "photos/" asks for the
+    prefix (before, the one object was enhanced and the prefix's images got no row)."""
+    client = s3_server.client()
+    for key in ("photos", "photos/a.png", "photos/b.png"):
+        client.put_object(Bucket=s3_bucket, Key=key, Body=key.encode())
+    _, prefix = list_inputs_table(f"s3://{s3_bucket}/photos/", s3_server.s3_options(), extensions=IMAGES)
+    assert prefix.column("relpath").to_pylist() == ["a.png", "b.png"]
+    _, single = list_inputs_table(f"s3://{s3_bucket}/photos", s3_server.s3_options(), extensions=IMAGES)
+    assert single.column("uri").to_pylist() == [f"s3://{s3_bucket}/photos"]
+
+
 
 
 # --- fingerprints: what each input was when listed -------------------------------------------

@@ -145,6 +145,20 @@ def test_a_row_written_twice_in_a_run_reads_once_the_latest(tmp_path):
         ("r1", "a", "ok"), ("r2", "a", "skipped"), ("r2", "b", "ok")]
 
 
+def test_two_inputs_of_one_name_keep_their_rows(tmp_path):
+    """A list file's entries s3://b/in/a.png and in/a.png (relative: another object) share the
+    name in/a.png; the one refused for the collision keeps its error row beside the other's."""
+    import dataclasses
+
+    store = _store(tmp_path)
+    kept = _row("r1", "in/a.png")
+    refused = dataclasses.replace(_row("r1", "in/a.png", "error"), input_uri="/lists/in/a.png")
+    store.write_part(part_name("r1", "w1", 0), rows_to_table([kept, refused]))
+    rows = read_manifest(str(tmp_path / "out"))
+    assert sorted((r["input_uri"], r["status"]) for r in rows.to_pylist()) == [
+        ("/in/in/a.png", "ok"), ("/lists/in/a.png", "error")]
+
+
 def test_writing_a_part_where_output_cannot_be_written_is_an_output_write_error(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "_manifest").write_bytes(b"a file where the manifest folder must go")

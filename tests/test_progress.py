@@ -261,3 +261,15 @@ def test_quiet_then_verbose_in_one_process_restores_ray_data_logging(monkeypatch
     quiet_ray(False).apply()  # a user's own config is left alone
     assert os.environ["RAY_DATA_LOGGING_CONFIG"] == "/somewhere/mine.yaml"
     quiet_ray(True).apply()  # leave the process as it was for the other tests
+
+
+def test_the_summary_lists_five_errors_and_says_how_many_more_there_are():
+    summary = RunSummary(run_id="r", input="in", output="out", started_at="")
+    summary.add(_manifest_batch(["ok"] + ["error"] * 7))
+    lines = summary.table().splitlines()
+    assert sum(line.startswith("    in/") for line in lines) == 5
+    assert lines[-1] == ("    ... and 2 more (every error is a row of the manifest, OUTPUT/_manifest, "
+                         "and in the run's report)")
+    summary = RunSummary(run_id="r", input="in", output="out", started_at="")
+    summary.add(_manifest_batch(["error"] * 5))
+    assert "more" not in summary.table()

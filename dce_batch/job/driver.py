@@ -144,9 +144,12 @@ def check_output_location(config: EnhanceConfig, output: Location) -> None:
     except OSError as exc:
         raise StorageError(f"cannot check INPUT {config.input}: {exc}") from exc
     if info.type == pafs.FileType.NotFound:
-        raise InputNotFoundError(f"INPUT {config.input} does not exist (relative paths are taken from {os.getcwd()})")
-    if info.type == pafs.FileType.File:
-        return
+        where = (f"relative paths are taken from {os.getcwd()}" if isinstance(input_fs, pafs.LocalFileSystem)
+                 else "check the bucket and prefix, and the endpoint and credentials they belong to")
+        raise InputNotFoundError(f"INPUT {config.input} does not exist ({where})")
+    if info.type == pafs.FileType.File and not (config.input.endswith("/") and
+                                                not isinstance(input_fs, pafs.LocalFileSystem)):
+        return  # (an S3 INPUT ending in "/" is the prefix, as the listing reads it)
     if Location(uri=config.input, filesystem=input_fs, path=root).contains(output):
         raise ConfigError(
             f"OUTPUT {output.uri} is inside INPUT {config.input}: a later run would enhance its own "

@@ -386,6 +386,10 @@ def list_inputs_table(
 
     has_glob = bool(GLOB_CHARS & set(path))
     info = get_info(fs, path, "list", path)
+    # "s3://b/photos/" asks for the prefix even where an object "photos" exists too (S3 allows
+    # both; without the slash the object is meant).
+    if input_uri.endswith("/") and info.type == pafs.FileType.File and not isinstance(fs, pafs.LocalFileSystem):
+        info = pafs.FileInfo(path, pafs.FileType.Directory)
     if has_glob and info.type == pafs.FileType.NotFound:
         table = _list_glob(fs, path, uri, exts, warn, refused_extensions, warn_skipped)
     elif info.type == pafs.FileType.File:

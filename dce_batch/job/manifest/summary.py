@@ -112,4 +112,7 @@ class RunSummary:
             lines.append(f"  {kind:<24}{count:>6}")
         for entry in self.first_errors[:5]:
             lines.append(f"    {entry['input_uri']}: {entry['error']}")
+        if self.error > 5:
+            lines.append(f"    ... and {self.error - 5:,} more (every error is a row of the manifest, "
+                         "OUTPUT/_manifest, and in the run's report)")
         return "\n".join(lines)
