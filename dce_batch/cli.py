@@ -921,13 +921,29 @@ def program(argv: Sequence[str] | None = None, command: Callable[[Sequence[str] 
             _ignore_ctrl_c()
         sys.stdout.flush()
         sys.stderr.flush()
-    except KeyboardInterrupt:
+    except BaseException as exc:  # noqa: BLE001 - re-raised unless a Ctrl-C caused it
+        # Python 3.11 wraps a Ctrl-C that lands while a class is being created (an import) in a
+        # RuntimeError ("Error calling __set_name__ ..."): the same interruption.
+        if isinstance(exc, SystemExit) or not _caused_by_ctrl_c(exc):
+            raise
         _ignore_ctrl_c()
         print(f"{name}: interrupted", file=sys.stderr, flush=True)
         code = EXIT_INTERRUPTED
     if command is enhance_main or (args[:1] == ["enhance"] and command is main):
         os._exit(code)
     sys.exit(code)
+
+
+def _caused_by_ctrl_c(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised because of a KeyboardInterrupt (its cause or context, at any depth)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _ignore_ctrl_c() -> None:

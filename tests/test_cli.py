@@ -309,6 +309,34 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(delay_s, one_image, tmp_p
         assert process.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0], (process.returncode, err)
 
 
+def test_ctrl_c_while_a_class_is_created_is_one_line_and_exit_130(capsys):
+    """Python 3.11 wraps a KeyboardInterrupt raised in __set_name__ (a dataclass field, while a
+    module imports) in a RuntimeError; it is still a Ctrl-C. Any other error is not swallowed."""
+    from dce_batch.cli import EXIT_INTERRUPTED, program
+
+    def interrupted_import(argv):
+        class Field:
+            def __set_name__(self, owner, name):
+                raise KeyboardInterrupt
+
+        class Record:  # noqa: F841 - creating it is the point
+            committed_at = Field()
+        return 0
+
+    def broken(argv):
+        raise RuntimeError("a bug")
+
+    try:
+        with pytest.raises(SystemExit) as info:
+            program(["train"], command=interrupted_import)
+        assert info.value.code == EXIT_INTERRUPTED
+        assert capsys.readouterr().err.splitlines() == ["dce-batch: interrupted"]
+        with pytest.raises(RuntimeError, match="a bug"):
+            program(["train"], command=broken)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # program() ignores Ctrl-C on its way out
+
+
 @pytest.mark.parametrize("argv", [
     ["evaluate", "--unpaired", "IN", "--out", ""], ["evaluate", "--paired", "", "IN"], ["evaluate", "--unpaired", ""],
     ["evaluate", "--unpaired", "IN", "--simulate", "dim", "--simulate-from", ""],

@@ -103,6 +103,9 @@ def test_glob_regex_semantics() -> None:
     assert not regex.fullmatch("xy/a.jpg")
     assert not regex.fullmatch("xyz/b.jpg")
     assert not glob_regex("*.jpg").fullmatch("sub/a.jpg")
+    # An S3 key may hold an empty segment ("p//q.png"): ** takes it as a prefix listing does, so
+    # that the planner gives it a row (refused) instead of the glob dropping it unseen.
+    assert glob_regex("**/*.png").fullmatch("p//q.png") and glob_regex("in/**").fullmatch("in//x")
 
 
 def test_single_file_is_taken_as_given(photo_tree: Path) -> None:

@@ -29,7 +29,7 @@ def glob_regex_source(pattern: str) -> str:
     for index, segment in enumerate(segments):
         last = index == len(segments) - 1
         if segment == "**":
-            out.append(".*" if last else "(?:[^/]+/)*")
+            out.append(".*" if last else "(?:[^/]*/)*")
             continue
         i = 0
         while i < len(segment):

@@ -284,18 +284,21 @@ def _to_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
 def _one_row_per_run_and_input(table: pa.Table) -> pa.Table:
     """The rows with each (run, input) once: the latest. A run writes one row per input; only a
     batch retried after its worker wrote its part but before the result came back can give two.
-    An input is its URI: two entries of a list file may share a name (``input_relpath``), and the
-    one refused for it keeps its row."""
+    An input is its name and its URI: two entries of a list file may share a name
+    (``input_relpath``), and the one refused for it keeps its row."""
     if table.num_rows < 2:
         return table
-    # Rows of one run are keyed by their input URIs as they are; only rows of several runs need a
-    # key joined from run id and URI (a new column of a million strings).
+    # Rows of one run are keyed by their input paths as they are; only rows of several runs need a
+    # key joined from run id and path (a new column of a million strings).
     if len(pc.unique(table["run_id"])) == 1:
-        keys = table["input_uri"]
+        keys = table["input_relpath"]
     else:
-        keys = pc.binary_join_element_wise(table["run_id"].cast(pa.string()), table["input_uri"], "\x00")
+        keys = pc.binary_join_element_wise(table["run_id"].cast(pa.string()), table["input_relpath"], "\x00")
     if not has_duplicates(keys):
         return table  # the usual case: a hash pass, no sort
+    keys = pc.binary_join_element_wise(keys, table["input_uri"], "\x00")
+    if not has_duplicates(keys):
+        return table
     indices = pa.array(range(table.num_rows), pa.int64())
     order = pa.table({"k": keys, "t": table["finished_at"], "i": indices}).sort_by([("k", "ascending"),
                                                                                  ("t", "descending")])
