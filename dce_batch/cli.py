@@ -211,17 +211,23 @@ def _first_line(exc: BaseException) -> str:
     return (_ANSI_ESCAPE.sub("", str(exc)).strip().splitlines() or [""])[0]
 
 
+def _exception_chain(exc: BaseException, step: Callable[[BaseException], BaseException | None]):
+    """``exc`` and the exceptions ``step`` leads to from it, each once (a chain may loop)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = step(current)
+
+
 def _raised_in_worker(exc: BaseException) -> BaseException | None:
     """The innermost error under Ray's wrappers (RayTaskError, UserCodeException) that is not
     Ray's own: what the worker's code raised. None when Ray itself failed (a dead actor or node)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
     raised = None
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _exception_chain(exc, lambda e: getattr(e, "cause", None) or e.__cause__):
         if not type(current).__module__.startswith("ray."):
             raised = current
-        current = getattr(current, "cause", None) or current.__cause__
     return raised
 
 
@@ -936,14 +942,7 @@ def program(argv: Sequence[str] | None = None, command: Callable[[Sequence[str] 
 
 def _caused_by_ctrl_c(exc: BaseException) -> bool:
     """Whether ``exc`` was raised because of a KeyboardInterrupt (its cause or context, at any depth)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, KeyboardInterrupt):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
+    return any(isinstance(e, KeyboardInterrupt) for e in _exception_chain(exc, lambda e: e.__cause__ or e.__context__))
 
 
 def _ignore_ctrl_c() -> None:

@@ -21,6 +21,7 @@ from dce_batch.errors import ConfigError, NoInputsFoundError, StorageError
 from dce_batch.storage import (
     INPUT_TABLE_SCHEMA,
     InputFile,
+    Location,
     list_files,
     list_inputs,
     list_inputs_table,
@@ -342,7 +343,7 @@ def test_s3_prefix_listing_pages_through_keys(s3_server, s3_bucket: str) -> None
 def test_an_s3_prefix_with_a_trailing_slash_is_the_prefix_even_beside_an_object_of_its_name(
         s3_server, s3_bucket: str) -> None:
     """S3 holds an object "photos" and keys under "photos/" at once: "photos/" asks for the
-    prefix (before, the one object was enhanced and the prefix's images got no row)."""
+    prefix, whose images would otherwise get no row; without the slash the object is meant."""
     client = s3_server.client()
     for key in ("photos", "photos/a.png", "photos/b.png"):
         client.put_object(Bucket=s3_bucket, Key=key, Body=key.encode())
@@ -350,6 +351,16 @@ def test_an_s3_prefix_with_a_trailing_slash_is_the_prefix_even_beside_an_object_
     assert prefix.column("relpath").to_pylist() == ["a.png", "b.png"]
     _, single = list_inputs_table(f"s3://{s3_bucket}/photos", s3_server.s3_options(), extensions=IMAGES)
     assert single.column("uri").to_pylist() == [f"s3://{s3_bucket}/photos"]
+    # The check that keeps OUTPUT out of INPUT reads INPUT the same way.
+    from dce_batch.job import EnhanceConfig
+    from dce_batch.job.driver import check_output_location
+
+    inside = Location.parse(f"s3://{s3_bucket}/photos/enhanced", s3_server.s3_options())
+    config = EnhanceConfig(input=f"s3://{s3_bucket}/photos/", output=inside.uri, s3=s3_server.s3_options())
+    with pytest.raises(ConfigError, match="inside INPUT"):
+        check_output_location(config, inside)
+    check_output_location(EnhanceConfig(input=f"s3://{s3_bucket}/photos", output=inside.uri,
+                                        s3=s3_server.s3_options()), inside)  # one object: nothing to keep out of
 
 
 
@@ -614,6 +625,13 @@ def test_undecodable_photo_formats_are_listed_with_their_error_and_other_files_a
     assert rows["IMG_1.HEIC"].startswith("UnsupportedImageError: HEIC/HEIF photos cannot be decoded; convert")
     assert warnings == ["4 file(s) skipped, not named as an image format dce-batch reads (.txt 2, .ico 1, "
                         "no extension 1); a list file (.txt, .csv, .parquet) takes files whatever their names"]
+    # The order is the counts' and the names', not the order the folder listed them in.
+    from collections import Counter
+
+    from dce_batch.storage.listing import _skipped_line
+
+    assert _skipped_line(Counter({"": 1, ".ico": 1, ".txt": 2})) == _skipped_line(Counter({".txt": 2, "": 1, ".ico": 1})) \
+        == warnings[0]
     # A glob lists them as the folder does; without refused_extensions and warn_skipped (training
     # data) they are skipped without a word.
     _, globbed = list_inputs_table(str(root / "*"), extensions=IMAGES, refused_extensions=UNDECODABLE_EXTENSIONS,

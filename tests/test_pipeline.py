@@ -361,8 +361,7 @@ def test_a_heic_photo_gets_a_row_that_says_to_convert_it(tmp_path):
 @pytest.mark.parametrize("name", ["photos[1]", "q?x", "star*x"])
 def test_a_folder_named_like_a_glob_is_that_folder(tmp_path, name):
     """INPUT "photos[1]" exists as named: it is a folder, not a pattern, for the listing and for
-    the check that keeps OUTPUT out of INPUT (which once cut it back to tmp_path and refused an
-    OUTPUT beside it)."""
+    the check that keeps OUTPUT out of INPUT: an OUTPUT beside it is allowed, one inside it refused."""
     source = tmp_path / name
     _save(source / "x.png", _dark(30, 30), "PNG")
     summary = run_enhance(_config(source, tmp_path / "out", engine="local", report=False))

@@ -90,8 +90,8 @@ def test_planning_refuses_escaping_colliding_and_reserved_names(tmp_path):
 
 
 def test_a_collision_is_won_by_the_input_whose_name_the_output_is_and_the_advice_fits_it(tmp_path):
-    """coll.gif is written as coll.png: the real coll.png keeps its output (before, name order gave
-    it to the GIF), and the advice is only a new name, since no --format separates them."""
+    """coll.gif is written as coll.png: the real coll.png keeps its output, whatever the name order
+    or the listing's order, and the advice is only a new name, since no --format separates them."""
     for names in (("coll.gif", "coll.png"), ("coll.png", "coll.gif")):
         plan = _plan(tmp_path, _inputs(*names))
         refused = dict(zip(plan.refused["input_uri"].to_pylist(), plan.refused["error"].to_pylist()))

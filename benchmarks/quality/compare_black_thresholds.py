@@ -5,11 +5,9 @@ neighbourhood is at or under a floor (2.5 8-bit steps) and keeps it from a secon
 (4 steps). This script runs the default finishing (``finish_image`` with ``FinishConfig()``, the
 network's output cached per image) with those thresholds moved, or with the rule off, and prints
 PSNR / SSIM against the references, so the rule's cost on real and simulated pairs sits beside
-what it buys (the bundled retina sample's black surround, ``tests/test_finishing.py``).
+what it buys (the bundled retina sample's black surround, ``tests/test_finishing.py``). The
+pairs are those of ``compare_exposure_models.py`` (its docstring makes them):
 
-    python benchmarks/quality/sice_sequences.py --pairs /tmp/sice_pairs
-    dce-batch evaluate --simulate lol_matched,lol_wide,lol_wide_jpeg \\
-        --simulate-from ../shared/data/well_exposed/kodak24 --config input --out /tmp/evalsim
     python benchmarks/quality/compare_black_thresholds.py /tmp/sice_pairs /tmp/evalsim/simulated
 """
 
@@ -25,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
-from compare_exposure_models import load_pairs  # noqa: E402
+from compare_exposure_models import add_pair_arguments, as_tensors, load_pairs, network, simulated_sets  # noqa: E402
 
 #: (floor, full) in 8-bit steps; None switches the rule off.
 THRESHOLDS: dict[str, tuple[float, float] | None] = {
@@ -53,8 +51,7 @@ def finished(items: list[dict], thresholds: tuple[float, float] | None) -> tuple
             finishing._BLACK_FLOOR, finishing._BLACK_FULL = (t / 255.0 for t in thresholds)
         scores = []
         for item in items:
-            low = torch.from_numpy(np.ascontiguousarray(item["low"])).permute(2, 0, 1)[None]
-            out = torch.from_numpy(np.ascontiguousarray(item["out"])).permute(2, 0, 1)[None]
+            low, out = as_tensors(item)
             with torch.inference_mode():
                 output = finishing.finish_image(low, out, FinishConfig())[0].permute(1, 2, 0).numpy()
             scores.append(paired_metrics(item["ref"], quantize(output)))
@@ -65,20 +62,11 @@ def finished(items: list[dict], thresholds: tuple[float, float] | None) -> tuple
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sice_pairs", type=Path, help="folder written by sice_sequences.py --pairs")
-    parser.add_argument("simulated", type=Path, nargs="?", help="folder of simulated levels (LEVEL/low, LEVEL/high)")
+    add_pair_arguments(parser)
     args = parser.parse_args()
-    import torch
-
-    from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
-    from dce_batch.enhance.weights import load_weights
-
-    torch.set_num_threads(2)
-    enhancer = Enhancer(load_weights(None), InferenceConfig())
-    sets = {"SICE brackets, real": load_pairs(args.sice_pairs / "low", args.sice_pairs / "ref", enhancer)}
-    if args.simulated is not None:
-        for level in sorted(p.name for p in args.simulated.iterdir() if (p / "low").is_dir()):
-            sets[level] = load_pairs(args.simulated / level / "low", args.simulated / level / "high", enhancer)
+    enhancer = network()
+    sets = {"SICE brackets, real": load_pairs(args.sice_pairs / "low", args.sice_pairs / "ref", enhancer),
+            **simulated_sets(args.simulated, enhancer)}
     print("PSNR dB / SSIM of the default finishing, black thresholds (floor/full, 8-bit steps):")
     print(f"  {'set':22s} " + "  ".join(f"{name:>15s}" for name in THRESHOLDS))
     for name, items in sets.items():

@@ -63,6 +63,37 @@ def load_pairs(low_dir: Path, ref_dir: Path, enhancer) -> list[dict]:
     return items
 
 
+def as_tensors(item: dict):
+    """The pair's input and cached network output as 1 x 3 x H x W tensors, as ``finish_image`` takes them."""
+    import torch
+
+    return tuple(torch.from_numpy(np.ascontiguousarray(item[key])).permute(2, 0, 1)[None] for key in ("low", "out"))
+
+
+def network():
+    """The shipped DCE-Net, alone (no finishing), on two threads."""
+    import torch
+
+    from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
+    from dce_batch.enhance.weights import load_weights
+
+    torch.set_num_threads(2)
+    return Enhancer(load_weights(None), InferenceConfig())
+
+
+def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sice_pairs", type=Path, help="folder written by sice_sequences.py --pairs")
+    parser.add_argument("simulated", type=Path, nargs="?", help="folder of simulated levels (LEVEL/low, LEVEL/high)")
+
+
+def simulated_sets(simulated: Path | None, enhancer) -> dict[str, list[dict]]:
+    """Each simulated level under ``simulated`` (none when it is None), by name."""
+    if simulated is None:
+        return {}
+    levels = sorted(p.name for p in simulated.iterdir() if (p / "low").is_dir())
+    return {level: load_pairs(simulated / level / "low", simulated / level / "high", enhancer) for level in levels}
+
+
 def _columns(model: str, items: list[dict]) -> np.ndarray:
     m = np.array([i["m"] for i in items])
     e = np.array([i["e"] for i in items])
@@ -90,8 +121,7 @@ def finished(item: dict, target: float) -> dict:
     from dce_batch.enhance.settings import FinishConfig
     from dce_batch.evaluation.evaluate import paired_metrics, quantize
 
-    low = torch.from_numpy(np.ascontiguousarray(item["low"])).permute(2, 0, 1)[None]
-    out = torch.from_numpy(np.ascontiguousarray(item["out"])).permute(2, 0, 1)[None]
+    low, out = as_tensors(item)
     with torch.inference_mode():
         room = min(max(target, TARGET_MIN), TARGET_MAX)
         weight = float(night_weight(scene_copy(low))[0])
@@ -110,8 +140,7 @@ def check_forced_target(item: dict) -> float:
     from dce_batch.enhance.settings import FinishConfig
     from dce_batch.evaluation.evaluate import quantize
 
-    low = torch.from_numpy(np.ascontiguousarray(item["low"])).permute(2, 0, 1)[None]
-    out = torch.from_numpy(np.ascontiguousarray(item["out"])).permute(2, 0, 1)[None]
+    low, out = as_tensors(item)
     with torch.inference_mode():
         default = quantize(finish_image(low, out, FinishConfig())[0].permute(1, 2, 0).numpy())
     forced = finished(item, TARGET_INTERCEPT + CURVES_WEIGHT * item["m"])
@@ -126,16 +155,9 @@ def _row(label: str, results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sice_pairs", type=Path, help="folder written by sice_sequences.py --pairs")
-    parser.add_argument("simulated", type=Path, nargs="?", help="folder of simulated levels (LEVEL/low, LEVEL/high)")
+    add_pair_arguments(parser)
     args = parser.parse_args()
-    import torch
-
-    from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
-    from dce_batch.enhance.weights import load_weights
-
-    torch.set_num_threads(2)
-    enhancer = Enhancer(load_weights(None), InferenceConfig())
+    enhancer = network()
     sice = load_pairs(args.sice_pairs / "low", args.sice_pairs / "ref", enhancer)
     # A bracket's dark frames share one metered frame, which names the sequence.
     sequences = np.array([i["y"] for i in sice])
@@ -156,11 +178,8 @@ def main() -> None:
         for lo, hi in ((0.0, 0.05), (0.05, 0.1), (0.1, 0.2)):
             chosen = (inputs >= lo) & (inputs < hi)
             print(f"      inputs {lo:.2f}-{hi:.2f} ({chosen.sum():3d}): {psnr[chosen].mean():.2f} dB")
-    if args.simulated is None:
-        return
     coefficients = {model: fit("m+e" if model == "m+e" else "m", sice) for model in MODELS}
-    for level in sorted(p.name for p in args.simulated.iterdir() if (p / "low").is_dir()):
-        items = load_pairs(args.simulated / level / "low", args.simulated / level / "high", enhancer)
+    for level, items in simulated_sets(args.simulated, enhancer).items():
         refs = np.array([i["y"] for i in items])
         print(f"{level}: {len(items)} pairs, references {refs.mean():.3f} ({refs.min():.2f}-{refs.max():.2f})")
         for model in MODELS:

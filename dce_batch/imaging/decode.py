@@ -27,7 +27,7 @@ from dce_batch.errors import (
 )
 from dce_batch.imaging.decoded import GRAY_8BIT_MODES, HIGH_DEPTH_MODES, DecodedImage
 from dce_batch.imaging.deep import decode_deep_colour, is_deep_colour
-from dce_batch.imaging.formats import DEFAULT_MAX_PIXELS, SUPPORTED_TEXT
+from dce_batch.imaging.formats import DEFAULT_MAX_PIXELS, HEIF_ADVICE, SUPPORTED_TEXT
 from dce_batch.imaging.metadata import icc_colour_space, usable_icc
 
 __all__ = ["decode_image"]
@@ -194,7 +194,7 @@ def _describe_unrecognised(data: bytes, hints: list[str]) -> str:
     elif hints:
         message += f": {hints[0]}"
     elif data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"heif", b"mif1", b"msf1"):
-        message += ": HEIC/HEIF is not supported, convert it to JPEG first"
+        message += f": {HEIF_ADVICE}"
     elif data.startswith(b"version https://git-lfs"):
         message += ": this is a Git LFS pointer, run 'git lfs pull' to fetch the real file"
     elif data.lstrip()[:1] in (b"<", b"{"):

@@ -109,7 +109,7 @@ def decode_deep_colour(data: bytes, image: ImageFile.ImageFile, fmt: str) -> Dec
     if fmt == "PPM":  # no metadata, no orientation: the samples follow the header
         array = _decode_pnm(data, image)
         image.close()
-        return _decoded(array, False, 1, fmt, mode, None, icc)
+        return _decoded(array, fmt=fmt, mode=mode, associated_alpha=False, orientation=1, exif=None, icc=icc)
     if fmt == "PNG":
         # The eXIf chunk may follow the pixel data, where Pillow reads it only on load().
         exif = image.info.get("exif") or png_chunk_after_pixels(data, b"eXIf")
@@ -156,10 +156,11 @@ def decode_deep_colour(data: bytes, image: ImageFile.ImageFile, fmt: str) -> Dec
             "16-bit gray or colour; convert the file to 16-bit RGB first"
         )
 
-    return _decoded(array, associated_alpha, orientation, fmt, mode, exif, icc)
+    return _decoded(array, fmt=fmt, mode=mode, associated_alpha=associated_alpha, orientation=orientation,
+                    exif=exif, icc=icc)
 
 
-def _decoded(array: np.ndarray, associated_alpha: bool, orientation: int, fmt: str, mode: str,
+def _decoded(array: np.ndarray, *, fmt: str, mode: str, associated_alpha: bool, orientation: int,
              exif: bytes | None, icc: bytes | None) -> DecodedImage:
     """H x W x S uint16 samples (gray, gray + alpha, RGB or RGBA) as an upright DecodedImage."""
     channels = array.shape[2]

@@ -13,7 +13,7 @@ from typing import Final
 
 from PIL import Image
 
-from dce_batch.errors import ConfigError
+from dce_batch.errors import ConfigError, UnsupportedImageError, describe_error
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -48,14 +48,16 @@ IMAGE_EXTENSIONS: Final[frozenset[str]] = frozenset(
     }
 )  # fmt: skip
 
-#: Extensions of formats people store photos in that cannot be decoded here (Pillow has no HEIF
-#: codec): a folder's such files are listed with this error, so that each gets a manifest row
-#: that says what to do rather than no row at all.
-UNDECODABLE_EXTENSIONS: Final[dict[str, str]] = {
-    ext: "UnsupportedImageError: HEIC/HEIF photos cannot be decoded; convert them to JPEG first "
-         "(for example with heif-convert, or export as JPEG from the phone or Photos)"
-    for ext in (".heic", ".heif", ".hif")
-}
+#: What to do with a HEIC/HEIF photo, which Pillow has no codec for (named by its extension in
+#: a folder, or recognised by its bytes).
+HEIF_ADVICE: Final = ("HEIC/HEIF photos cannot be decoded; convert them to JPEG first (for example with "
+                      "heif-convert, or export as JPEG from the phone or Photos)")
+
+#: Extensions of formats people store photos in that cannot be decoded here: a folder's such
+#: files are listed with this manifest error, so that each gets a row that says what to do rather
+#: than no row at all.
+UNDECODABLE_EXTENSIONS: Final[dict[str, str]] = dict.fromkeys(
+    (".heic", ".heif", ".hif"), describe_error(UnsupportedImageError(HEIF_ADVICE)))
 
 # Shown in "unsupported" messages; the decodable set is whatever Pillow identifies.
 SUPPORTED_TEXT: Final = "JPEG, PNG, WebP, TIFF, BMP, GIF, MPO, JPEG 2000, AVIF, PNM, TGA, QOI"

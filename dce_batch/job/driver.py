@@ -53,8 +53,8 @@ from dce_batch.job.plan import Plan, list_output_files, plan_run
 from dce_batch.job.progress import Progress
 from dce_batch.job.signals import StopRequest
 from dce_batch.job.worker import read_weights_spec
-from dce_batch.storage import Location, filesystem_for, list_inputs_table, remove_files, temp_tag
-from dce_batch.storage.globs import GLOB_CHARS
+from dce_batch.storage import Location, filesystem_for, input_info, list_inputs_table, remove_files, temp_tag
+from dce_batch.storage.globs import GLOB_CHARS, split_glob
 
 __all__ = ["LOCAL_MAX_IMAGES", "ResolvedWeights", "choose_engine", "resolve_weights", "run_enhance"]
 
@@ -131,15 +131,13 @@ def check_output_location(config: EnhanceConfig, output: Location) -> None:
             "s3:// URI")
     if config.allow_output_inside_input:
         return
-    input_fs, input_path = filesystem_for(config.input, config.s3)
-    root = input_path
+    input_fs, root = filesystem_for(config.input, config.s3)
     try:
-        info = input_fs.get_file_info(root)
+        info = input_info(input_fs, root, config.input, input_fs.get_file_info(root))
         # A path that does not exist as named and holds * ? [ is a glob (as the listing reads it):
         # its fixed leading folders. A folder named "photos[1]" is that folder.
         if info.type == pafs.FileType.NotFound and GLOB_CHARS & set(root):
-            parts = root.split("/")
-            root = "/".join(parts[: next(i for i, p in enumerate(parts) if GLOB_CHARS & set(p))])
+            root = split_glob(root)[0]
             info = input_fs.get_file_info(root)
     except OSError as exc:
         raise StorageError(f"cannot check INPUT {config.input}: {exc}") from exc
@@ -147,9 +145,8 @@ def check_output_location(config: EnhanceConfig, output: Location) -> None:
         where = (f"relative paths are taken from {os.getcwd()}" if isinstance(input_fs, pafs.LocalFileSystem)
                  else "check the bucket and prefix, and the endpoint and credentials they belong to")
         raise InputNotFoundError(f"INPUT {config.input} does not exist ({where})")
-    if info.type == pafs.FileType.File and not (config.input.endswith("/") and
-                                                not isinstance(input_fs, pafs.LocalFileSystem)):
-        return  # (an S3 INPUT ending in "/" is the prefix, as the listing reads it)
+    if info.type == pafs.FileType.File:
+        return
     if Location(uri=config.input, filesystem=input_fs, path=root).contains(output):
         raise ConfigError(
             f"OUTPUT {output.uri} is inside INPUT {config.input}: a later run would enhance its own "
@@ -160,7 +157,7 @@ def _input_root(config: EnhanceConfig) -> Location | None:
     """INPUT as a folder, when it is one (for the checks that keep outputs out of it)."""
     try:
         fs, path = filesystem_for(config.input, config.s3)
-        if fs.get_file_info(path).type != pafs.FileType.Directory:
+        if input_info(fs, path, config.input, fs.get_file_info(path)).type != pafs.FileType.Directory:
             return None
     except (OSError, DceBatchError):
         return None

@@ -30,7 +30,7 @@ from dce_batch.storage.io import (
     writes_via_temp_files,
 )
 from dce_batch.storage.list_file import LIST_FILE_SUFFIXES
-from dce_batch.storage.listing import MANIFEST_DIR, list_inputs, list_inputs_table
+from dce_batch.storage.listing import MANIFEST_DIR, input_info, list_inputs, list_inputs_table
 from dce_batch.storage.local_tree import walk_local_files
 from dce_batch.storage.uris import Location, filesystem_for
 
@@ -46,6 +46,7 @@ __all__ = [
     "delete_tree_contents",
     "exists",
     "filesystem_for",
+    "input_info",
     "list_files",
     "list_inputs",
     "list_inputs_table",

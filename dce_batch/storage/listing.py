@@ -195,8 +195,7 @@ def _list_tree(
             hit = pc.and_(pc.ends_with(lower, ext), pc.invert(is_image))
             if pc.any(hit).as_py():
                 is_image = pc.or_(is_image, hit)
-                base_errors = errors if errors is not None else pa.nulls(len(lower), pa.string())
-                errors = pc.if_else(hit, pa.scalar(error), base_errors)
+                errors = _with_error(errors, hit, error)
         keep = pc.and_(candidate, is_image)
         other = pc.and_(candidate, pc.invert(is_image))
         if pc.any(other).as_py():
@@ -206,8 +205,7 @@ def _list_tree(
                 skipped[item["values"]] += item["counts"]
         if page.not_utf8 is not None and pc.any(page.not_utf8).as_py():
             # A name that cannot be shown as it is says so first, whatever its extension.
-            base_errors = errors if errors is not None else pa.nulls(len(lower), pa.string())
-            errors = pc.if_else(page.not_utf8, pa.scalar(_NOT_UTF8_ERROR), base_errors)
+            errors = _with_error(errors, page.not_utf8, _NOT_UTF8_ERROR)
         columns = [page.paths, relpaths, page.sizes, page.mtimes, page.etags, errors]
         paths, relpaths, sizes, mtimes, etags, errors = (
             None if c is None else pc.filter(c, keep) for c in columns
@@ -222,10 +220,17 @@ def _list_tree(
     return table, seen
 
 
+def _with_error(errors: pa.Array | None, where: pa.Array, message: str) -> pa.Array:
+    """``errors`` (None: no error yet) with ``message`` where ``where`` is true."""
+    return pc.if_else(where, pa.scalar(message), errors if errors is not None else pa.nulls(len(where), pa.string()))
+
+
 def _skipped_line(skipped: Counter[str]) -> str:
-    """One line on the files a folder listing left out, by extension (most common first)."""
+    """One line on the files a folder listing left out, by extension: most common first, ties in
+    name order and files without an extension last, whatever order the listing found them in."""
     total = sum(skipped.values())
-    shown = [f"{ext or 'no extension'} {count:,}" for ext, count in skipped.most_common(6)]
+    ordered = sorted(skipped.items(), key=lambda item: (-item[1], item[0] == "", item[0]))
+    shown = [f"{ext or 'no extension'} {count:,}" for ext, count in ordered[:6]]
     if len(skipped) > 6:
         shown.append(f"{len(skipped) - 6} more extensions")
     return (f"{total:,} file(s) skipped, not named as an image format dce-batch reads ({', '.join(shown)}); "
@@ -332,6 +337,16 @@ def _rebased(table: pa.Table, fs: pafs.FileSystem, base: str, s3: S3Options | No
 # --------------------------------------------------------------------------------------------
 
 
+def input_info(fs: pafs.FileSystem, path: str, input_uri: str, info: pafs.FileInfo) -> pafs.FileInfo:
+    """What INPUT names, from ``info`` (its path's): a folder where an object-store URI ending in
+    "/" names a prefix beside an object of the same name ("s3://b/photos/" beside the object
+    "photos"; without the slash the object is meant). The listing and the checks that keep
+    OUTPUT out of INPUT read INPUT through this, so that they agree."""
+    if input_uri.endswith("/") and info.type == pafs.FileType.File and not isinstance(fs, pafs.LocalFileSystem):
+        return pafs.FileInfo(path, pafs.FileType.Directory)
+    return info
+
+
 def list_inputs_table(
     input_uri: str,
     s3: S3Options | None = None,
@@ -385,11 +400,7 @@ def list_inputs_table(
     uri = display(fs, path)
 
     has_glob = bool(GLOB_CHARS & set(path))
-    info = get_info(fs, path, "list", path)
-    # "s3://b/photos/" asks for the prefix even where an object "photos" exists too (S3 allows
-    # both; without the slash the object is meant).
-    if input_uri.endswith("/") and info.type == pafs.FileType.File and not isinstance(fs, pafs.LocalFileSystem):
-        info = pafs.FileInfo(path, pafs.FileType.Directory)
+    info = input_info(fs, path, input_uri, get_info(fs, path, "list", path))
     if has_glob and info.type == pafs.FileType.NotFound:
         table = _list_glob(fs, path, uri, exts, warn, refused_extensions, warn_skipped)
     elif info.type == pafs.FileType.File:
