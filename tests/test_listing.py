@@ -608,37 +608,41 @@ def test_a_file_name_that_is_not_utf8_is_listed_escaped_with_an_error_and_nothin
         list_inputs_table(os.fsdecode(raw_root + b"/d\xff"), extensions=IMAGES)
 
 
-def test_undecodable_photo_formats_are_listed_with_their_error_and_other_files_are_counted(tmp_path: Path) -> None:
+def test_undecodable_photo_formats_are_listed_with_their_error_and_unread_images_are_counted(tmp_path: Path) -> None:
     """A folder of iPhone photos (HEIC) gets a row per photo saying what to do, not silence; the
-    files skipped for their names are reported once, by extension, through ``warn``."""
-    from dce_batch.imaging import UNDECODABLE_EXTENSIONS
+    image files of formats that are not read (raw, PSD, icons) are reported once, by extension,
+    through ``warn``; documents and files without an extension pass unmentioned."""
+    from dce_batch.imaging import UNDECODABLE_EXTENSIONS, UNREAD_IMAGE_EXTENSIONS
 
     root = tmp_path / "in"
     make_files(root, ["a.jpg", "IMG_1.HEIC", "sub/IMG_2.heif", "notes.txt", "b.txt", "icon.ico", "README",
-                      ".hidden.heic"])
+                      ".hidden.heic", "raw/x.DNG", "y.dng", "layers.psd", "sub/notes.md"])
     warnings: list[str] = []
-    _, table = list_inputs_table(str(root), extensions=IMAGES, refused_extensions=UNDECODABLE_EXTENSIONS,
-                                 warn=warnings.append, warn_skipped=True)
+    options = dict(extensions=IMAGES, refused_extensions=UNDECODABLE_EXTENSIONS,
+                   reported_extensions=UNREAD_IMAGE_EXTENSIONS, warn=warnings.append)
+    _, table = list_inputs_table(str(root), **options)
     rows = {r["relpath"]: r["listing_error"] for r in table.select(["relpath", "listing_error"]).to_pylist()}
     assert set(rows) == {"a.jpg", "IMG_1.HEIC", "sub/IMG_2.heif"} and rows["a.jpg"] is None
     assert rows["IMG_1.HEIC"] == rows["sub/IMG_2.heif"] == UNDECODABLE_EXTENSIONS[".heic"]
     assert rows["IMG_1.HEIC"].startswith("UnsupportedImageError: HEIC/HEIF photos cannot be decoded; convert")
-    assert warnings == ["4 file(s) skipped, not named as an image format dce-batch reads (.txt 2, .ico 1, "
-                        "no extension 1); a list file (.txt, .csv, .parquet) takes files whatever their names"]
+    assert warnings == ["4 image file(s) skipped: dce-batch does not read their format (.dng 2, .ico 1, .psd 1); "
+                        "convert them to JPEG, PNG or TIFF to enhance them"]
     # The order is the counts' and the names', not the order the folder listed them in.
     from collections import Counter
 
     from dce_batch.storage.listing import _skipped_line
 
-    assert _skipped_line(Counter({"": 1, ".ico": 1, ".txt": 2})) == _skipped_line(Counter({".txt": 2, "": 1, ".ico": 1})) \
+    assert _skipped_line(Counter({".psd": 1, ".ico": 1, ".dng": 2})) == _skipped_line(Counter({".dng": 2, ".ico": 1, ".psd": 1})) \
         == warnings[0]
-    # A glob lists them as the folder does; without refused_extensions and warn_skipped (training
-    # data) they are skipped without a word.
-    _, globbed = list_inputs_table(str(root / "*"), extensions=IMAGES, refused_extensions=UNDECODABLE_EXTENSIONS,
-                                   warn=warnings.append, warn_skipped=True)
+    # A glob lists them as the folder does; without refused_extensions and reported_extensions
+    # (training data) they are skipped without a word.
+    _, globbed = list_inputs_table(str(root / "*"), **options)
     assert globbed["relpath"].to_pylist() == ["IMG_1.HEIC", "a.jpg"] and len(warnings) == 2
     _, plain = list_inputs_table(str(root), extensions=IMAGES, warn=warnings.append)
     assert plain["relpath"].to_pylist() == ["a.jpg"] and len(warnings) == 2
+    # A folder of images beside documents only (the bundled samples and their README) says nothing.
+    _, quiet = list_inputs_table(str(root / "sub"), **options)
+    assert quiet.num_rows == 1 and len(warnings) == 2
 
 
 def test_walk_local_files_lists_links_without_following_them(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "UNDECODABLE_EXTENSIONS",
+    "UNREAD_IMAGE_EXTENSIONS",
     "extension_for",
     "format_of_extension",
     "max_file_bytes",
@@ -58,6 +59,18 @@ HEIF_ADVICE: Final = ("HEIC/HEIF photos cannot be decoded; convert them to JPEG 
 #: than no row at all.
 UNDECODABLE_EXTENSIONS: Final[dict[str, str]] = dict.fromkeys(
     (".heic", ".heif", ".hif"), describe_error(UnsupportedImageError(HEIF_ADVICE)))
+
+#: Extensions of image formats that are not read (camera raw, layered and vector formats, icons,
+#: HDR): a folder's such files are skipped, and the run says how many, so that a folder of raw
+#: files is not mistaken for an empty one. Documents and sidecars (.txt, .md, .xmp) pass unmentioned.
+UNREAD_IMAGE_EXTENSIONS: Final[frozenset[str]] = frozenset(
+    {
+        ".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf",
+        ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mrw", ".raw",
+        ".psd", ".psb", ".xcf", ".svg", ".svgz", ".eps", ".ico", ".icns", ".cur",
+        ".exr", ".hdr", ".dds", ".jxl", ".pcx", ".sgi", ".ras", ".xbm", ".xpm",
+    }
+)  # fmt: skip
 
 # Shown in "unsupported" messages; the decodable set is whatever Pillow identifies.
 SUPPORTED_TEXT: Final = "JPEG, PNG, WebP, TIFF, BMP, GIF, MPO, JPEG 2000, AVIF, PNM, TGA, QOI"

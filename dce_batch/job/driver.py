@@ -42,7 +42,7 @@ from dce_batch.errors import (
     WeightsError,
     describe_error,
 )
-from dce_batch.imaging import IMAGE_EXTENSIONS, UNDECODABLE_EXTENSIONS
+from dce_batch.imaging import IMAGE_EXTENSIONS, UNDECODABLE_EXTENSIONS, UNREAD_IMAGE_EXTENSIONS
 from dce_batch.job.config import EnhanceConfig
 from dce_batch.job.manifest.lease import acquire_lease, lease_supported
 from dce_batch.job.manifest.parts import PartLedger
@@ -205,7 +205,8 @@ def prepare(config: EnhanceConfig, output: Location, store: ManifestStore, weigh
     # Unsorted: plan_run sorts what remains to do, after resume (a million skipped rows never are).
     input_fs, listing = list_inputs_table(config.input, config.s3, extensions=IMAGE_EXTENSIONS,
                                           base=config.base or None, warn=warn, sort=False,
-                                          refused_extensions=UNDECODABLE_EXTENSIONS, warn_skipped=True)
+                                          refused_extensions=UNDECODABLE_EXTENSIONS,
+                                          reported_extensions=UNREAD_IMAGE_EXTENSIONS)
     if config.overwrite:  # the manifest is deleted once the run goes ahead (_run)
         done, adopted, runs = None, [], set()
     else:

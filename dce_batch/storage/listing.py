@@ -158,15 +158,17 @@ def _list_tree(
     recursive: bool = True,
     pattern: str | None = None,
     refused: Mapping[str, str] | None = None,
-    warn_skipped: bool = False,
+    reported: Iterable[str] = (),
 ) -> tuple[pa.Table, int]:
     """Files under ``base`` with an image extension (and whose relpath matches the regex
     ``pattern``), as a table; and how many candidate files were seen (for "nothing found").
 
     Files with an extension in ``refused`` (extension -> manifest error) are listed too, with
-    that error as their ``listing_error``. Other files are skipped; with ``warn_skipped``, when
-    some images were found, ``warn`` is called once with how many were skipped, by extension."""
+    that error as their ``listing_error``. Other files are skipped; when some images were found
+    and some skipped files have an extension in ``reported`` (image formats not read: camera raw,
+    PSD, ...), ``warn`` is called once with how many, by extension."""
     refused = {ext.lower(): error for ext, error in (refused or {}).items()}
+    reported = pa.array(sorted({ext.lower() for ext in reported}), pa.string())
     if isinstance(fs, PortableS3FileSystem):
         pages = _s3_pages(fs, base, recursive)
     elif isinstance(fs, pafs.LocalFileSystem):
@@ -198,9 +200,10 @@ def _list_tree(
                 errors = _with_error(errors, hit, error)
         keep = pc.and_(candidate, is_image)
         other = pc.and_(candidate, pc.invert(is_image))
-        if pc.any(other).as_py():
+        if len(reported) and pc.any(other).as_py():
             names = pc.filter(lower, other)
-            exts = pc.fill_null(pc.struct_field(pc.extract_regex(names, r"(?P<e>\.[^./]*)$"), "e"), "")
+            exts = pc.struct_field(pc.extract_regex(names, r"(?P<e>\.[^./]*)$"), "e")
+            exts = pc.filter(exts, pc.fill_null(pc.is_in(exts, value_set=reported), False))
             for item in pc.value_counts(exts).to_pylist():
                 skipped[item["values"]] += item["counts"]
         if page.not_utf8 is not None and pc.any(page.not_utf8).as_py():
@@ -215,7 +218,7 @@ def _list_tree(
     if not chunks:
         return INPUT_TABLE_SCHEMA.empty_table(), seen
     table = pa.concat_tables(chunks).combine_chunks()
-    if warn_skipped and skipped and table.num_rows:  # none found: _nothing_found says it all
+    if skipped and table.num_rows:  # none found: _nothing_found says it all
         warn(_skipped_line(skipped))
     return table, seen
 
@@ -226,15 +229,15 @@ def _with_error(errors: pa.Array | None, where: pa.Array, message: str) -> pa.Ar
 
 
 def _skipped_line(skipped: Counter[str]) -> str:
-    """One line on the files a folder listing left out, by extension: most common first, ties in
-    name order and files without an extension last, whatever order the listing found them in."""
+    """One line on the image files a folder listing left out, by extension: most common first, ties
+    in name order, whatever order the listing found them in."""
     total = sum(skipped.values())
-    ordered = sorted(skipped.items(), key=lambda item: (-item[1], item[0] == "", item[0]))
-    shown = [f"{ext or 'no extension'} {count:,}" for ext, count in ordered[:6]]
+    ordered = sorted(skipped.items(), key=lambda item: (-item[1], item[0]))
+    shown = [f"{ext} {count:,}" for ext, count in ordered[:6]]
     if len(skipped) > 6:
         shown.append(f"{len(skipped) - 6} more extensions")
-    return (f"{total:,} file(s) skipped, not named as an image format dce-batch reads ({', '.join(shown)}); "
-            "a list file (.txt, .csv, .parquet) takes files whatever their names")
+    return (f"{total:,} image file(s) skipped: dce-batch does not read their format ({', '.join(shown)}); "
+            "convert them to JPEG, PNG or TIFF to enhance them")
 
 
 def _missing_error(fs: pafs.FileSystem, path: str, uri: str) -> StorageError:
@@ -272,7 +275,7 @@ def _nothing_found(uri: str, what: str, extensions: frozenset[str], seen: int) -
 
 def _list_glob(fs: pafs.FileSystem, path: str, uri: str, extensions: frozenset[str],
                warn: Callable[[str], None], refused: Mapping[str, str] | None = None,
-               warn_skipped: bool = False) -> pa.Table:
+               reported: Iterable[str] = ()) -> pa.Table:
     base, pattern = split_glob(path)
     if isinstance(fs, pafs.S3FileSystem) and not base:
         raise StorageError(f"cannot list {uri}: the bucket name cannot be a pattern")
@@ -283,7 +286,7 @@ def _list_glob(fs: pafs.FileSystem, path: str, uri: str, extensions: frozenset[s
     recursive = "/" in pattern or "**" in pattern
     table, seen = _list_tree(
         fs, base, extensions, warn, recursive=recursive, pattern=glob_regex_source(pattern), refused=refused,
-        warn_skipped=warn_skipped,
+        reported=reported,
     )
     if table.num_rows == 0:
         what = f"files matching {pattern!r} under {display(fs, base)}"
@@ -356,7 +359,7 @@ def list_inputs_table(
     warn: Callable[[str], None] | None = None,
     sort: bool = True,
     refused_extensions: Mapping[str, str] | None = None,
-    warn_skipped: bool = False,
+    reported_extensions: Iterable[str] = (),
 ) -> tuple[pafs.FileSystem, pa.Table]:
     """Find the input images of a run, as a table (see :data:`INPUT_TABLE_SCHEMA`).
 
@@ -385,7 +388,8 @@ def list_inputs_table(
     Folders, prefixes and globs also list files with an extension in ``refused_extensions``
     (extension -> the manifest error, e.g. HEIC photos, which cannot be decoded) with that error
     as their ``listing_error``, so that they get a row that says why rather than no row; other
-    files are skipped (with ``warn_skipped``, ``warn`` is called once with how many, by extension).
+    files are skipped, and ``warn`` is called once with how many of them have an extension in
+    ``reported_extensions`` (image formats that are not read), by extension.
 
     Returns the filesystem of the images and the table, sorted by ``relpath`` (``sort=False``:
     in the order found, for a caller that sorts only the rows it keeps).
@@ -402,7 +406,7 @@ def list_inputs_table(
     has_glob = bool(GLOB_CHARS & set(path))
     info = input_info(fs, path, input_uri, get_info(fs, path, "list", path))
     if has_glob and info.type == pafs.FileType.NotFound:
-        table = _list_glob(fs, path, uri, exts, warn, refused_extensions, warn_skipped)
+        table = _list_glob(fs, path, uri, exts, warn, refused_extensions, reported_extensions)
     elif info.type == pafs.FileType.File:
         if posixpath.splitext(path)[1].lower() in LIST_FILE_SUFFIXES:
             fs, table = list_from_list_file(fs, path, uri, s3, exts)
@@ -413,7 +417,7 @@ def list_inputs_table(
                                      sizes=pa.array([info.size], pa.int64()),
                                      mtimes=pa.array([info.mtime_ns], MTIME_TYPE))
     elif info.type == pafs.FileType.Directory:
-        table, seen = _list_tree(fs, path, exts, warn, refused=refused_extensions, warn_skipped=warn_skipped)
+        table, seen = _list_tree(fs, path, exts, warn, refused=refused_extensions, reported=reported_extensions)
         if table.num_rows == 0:
             raise _nothing_found(uri, "searched recursively", exts, seen)
     else:
