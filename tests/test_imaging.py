@@ -10,6 +10,7 @@ import zlib
 import numpy as np
 import PIL
 import pytest
+import simplejpeg
 from PIL import Image, ImageCms
 
 from dce_batch.errors import (
@@ -993,6 +994,43 @@ def test_truncated_header_is_corrupt_not_unsupported(fmt, keep):
     data = save(Image.fromarray(rgb_array(64, 64)), fmt)
     with pytest.raises(CorruptImageError, match="re-download"):
         decode_image(data[:keep])
+
+
+def _jpeg(progressive: bool) -> bytes:
+    return save(Image.fromarray(smooth_rgb(96, 128)), "JPEG", quality=90, progressive=progressive)
+
+
+EOI = b"\xff\xd9"
+
+
+@pytest.mark.parametrize("progressive, damage", [
+    (False, "cut at 50% and closed"), (False, "cut at 90% and closed"), (False, "1000 bytes lost mid-scan"),
+    (True, "cut at 50% and closed"), (True, "cut at 90% and closed"),
+])
+def test_a_jpeg_whose_data_ends_early_is_corrupt(progressive, damage):
+    """Pillow decodes these without an error, with grey where the data is missing; libjpeg's
+    warning, read through simplejpeg, makes them corrupt."""
+    data = _jpeg(progressive)
+    assert data.endswith(EOI)
+    if damage.startswith("cut"):
+        keep = int(len(data) * int(damage.split("%")[0][-2:]) / 100)
+        damaged = data[:keep] + EOI
+    else:
+        middle = len(data) // 2
+        damaged = data[:middle] + data[middle + 1000:]
+    open_bytes(damaged).load()  # what Pillow alone makes of it: no error
+    with pytest.raises(CorruptImageError, match=r"JPEG data is damaged.*libjpeg: .*premature end.*re-download"):
+        decode_image(damaged)
+
+
+def test_a_jpeg_with_extraneous_bytes_before_a_marker_decodes():
+    """libjpeg warns about stray bytes between the scan and a marker, which webcams and scanners
+    write into files that display correctly: the pixels are whole, so the file is read."""
+    data = _jpeg(False)
+    with_stray_bytes = data[:-2] + b"\x12" * 40 + EOI
+    with pytest.raises(ValueError, match="extraneous bytes"):
+        simplejpeg.decode_jpeg(with_stray_bytes, strict=True)
+    np.testing.assert_array_equal(decode_image(with_stray_bytes).pixels, decode_image(data).pixels)
 
 
 def test_damaged_png_header_is_corrupt():
