@@ -1069,7 +1069,8 @@ def test_a_file_of_a_few_bytes_is_called_truncated(signature):
         with pytest.raises((UnsupportedImageError, CorruptImageError), match="truncated") as info:
             decode_image(signature[:length])
         if isinstance(info.value, UnsupportedImageError):
-            assert f"only {length} bytes, too short to be an image" in str(info.value)
+            unit = "byte" if length == 1 else "bytes"
+            assert f"only {length} {unit}, too short to be an image" in str(info.value)
 
 
 def test_empty_bytes_unsupported():

@@ -263,6 +263,23 @@ def test_quiet_then_verbose_in_one_process_restores_ray_data_logging(monkeypatch
     quiet_ray(True).apply()  # leave the process as it was for the other tests
 
 
+def test_an_error_line_of_the_summary_stays_one_line_whatever_the_name_holds():
+    """A name may hold a line break, an ANSI escape sequence or a right-to-left override: the
+    summary shows them as escapes, one line per error, and nothing in it restyles the terminal."""
+    names = ["in/bad\nname.jpg", "in/esc\x1b[31mred.png", "in/rtl\u202egnp.jpg", "in/caf\u00e9 \u65e5\u672c.jpg"]
+    summary = RunSummary(run_id="r", input="in", output="out", started_at="")
+    rows = _manifest_batch(["error"] * len(names)).set_column(0, "input_uri", pa.array(names))
+    summary.add(rows.set_column(2, "error", pa.array([f"UnsupportedImageError: {name}\nsecond line" for name in names])))
+    lines = [line for line in summary.table().splitlines() if line.startswith("    in/")]
+    assert lines == [
+        "    in/bad\\nname.jpg: UnsupportedImageError: in/bad\\nname.jpg\\nsecond line",
+        "    in/esc\\x1b[31mred.png: UnsupportedImageError: in/esc\\x1b[31mred.png\\nsecond line",
+        "    in/rtl\\u202egnp.jpg: UnsupportedImageError: in/rtl\\u202egnp.jpg\\nsecond line",
+        "    in/caf\u00e9 \u65e5\u672c.jpg: UnsupportedImageError: in/caf\u00e9 \u65e5\u672c.jpg\\nsecond line",
+    ]
+    assert all(ch.isprintable() for ch in summary.table().replace("\n", ""))
+
+
 def test_the_summary_lists_five_errors_and_says_how_many_more_there_are():
     summary = RunSummary(run_id="r", input="in", output="out", started_at="")
     summary.add(_manifest_batch(["ok"] + ["error"] * 7))

@@ -198,7 +198,8 @@ def _describe_unrecognised(data: bytes, hints: list[str]) -> str:
     printable = "".join(chr(b) if 32 <= b < 127 else "." for b in head)
     message = f"not a recognised image format (first bytes {head.hex(' ')} {printable!r})"
     if len(data) < 16:
-        message += f": only {len(data)} bytes, too short to be an image (a truncated upload or copy?)"
+        unit = "byte" if len(data) == 1 else "bytes"
+        message += f": only {len(data)} {unit}, too short to be an image (a truncated upload or copy?)"
     elif hints:
         message += f": {hints[0]}"
     elif data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"heif", b"mif1", b"msf1"):

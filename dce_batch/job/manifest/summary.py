@@ -7,6 +7,7 @@ before its commit record. The report reads it; so can any tool (plain JSON).
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,22 @@ import pyarrow.compute as pc
 
 from dce_batch.job.manifest.schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 
-__all__ = ["RunSummary"]
+__all__ = ["RunSummary", "one_line"]
+
+# Characters that move the cursor, restyle a terminal or reorder what it shows: line breaks and
+# other control codes (ANSI escape sequences start with one), bidirectional overrides, and the
+# lone surrogates of names that are not UTF-8 (which print() cannot encode).
+_BIDI_CONTROLS = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters shown as Python escapes (``\\n``, ``\\x1b``, ``\\u202e``),
+    so that a file name in a terminal line stays on that line and cannot restyle the terminal."""
+    return "".join(
+        ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+        if ch in _BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs") else ch
+        for ch in text
+    )
 
 
 @dataclass
@@ -111,7 +127,7 @@ class RunSummary:
         for kind, count in sorted(self.errors_by_type.items()):
             lines.append(f"  {kind:<24}{count:>6}")
         for entry in self.first_errors[:5]:
-            lines.append(f"    {entry['input_uri']}: {entry['error']}")
+            lines.append(f"    {one_line(entry['input_uri'])}: {one_line(entry['error'])}")
         if self.error > 5:
             lines.append(f"    ... and {self.error - 5:,} more (every error is a row of the manifest, "
                          "OUTPUT/_manifest, and in the run's report)")
