@@ -1005,7 +1005,7 @@ EOI = b"\xff\xd9"
 
 @pytest.mark.parametrize("progressive, damage", [
     (False, "cut at 50% and closed"), (False, "cut at 90% and closed"), (False, "1000 bytes lost mid-scan"),
-    (True, "cut at 50% and closed"), (True, "cut at 90% and closed"),
+    (False, "a header that claims twice the rows"), (True, "cut at 50% and closed"), (True, "cut at 90% and closed"),
 ])
 def test_a_jpeg_whose_data_ends_early_is_corrupt(progressive, damage):
     """Pillow decodes these without an error, with grey where the data is missing; libjpeg's
@@ -1015,6 +1015,10 @@ def test_a_jpeg_whose_data_ends_early_is_corrupt(progressive, damage):
     if damage.startswith("cut"):
         keep = int(len(data) * int(damage.split("%")[0][-2:]) / 100)
         damaged = data[:keep] + EOI
+    elif damage.startswith("a header"):
+        frame = data.index(b"\xff\xc0") + 5  # SOF0: length (2 bytes), precision (1), then the height
+        height = int.from_bytes(data[frame:frame + 2], "big")
+        damaged = data[:frame] + (2 * height).to_bytes(2, "big") + data[frame + 2:]
     else:
         middle = len(data) // 2
         damaged = data[:middle] + data[middle + 1000:]
