@@ -36,7 +36,8 @@ from dce_batch.imaging import (
     to_unit_float,
 )
 from dce_batch.imaging.decode import _pil_to_arrays
-from dce_batch.imaging.metadata import upright_exif
+from dce_batch.imaging.metadata import png_with_metadata, upright_exif
+from dce_batch.imaging.pixels import to_depth
 
 ORIENTATION = 0x0112
 MAKE = 0x010F
@@ -402,6 +403,88 @@ def test_icc_profile_kept():
             encoded = encode_image(decoded.pixels, decoded, EncodeOptions(format=requested))
             kept = open_bytes(encoded.data).info.get("icc_profile")
             assert kept == icc, (source_format, requested)
+
+
+def p3_icc() -> bytes:
+    """A Display P3-like profile: P3 primaries, D65, gamma 2.2."""
+    import imagecodecs
+
+    return bytes(imagecodecs.cms_profile("rgb", whitepoint=[0.3127, 0.329, 1.0],
+                                         primaries=[0.68, 0.32, 1.0, 0.265, 0.69, 1.0, 0.15, 0.06, 1.0], gamma=2.2))
+
+
+def photo_colours(height: int, width: int) -> np.ndarray:
+    """Smooth, moderately saturated colours, as a photo holds (no noise for JPEG to smear)."""
+    y, x = np.mgrid[0:height, 0:width] / np.array([height, width]).reshape(2, 1, 1)
+    return np.rint(np.stack([30 + 170 * x, 30 + 120 * y, 60 + 100 * (1 - x) * y], axis=2)).astype(np.uint8)
+
+
+def _cms(pixels: np.ndarray, source: bytes, target: bytes) -> np.ndarray:
+    import imagecodecs
+
+    return imagecodecs.cms_transform(np.ascontiguousarray(pixels), source, target, colorspace="rgb",
+                                     outcolorspace="rgb", intent=1)
+
+
+@pytest.mark.parametrize("source_format, depth", [("PNG", 8), ("TIFF", 8), ("JPEG", 8), ("WEBP", 8), ("PNG", 16)])
+def test_a_wide_gamut_source_is_enhanced_in_srgb_and_written_back_in_its_profile(source_format, depth):
+    """The network and the finishing read sRGB values: a Display P3 photo is converted to sRGB when
+    decoded, and what is written goes back into P3 with the P3 profile, so that viewed through it
+    the output looks as the sRGB version of the same picture would."""
+    srgb = photo_colours(48, 64)
+    p3 = p3_icc()
+    stored = _cms(srgb, srgb_icc(), p3)  # the picture encoded for P3, as a phone stores it
+    assert np.abs(stored.astype(int) - srgb).max() > 10  # far from its sRGB values
+    if depth == 16:
+        import imagecodecs
+
+        data = png_with_metadata(bytes(imagecodecs.png_encode(stored.astype(np.uint16) * 257)), p3, None)
+    else:
+        data = save(Image.fromarray(stored), source_format, icc_profile=p3,
+                    **({"quality": 100} if source_format in ("JPEG", "WEBP") else {}))
+    decoded = decode_image(data)
+    assert decoded.converted_to_srgb and decoded.icc_profile == p3 and decoded.bit_depth == depth
+    lossless = source_format in ("PNG", "TIFF")
+    as_8bit = to_depth(decoded.pixels, np.dtype(np.uint8)).astype(int)
+    # LittleCMS's 16-bit tables are off by up to 4 levels near black for a pure power curve.
+    assert np.abs(as_8bit - srgb).max() <= (4 if lossless else 12)
+    assert np.abs(as_8bit - srgb).mean() <= (0.6 if lossless else 3)
+
+    for requested in ("same", "png", "jpeg"):
+        encoded = encode_image(decoded.pixels, decoded, EncodeOptions(format=requested, quality=100))
+        out = open_bytes(encoded.data)
+        assert out.info.get("icc_profile") == p3, requested
+        written = to_depth(decode_image(encoded.data).pixels, np.dtype(np.uint8)).astype(int)
+        assert np.abs(written - as_8bit).max() <= (4 if encoded.format == "PNG" else 12), requested
+        if encoded.format == "PNG" and depth == 8 and lossless:  # stored for P3 again, as the input was
+            raw = np.asarray(out.convert("RGB")).astype(int)
+            assert np.abs(raw - stored).max() <= 2
+
+
+def test_a_wide_gamut_source_written_as_bmp_is_srgb():
+    """BMP carries no profile, so viewers take it as sRGB: its pixels are the sRGB ones."""
+    srgb = photo_colours(32, 32)
+    decoded = decode_image(save(Image.fromarray(_cms(srgb, srgb_icc(), p3_icc())), "PNG", icc_profile=p3_icc()))
+    bmp_source = DecodedImage(**{**decoded.__dict__, "format": "BMP"})
+    encoded = encode_image(decoded.pixels, bmp_source, EncodeOptions())
+    out = open_bytes(encoded.data)
+    assert encoded.format == "BMP" and "icc_profile" not in out.info
+    assert np.abs(np.asarray(out.convert("RGB")).astype(int) - srgb).max() <= 4
+
+
+@pytest.mark.parametrize("profile", ["Pillow's sRGB", "LittleCMS's sRGB", "unusable"])
+def test_srgb_profiles_and_unusable_ones_leave_the_pixels_as_stored(profile):
+    """sRGB comes under many names and builds; a profile LittleCMS cannot read is kept as it is."""
+    import imagecodecs
+
+    icc = {"Pillow's sRGB": srgb_icc(), "LittleCMS's sRGB": bytes(imagecodecs.cms_profile("srgb")),
+           "unusable": srgb_icc()[:128] + bytes(200)}[profile]
+    array = rgb_array(16, 24)
+    decoded = decode_image(save(Image.fromarray(array), "PNG", icc_profile=icc))
+    assert not decoded.converted_to_srgb and decoded.icc_profile == icc
+    np.testing.assert_array_equal(decoded.pixels, array)
+    encoded = encode_image(decoded.pixels, decoded, EncodeOptions())
+    np.testing.assert_array_equal(np.asarray(open_bytes(encoded.data)), array)
 
 
 def test_gray_profile_kept_only_where_output_is_gray():

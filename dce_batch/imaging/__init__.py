@@ -25,6 +25,7 @@ Import from here; the modules behind it are an implementation detail, one concer
   checks, modes, CMYK, orientation) with Pillow;
 * :mod:`~dce_batch.imaging.deep`: 16-bit colour PNG and TIFF, which Pillow cannot hold, through
   imagecodecs and tifffile;
+* :mod:`~dce_batch.imaging.colour_space`: wide-gamut colour to sRGB for enhancement, and back;
 * :mod:`~dce_batch.imaging.metadata`: ICC profiles, EXIF and PNG chunks;
 * :mod:`~dce_batch.imaging.encode`: pixels to bytes in the output format, metadata kept;
 * :mod:`~dce_batch.imaging.decoded`: :class:`DecodedImage`, what decoding gives and encoding takes;

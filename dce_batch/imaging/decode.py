@@ -4,7 +4,8 @@ Pillow identifies every file and checks its size from the header before any pixe
 (decompression bombs), with the caller's limit and without changing Pillow's global settings. It
 decodes the pixels, reads EXIF/ICC and orientation, converts CMYK through its profile and every
 other mode to RGB plus alpha. 16-bit colour, which Pillow cannot hold, is decoded by
-:mod:`~dce_batch.imaging.deep`.
+:mod:`~dce_batch.imaging.deep`. Colour tagged with a wide-gamut profile is converted to sRGB
+(:mod:`~dce_batch.imaging.colour_space`).
 
 A JPEG whose compressed data ends early or is damaged still decodes in Pillow: libjpeg fills what
 is missing with grey and reports it only as a warning, which Pillow drops. Such a file is a
@@ -14,6 +15,7 @@ simplejpeg (:func:`_jpeg_damage`).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import struct
@@ -31,6 +33,7 @@ from dce_batch.errors import (
     ImageTooLargeError,
     UnsupportedImageError,
 )
+from dce_batch.imaging.colour_space import needs_conversion, to_srgb
 from dce_batch.imaging.decoded import GRAY_8BIT_MODES, HIGH_DEPTH_MODES, DecodedImage
 from dce_batch.imaging.deep import decode_deep_colour, is_deep_colour
 from dce_batch.imaging.formats import DEFAULT_MAX_PIXELS, HEIF_ADVICE, SUPPORTED_TEXT
@@ -96,7 +99,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         fmt = str(image.format)
         _check_size(image.size, max_pixels)
         if is_deep_colour(image, fmt):
-            return decode_deep_colour(data, image, fmt)
+            return _in_srgb(decode_deep_colour(data, image, fmt))
         _load(image, fmt)
         if fmt in _JPEG_FORMATS:
             _check_jpeg_data(data)
@@ -112,7 +115,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         pixels, alpha = _pil_to_arrays(image)
         del image
 
-    return DecodedImage(
+    return _in_srgb(DecodedImage(
         pixels=pixels,
         alpha=alpha,
         format=fmt,
@@ -121,7 +124,17 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         bit_depth=8 if pixels.dtype == np.uint8 else 16,
         exif=bytes(exif) if exif is not None else None,
         icc_profile=usable_icc(icc),
-    )
+    ))
+
+
+def _in_srgb(decoded: DecodedImage) -> DecodedImage:
+    """``decoded`` with its colour converted to sRGB if its profile is an RGB space other than sRGB."""
+    icc = decoded.icc_profile
+    if decoded.grayscale or not needs_conversion(icc):
+        return decoded
+    assert icc is not None
+    return dataclasses.replace(decoded, pixels=np.ascontiguousarray(to_srgb(decoded.pixels, icc)),
+                               converted_to_srgb=True)
 
 
 def _identify(data: bytes) -> ImageFile.ImageFile:

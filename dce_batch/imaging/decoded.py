@@ -42,6 +42,9 @@ class DecodedImage:
         exif: raw EXIF bytes of the source, as Pillow reads them, or None.
         icc_profile: the source ICC profile if it is an RGB or gray profile, else None (CMYK
             profiles are used for the CMYK -> RGB conversion and then dropped).
+        converted_to_srgb: ``pixels`` were converted to sRGB from ``icc_profile``, an RGB profile
+            of another space (Display P3, Adobe RGB; :mod:`~dce_batch.imaging.colour_space`).
+            :func:`encode_image` converts enhanced pixels back into it where the output keeps it.
 
     Arrays are not compared by ``==`` (``eq=False``): compare ``pixels`` explicitly.
     """
@@ -54,6 +57,7 @@ class DecodedImage:
     bit_depth: int
     exif: bytes | None = None
     icc_profile: bytes | None = None
+    converted_to_srgb: bool = False
 
     def __post_init__(self) -> None:
         # Cheap structural checks: a malformed DecodedImage would otherwise fail far away (in

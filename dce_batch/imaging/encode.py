@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from dce_batch.errors import ConfigError, UnsupportedImageError
+from dce_batch.imaging.colour_space import from_srgb
 from dce_batch.imaging.decoded import DecodedImage
 from dce_batch.imaging.deep import encode_16bit
 from dce_batch.imaging.formats import (
@@ -82,7 +83,9 @@ def encode_image(
     written as grayscale (Rec.709 luma of ``pixels``), the source alpha is re-attached where the
     format supports it (PNG, WebP, TIFF), and the ICC profile and EXIF are kept where the format
     supports them, with EXIF Orientation reset to 1 (the pixels are already upright) and the EXIF
-    pixel dimensions set to the written size.
+    pixel dimensions set to the written size. Pixels of a source decoded from a wide-gamut profile
+    (``source.converted_to_srgb``) are sRGB and are converted back into that profile, except for
+    BMP, which carries no profile and is written in sRGB.
 
     Raises:
         UnsupportedImageError: the image is wider or taller than the output format allows
@@ -109,6 +112,11 @@ def encode_image(
     if source.grayscale:
         channels = [to_depth(rec709_luma(pixels), depth)]
         mode = "L"
+    elif source.converted_to_srgb and fmt != "BMP" and source.icc_profile is not None:
+        # Back into the source's own space, whose profile the output carries (BMP carries none
+        # and stays sRGB). Converted at 16 bits, so an 8-bit output is rounded once.
+        channels = [to_depth(from_srgb(to_depth(pixels, np.dtype(np.uint16)), source.icc_profile), depth)]
+        mode = "RGB"
     else:
         channels = [to_depth(pixels, depth)]
         mode = "RGB"
