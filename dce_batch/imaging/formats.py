@@ -68,7 +68,7 @@ UNREAD_IMAGE_EXTENSIONS: Final[frozenset[str]] = frozenset(
         ".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf",
         ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mrw", ".raw",
         ".psd", ".psb", ".xcf", ".svg", ".svgz", ".eps", ".ico", ".icns", ".cur",
-        ".exr", ".hdr", ".dds", ".jxl", ".pcx", ".sgi", ".ras", ".xbm", ".xpm",
+        ".exr", ".hdr", ".pfm", ".dds", ".jxl", ".jxr", ".wdp", ".hdp", ".pcx", ".sgi", ".ras", ".xbm", ".xpm",
     }
 )  # fmt: skip
 
