@@ -764,6 +764,37 @@ def test_16bit_pnm_keeps_its_16_bits_scaled_from_its_maximum(magic, channels, ma
         decode_image(data[:-3])
 
 
+@pytest.mark.parametrize("kind", ["AVIF 10-bit", "AVIF 12-bit", "AVIF 10-bit RGBA", "JPEG 2000 16-bit",
+                                  "JPEG 2000 12-bit codestream", "JPEG 2000 16-bit RGBA", "AVIF 8-bit"])
+def test_avif_and_jpeg2000_of_more_than_8_bits_keep_them(kind):
+    """Pillow cuts AVIF and JPEG 2000 colour of more than 8 bits to 8 (a dark gradient bands);
+    they are decoded at their depth, scaled to 16 bits, and written as 16-bit PNG."""
+    import imagecodecs
+
+    bits = 8 if "8-bit" in kind else 10 if "10-bit" in kind else 12 if "12-bit" in kind else 16
+    ramp = np.linspace(0, (1 << bits) - 1, 1024)
+    samples = np.rint(np.broadcast_to(ramp[None, :, None], (16, 1024, 3))).astype(np.uint16 if bits > 8 else np.uint8)
+    if kind.endswith("RGBA"):
+        samples = np.dstack([samples, samples[:, ::-1, :1]])  # an alpha ramp: an opaque one may be left out
+    if kind.startswith("AVIF"):
+        data = imagecodecs.avif_encode(samples, level=100, bitspersample=bits)
+    else:
+        data = imagecodecs.jpeg2k_encode(samples, codecformat="j2k" if "codestream" in kind else "jp2", bitspersample=bits)
+    decoded = decode_image(data)
+    levels = len(np.unique(decoded.pixels[..., 0]))
+    if bits == 8:
+        assert decoded.bit_depth == 8 and levels <= 256
+        return
+    assert decoded.bit_depth == 16 and decoded.pixels.dtype == np.uint16
+    assert levels > 600  # 8 bits could hold 256
+    assert abs(int(decoded.pixels.max()) - 65535) <= 65535 // 1000
+    if kind.endswith("RGBA"):
+        assert decoded.alpha is not None and decoded.alpha.dtype == np.uint16
+        assert len(np.unique(decoded.alpha)) > 600 and abs(int(decoded.alpha[0, 0]) - 65535) <= 65535 // 1000
+    encoded = encode_image(decoded.pixels, decoded, EncodeOptions(format="png"))
+    assert decode_image(encoded.data).bit_depth == 16
+
+
 def test_16bit_rgb_png():
     values = np.random.default_rng(2).integers(0, 65536, (5, 7, 3), dtype=np.uint16)
     decoded = decode_image(png16_rgb(values))

@@ -8,9 +8,9 @@ The pipeline around the model is::
 
 Pixels stay in the source's integer depth until the model needs them: a 100 MP photo is 300 MB
 as uint8 but 1.2 GB as float32, and GPU workers move uint8 tiles. Sources with more than 8 bits
-per channel (16-bit PNG and TIFF, 16/32-bit integer and float gray) come as uint16, so the curves
-work on their real shadow levels instead of 8-bit steps, and their PNG/TIFF outputs are written at
-16 bits per channel.
+per channel (16-bit PNG, TIFF and PNM, 10/12-bit AVIF, JPEG 2000, 16/32-bit integer and float
+gray) come as uint16, so the curves work on their real shadow levels instead of 8-bit steps, and
+their PNG/TIFF outputs are written at 16 bits per channel.
 
 Everything here is a pure function of its arguments: no Ray, no torch, no global Pillow settings
 changed (``Image.MAX_IMAGE_PIXELS`` and ``ImageFile.LOAD_TRUNCATED_IMAGES`` are left alone), so
@@ -23,7 +23,7 @@ Import from here; the modules behind it are an implementation detail, one concer
   extension for a source, the size limits (known from a file's name, before it is read);
 * :mod:`~dce_batch.imaging.decode`: bytes to upright pixels (identification, decompression-bomb
   checks, modes, CMYK, orientation) with Pillow;
-* :mod:`~dce_batch.imaging.deep`: 16-bit colour PNG and TIFF, which Pillow cannot hold, through
+* :mod:`~dce_batch.imaging.deep`: colour of more than 8 bits, which Pillow cannot hold, through
   imagecodecs and tifffile;
 * :mod:`~dce_batch.imaging.colour_space`: wide-gamut colour to sRGB for enhancement, and back;
 * :mod:`~dce_batch.imaging.metadata`: ICC profiles, EXIF and PNG chunks;

@@ -98,7 +98,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         image = _identify(data)
         fmt = str(image.format)
         _check_size(image.size, max_pixels)
-        if is_deep_colour(image, fmt):
+        if is_deep_colour(image, fmt, data):
             return _in_srgb(decode_deep_colour(data, image, fmt))
         _load(image, fmt)
         if fmt in _JPEG_FORMATS:

@@ -29,7 +29,8 @@ class DecodedImage:
     Attributes:
         pixels: C-contiguous array of shape (H, W, 3), upright (EXIF orientation applied):
             ``uint8`` for 8-bit sources, ``uint16`` for sources with more than 8 bits per channel
-            (16-bit PNG/TIFF colour and gray, ``I;16``, ``I`` clipped to 0..65535, ``F`` scaled
+            (16-bit PNG/TIFF/PNM colour and gray, 10/12-bit AVIF and JPEG 2000 scaled from their
+            maximum, ``I;16``, ``I`` clipped to 0..65535, ``F`` scaled
             from [0, 1] to 0..65535). Gray sources have three equal channels. Use
             :meth:`to_float` for the model's float32 input.
         alpha: array of shape (H, W), same dtype as ``pixels``, if the source had transparency,

@@ -1,7 +1,9 @@
 """16-bit colour: PNG and TIFF decoded and encoded with imagecodecs (libpng, libtiff) and tifffile;
+10- and 12-bit AVIF and JPEG 2000 of more than 8 bits decoded with imagecodecs (libavif, OpenJPEG);
 binary 16-bit PPM/PGM decoded with numpy.
 
-Pillow cannot hold 16-bit colour (it cuts 16-bit RGB(A) PNG/TIFF/PPM to 8 bits when loading), so
+Pillow cannot hold 16-bit colour (it cuts 16-bit RGB(A) PNG/TIFF/PPM, and AVIF and JPEG 2000 colour of
+more than 8 bits, to 8 bits when loading), so
 :mod:`~dce_batch.imaging.decode` lets Pillow identify such a file, check its size and read its
 metadata, and hands the pixels to this module; 16-bit PNG and TIFF outputs are written here too.
 16-bit gray without alpha stays with Pillow, which decodes it exactly.
@@ -39,15 +41,21 @@ _TIFF_EXTRA_SAMPLES: Final = 338
 _TIFF_ASSOCIATED_ALPHA: Final = 1
 
 
-def is_deep_colour(image: ImageFile.ImageFile, fmt: str) -> bool:
-    """16-bit colour (or gray + alpha) PNG/TIFF, which Pillow would cut to 8 bits when loading.
+def is_deep_colour(image: ImageFile.ImageFile, fmt: str, data: bytes) -> bool:
+    """Colour (or gray + alpha) of more than 8 bits, which Pillow would cut to 8 bits when loading.
 
     Decided from the header, before ``load()``. PNG: Pillow opens such files in 8-bit modes but
     their raw mode still says ``;16``. TIFF: RGB photometric with 16 bits per sample (Pillow also
-    misreads planar 16-bit RGB as 8-bit). 16-bit gray without alpha (``I;16``) stays with Pillow,
-    which decodes it exactly; other 16-bit TIFF colour spaces (CMYK, YCbCr, Lab) also stay with
-    Pillow and come out 8-bit.
+    misreads planar 16-bit RGB as 8-bit). AVIF: the bit depth its AV1 configuration box declares
+    (10 or 12). JPEG 2000: more than 8 bits in the codestream's first component, for Pillow's
+    8-bit modes (its 16-bit gray, ``I;16``, is exact). 16-bit gray without alpha (``I;16``)
+    stays with Pillow, which decodes it exactly; other 16-bit TIFF colour spaces (CMYK, YCbCr,
+    Lab) also stay with Pillow and come out 8-bit.
     """
+    if fmt == "AVIF":
+        return _avif_bits(data) > 8
+    if fmt == "JPEG2000":
+        return image.mode in ("L", "LA", "RGB", "RGBA") and _jpeg2000_bits(data) > 8
     if fmt == "PPM":
         return _pnm_samples(image) is not None
     if fmt == "TIFF":
@@ -63,6 +71,34 @@ def is_deep_colour(image: ImageFile.ImageFile, fmt: str) -> bool:
         if isinstance(rawmode, str) and ";16" in rawmode:
             return True
     return False
+
+
+def _avif_bits(data: bytes) -> int:
+    """Bits per sample of an AVIF's AV1 stream, from its ``av1C`` box (8 when it cannot be read)."""
+    box = data.find(b"av1C")
+    if box < 0 or len(data) < box + 7:
+        return 8
+    flags = data[box + 6]  # seq_tier_0, high_bitdepth, twelve_bit, monochrome, ...
+    if not flags & 0x40:
+        return 8
+    return 12 if flags & 0x20 else 10
+
+
+def _jpeg2000_bits(data: bytes) -> int:
+    """Bits per sample of a JPEG 2000 codestream's first component, from its SIZ marker segment,
+    which follows the start-of-codestream marker (8 when it cannot be read)."""
+    start = data.find(b"\xff\x4f\xff\x51")  # SOC, SIZ
+    ssiz = start + 42  # after SIZ's length, capabilities, 8 sizes and offsets, and component count
+    if start < 0 or len(data) <= ssiz:
+        return 8
+    return (data[ssiz] & 0x7F) + 1
+
+
+def _scaled_to_16_bits(samples: np.ndarray, maximum: int) -> np.ndarray:
+    """Integer samples of 0..``maximum`` (larger ones clipped) scaled to 0..65535 as uint16."""
+    if maximum == 65535:
+        return samples.astype(np.uint16)
+    return np.rint(np.minimum(samples, maximum) * np.float32(65535.0 / maximum)).astype(np.uint16)
 
 
 def _pnm_samples(image: ImageFile.ImageFile) -> tuple[int, int, int] | None:
@@ -88,15 +124,12 @@ def _decode_pnm(data: bytes, image: ImageFile.ImageFile) -> np.ndarray:
         raise CorruptImageError(
             f"16-bit {'PPM' if channels == 3 else 'PGM'} data is truncated ({len(data) - offset:,} bytes of "
             f"samples, {2 * count:,} expected); re-export or re-download the file")
-    samples = np.frombuffer(data, ">u2", count, offset).reshape(height, width, channels)
-    if maximum == 65535:
-        return samples.astype(np.uint16)
-    scaled = np.rint(np.minimum(samples, maximum) * np.float32(65535.0 / maximum))
-    return scaled.astype(np.uint16)
+    return _scaled_to_16_bits(np.frombuffer(data, ">u2", count, offset).reshape(height, width, channels), maximum)
 
 
 def decode_deep_colour(data: bytes, image: ImageFile.ImageFile, fmt: str) -> DecodedImage:
-    """Decode a 16-bit colour or gray+alpha PNG/TIFF to uint16 with imagecodecs (libpng/libtiff).
+    """Decode colour or gray+alpha of more than 8 bits to uint16 with imagecodecs (libpng, libtiff,
+    libavif, OpenJPEG), scaled to 0..65535.
 
     Pillow has already identified the file and checked its size; it still supplies the metadata
     (ICC, EXIF, orientation, TIFF tags), but never decodes the pixels.
@@ -110,11 +143,18 @@ def decode_deep_colour(data: bytes, image: ImageFile.ImageFile, fmt: str) -> Dec
         array = _decode_pnm(data, image)
         image.close()
         return _decoded(array, fmt=fmt, mode=mode, associated_alpha=False, orientation=1, exif=None, icc=icc)
+    bits = 16
     if fmt == "PNG":
         # The eXIf chunk may follow the pixel data, where Pillow reads it only on load().
         exif = image.info.get("exif") or png_chunk_after_pixels(data, b"eXIf")
         # Pillow's getexif() on a PNG decodes the pixels when info has no "exif": give it one.
         image.info["exif"] = exif or b""
+        planar = associated_alpha = False
+    elif fmt in ("AVIF", "JPEG2000"):
+        # An AVIF's rotation and mirroring reach Pillow as its EXIF orientation, read below;
+        # JPEG 2000 has none.
+        exif = image.info.get("exif") or None
+        bits = _avif_bits(data) if fmt == "AVIF" else _jpeg2000_bits(data)
         planar = associated_alpha = False
     else:
         exif = None  # Pillow exposes no EXIF block for TIFF sources (their tags are IFD0's)
@@ -132,27 +172,27 @@ def decode_deep_colour(data: bytes, image: ImageFile.ImageFile, fmt: str) -> Dec
     image.close()
     del image
 
+    decoders = {"PNG": imagecodecs.png_decode, "AVIF": imagecodecs.avif_decode, "JPEG2000": imagecodecs.jpeg2k_decode}
     try:
-        if fmt == "PNG":
-            array = imagecodecs.png_decode(data)
-        else:
-            array = imagecodecs.tiff_decode(data, index=0)
+        array = decoders[fmt](data) if fmt in decoders else imagecodecs.tiff_decode(data, index=0)
     except MemoryError:
         raise
-    # imagecodecs' PngError/TiffError are RuntimeErrors; a damaged first IFD offset is "directory
-    # out of range" (IndexError).
+    # imagecodecs' PngError/TiffError/AvifError/Jpeg2kError are RuntimeErrors; a damaged first
+    # IFD offset is "directory out of range" (IndexError).
     except (RuntimeError, ValueError, IndexError) as exc:
         raise CorruptImageError(
-            f"16-bit {fmt} data is damaged or truncated ({type(exc).__name__}: {exc}); "
+            f"{bits}-bit {fmt} data is damaged or truncated ({type(exc).__name__}: {exc}); "
             "re-export or re-download the file"
         ) from exc
+    if bits < 16 and array.dtype == np.uint16:
+        array = _scaled_to_16_bits(array, (1 << bits) - 1)
     if planar and array.ndim == 3 and array.shape[1:] == (height, width):
         array = np.moveaxis(array, 0, -1)  # libtiff returns separate planes as (S, H, W)
     if array.ndim == 2:
         array = array[:, :, None]
     if array.dtype != np.uint16 or array.shape[:2] != (height, width) or array.shape[2] > 4:
         raise UnsupportedImageError(
-            f"16-bit {fmt} ({mode}) decoded to {array.dtype} {array.shape}, not {height}x{width} "
+            f"{bits}-bit {fmt} ({mode}) decoded to {array.dtype} {array.shape}, not {height}x{width} "
             "16-bit gray or colour; convert the file to 16-bit RGB first"
         )
 
