@@ -114,8 +114,8 @@ def encode_image(
         mode = "L"
     elif source.converted_to_srgb and fmt != "BMP" and source.icc_profile is not None:
         # Back into the source's own space, whose profile the output carries (BMP carries none
-        # and stays sRGB). Converted at 16 bits, so an 8-bit output is rounded once.
-        channels = [to_depth(from_srgb(to_depth(pixels, np.dtype(np.uint16)), source.icc_profile), depth)]
+        # and stays sRGB), at the output's depth.
+        channels = [from_srgb(to_depth(pixels, depth), source.icc_profile)]
         mode = "RGB"
     else:
         channels = [to_depth(pixels, depth)]

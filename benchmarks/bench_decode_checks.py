@@ -1,0 +1,115 @@
+"""What decoding's two safeguards cost: the JPEG damage check, and wide-gamut colour through sRGB.
+
+    python benchmarks/bench_decode_checks.py                      # DICM from ../shared + a 12 MP photo
+    python benchmarks/bench_decode_checks.py --folder PHOTOS --size 4000x3000
+
+1. **JPEG damage check** (``dce_batch.imaging.decode._check_jpeg_data``): every JPEG is
+   entropy-decoded once more by libjpeg-turbo at 1/8 scale, through simplejpeg, to read the
+   warnings Pillow drops. Side by side on the same files: ``decode_image`` with the check, and
+   with the check replaced by a no-op, in alternating rounds; the ratio is of the medians.
+2. **Wide gamut** (``dce_batch.imaging.colour_space``): one synthetic dark photo saved as a JPEG
+   tagged with sRGB and with a Display P3-like profile; ``decode_image`` + ``encode_image`` (JPEG)
+   of each, so the P3 row pays both conversions (to sRGB and back) and the sRGB one neither.
+
+Single-threaded work on a possibly shared machine: the last line says how much CPU other
+processes used meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import LoadMonitor, dark_image, foreign_load_now, hardware_line, image_size_for, table
+from PIL import Image, ImageCms
+
+import dce_batch.imaging.decode as decode_module
+from dce_batch.imaging import EncodeOptions, decode_image, encode_image
+
+SHARED = Path(os.environ.get("DCE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def jpeg_check_rows(files: list[Path], rounds: int) -> list[list[str]]:
+    blobs = [f.read_bytes() for f in files]
+    checked = decode_module._check_jpeg_data
+    per_round: dict[str, list[float]] = {"with the check": [], "check off": []}
+    for _ in range(rounds):
+        for name in per_round:  # alternate, so drift in machine load falls on both
+            decode_module._check_jpeg_data = checked if name == "with the check" else (lambda data: None)
+            try:
+                per_round[name].append(timed(lambda: [decode_image(b) for b in blobs]))
+            finally:
+                decode_module._check_jpeg_data = checked
+    base = statistics.median(per_round["check off"])
+    return [[name, f"{statistics.median(times) / len(blobs) * 1e3:.2f}", f"{statistics.median(times) / base:.3f}"]
+            for name, times in per_round.items()]
+
+
+def p3_profile() -> bytes:
+    import imagecodecs
+
+    return bytes(imagecodecs.cms_profile("rgb", whitepoint=[0.3127, 0.329, 1.0],
+                                         primaries=[0.68, 0.32, 1.0, 0.265, 0.69, 1.0, 0.15, 0.06, 1.0], gamma=2.2))
+
+
+def gamut_rows(size: tuple[int, int], rounds: int) -> list[list[str]]:
+    pixels = np.rint(dark_image(*size) * 255).astype(np.uint8)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    files = {}
+    for name, icc in (("sRGB-tagged JPEG", srgb), ("P3-tagged JPEG", p3_profile())):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=95, icc_profile=icc)
+        files[name] = buffer.getvalue()
+
+    def round_trip(data: bytes) -> None:
+        decoded = decode_image(data)
+        encode_image(decoded.pixels, decoded, EncodeOptions(format="jpeg"))
+
+    per_round: dict[str, list[float]] = {name: [] for name in files}
+    for _ in range(rounds):
+        for name, data in files.items():
+            per_round[name].append(timed(lambda: round_trip(data)))
+    base = statistics.median(per_round["sRGB-tagged JPEG"])
+    megapixels = size[0] * size[1] / 1e6
+    return [[f"{name}, {megapixels:.1f} MP", f"{statistics.median(times) * 1e3:.0f}",
+             f"{statistics.median(times) / base:.3f}"] for name, times in per_round.items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folder", type=Path, default=SHARED / "data" / "lowlight_real" / "DICM",
+                        help="JPEGs for the damage check (default: ../shared's DICM)")
+    parser.add_argument("--size", default="4000x3000", help="the wide-gamut photo's WIDTHxHEIGHT")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    print(hardware_line(1))
+    monitor = LoadMonitor()
+    monitor.start()
+    files = sorted(p for p in args.folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    if files:
+        print(f"\nJPEG damage check: decode_image on {len(files)} JPEGs of {args.folder}, "
+              f"median of {args.rounds} alternating rounds")
+        print(table(["decode_image", "ms / file", "ratio to check off"], jpeg_check_rows(files, args.rounds)))
+    else:
+        print(f"\nJPEG damage check: no JPEGs in {args.folder} (set --folder); skipped")
+    width, height = image_size_for(args.size)
+    print(f"\nWide gamut: decode_image + encode_image (JPEG q95), median of {args.rounds} rounds")
+    print(table(["source", "ms", "ratio to sRGB-tagged"], gamut_rows((height, width), args.rounds)))
+    monitor.stop()
+    print(f"\n{monitor.line()}; {foreign_load_now()}")
+
+
+if __name__ == "__main__":
+    main()
