@@ -309,6 +309,39 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(delay_s, one_image, tmp_p
         assert process.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0], (process.returncode, err)
 
 
+# A main thread held in C code that neither returns nor runs signal handlers for a long time, as a
+# storage request does while its retries run out against a store that does not answer.
+_BLOCKED_SCRIPT = r"""
+import hashlib
+from dce_batch.job.signals import StopRequest
+
+StopRequest().install()
+print("ready", flush=True)
+hashlib.pbkdf2_hmac("sha256", b"x", b"y", 400_000_000)  # minutes in OpenSSL, never back in Python
+print("returned", flush=True)
+"""
+
+
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_stops_at_once_while_the_main_thread_is_held_in_a_call(second):
+    """Python runs signal handlers only between the main thread's bytecodes; the watchdog reads
+    the signals as they arrive, says the first one is heard and ends the process on the second."""
+    process = subprocess.Popen([sys.executable, "-c", _BLOCKED_SCRIPT], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    time.sleep(0.5)  # inside the call by now (the test passes either way; this lets it fail without the watchdog)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    process.send_signal(second)
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + second and "returned" not in out
+    assert err.splitlines() == ["dce-batch: stopping after the batches in flight (again to stop at once)",
+                                "dce-batch: stopping now; the next run adopts what was written and redoes the rest"]
+
+
 def test_ctrl_c_while_a_class_is_created_is_one_line_and_exit_130(capsys):
     """Python 3.11 wraps a KeyboardInterrupt raised in __set_name__ (a dataclass field, while a
     module imports) in a RuntimeError; it is still a Ctrl-C. Any other error is not swallowed."""
