@@ -87,6 +87,12 @@ def test_every_pyarrow_wording_is_pinned_to_a_real_error(s3_server, s3_auth_serv
         s3_error_server.answer(status, code)
         return _error_of(operation)
 
+    def read_after_delete():
+        s3_server.put_object(bucket, "gone.jpg", b"x" * 5000)
+        stream = _fs(s3_server.endpoint_url).open_input_stream(f"{bucket}/gone.jpg")  # the HEAD finds it
+        s3_server.client().delete_object(Bucket=bucket, Key="gone.jpg")
+        stream.read()
+
     def timed_out():
         s3_error_server.stall(30)
         return _error_of(_head(_fs(s3_error_server.url, request_timeout_s=0.5), "bucket/k.jpg"))
@@ -95,6 +101,7 @@ def test_every_pyarrow_wording_is_pinned_to_a_real_error(s3_server, s3_auth_serv
         # The SDK retries the HEAD; the GET's error body overflows the 1-byte buffer.
         "GET of a tiny object answered 503": (S3Failure.OVERFLOWED_ERROR_BODY, lambda: from_proxy(
             "slow_down", lambda: proxied_with_a_retry.open_input_stream(f"{bucket}/tiny.jpg").read())),
+        "GET of an object deleted after its HEAD": (S3Failure.NO_SUCH_KEY, lambda: _error_of(read_after_delete)),
         "ListObjectsV2 of a missing bucket": (S3Failure.NO_SUCH_BUCKET, lambda: _error_of(
             _list(_fs(s3_server.endpoint_url), f"no-such-bucket-{uuid.uuid4().hex[:8]}/in"))),
         "ListObjectsV2 400 ExpiredToken": (S3Failure.TOKEN_REJECTED, lambda: from_error_server(
@@ -180,6 +187,20 @@ def test_botocore_errors_are_classified_by_code_status_and_class(s3_error_server
     closed = _botocore_client(DEAD_ENDPOINT)
     assert botocore_failure(_error_of_botocore(lambda: closed.list_objects_v2(Bucket="bucket"))) \
         is S3Failure.UNREACHABLE
+
+
+def test_an_object_deleted_after_it_was_listed_says_so(s3_server):
+    """A GET of a key that the listing's HEAD had found: the row says the object went away and that
+    the next run lists the inputs again, not the SDK's bare wording."""
+    bucket = s3_server.make_bucket(f"gone-{uuid.uuid4().hex[:12]}")
+    s3_server.put_object(bucket, "in/a.jpg", b"x" * 5000)
+    fs = _fs(s3_server.endpoint_url)
+    stream = fs.open_input_stream(f"{bucket}/in/a.jpg")
+    s3_server.client().delete_object(Bucket=bucket, Key="in/a.jpg")
+    error = storage_error(_error_of(stream.read), "read", fs, f"{bucket}/in/a.jpg")
+    assert str(error) == (f"cannot read s3://{bucket}/in/a.jpg: no such object: it was deleted or renamed after it "
+                          "was listed (the next run lists the inputs again), or a list file names an object that "
+                          "does not exist")
 
 
 def _error_of_botocore(operation) -> Exception:

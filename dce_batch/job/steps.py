@@ -179,7 +179,8 @@ class ImageWriter:
                 return
             raise OutputWriteError(
                 f"{exc}. OUTPUT cannot take more outputs, so the run stops; the manifest lists what was "
-                "written. Fix the cause (space, permissions, credentials) and run again to resume"
+                "written. Fix the cause above (space, permissions, credentials, or storage that could not be "
+                "reached) and run again to resume: the rerun does exactly the rest"
             ) from exc
         state.row.status = STATUS_OK
         state.row.bytes_out = len(data)

@@ -21,6 +21,8 @@ class S3Failure(enum.Enum):
     """Kinds of S3 failure that call for different advice."""
 
     NO_SUCH_BUCKET = "no such bucket"
+    #: A GET of a key that a listing or a HEAD had found: the object went away in between.
+    NO_SUCH_KEY = "no such object"
     TOKEN_REJECTED = "session token expired or invalid"
     KEYS_REJECTED = "access key unknown or secret key wrong"
     #: HTTP 400 with no body: S3's answer to a HEAD request whose credentials it rejects (an
@@ -45,6 +47,8 @@ PYARROW_S3_ERROR_PATTERNS: tuple[tuple[S3Failure, re.Pattern[str]], ...] = tuple
     for kind, pattern in (
         (S3Failure.OVERFLOWED_ERROR_BODY, r"Failed to flush response stream"),
         (S3Failure.NO_SUCH_BUCKET, r"AWS Error NO_SUCH_BUCKET during"),
+        # With the error's body, or (some SDK states, and 404s without a body) without it.
+        (S3Failure.NO_SUCH_KEY, r"AWS Error (NO_SUCH_KEY|RESOURCE_NOT_FOUND) during GetObject"),
         (S3Failure.TOKEN_REJECTED, r"ExceptionName: ExpiredToken Message"),
         (S3Failure.TOKEN_REJECTED, r"ExceptionName: InvalidToken Message"),
         (S3Failure.TOKEN_REJECTED, r"ExceptionName: TokenRefreshRequired Message"),
@@ -79,6 +83,7 @@ def pyarrow_failure(exc: BaseException) -> S3Failure | None:
 # S3's error codes (https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html).
 _S3_ERROR_CODES = {
     "NoSuchBucket": S3Failure.NO_SUCH_BUCKET,
+    "NoSuchKey": S3Failure.NO_SUCH_KEY,
     "ExpiredToken": S3Failure.TOKEN_REJECTED,
     "InvalidToken": S3Failure.TOKEN_REJECTED,
     "TokenRefreshRequired": S3Failure.TOKEN_REJECTED,

@@ -184,7 +184,7 @@ def fs_kind(fs: pafs.FileSystem) -> tuple[str, str | None]:
 
 def _attempts(fs: pafs.FileSystem) -> str:
     if isinstance(fs, PortableS3FileSystem):
-        return f"{fs.options.max_attempts} attempts"
+        return f"{fs.options.max_attempts} attempts (AWS_MAX_ATTEMPTS)"
     return "its retries"
 
 
@@ -197,6 +197,9 @@ def _s3_reason(kind: S3Failure, exc: BaseException, fs: pafs.FileSystem, path: s
         bucket = path.split("/", 1)[0]
         return StorageError, (f"bucket {bucket!r} does not exist ({endpoint_text}; check the bucket name and "
                               "AWS_ENDPOINT_URL / --s3-endpoint)")
+    if kind is S3Failure.NO_SUCH_KEY:
+        return StorageError, ("no such object: it was deleted or renamed after it was listed (the next run lists "
+                              "the inputs again), or a list file names an object that does not exist")
     if kind is S3Failure.TOKEN_REJECTED:
         return CredentialsError, (
             f"the credentials were rejected by {endpoint_text}: the session token has expired or is not valid. "
@@ -222,9 +225,10 @@ def _s3_reason(kind: S3Failure, exc: BaseException, fs: pafs.FileSystem, path: s
             "instance/pod role, and that they may access this bucket)")
     if kind is S3Failure.THROTTLED:
         return StorageError, (f"{endpoint_text} kept asking to slow down (throttling) after {_attempts(fs)}; "
-                              f"lower --num-actors or raise AWS_MAX_ATTEMPTS. ({text})")
+                              f"lower --num-actors or raise AWS_MAX_ATTEMPTS ({text})")
     if kind is S3Failure.TIMEOUT:
-        return StorageError, f"{endpoint_text} did not answer in time after {_attempts(fs)} ({text})"
+        return StorageError, (f"{endpoint_text} did not answer in time after {_attempts(fs)}; a longer outage "
+                              f"needs a higher AWS_MAX_ATTEMPTS ({text})")
     if kind is S3Failure.UNREACHABLE:
         return StorageError, (f"cannot connect to {endpoint_text} (check AWS_ENDPOINT_URL / --s3-endpoint and "
                               f"that the server is running and reachable from this node; tried {_attempts(fs)})")
