@@ -103,6 +103,24 @@ def test_a_part_whose_worker_died_before_replying_keeps_only_rows_no_retry_wrote
     assert ledger.settle_strays("r1") == (0, 0)  # settled: nothing left to do
 
 
+def test_a_part_the_storage_acknowledged_but_lost_is_left_out_of_the_commit(tmp_path):
+    """A store that confirms a write and then does not hold it (seen behind a faulty proxy): the
+    commit lists only the parts that exist, so the next run is not stopped by a missing part and
+    redoes the inputs whose rows were lost; the record then reads as a clean manifest."""
+    store = _store(tmp_path)
+    ledger = PartLedger(store)
+    for worker in ("w1", "w2"):
+        buffer = PartBuffer(store, "r1", worker, max_rows=1000, max_age_s=0.0)
+        ledger.add(buffer.add(rows_to_table([_row("r1", f"{worker}-a"), _row("r1", f"{worker}-b")])))
+    Path(store.file("part-r1-w2-00000.parquet")).unlink()  # acknowledged, then gone
+    assert [(p.name, p.rows) for p in ledger.drop_lost("r1")] == [("part-r1-w2-00000.parquet", 2)]
+    assert [p.name for p in ledger.parts()] == ["part-r1-w1-00000.parquet"]
+    assert ledger.drop_lost("r1") == []
+    store.write_commit(CommitRecord(run_id="r1", status="finished", parts=ledger.parts()))
+    rows = read_manifest(str(tmp_path / "out")).to_pylist()
+    assert sorted(r["input_relpath"] for r in rows) == ["w1-a", "w1-b"]
+
+
 def test_uncommitted_parts_are_adopted_and_committed_ones_checked(tmp_path):
     store = _store(tmp_path)
     committed = store.write_part(part_name("r1", "w1", 0), rows_to_table([_row("r1", "a")]))

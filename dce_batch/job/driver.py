@@ -515,6 +515,11 @@ def _run(config, output, store, weights, prepared: Prepared, engine, stop: StopR
             if strays:
                 say(f"{strays} manifest part(s) written by workers that died before replying: {duplicates} rows "
                     "their batches' retries wrote again were dropped from them")
+            lost = ledger.drop_lost(config.run_id)
+            if lost:
+                _warn(f"the storage acknowledged {len(lost)} manifest part(s) of this run that it does not hold "
+                      f"({sum(info.rows for info in lost):,} rows, e.g. {lost[0].name}); the commit leaves them out and "
+                      "the next run redoes those inputs. Check the storage: it lost writes it had confirmed")
             if status == "finished":
                 summary.finish(progress.elapsed_s, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
                 store.write_summary(config.run_id, summary.to_json())

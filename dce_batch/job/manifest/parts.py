@@ -190,5 +190,18 @@ class PartLedger:
                                   else PartInfo(name, table.num_rows))
         return len(strays), dropped
 
+    def drop_lost(self, run_id: str) -> list[PartInfo]:
+        """Forget the parts of this run that the storage acknowledged but does not hold, so that
+        the commit lists only parts that exist, and return them. A store that loses acknowledged
+        writes would otherwise get a commit record that names a missing part, which stops every
+        later run until ``dce-batch manifest repair``; without it the next run simply redoes the
+        inputs whose rows were lost. Call it just before the commit."""
+        present = set(self.store.part_names())
+        lost = [info for name, info in sorted(self.written.items())
+                if run_of_part(name) == run_id and name not in present]
+        for info in lost:
+            del self.written[info.name]
+        return lost
+
     def parts(self) -> list[PartInfo]:
         return [self.written[name] for name in sorted(self.written)]
