@@ -623,7 +623,10 @@ def _describe(pids: set[int]) -> str:
     return "; ".join(f"{pid}: {(Path('/proc') / str(pid) / 'cmdline').read_bytes()[:80]!r}" for pid in alive(pids))
 
 
-def _start_job(source: Path, out: Path, ray_tmp: str, engine: str, stderr, *extra: str) -> subprocess.Popen:
+def _start_job(source: Path, out: Path, ray_tmp: str, engine: str, stderr, *extra: str,
+               own_group: bool = False) -> subprocess.Popen:
+    """The job as a user starts it; ``own_group``: in a process group of its own, which the test
+    can signal whole, as a terminal's Ctrl-C does."""
     return subprocess.Popen(
         # At most two workers: on a many-core machine a pool per CPU could finish every image
         # before the test's signal lands.
@@ -632,7 +635,7 @@ def _start_job(source: Path, out: Path, ray_tmp: str, engine: str, stderr, *extr
         stdout=subprocess.DEVNULL, stderr=stderr,
         # A suite started in the background (`cmd &`) inherits SIGINT ignored, and Python then
         # installs no KeyboardInterrupt handler: give the job the disposition a terminal gives it.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), process_group=0 if own_group else None)
 
 
 @pytest.mark.slow
@@ -683,10 +686,14 @@ def test_an_interrupted_run_commits_what_finished_and_the_rerun_does_exactly_the
     _many_inputs(source, KILLED_RUN_INPUTS)
     stderr_file = tmp_path / "stderr.txt"
     with open(stderr_file, "w") as stderr:
-        process = _start_job(source, out, ray_tmp, engine, stderr, "--manifest-flush-seconds", "0")
+        process = _start_job(source, out, ray_tmp, engine, stderr, "--manifest-flush-seconds", "0",
+                             own_group=sig == signal.SIGINT)
     try:
         _wait_for(lambda: _parts_written(out) >= 1, 300, process, "the first part", stderr_file)
-        process.send_signal(sig)  # what Ctrl-C (or `ray job stop`) does
+        if sig == signal.SIGINT:
+            os.killpg(process.pid, sig)  # Ctrl-C in a terminal: the job's workers get it too
+        else:
+            process.send_signal(sig)  # what `ray job stop` does
         process.wait(timeout=60)
     finally:
         if process.poll() is None:

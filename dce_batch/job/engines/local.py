@@ -42,8 +42,14 @@ def _context() -> multiprocessing.context.BaseContext:
 def _init_worker(config, weights_blob: bytes, weights_name: str, output, pixel_limit: int,
                  limit_reason: str | None) -> None:
     global _worker
+    import signal
+
     from dce_batch.job.worker import EnhanceWorker, writer_name
 
+    # A terminal's Ctrl-C reaches the whole process group. The driver decides what it means
+    # (finish the batches in flight, or stop at once, which ends the workers with it): a worker
+    # that took it as KeyboardInterrupt would drop its batch mid-write with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     _worker = EnhanceWorker(config, weights_blob, weights_name, output, pixel_limit=pixel_limit,
                             limit_reason=limit_reason, worker=f"local/pid{os.getpid()}",
