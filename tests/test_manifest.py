@@ -112,13 +112,19 @@ def test_a_part_the_storage_acknowledged_but_lost_is_left_out_of_the_commit(tmp_
     for worker in ("w1", "w2"):
         buffer = PartBuffer(store, "r1", worker, max_rows=1000, max_age_s=0.0)
         ledger.add(buffer.add(rows_to_table([_row("r1", f"{worker}-a"), _row("r1", f"{worker}-b")])))
+    # A worker that wrote a part and died before replying: a stray, which settling reads the run's
+    # known parts against, so the lost part must be forgotten first.
+    PartBuffer(store, "r1", "w3", max_rows=1000, max_age_s=0.0).add(rows_to_table([_row("r1", "w1-a"),
+                                                                                   _row("r1", "w3-c")]))
     Path(store.file("part-r1-w2-00000.parquet")).unlink()  # acknowledged, then gone
-    assert [(p.name, p.rows) for p in ledger.drop_lost("r1")] == [("part-r1-w2-00000.parquet", 2)]
+    present = store.part_names()
+    assert [(p.name, p.rows) for p in ledger.drop_lost("r1", present)] == [("part-r1-w2-00000.parquet", 2)]
     assert [p.name for p in ledger.parts()] == ["part-r1-w1-00000.parquet"]
     assert ledger.drop_lost("r1") == []
+    assert ledger.settle_strays("r1", present=present) == (1, 1)
     store.write_commit(CommitRecord(run_id="r1", status="finished", parts=ledger.parts()))
     rows = read_manifest(str(tmp_path / "out")).to_pylist()
-    assert sorted(r["input_relpath"] for r in rows) == ["w1-a", "w1-b"]
+    assert sorted(r["input_relpath"] for r in rows) == ["w1-a", "w1-b", "w3-c"]
 
 
 def test_uncommitted_parts_are_adopted_and_committed_ones_checked(tmp_path):

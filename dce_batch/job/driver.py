@@ -511,15 +511,16 @@ def _run(config, output, store, weights, prepared: Prepared, engine, stop: StopR
                 # wrote are adopted by that run or the next; rows only held here are redone.
                 raise lease.lost
             ledger.write_held()
-            strays, duplicates = ledger.settle_strays(config.run_id, warn=_warn)
-            if strays:
-                say(f"{strays} manifest part(s) written by workers that died before replying: {duplicates} rows "
-                    "their batches' retries wrote again were dropped from them")
-            lost = ledger.drop_lost(config.run_id)
+            present = store.part_names()  # one listing for both checks
+            lost = ledger.drop_lost(config.run_id, present)
             if lost:
                 _warn(f"the storage acknowledged {len(lost)} manifest part(s) of this run that it does not hold "
                       f"({sum(info.rows for info in lost):,} rows, e.g. {lost[0].name}); the commit leaves them out and "
                       "the next run redoes those inputs. Check the storage: it lost writes it had confirmed")
+            strays, duplicates = ledger.settle_strays(config.run_id, warn=_warn, present=present)
+            if strays:
+                say(f"{strays} manifest part(s) written by workers that died before replying: {duplicates} rows "
+                    "their batches' retries wrote again were dropped from them")
             if status == "finished":
                 summary.finish(progress.elapsed_s, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
                 store.write_summary(config.run_id, summary.to_json())

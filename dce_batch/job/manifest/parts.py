@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -153,7 +153,8 @@ class PartLedger:
         self._held.clear()
         return infos
 
-    def settle_strays(self, run_id: str, *, warn: Callable[[str], None] | None = None) -> tuple[int, int]:
+    def settle_strays(self, run_id: str, *, warn: Callable[[str], None] | None = None,
+                      present: Iterable[str] | None = None) -> tuple[int, int]:
         """Account for the parts of this run whose rows never came back: a worker wrote the part,
         then died before replying, and Ray ran the batch again elsewhere. A stray's rows that a
         known part of this run also holds are dropped (the stray is rewritten without them, or
@@ -164,8 +165,10 @@ class PartLedger:
         Deleting a stray that only repeats rows is clean-up: if the storage refuses the delete,
         ``warn`` is told and the stray stays, unlisted (the next run adopts it). Its rows are
         those of a worker that died before the retry that repeated them, and the manifest reads
-        the latest row per run and input."""
-        strays = [name for name in self.store.part_names() if run_of_part(name) == run_id and name not in self.written]
+        the latest row per run and input. ``present``: the store's part names, when the caller has
+        listed them already (see :meth:`drop_lost`, which comes first)."""
+        names = self.store.part_names() if present is None else present
+        strays = [name for name in names if run_of_part(name) == run_id and name not in self.written]
         if not strays:
             return 0, 0
         known = pa.concat_arrays([one_array(self.store.read_part(info.name)["input_relpath"])
@@ -190,13 +193,14 @@ class PartLedger:
                                   else PartInfo(name, table.num_rows))
         return len(strays), dropped
 
-    def drop_lost(self, run_id: str) -> list[PartInfo]:
+    def drop_lost(self, run_id: str, present: Iterable[str] | None = None) -> list[PartInfo]:
         """Forget the parts of this run that the storage acknowledged but does not hold, so that
         the commit lists only parts that exist, and return them. A store that loses acknowledged
         writes would otherwise get a commit record that names a missing part, which stops every
         later run until ``dce-batch manifest repair``; without it the next run simply redoes the
-        inputs whose rows were lost. Call it just before the commit."""
-        present = set(self.store.part_names())
+        inputs whose rows were lost. Call it after :meth:`write_held` and before
+        :meth:`settle_strays`, which reads this run's parts. ``present``: as for that method."""
+        present = set(self.store.part_names() if present is None else present)
         lost = [info for name, info in sorted(self.written.items())
                 if run_of_part(name) == run_id and name not in present]
         for info in lost:
