@@ -20,6 +20,7 @@ from dce_batch.imaging.deep import encode_16bit
 from dce_batch.imaging.formats import (
     ALPHA_FORMATS,
     DEEP_FORMATS,
+    METADATA_FORMATS,
     MAX_SIDE,
     extension_for,
     normalise_requested_format,
@@ -112,9 +113,9 @@ def encode_image(
     if source.grayscale:
         channels = [to_depth(rec709_luma(pixels), depth)]
         mode = "L"
-    elif source.converted_to_srgb and fmt != "BMP" and source.icc_profile is not None:
-        # Back into the source's own space, whose profile the output carries (BMP carries none
-        # and stays sRGB), at the output's depth.
+    elif source.converted_to_srgb and fmt in METADATA_FORMATS and source.icc_profile is not None:
+        # Back into the source's own space, whose profile the output carries (an output that
+        # carries none stays sRGB), at the output's depth.
         channels = [from_srgb(to_depth(pixels, depth), source.icc_profile)]
         mode = "RGB"
     else:
@@ -151,8 +152,8 @@ def _save_options(
         kwargs["quality"] = options.quality
     if fmt == "TIFF":
         kwargs["compression"] = "tiff_adobe_deflate"  # lossless and readable everywhere
-    if fmt == "BMP":
-        return kwargs  # Pillow writes neither ICC nor EXIF to BMP
+    if fmt not in METADATA_FORMATS:
+        return kwargs
 
     # WebP has no grayscale; Pillow stores L/LA as RGB/RGBA, so only RGB profiles fit there.
     stored_gray = mode in ("L", "LA") and fmt != "WEBP"

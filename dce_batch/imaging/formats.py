@@ -102,6 +102,8 @@ _EXTENSIONS: Final[dict[str, str]] = {
     "BMP": ".bmp",
 }
 ALPHA_FORMATS: Final = frozenset({"PNG", "WEBP", "TIFF"})
+# Output formats that carry the source's ICC profile and EXIF (Pillow writes neither to BMP).
+METADATA_FORMATS: Final = frozenset({"JPEG", "PNG", "WEBP", "TIFF"})
 # Output formats that store 16 bits per channel: 16-bit sources are written at 16 bits there.
 DEEP_FORMATS: Final = frozenset({"PNG", "TIFF"})
 # Largest width/height the encoders accept (libjpeg, libwebp); PNG/TIFF/BMP go far beyond 100 MP.

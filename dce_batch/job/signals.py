@@ -35,8 +35,6 @@ class StopRequest:
         self._previous: dict[int, object] = {}
         self._wakeup: tuple[socket.socket, socket.socket] | None = None
         self._previous_wakeup_fd = -1
-        self._seen = 0  # stop signals the watchdog has read
-        self._lock = threading.Lock()
         self._exiting = threading.Lock()
 
     @property
@@ -82,6 +80,7 @@ class StopRequest:
         threading.Thread(target=self._watch, args=(reader,), name="dce-batch-signals", daemon=True).start()
 
     def _watch(self, reader: socket.socket) -> None:
+        heard = 0  # stop signals read so far; only this thread counts them
         while True:
             try:
                 data = reader.recv(64)
@@ -92,14 +91,10 @@ class StopRequest:
             for signum in data:
                 if signum not in _SIGNALS:
                     continue
-                if self._count() >= 2:
+                heard += 1
+                if heard >= 2:
                     self._exit_now(signum)
                 os.write(2, _STOPPING_SOON)  # said here: the handler may wait on a call for minutes
-
-    def _count(self) -> int:
-        with self._lock:
-            self._seen += 1
-            return self._seen
 
     def _exit_now(self, signum: int) -> None:
         """One line and exit; the handler and the watchdog may both get here, only one speaks."""
