@@ -10,6 +10,10 @@
 2. **Wide gamut** (``dce_batch.imaging.colour_space``): one synthetic dark photo saved as a JPEG
    tagged with sRGB and with a Display P3-like profile; ``decode_image`` + ``encode_image`` (JPEG)
    of each, so the P3 row pays both conversions (to sRGB and back) and the sRGB one neither.
+   Then the conversions' error: ``to_srgb`` and ``from_srgb`` at 8 and 16 bits on random colours
+   inside sRGB, against LittleCMS's float transform, in 8-bit levels, for Display P3 (sRGB's
+   curve) and for a pure power curve of 2.2 (Adobe RGB's), in the shadows (sRGB values up to 0.1)
+   and over the rest.
 
 Single-threaded work on a possibly shared machine: the last line says how much CPU other
 processes used meanwhile.
@@ -63,6 +67,46 @@ def p3_profile() -> bytes:
                                          primaries=[0.68, 0.32, 1.0, 0.265, 0.69, 1.0, 0.15, 0.06, 1.0], gamma=2.2))
 
 
+def display_p3_profile() -> bytes:
+    """P3 primaries with sRGB's tone curve, as phones tag their photos."""
+    import imagecodecs
+
+    x = np.linspace(0.0, 1.0, 4096)
+    curve = np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+    return bytes(imagecodecs.cms_profile("rgb", whitepoint=[0.3127, 0.329, 1.0],
+                                         primaries=[0.68, 0.32, 1.0, 0.265, 0.69, 1.0, 0.15, 0.06, 1.0],
+                                         transferfunction=np.rint(curve * 65535).astype(np.uint16)))
+
+
+def gamut_error_rows() -> list[list[str]]:
+    """Largest error of the job's conversions against LittleCMS's float transform, in 8-bit levels."""
+    import imagecodecs
+
+    from dce_batch.imaging.colour_space import _srgb_profile, from_srgb, to_srgb
+
+    def exact(values: np.ndarray, source: bytes, target: bytes) -> np.ndarray:
+        return np.clip(imagecodecs.cms_transform(values, source, target, colorspace="rgb", outcolorspace="rgb",
+                                                 intent=1), 0.0, 1.0)
+
+    rng = np.random.default_rng(0)
+    srgb = _srgb_profile()
+    rows = []
+    for profile_name, icc in (("Display P3", display_p3_profile()), ("gamma 2.2 (Adobe RGB's curve)", p3_profile())):
+        for lo, hi in ((0.0, 0.1), (0.1, 1.0)):
+            # Colours inside sRGB (so inside both wide spaces too), by their sRGB values.
+            inside = rng.uniform(lo, hi, (256, 256, 3)).astype(np.float32)
+            for direction, convert, values, source, target in (
+                    ("to sRGB", to_srgb, exact(inside, srgb, icc), icc, srgb),
+                    ("from sRGB", from_srgb, inside, srgb, icc)):
+                errors = []
+                for dtype, top in ((np.uint8, 255), (np.uint16, 65535)):
+                    stored = np.rint(values * top).astype(dtype)  # what a file of this depth holds
+                    reference = exact((stored / top).astype(np.float32), source, target)
+                    errors.append(f"{np.abs(convert(stored, icc) / top - reference).max() * 255:.2f}")
+                rows.append([profile_name, f"{lo:g}-{hi:g}", direction, *errors])
+    return rows
+
+
 def gamut_rows(size: tuple[int, int], rounds: int) -> list[list[str]]:
     pixels = np.rint(dark_image(*size) * 255).astype(np.uint8)
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -107,6 +151,9 @@ def main() -> None:
     width, height = image_size_for(args.size)
     print(f"\nWide gamut: decode_image + encode_image (JPEG q95), median of {args.rounds} rounds")
     print(table(["source", "ms", "ratio to sRGB-tagged"], gamut_rows((height, width), args.rounds)))
+    print("\nConversion error against LittleCMS's float transform: largest, in 8-bit levels, "
+          "colours inside sRGB (rows: their sRGB values)")
+    print(table(["profile", "values", "direction", "at 8 bits", "at 16 bits"], gamut_error_rows()))
     monitor.stop()
     print(f"\n{monitor.line()}; {foreign_load_now()}")
 

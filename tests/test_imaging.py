@@ -446,7 +446,8 @@ def test_a_wide_gamut_source_is_enhanced_in_srgb_and_written_back_in_its_profile
     assert decoded.converted_to_srgb and decoded.icc_profile == p3 and decoded.bit_depth == depth
     lossless = source_format in ("PNG", "TIFF")
     as_8bit = to_depth(decoded.pixels, np.dtype(np.uint8)).astype(int)
-    # LittleCMS's 16-bit tables are off by up to 4 levels near black for a pure power curve.
+    # Stored for this pure power curve at 8 bits, the darkest colours are off by up to 2.3 levels
+    # (LittleCMS's tables; benchmarks/bench_decode_checks.py); 4 leaves room for other builds.
     assert np.abs(as_8bit - srgb).max() <= (4 if lossless else 12)
     assert np.abs(as_8bit - srgb).mean() <= (0.6 if lossless else 3)
 

@@ -24,17 +24,20 @@ import numpy as np
 
 from dce_batch.imaging.metadata import icc_colour_space
 
-__all__ = ["from_srgb", "is_srgb_equivalent", "to_srgb"]
+__all__ = ["from_srgb", "is_srgb_equivalent", "needs_conversion", "to_srgb"]
 
 logger = logging.getLogger(__name__)
 
 _RELATIVE_COLORIMETRIC: Final = 1  # LittleCMS INTENT_RELATIVE_COLORIMETRIC
-# cmsFLAGS_HIGHRESPRECALC: finer tables for LittleCMS's optimised transforms. 8-bit pixels are
-# converted at 8 bits (a quarter of the time of going through 16), to within about one level of an
-# exact float transform; near black, a pure power curve (Adobe RGB's gamma 2.2) is so steep that
-# the largest error there is about 5 levels on the way out of sRGB (4 at 16 bits). Display P3 has
-# sRGB's curve and stays within one level. Measured in benchmarks/bench_decode_checks.py.
+# LittleCMS optimises a transform into tables. At 8 bits, with its finer tables
+# (cmsFLAGS_HIGHRESPRECALC), that is exact to within rounding (0.6 of a level), except near black
+# on the way into a pure power curve (Adobe RGB's gamma 2.2), where the curve is so steep that the
+# error reaches 2.3 levels; unoptimised it would take 8 times as long. At 16 bits the optimised
+# tables are off by up to 5 levels of 8 bits (saturated colours into sRGB), so 16-bit pixels go
+# through the unoptimised pipeline (cmsFLAGS_NOOPTIMIZE), exact, at 3 times the cost; they are
+# rare. benchmarks/bench_decode_checks.py measures both, error and speed.
 _HIGH_RESOLUTION_TABLES: Final = 0x0400
+_NOT_OPTIMISED: Final = 0x0100
 _LATTICE: Final = np.stack(np.meshgrid(*[np.linspace(0, 255, 9).round().astype(np.uint8)] * 3, indexing="ij"),
                            axis=-1).reshape(-1, 1, 3)
 
@@ -50,8 +53,9 @@ def _transform(pixels: np.ndarray, source: bytes, target: bytes) -> np.ndarray:
     """``pixels`` (uint8 or uint16) converted in their own dtype."""
     import imagecodecs
 
+    flags = _NOT_OPTIMISED if pixels.dtype == np.uint16 else _HIGH_RESOLUTION_TABLES
     return imagecodecs.cms_transform(np.ascontiguousarray(pixels), source, target, colorspace="rgb",
-                                     outcolorspace="rgb", intent=_RELATIVE_COLORIMETRIC, flags=_HIGH_RESOLUTION_TABLES)
+                                     outcolorspace="rgb", intent=_RELATIVE_COLORIMETRIC, flags=flags)
 
 
 @functools.lru_cache(maxsize=32)
