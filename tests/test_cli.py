@@ -4,6 +4,7 @@ reach a worker (exit 2, one line saying what is wrong, no traceback)."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -332,16 +333,20 @@ def test_a_second_signal_stops_at_once_while_the_main_thread_is_held_in_a_call(s
                                stderr=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "ready"
     time.sleep(0.5)  # inside the call by now (the test passes either way; this lets it fail without the watchdog)
-    process.send_signal(signal.SIGINT)
-    time.sleep(0.2)
-    process.send_signal(second)
     try:
+        process.send_signal(signal.SIGINT)
+        # The second is sent once the first is acknowledged: two SIGINTs pending at once are one.
+        acknowledged, _, _ = select.select([process.stderr], [], [], 30)
+        assert acknowledged, "the first signal was not acknowledged within 30 s"
+        first = process.stderr.readline()
+        process.send_signal(second)
         out, err = process.communicate(timeout=30)
     finally:
         process.kill()
     assert process.returncode == 128 + second and "returned" not in out
-    assert err.splitlines() == ["dce-batch: stopping after the batches in flight (again to stop at once)",
-                                "dce-batch: stopping now; the next run adopts what was written and redoes the rest"]
+    assert [first.rstrip("\n"), *err.splitlines()] == [
+        "dce-batch: stopping after the batches in flight (again to stop at once)",
+        "dce-batch: stopping now; the next run adopts what was written and redoes the rest"]
 
 
 def test_ctrl_c_while_a_class_is_created_is_one_line_and_exit_130(capsys):
