@@ -133,8 +133,7 @@ def _in_srgb(decoded: DecodedImage) -> DecodedImage:
     if decoded.grayscale or not needs_conversion(icc):
         return decoded
     assert icc is not None
-    return dataclasses.replace(decoded, pixels=np.ascontiguousarray(to_srgb(decoded.pixels, icc)),
-                               converted_to_srgb=True)
+    return dataclasses.replace(decoded, pixels=to_srgb(decoded.pixels, icc), converted_to_srgb=True)
 
 
 def _identify(data: bytes) -> ImageFile.ImageFile:
