@@ -5,7 +5,8 @@ AWS_* variables pointing at the proxy, a Ray of its own) enhances a prefix of sm
 through tests/fault_proxy.py in front of moto_server. The proxy answers a seeded share of the
 requests with 503 SlowDown, 500 InternalError, a reset before or after the server acted, or a
 response cut off mid-body. Printed per rate: ok/error rows, exit status, requests, injected
-faults, retries the proxy saw, wall time; then the highest rate with zero errors.
+faults, retries the proxy saw, wall time; then the highest rate with zero errors. With
+``--outage-waits 0,300`` each rate runs once per ``--s3-outage-wait`` value, side by side.
 
 Part 2, the retry strategies side by side: the same reads (HEAD + GET of distinct objects, 8
 threads, one filesystem, as a read task does) through the proxy with (a) dce_batch's filesystem
@@ -13,6 +14,9 @@ threads, one filesystem, as a read task does) through the proxy with (a) dce_bat
 with 10 attempts, (c) pyarrow's default (standard, 3 attempts). Printed: failed reads, requests,
 retries, wall time. (b) and (c) stop retrying once a filesystem has used 100 retries (pyarrow
 never returns the standard strategy's retry tokens), which decides the choice of (a).
+
+Part 3 (``--outages 20,60``): no random faults; the store resets every connection for that many
+seconds from the job's first output write, once per ``--s3-outage-wait`` value.
 
 Needs the test extra (moto). Run from the repository root with the project's environment:
 ``python benchmarks/bench_s3_faults.py`` (about 6 min on 2 shared cores), ``--quick`` (20 and
@@ -55,10 +59,11 @@ def _jpeg(seed: int, size: tuple[int, int] = (96, 128)) -> bytes:
     return buffer.getvalue()
 
 
-def run_job(server, rate: float, images: int, seed: int) -> list[str]:
-    """One CLI run through the proxy at ``rate``; returns a table row."""
+def run_job(server, rate: float, images: int, seed: int, outage_wait: float | None = None,
+            outage_s: float = 0.0) -> list[str]:
+    """One CLI run through the proxy at ``rate`` (``--s3-outage-wait outage_wait`` unless None; the
+    store down for ``outage_s`` seconds from the first output write); returns a table row."""
     from dce_batch.job.manifest import read_manifest
-    from dce_batch.storage import filesystem_for
     from tests.fault_proxy import FaultProxy, normalise_names
 
     bucket = server.make_bucket(f"bench-{uuid.uuid4().hex[:12]}")
@@ -70,17 +75,19 @@ def run_job(server, rate: float, images: int, seed: int) -> list[str]:
                     normalise=normalise_names) as proxy, \
             tempfile.TemporaryDirectory(prefix="dce-ray-", dir="/tmp") as ray_tmp:
         env.update(AWS_ENDPOINT_URL=proxy.url, RAY_TMPDIR=ray_tmp)
+        if outage_s > 0:
+            proxy.outage_after("PUT", r"/enhanced/day\d/", outage_s)
+        wait = [] if outage_wait is None else ["--s3-outage-wait", f"{outage_wait:g}"]
         started = time.perf_counter()
         result = subprocess.run(
             [sys.executable, str(REPO / "jobs" / "enhance.py"), f"s3://{bucket}/raw/", f"s3://{bucket}/enhanced/",
-             "--num-actors", "1", "--batch-size", "2"],
+             "--num-actors", "1", "--batch-size", "2", *wait],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=1800,
         )
         wall = time.perf_counter() - started
         stats = proxy.stats()
-    fs, path = filesystem_for(f"s3://{bucket}/enhanced/_manifest", server.s3_options())
     try:
-        statuses = read_manifest(fs, path, columns=["status"]).column("status").to_pylist()
+        statuses = read_manifest(f"s3://{bucket}/enhanced", s3=server.s3_options()).column("status").to_pylist()
     except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not stop
         statuses = []
         print(f"  manifest unreadable at {rate:.0%}: {exc}", flush=True)
@@ -88,9 +95,13 @@ def run_job(server, rate: float, images: int, seed: int) -> list[str]:
     if result.returncode != 0:
         tail = result.stderr.strip().splitlines()[-3:]
         print(f"  exit {result.returncode} at {rate:.0%}: " + " | ".join(tail)[-600:], flush=True)
-    return [f"{rate:.0%}", str(ok), str(errors), str(images - ok - errors), str(result.returncode),
+    return [f"{rate:.0%}", "default" if outage_wait is None else f"{outage_wait:g}", f"{outage_s:g}", str(ok),
+            str(errors), str(images - ok - errors), str(result.returncode),
             str(stats.total_requests), str(stats.total_faults), str(stats.total_retries), f"{wall:.1f}"]
 
+
+JOB_COLUMNS = ["fault rate", "--s3-outage-wait", "outage s", "ok", "error", "missing", "exit", "requests", "faults",
+               "retries", "wall s"]
 
 STRATEGIES = ("dce_batch (SDK default strategy, 10 attempts)", "pyarrow standard strategy, 10 attempts",
               "pyarrow default (standard, 3 attempts)")
@@ -104,8 +115,9 @@ def _filesystems(proxy_url: str):
     common = dict(endpoint_override=proxy_url.removeprefix("http://"), scheme="http", region="us-east-1",
                   access_key="testing", secret_key="testing", allow_delayed_open=True,
                   connect_timeout=10, request_timeout=30)
-    ours, _ = filesystem_for("s3://x", S3Options(endpoint_url=proxy_url, region="us-east-1",
-                                                 access_key="testing", secret_key="testing"))
+    # The SDK's strategies alone: no outage wait (:mod:`dce_batch.storage.outages`) on top of ours.
+    ours, _ = filesystem_for("s3://x", S3Options(endpoint_url=proxy_url, region="us-east-1", access_key="testing",
+                                                 secret_key="testing", outage_wait_s=0))
     return dict(zip(STRATEGIES, (
         ours,
         pafs.S3FileSystem(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=10), **common),
@@ -148,6 +160,12 @@ def run_reads(server, rate: float, reads: int, seed: int) -> list[list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", default="10,20,30,40,50", help="fault rates in %% (default: %(default)s)")
+    parser.add_argument("--outage-waits", default="",
+                        help="--s3-outage-wait values to run each job row with, side by side, e.g. 0,300 "
+                             "(default: the job's default only)")
+    parser.add_argument("--outages", default="",
+                        help="part 3: outages of these many seconds from the first output write, no random faults, "
+                             "e.g. 20,60 (default: none)")
     parser.add_argument("--images", type=int, default=17, help="images per job run (default: %(default)s)")
     parser.add_argument("--reads", type=int, default=200,
                         help="reads per strategy in part 2; 0 skips part 2 (default: %(default)s)")
@@ -158,6 +176,8 @@ def main() -> None:
     if args.quick:
         args.rates, args.read_rates, args.reads = "20,40", "30", 100
     rates = [float(r) / 100 for r in args.rates.split(",") if r.strip()]
+    waits = [float(w) for w in args.outage_waits.split(",") if w.strip()] or [None]
+    outages = [float(o) for o in args.outages.split(",") if o.strip()]
     read_rates = [float(r) / 100 for r in args.read_rates.split(",")]
 
     print(hardware_line("n/a (storage benchmark)"), flush=True)
@@ -170,14 +190,27 @@ def main() -> None:
                   f"faults {', '.join(KINDS)}; seed {args.seed}", flush=True)
             job_rows = []
             for rate in rates:
-                job_rows.append(run_job(server, rate, args.images, args.seed))
-                print("  " + " ".join(job_rows[-1]), flush=True)
-            print(table(["fault rate", "ok", "error", "missing", "exit", "requests", "faults", "retries", "wall s"],
-                        job_rows))
-            survived = [row[0] for row in job_rows if row[1] == str(args.images) and row[4] == "0"]
-            print(f"highest fault rate survived with every input ok and exit 0: {survived[-1] if survived else 'none'}"
-                  + ("" if len(survived) == len(job_rows) or not survived
-                     else f" (failed at: {', '.join(r[0] for r in job_rows if r[0] not in survived)})"))
+                for wait in waits:
+                    job_rows.append(run_job(server, rate, args.images, args.seed, wait))
+                    print("  " + " ".join(job_rows[-1]), flush=True)
+            print(table(JOB_COLUMNS, job_rows))
+            for wait in waits:
+                rows = [row for row in job_rows if row[1] == ("default" if wait is None else f"{wait:g}")]
+                survived = [row[0] for row in rows if row[3] == str(args.images) and row[6] == "0"]
+                print(f"--s3-outage-wait {rows[0][1]}: highest fault rate survived with every input ok and exit 0: "
+                      f"{survived[-1] if survived else 'none'}"
+                      + ("" if len(survived) == len(rows) or not survived
+                         else f" (failed at: {', '.join(r[0] for r in rows if r[0] not in survived)})"))
+
+            if outages:
+                print("\nPart 3: the store down (connections reset) from the first output write, for each outage "
+                      "and --s3-outage-wait; no other faults", flush=True)
+                outage_rows = []
+                for outage_s in outages:
+                    for wait in waits:
+                        outage_rows.append(run_job(server, 0.0, args.images, args.seed, wait, outage_s))
+                        print("  " + " ".join(outage_rows[-1]), flush=True)
+                print(table(JOB_COLUMNS, outage_rows))
 
             if args.reads <= 0:
                 read_rates = []

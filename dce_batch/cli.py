@@ -29,8 +29,8 @@ from typing import Callable, NamedTuple, Sequence
 from dce_batch import __version__
 from dce_batch.errors import ConfigError, DceBatchError, ReportError, RunInterrupted, WeightsError, describe_error
 from dce_batch.limits import (MAX_ACTOR_MEMORY, MAX_COUNT, MAX_FLUSH_S, MAX_IMAGES_PER_CALL, MAX_LOSS_WEIGHT, MAX_LR,
-                              MAX_PIXEL_LIMIT, MAX_REPORT_PAIRS, MAX_SCALE, MAX_SEED, MAX_SIDE, MAX_THREADS, MAX_WORKERS,
-                              MAX_WORKER_RESOURCES, describe_range)
+                              MAX_OUTAGE_WAIT_S, MAX_PIXEL_LIMIT, MAX_REPORT_PAIRS, MAX_SCALE, MAX_SEED, MAX_SIDE,
+                              MAX_THREADS, MAX_WORKERS, MAX_WORKER_RESOURCES, describe_range)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -163,12 +163,21 @@ def _size(text: str) -> int:
 def _add_s3_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--s3-endpoint", metavar="URL", type=_path,
                         help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL, else AWS)")
+    parser.add_argument("--s3-outage-wait", metavar="S", type=_number(0, MAX_OUTAGE_WAIT_S), default=None,
+                        help="how long a read or write that S3 could not serve after all its AWS_MAX_ATTEMPTS (the "
+                             "store unreachable, timing out, failing or throttling) is tried again before it counts "
+                             "as failed (default 300; 0: not at all)")
 
 
 def _s3_options(args: argparse.Namespace):
+    import dataclasses
+
     from dce_batch.storage import S3Options
 
-    return S3Options.from_env(endpoint_url=args.s3_endpoint)
+    options = S3Options.from_env(endpoint_url=args.s3_endpoint)
+    if args.s3_outage_wait is not None:
+        options = dataclasses.replace(options, outage_wait_s=args.s3_outage_wait)
+    return options
 
 
 def _report_failure(program: str, exc: BaseException) -> int:
@@ -632,7 +641,6 @@ def train_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def train_config_from_args(args: argparse.Namespace):
-    from dce_batch.storage import S3Options
     from dce_batch.training.config import TrainConfig
     from dce_batch.training.losses import LossWeights
 
@@ -648,7 +656,7 @@ def train_config_from_args(args: argparse.Namespace):
         grad_clip=args.grad_clip, variant=args.model_variant, loss=loss, max_failures=args.max_failures,
         val_fraction=args.val_fraction, seed=args.seed, export=args.export, init_weights=args.init_weights,
         keep_checkpoints=args.keep_checkpoints, checkpoint_every=args.checkpoint_every,
-        precision=args.precision, max_images=args.max_images, s3=S3Options.from_env(endpoint_url=args.s3_endpoint),
+        precision=args.precision, max_images=args.max_images, s3=_s3_options(args),
         verbose=args.verbose, inject_failure_at_epoch=args.inject_failure_at_epoch,
     )
 

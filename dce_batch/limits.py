@@ -18,8 +18,9 @@ import math
 from dce_batch.errors import ConfigError
 
 __all__ = [
-    "MAX_ACTOR_MEMORY", "MAX_COUNT", "MAX_FLUSH_S", "MAX_IMAGES_PER_CALL", "MAX_LOSS_WEIGHT", "MAX_LR", "MAX_PIXEL_LIMIT",
-    "MAX_REPORT_PAIRS", "MAX_SCALE", "MAX_SEED", "MAX_SIDE", "MAX_THREADS", "MAX_WORKERS", "MAX_WORKER_RESOURCES",
+    "MAX_ACTOR_MEMORY", "MAX_COUNT", "MAX_FLUSH_S", "MAX_IMAGES_PER_CALL", "MAX_LOSS_WEIGHT", "MAX_LR",
+    "MAX_OUTAGE_WAIT_S", "MAX_PIXEL_LIMIT", "MAX_REPORT_PAIRS", "MAX_SCALE", "MAX_SEED", "MAX_SIDE", "MAX_THREADS",
+    "MAX_WORKERS", "MAX_WORKER_RESOURCES",
     "check_number", "describe_range",
 ]
 
@@ -41,6 +42,8 @@ MAX_SCALE = 1024.0
 MAX_THREADS = 1024
 #: Seconds a finished image's row may wait in its worker (``--manifest-flush-seconds``): one day.
 MAX_FLUSH_S = 86400.0
+#: Seconds a request is tried again through a storage outage (``--s3-outage-wait``): one day.
+MAX_OUTAGE_WAIT_S = 86400.0
 #: Seeds: what numpy's generators take.
 MAX_SEED = 2**32 - 1
 #: Other counts (epochs, images, checkpoints, restarts).

@@ -30,6 +30,11 @@ fails the first ``n`` attempts of every request, for tests that need an exact re
 ``first_fault_on=("LIST", ...)`` faults the first request of those operations whatever the draw,
 so that a short run cannot miss an operation that makes only a few requests.
 
+``outage_after(method, pattern, seconds)`` takes the store down: from the first matching request
+on (that one included), every request for ``seconds`` is answered with one fault kind (``drop``
+by default: a store whose connections fail), counted in ``outage_faults``; ``outage_started``
+is set when it begins. Request counts decide when it starts, the clock only when it ends.
+
 ``hold(method, pattern)`` makes the first matching request (its path matched by the regex
 ``pattern``) reach the server and then wait for :meth:`FaultProxy.release` without an answer
 (then the connection is reset): the moment after a write took effect and before its writer heard
@@ -50,6 +55,7 @@ import re
 import socket
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -156,6 +162,11 @@ class FaultProxy:
         self.held = threading.Event()
         self.held_path: str | None = None
         self._hold_released = threading.Event()
+        self._outage: tuple[str, re.Pattern, float, str] | None = None
+        self._outage_until = 0.0
+        self._outage_kind = "drop"
+        self.outage_started = threading.Event()
+        self.outage_faults = 0
         self.configure(fault_rate=fault_rate, kinds=kinds)
         self._server = _Server(("127.0.0.1", 0), _Handler, proxy=self)
         self._thread: threading.Thread | None = None
@@ -208,6 +219,15 @@ class FaultProxy:
     def release(self) -> None:
         self._hold_released.set()
 
+    def outage_after(self, method: str, pattern: str, seconds: float, kind: str = "drop") -> None:
+        """Fail every request for ``seconds`` from the next ``method`` request whose path matches
+        ``pattern`` on (see above)."""
+        if kind not in FAULT_KINDS or kind == "stall":
+            raise ValueError(f"an outage answers with a fault kind other than stall, got {kind!r}")
+        with self._lock:
+            self._outage = (method, re.compile(pattern), float(seconds), kind)
+            self.outage_started.clear()
+
     def _takes_hold(self, method: str, path: str) -> bool:
         with self._lock:
             if self._hold is None or self._hold[0] != method or not self._hold[1].search(path):
@@ -246,11 +266,19 @@ class FaultProxy:
                 self._stats.retries[operation] += 1
             rate, kinds = self.fault_rate, self.kinds
             fault = None
+            if self._outage is not None and self._outage[0] == method and self._outage[1].search(split.path):
+                self._outage_until = time.monotonic() + self._outage[2]
+                self._outage_kind = self._outage[3]
+                self._outage = None
+                self.outage_started.set()
             # A fresh generator per request: the draw depends on what the request is, not on
             # the order in which concurrent requests arrived.
             rng = random.Random(f"{self.seed}|{key}|{attempt}")
             forced = operation in self.first_fault_on and operation not in self._faulted_operations
-            if forced or attempt < self.fail_first or (rate > 0 and rng.random() < rate):
+            if time.monotonic() < self._outage_until:
+                fault = self._outage_kind
+                self.outage_faults += 1
+            elif forced or attempt < self.fail_first or (rate > 0 and rng.random() < rate):
                 fault = rng.choice(kinds)
             if fault is not None:
                 self._stats.faults[(operation, fault)] += 1

@@ -102,6 +102,7 @@ ENHANCE_REFUSES = {
     "--weights": [""],
     "--base": [""],
     "--s3-endpoint": [""],
+    "--s3-outage-wait": BAD_NUMBERS + ["-1", "86401"],
 }
 
 
@@ -129,6 +130,7 @@ TRAIN_REFUSES = {
     "--data": [""],
     "--export": [""],
     "--storage": [""],
+    "--s3-outage-wait": ["-1"],
 }
 EVALUATE_REFUSES = {"--threads": BAD_NUMBERS + ["0"], "--target": BAD_NUMBERS + ["1.5"],
                     "--max-side": BAD_NUMBERS + ["0"], "--seed": BAD_NUMBERS + ["-1"]}
@@ -433,6 +435,8 @@ ACCEPTED = {
     ("evaluate", "--seed", "0"): "a seed, the default",
     ("report", "--max-pairs", "0"): "0 shows no before/after pair",
     ("report", "--link-expiry-hours", "0"): "0 shows s3:// URIs as text instead of links",
+    **{(command, "--s3-outage-wait", "0"): "0 fails a request once its AWS_MAX_ATTEMPTS ran out"
+       for command in ("enhance", "train", "report", "manifest")},
 }
 
 
@@ -538,3 +542,15 @@ def test_a_ray_worker_s_own_error_is_named_under_ray_s_wrappers_and_ray_s_failur
     err = capsys.readouterr().err
     assert err.startswith("dce-batch enhance: the Ray cluster failed: ActorDiedError: ") and "\x1b" not in err
     assert err.count("\n") == 1
+
+
+def test_s3_outage_wait_reaches_the_s3_settings_of_enhance_and_train(monkeypatch):
+    from dce_batch.cli import _s3_options, train_config_from_args
+    from dce_batch.storage.aws import DEFAULT_OUTAGE_WAIT_S
+
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    parser = build_parser()
+    assert _s3_options(parser.parse_args(["enhance", "in", "out"])).outage_wait_s == DEFAULT_OUTAGE_WAIT_S
+    assert _s3_options(parser.parse_args(["enhance", "in", "out", "--s3-outage-wait", "0"])).outage_wait_s == 0
+    train = train_config_from_args(parser.parse_args(["train", "--data", "samples", "--s3-outage-wait", "45"]))
+    assert train.s3.outage_wait_s == 45

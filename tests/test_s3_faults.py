@@ -250,11 +250,58 @@ def test_a_stalled_request_times_out_and_is_retried(fault_proxy, s3_server, s3_b
 
 def test_retries_give_up_with_an_actionable_error(fault_proxy, s3_server, s3_bucket) -> None:
     s3_server.put_object(s3_bucket, "x.jpg", b"data")
-    fs, _ = filesystem_for(f"s3://{s3_bucket}", _options(fault_proxy, max_attempts=3))
+    fs, _ = filesystem_for(f"s3://{s3_bucket}", _options(fault_proxy, max_attempts=3, outage_wait_s=0))
     fault_proxy.configure(fault_rate=1.0, kinds=("slow_down",))
     with pytest.raises(StorageError, match=r"kept asking to slow down .* after 3 attempts.*AWS_MAX_ATTEMPTS"):
         read_bytes(fs, f"{s3_bucket}/x.jpg")
     assert fault_proxy.stats().requests["HEAD"] == 3
+
+
+# --- outages longer than the SDK's attempts ---------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["drop", "slow_down", "internal_error"])
+def test_reads_and_writes_wait_out_an_outage_longer_than_their_attempts(fault_proxy, s3_server, s3_bucket,
+                                                                        kind) -> None:
+    """The store fails every request for 2 s, while the SDK's 2 attempts give up within 0.1 s:
+    the read and the write that meet the outage are tried again until it ends."""
+    s3_server.put_object(s3_bucket, "x.jpg", b"data")
+    fs, _ = filesystem_for(f"s3://{s3_bucket}", _options(fault_proxy, max_attempts=2, outage_wait_s=120))
+    fault_proxy.outage_after("HEAD", r"/x\.jpg$", 2.0, kind=kind)
+    assert read_bytes(fs, f"{s3_bucket}/x.jpg") == b"data"
+    assert fault_proxy.outage_started.is_set() and fault_proxy.outage_faults >= 3  # two attempts, then again
+    fault_proxy.outage_after("PUT", r"/out\.jpg$", 2.0, kind=kind)
+    write_bytes_atomic(fs, f"{s3_bucket}/out.jpg", b"written")
+    assert s3_server.get_object(s3_bucket, "out.jpg") == b"written"
+
+
+def test_without_an_outage_wait_the_first_request_in_an_outage_fails(fault_proxy, s3_server, s3_bucket) -> None:
+    s3_server.put_object(s3_bucket, "x.jpg", b"data")
+    fs, _ = filesystem_for(f"s3://{s3_bucket}", _options(fault_proxy, max_attempts=2, outage_wait_s=0))
+    fault_proxy.outage_after("HEAD", r"/x\.jpg$", 30.0)
+    with pytest.raises(StorageError, match=r"cannot connect .* tried 2 attempts \(AWS_MAX_ATTEMPTS\)\)$"):
+        read_bytes(fs, f"{s3_bucket}/x.jpg")
+    assert fault_proxy.outage_faults == 2
+
+
+def test_an_outage_longer_than_the_wait_fails_with_an_error_that_says_so(fault_proxy, s3_server, s3_bucket) -> None:
+    fs, _ = filesystem_for(f"s3://{s3_bucket}", _options(fault_proxy, max_attempts=2, outage_wait_s=2))
+    fault_proxy.outage_after("PUT", r"/out\.jpg$", 60.0, kind="slow_down")
+    started = time.monotonic()
+    with pytest.raises(StorageError, match=r"kept asking to slow down .* after 2 attempts \(AWS_MAX_ATTEMPTS\), "
+                                           r"tried again for 2 s \(--s3-outage-wait\);.*--s3-outage-wait"):
+        write_bytes_atomic(fs, f"{s3_bucket}/out.jpg", b"written")
+    assert 2.0 <= time.monotonic() - started < 30.0
+    assert fault_proxy.outage_faults >= 4
+
+
+def test_a_request_the_store_refuses_for_its_own_reason_is_not_waited_on(fault_proxy, s3_server, s3_bucket) -> None:
+    """No such key, access denied, rejected keys: final at once, whatever the outage wait."""
+    fs, _ = filesystem_for(f"s3://{s3_bucket}", _options(fault_proxy, outage_wait_s=600))
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="missing.jpg: no such object: it was deleted or renamed after it was listed"):
+        read_bytes(fs, f"{s3_bucket}/missing.jpg")
+    assert time.monotonic() - started < 10.0
 
 
 # --- the whole job at 20 % --------------------------------------------------------------------
@@ -331,6 +378,65 @@ def test_cli_prefix_to_prefix_through_20_percent_faults(fault_proxy, s3_server, 
     _assert_faults_on_reads_writes_listings(fault_proxy)
     fault_proxy.configure(fault_rate=0.0)
     _check_job_output(s3_server, s3_bucket, inputs, s3_server.s3_options())
+
+
+@pytest.mark.slow
+def test_cli_job_rides_out_a_storage_outage_that_outlasts_every_request_s_attempts(fault_proxy, s3_server,
+                                                                                 s3_bucket) -> None:
+    """The store goes down for 8 s at the job's first output write; with AWS_MAX_ATTEMPTS=2 every
+    request in that window fails its attempts within a second. Without the outage wait that write
+    stops the run (tests above show the request failing); with it the job finishes, exactly once."""
+    inputs = _put_inputs(s3_server, s3_bucket)
+    fault_proxy.outage_after("PUT", r"/enhanced/day\d/.*\.(jpg|png)$", 8.0)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "enhance.py"), f"s3://{s3_bucket}/raw/", f"s3://{s3_bucket}/enhanced/",
+         "--engine", "local", "--batch-size", "2", "--no-report"],
+        cwd=REPO, env=_cli_env(s3_server, fault_proxy.url), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert fault_proxy.outage_started.is_set() and fault_proxy.outage_faults > 0
+    assert "trying again for up to 300 s (--s3-outage-wait)" in result.stderr
+    _check_job_output(s3_server, s3_bucket, inputs, s3_server.s3_options())
+
+
+def _cli_env(s3_server, endpoint: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}
+    env.update(s3_server.env())
+    env.update(AWS_ENDPOINT_URL=endpoint, AWS_MAX_ATTEMPTS="2")
+    return env
+
+
+@pytest.mark.slow
+def test_cli_job_waits_out_a_store_that_fails_as_the_run_starts(fault_proxy, s3_server, s3_bucket) -> None:
+    """503s for 4 s from the first request for OUTPUT's lease on: the lease and INPUT's listing
+    are tried again (the store answers, so it is there) and the run finishes."""
+    inputs = _put_inputs(s3_server, s3_bucket)
+    fault_proxy.outage_after("PUT", r"/enhanced/_manifest/_lease\.json$", 4.0, kind="slow_down")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "enhance.py"), f"s3://{s3_bucket}/raw/", f"s3://{s3_bucket}/enhanced/",
+         "--engine", "local", "--no-report"],
+        cwd=REPO, env=_cli_env(s3_server, fault_proxy.url), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert fault_proxy.outage_started.is_set() and fault_proxy.outage_faults > 2
+    assert "taking the lease of OUTPUT" in result.stderr and "(the store: throttled)" in result.stderr
+    _check_job_output(s3_server, s3_bucket, inputs, s3_server.s3_options())
+
+
+def test_cli_job_against_an_endpoint_that_refuses_connections_fails_at_once(s3_server, s3_bucket) -> None:
+    """A refused connection as the run starts is most often a wrong endpoint: exit 1 in seconds,
+    not after the 300 s outage wait (the subprocess's own timeout would fail this test)."""
+    with socket.socket() as held:  # bound, never listening: connections are refused
+        held.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{held.getsockname()[1]}"
+        result = subprocess.run(
+            [sys.executable, str(REPO / "jobs" / "enhance.py"), f"s3://{s3_bucket}/raw/",
+             f"s3://{s3_bucket}/enhanced/", "--engine", "local", "--no-report"],
+            cwd=REPO, env=_cli_env(s3_server, endpoint), capture_output=True, text=True, timeout=120,
+        )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"cannot connect to endpoint {endpoint}" in result.stderr.splitlines()[-1]
+    assert "--s3-outage-wait" not in result.stderr
 
 
 @pytest.mark.ray

@@ -308,6 +308,9 @@ def test_s3_options_validation() -> None:
         S3Options(max_attempts=0)
     with pytest.raises(ConfigError, match="timeouts"):
         S3Options(request_timeout_s=0)
+    for wait in (-1, float("nan"), 86_401, "60"):
+        with pytest.raises(ConfigError, match=r"outage wait in seconds \(--s3-outage-wait\) must be a number from 0"):
+            S3Options(outage_wait_s=wait)
     options = S3Options(access_key="AKID", secret_key="very-secret", session_token="very-token")
     assert "very-secret" not in repr(options) and "very-token" not in repr(options)
 
@@ -360,10 +363,11 @@ def test_pickled_filesystem_carries_settings_not_credentials(aws_env) -> None:
     assert clone.filesystem.options == S3Options("http://127.0.0.1:1", "eu-north-1", profile="team", max_attempts=6)
     assert clone.filesystem.region == "eu-north-1"
     # Keys given in code are what that caller asked for: they travel with the filesystem.
-    explicit = Location.parse("s3://bkt/out", S3Options(endpoint_url="http://127.0.0.1:1",
-                                                        access_key="AKIDCODE", secret_key="code-secret"))
+    explicit = Location.parse("s3://bkt/out", S3Options(endpoint_url="http://127.0.0.1:1", access_key="AKIDCODE",
+                                                        secret_key="code-secret", outage_wait_s=42.5))
     clone = pickle.loads(pickle.dumps(explicit))
     assert clone.filesystem.options.secret_key == "code-secret"
+    assert clone.filesystem.options.outage_wait_s == 42.5  # workers wait out outages as the driver was told
     assert os.environ["AWS_PROFILE"] == "team"  # building it did not leave the variables changed
 
 

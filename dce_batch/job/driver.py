@@ -54,7 +54,10 @@ from dce_batch.job.progress import Progress
 from dce_batch.job.signals import StopRequest
 from dce_batch.job.worker import read_weights_spec
 from dce_batch.storage import Location, filesystem_for, input_info, list_inputs_table, remove_files, temp_tag
+from dce_batch.storage.aws import DEFAULT_OUTAGE_WAIT_S
 from dce_batch.storage.globs import GLOB_CHARS, split_glob
+from dce_batch.storage.outages import call_through_outages, outage_wait_s
+from dce_batch.storage.uris import storage_error
 
 __all__ = ["LOCAL_MAX_IMAGES", "ResolvedWeights", "choose_engine", "resolve_weights", "run_enhance"]
 
@@ -131,16 +134,21 @@ def check_output_location(config: EnhanceConfig, output: Location) -> None:
             "s3:// URI")
     if config.allow_output_inside_input:
         return
-    input_fs, root = filesystem_for(config.input, config.s3)
-    try:
-        info = input_info(input_fs, root, config.input, input_fs.get_file_info(root))
+    input_fs, named = filesystem_for(config.input, config.s3)
+
+    def look() -> tuple[str, pafs.FileInfo]:
+        info = input_info(input_fs, named, config.input, input_fs.get_file_info(named))
         # A path that does not exist as named and holds * ? [ is a glob (as the listing reads it):
         # its fixed leading folders. A folder named "photos[1]" is that folder.
-        if info.type == pafs.FileType.NotFound and GLOB_CHARS & set(root):
-            root = split_glob(root)[0]
-            info = input_fs.get_file_info(root)
+        if info.type == pafs.FileType.NotFound and GLOB_CHARS & set(named):
+            return split_glob(named)[0], input_fs.get_file_info(split_glob(named)[0])
+        return named, info
+
+    try:
+        root, info = call_through_outages(look, wait_s=outage_wait_s(input_fs), what=f"checking INPUT {config.input}",
+                                          final_if_never_connected=True)
     except OSError as exc:
-        raise StorageError(f"cannot check INPUT {config.input}: {exc}") from exc
+        raise storage_error(exc, "check INPUT", input_fs, named) from exc
     if info.type == pafs.FileType.NotFound:
         where = (f"relative paths are taken from {os.getcwd()}" if isinstance(input_fs, pafs.LocalFileSystem)
                  else "check the bucket and prefix, and the endpoint and credentials they belong to")
@@ -203,18 +211,22 @@ def prepare(config: EnhanceConfig, output: Location, store: ManifestStore, weigh
 
     Finding no input raises NoInputsFoundError (exit 2); links the listing skipped are ``warn``-ed."""
     # Unsorted: plan_run sorts what remains to do, after resume (a million skipped rows never are).
-    input_fs, listing = list_inputs_table(config.input, config.s3, extensions=IMAGE_EXTENSIONS,
-                                          base=config.base or None, warn=warn, sort=False,
-                                          refused_extensions=UNDECODABLE_EXTENSIONS,
-                                          reported_extensions=UNREAD_IMAGE_EXTENSIONS)
+    input_fs, listing = call_through_outages(
+        lambda: list_inputs_table(config.input, config.s3, extensions=IMAGE_EXTENSIONS, base=config.base or None,
+                                  warn=warn, sort=False, refused_extensions=UNDECODABLE_EXTENSIONS,
+                                  reported_extensions=UNREAD_IMAGE_EXTENSIONS),
+        wait_s=config.s3.outage_wait_s if config.s3 else DEFAULT_OUTAGE_WAIT_S,
+        what=f"listing INPUT {config.input}", final_if_never_connected=True)
     if config.overwrite:  # the manifest is deleted once the run goes ahead (_run)
         done, adopted, runs = None, [], set()
     else:
         state = store.state()
         done, adopted, runs = state.rows, state.uncommitted, set(state.runs)
     input_root = _input_root(config)
-    found = list_output_files(output, temp_tags=frozenset(temp_tag(r) for r in runs | dead_runs),
-                              input_root=input_root)
+    found = call_through_outages(
+        lambda: list_output_files(output, temp_tags=frozenset(temp_tag(r) for r in runs | dead_runs),
+                                  input_root=input_root),
+        wait_s=outage_wait_s(output.filesystem), what=f"listing OUTPUT {output.uri}")
     # Uploads under another job's OUTPUT nested in this one, or under INPUT, are not this job's.
     leave = set(found.nested_outputs)
     if input_root is not None and output.contains(input_root):
@@ -372,7 +384,11 @@ def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = No
             engine = LocalEngine(config, output, weights.blob, weights.name)
         check_output_writable(output)
         if lease_supported(output.filesystem):
-            lease = acquire_lease(store, config.run_id, command=" ".join(sys.argv)[:500])
+            # A create whose answer was lost is found again as this run's own lease: safe to repeat.
+            lease = call_through_outages(
+                lambda: acquire_lease(store, config.run_id, command=" ".join(sys.argv)[:500]),
+                wait_s=outage_wait_s(output.filesystem), what=f"taking the lease of OUTPUT {output.uri}",
+                final_if_never_connected=True)
             if lease.taken_over:
                 say(f"took over OUTPUT's lease from {lease.taken_over}")
         else:

@@ -29,13 +29,20 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 
 from dce_batch.errors import ConfigError, CredentialsError
+from dce_batch.limits import MAX_OUTAGE_WAIT_S, check_number
 
-__all__ = ["DEFAULT_MAX_ATTEMPTS", "PortableS3FileSystem", "S3Options", "s3_client", "s3_filesystem"]
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "DEFAULT_OUTAGE_WAIT_S", "PortableS3FileSystem", "S3Options", "s3_client",
+           "s3_filesystem"]
 
 #: Attempts per S3 request (the first try plus retries) unless AWS_MAX_ATTEMPTS or the profile's
 #: ``max_attempts`` says otherwise. The AWS default of 3 is meant for interactive calls; a batch
 #: job that makes millions of requests should ride out a few consecutive throttling answers.
 DEFAULT_MAX_ATTEMPTS = 10
+#: Seconds for which a request that failed all its attempts because the store was unreachable or
+#: failing is tried again (:mod:`.outages`): a store down for a few minutes (a restart, a failover)
+#: delays a run instead of stopping it. It may outlast the lease's takeover bound: a run whose lease
+#: another run took over meanwhile finds out at its next heartbeat and stops, as a frozen one does.
+DEFAULT_OUTAGE_WAIT_S = 300.0
 #: Seconds to wait for a TCP connection to the endpoint.
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 #: Seconds without a single byte arriving after which a request is abandoned (and retried): how
@@ -69,6 +76,7 @@ class S3Options:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    outage_wait_s: float = DEFAULT_OUTAGE_WAIT_S
 
     def __post_init__(self) -> None:
         if self.endpoint_url is not None:
@@ -91,6 +99,7 @@ class S3Options:
             )
         if not (self.connect_timeout_s > 0 and self.request_timeout_s > 0):
             raise ConfigError("S3 connect and request timeouts must be positive numbers of seconds")
+        check_number("the S3 outage wait in seconds (--s3-outage-wait)", self.outage_wait_s, 0, MAX_OUTAGE_WAIT_S)
 
     @property
     def has_keys(self) -> bool:

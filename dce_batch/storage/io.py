@@ -6,7 +6,8 @@ a pre-empted node never leaves a half-written image that a later run would mista
 On S3, transient failures (throttling, 5xx answers, dropped connections, timeouts) are retried
 inside the AWS SDK with the strategy the filesystem was built with (see :mod:`.aws`). The one
 failure the SDK does not retry (an error answer to a GET of a tiny object, see
-:func:`read_bytes`) is retried here.
+:func:`read_bytes`) is retried here. Reads and writes that fail all those attempts because the
+store is down are tried again for minutes (:mod:`.outages`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pyarrow.fs as pafs
 from dce_batch.errors import StorageError
 from dce_batch.storage.aws import PortableS3FileSystem
 from dce_batch.storage.local_tree import walk_local_files
+from dce_batch.storage.outages import call_through_outages, outage_wait_s
 from dce_batch.storage.s3_errors import S3Failure, pyarrow_failure
 from dce_batch.storage.uris import display, fsspec_protocol, get_info, storage_error
 
@@ -45,9 +47,17 @@ def _backoff_s(attempt: int) -> float:
 
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
     """The whole content of ``path``; StorageError saying why if it cannot be read."""
-    attempts = fs.options.max_attempts if isinstance(fs, PortableS3FileSystem) else 1
     if isinstance(fs, pafs.LocalFileSystem):
         _refuse_special_file(fs, path)
+    try:
+        return call_through_outages(lambda: _read_retrying_overflows(fs, path), wait_s=outage_wait_s(fs),
+                                    what=f"reading {display(fs, path)}")
+    except OSError as exc:
+        raise storage_error(exc, "read", fs, path) from exc
+
+
+def _read_retrying_overflows(fs: pafs.FileSystem, path: str) -> bytes:
+    attempts = fs.options.max_attempts if isinstance(fs, PortableS3FileSystem) else 1
     for attempt in range(attempts):
         try:
             # compression=None: never transparently gunzip a file just because it ends in .gz.
@@ -62,7 +72,7 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
             if attempt + 1 < attempts and pyarrow_failure(exc) is S3Failure.OVERFLOWED_ERROR_BODY:
                 time.sleep(_backoff_s(attempt))
                 continue
-            raise storage_error(exc, "read", fs, path) from exc
+            raise
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
@@ -206,7 +216,9 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes, *, temp_tag:
         if isinstance(fs, pafs.LocalFileSystem):
             _write_local_atomic(path, data, temp_tag)
         elif isinstance(fs, pafs.S3FileSystem):
-            _write_stream(fs, path, data)
+            # One PUT (or multipart upload) is atomic and idempotent: sending it again is safe.
+            call_through_outages(lambda: _write_stream(fs, path, data), wait_s=outage_wait_s(fs),
+                                 what=f"writing {display(fs, path)}")
         else:
             parent = posixpath.dirname(path)
             if parent:

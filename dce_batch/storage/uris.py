@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 
 from dce_batch.errors import ConfigError, CredentialsError, StorageError
 from dce_batch.storage.aws import PortableS3FileSystem, S3Options, s3_filesystem
+from dce_batch.storage.outages import OutageOutlasted
 from dce_batch.storage.s3_errors import S3Failure, s3_failure
 
 __all__ = ["Location", "filesystem_for"]
@@ -182,10 +183,13 @@ def fs_kind(fs: pafs.FileSystem) -> tuple[str, str | None]:
 # Errors
 # --------------------------------------------------------------------------------------------
 
-def _attempts(fs: pafs.FileSystem) -> str:
-    if isinstance(fs, PortableS3FileSystem):
-        return f"{fs.options.max_attempts} attempts (AWS_MAX_ATTEMPTS)"
-    return "its retries"
+def _attempts(fs: pafs.FileSystem, exc: BaseException) -> str:
+    if not isinstance(fs, PortableS3FileSystem):
+        return "its retries"
+    attempts = f"{fs.options.max_attempts} attempts (AWS_MAX_ATTEMPTS)"
+    if isinstance(exc, OutageOutlasted):
+        attempts += f", tried again for {exc.waited_s:.0f} s (--s3-outage-wait)"
+    return attempts
 
 
 def _s3_reason(kind: S3Failure, exc: BaseException, fs: pafs.FileSystem, path: str) -> tuple[type[StorageError], str]:
@@ -224,18 +228,18 @@ def _s3_reason(kind: S3Failure, exc: BaseException, fs: pafs.FileSystem, path: s
             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, AWS_PROFILE or its "
             "instance/pod role, and that they may access this bucket)")
     if kind is S3Failure.THROTTLED:
-        return StorageError, (f"{endpoint_text} kept asking to slow down (throttling) after {_attempts(fs)}; "
-                              f"lower --num-actors or raise AWS_MAX_ATTEMPTS ({text})")
+        return StorageError, (f"{endpoint_text} kept asking to slow down (throttling) after {_attempts(fs, exc)}; "
+                              f"lower --num-actors, or raise AWS_MAX_ATTEMPTS or --s3-outage-wait ({text})")
     if kind is S3Failure.TIMEOUT:
-        return StorageError, (f"{endpoint_text} did not answer in time after {_attempts(fs)}; a longer outage "
-                              f"needs a higher AWS_MAX_ATTEMPTS ({text})")
+        return StorageError, (f"{endpoint_text} did not answer in time after {_attempts(fs, exc)}; a longer "
+                              f"outage needs a higher --s3-outage-wait ({text})")
     if kind is S3Failure.UNREACHABLE:
         return StorageError, (f"cannot connect to {endpoint_text} (check AWS_ENDPOINT_URL / --s3-endpoint and "
-                              f"that the server is running and reachable from this node; tried {_attempts(fs)})")
+                              f"that the server is running and reachable from this node; tried {_attempts(fs, exc)})")
     if kind is S3Failure.NO_CREDENTIALS:
         return CredentialsError, f"no usable AWS credentials: {text}"
     # SERVER_ERROR, and OVERFLOWED_ERROR_BODY when its retries ran out: the server kept failing.
-    return StorageError, f"{endpoint_text} kept failing with server errors after {_attempts(fs)} ({text})"
+    return StorageError, f"{endpoint_text} kept failing with server errors after {_attempts(fs, exc)} ({text})"
 
 
 def storage_error(exc: BaseException, action: str, fs: pafs.FileSystem, path: str) -> StorageError:
@@ -253,6 +257,9 @@ def storage_error(exc: BaseException, action: str, fs: pafs.FileSystem, path: st
         return error_type(f"cannot {action} {where}: {reason}")
     if isinstance(exc, FileNotFoundError) and isinstance(fs, pafs.LocalFileSystem) and os.path.islink(path):
         reason = f"a broken symbolic link (its target {os.readlink(path)} does not exist)"
+    elif isinstance(exc, FileNotFoundError) and isinstance(fs, pafs.S3FileSystem):
+        # pyarrow's HEAD before a GET finds no object: a 404 carries no error code to classify.
+        reason = _s3_reason(S3Failure.NO_SUCH_KEY, exc, fs, path)[1]
     elif isinstance(exc, FileNotFoundError):
         reason = "no such file or object"
     elif isinstance(exc, PermissionError):

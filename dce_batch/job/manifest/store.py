@@ -31,6 +31,7 @@ from dce_batch.errors import LegacyManifestError, ManifestError, OutputWriteErro
 from dce_batch.job.manifest.schema import FORMAT, MANIFEST_SCHEMA, is_current_format, parquet_bytes
 from dce_batch.storage import MANIFEST_DIR, Location, read_bytes, temp_tag, write_bytes_atomic
 from dce_batch.storage.arrow_paths import has_duplicates
+from dce_batch.storage.outages import call_through_outages, outage_wait_s
 
 __all__ = ["COMMITS_DIR", "LEASE_NAME", "CommitRecord", "ManifestState", "ManifestStore", "PartInfo", "part_name"]
 
@@ -146,8 +147,10 @@ class ManifestStore:
     # -- listing -----------------------------------------------------------------------------
 
     def _infos(self, folder: str) -> list[pafs.FileInfo]:
+        selector = pafs.FileSelector(folder, allow_not_found=True, recursive=False)
         try:
-            return self.filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True, recursive=False))
+            return call_through_outages(lambda: self.filesystem.get_file_info(selector),
+                                        wait_s=outage_wait_s(self.filesystem), what=f"listing the manifest {self.uri}")
         except OSError as exc:
             raise StorageError(f"cannot list the manifest {self.uri}: {exc}; the run stops rather than redo work an "
                                "unreadable manifest may record") from exc
