@@ -423,6 +423,25 @@ def test_cli_job_waits_out_a_store_that_fails_as_the_run_starts(fault_proxy, s3_
     _check_job_output(s3_server, s3_bucket, inputs, s3_server.s3_options())
 
 
+@pytest.mark.slow
+def test_cli_job_whose_lease_landed_but_every_answer_was_lost_takes_it_as_its_own(fault_proxy, s3_server,
+                                                                                s3_bucket) -> None:
+    """For 3 s the store carries out every request and then resets the connection, from the
+    lease's create on: the create lands, its retries find the lease there (412) but never hear
+    it, and the attempts run out. Tried again after the wait, the run must know the lease for its
+    own, not refuse OUTPUT as held by another run (itself)."""
+    inputs = _put_inputs(s3_server, s3_bucket)
+    fault_proxy.outage_after("PUT", r"/enhanced/_manifest/_lease\.json$", 3.0, kind="drop_after")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "enhance.py"), f"s3://{s3_bucket}/raw/", f"s3://{s3_bucket}/enhanced/",
+         "--engine", "local", "--no-report"],
+        cwd=REPO, env=_cli_env(s3_server, fault_proxy.url), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "taking the lease of OUTPUT" in result.stderr  # the create's attempts did run out
+    _check_job_output(s3_server, s3_bucket, inputs, s3_server.s3_options())
+
+
 def test_cli_job_against_an_endpoint_that_refuses_connections_fails_at_once(s3_server, s3_bucket) -> None:
     """A refused connection as the run starts is most often a wrong endpoint: exit 1 in seconds,
     not after the 300 s outage wait (the subprocess's own timeout would fail this test)."""

@@ -384,9 +384,12 @@ def run_enhance(config: EnhanceConfig, *, log: Callable[[str], None] | None = No
             engine = LocalEngine(config, output, weights.blob, weights.name)
         check_output_writable(output)
         if lease_supported(output.filesystem):
-            # A create whose answer was lost is found again as this run's own lease: safe to repeat.
+            # One holder for every try: a create whose answer was lost is then found again as this
+            # run's own lease, not another live run's.
+            lease_started_at = time.time()
             lease = call_through_outages(
-                lambda: acquire_lease(store, config.run_id, command=" ".join(sys.argv)[:500]),
+                lambda: acquire_lease(store, config.run_id, command=" ".join(sys.argv)[:500],
+                                      started_at=lease_started_at),
                 wait_s=outage_wait_s(output.filesystem), what=f"taking the lease of OUTPUT {output.uri}",
                 final_if_never_connected=True)
             if lease.taken_over:

@@ -167,10 +167,13 @@ class Lease:
 
 
 def acquire_lease(store: ManifestStore, run_id: str, *, command: str = "", heartbeat_s: float = HEARTBEAT_S,
-                  now: Callable[[], float] = time.time) -> Lease:
+                  now: Callable[[], float] = time.time, started_at: float | None = None) -> Lease:
     """Take OUTPUT's lease for ``run_id``, taking over a stale one; :class:`OutputInUseError` when
-    a live run holds it."""
-    started = now()
+    a live run holds it.
+
+    A caller that calls again after a StorageError passes the same ``started_at`` each time: the
+    lease an earlier call created (its answer lost) is then recognised as this run's own."""
+    started = now() if started_at is None else started_at
     holder = LeaseHolder(run_id=run_id, host=socket.gethostname(), pid=os.getpid(), started_at=started,
                          heartbeat_at=started, command=command[:500])
     for _ in range(5):  # a lease released or replaced between our read and our write: look again
