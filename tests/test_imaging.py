@@ -1142,6 +1142,19 @@ def test_a_jpeg_whose_data_ends_early_is_corrupt(progressive, damage):
         decode_image(damaged)
 
 
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_jpeg_that_lacks_only_its_end_marker_decodes_whole(progressive):
+    """Every pixel is there, only the final FF D9 is missing: Pillow alone calls it truncated;
+    it decodes to the complete file's pixels. Cut inside its data as well, it stays corrupt."""
+    data = _jpeg(progressive)
+    with pytest.raises(OSError, match="truncated"):
+        open_bytes(data[:-2]).load()
+    np.testing.assert_array_equal(decode_image(data[:-2]).pixels, decode_image(data).pixels)
+    for cut in (len(data) // 2, len(data) - 200):
+        with pytest.raises(CorruptImageError, match=r"JPEG data is damaged or truncated.*re-download"):
+            decode_image(data[:cut])
+
+
 def test_a_jpeg_with_extraneous_bytes_before_a_marker_decodes():
     """libjpeg warns about stray bytes between the scan and a marker, which webcams and scanners
     write into files that display correctly: the pixels are whole, so the file is read."""
