@@ -304,6 +304,34 @@ def test_a_request_the_store_refuses_for_its_own_reason_is_not_waited_on(fault_p
     assert time.monotonic() - started < 10.0
 
 
+def test_a_refused_connection_is_told_apart_from_a_reset_one(fault_proxy, s3_server, s3_bucket) -> None:
+    """What the start of a run fails fast on (no connection made), from real errors of both clients."""
+    import botocore.exceptions
+
+    from dce_batch.storage.aws import s3_client
+    from dce_batch.storage.outages import never_connected
+
+    with socket.socket() as held:  # bound, never listening: connections are refused
+        held.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{held.getsockname()[1]}"
+        refused, _ = filesystem_for(f"s3://{s3_bucket}", _options(fault_proxy, endpoint_url=closed, max_attempts=1))
+        with pytest.raises(OSError) as pyarrow_refused:
+            refused.get_file_info(f"{s3_bucket}/x.jpg")
+        with pytest.raises(botocore.exceptions.BotoCoreError) as botocore_refused:
+            s3_client(_options(fault_proxy, endpoint_url=closed, max_attempts=1)).head_object(Bucket=s3_bucket, Key="x")
+    fault_proxy.configure(fault_rate=1.0, kinds=("drop",))
+    reset, _ = filesystem_for(f"s3://{s3_bucket}", _options(fault_proxy, max_attempts=1))
+    with pytest.raises(OSError) as pyarrow_reset:
+        reset.get_file_info(f"{s3_bucket}/x.jpg")
+    with pytest.raises(botocore.exceptions.BotoCoreError) as botocore_reset:
+        s3_client(_options(fault_proxy, max_attempts=1)).head_object(Bucket=s3_bucket, Key="x")
+    assert never_connected(pyarrow_refused.value) and never_connected(botocore_refused.value)
+    assert not never_connected(pyarrow_reset.value) and not never_connected(botocore_reset.value)
+    wrapped = StorageError("cannot list")
+    wrapped.__cause__ = botocore_refused.value
+    assert never_connected(wrapped)
+
+
 # --- the whole job at 20 % --------------------------------------------------------------------
 
 N_IMAGES = 17

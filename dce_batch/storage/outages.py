@@ -32,7 +32,7 @@ from dce_batch.errors import StorageError
 from dce_batch.storage.aws import PortableS3FileSystem
 from dce_batch.storage.s3_errors import S3Failure, s3_failure
 
-__all__ = ["OUTAGE_FAILURES", "OutageOutlasted", "call_through_outages", "outage_wait_s"]
+__all__ = ["OUTAGE_FAILURES", "OutageOutlasted", "call_through_outages", "never_connected", "outage_wait_s"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +45,9 @@ OUTAGE_FAILURES = frozenset({
 })
 #: The first pause after a request failed all its SDK attempts, and the longest one.
 FIRST_PAUSE_S, LONGEST_PAUSE_S = 1.0, 30.0
-#: curl's "could not resolve host" and "could not connect" (pyarrow's S3 client words its errors
-#: with curl's codes): no connection was ever made.
-_NEVER_CONNECTED_CURL = ("curlCode: 6,", "curlCode: 7,")
+#: curl's "could not resolve host" and "could not connect", and its wording of a timeout while
+#: resolving or connecting (pyarrow's S3 client quotes curl): no connection was ever made.
+_NEVER_CONNECTED_CURL = ("curlCode: 6,", "curlCode: 7,", "Connection timed out after", "Resolving timed out after")
 
 
 class OutageOutlasted(OSError):
