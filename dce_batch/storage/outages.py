@@ -11,11 +11,11 @@ first failure. Only failures that say the store could not be reached or could no
 about the request itself (no such key, access denied, rejected credentials) is final at once.
 
 Reads and writes of objects and the manifest's listing are wrapped in :mod:`.io` and
-:class:`~dce_batch.job.manifest.store.ManifestStore`. The driver's first requests (listing INPUT
-and OUTPUT, taking the lease) are wrapped with ``final_if_never_connected``: a store that never
-accepted a connection (refused, timed out, or a host name that does not resolve) is most often a wrong
-endpoint, which should fail in seconds, while one that answers with errors or drops connections
-is waited on as mid-run.
+:class:`~dce_batch.job.manifest.store.ManifestStore`. The driver's first requests (checking and
+listing INPUT, taking the lease) are wrapped with ``final_if_never_connected``: a store that
+never accepted a connection (refused, timed out, or a host name that does not resolve) is most
+often a wrong endpoint, which should fail in seconds, while one that answers with errors or drops
+connections is waited on as mid-run.
 """
 
 from __future__ import annotations
