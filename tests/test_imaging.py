@@ -1165,6 +1165,37 @@ def test_a_jpeg_with_extraneous_bytes_before_a_marker_decodes():
     np.testing.assert_array_equal(decode_image(with_stray_bytes).pixels, decode_image(data).pixels)
 
 
+def _flip_crc(data: bytes, kind: bytes) -> bytes:
+    """``data`` with the CRC of its first ``kind`` chunk changed."""
+    at = data.index(kind)
+    crc = at + 4 + struct.unpack(">I", data[at - 4:at])[0]
+    return data[:crc] + bytes([data[crc] ^ 0xFF]) + data[crc + 1:]
+
+
+def test_a_png_whose_metadata_chunk_fails_its_crc_decodes_without_that_chunk():
+    """libpng (and so browsers) discards an ancillary chunk with a bad CRC; Pillow refuses the file.
+    The pixels are whole, so the chunk is dropped and the picture decodes; its ICC profile and
+    text go with it, a damaged IHDR stays an error."""
+    from PIL import PngImagePlugin
+
+    from dce_batch.imaging.repairs import drop_damaged_png_chunks
+
+    pixels = rgb_array(24, 32)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "edited by a tool that forgot the CRC")
+    data = save(Image.fromarray(pixels), "PNG", pnginfo=info, icc_profile=ImageCms.ImageCmsProfile(
+        ImageCms.createProfile("sRGB")).tobytes())
+    for kind in (b"tEXt", b"iCCP"):
+        damaged = _flip_crc(data, kind)
+        with pytest.raises(PIL.UnidentifiedImageError):  # what Pillow alone makes of it
+            open_bytes(damaged)
+        np.testing.assert_array_equal(decode_image(damaged).pixels, pixels)
+        assert kind not in drop_damaged_png_chunks(damaged)
+    assert drop_damaged_png_chunks(data) is data  # nothing to repair: the same bytes
+    with pytest.raises(CorruptImageError, match="PNG"):
+        decode_image(_flip_crc(data, b"IHDR"))
+
+
 def test_damaged_png_header_is_corrupt():
     data = bytearray(save(Image.fromarray(rgb_array(8, 8)), "PNG"))
     data[20] ^= 0xFF  # inside IHDR: its CRC no longer matches

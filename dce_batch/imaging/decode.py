@@ -38,6 +38,7 @@ from dce_batch.imaging.decoded import GRAY_8BIT_MODES, HIGH_DEPTH_MODES, Decoded
 from dce_batch.imaging.deep import decode_deep_colour, is_deep_colour
 from dce_batch.imaging.formats import DEFAULT_MAX_PIXELS, HEIF_ADVICE, SUPPORTED_TEXT
 from dce_batch.imaging.metadata import icc_colour_space, usable_icc
+from dce_batch.imaging.repairs import close_jpeg, drop_damaged_png_chunks
 
 __all__ = ["decode_image"]
 
@@ -87,7 +88,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
             "Check that the upload or copy completed"
         )
 
-    data = _close_jpeg(data)
+    # Damage that leaves every pixel intact is repaired as viewers do (dce_batch.imaging.repairs).
+    data = drop_damaged_png_chunks(close_jpeg(data))
 
     with warnings.catch_warnings():
         # Some plugins still consult Pillow's own limit (e.g. when seeking frames); its warning
@@ -317,24 +319,6 @@ def _jpeg_damage(data: bytes) -> str | None:
         if message.startswith(_JPEG_DAMAGE_WARNINGS):
             return message
     return None
-
-
-_JPEG_SOI: Final = b"\xff\xd8\xff"
-_JPEG_EOI: Final = b"\xff\xd9"
-
-
-def _close_jpeg(data: bytes) -> bytes:
-    """A JPEG that lacks its final end-of-image marker, with that marker added.
-
-    Some cameras, phones and interrupted-then-resumed copies leave the last two bytes off a file
-    whose pixels are all there; viewers show it whole, and Pillow refuses it as truncated. With the
-    marker added, a file that lost only the marker decodes without a warning, and one cut short
-    inside its compressed data still draws libjpeg's "premature end of data segment", which
-    :func:`_check_jpeg_data` turns into :class:`CorruptImageError`. Other data is returned as is.
-    """
-    if data.startswith(_JPEG_SOI) and not data.endswith(_JPEG_EOI):
-        return data + _JPEG_EOI
-    return data
 
 
 def _check_jpeg_data(data: bytes) -> None:
