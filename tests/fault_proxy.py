@@ -30,10 +30,11 @@ fails the first ``n`` attempts of every request, for tests that need an exact re
 ``first_fault_on=("LIST", ...)`` faults the first request of those operations whatever the draw,
 so that a short run cannot miss an operation that makes only a few requests.
 
-``outage_after(method, pattern, seconds)`` takes the store down: from the first matching request
-on (that one included), every request for ``seconds`` is answered with one fault kind (``drop``
-by default: a store whose connections fail), counted in ``outage_faults``; ``outage_started``
-is set when it begins. Request counts decide when it starts, the clock only when it ends.
+``outage_after(method, pattern, seconds=S)`` takes the store down: from the first matching
+request on (that one included), every request for ``S`` seconds is answered with one fault kind
+(``drop`` by default: a store whose connections fail), counted in ``outage_faults``;
+``outage_started`` is set when it begins. ``requests=N`` instead of ``seconds`` ends it after N
+requests, whatever the clock: for tests whose requests come one at a time, an exact count.
 
 ``hold(method, pattern)`` makes the first matching request (its path matched by the regex
 ``pattern``) reach the server and then wait for :meth:`FaultProxy.release` without an answer
@@ -162,8 +163,9 @@ class FaultProxy:
         self.held = threading.Event()
         self.held_path: str | None = None
         self._hold_released = threading.Event()
-        self._outage: tuple[str, re.Pattern, float, str] | None = None
+        self._outage: tuple[str, re.Pattern, float | None, int | None, str] | None = None
         self._outage_until = 0.0
+        self._outage_left = 0
         self._outage_kind = "drop"
         self.outage_started = threading.Event()
         self.outage_faults = 0
@@ -219,13 +221,16 @@ class FaultProxy:
     def release(self) -> None:
         self._hold_released.set()
 
-    def outage_after(self, method: str, pattern: str, seconds: float, kind: str = "drop") -> None:
-        """Fail every request for ``seconds`` from the next ``method`` request whose path matches
-        ``pattern`` on (see above)."""
+    def outage_after(self, method: str, pattern: str, seconds: float | None = None, *, requests: int | None = None,
+                     kind: str = "drop") -> None:
+        """Fail every request, for ``seconds`` or for ``requests`` of them, from the next ``method``
+        request whose path matches ``pattern`` on (see above)."""
+        if (seconds is None) == (requests is None):
+            raise ValueError("an outage lasts either some seconds or some requests")
         if kind not in FAULT_KINDS or kind == "stall":
             raise ValueError(f"an outage answers with a fault kind other than stall, got {kind!r}")
         with self._lock:
-            self._outage = (method, re.compile(pattern), float(seconds), kind)
+            self._outage = (method, re.compile(pattern), seconds, requests, kind)
             self.outage_started.clear()
 
     def _takes_hold(self, method: str, path: str) -> bool:
@@ -267,15 +272,17 @@ class FaultProxy:
             rate, kinds = self.fault_rate, self.kinds
             fault = None
             if self._outage is not None and self._outage[0] == method and self._outage[1].search(split.path):
-                self._outage_until = time.monotonic() + self._outage[2]
-                self._outage_kind = self._outage[3]
+                _, _, seconds, requests, self._outage_kind = self._outage
+                self._outage_until = time.monotonic() + seconds if seconds is not None else 0.0
+                self._outage_left = requests or 0
                 self._outage = None
                 self.outage_started.set()
             # A fresh generator per request: the draw depends on what the request is, not on
             # the order in which concurrent requests arrived.
             rng = random.Random(f"{self.seed}|{key}|{attempt}")
             forced = operation in self.first_fault_on and operation not in self._faulted_operations
-            if time.monotonic() < self._outage_until:
+            if self._outage_left > 0 or time.monotonic() < self._outage_until:
+                self._outage_left = max(0, self._outage_left - 1)
                 fault = self._outage_kind
                 self.outage_faults += 1
             elif forced or attempt < self.fail_first or (rate > 0 and rng.random() < rate):

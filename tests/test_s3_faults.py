@@ -263,22 +263,24 @@ def test_retries_give_up_with_an_actionable_error(fault_proxy, s3_server, s3_buc
 @pytest.mark.parametrize("kind", ["drop", "slow_down", "internal_error"])
 def test_reads_and_writes_wait_out_an_outage_longer_than_their_attempts(fault_proxy, s3_server, s3_bucket,
                                                                         kind) -> None:
-    """The store fails every request for 2 s, while the SDK's 2 attempts give up within 0.1 s:
-    the read and the write that meet the outage are tried again until it ends."""
+    """The store fails 3 requests in a row, one more than the SDK's 2 attempts: the read and the
+    write that meet the outage are tried again until it ends."""
     s3_server.put_object(s3_bucket, "x.jpg", b"data")
     fs, _ = filesystem_for(f"s3://{s3_bucket}", _options(fault_proxy, max_attempts=2, outage_wait_s=120))
-    fault_proxy.outage_after("HEAD", r"/x\.jpg$", 2.0, kind=kind)
+    fault_proxy.outage_after("HEAD", r"/x\.jpg$", requests=3, kind=kind)
     assert read_bytes(fs, f"{s3_bucket}/x.jpg") == b"data"
     assert fault_proxy.outage_started.is_set() and fault_proxy.outage_faults >= 3  # two attempts, then again
-    fault_proxy.outage_after("PUT", r"/out\.jpg$", 2.0, kind=kind)
+    assert fault_proxy.outage_faults == 3
+    fault_proxy.outage_after("PUT", r"/out\.jpg$", requests=3, kind=kind)
     write_bytes_atomic(fs, f"{s3_bucket}/out.jpg", b"written")
     assert s3_server.get_object(s3_bucket, "out.jpg") == b"written"
+    assert fault_proxy.outage_faults == 6
 
 
 def test_without_an_outage_wait_the_first_request_in_an_outage_fails(fault_proxy, s3_server, s3_bucket) -> None:
     s3_server.put_object(s3_bucket, "x.jpg", b"data")
     fs, _ = filesystem_for(f"s3://{s3_bucket}", _options(fault_proxy, max_attempts=2, outage_wait_s=0))
-    fault_proxy.outage_after("HEAD", r"/x\.jpg$", 30.0)
+    fault_proxy.outage_after("HEAD", r"/x\.jpg$", requests=3)
     with pytest.raises(StorageError, match=r"cannot connect .* tried 2 attempts \(AWS_MAX_ATTEMPTS\)\)$"):
         read_bytes(fs, f"{s3_bucket}/x.jpg")
     assert fault_proxy.outage_faults == 2
@@ -408,6 +410,20 @@ def test_cli_prefix_to_prefix_through_20_percent_faults(fault_proxy, s3_server, 
     _check_job_output(s3_server, s3_bucket, inputs, s3_server.s3_options())
 
 
+def _run_cli_job(s3_server, bucket: str, endpoint: str, *options: str,
+                 timeout: int = 600) -> subprocess.CompletedProcess:
+    """``jobs/enhance.py s3://B/raw/ s3://B/enhanced/`` on the local engine, through ``endpoint``,
+    with AWS_MAX_ATTEMPTS=2: a request in an outage fails its attempts within a second or two."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}
+    env.update(s3_server.env())
+    env.update(AWS_ENDPOINT_URL=endpoint, AWS_MAX_ATTEMPTS="2")
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "enhance.py"), f"s3://{bucket}/raw/", f"s3://{bucket}/enhanced/",
+         "--engine", "local", "--no-report", *options],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
 @pytest.mark.slow
 def test_cli_job_rides_out_a_storage_outage_that_outlasts_every_request_s_attempts(fault_proxy, s3_server,
                                                                                  s3_bucket) -> None:
@@ -416,55 +432,48 @@ def test_cli_job_rides_out_a_storage_outage_that_outlasts_every_request_s_attemp
     stops the run (tests above show the request failing); with it the job finishes, exactly once."""
     inputs = _put_inputs(s3_server, s3_bucket)
     fault_proxy.outage_after("PUT", r"/enhanced/day\d/.*\.(jpg|png)$", 8.0)
-    result = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "enhance.py"), f"s3://{s3_bucket}/raw/", f"s3://{s3_bucket}/enhanced/",
-         "--engine", "local", "--batch-size", "2", "--no-report"],
-        cwd=REPO, env=_cli_env(s3_server, fault_proxy.url), capture_output=True, text=True, timeout=600,
-    )
+    result = _run_cli_job(s3_server, s3_bucket, fault_proxy.url, "--batch-size", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert fault_proxy.outage_started.is_set() and fault_proxy.outage_faults > 0
     assert "trying again for up to 300 s (--s3-outage-wait)" in result.stderr
     _check_job_output(s3_server, s3_bucket, inputs, s3_server.s3_options())
 
 
-def _cli_env(s3_server, endpoint: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}
-    env.update(s3_server.env())
-    env.update(AWS_ENDPOINT_URL=endpoint, AWS_MAX_ATTEMPTS="2")
-    return env
 
 
 @pytest.mark.slow
-def test_cli_job_waits_out_a_store_that_fails_as_the_run_starts(fault_proxy, s3_server, s3_bucket) -> None:
-    """503s for 4 s from the first request for OUTPUT's lease on: the lease and INPUT's listing
-    are tried again (the store answers, so it is there) and the run finishes."""
+@pytest.mark.parametrize("method, pattern, request_name", [
+    ("HEAD", r"/raw$", "checking INPUT"),  # the run's first request
+    ("PUT", r"/enhanced/_manifest/_lease\.json$", "taking the lease of OUTPUT"),
+])
+def test_cli_job_waits_out_a_store_that_fails_as_the_run_starts(fault_proxy, s3_server, s3_bucket, method, pattern,
+                                                                request_name) -> None:
+    """503s for 3 requests in a row from the run's check of INPUT, or from the lease's create, on:
+    one more than the SDK's 2 attempts. The store answers, so it is there: the request is tried
+    again and the run finishes. The driver makes these requests one at a time, so the count is
+    exact."""
     inputs = _put_inputs(s3_server, s3_bucket)
-    fault_proxy.outage_after("PUT", r"/enhanced/_manifest/_lease\.json$", 4.0, kind="slow_down")
-    result = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "enhance.py"), f"s3://{s3_bucket}/raw/", f"s3://{s3_bucket}/enhanced/",
-         "--engine", "local", "--no-report"],
-        cwd=REPO, env=_cli_env(s3_server, fault_proxy.url), capture_output=True, text=True, timeout=600,
-    )
+    fault_proxy.outage_after(method, pattern, requests=3, kind="slow_down")
+    result = _run_cli_job(s3_server, s3_bucket, fault_proxy.url)
     assert result.returncode == 0, result.stderr[-3000:]
     assert fault_proxy.outage_started.is_set() and fault_proxy.outage_faults > 2
-    assert "taking the lease of OUTPUT" in result.stderr and "(the store: throttled)" in result.stderr
+    assert fault_proxy.outage_faults == 3
+    assert request_name in result.stderr and "(the store: throttled)" in result.stderr
     _check_job_output(s3_server, s3_bucket, inputs, s3_server.s3_options())
 
 
 @pytest.mark.slow
 def test_cli_job_whose_lease_landed_but_every_answer_was_lost_takes_it_as_its_own(fault_proxy, s3_server,
                                                                                 s3_bucket) -> None:
-    """For 3 s the store carries out every request and then resets the connection, from the
-    lease's create on: the create lands, its retries find the lease there (412) but never hear
-    it, and the attempts run out. Tried again after the wait, the run must know the lease for its
-    own, not refuse OUTPUT as held by another run (itself)."""
+    """For 4 requests in a row from the lease's create on, the store carries out each request and
+    then resets the connection: the create lands, its retries find the lease there (412) but never
+    hear it, and the attempts run out (4: the 2 attempts, and the one resend botocore's HTTP
+    client may make by itself after a reset of a reused connection, with a margin). Tried again
+    after the wait, the run must know the lease for its own, not refuse OUTPUT as held by another
+    run (itself)."""
     inputs = _put_inputs(s3_server, s3_bucket)
-    fault_proxy.outage_after("PUT", r"/enhanced/_manifest/_lease\.json$", 3.0, kind="drop_after")
-    result = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "enhance.py"), f"s3://{s3_bucket}/raw/", f"s3://{s3_bucket}/enhanced/",
-         "--engine", "local", "--no-report"],
-        cwd=REPO, env=_cli_env(s3_server, fault_proxy.url), capture_output=True, text=True, timeout=600,
-    )
+    fault_proxy.outage_after("PUT", r"/enhanced/_manifest/_lease\.json$", requests=4, kind="drop_after")
+    result = _run_cli_job(s3_server, s3_bucket, fault_proxy.url)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "taking the lease of OUTPUT" in result.stderr  # the create's attempts did run out
     _check_job_output(s3_server, s3_bucket, inputs, s3_server.s3_options())
@@ -476,11 +485,7 @@ def test_cli_job_against_an_endpoint_that_refuses_connections_fails_at_once(s3_s
     with socket.socket() as held:  # bound, never listening: connections are refused
         held.bind(("127.0.0.1", 0))
         endpoint = f"http://127.0.0.1:{held.getsockname()[1]}"
-        result = subprocess.run(
-            [sys.executable, str(REPO / "jobs" / "enhance.py"), f"s3://{s3_bucket}/raw/",
-             f"s3://{s3_bucket}/enhanced/", "--engine", "local", "--no-report"],
-            cwd=REPO, env=_cli_env(s3_server, endpoint), capture_output=True, text=True, timeout=120,
-        )
+        result = _run_cli_job(s3_server, s3_bucket, endpoint, timeout=120)
     assert result.returncode == 1, result.stderr[-3000:]
     assert f"cannot connect to endpoint {endpoint}" in result.stderr.splitlines()[-1]
     assert "--s3-outage-wait" not in result.stderr

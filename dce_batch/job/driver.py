@@ -141,7 +141,8 @@ def check_output_location(config: EnhanceConfig, output: Location) -> None:
         # A path that does not exist as named and holds * ? [ is a glob (as the listing reads it):
         # its fixed leading folders. A folder named "photos[1]" is that folder.
         if info.type == pafs.FileType.NotFound and GLOB_CHARS & set(named):
-            return split_glob(named)[0], input_fs.get_file_info(split_glob(named)[0])
+            fixed = split_glob(named)[0]
+            return fixed, input_fs.get_file_info(fixed)
         return named, info
 
     try:

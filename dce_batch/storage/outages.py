@@ -95,9 +95,11 @@ def call_through_outages(call: Callable[[], T], *, wait_s: float, what: str, fin
         try:
             return call()
         except (OSError, StorageError) as exc:
+            if wait_s <= 0:  # local disks, or the wait turned off: nothing to classify
+                raise
             low = _low_level(exc)
             kind = s3_failure(low) if low is not None else None
-            if wait_s <= 0 or kind not in OUTAGE_FAILURES or (final_if_never_connected and never_connected(exc)):
+            if kind not in OUTAGE_FAILURES or (final_if_never_connected and never_connected(exc)):
                 raise
             now = clock()
             if deadline is None:
