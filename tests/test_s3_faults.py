@@ -10,6 +10,7 @@ prove that faults were injected (and retried) on reads, writes and listings.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import signal
 import socket
@@ -29,8 +30,10 @@ from PIL import Image
 from dce_batch.errors import StorageError
 from dce_batch.imaging import decode_image
 from dce_batch.job.manifest import ManifestRow, ManifestStore, read_manifest, rows_to_table
+from dce_batch.job.manifest.lease import acquire_lease
 from dce_batch.job.manifest.store import part_name
 from dce_batch.storage import (
+    Location,
     S3Options,
     delete_tree_contents,
     exists,
@@ -295,6 +298,30 @@ def test_an_outage_longer_than_the_wait_fails_with_an_error_that_says_so(fault_p
         write_bytes_atomic(fs, f"{s3_bucket}/out.jpg", b"written")
     assert 2.0 <= time.monotonic() - started < 30.0
     assert fault_proxy.outage_faults >= 4
+
+
+def test_a_heartbeat_the_store_did_not_take_is_said_once_and_so_is_its_return(fault_proxy, s3_bucket,
+                                                                              caplog) -> None:
+    """On Ray the workers' warnings stay on the workers: the driver's lease heartbeat is what tells
+    the user that the store went down, once however many beats fail, and that it came back. The
+    store throttles 4 heartbeat PUTs in a row, two beats' worth of the SDK's 2 attempts."""
+    output = Location.parse(f"s3://{s3_bucket}/out", _options(fault_proxy, max_attempts=2, outage_wait_s=120))
+    lease = acquire_lease(ManifestStore.of(output), "run-a", heartbeat_s=0.05)
+    try:
+        with caplog.at_level(logging.WARNING, logger="dce_batch.job.manifest.lease"):
+            fault_proxy.outage_after("PUT", r"/out/_manifest/_lease\.json$", requests=4, kind="slow_down")
+            deadline = time.monotonic() + 60
+            while "answers again" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        lease.release()
+    messages = [record.getMessage() for record in caplog.records]
+    assert fault_proxy.outage_faults == 4
+    down = [m for m in messages if "did not take the lease's heartbeat" in m]
+    assert down == ["the store holding OUTPUT did not take the lease's heartbeat (the store: throttled); the run "
+                    "goes on, and its reads and writes wait up to 120 s for the store (--s3-outage-wait)"]
+    assert len([m for m in messages if "answers again" in m]) == 1
+    assert lease.lost is None
 
 
 def test_a_request_the_store_refuses_for_its_own_reason_is_not_waited_on(fault_proxy, s3_server, s3_bucket) -> None:

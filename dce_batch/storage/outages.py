@@ -32,7 +32,8 @@ from dce_batch.errors import StorageError
 from dce_batch.storage.aws import PortableS3FileSystem
 from dce_batch.storage.s3_errors import S3Failure, s3_failure
 
-__all__ = ["OUTAGE_FAILURES", "OutageOutlasted", "call_through_outages", "never_connected", "outage_wait_s"]
+__all__ = ["OUTAGE_FAILURES", "OutageOutlasted", "call_through_outages", "never_connected", "outage_kind",
+           "outage_wait_s"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,14 @@ def _low_level(exc: BaseException) -> BaseException | None:
     return exc.__cause__ if isinstance(exc, StorageError) else exc
 
 
+def outage_kind(exc: BaseException) -> S3Failure | None:
+    """What kind of outage ``exc`` says the store is in, or None when it says something else
+    (an answer about the request itself, or an error that is not the store's)."""
+    low = _low_level(exc)
+    kind = s3_failure(low) if low is not None else None
+    return kind if kind in OUTAGE_FAILURES else None
+
+
 def never_connected(exc: BaseException) -> bool:
     """Whether ``exc`` says that no connection to the store could be made at all."""
     import botocore.exceptions as bce
@@ -97,9 +106,8 @@ def call_through_outages(call: Callable[[], T], *, wait_s: float, what: str, fin
         except (OSError, StorageError) as exc:
             if wait_s <= 0:  # local disks, or the wait turned off: nothing to classify
                 raise
-            low = _low_level(exc)
-            kind = s3_failure(low) if low is not None else None
-            if kind not in OUTAGE_FAILURES or (final_if_never_connected and never_connected(exc)):
+            kind = outage_kind(exc)
+            if kind is None or (final_if_never_connected and never_connected(exc)):
                 raise
             now = clock()
             if deadline is None:
@@ -108,7 +116,7 @@ def call_through_outages(call: Callable[[], T], *, wait_s: float, what: str, fin
                                what, kind.value, wait_s)
             if now >= deadline:
                 if isinstance(exc, StorageError):
-                    raise StorageError(f"{exc}; tried again for {wait_s:.0f} s (--s3-outage-wait)") from low
+                    raise StorageError(f"{exc}; tried again for {wait_s:.0f} s (--s3-outage-wait)") from _low_level(exc)
                 raise OutageOutlasted(exc, wait_s) from exc
             # Full jitter keeps workers that failed together from returning together.
             sleep(min(random.uniform(pause / 2, pause), deadline - now))

@@ -20,6 +20,7 @@ alive (a heartbeat, rewritten every :data:`HEARTBEAT_S` seconds by a thread of t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -33,8 +34,11 @@ import pyarrow.fs as pafs
 from dce_batch.errors import LeaseLostError, OutputInUseError, StorageError
 from dce_batch.job.manifest.store import ManifestStore
 from dce_batch.storage.conditional import ConditionFailed, create_exclusive, delete_if, read_versioned, replace_if
+from dce_batch.storage.outages import outage_kind, outage_wait_s
 
 __all__ = ["HEARTBEAT_S", "STALE_AFTER_S", "Lease", "LeaseHolder", "acquire_lease", "break_lease", "read_lease"]
+
+logger = logging.getLogger(__name__)
 
 #: Seconds between two heartbeats of the lease holder.
 HEARTBEAT_S = 30.0
@@ -119,14 +123,33 @@ class Lease:
         self._thread.start()
 
     def _beat(self, every_s: float) -> None:
+        failing_since: float | None = None
         while not self._stop.wait(every_s):
             try:
                 self.heartbeat()
             except LeaseLostError as exc:
                 self.lost = exc
                 return
-            except StorageError:
-                continue  # a transient failure: the next beat tries again, well within the bound
+            except StorageError as exc:
+                # A transient failure: the next beat tries again, well within the bound. Said once:
+                # the driver's heartbeat is what a user of a Ray run, whose workers' own warnings
+                # stay on the workers, hears of a store that went down.
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    logger.warning("%s", self._failed_beat(exc, every_s))
+                continue
+            if failing_since is not None:
+                logger.warning("the store holding OUTPUT answers again: the lease's heartbeat went through after "
+                               "failing for %.0f s", time.monotonic() - failing_since)
+                failing_since = None
+
+    def _failed_beat(self, exc: StorageError, every_s: float) -> str:
+        kind = outage_kind(exc)
+        wait_s = outage_wait_s(self.store.filesystem)
+        if kind is None or wait_s <= 0:
+            return f"the lease's heartbeat failed ({exc}); the next one tries again in {every_s:.0f} s"
+        return (f"the store holding OUTPUT did not take the lease's heartbeat (the store: {kind.value}); the run "
+                f"goes on, and its reads and writes wait up to {wait_s:.0f} s for the store (--s3-outage-wait)")
 
     def heartbeat(self) -> None:
         with self._lock:
