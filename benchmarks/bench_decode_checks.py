@@ -1,4 +1,4 @@
-"""What decoding's two safeguards cost: the JPEG damage check, and wide-gamut colour through sRGB.
+"""What decoding's safeguards cost: the JPEG and PNG damage checks, and wide-gamut colour through sRGB.
 
     python benchmarks/bench_decode_checks.py                      # DICM from ../shared + a 12 MP photo
     python benchmarks/bench_decode_checks.py --folder PHOTOS --size 4000x3000
@@ -7,7 +7,11 @@
    entropy-decoded once more by libjpeg-turbo at 1/8 scale, through simplejpeg, to read the
    warnings Pillow drops. Side by side on the same files: ``decode_image`` with the check, and
    with the check replaced by a no-op, in alternating rounds; the ratio is of the medians.
-2. **Wide gamut** (``dce_batch.imaging.colour_space``): one synthetic dark photo saved as a JPEG
+2. **PNG stream check** (``dce_batch.imaging.png_stream``): one CRC pass over every PNG's image
+   data, and a second inflate where a sign points at damage (here: a photo whose bottom rows are
+   black, which always pays it). The photo of ``--size`` saved as PNG, as it is and with its last
+   rows black; ``decode_image`` with the check and with it off, in alternating rounds.
+3. **Wide gamut** (``dce_batch.imaging.colour_space``): one synthetic dark photo saved as a JPEG
    tagged with sRGB and with a Display P3-like profile; ``decode_image`` + ``encode_image`` (JPEG)
    of each, so the P3 row pays both conversions (to sRGB and back) and the sRGB one neither.
    Then the conversions' error: ``to_srgb`` and ``from_srgb`` at 8 and 16 bits on random colours
@@ -44,20 +48,32 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def jpeg_check_rows(files: list[Path], rounds: int) -> list[list[str]]:
-    blobs = [f.read_bytes() for f in files]
-    checked = decode_module._check_jpeg_data
+def check_rows(blobs: list[bytes], rounds: int, check: str) -> list[list[str]]:
+    """``decode_image`` on ``blobs`` with the module's function ``check`` and with it a no-op."""
+    checked = getattr(decode_module, check)
     per_round: dict[str, list[float]] = {"with the check": [], "check off": []}
     for _ in range(rounds):
         for name in per_round:  # alternate, so drift in machine load falls on both
-            decode_module._check_jpeg_data = checked if name == "with the check" else (lambda data: None)
+            setattr(decode_module, check, checked if name == "with the check" else (lambda data, **_: None))
             try:
                 per_round[name].append(timed(lambda: [decode_image(b) for b in blobs]))
             finally:
-                decode_module._check_jpeg_data = checked
+                setattr(decode_module, check, checked)
     base = statistics.median(per_round["check off"])
     return [[name, f"{statistics.median(times) / len(blobs) * 1e3:.2f}", f"{statistics.median(times) / base:.3f}"]
             for name, times in per_round.items()]
+
+
+def png_blobs(size: tuple[int, int]) -> dict[str, bytes]:
+    pixels = np.rint(dark_image(*size) * 255).astype(np.uint8)
+    black_bottom = pixels.copy()
+    black_bottom[-8:] = 0
+    blobs = {}
+    for name, image in (("PNG photo", pixels), ("PNG photo, black bottom rows (inflated twice)", black_bottom)):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, "PNG")
+        blobs[name] = buffer.getvalue()
+    return blobs
 
 
 def p3_profile() -> bytes:
@@ -145,10 +161,16 @@ def main() -> None:
     if files:
         print(f"\nJPEG damage check: decode_image on {len(files)} JPEGs of {args.folder}, "
               f"median of {args.rounds} alternating rounds")
-        print(table(["decode_image", "ms / file", "ratio to check off"], jpeg_check_rows(files, args.rounds)))
+        print(table(["decode_image", "ms / file", "ratio to check off"],
+                    check_rows([f.read_bytes() for f in files], args.rounds, "_check_jpeg_data")))
     else:
         print(f"\nJPEG damage check: no JPEGs in {args.folder} (set --folder); skipped")
     width, height = image_size_for(args.size)
+    for name, blob in png_blobs((height, width)).items():
+        print(f"\nPNG stream check: decode_image on a {name} ({width}x{height}, {len(blob) / 1e6:.1f} MB), "
+              f"median of {args.rounds} alternating rounds")
+        print(table(["decode_image", "ms / file", "ratio to check off"],
+                    check_rows([blob], args.rounds, "_check_png_data")))
     print(f"\nWide gamut: decode_image + encode_image (JPEG q95), median of {args.rounds} rounds")
     print(table(["source", "ms", "ratio to sRGB-tagged"], gamut_rows((height, width), args.rounds)))
     print("\nConversion error against LittleCMS's float transform: largest, in 8-bit levels, "

@@ -11,7 +11,7 @@ import numpy as np
 import PIL
 import pytest
 import simplejpeg
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, features
 
 from dce_batch.errors import (
     ConfigError,
@@ -876,6 +876,20 @@ def test_16bit_premultiplied_tiff_alpha_is_unpremultiplied():
     assert np.abs(decoded.pixels.astype(int) - straight).max() <= 1
 
 
+def test_premultiplied_alpha_is_undone_block_by_block_as_in_one_piece(monkeypatch):
+    """Un-premultiplying a 100 MP RGBA TIFF in one piece took 2.5 GB of float temporaries beyond the
+    samples; it runs in blocks of rows, which must give the same values as one block."""
+    from dce_batch.imaging import deep
+
+    rng = np.random.default_rng(3)
+    alpha = rng.integers(0, 65536, (37, 29), dtype=np.uint16)
+    colour = (rng.random((37, 29, 3)) * alpha[:, :, None]).astype(np.uint16)
+    whole = deep._unpremultiply(colour, alpha)
+    monkeypatch.setattr(deep, "_UNPREMULTIPLY_BLOCK_PIXELS", 100)  # 3 rows a block, the last one short
+    np.testing.assert_array_equal(deep._unpremultiply(colour, alpha), whole)
+    assert not whole[alpha == 0].any()
+
+
 def test_16bit_png_to_8bit_formats_rounds_x_over_257():
     # Each value is chosen so that round(x / 257) differs from the high byte (x >> 8).
     levels = np.array([200, 1000, 20000, 60000, 65535], dtype=np.uint16)
@@ -1194,6 +1208,119 @@ def test_a_png_whose_metadata_chunk_fails_its_crc_decodes_without_that_chunk():
     assert drop_damaged_png_chunks(data) is data  # nothing to repair: the same bytes
     with pytest.raises(CorruptImageError, match="PNG"):
         decode_image(_flip_crc(data, b"IHDR"))
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png(width: int, height: int, colour_type: int, raw_rows: bytes, *, depth: int = 8, extra: bytes = b"") -> bytes:
+    """A PNG written by hand: IHDR, ``extra`` chunks, one IDAT holding ``raw_rows`` deflated, IEND."""
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + extra
+            + _png_chunk(b"IDAT", zlib.compress(raw_rows)) + _png_chunk(b"IEND", b""))
+
+
+def _zero_tail(data: bytes, fraction: float = 0.3) -> bytes:
+    """``data`` at its full length with its last ``fraction`` zero-filled: a preallocated file whose
+    download or copy stopped."""
+    keep = int(len(data) * (1 - fraction))
+    return data[:keep] + bytes(len(data) - keep)
+
+
+def test_a_png_whose_image_data_ends_early_is_corrupt_not_black_rows():
+    """A zlib stream that ends cleanly after 10 of 48 rows: Pillow leaves the other rows black
+    without a word (libpng says "Not enough image data")."""
+    pixels = rgb_array(48, 64)
+    rows = b"".join(b"\x00" + pixels[y].tobytes() for y in range(48))
+    whole = _png(64, 48, 2, rows)
+    np.testing.assert_array_equal(decode_image(whole).pixels, pixels)
+    short = _png(64, 48, 2, rows[:10 * (1 + 64 * 3)])
+    assert not np.asarray(open_bytes(short))[10:].any()  # what Pillow alone makes of it
+    with pytest.raises(CorruptImageError, match=r"PNG data is damaged or truncated \(its image data holds 1,930 of "
+                                                r"the 9,264 bytes"):
+        decode_image(short)
+
+
+def test_a_png_with_a_black_bottom_edge_or_a_lost_crc_or_end_chunk_still_decodes():
+    """The stream is inflated again only where a sign points at damage; what it finds whole decodes."""
+    pixels = rgb_array(48, 64)
+    pixels[-6:] = 0  # a black bottom edge: the last row is all zeros, and the data is whole
+    data = save(Image.fromarray(pixels), "PNG")
+    for variant in (data, _flip_crc(data, b"IDAT"), data[:-12]):  # as written, a bad IDAT CRC, no IEND
+        np.testing.assert_array_equal(decode_image(variant).pixels, pixels)
+    interlaced = save(Image.fromarray(pixels), "PNG", interlace=1)
+    np.testing.assert_array_equal(decode_image(interlaced).pixels, pixels)
+
+
+@pytest.mark.parametrize("interlace", [0, 1])
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P"])
+def test_a_png_whose_tail_was_zero_filled_is_corrupt_not_garbage(mode, interlace):
+    data = save(Image.fromarray(smooth_rgb(48, 64)).convert(mode), "PNG", interlace=interlace)
+    with pytest.raises(CorruptImageError, match="PNG data is damaged or truncated"):
+        decode_image(_zero_tail(data))
+
+
+def test_a_palette_png_without_its_palette_is_corrupt():
+    """Colour type 3 with no PLTE chunk: Pillow decodes the indices, then fails an assertion."""
+    indices = np.arange(64 * 4, dtype=np.uint8).reshape(4, 64) % 7
+    data = _png(64, 4, 3, b"".join(b"\x00" + row.tobytes() for row in indices))
+    with pytest.raises(CorruptImageError, match="palette image without its palette"):
+        decode_image(data)
+    palette = _png_chunk(b"PLTE", bytes(range(21)))
+    decode_image(_png(64, 4, 3, b"".join(b"\x00" + row.tobytes() for row in indices), extra=palette))
+
+
+def test_a_row_too_long_for_pillow_s_decoder_is_too_large_not_a_memory_error():
+    """Pillow refuses a row of more than 2**31 bits (here 100,000,000 RGB pixels) with MemoryError
+    before it decodes anything."""
+    data = _png(100_000_000, 1, 2, b"\x00" * 64)
+    with pytest.raises(ImageTooLargeError, match=r"PNG 100000000x1 could not be decoded: Pillow could not allocate"):
+        decode_image(data, max_pixels=100_000_000)
+
+
+def _avif() -> bytes:
+    return save(Image.fromarray(rgb_array(48, 64)), "AVIF", quality=80)
+
+
+@pytest.mark.skipif(not features.check("avif"), reason="this Pillow has no AVIF support")
+@pytest.mark.parametrize("damage, message", [
+    (lambda data: data.replace(b"iloc", b"iloX"), r"looks like AVIF but its header cannot be read \(RuntimeError"),
+    (lambda data: data[:data.index(b"mdat") + 4] + b"\xff" * 16 + data[data.index(b"mdat") + 20:],
+     r"AVIF data is damaged or truncated \(RuntimeError"),
+    (_zero_tail, r"AVIF data is damaged or truncated \(its last \d+ bytes are zeros"),
+])
+def test_a_damaged_avif_is_corrupt_not_a_runtime_error_or_grey(damage, message):
+    with pytest.raises(CorruptImageError, match=message):
+        decode_image(damage(_avif()))
+
+
+def test_a_lossless_webp_whose_tail_was_zero_filled_is_corrupt_and_a_flat_lossy_one_is_not():
+    lossless = save(Image.fromarray(smooth_rgb(48, 64)), "WEBP", lossless=True)
+    with pytest.raises(CorruptImageError, match=r"WEBP data is damaged or truncated \(its last \d+ bytes are zeros"):
+        decode_image(_zero_tail(lossless))
+    # Lossy WebP ends in a long run of zeros on a flat frame: that is data, not damage.
+    black = save(Image.new("RGB", (1500, 1000)), "WEBP", quality=90)
+    riff_end = 8 + int.from_bytes(black[4:8], "little")
+    assert len(black[:riff_end]) - len(black[:riff_end].rstrip(b"\0")) >= 64
+    assert not decode_image(black).pixels.any()
+
+
+@pytest.mark.parametrize("mode, subsampling, progressive", [
+    ("RGB", 2, False), ("RGB", 0, True), ("L", 0, False), ("CMYK", 2, False),
+])
+def test_a_jpeg_whose_tail_was_zero_filled_is_corrupt_though_its_end_marker_is_added(mode, subsampling,
+                                                                                     progressive):
+    """The end-marker repair holds only for data that ends at the marker: zeros decoded as blocks
+    leave "extraneous bytes before marker 0xd9" or a premature end, and simplejpeg cannot read
+    subsampled CMYK at all, so the run of zeros itself counts. The same files lacking only their
+    marker still decode whole."""
+    image = Image.fromarray(smooth_rgb(96, 128)).convert(mode)
+    data = save(image, "JPEG", quality=85, subsampling=subsampling, progressive=progressive)
+    np.testing.assert_array_equal(decode_image(data[:-2]).pixels, decode_image(data).pixels)
+    for fraction in (0.05, 0.3):
+        with pytest.raises(CorruptImageError, match="JPEG data is damaged or truncated"):
+            decode_image(_zero_tail(data, fraction))
 
 
 def test_damaged_png_header_is_corrupt():

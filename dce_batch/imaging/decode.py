@@ -38,15 +38,18 @@ from dce_batch.imaging.decoded import GRAY_8BIT_MODES, HIGH_DEPTH_MODES, Decoded
 from dce_batch.imaging.deep import decode_deep_colour, is_deep_colour
 from dce_batch.imaging.formats import DEFAULT_MAX_PIXELS, HEIF_ADVICE, SUPPORTED_TEXT
 from dce_batch.imaging.metadata import icc_colour_space, usable_icc
+from dce_batch.imaging.png_stream import png_stream_damage
 from dce_batch.imaging.repairs import close_jpeg, drop_damaged_png_chunks
 
 __all__ = ["decode_image"]
 
 logger = logging.getLogger(__name__)
 
-# What Pillow's decoders raise on damaged data. zlib.error comes from PNG/TIFF inflate.
+# What Pillow's decoders raise on damaged data. zlib.error comes from PNG/TIFF inflate;
+# RuntimeError from the AVIF plugin ("Failed to decode image: Missing or empty image item").
 _DECODE_ERRORS: Final = (
     OSError,
+    RuntimeError,
     SyntaxError,
     ValueError,
     EOFError,
@@ -89,7 +92,9 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         )
 
     # Damage that leaves every pixel intact is repaired as viewers do (dce_batch.imaging.repairs).
-    data = drop_damaged_png_chunks(close_jpeg(data))
+    closed = close_jpeg(data)
+    jpeg_was_closed = closed is not data
+    data = drop_damaged_png_chunks(closed)
 
     with warnings.catch_warnings():
         # Some plugins still consult Pillow's own limit (e.g. when seeking frames); its warning
@@ -105,10 +110,18 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         if is_deep_colour(image, fmt, data):
             return _in_srgb(decode_deep_colour(data, image, fmt))
         _load(image, fmt)
+        _check_zero_tail(data, fmt)
         if fmt in _JPEG_FORMATS:
-            _check_jpeg_data(data)
+            _check_jpeg_data(data, closed=jpeg_was_closed)
 
         mode = image.mode
+        if mode in ("P", "PA") and image.palette is None:
+            # A PNG of colour type 3 whose PLTE chunk is missing: Pillow decodes the indices and
+            # then fails an assertion when asked for the palette's transparency.
+            raise CorruptImageError(
+                f"{fmt} is a palette image without its palette (no PLTE chunk); the file is damaged, "
+                "re-export or re-download it"
+            )
         # EXIF and ICC are read after load() because PNG may store them after the pixel data.
         exif = image.info.get("exif") or None
         icc = image.info.get("icc_profile") or None
@@ -118,6 +131,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
             icc = None  # pixels are sRGB now; a CMYK profile cannot describe them
         pixels, alpha = _pil_to_arrays(image)
         del image
+        if fmt == "PNG":
+            _check_png_data(data, last_row_black=not pixels[-1].any())
 
     return _in_srgb(DecodedImage(
         pixels=pixels,
@@ -180,6 +195,12 @@ def _identify(data: bytes) -> ImageFile.ImageFile:
         except _DECODE_ERRORS as exc:
             if accept is None:
                 continue  # a guess by a plugin without a signature check, not evidence
+            if fmt == "AVIF" and "Not implemented" in str(exc):
+                # libavif's AVIF_RESULT_NOT_IMPLEMENTED: a feature this build does not decode.
+                raise UnsupportedImageError(
+                    f"is an AVIF that uses a feature this build's libavif does not decode ({exc}); "
+                    "convert it to JPEG, PNG or an 8/10-bit still AVIF (or, if it is one, the file is damaged)"
+                ) from exc
             raise CorruptImageError(
                 f"looks like {fmt} but its header cannot be read ({type(exc).__name__}: {exc}); "
                 "the file is damaged or truncated, re-export or re-download it"
@@ -282,6 +303,15 @@ def _load(image: ImageFile.ImageFile, fmt: str) -> None:
     except Image.DecompressionBombError as exc:
         # A plugin checked Pillow's global limit while decoding (e.g. GIF/TIFF internals).
         raise _pillow_limit_error(exc, fmt) from exc
+    except MemoryError as exc:
+        # Pillow's decoders refuse a row of more than 2**31 bits (a 100,000,000 x 1 RGB strip)
+        # with MemoryError before allocating anything; a worker short of memory says the same.
+        width, height = image.size
+        raise ImageTooLargeError(
+            f"{fmt} {width}x{height} could not be decoded: Pillow could not allocate memory for it "
+            "(rows of more than 2**31 bits, or a worker short of memory); convert it to a shape "
+            "of fewer pixels per row, or give the workers more memory"
+        ) from exc
     except _DECODE_ERRORS as exc:
         raise CorruptImageError(
             f"{fmt} data is damaged or truncated ({type(exc).__name__}: {exc}); "
@@ -303,7 +333,18 @@ _JPEG_DAMAGE_WARNINGS: Final = (
 )
 
 
-def _jpeg_damage(data: bytes) -> str | None:
+# Also damage in a file whose end marker was added (see _jpeg_damage): data that does not end
+# exactly at the marker, or garbage read as scan parameters.
+_JPEG_CLOSED_DAMAGE: Final = ("Corrupt JPEG data: ", "Invalid SOS parameters")
+_JPEG_EOI: Final = b"\xff\xd9"
+#: A run of zero bytes this long before an added end marker is a zero-filled tail.
+_ZERO_TAIL_BYTES: Final = 16
+#: The same at the end of an AVIF or lossless WebP (no encoder of either ended a test image with
+#: more than 2 zero bytes).
+_ZERO_TAIL_BYTES_COMPRESSED: Final = 64
+
+
+def _jpeg_damage(data: bytes, *, closed: bool = False) -> str | None:
     """libjpeg-turbo's warning if the JPEG's compressed data is cut short or damaged, else None.
 
     The data is entropy-decoded in full at 1/8 scale (the scaled IDCT skips most of the pixel
@@ -311,23 +352,65 @@ def _jpeg_damage(data: bytes) -> str | None:
     turns the first warning into an exception. A first warning that is not about the pixels ends
     the check without a finding. Bytes lost mid-scan from a progressive JPEG, and damage that
     leaves the decoder in step, show only as "extraneous bytes" or not at all: they pass.
+
+    ``closed``: the end marker was missing and :func:`~dce_batch.imaging.repairs.close_jpeg` added
+    it. The repair holds only for a file whose data then ends exactly at the marker. A file whose
+    tail was zero-filled (a preallocated download that stopped) decodes its zeros as garbage
+    blocks: it ends in a run of zero bytes, and libjpeg reports "N extraneous bytes before marker
+    0xd9" or a premature end where it can read the file (simplejpeg cannot read CMYK with
+    subsampled channels, so the run of zeros is checked first).
     """
+    if closed:
+        zeros = len(data) - len(_JPEG_EOI) - len(data[:-len(_JPEG_EOI)].rstrip(b"\0"))
+        if zeros >= _ZERO_TAIL_BYTES:
+            # Entropy-coded data holds a zero byte only after 0xFF: a run of them is no JPEG's.
+            return f"its last {zeros} bytes are zeros, and it has no end marker"
     try:
         simplejpeg.decode_jpeg(data, strict=True, min_height=1, min_width=1)
     except (ValueError, RuntimeError) as exc:
         message = str(exc).strip()
-        if message.startswith(_JPEG_DAMAGE_WARNINGS):
+        if message.startswith(_JPEG_DAMAGE_WARNINGS + (_JPEG_CLOSED_DAMAGE if closed else ())):
             return message
     return None
 
 
-def _check_jpeg_data(data: bytes) -> None:
+def _check_jpeg_data(data: bytes, *, closed: bool = False) -> None:
     """Raise :class:`CorruptImageError` for a JPEG that Pillow decoded with missing or wrong pixels."""
-    damage = _jpeg_damage(data)
+    damage = _jpeg_damage(data, closed=closed)
     if damage is not None:
         raise CorruptImageError(
             f"JPEG data is damaged or truncated (libjpeg: {damage}); part of the picture would be "
             "grey or garbled; re-export or re-download the file"
+        )
+
+
+def _check_zero_tail(data: bytes, fmt: str) -> None:
+    """Raise :class:`CorruptImageError` for an AVIF or lossless WebP whose data ends in a run of
+    zero bytes: a preallocated file whose download or copy stopped. Their decoders read the zeros
+    as data (a flat grey AVIF, garbage WebP pixels) without an error. Lossy WebP is left out: its
+    token data legitimately ends in long zero runs on flat images (147 bytes on a black 1500x1000
+    frame), and so are uncompressed formats, where zeros are black pixels."""
+    if fmt == "WEBP" and data[12:16] == b"VP8L":
+        body = data[:8 + int.from_bytes(data[4:8], "little")]  # the RIFF extent; padding after it is no damage
+    elif fmt == "AVIF":
+        body = data
+    else:
+        return
+    zeros = len(body) - len(body.rstrip(b"\0"))
+    if zeros >= _ZERO_TAIL_BYTES_COMPRESSED:
+        raise CorruptImageError(
+            f"{fmt} data is damaged or truncated (its last {zeros} bytes are zeros: the file was never "
+            "written to its end); the picture would be grey or garbled; re-export or re-download the file"
+        )
+
+
+def _check_png_data(data: bytes, *, last_row_black: bool) -> None:
+    """Raise :class:`CorruptImageError` for a PNG that Pillow decoded from incomplete data."""
+    damage = png_stream_damage(data, last_row_black=last_row_black)
+    if damage is not None:
+        raise CorruptImageError(
+            f"PNG data is damaged or truncated ({damage}); part of the picture would be black or "
+            "garbled; re-export or re-download the file"
         )
 
 
