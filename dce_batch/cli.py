@@ -284,6 +284,9 @@ def enhance_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Ar
     g.add_argument("--highlight-stretch", type=_unit, default=FinishConfig.highlight_stretch,
                    help="0..1: how much exposure lifts the highlights of dark scenes, which the curves compress "
                         "(smoothly, never past white; default %(default)s; 0 = none)")
+    g.add_argument("--colour", choices=["auto", "off"], default="auto",
+                   help="auto (default): take out the blue cast the shipped Zero-DCE weights add (measured on real "
+                        "pairs); off: keep the curves' colour")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
                    help="network precision (default auto: int8 on x86 CPUs, bf16 on GPUs and on CPUs that compute it "
                         "natively, fp32 elsewhere). fp16 needs a GPU, int8 an x86 CPU; bf16 is refused where the CPU "
@@ -349,7 +352,7 @@ def enhance_run(args: argparse.Namespace) -> int:
             variant=args.model_variant, scale=args.scale, format=args.format, quality=args.quality,
             strength=args.strength, precision=args.precision, num_actors=args.num_actors, denoise=args.denoise,
             denoise_strength=args.denoise_strength, exposure=args.exposure, base=args.base,
-            highlight_stretch=args.highlight_stretch, gpus_per_actor=args.gpus_per_actor,
+            highlight_stretch=args.highlight_stretch, colour=args.colour, gpus_per_actor=args.gpus_per_actor,
             cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size,
             s3=_s3_options(args), overwrite=args.overwrite,
             allow_output_inside_input=args.allow_output_inside_input,

@@ -45,6 +45,9 @@ def main() -> None:
     parser.add_argument("--previous", type=Path,
                         help="a folder of an earlier version's outputs (PNG named after each input's stem, "
                              "in a subfolder named after the input's folder, or directly in it): the third column")
+    parser.add_argument("--previous-config", metavar="KEY=VALUE,...",
+                        help="instead, the third column is the default with these finishing settings, as "
+                             "dce-batch evaluate's --config takes them (e.g. colour=off)")
     args = parser.parse_args()
 
     import torch
@@ -57,7 +60,13 @@ def main() -> None:
     shipped = load_weights("zerodce_sice_v1")
     network_alone = Enhancer(shipped, InferenceConfig(device="cpu", scale=1))
     default = Enhancer(shipped, InferenceConfig(device="cpu", finish=FinishConfig()))  # the job's default
-    columns = ["input", "Zero-DCE (authors)", "previous version" if args.previous else "network alone", "this version"]
+    if args.previous_config:
+        from dce_batch.evaluation.evaluate import parse_configuration
+
+        finish = parse_configuration(f"previous:{args.previous_config}").finish
+        network_alone = Enhancer(shipped, InferenceConfig(device="cpu", finish=finish))
+    third = "previous version" if args.previous or args.previous_config else "network alone"
+    columns = ["input", "Zero-DCE (authors)", third, "this version"]
     rows = []
     for path in args.images:
         low = _read(path, args.process_side)

@@ -131,7 +131,7 @@ def test_parse_configurations():
 
 
 @pytest.mark.parametrize("spec, message", [
-    (":weights=a", "no label"), ("x:colour=1", "unknown keys"), ("x:strength", "key=value"),
+    (":weights=a", "no label"), ("x:colour=1", "colour must be"), ("x:tint=1", "unknown keys"), ("x:strength", "key=value"),
     ("x:strength=lots", "not a number"), ("x:exposure=2", "exposure"), ("x:folder=/nonexistent/dir", "does not exist"),
     ("x:chroma_refine_radius=2.5", "whole number"), ("x:chroma_refine_radius=99", "0..32"),
     ("x:precision=int4", "precision must be one of"), ("x:matched_noise_level=-1", "matched_noise_level"),

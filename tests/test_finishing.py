@@ -571,11 +571,58 @@ def test_params_copy_is_a_mosaic_of_full_resolution_patches():
     {"denoise": "maybe"}, {"denoise_strength": -1.0}, {"exposure": "bright"}, {"exposure": 1.5},
     {"exposure": 0.0}, {"max_exposure_boost": 0.5}, {"radius": 0}, {"luma_noise_factor": -1.0},
     {"chroma_refine_radius": -1}, {"chroma_refine_radius": 33}, {"noise_gain": "mean"},
-    {"highlight_stretch": -0.1}, {"highlight_stretch": 1.5},
+    {"highlight_stretch": -0.1}, {"highlight_stretch": 1.5}, {"colour": "warm"},
+    {"colour_exponents": (1.0, 1.0)}, {"colour_exponents": (1.0, 1.0, 3.0)},
 ])
 def test_invalid_settings_are_config_errors(kwargs):
     with pytest.raises(ConfigError):
         FinishConfig(**kwargs)
+
+
+def test_the_colour_exponents_take_out_the_declared_cast_at_mid_grey_and_keep_black_and_white():
+    """A plain gain turned white highlights yellow: the power keeps 0 and 1 and gives the gain
+    that takes the cast out in linear light at mid-grey."""
+    from dce_batch.enhance.settings import colour_exponents_for
+
+    assert colour_exponents_for(None) == (1.0, 1.0, 1.0)
+    bias = (-0.017, 0.172)  # log R/G, log B/G: the output is bluer and a little less red
+    exponents = colour_exponents_for(bias)
+    assert exponents[0] == 1.0 and 1.0 < exponents[1] < exponents[2]  # R the largest gain: unchanged
+    linear_gains = np.exp(-np.array([bias[0], 0.0, bias[1]]))
+    linear_gains /= linear_gains.max()
+    mid = 0.5 ** np.array(exponents)  # where 0.5 goes
+    srgb_to_linear = lambda v: ((v + 0.055) / 1.055) ** 2.4  # noqa: E731 - sRGB above its linear toe
+    # sRGB's curve is a power of 1/2.4 only above its toe: at mid-grey the gain comes within 2.5 %.
+    np.testing.assert_allclose(srgb_to_linear(mid) / srgb_to_linear(0.5), linear_gains, rtol=0.025)
+    values = torch.tensor([0.0, 1.0]).view(1, 1, 1, 2).expand(1, 3, 1, 2)
+    config = FinishConfig(denoise="off", exposure="off", colour_exponents=exponents)
+    low = torch.full_like(values, 0.5)  # not black: the black rule stays out of this
+    params = torch.zeros(1, NUM_PARAMS)
+    params[:, PARAM_TONE] = 1.0
+    finished = finish_tiles(low, values, params, config)
+    assert finished[0, :, 0, 0].tolist() == [0.0, 0.0, 0.0] and finished[0, :, 0, 1].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_the_job_takes_the_shipped_network_s_cast_out_of_a_grey_image_and_colour_off_keeps_it():
+    from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
+    from dce_batch.enhance.registry import declared_colour_bias
+    from dce_batch.enhance.weights import load_weights
+
+    weights = load_weights(None)
+    assert declared_colour_bias(weights.meta.name, weights.meta.sha256) == (-0.017, 0.172)
+    assert declared_colour_bias(weights.meta.name, "0" * 64) is None  # other tensors under the same name
+    fast = load_weights("zerodcepp_sice_v2")  # its cast is not taken out (it lost on the simulated levels)
+    assert declared_colour_bias(fast.meta.name, fast.meta.sha256) is None
+    assert Enhancer(fast, InferenceConfig(finish=FinishConfig())).finishing.colour_exponents == (1.0, 1.0, 1.0)
+    grey = np.full((64, 64, 3), 128, np.uint8)
+    spread = {}
+    for colour in ("auto", "off"):
+        enhancer = Enhancer(weights, InferenceConfig(precision="fp32", finish=FinishConfig(colour=colour)))
+        mean = enhancer.enhance(grey).pixels.reshape(-1, 3).mean(axis=0)
+        spread[colour] = float(mean[2] - mean[0])  # blue over red
+        white = enhancer.enhance(np.full((16, 16, 3), 255, np.uint8)).pixels
+        assert int(white.min()) == 255
+    assert spread["off"] > 18 and spread["auto"] < spread["off"] - 4
 
 
 def test_disabled_finishing_reports_itself():

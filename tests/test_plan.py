@@ -246,6 +246,23 @@ def test_the_highlight_stretch_is_recorded_where_it_acts(tmp_path):
     assert plan.skipped.num_rows == 1
 
 
+def test_colour_off_is_recorded_and_refused_under_the_default(tmp_path):
+    """``--colour off`` keeps the curves' colour, other pixels: recorded, and refused under the
+    default naming it; ``auto`` is the method's default and not recorded."""
+    from types import SimpleNamespace
+
+    out = tmp_path / "out"
+    meta = SimpleNamespace(sha256="m" * 64, variant="full")
+    default = settings_for_run(EnhanceConfig(input="/in", output=str(out)), meta, "PNG")
+    off = settings_for_run(EnhanceConfig(input="/in", output=str(out), colour="off"), meta, "PNG")
+    assert "colour" not in default["finishing"] and off["finishing"]["colour"] == "off"
+    done = rows_to_table([_done_row("/in/a.png", "a.png", lambda fmt: off)])
+    with pytest.raises(ConfigError, match="finishing"):
+        _plan(tmp_path, _inputs("a.png"), done=done, existing=["a.png"], settings_for=lambda fmt: default)
+    with pytest.raises(ConfigError, match="colour"):
+        EnhanceConfig(input="/in", output=str(out), colour="warm")
+
+
 def test_describe_settings_change():
     a = json.dumps({"strength": 1.0, "quality": 95})
     b = json.dumps({"strength": 0.3, "quality": 95})

@@ -2,7 +2,7 @@
 
 ``finishing._keep_blacks`` scales the output to 0 where the brightest value of the input's 7 x 7
 neighbourhood is at or under a floor (2.5 8-bit steps) and keeps it from a second threshold on
-(4 steps). This script runs the default finishing (``finish_image`` with ``FinishConfig()``, the
+(4 steps). This script runs the default finishing (``finish_image`` with ``job_finish()``, the
 network's output cached per image) with those thresholds moved, or with the rule off, and prints
 PSNR / SSIM against the references, so the rule's cost on real and simulated pairs sits beside
 what it buys (the bundled retina sample's black surround, ``tests/test_finishing.py``). The
@@ -39,8 +39,9 @@ def finished(items: list[dict], thresholds: tuple[float, float] | None) -> tuple
     """Mean PSNR and SSIM of the default finishing with the black thresholds set to ``thresholds``."""
     import torch
 
+    from compare_exposure_models import job_finish
+
     from dce_batch.enhance import finishing
-    from dce_batch.enhance.settings import FinishConfig
     from dce_batch.evaluation.evaluate import paired_metrics, quantize
 
     saved = finishing._keep_blacks, finishing._BLACK_FLOOR, finishing._BLACK_FULL
@@ -53,7 +54,7 @@ def finished(items: list[dict], thresholds: tuple[float, float] | None) -> tuple
         for item in items:
             low, out = as_tensors(item)
             with torch.inference_mode():
-                output = finishing.finish_image(low, out, FinishConfig())[0].permute(1, 2, 0).numpy()
+                output = finishing.finish_image(low, out, job_finish())[0].permute(1, 2, 0).numpy()
             scores.append(paired_metrics(item["ref"], quantize(output)))
     finally:
         finishing._keep_blacks, finishing._BLACK_FLOOR, finishing._BLACK_FULL = saved

@@ -3,7 +3,7 @@
 ``fit_exposure.py`` scores a model by how well it predicts a reference's mean luma; this script
 scores what a user sees: PSNR / SSIM of the finished output. Each model gives every image a
 target mean luma, the job's finishing (``finish_image``, network output cached per image) is run
-with that target forced (``FinishConfig(exposure=target)``, the night rule applied as
+with that target forced (``job_finish(exposure=target)``, the night rule applied as
 ``scene_target`` applies it), and the output is compared with the reference.
 
 * **SICE's real brackets** (``sice_sequences.py --pairs DIR``): every model is fitted with one
@@ -81,6 +81,15 @@ def network():
     return Enhancer(load_weights(None), InferenceConfig())
 
 
+def job_finish(**settings):
+    """``FinishConfig(**settings)`` as the job runs it with the shipped DCE-Net: with the colour
+    cast its weights declare taken out (``Enhancer.for_these_weights``)."""
+    from dce_batch.enhance.registry import shipped_weights
+    from dce_batch.enhance.settings import FinishConfig, colour_exponents_for
+
+    return FinishConfig(**settings, colour_exponents=colour_exponents_for(shipped_weights("zerodce_sice_v1").colour_bias))
+
+
 def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sice_pairs", type=Path, help="folder written by sice_sequences.py --pairs")
     parser.add_argument("simulated", type=Path, nargs="?", help="folder of simulated levels (LEVEL/low, LEVEL/high)")
@@ -118,7 +127,6 @@ def finished(item: dict, target: float) -> dict:
 
     from dce_batch.enhance.exposure import TARGET_MAX, TARGET_MIN, night_weight
     from dce_batch.enhance.finishing import finish_image, scene_copy
-    from dce_batch.enhance.settings import FinishConfig
     from dce_batch.evaluation.evaluate import paired_metrics, quantize
 
     low, out = as_tensors(item)
@@ -126,7 +134,7 @@ def finished(item: dict, target: float) -> dict:
         room = min(max(target, TARGET_MIN), TARGET_MAX)
         weight = float(night_weight(scene_copy(low))[0])
         forced = room + weight * (TARGET_MIN - room)
-        output = quantize(finish_image(low, out, FinishConfig(exposure=forced))[0].permute(1, 2, 0).numpy())
+        output = quantize(finish_image(low, out, job_finish(exposure=forced))[0].permute(1, 2, 0).numpy())
     return {**paired_metrics(item["ref"], output), "mean": float((output @ LUMA).mean()), "output": output}
 
 
@@ -137,12 +145,11 @@ def check_forced_target(item: dict) -> float:
 
     from dce_batch.enhance.exposure import CURVES_WEIGHT, TARGET_INTERCEPT
     from dce_batch.enhance.finishing import finish_image
-    from dce_batch.enhance.settings import FinishConfig
     from dce_batch.evaluation.evaluate import quantize
 
     low, out = as_tensors(item)
     with torch.inference_mode():
-        default = quantize(finish_image(low, out, FinishConfig())[0].permute(1, 2, 0).numpy())
+        default = quantize(finish_image(low, out, job_finish())[0].permute(1, 2, 0).numpy())
     forced = finished(item, TARGET_INTERCEPT + CURVES_WEIGHT * item["m"])
     return float(np.abs(default - forced["output"]).max() * 255)
 

@@ -40,7 +40,8 @@ from dce_batch.enhance.precision import (
     resolve_precision,
 )
 from dce_batch.enhance.quantization import quantize_curve_head
-from dce_batch.enhance.settings import check_inference_settings, resolve_scale
+from dce_batch.enhance.registry import declared_colour_bias
+from dce_batch.enhance.settings import check_inference_settings, colour_exponents_for, resolve_scale
 from dce_batch.enhance.tiling import Window, balanced_grid, window_grid
 from dce_batch.enhance.upsampling import source_positions, upsample_rows_align_corners
 from dce_batch.enhance.weights import LoadedWeights
@@ -135,6 +136,8 @@ class Enhancer:
         self._head = quantize_curve_head(self.model) if config.precision == "int8" else self.model.head
         # Halo of real pixels around each window (an attribute so a test can show 6 is not enough).
         self.halo = RECEPTIVE_FIELD_RADIUS
+        # What the finishing's colour="auto" applies: the cast these weights are known to add.
+        self.colour_exponents = colour_exponents_for(declared_colour_bias(weights.meta.name, weights.meta.sha256))
 
     @property
     def variant(self) -> str:
@@ -195,7 +198,11 @@ class Enhancer:
         finish = self.config.finish
         if finish is None or not finish.enabled or self.config.strength == 0.0:
             return None
-        return finish
+        return self.for_these_weights(finish)
+
+    def for_these_weights(self, finish: FinishConfig) -> FinishConfig:
+        """``finish`` with what these weights decide in it: the colour cast ``colour="auto"`` takes out."""
+        return replace(finish, colour_exponents=self.colour_exponents) if finish.colour == "auto" else finish
 
     def _finish_params(self, pixels: np.ndarray, stage: np.ndarray, finish: FinishConfig) -> torch.Tensor:
         """Per-image statistics from small copies of the input and the network's output (1 x P)."""

@@ -40,6 +40,7 @@ __all__ = [
     "SHIPPED_WEIGHTS",
     "ShippedWeights",
     "WeightsMeta",
+    "declared_colour_bias",
     "default_weights_for",
     "is_safetensors",
     "read_header_metadata",
@@ -68,6 +69,13 @@ class ShippedWeights:
             (``ZeroDCE_Weights.SICE_V1``): the training data and a version.
         default: the variant's default: what ``weights=None`` and no ``--weights`` load, and the
             enum's ``DEFAULT``. Exactly one per variant.
+        colour_bias: the network's mean colour cast against well-exposed references of the same
+            scenes, as (log R/G, log B/G) of its output's mean linear colour minus the reference's;
+            the finishing takes it out (``FinishConfig.colour``). Measured by
+            ``benchmarks/quality/measure_colour_bias.py`` on the 217 real pairs of SICE's brackets
+            (``sice_sequences.py --pairs``), and declared only where taking it out gained on those
+            and on the simulated LOL-like levels of Kodak24 alike (benchmarks/quality/README.md,
+            "The network's colour cast").
     """
 
     name: str
@@ -75,6 +83,7 @@ class ShippedWeights:
     variant: str
     tag: str
     default: bool = False
+    colour_bias: tuple[float, float] | None = None
 
     @property
     def sidecar_file(self) -> str:
@@ -105,7 +114,9 @@ class ShippedWeights:
 #: Every weights file shipped in ``dce_batch/weights/``.
 SHIPPED_WEIGHTS: tuple[ShippedWeights, ...] = (
     ShippedWeights(name="zerodce_sice_v1", file="zerodce_sice_v1.safetensors", variant="full", tag="SICE_V1",
-                   default=True),
+                   default=True, colour_bias=(-0.017, 0.172)),
+    # Its cast (+0.065, +0.255 on SICE) is not declared: taking it out gained 0.5 dB on SICE's real
+    # pairs and lost 0.3-0.4 dB on every simulated level (benchmarks/quality/README.md).
     ShippedWeights(name="zerodcepp_sice_v2", file="zerodcepp_sice_v2.safetensors", variant="fast", tag="SICE_V2",
                    default=True),
 )
@@ -122,6 +133,15 @@ def shipped_weights(name: str) -> ShippedWeights:
         if shipped.name == name:
             return shipped
     raise WeightsError(f"no shipped weights named {name!r}; shipped: {sorted(PACKAGED_WEIGHTS)}")
+
+
+def declared_colour_bias(name: str, sha256: str) -> tuple[float, float] | None:
+    """The colour bias declared for the shipped weights ``name`` (see :class:`ShippedWeights`), if
+    these are they: weights trained again under the same name have other tensors and none."""
+    for shipped in SHIPPED_WEIGHTS:
+        if shipped.name == name and shipped.colour_bias is not None:
+            return shipped.colour_bias if shipped.sidecar()["meta"]["sha256"] == sha256 else None
+    return None
 
 
 def default_weights_for(variant: str) -> str:

@@ -172,14 +172,14 @@ class EvalConfiguration:
 
 
 _FINISH_KEYS = {"denoise", "denoise_strength", "exposure", "chroma_refine_radius", "matched_noise_level", "noise_gain",
-                "highlight_stretch"}
+                "highlight_stretch", "colour"}
 
 
 def parse_configuration(spec: str) -> EvalConfiguration:
     """``LABEL[:key=value,...]``. Keys: ``weights``, ``strength``, ``finish=on|off``, ``denoise``
     (auto/fast/off), ``denoise_strength``, ``exposure`` (auto/off/0.45), ``chroma_refine_radius`` (0: one
     chroma pass), ``matched_noise_level`` (``inf``: no block matching), ``noise_gain`` (slope/ratio),
-    ``highlight_stretch`` (0: highlights as the curves leave them), ``folder``, ``scale``,
+    ``highlight_stretch`` (0: highlights as the curves leave them), ``colour`` (auto/off), ``folder``, ``scale``,
     ``precision`` (as ``--precision``).
     The label ``input`` alone is the unenhanced input. Example:
     ``authors:weights=../shared/reference_weights/zero_dce_epoch99.pth,finish=off``.
@@ -230,6 +230,8 @@ def parse_configuration(spec: str) -> EvalConfiguration:
             overrides["noise_gain"] = values["noise_gain"]
         if "highlight_stretch" in values:
             overrides["highlight_stretch"] = _number(values["highlight_stretch"], spec)
+        if "colour" in values:
+            overrides["colour"] = values["colour"]
         finish = replace(finish, **overrides)
     precision = values.get("precision", "auto")
     if precision not in PRECISIONS:
@@ -370,7 +372,10 @@ class _Runner:
             return _read(path, max_side)
         if self.key not in network_cache:
             network_cache[self.key] = self.enhancer.enhance(pixels).pixels
-        return apply_finishing(self.config.finish, pixels, network_cache[self.key], self.enhancer.device)
+        finish = self.config.finish
+        if finish is not None:
+            finish = self.enhancer.for_these_weights(finish)
+        return apply_finishing(finish, pixels, network_cache[self.key], self.enhancer.device)
 
 
 def apply_finishing(finish: FinishConfig | None, low: np.ndarray, enhanced: np.ndarray, device) -> np.ndarray:

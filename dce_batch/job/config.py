@@ -61,6 +61,7 @@ class EnhanceConfig:
     denoise: str = "auto"  # noise-aware denoising after the curves: auto | fast | off
     denoise_strength: float = 1.0
     exposure: float | str = "auto"  # scene-fitted exposure: auto | off | a target mean brightness
+    colour: str = "auto"  # take out the network's known colour cast: auto | off
     highlight_stretch: float = FinishConfig.highlight_stretch
     base: str | None = None  # list-file inputs: name outputs relative to this URI
     num_actors: tuple[int, int] | None = None
@@ -177,7 +178,8 @@ class EnhanceConfig:
 
     def finish_config(self) -> FinishConfig:
         return FinishConfig(denoise=self.denoise, denoise_strength=self.denoise_strength,  # type: ignore[arg-type]
-                            exposure=self.exposure, highlight_stretch=self.highlight_stretch)
+                            exposure=self.exposure, highlight_stretch=self.highlight_stretch,
+                            colour=self.colour)  # type: ignore[arg-type]
 
     def encode_options(self) -> EncodeOptions:
         return EncodeOptions(format=self.format, quality=self.quality)

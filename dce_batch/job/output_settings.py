@@ -63,6 +63,8 @@ def settings_for_run(config, meta, output_format: str) -> dict[str, Any]:
     # Recorded only where it acts, so that outputs whose exposure does not lift highlights match.
     if finishing and finish.exposure_target is not None and finish.highlight_stretch > 0:
         finishing["highlight_stretch"] = finish.highlight_stretch
+    if finishing and finish.colour != "auto":  # auto is the method's default (the weights say what it does)
+        finishing["colour"] = finish.colour
     return output_settings(model_sha256=meta.sha256, variant=meta.variant,
                            scale=resolve_scale(meta.variant, config.scale), strength=config.strength,
                            precision=config.precision, format=config.format, quality=config.quality,
