@@ -363,7 +363,8 @@ def _jpeg_damage(data: bytes, *, closed: bool = False) -> str | None:
     if closed:
         zeros = len(data) - len(_JPEG_EOI) - len(data[:-len(_JPEG_EOI)].rstrip(b"\0"))
         if zeros >= _ZERO_TAIL_BYTES:
-            # Entropy-coded data holds a zero byte only after 0xFF: a run of them is no JPEG's.
+            # Scan data seldom ends in 16 zero bytes (the encoder pads its last byte with ones); a
+            # zero-filled tail always does.
             return f"its last {zeros} bytes are zeros, and it has no end marker"
     try:
         simplejpeg.decode_jpeg(data, strict=True, min_height=1, min_width=1)
