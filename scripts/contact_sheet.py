@@ -65,7 +65,7 @@ def main() -> None:
 
         finish = parse_configuration(f"previous:{args.previous_config}").finish
         network_alone = Enhancer(shipped, InferenceConfig(device="cpu", finish=finish))
-    third = "previous version" if args.previous or args.previous_config else "network alone"
+    third = args.previous_config or ("previous version" if args.previous else "network alone")
     columns = ["input", "Zero-DCE (authors)", third, "this version"]
     rows = []
     for path in args.images:

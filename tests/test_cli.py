@@ -320,8 +320,8 @@ from dce_batch.job.signals import StopRequest
 
 StopRequest().install()
 print("ready", flush=True)
-# OpenSSL's most iterations: about 8 minutes on this project's test machines, so that without the
-# watchdog the test's 30 s run out long before the handlers could run.
+# OpenSSL's most iterations: many minutes of work, so that without the watchdog the test's 30 s run
+# out long before the handlers could run.
 hashlib.pbkdf2_hmac("sha256", b"x", b"y", 2**31 - 1)
 print("returned", flush=True)
 """

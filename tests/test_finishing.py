@@ -24,7 +24,7 @@ from dce_batch.enhance.finishing import (
     parse_exposure,
     scene_copy,
 )
-from dce_batch.enhance.exposure import TARGET_MAX, TARGET_MIN, scene_target
+from dce_batch.enhance.exposure import TARGET_MAX, TARGET_MIN, scene_target, srgb_to_linear
 from dce_batch.enhance.filters import luma
 from dce_batch.enhance.finishing import _SHADOW_GAIN
 from dce_batch.enhance.settings import RATIO_FINISH_METHODS
@@ -590,10 +590,9 @@ def test_the_colour_exponents_take_out_the_declared_cast_at_mid_grey_and_keep_bl
     assert exponents[0] == 1.0 and 1.0 < exponents[1] < exponents[2]  # R the largest gain: unchanged
     linear_gains = np.exp(-np.array([bias[0], 0.0, bias[1]]))
     linear_gains /= linear_gains.max()
-    mid = 0.5 ** np.array(exponents)  # where 0.5 goes
-    srgb_to_linear = lambda v: ((v + 0.055) / 1.055) ** 2.4  # noqa: E731 - sRGB above its linear toe
+    mid = srgb_to_linear(0.5 ** torch.tensor(exponents, dtype=torch.float64)).numpy()  # where 0.5 goes
     # sRGB's curve is a power of 1/2.4 only above its toe: at mid-grey the gain comes within 2.5 %.
-    np.testing.assert_allclose(srgb_to_linear(mid) / srgb_to_linear(0.5), linear_gains, rtol=0.025)
+    np.testing.assert_allclose(mid / float(srgb_to_linear(torch.tensor(0.5))), linear_gains, rtol=0.025)
     values = torch.tensor([0.0, 1.0]).view(1, 1, 1, 2).expand(1, 3, 1, 2)
     config = FinishConfig(denoise="off", exposure="off", colour_exponents=exponents)
     low = torch.full_like(values, 0.5)  # not black: the black rule stays out of this

@@ -1261,6 +1261,15 @@ def test_a_png_whose_tail_was_zero_filled_is_corrupt_not_garbage(mode, interlace
         decode_image(_zero_tail(data))
 
 
+def test_a_zero_tail_is_counted_back_across_reads_of_64_kb():
+    from dce_batch.imaging.decode import _trailing_zero_bytes
+
+    data = b"\x01" + bytes(200_000) + b"\x02\x00"
+    assert _trailing_zero_bytes(data, len(data)) == 1
+    assert _trailing_zero_bytes(data, len(data) - 2) == 200_000  # three 64 KB reads and a partial one
+    assert _trailing_zero_bytes(bytes(70_000), 70_000) == 70_000 and _trailing_zero_bytes(b"", 0) == 0
+
+
 def test_a_palette_png_without_its_palette_is_corrupt():
     """Colour type 3 with no PLTE chunk: Pillow decodes the indices, then fails an assertion."""
     indices = np.arange(64 * 4, dtype=np.uint8).reshape(4, 64) % 7

@@ -466,8 +466,6 @@ def test_cli_job_rides_out_a_storage_outage_that_outlasts_every_request_s_attemp
     _check_job_output(s3_server, s3_bucket, inputs, s3_server.s3_options())
 
 
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method, pattern, request_name", [
     ("HEAD", r"/raw$", "checking INPUT"),  # the run's first request

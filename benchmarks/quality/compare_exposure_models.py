@@ -26,6 +26,7 @@ instead of an offset, so dark scenes are lifted less).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -70,8 +71,9 @@ def as_tensors(item: dict):
     return tuple(torch.from_numpy(np.ascontiguousarray(item[key])).permute(2, 0, 1)[None] for key in ("low", "out"))
 
 
+@functools.lru_cache(maxsize=1)
 def network():
-    """The shipped DCE-Net, alone (no finishing), on two threads."""
+    """The shipped DCE-Net, alone (no finishing), on two threads (one, built once)."""
     import torch
 
     from dce_batch.enhance.enhancer import Enhancer, InferenceConfig
@@ -83,11 +85,10 @@ def network():
 
 def job_finish(**settings):
     """``FinishConfig(**settings)`` as the job runs it with the shipped DCE-Net: with the colour
-    cast its weights declare taken out (``Enhancer.for_these_weights``)."""
-    from dce_batch.enhance.registry import shipped_weights
-    from dce_batch.enhance.settings import FinishConfig, colour_exponents_for
+    cast its weights declare taken out."""
+    from dce_batch.enhance.settings import FinishConfig
 
-    return FinishConfig(**settings, colour_exponents=colour_exponents_for(shipped_weights("zerodce_sice_v1").colour_bias))
+    return network().for_these_weights(FinishConfig(**settings))
 
 
 def add_pair_arguments(parser: argparse.ArgumentParser) -> None:

@@ -290,7 +290,7 @@ def _exposure_exponent(luma: torch.Tensor, target: torch.Tensor, max_boost: floa
 
 def _exposure_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, target: float | None,
                      max_boost: float, highlight_stretch: float, scene: torch.Tensor,
-                     colour: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     corrected_small: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The exposure exponent and highlight stretch per image, fitted to the scene.
 
     * ``target`` None (``--exposure auto``): each image's target mean luma is the brightness its
@@ -301,9 +301,9 @@ def _exposure_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, targ
     * The highlight stretch (``highlight_stretch``, see :func:`_exposure_curve`) is scaled by the
       same strength, and the exponent is fitted with it in place, so the mean still reaches
       the target: midtones and shadows are lifted less, and so is their noise.
-    * ``colour`` (1 x 3 x 1 x 1, the colour correction's exponents): the exponent is fitted to
-      the corrected output, the scene's target still read from the curves' own brightness, so
-      taking out a colour cast leaves the exposure's level where it was.
+    * ``corrected_small``: ``enhanced_small`` with the colour cast taken out (:func:`_take_out_cast`),
+      when that changes it. The exponent is fitted to it, the scene's target still read from the
+      curves' own brightness, so taking out a colour cast leaves the exposure's level where it was.
     """
     luma_in = luma(low_small)
     dark = ((_DARK_INPUT_END - luma_in.mean(dim=(1, 2, 3))) / (_DARK_INPUT_END - _DARK_INPUT_FULL)).clamp(0.0, 1.0)
@@ -312,18 +312,20 @@ def _exposure_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, targ
     highlights = strength * highlight_stretch
     luma_out = luma(enhanced_small)
     targets = scene_target(scene, luma_out.mean(dim=(1, 2, 3))) if target is None else torch.full_like(dark, target)
-    if colour is not None:
-        luma_out = luma(enhanced_small.pow(colour))
+    if corrected_small is not None:
+        luma_out = luma(corrected_small)
     exponent = _exposure_exponent(luma_out, targets, max_boost, highlights)
     return 1.0 - strength * (1.0 - exponent), highlights
 
 
-def _colour_exponents(config: FinishConfig, like: torch.Tensor) -> torch.Tensor | None:
-    """The colour correction's exponents as a 1 x 3 x 1 x 1 tensor on ``like``'s device, or None
-    when it changes nothing (``colour="off"``, or weights that declare no cast)."""
-    if config.colour == "off" or all(e == 1.0 for e in config.colour_exponents):
-        return None
-    return torch.tensor(config.colour_exponents, dtype=torch.float32, device=like.device).view(1, 3, 1, 1)
+def _take_out_cast(x: torch.Tensor, config: FinishConfig) -> torch.Tensor:
+    """``x`` (N x 3 x H x W in [0, 1]; changed in place and returned) with the network's colour
+    cast taken out: each channel to its power in ``config.colour_exponents``. One scalar power
+    per channel that needs one is a third faster than a broadcast tensor of powers."""
+    for channel, exponent in enumerate(config.colour_exponents):
+        if exponent != 1.0:
+            x[:, channel].pow_(exponent)
+    return x
 
 
 @torch.inference_mode()
@@ -347,7 +349,8 @@ def finish_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, config:
         target = None if config.exposure == "auto" else float(config.exposure)
         params[:, PARAM_TONE], params[:, PARAM_HIGHLIGHTS] = _exposure_params(
             low_small, enhanced_small, target, config.max_exposure_boost, config.highlight_stretch,
-            low_small if scene is None else scene.float(), _colour_exponents(config, enhanced_small))
+            low_small if scene is None else scene.float(),
+            _take_out_cast(enhanced_small.clone(), config) if config.takes_out_cast else None)
     if config.denoising:
         y, cbcr = _to_ycbcr(low_small)
         mean, rms = _local_detail(torch.cat((y, cbcr), dim=1))  # once, for both estimates
@@ -385,10 +388,8 @@ def finish_tiles(low: torch.Tensor, enhanced: torch.Tensor, params: torch.Tensor
         raise ValueError(f"expected params of shape ({low.shape[0]}, {NUM_PARAMS}), got {tuple(params.shape)}")
     params = params.to(enhanced.device, torch.float32)
     out = enhanced.float().clamp(0.0, 1.0)  # a new tensor: the colour's powers may work in place
-    if config.colour != "off":
-        for channel, exponent in enumerate(config.colour_exponents):
-            if exponent != 1.0:  # one scalar power per channel: a third faster than a broadcast one
-                out[:, channel].pow_(exponent)
+    if config.takes_out_cast:
+        _take_out_cast(out, config)
     if config.exposure_target is not None:
         out = _tone(out, params[:, PARAM_TONE], params[:, PARAM_HIGHLIGHTS])
     if config.denoising:

@@ -115,8 +115,8 @@ class ShippedWeights:
 SHIPPED_WEIGHTS: tuple[ShippedWeights, ...] = (
     ShippedWeights(name="zerodce_sice_v1", file="zerodce_sice_v1.safetensors", variant="full", tag="SICE_V1",
                    default=True, colour_bias=(-0.017, 0.172)),
-    # Its cast (+0.065, +0.255 on SICE) is not declared: taking it out gained 0.5 dB on SICE's real
-    # pairs and lost 0.3-0.4 dB on every simulated level (benchmarks/quality/README.md).
+    # Its cast (+0.065, +0.255 on SICE) is not declared: taking it out gained 0.50 dB on SICE's real
+    # pairs and lost 0.27-0.43 dB on every simulated level (benchmarks/quality/README.md).
     ShippedWeights(name="zerodcepp_sice_v2", file="zerodcepp_sice_v2.safetensors", variant="fast", tag="SICE_V2",
                    default=True),
 )

@@ -39,7 +39,7 @@ from dce_batch.imaging.deep import decode_deep_colour, is_deep_colour
 from dce_batch.imaging.formats import DEFAULT_MAX_PIXELS, HEIF_ADVICE, SUPPORTED_TEXT
 from dce_batch.imaging.metadata import icc_colour_space, usable_icc
 from dce_batch.imaging.png_stream import png_stream_damage
-from dce_batch.imaging.repairs import close_jpeg, drop_damaged_png_chunks
+from dce_batch.imaging.repairs import JPEG_EOI, close_jpeg, drop_damaged_png_chunks
 
 __all__ = ["decode_image"]
 
@@ -336,7 +336,6 @@ _JPEG_DAMAGE_WARNINGS: Final = (
 # Also damage in a file whose end marker was added (see _jpeg_damage): data that does not end
 # exactly at the marker, or garbage read as scan parameters.
 _JPEG_CLOSED_DAMAGE: Final = ("Corrupt JPEG data: ", "Invalid SOS parameters")
-_JPEG_EOI: Final = b"\xff\xd9"
 #: A run of zero bytes this long before an added end marker is a zero-filled tail.
 _ZERO_TAIL_BYTES: Final = 16
 #: The same at the end of an AVIF or lossless WebP (no encoder of either ended a test image with
@@ -361,7 +360,7 @@ def _jpeg_damage(data: bytes, *, closed: bool = False) -> str | None:
     subsampled channels, so the run of zeros is checked first).
     """
     if closed:
-        zeros = len(data) - len(_JPEG_EOI) - len(data[:-len(_JPEG_EOI)].rstrip(b"\0"))
+        zeros = _trailing_zero_bytes(data, len(data) - len(JPEG_EOI))
         if zeros >= _ZERO_TAIL_BYTES:
             # Scan data seldom ends in 16 zero bytes (the encoder pads its last byte with ones); a
             # zero-filled tail always does.
@@ -392,17 +391,29 @@ def _check_zero_tail(data: bytes, fmt: str) -> None:
     token data legitimately ends in long zero runs on flat images (147 bytes on a black 1500x1000
     frame), and so are uncompressed formats, where zeros are black pixels."""
     if fmt == "WEBP" and data[12:16] == b"VP8L":
-        body = data[:8 + int.from_bytes(data[4:8], "little")]  # the RIFF extent; padding after it is no damage
+        end = min(len(data), 8 + int.from_bytes(data[4:8], "little"))  # the RIFF extent: padding after it is no damage
     elif fmt == "AVIF":
-        body = data
+        end = len(data)
     else:
         return
-    zeros = len(body) - len(body.rstrip(b"\0"))
+    zeros = _trailing_zero_bytes(data, end)
     if zeros >= _ZERO_TAIL_BYTES_COMPRESSED:
         raise CorruptImageError(
             f"{fmt} data is damaged or truncated (its last {zeros} bytes are zeros: the file was never "
             "written to its end); the picture would be grey or garbled; re-export or re-download the file"
         )
+
+
+def _trailing_zero_bytes(data: bytes, end: int) -> int:
+    """How many zero bytes ``data[:end]`` ends with, read back 64 KB at a time (no copy of the file)."""
+    stop = end
+    while stop > 0:
+        start = max(0, stop - 65536)
+        kept = len(data[start:stop].rstrip(b"\0"))
+        stop = start + kept
+        if kept:
+            break
+    return end - stop
 
 
 def _check_png_data(data: bytes, *, last_row_black: bool) -> None:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from typing import Final
 
-__all__ = ["png_stream_damage"]
+__all__ = ["PNG_SIGNATURE", "png_chunks", "png_stream_damage"]
 
-_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 # Samples per pixel by colour type (PNG spec, table 11.1).
 _CHANNELS: Final = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 # Adam7 passes: (x start, y start, x step, y step).
@@ -46,36 +47,44 @@ def expected_bytes(width: int, height: int, depth: int, colour_type: int, interl
     return total
 
 
+def png_chunks(data: bytes) -> Iterator[tuple[int, bytes, int]]:
+    """``(start, type, end)`` of each whole chunk of PNG ``data`` after its signature, up to IEND
+    or to a chunk that runs past the end of the data (which the decoder reports as truncated)."""
+    position = len(PNG_SIGNATURE)
+    while position + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        end = position + 12 + length  # length, type, data, CRC
+        if end > len(data):
+            return
+        yield position, kind, end
+        if kind == b"IEND":
+            return
+        position = end
+
+
 def png_stream_damage(data: bytes, *, last_row_black: bool) -> str | None:
     """Why the image data of PNG ``data`` is incomplete or damaged, or None when it is whole.
 
     ``last_row_black``: the decoded image's last row is all zeros, the sign of a stream that ended
     early (checked by inflating the data again; a photo with a black bottom edge passes).
     """
-    if not data.startswith(_SIGNATURE):
+    if not data.startswith(PNG_SIGNATURE):
         return None
     header: tuple[int, int, int, int, int] | None = None
     idat: list[memoryview] = []
     crc_mismatch = ended = False
     view = memoryview(data)
-    position = len(_SIGNATURE)
-    while position + 12 <= len(data):
-        length, kind = struct.unpack(">I4s", data[position:position + 8])
-        end = position + 12 + length
-        if end > len(data):
-            break  # a chunk cut short: the decoder reports a truncated file itself
-        if kind == b"IHDR" and length >= 13:
-            width, height, depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", data[position + 8:position + 21])
+    for start, kind, end in png_chunks(data):
+        if kind == b"IHDR" and end - start >= 25:  # 13 bytes of header data
+            width, height, depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", data[start + 8:start + 21])
             header = (width, height, depth, colour_type, interlace)
         elif kind == b"IDAT":
-            body = view[position + 8:end - 4]
+            body = view[start + 8:end - 4]
             idat.append(body)
             stored = struct.unpack(">I", data[end - 4:end])[0]
             crc_mismatch |= zlib.crc32(body, zlib.crc32(b"IDAT")) != stored
         elif kind == b"IEND":
             ended = True
-            break
-        position = end
     if header is None or not idat:
         return None  # nothing to check that the decoder did not already read
     width, height, depth, colour_type, interlace = header

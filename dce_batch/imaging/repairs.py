@@ -15,11 +15,12 @@ import struct
 import zlib
 from typing import Final
 
-__all__ = ["close_jpeg", "drop_damaged_png_chunks"]
+from dce_batch.imaging.png_stream import PNG_SIGNATURE, png_chunks
+
+__all__ = ["JPEG_EOI", "close_jpeg", "drop_damaged_png_chunks"]
 
 _JPEG_SOI: Final = b"\xff\xd8\xff"
-_JPEG_EOI: Final = b"\xff\xd9"
-_PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
+JPEG_EOI: Final = b"\xff\xd9"
 
 
 def close_jpeg(data: bytes) -> bytes:
@@ -31,38 +32,29 @@ def close_jpeg(data: bytes) -> bytes:
     inside its compressed data still draws libjpeg's "premature end of data segment", which the
     decoder's check turns into an error.
     """
-    if data.startswith(_JPEG_SOI) and not data.endswith(_JPEG_EOI):
-        return data + _JPEG_EOI
+    if data.startswith(_JPEG_SOI) and not data.endswith(JPEG_EOI):
+        return data + JPEG_EOI
     return data
 
 
 def drop_damaged_png_chunks(data: bytes) -> bytes:
     """A PNG without those of its ancillary chunks whose CRC does not match their content.
 
-    Only ancillary chunks (a lowercase first letter) are checked, so the image data is never
-    read twice. A critical chunk's damage, or a chunk list that runs past the end of the file, is
-    left for the decoder to report.
+    Only ancillary chunks (a lowercase first letter) are checked here; the image data's CRCs are
+    :mod:`~dce_batch.imaging.png_stream`'s. A critical chunk's damage, or a chunk list that runs
+    past the end of the file, is left for the decoder to report.
     """
-    if not data.startswith(_PNG_SIGNATURE):
+    if not data.startswith(PNG_SIGNATURE):
         return data
     keep: list[tuple[int, int]] = []  # byte ranges of the chunks kept
     damaged = False
-    position = len(_PNG_SIGNATURE)
-    while position + 12 <= len(data):
-        length, kind = struct.unpack(">I4s", data[position:position + 8])
-        end = position + 12 + length
-        if end > len(data):
-            break  # truncated: the decoder says so
-        if kind[:1].islower():
-            stored = struct.unpack(">I", data[end - 4:end])[0]
-            if zlib.crc32(data[position + 4:end - 4]) != stored:
-                damaged = True
-                position = end
-                continue
-        keep.append((position, end))
-        position = end
-        if kind == b"IEND":
-            break
+    rest = len(PNG_SIGNATURE)  # where what follows the last whole chunk starts
+    for start, kind, end in png_chunks(data):
+        rest = end
+        if kind[:1].islower() and zlib.crc32(data[start + 4:end - 4]) != struct.unpack(">I", data[end - 4:end])[0]:
+            damaged = True
+            continue
+        keep.append((start, end))
     if not damaged:
         return data
-    return _PNG_SIGNATURE + b"".join(data[start:end] for start, end in keep) + data[position:]
+    return PNG_SIGNATURE + b"".join(data[start:end] for start, end in keep) + data[rest:]

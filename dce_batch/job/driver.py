@@ -54,7 +54,6 @@ from dce_batch.job.progress import Progress
 from dce_batch.job.signals import StopRequest
 from dce_batch.job.worker import read_weights_spec
 from dce_batch.storage import Location, filesystem_for, input_info, list_inputs_table, remove_files, temp_tag
-from dce_batch.storage.aws import DEFAULT_OUTAGE_WAIT_S
 from dce_batch.storage.globs import GLOB_CHARS, split_glob
 from dce_batch.storage.outages import call_through_outages, outage_wait_s
 from dce_batch.storage.uris import storage_error
@@ -216,7 +215,7 @@ def prepare(config: EnhanceConfig, output: Location, store: ManifestStore, weigh
         lambda: list_inputs_table(config.input, config.s3, extensions=IMAGE_EXTENSIONS, base=config.base or None,
                                   warn=warn, sort=False, refused_extensions=UNDECODABLE_EXTENSIONS,
                                   reported_extensions=UNREAD_IMAGE_EXTENSIONS),
-        wait_s=config.s3.outage_wait_s if config.s3 else DEFAULT_OUTAGE_WAIT_S,
+        wait_s=outage_wait_s(filesystem_for(config.input, config.s3)[0]),
         what=f"listing INPUT {config.input}", final_if_never_connected=True)
     if config.overwrite:  # the manifest is deleted once the run goes ahead (_run)
         done, adopted, runs = None, [], set()
