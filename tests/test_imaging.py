@@ -1262,12 +1262,27 @@ def test_a_png_whose_tail_was_zero_filled_is_corrupt_not_garbage(mode, interlace
 
 
 def test_a_zero_tail_is_counted_back_across_reads_of_64_kb():
-    from dce_batch.imaging.decode import _trailing_zero_bytes
+    from dce_batch.imaging.repairs import trailing_zero_bytes
 
     data = b"\x01" + bytes(200_000) + b"\x02\x00"
-    assert _trailing_zero_bytes(data, len(data)) == 1
-    assert _trailing_zero_bytes(data, len(data) - 2) == 200_000  # three 64 KB reads and a partial one
-    assert _trailing_zero_bytes(bytes(70_000), 70_000) == 70_000 and _trailing_zero_bytes(b"", 0) == 0
+    assert trailing_zero_bytes(data, len(data)) == 1
+    assert trailing_zero_bytes(data, len(data) - 2) == 200_000  # three 64 KB reads and a partial one
+    assert trailing_zero_bytes(bytes(70_000), 70_000) == 70_000 and trailing_zero_bytes(b"", 0) == 0
+
+
+@pytest.mark.parametrize("fmt, options", [
+    ("JPEG", {"quality": 85}), ("JPEG", {"quality": 85, "progressive": True}), ("PNG", {}),
+    ("WEBP", {"lossless": True}), ("WEBP", {"quality": 80}), ("AVIF", {"quality": 80}),
+])
+@pytest.mark.parametrize("padding", [16, 100, 4096, 200_000])
+def test_a_whole_file_padded_with_zeros_after_its_end_decodes(fmt, options, padding):
+    """Copies onto preallocated space or whole disk blocks, and some cameras' fixed-size files,
+    end in zeros after the image's own end (JPEG's end marker, PNG's IEND, the RIFF extent, AVIF's
+    last box): viewers show them whole, and so does the job, pixel for pixel."""
+    if fmt == "AVIF" and not features.check("avif"):
+        pytest.skip("this Pillow has no AVIF support")
+    data = save(Image.fromarray(smooth_rgb(48, 64)), fmt, **options)
+    np.testing.assert_array_equal(decode_image(data + bytes(padding)).pixels, decode_image(data).pixels)
 
 
 def test_a_palette_png_without_its_palette_is_corrupt():

@@ -39,7 +39,7 @@ from dce_batch.imaging.deep import decode_deep_colour, is_deep_colour
 from dce_batch.imaging.formats import DEFAULT_MAX_PIXELS, HEIF_ADVICE, SUPPORTED_TEXT
 from dce_batch.imaging.metadata import icc_colour_space, usable_icc
 from dce_batch.imaging.png_stream import png_stream_damage
-from dce_batch.imaging.repairs import JPEG_EOI, close_jpeg, drop_damaged_png_chunks
+from dce_batch.imaging.repairs import JPEG_EOI, close_jpeg, drop_damaged_png_chunks, trailing_zero_bytes
 
 __all__ = ["decode_image"]
 
@@ -360,7 +360,7 @@ def _jpeg_damage(data: bytes, *, closed: bool = False) -> str | None:
     subsampled channels, so the run of zeros is checked first).
     """
     if closed:
-        zeros = _trailing_zero_bytes(data, len(data) - len(JPEG_EOI))
+        zeros = trailing_zero_bytes(data, len(data) - len(JPEG_EOI))
         if zeros >= _ZERO_TAIL_BYTES:
             # Scan data seldom ends in 16 zero bytes (the encoder pads its last byte with ones); a
             # zero-filled tail always does.
@@ -387,16 +387,17 @@ def _check_jpeg_data(data: bytes, *, closed: bool = False) -> None:
 def _check_zero_tail(data: bytes, fmt: str) -> None:
     """Raise :class:`CorruptImageError` for an AVIF or lossless WebP whose data ends in a run of
     zero bytes: a preallocated file whose download or copy stopped. Their decoders read the zeros
-    as data (a flat grey AVIF, garbage WebP pixels) without an error. Lossy WebP is left out: its
+    as data (a flat grey AVIF, garbage WebP pixels) without an error. Zeros after the file's own
+    extent (the RIFF size, AVIF's last box) are padding, not damage. Lossy WebP is left out: its
     token data legitimately ends in long zero runs on flat images (147 bytes on a black 1500x1000
     frame), and so are uncompressed formats, where zeros are black pixels."""
     if fmt == "WEBP" and data[12:16] == b"VP8L":
         end = min(len(data), 8 + int.from_bytes(data[4:8], "little"))  # the RIFF extent: padding after it is no damage
     elif fmt == "AVIF":
-        end = len(data)
+        end = _isobmff_extent(data)
     else:
         return
-    zeros = _trailing_zero_bytes(data, end)
+    zeros = trailing_zero_bytes(data, end)
     if zeros >= _ZERO_TAIL_BYTES_COMPRESSED:
         raise CorruptImageError(
             f"{fmt} data is damaged or truncated (its last {zeros} bytes are zeros: the file was never "
@@ -404,16 +405,24 @@ def _check_zero_tail(data: bytes, fmt: str) -> None:
         )
 
 
-def _trailing_zero_bytes(data: bytes, end: int) -> int:
-    """How many zero bytes ``data[:end]`` ends with, read back 64 KB at a time (no copy of the file)."""
-    stop = end
-    while stop > 0:
-        start = max(0, stop - 65536)
-        kept = len(data[start:stop].rstrip(b"\0"))
-        stop = start + kept
-        if kept:
-            break
-    return end - stop
+def _isobmff_extent(data: bytes) -> int:
+    """Where an ISOBMFF file's (AVIF's) last top-level box ends: padding after it is no damage.
+
+    The walk stops at a box header whose type is not four printable characters (zero padding
+    reads as a box whose type is four zero bytes); a box that runs past the end, or one whose
+    size is 0 ("to the end of the file"), ends the file.
+    """
+    offset = 0
+    while offset + 8 <= len(data):
+        size, kind = struct.unpack_from(">I4s", data, offset)
+        if not all(0x20 <= byte < 0x7F for byte in kind):
+            return offset
+        if size == 1 and offset + 16 <= len(data):
+            size = struct.unpack_from(">Q", data, offset + 8)[0]
+        if size < 8 or offset + size >= len(data):
+            return len(data)
+        offset += size
+    return len(data)
 
 
 def _check_png_data(data: bytes, *, last_row_black: bool) -> None:

@@ -17,7 +17,7 @@ from typing import Final
 
 from dce_batch.imaging.png_stream import PNG_SIGNATURE, png_chunks
 
-__all__ = ["JPEG_EOI", "close_jpeg", "drop_damaged_png_chunks"]
+__all__ = ["JPEG_EOI", "close_jpeg", "drop_damaged_png_chunks", "trailing_zero_bytes"]
 
 _JPEG_SOI: Final = b"\xff\xd8\xff"
 JPEG_EOI: Final = b"\xff\xd9"
@@ -31,10 +31,27 @@ def close_jpeg(data: bytes) -> bytes:
     marker added, a file that lost only the marker decodes without a warning, and one cut short
     inside its compressed data still draws libjpeg's "premature end of data segment", which the
     decoder's check turns into an error.
+
+    A file that ends at its marker and is then padded with zero bytes (a copy onto preallocated
+    space or whole disk blocks, some cameras' fixed-size files) is complete: it is left as it is.
     """
-    if data.startswith(_JPEG_SOI) and not data.endswith(JPEG_EOI):
-        return data + JPEG_EOI
-    return data
+    if not data.startswith(_JPEG_SOI):
+        return data
+    if data.endswith(JPEG_EOI, 0, len(data) - trailing_zero_bytes(data, len(data))):
+        return data
+    return data + JPEG_EOI
+
+
+def trailing_zero_bytes(data: bytes, end: int) -> int:
+    """How many zero bytes ``data[:end]`` ends with, read back 64 KB at a time (no copy of the file)."""
+    stop = end
+    while stop > 0:
+        start = max(0, stop - 65536)
+        kept = len(data[start:stop].rstrip(b"\0"))
+        stop = start + kept
+        if kept:
+            break
+    return end - stop
 
 
 def drop_damaged_png_chunks(data: bytes) -> bytes:
