@@ -11,7 +11,11 @@
    data, and a second inflate where a sign points at damage (here: a photo whose bottom rows are
    black, which always pays it). The photo of ``--size`` saved as PNG, as it is and with its last
    rows black; ``decode_image`` with the check and with it off, in alternating rounds.
-3. **Wide gamut** (``dce_batch.imaging.colour_space``): one synthetic dark photo saved as a JPEG
+3. **JPEG scan count** (``dce_batch.imaging.jpeg_stream``): the walk over every JPEG's marker
+   segments that refuses more than 256 scans, on the same JPEGs with the check and with it off;
+   then a scan bomb (a flat progressive JPEG of ``--size`` with one empty refinement scan repeated
+   1,000 times), decoded once with the check off and refused once with it on.
+4. **Wide gamut** (``dce_batch.imaging.colour_space``): one synthetic dark photo saved as a JPEG
    tagged with sRGB and with a Display P3-like profile; ``decode_image`` + ``encode_image`` (JPEG)
    of each, so the P3 row pays both conversions (to sRGB and back) and the sRGB one neither.
    Then the conversions' error: ``to_srgb`` and ``from_srgb`` at 8 and 16 bits on random colours
@@ -62,6 +66,34 @@ def check_rows(blobs: list[bytes], rounds: int, check: str) -> list[list[str]]:
     base = statistics.median(per_round["check off"])
     return [[name, f"{statistics.median(times) / len(blobs) * 1e3:.2f}", f"{statistics.median(times) / base:.3f}"]
             for name, times in per_round.items()]
+
+
+def scan_bomb(size: tuple[int, int], repeats: int) -> bytes:
+    """A flat progressive JPEG whose smallest scan (empty refinements) is repeated ``repeats`` times."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (size[1], size[0]), (120, 110, 100)).save(buffer, "JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xDA]
+    scans = [data[start:end] for start, end in zip(starts, starts[1:] + [len(data) - 2])]
+    return data[:-2] + min(scans[1:], key=len) * repeats + data[-2:]
+
+
+def bomb_rows(bomb: bytes) -> list[list[str]]:
+    """One decode of ``bomb`` with the scan check off, and one refusal with it on."""
+    checked = decode_module._check_jpeg_scans
+    rows = []
+    for name in ("check off", "with the check"):
+        decode_module._check_jpeg_scans = checked if name == "with the check" else (lambda data: None)
+        start = time.perf_counter()
+        try:
+            decode_image(bomb)
+            outcome = "decoded"
+        except Exception as exc:  # noqa: BLE001 - the outcome is what is reported
+            outcome = type(exc).__name__
+        finally:
+            decode_module._check_jpeg_scans = checked
+        rows.append([name, f"{time.perf_counter() - start:.3f}", outcome])
+    return rows
 
 
 def png_blobs(size: tuple[int, int]) -> dict[str, bytes]:
@@ -166,6 +198,15 @@ def main() -> None:
     else:
         print(f"\nJPEG damage check: no JPEGs in {args.folder} (set --folder); skipped")
     width, height = image_size_for(args.size)
+    if files:
+        print(f"\nJPEG scan count: decode_image on the same {len(files)} JPEGs, median of {args.rounds} "
+              "alternating rounds")
+        print(table(["decode_image", "ms / file", "ratio to check off"],
+                    check_rows([f.read_bytes() for f in files], args.rounds, "_check_jpeg_scans")))
+    bomb = scan_bomb((height, width), 1000)
+    print(f"\nJPEG scan bomb: a flat progressive {width}x{height} JPEG with one empty scan repeated "
+          f"1,000 times ({len(bomb) / 1e3:.0f} KB), decoded once")
+    print(table(["decode_image", "s", "outcome"], bomb_rows(bomb)))
     for name, blob in png_blobs((height, width)).items():
         print(f"\nPNG stream check: decode_image on a {name} ({width}x{height}, {len(blob) / 1e6:.1f} MB), "
               f"median of {args.rounds} alternating rounds")

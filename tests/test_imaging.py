@@ -1347,6 +1347,71 @@ def test_a_jpeg_whose_tail_was_zero_filled_is_corrupt_though_its_end_marker_is_a
             decode_image(_zero_tail(data, fraction))
 
 
+def _jpeg_segments(data: bytes, marker: int) -> list[bytes]:
+    """Each segment of ``marker`` in ``data`` with what follows it up to the next marker, in order."""
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == marker]
+    ends = starts[1:] + [len(data) - 2]
+    return [data[start:end] for start, end in zip(starts, ends)]
+
+
+def _scan_bomb(repeats: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    """A progressive JPEG of a flat picture with one of its scans of empty AC refinements repeated:
+    a few bytes each, and a pass over every block each for the decoder."""
+    data = save(Image.new("RGB", size, (120, 110, 100)), "JPEG", progressive=True, quality=90)
+    empty = min(_jpeg_segments(data, 0xDA)[1:], key=len)
+    return data[:-2] + empty * repeats + data[-2:]
+
+
+def test_a_jpeg_with_more_scans_than_encoders_write_is_refused_before_decoding():
+    """Thousands of scans keep libjpeg-turbo busy for minutes on a file of a few hundred KB."""
+    from dce_batch.imaging.jpeg_stream import MAX_JPEG_SCANS, jpeg_scan_count
+
+    baseline = save(Image.fromarray(smooth_rgb(48, 64)), "JPEG")
+    progressive = save(Image.fromarray(smooth_rgb(48, 64)), "JPEG", progressive=True)
+    assert jpeg_scan_count(baseline) == 1 and jpeg_scan_count(progressive) == 10
+    at_limit = _scan_bomb(MAX_JPEG_SCANS - 10)
+    assert jpeg_scan_count(at_limit) == MAX_JPEG_SCANS
+    assert decode_image(at_limit).pixels.shape == (48, 64, 3)
+    with pytest.raises(ImageTooLargeError, match=r"JPEG has more than 256 scans .* rewrite it as a baseline JPEG"):
+        decode_image(_scan_bomb(MAX_JPEG_SCANS - 9))
+    with pytest.raises(ImageTooLargeError, match="JPEG has more than 256 scans"):
+        decode_image(_scan_bomb(5000))
+
+
+def test_a_row_refused_for_its_scans_gets_no_advice_about_the_pixel_limit():
+    """Where the workers' memory set the pixel limit, a row refused by that limit says so; a JPEG
+    refused for its scans is not about pixels, and its row does not."""
+    from dce_batch.job.steps import ImageReader, WorkItem
+
+    reader = ImageReader(None, run_id="r", max_pixels=64 * 48 - 1, limit_reason="this machine had 1.0 GiB of memory")
+    item = WorkItem(input_uri="a.jpg", input_relpath="a.jpg", output_relpath="a.jpg", output_path="a.jpg",
+                    output_format="JPEG")
+    by_pixels = reader.decode(item, save(Image.fromarray(smooth_rgb(48, 64)), "JPEG")).row.error
+    assert by_pixels.startswith("ImageTooLargeError: ") and by_pixels.endswith("(this machine had 1.0 GiB of memory)")
+    by_scans = reader.decode(item, _scan_bomb(1000, size=(32, 24))).row.error
+    assert by_scans.startswith("ImageTooLargeError: JPEG has more than 256 scans") and "machine had" not in by_scans
+
+
+def test_scans_are_counted_in_the_first_picture_only():
+    """Scan markers inside a metadata segment (an embedded thumbnail, binary profile data), a
+    scan's restart markers, fill bytes, and a second picture after the end marker (MPO) are not
+    the picture's scans."""
+    from dce_batch.imaging.jpeg_stream import jpeg_scan_count
+
+    progressive = save(Image.fromarray(smooth_rgb(48, 64)), "JPEG", progressive=True)
+    payload = progressive * 30 + b"\xff\xda" * 300  # 600 scan markers inside one APP2 segment
+    assert len(payload) < 65533
+    app2 = b"\xff\xe2" + (len(payload) + 2).to_bytes(2, "big") + payload
+    with_metadata = progressive[:2] + app2 + progressive[2:]
+    assert jpeg_scan_count(with_metadata) == 10
+    np.testing.assert_array_equal(decode_image(with_metadata).pixels, decode_image(progressive).pixels)
+    restarts = save(Image.fromarray(smooth_rgb(48, 64)), "JPEG", restart_marker_blocks=1)
+    assert restarts.count(b"\xff\xd3") > 0 and jpeg_scan_count(restarts) == 1
+    filled = progressive.replace(b"\xff\xda", b"\xff\xff\xff\xda")
+    assert jpeg_scan_count(filled) == 10
+    assert jpeg_scan_count(progressive + _scan_bomb(1000)) == 10
+
+
 def test_damaged_png_header_is_corrupt():
     data = bytearray(save(Image.fromarray(rgb_array(8, 8)), "PNG"))
     data[20] ^= 0xFF  # inside IHDR: its CRC no longer matches

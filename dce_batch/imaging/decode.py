@@ -37,6 +37,7 @@ from dce_batch.imaging.colour_space import needs_conversion, to_srgb
 from dce_batch.imaging.decoded import GRAY_8BIT_MODES, HIGH_DEPTH_MODES, DecodedImage
 from dce_batch.imaging.deep import decode_deep_colour, is_deep_colour
 from dce_batch.imaging.formats import DEFAULT_MAX_PIXELS, HEIF_ADVICE, SUPPORTED_TEXT
+from dce_batch.imaging.jpeg_stream import MAX_JPEG_SCANS, jpeg_scan_count
 from dce_batch.imaging.metadata import icc_colour_space, usable_icc
 from dce_batch.imaging.png_stream import png_stream_damage
 from dce_batch.imaging.repairs import JPEG_EOI, close_jpeg, drop_damaged_png_chunks, trailing_zero_bytes
@@ -76,7 +77,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
 
     Raises:
         UnsupportedImageError: the bytes are not an image format Pillow recognises.
-        ImageTooLargeError: the image has more than ``max_pixels`` pixels.
+        ImageTooLargeError: the image has more than ``max_pixels`` pixels, or is a JPEG with
+            more scans than :data:`~dce_batch.imaging.jpeg_stream.MAX_JPEG_SCANS`.
         CorruptImageError: the data is truncated or damaged.
         ConfigError: ``max_pixels`` is not a positive integer.
     """
@@ -107,6 +109,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         image = _identify(data)
         fmt = str(image.format)
         _check_size(image.size, max_pixels)
+        if fmt in _JPEG_FORMATS:
+            _check_jpeg_scans(data)
         if is_deep_colour(image, fmt, data):
             return _in_srgb(decode_deep_colour(data, image, fmt))
         _load(image, fmt)
@@ -372,6 +376,20 @@ def _jpeg_damage(data: bytes, *, closed: bool = False) -> str | None:
         if message.startswith(_JPEG_DAMAGE_WARNINGS + (_JPEG_CLOSED_DAMAGE if closed else ())):
             return message
     return None
+
+
+def _check_jpeg_scans(data: bytes) -> None:
+    """Raise :class:`ImageTooLargeError` for a JPEG whose scans would keep the decoder busy for
+    minutes (:mod:`~dce_batch.imaging.jpeg_stream`), before any of them is decoded."""
+    scans = jpeg_scan_count(data)
+    if scans > MAX_JPEG_SCANS:
+        raise ImageTooLargeError(
+            f"JPEG has more than {MAX_JPEG_SCANS} scans (progressive passes over the whole picture; "
+            "encoders write 1 to about 10), so decoding it could take many minutes: a decompression "
+            "bomb or a damaged file. If the picture is yours, rewrite it as a baseline JPEG "
+            "(for example `jpegtran -optimize IN.jpg > OUT.jpg`, which keeps every pixel)",
+            by_pixels=False,
+        )
 
 
 def _check_jpeg_data(data: bytes, *, closed: bool = False) -> None:

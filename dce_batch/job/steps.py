@@ -113,7 +113,8 @@ class ImageReader:
         try:
             decoded = decode_image(data, max_pixels=self.max_pixels)
         except ImageTooLargeError as exc:
-            state.row.error = describe_error(exc) + (f" ({self.limit_reason})" if self.limit_reason else "")
+            reason = self.limit_reason if exc.by_pixels else None
+            state.row.error = describe_error(exc) + (f" ({reason})" if reason else "")
         except DceBatchError as exc:
             state.row.error = describe_error(exc)
         except MemoryError as exc:
