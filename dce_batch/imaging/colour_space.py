@@ -22,7 +22,7 @@ from typing import Final
 
 import numpy as np
 
-from dce_batch.imaging.metadata import icc_colour_space
+from dce_batch.imaging.metadata import icc_colour_space, icc_processing_elements, icc_too_costly
 
 __all__ = ["from_srgb", "is_srgb_equivalent", "needs_conversion", "to_srgb"]
 
@@ -61,8 +61,13 @@ def _transform(pixels: np.ndarray, source: bytes, target: bytes) -> np.ndarray:
 @functools.lru_cache(maxsize=32)
 def is_srgb_equivalent(icc: bytes) -> bool | None:
     """True for an RGB profile that is sRGB to within one 8-bit level, False for another RGB
-    space, None for a profile LittleCMS cannot use (or that is not RGB): left as it is."""
+    space, None for a profile LittleCMS cannot use, one too costly to apply
+    (:func:`~dce_batch.imaging.metadata.icc_too_costly`) or one that is not RGB: left as it is."""
     if icc_colour_space(icc) != "RGB":
+        return None
+    if icc_too_costly(icc):
+        logger.debug("ICC profile too costly to apply (%d processing elements), pixels left as they are",
+                     icc_processing_elements(icc))
         return None
     try:
         converted = _transform(_LATTICE, icc, _srgb_profile())

@@ -36,9 +36,10 @@ from dce_batch.errors import (
 from dce_batch.imaging.colour_space import needs_conversion, to_srgb
 from dce_batch.imaging.decoded import GRAY_8BIT_MODES, HIGH_DEPTH_MODES, DecodedImage
 from dce_batch.imaging.deep import decode_deep_colour, is_deep_colour
-from dce_batch.imaging.formats import DEFAULT_MAX_PIXELS, HEIF_ADVICE, SUPPORTED_TEXT
-from dce_batch.imaging.jpeg_stream import MAX_JPEG_SCANS, jpeg_scan_count
-from dce_batch.imaging.metadata import icc_colour_space, usable_icc
+from dce_batch.imaging.formats import DECODED_FORMATS, DEFAULT_MAX_PIXELS, HEIF_ADVICE, SUPPORTED_TEXT
+from dce_batch.imaging.jpeg2000_stream import jpeg2000_structures
+from dce_batch.imaging.jpeg_stream import MAX_JPEG_PASSES, MAX_JPEG_SCANS, jpeg_scan_work
+from dce_batch.imaging.metadata import icc_colour_space, icc_too_costly, usable_icc
 from dce_batch.imaging.png_stream import png_stream_damage
 from dce_batch.imaging.repairs import JPEG_EOI, close_jpeg, drop_damaged_png_chunks, trailing_zero_bytes
 
@@ -78,7 +79,9 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
     Raises:
         UnsupportedImageError: the bytes are not an image format Pillow recognises.
         ImageTooLargeError: the image has more than ``max_pixels`` pixels, or is a JPEG with
-            more scans than :data:`~dce_batch.imaging.jpeg_stream.MAX_JPEG_SCANS`.
+            more scans or passes than :mod:`~dce_batch.imaging.jpeg_stream` allows, or (JPEG
+            2000) asks for more code-blocks and precincts than
+            :mod:`~dce_batch.imaging.jpeg2000_stream` allows.
         CorruptImageError: the data is truncated or damaged.
         ConfigError: ``max_pixels`` is not a positive integer.
     """
@@ -111,6 +114,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         _check_size(image.size, max_pixels)
         if fmt in _JPEG_FORMATS:
             _check_jpeg_scans(data)
+        elif fmt == "JPEG2000":
+            _check_jpeg2000_structures(data)
         if is_deep_colour(image, fmt, data):
             return _in_srgb(decode_deep_colour(data, image, fmt))
         _load(image, fmt)
@@ -171,10 +176,14 @@ def _identify(data: bytes) -> ImageFile.ImageFile:
     hints: list[str] = []
     # First plugin whose signature check matched but whose header parser then gave up.
     damaged: tuple[str, BaseException] | None = None
+    # First format not decoded (formats.DECODED_FORMATS) whose signature matched.
+    other_format: str | None = None
     Image.preinit()  # the common plugins first, in Image.open's order
     Image.init()
     for fmt in tuple(Image.ID):
         factory, accept = Image.OPEN[fmt]
+        if fmt not in DECODED_FORMATS and accept is None:
+            continue
         try:
             verdict = accept(prefix) if accept else True
         except _NOT_THIS_FORMAT:  # a signature check that reads past a prefix this short (BMP's)
@@ -183,6 +192,17 @@ def _identify(data: bytes) -> ImageFile.ImageFile:
             hints.append(verdict)
             continue
         if not verdict:
+            continue
+        if fmt not in DECODED_FORMATS:
+            # Its header is read to tell the format from a damaged file that happens to start
+            # with its signature (CUR's and ICO's are four bytes); its pixels never are.
+            try:
+                _read_header_only(fmt, factory, data)
+            except (*_NOT_THIS_FORMAT, *_DECODE_ERRORS, Image.DecompressionBombError) as exc:
+                if damaged is None:
+                    damaged = (fmt, exc)
+                continue
+            other_format = other_format or fmt
             continue
         fp.seek(0)
         try:
@@ -230,7 +250,25 @@ def _identify(data: bytes) -> ImageFile.ImageFile:
             f"has a {fmt} signature but its header cannot be read ({type(exc).__name__}: {exc}); "
             "the file is damaged or truncated, re-export or re-download it"
         ) from exc
+    if other_format is not None:
+        raise UnsupportedImageError(
+            f"its first bytes say {other_format}, which is not read (Pillow's other formats hold no "
+            f"photos, and some decode without bound); supported: {SUPPORTED_TEXT}. Convert it to one of those"
+        )
     raise UnsupportedImageError(_describe_unrecognised(data, hints))
+
+
+def _read_header_only(fmt: str, factory, data: bytes) -> None:
+    """Read the header of a format that is not decoded, raising as its plugin's opening does."""
+    if fmt != "ICO":
+        factory(io.BytesIO(data), "")
+        return
+    # ICO's plugin decodes the largest picture to open the file: its directory is read instead.
+    from PIL import IcoImagePlugin
+
+    directory = IcoImagePlugin.IcoFile(io.BytesIO(data))
+    if not directory.entry or any(entry.offset + entry.size > len(data) for entry in directory.entry):
+        raise SyntaxError("the icon directory is empty or points past the end of the file")
 
 
 def _describe_unrecognised(data: bytes, hints: list[str]) -> str:
@@ -379,15 +417,32 @@ def _jpeg_damage(data: bytes, *, closed: bool = False) -> str | None:
 
 
 def _check_jpeg_scans(data: bytes) -> None:
-    """Raise :class:`ImageTooLargeError` for a JPEG whose scans would keep the decoder busy for
-    minutes (:mod:`~dce_batch.imaging.jpeg_stream`), before any of them is decoded."""
-    scans = jpeg_scan_count(data)
-    if scans > MAX_JPEG_SCANS:
+    """Raise :class:`ImageTooLargeError` for a JPEG whose scans would keep the decoder busy far
+    longer than any real picture of its size (:mod:`~dce_batch.imaging.jpeg_stream`), before any
+    of them is decoded."""
+    work = jpeg_scan_work(data)
+    if work.excessive:
+        what = (f"JPEG has more than {MAX_JPEG_SCANS} scans" if work.scans > MAX_JPEG_SCANS
+                else f"JPEG's {work.scans} scans make more than {MAX_JPEG_PASSES} passes over the picture")
         raise ImageTooLargeError(
-            f"JPEG has more than {MAX_JPEG_SCANS} scans (progressive passes over the whole picture; "
-            "encoders write 1 to about 10), so decoding it could take many minutes: a decompression "
-            "bomb or a damaged file. If the picture is yours, rewrite it as a baseline JPEG "
-            "(for example `jpegtran -optimize IN.jpg > OUT.jpg`, which keeps every pixel)",
+            f"{what} (encoders write 1 to about 18 scans, at most about 6 passes), so decoding it could "
+            "take many minutes: a decompression bomb or a damaged file. If the picture is yours, rewrite "
+            "it as a baseline JPEG (for example `jpegtran -optimize IN.jpg > OUT.jpg`, which keeps every pixel)",
+            by_pixels=False,
+        )
+
+
+def _check_jpeg2000_structures(data: bytes) -> None:
+    """Raise :class:`ImageTooLargeError` for a JPEG 2000 codestream whose code-blocks and precincts
+    would cost OpenJPEG gigabytes before it reads any data (:mod:`~dce_batch.imaging.jpeg2000_stream`)."""
+    structures = jpeg2000_structures(data)
+    if structures is not None and structures.excessive:
+        raise ImageTooLargeError(
+            f"JPEG 2000 asks for {structures.in_one_tile:,} code-blocks and precincts in one tile for "
+            f"{structures.samples:,} samples: its code-blocks, "
+            "precincts are far smaller than any encoder's, and decoding it would take gigabytes "
+            "or minutes (a decompression bomb or a damaged file). If the picture is yours, re-encode it "
+            "with the encoder's defaults (64x64 code-blocks), or as PNG or TIFF",
             by_pixels=False,
         )
 
@@ -466,9 +521,10 @@ def _cmyk_to_rgb(image: Image.Image, icc: bytes | None) -> Image.Image:
     """Convert CMYK to RGB, through the embedded CMYK profile into sRGB when there is one.
 
     Pillow's plain ``convert("RGB")`` ignores colour management, which noticeably distorts
-    print-oriented CMYK files; it is the fallback when there is no usable profile.
+    print-oriented CMYK files; it is the fallback when there is no usable profile (or one too
+    costly to apply).
     """
-    if icc is not None and icc_colour_space(icc) == "CMYK":
+    if icc is not None and icc_colour_space(icc) == "CMYK" and not icc_too_costly(icc):
         try:
             from PIL import ImageCms
         except ImportError:  # Pillow built without LittleCMS
