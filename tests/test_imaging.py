@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 import struct
 import warnings
 import zlib
@@ -39,6 +38,15 @@ from dce_batch.imaging import (
 from dce_batch.imaging.decode import _check_jpeg_scans, _pil_to_arrays
 from dce_batch.imaging.metadata import png_with_metadata, upright_exif
 from dce_batch.imaging.pixels import to_depth
+
+from .crafted_files import (
+    fits_gzip,
+    icc_profile_of_matrices,
+    jpeg2000_headers,
+    jpeg_frame_of_scans,
+    jpeg_scan_bomb,
+    with_stray_bytes_after_a_table,
+)
 
 ORIENTATION = 0x0112
 MAKE = 0x010F
@@ -1348,29 +1356,6 @@ def test_a_jpeg_whose_tail_was_zero_filled_is_corrupt_though_its_end_marker_is_a
             decode_image(_zero_tail(data, fraction))
 
 
-def _jpeg_segments(data: bytes, marker: int) -> list[bytes]:
-    """Each segment of ``marker`` in ``data`` with what follows it up to the next marker, in order."""
-    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == marker]
-    ends = starts[1:] + [len(data) - 2]
-    return [data[start:end] for start, end in zip(starts, ends)]
-
-
-def _scan_bomb(repeats: int, size: tuple[int, int] = (64, 48)) -> bytes:
-    """A progressive 4:4:4 JPEG of a flat picture with one of its one-component scans of empty AC
-    refinements repeated: a few bytes each, and a pass over a third of the blocks each."""
-    data = save(Image.new("RGB", size, (120, 110, 100)), "JPEG", progressive=True, quality=90, subsampling=0)
-    empty = min(_jpeg_segments(data, 0xDA)[1:], key=len)
-    return data[:-2] + empty * repeats + data[-2:]
-
-
-def _frame_of_scans(scans: int, component: int) -> bytes:
-    """SOI, a frame of three components sampled 4x4, 1x1, 1x1, ``scans`` scans of ``component``
-    (one byte of data each), EOI: markers only, for the walk (no decoder reads it)."""
-    frame = b"\xff\xc2\x00\x11\x08\x00\x10\x00\x10\x03" + b"\x01\x44\x00\x02\x11\x01\x03\x11\x01"
-    scan = b"\xff\xda\x00\x08\x01" + bytes([component]) + b"\x00\x01\x3f\x00" + b"\x55"
-    return b"\xff\xd8" + frame + scan * scans + b"\xff\xd9"
-
-
 def test_a_jpeg_whose_scans_would_take_minutes_is_refused_before_decoding():
     """Thousands of scans keep libjpeg-turbo busy for minutes on a file of a few hundred KB, and so
     do a few hundred over a large picture: both the scans and the passes over the picture they
@@ -1384,43 +1369,17 @@ def test_a_jpeg_whose_scans_would_take_minutes_is_refused_before_decoding():
         work = jpeg_scan_work(save(picture.convert(mode), "JPEG", progressive=True, subsampling=subsampling))
         assert work.scans == scans and work.passes == pytest.approx(passes) and not work.excessive
     # Each repeated scan adds a third of a pass: 14 / 3 + 82 / 3 = 32 passes decode, 83 repeats do not.
-    assert jpeg_scan_work(_scan_bomb(82)) == ScanWork(92, 32.0)
-    assert decode_image(_scan_bomb(82)).pixels.shape == (48, 64, 3)
+    assert jpeg_scan_work(jpeg_scan_bomb(82)) == ScanWork(92, 32.0)
+    assert decode_image(jpeg_scan_bomb(82)).pixels.shape == (48, 64, 3)
     message = rf"JPEG's 93 scans make more than {MAX_JPEG_PASSES} passes over the picture .* rewrite it as a baseline"
     with pytest.raises(ImageTooLargeError, match=message):
-        decode_image(_scan_bomb(83))
+        decode_image(jpeg_scan_bomb(83))
     # Scans of a component with a small share of the blocks: the count of scans bounds them.
-    assert jpeg_scan_work(_frame_of_scans(MAX_JPEG_SCANS, 2)) == ScanWork(256, pytest.approx(256 / 18))
-    assert jpeg_scan_work(_frame_of_scans(MAX_JPEG_SCANS + 10, 2)).excessive
-    assert jpeg_scan_work(_frame_of_scans(40, 1)).excessive  # 40 x 16/18 passes
+    assert jpeg_scan_work(jpeg_frame_of_scans(MAX_JPEG_SCANS, 2)) == ScanWork(256, pytest.approx(256 / 18))
+    assert jpeg_scan_work(jpeg_frame_of_scans(MAX_JPEG_SCANS + 10, 2)).excessive
+    assert jpeg_scan_work(jpeg_frame_of_scans(40, 1)).excessive  # 40 x 16/18 passes
     with pytest.raises(ImageTooLargeError, match="JPEG has more than 256 scans"):
-        _check_jpeg_scans(_frame_of_scans(MAX_JPEG_SCANS + 1, 3))
-
-
-def _profile_of_matrices(elements: int) -> bytes:
-    """An RGB ICC v4.3 profile whose D2B0 and D2B1 tags are one chain of ``elements`` 3x3 matrices
-    (sRGB's to XYZ, then near-identities), every entry of its table pointing at the same two: 8
-    bytes each."""
-    def s15(value: float) -> bytes:
-        return struct.pack(">i", round(value * 65536))
-
-    to_xyz = (b"matf" + bytes(4) + struct.pack(">HH", 3, 3)
-              + struct.pack(">12f", 0.4361, 0.3851, 0.1431, 0.2225, 0.7169, 0.0606, 0.0139, 0.0971, 0.7141, 0, 0, 0))
-    near_identity = (b"matf" + bytes(4) + struct.pack(">HH", 3, 3)
-                     + struct.pack(">12f", 1.0001, 0, 0, 0, 1, 0, 0, 0, 0.9999, 0, 0, 0))
-    head = 16 + 8 * elements
-    table = b"".join(struct.pack(">II", head + len(to_xyz), len(near_identity)) if i else
-                     struct.pack(">II", head, len(to_xyz)) for i in range(elements))
-    chain = b"mpet" + bytes(4) + struct.pack(">HHI", 3, 3, elements) + table + to_xyz + near_identity
-    white = b"XYZ " + bytes(4) + s15(0.9642) + s15(1.0) + s15(0.8249)
-    tags_at = 128 + 4 + 3 * 12
-    body = chain + bytes(-len(chain) % 4) + white
-    header = (struct.pack(">I", tags_at + len(body)) + b"lcms" + struct.pack(">I", 0x04300000) + b"mntrRGB XYZ "
-              + bytes(12) + b"acspAPPL" + bytes(24) + s15(0.9642) + s15(1.0) + s15(0.8249) + b"lcms" + bytes(44))
-    table_of_tags = (struct.pack(">I", 3) + b"D2B0" + struct.pack(">II", tags_at, len(chain))  # perceptual
-                     + b"D2B1" + struct.pack(">II", tags_at, len(chain))  # relative colorimetric, the job's intent
-                     + b"wtpt" + struct.pack(">II", tags_at + len(chain) + (-len(chain) % 4), len(white)))
-    return header + table_of_tags + body
+        _check_jpeg_scans(jpeg_frame_of_scans(MAX_JPEG_SCANS + 1, 3))
 
 
 def test_a_profile_too_costly_to_apply_is_neither_applied_nor_kept():
@@ -1430,34 +1389,17 @@ def test_a_profile_too_costly_to_apply_is_neither_applied_nor_kept():
     from dce_batch.imaging.metadata import icc_processing_elements
 
     pixels = smooth_rgb(8, 8)
-    costly = _profile_of_matrices(1000)
+    costly = icc_profile_of_matrices(1000)
     assert icc_processing_elements(costly) == 1000 and len(zlib.compress(costly)) < 1000
     decoded = decode_image(save(Image.fromarray(pixels), "PNG", icc_profile=costly))
     assert decoded.icc_profile is None and not decoded.converted_to_srgb
     np.testing.assert_array_equal(decoded.pixels, pixels)
     cmyk = save(Image.fromarray(pixels).convert("CMYK"), "JPEG", icc_profile=costly[:16] + b"CMYK" + costly[20:])
     assert decode_image(cmyk).icc_profile is None
-    few = _profile_of_matrices(2)
+    few = icc_profile_of_matrices(2)
     assert icc_processing_elements(few) == 2
     applied = decode_image(save(Image.fromarray(pixels), "PNG", icc_profile=few))
     assert applied.icc_profile == few and applied.converted_to_srgb
-
-
-def _jpeg2000_headers(width: int, height: int, *, block: int = 6, precincts: bytes | None = None,
-                      tile: int | None = None) -> bytes:
-    """A gray JPEG 2000 codestream of headers only (SIZ, COD with 5 levels, QCD, one empty
-    tile-part per tile, EOC): code-blocks of 2**block, the precinct exponents given."""
-    def segment(marker: int, payload: bytes) -> bytes:
-        return struct.pack(">HH", marker, len(payload) + 2) + payload
-
-    tile = tile or max(width, height)
-    size = struct.pack(">HIIIIIIIIH", 0, width, height, 0, 0, tile, tile, 0, 0, 1) + b"\x07\x01\x01"
-    style = struct.pack(">BBHB", 1 if precincts else 0, 0, 1, 0) + bytes([5, block - 2, block - 2, 0, 1])
-    stream = b"\xff\x4f" + segment(0xFF51, size) + segment(0xFF52, style + (precincts or b""))
-    stream += segment(0xFF5C, bytes([0x40]) + bytes([8 << 3]) * 16)
-    for index in range(math.ceil(width / tile) * math.ceil(height / tile)):
-        stream += struct.pack(">HHHIBB", 0xFF90, 10, index, 15, 0, 1) + b"\xff\x93\x00"
-    return stream + b"\xff\xd9"
 
 
 def test_a_jpeg2000_asking_for_gigabytes_of_code_blocks_is_refused_before_decoding():
@@ -1466,14 +1408,14 @@ def test_a_jpeg2000_asking_for_gigabytes_of_code_blocks_is_refused_before_decodi
     8.8 GB. What encoders write (64x64 or 32x32 code-blocks, large precincts, tiles) decodes."""
     from dce_batch.imaging.jpeg2000_stream import jpeg2000_structures
 
-    for bomb in (_jpeg2000_headers(4000, 4000, block=2), _jpeg2000_headers(2000, 2000, precincts=b"\x00" + b"\x11" * 5)):
+    for bomb in (jpeg2000_headers(4000, 4000, block=2), jpeg2000_headers(2000, 2000, precincts=b"\x00" + b"\x11" * 5)):
         assert jpeg2000_structures(bomb).excessive
         with pytest.raises(ImageTooLargeError, match=r"JPEG 2000 asks for [\d,]+ code-blocks and precincts in one tile"):
             decode_image(bomb)
-    assert not jpeg2000_structures(_jpeg2000_headers(4000, 4000)).excessive
-    assert not jpeg2000_structures(_jpeg2000_headers(4000, 4000, block=3)).excessive  # 8x8
-    assert not jpeg2000_structures(_jpeg2000_headers(10000, 10000, tile=40)).excessive  # 62,500 tiles, one at a time
-    assert not jpeg2000_structures(_jpeg2000_headers(1000, 1000, block=2)).excessive  # 63,000: costs little
+    assert not jpeg2000_structures(jpeg2000_headers(4000, 4000)).excessive
+    assert not jpeg2000_structures(jpeg2000_headers(4000, 4000, block=3)).excessive  # 8x8
+    assert not jpeg2000_structures(jpeg2000_headers(10000, 10000, tile=40)).excessive  # 62,500 tiles, one at a time
+    assert not jpeg2000_structures(jpeg2000_headers(1000, 1000, block=2)).excessive  # 63,000: costs little
     picture = Image.fromarray(smooth_rgb(96, 128))
     for options in ({}, {"codeblock_size": (32, 32)}, {"precinct_size": (32, 32)}, {"tile_size": (40, 40)},
                     {"no_jp2": True}):
@@ -1493,10 +1435,9 @@ def test_formats_not_listed_as_supported_are_refused_without_being_opened(fmt):
 
 
 def test_a_fits_file_is_refused_without_being_decoded():
-    header = b"".join(card.ljust(80).encode() for card in (
-        "SIMPLE  = T", "BITPIX  = 8", "NAXIS   = 2", "NAXIS1  = 64", "NAXIS2  = 64", "END"))
-    data = header.ljust(2880) + bytes(64 * 64).ljust(2880, b"\0")
-    assert PIL.Image.open(io.BytesIO(data)).format == "FITS"  # what Pillow alone decodes
+    """Pillow's decoder of a gzip-compressed FITS image is a Python loop per pixel."""
+    data = fits_gzip(64, 64)
+    assert PIL.Image.open(io.BytesIO(data)).format == "FITS"  # what Pillow alone would decode
     with pytest.raises(UnsupportedImageError, match="its first bytes say FITS"):
         decode_image(data)
 
@@ -1504,11 +1445,8 @@ def test_a_fits_file_is_refused_without_being_decoded():
 def test_stray_bytes_between_segments_do_not_hide_scans():
     """libjpeg skips bytes that are not a marker where one belongs ("extraneous bytes before
     marker", a warning Pillow drops) and goes on decoding every scan, so the walk skips them too."""
-    bomb = _scan_bomb(2000)
-    dht = _jpeg_segments(bomb, 0xC4)[1]
-    stray = bomb.replace(dht, dht + b"\x00\x00\x17", 1)
     with pytest.raises(ImageTooLargeError, match="passes over the picture"):
-        decode_image(stray)
+        decode_image(with_stray_bytes_after_a_table(jpeg_scan_bomb(2000)))
 
 
 def test_a_row_refused_for_its_scans_gets_no_advice_about_the_pixel_limit():
@@ -1521,7 +1459,7 @@ def test_a_row_refused_for_its_scans_gets_no_advice_about_the_pixel_limit():
                     output_format="JPEG")
     by_pixels = reader.decode(item, save(Image.fromarray(smooth_rgb(48, 64)), "JPEG")).row.error
     assert by_pixels.startswith("ImageTooLargeError: ") and by_pixels.endswith("(this machine had 1.0 GiB of memory)")
-    by_scans = reader.decode(item, _scan_bomb(1000, size=(32, 24))).row.error
+    by_scans = reader.decode(item, jpeg_scan_bomb(1000, size=(32, 24))).row.error
     assert by_scans.startswith("ImageTooLargeError: JPEG's 93 scans make more than 32 passes") and "machine had" not in by_scans
 
 
@@ -1545,8 +1483,8 @@ def test_scans_are_counted_in_the_first_picture_only():
     assert restarts.count(b"\xff\xd3") > 0 and jpeg_scan_count(restarts) == 1
     filled = progressive.replace(b"\xff\xda", b"\xff\xff\xff\xda")
     assert jpeg_scan_count(filled) == 10
-    assert jpeg_scan_count(progressive + _scan_bomb(1000)) == 10
-    assert jpeg_scan_count(_frame_of_scans(3, 1) + _frame_of_scans(300, 1)) == 3
+    assert jpeg_scan_count(progressive + jpeg_scan_bomb(1000)) == 10
+    assert jpeg_scan_count(jpeg_frame_of_scans(3, 1) + jpeg_frame_of_scans(300, 1)) == 3
 
 
 def test_damaged_png_header_is_corrupt():
