@@ -1,6 +1,6 @@
 """What decoding's bomb checks save: crafted files decoded with each check off and on, side by side.
 
-    python benchmarks/bench_decode_bombs.py              # every case, about 2 minutes
+    python benchmarks/bench_decode_bombs.py              # every case, about 3 minutes
     python benchmarks/bench_decode_bombs.py --cases icc,fits
 
 Each case is a file of a few hundred bytes to a few hundred KB (``tests/crafted_files.py``) whose
@@ -14,7 +14,9 @@ scans of one component of a 16 MP picture: under the scan limit), ``stray`` (the
 three stray bytes after a Huffman table, which an earlier walk of the segments stopped at),
 ``j2k-blocks`` (JPEG 2000 headers asking for 4x4 code-blocks on 4000x4000 RGB), ``j2k-precincts``
 (2x2 precincts on 2000x2000), ``icc`` (an 8x8 PNG whose profile chains 5,000 matrices), ``fits``
-(a FITS file of gzip-compressed zeros, 5000x5000: a format the job does not read).
+(a FITS file of gzip-compressed zeros, 5000x5000: a format the job does not read),
+``avif-sequence`` (a 10-bit AVIF of 30 flat frames of 2000x2000), ``bmp-rle`` (a run-length BMP of
+10000x10000 one-pixel rows), ``pnm-comments`` (a plain PGM header followed by 1 MB of comments).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import time
 
 from _common import REPO, hardware_line, table
 
-CASES = ("scans", "passes", "stray", "j2k-blocks", "j2k-precincts", "icc", "fits")
+CASES = ("scans", "passes", "stray", "j2k-blocks", "j2k-precincts", "icc", "fits", "avif-sequence", "bmp-rle",
+         "pnm-comments")
 
 
 def build(case: str) -> bytes:
@@ -54,6 +57,12 @@ def build(case: str) -> bytes:
         return buffer.getvalue()
     if case == "fits":
         return crafted.fits_gzip(5000, 5000)
+    if case == "avif-sequence":
+        return crafted.avif_sequence(30, size=(2000, 2000))
+    if case == "bmp-rle":
+        return crafted.run_length_bmp(10000, 10000)
+    if case == "pnm-comments":
+        return b"P2\n10000 10000\n255\n" + b"#\n" * 500_000
     raise SystemExit(f"unknown case {case!r}; cases: {', '.join(CASES)}")
 
 
@@ -73,6 +82,16 @@ def turn_off(case: str) -> None:
 
         Image.init()
         decode.DECODED_FORMATS = frozenset(Image.ID)
+    elif case == "avif-sequence":
+        import dce_batch.imaging.deep as deep
+
+        shipped = decode.is_deep_colour
+        decode.is_deep_colour = lambda image, fmt, data: (
+            deep._avif_bits(data) > 8 if fmt == "AVIF" else shipped(image, fmt, data))
+    elif case == "bmp-rle":
+        decode._check_run_length_bmp = lambda image: None
+    elif case == "pnm-comments":
+        decode._without_plain_pnm_comments = lambda data: data
 
 
 def one(case: str, check: str) -> None:

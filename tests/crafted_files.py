@@ -12,12 +12,15 @@ import struct
 from PIL import Image
 
 __all__ = [
+    "avif_sequence",
     "fits_gzip",
     "icc_profile_of_matrices",
+    "isobmff_with_items",
     "jpeg2000_headers",
     "jpeg_frame_of_scans",
     "jpeg_scan_bomb",
     "jpeg_segments",
+    "run_length_bmp",
     "with_stray_bytes_after_a_table",
 ]
 
@@ -110,3 +113,40 @@ def fits_gzip(width: int, height: int) -> bytes:
                  + card("ZNAXIS", "2") + card("ZNAXIS1", str(width)) + card("ZNAXIS2", str(height))
                  + b"END".ljust(80)).ljust(2880)
     return primary + extension + gzip.compress(bytes(width * height * 4), 9)
+
+
+def avif_sequence(frames: int, size: tuple[int, int] = (64, 48), bits: int = 10) -> bytes:
+    """An AVIF image sequence of ``frames`` flat frames of ``size`` (width, height), frame i at
+    level 200 + 300 i of 1023 (10 bits)."""
+    import imagecodecs
+    import numpy as np
+
+    width, height = size
+    levels = 200 + 300 * np.arange(frames, dtype=np.uint16)
+    pixels = np.broadcast_to(levels[:, None, None, None], (frames, height, width, 3)).copy()
+    return bytes(imagecodecs.avif_encode(pixels, level=90, speed=10, bitspersample=bits))
+
+
+def isobmff_with_items(items: int, *, declared: int | None = None) -> bytes:
+    """ftyp (avif) and a meta box whose iinf holds ``items`` entries of 21 bytes (and declares
+    ``declared``, by default as many): what libavif parses, item by item, before the picture."""
+    def box(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", 8 + len(body)) + kind + body
+
+    declared = items if declared is None else declared
+    entries = b"".join(box(b"infe", b"\x02\x00\x00\x00" + struct.pack(">HH", i % 65535 + 1, 0) + b"av01\x00")
+                       for i in range(items))
+    iinf = box(b"iinf", (bytes(4) + struct.pack(">H", declared) if declared < 65536 else
+                         b"\x01\x00\x00\x00" + struct.pack(">I", declared)) + entries)
+    meta = box(b"meta", bytes(4) + box(b"hdlr", bytes(8) + b"pict" + bytes(13)) + iinf)
+    return box(b"ftyp", b"avif" + bytes(4) + b"avifmif1miaf") + meta
+
+
+def run_length_bmp(width: int, height: int) -> bytes:
+    """An 8-bit run-length BMP of ``width`` x ``height`` whose every row is one pixel and an
+    end-of-line escape: 4 bytes a row, and the rest of each row padded by Pillow's decoder."""
+    rows = (b"\x01\x05" + b"\x00\x00") * height + b"\x00\x01"
+    palette = b"".join(bytes([i, i, i, 0]) for i in range(256))
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rows), 2835, 2835, 256, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset) + info + palette + rows

@@ -40,11 +40,14 @@ from dce_batch.imaging.metadata import png_with_metadata, upright_exif
 from dce_batch.imaging.pixels import to_depth
 
 from .crafted_files import (
+    avif_sequence,
     fits_gzip,
     icc_profile_of_matrices,
+    isobmff_with_items,
     jpeg2000_headers,
     jpeg_frame_of_scans,
     jpeg_scan_bomb,
+    run_length_bmp,
     with_stray_bytes_after_a_table,
 )
 
@@ -1440,6 +1443,58 @@ def test_a_fits_file_is_refused_without_being_decoded():
     assert PIL.Image.open(io.BytesIO(data)).format == "FITS"  # what Pillow alone would decode
     with pytest.raises(UnsupportedImageError, match="its first bytes say FITS"):
         decode_image(data)
+
+
+@pytest.mark.skipif(not features.check("avif"), reason="this Pillow has no AVIF support")
+def test_a_deep_avif_sequence_gives_its_first_frame_without_decoding_the_others():
+    """imagecodecs decodes every frame of a sequence into one array (500 frames of 2000x2000 that
+    share one frame's bytes, 5 KB: 11.5 GB), and then had no single picture to give; Pillow
+    decodes the first frame only, at 8 bits. A still 10-bit AVIF keeps its 16-bit path."""
+    first = decode_image(avif_sequence(3))
+    assert first.pixels.shape == (48, 64, 3) and first.pixels.dtype == np.uint8
+    assert abs(int(first.pixels.mean()) - round(200 / 1023 * 255)) <= 1  # frame 0, not 1 or 2
+    still = decode_image(avif_sequence(1))
+    assert still.pixels.dtype == np.uint16 and abs(int(still.pixels.mean()) - round(200 / 1023 * 65535)) <= 64
+
+
+def test_an_avif_holding_more_items_than_cameras_write_is_refused_before_parsing():
+    """libavif parses every item when the file is opened: 44,101 unused items (2 MB, a 64x64
+    picture) took 18.8 s. A count damaged into a large number is no such file: it is left for
+    libavif to refuse as damaged."""
+    from dce_batch.imaging.isobmff import MAX_ITEMS, item_count
+
+    assert item_count(isobmff_with_items(70_000)) == 70_000
+    with pytest.raises(ImageTooLargeError, match=r"AVIF holds 5,000 items \(more than 4,096"):
+        decode_image(isobmff_with_items(5000))
+    assert item_count(isobmff_with_items(MAX_ITEMS)) == MAX_ITEMS
+    assert item_count(isobmff_with_items(3, declared=49_409)) == 3
+    with pytest.raises(CorruptImageError):
+        decode_image(isobmff_with_items(3, declared=49_409))
+    if features.check("avif"):
+        single = save(Image.fromarray(smooth_rgb(48, 64)), "AVIF")
+        assert item_count(single) == 1 and decode_image(single).pixels.shape == (48, 64, 3)
+
+
+def test_a_run_length_bmp_larger_than_such_bmps_are_is_refused_before_decoding():
+    """Pillow pads each row of a run-length BMP ended early one byte per Python step: one-pixel
+    rows of 10000x10000 (41 KB) took 10.6 s."""
+    with pytest.raises(ImageTooLargeError, match=r"BMP is run-length encoded and 5000x5000 = 25.0 MP, more than 20 MP"):
+        decode_image(run_length_bmp(5000, 5000))
+    small = decode_image(run_length_bmp(7, 3))
+    expected = np.zeros((3, 7, 3), np.uint8)
+    expected[:, 0] = 5
+    np.testing.assert_array_equal(small.pixels, expected)
+
+
+@pytest.mark.parametrize("magic, body, expected", [
+    (b"P2", b"3 2\n# maxval next\n255\n0 # a comment\n10 20#another\n30 40 50\n", [[0, 10, 20], [30, 40, 50]]),
+    (b"P1", b"3 2 #size\n1 0 1#x\n0 # y\n1 0\n", [[0, 255, 0], [255, 0, 255]]),
+])
+def test_a_plain_pnm_with_comments_in_its_data_decodes(magic, body, expected):
+    """Plain PNM comments are taken out in one pass before Pillow (which removes them one at a
+    time by re-slicing its block: 2 MB of comments took 34 s); the pixels are the same."""
+    decoded = decode_image(magic + b"\n# made by hand\n" + body)
+    np.testing.assert_array_equal(decoded.pixels[..., 0], np.array(expected, np.uint8))
 
 
 def test_stray_bytes_between_segments_do_not_hide_scans():

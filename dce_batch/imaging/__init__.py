@@ -24,9 +24,10 @@ Import from here; the modules behind it are an implementation detail, one concer
 * :mod:`~dce_batch.imaging.decode`: bytes to upright pixels (identification, decompression-bomb
   checks, modes, CMYK, orientation) with Pillow;
 * :mod:`~dce_batch.imaging.repairs`, :mod:`~dce_batch.imaging.png_stream`,
-  :mod:`~dce_batch.imaging.jpeg_stream`, :mod:`~dce_batch.imaging.jpeg2000_stream`: what viewers
-  mend without a word, and what Pillow does not check (a PNG's incomplete image data, the work a
-  JPEG's scans or a JPEG 2000's code-blocks ask of the decoder);
+  :mod:`~dce_batch.imaging.jpeg_stream`, :mod:`~dce_batch.imaging.jpeg2000_stream`,
+  :mod:`~dce_batch.imaging.isobmff`: what viewers mend without a word, and what Pillow does not
+  check (a PNG's incomplete image data, the work a JPEG's scans, a JPEG 2000's code-blocks or an
+  AVIF's items ask of the decoder);
 * :mod:`~dce_batch.imaging.deep`: colour of more than 8 bits, which Pillow cannot hold, through
   imagecodecs and tifffile;
 * :mod:`~dce_batch.imaging.colour_space`: wide-gamut colour to sRGB for enhancement, and back;

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import re
 import struct
 import warnings
 import zlib
@@ -37,6 +38,7 @@ from dce_batch.imaging.colour_space import needs_conversion, to_srgb
 from dce_batch.imaging.decoded import GRAY_8BIT_MODES, HIGH_DEPTH_MODES, DecodedImage
 from dce_batch.imaging.deep import decode_deep_colour, is_deep_colour
 from dce_batch.imaging.formats import DECODED_FORMATS, DEFAULT_MAX_PIXELS, HEIF_ADVICE, SUPPORTED_TEXT
+from dce_batch.imaging.isobmff import MAX_ITEMS, isobmff_extent, item_count
 from dce_batch.imaging.jpeg2000_stream import jpeg2000_structures
 from dce_batch.imaging.jpeg_stream import MAX_JPEG_PASSES, MAX_JPEG_SCANS, jpeg_scan_work
 from dce_batch.imaging.metadata import icc_colour_space, icc_too_costly, usable_icc
@@ -99,7 +101,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
     # Damage that leaves every pixel intact is repaired as viewers do (dce_batch.imaging.repairs).
     closed = close_jpeg(data)
     jpeg_was_closed = closed is not data
-    data = drop_damaged_png_chunks(closed)
+    data = _without_plain_pnm_comments(drop_damaged_png_chunks(closed))
 
     with warnings.catch_warnings():
         # Some plugins still consult Pillow's own limit (e.g. when seeking frames); its warning
@@ -109,6 +111,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
         _check_webp_canvas(data, max_pixels)
+        _check_isobmff_items(data)
         image = _identify(data)
         fmt = str(image.format)
         _check_size(image.size, max_pixels)
@@ -116,6 +119,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
             _check_jpeg_scans(data)
         elif fmt == "JPEG2000":
             _check_jpeg2000_structures(data)
+        elif fmt in ("BMP", "DIB"):
+            _check_run_length_bmp(image)
         if is_deep_colour(image, fmt, data):
             return _in_srgb(decode_deep_colour(data, image, fmt))
         _load(image, fmt)
@@ -361,6 +366,9 @@ def _load(image: ImageFile.ImageFile, fmt: str) -> None:
         ) from exc
 
 
+_PLAIN_PNM: Final = (b"P1", b"P2", b"P3")
+_PNM_COMMENT: Final = re.compile(rb"#[^\r\n]*")
+_MAX_RUN_LENGTH_BMP_PIXELS: Final = 20_000_000
 _JPEG_FORMATS: Final = ("JPEG", "MPO")  # MPO: a JPEG followed by more pictures; its first is the one read
 # libjpeg-turbo's warnings that mean pixels are missing or wrong (jerror.h: JWRN_JPEG_EOF, JWRN_HIT_MARKER,
 # JWRN_HUFF_BAD_CODE, JWRN_ARITH_BAD_CODE, JWRN_MUST_RESYNC). Others pass: "extraneous bytes before
@@ -439,10 +447,49 @@ def _check_jpeg2000_structures(data: bytes) -> None:
     if structures is not None and structures.excessive:
         raise ImageTooLargeError(
             f"JPEG 2000 asks for {structures.in_one_tile:,} code-blocks and precincts in one tile for "
-            f"{structures.samples:,} samples: its code-blocks, "
-            "precincts are far smaller than any encoder's, and decoding it would take gigabytes "
+            f"{structures.samples:,} samples: its code-blocks or precincts are far smaller than any "
+            "encoder's, and decoding it would take gigabytes "
             "or minutes (a decompression bomb or a damaged file). If the picture is yours, re-encode it "
             "with the encoder's defaults (64x64 code-blocks), or as PNG or TIFF",
+            by_pixels=False,
+        )
+
+
+def _without_plain_pnm_comments(data: bytes) -> bytes:
+    """A plain (text) PNM without its comments, which Pillow removes one at a time by re-slicing
+    the rest of a 1 MB block: quadratic, so 1 MB of comments took 10 s and 2 MB 34 s. Binary
+    PNMs, and plain ones without comments, are returned as they are."""
+    if data[:2] in _PLAIN_PNM and data[2:3].isspace() and b"#" in data:
+        return _PNM_COMMENT.sub(b"", data)
+    return data
+
+
+def _check_run_length_bmp(image: ImageFile.ImageFile) -> None:
+    """Raise :class:`ImageTooLargeError` for a run-length BMP larger than any such BMP is: Pillow
+    decodes them in Python and pads each row ended early one byte per step (about 100 ns a
+    pixel), so 10000x10000 one-pixel rows (41 KB) took 10.6 s, and 100,000,000 x 1 (1 KB) 10.4 s.
+    Run-length BMPs are 16- and 256-colour pictures the size of a screen."""
+    width, height = image.size
+    if image.tile and image.tile[0][0] == "bmp_rle" and width * height > _MAX_RUN_LENGTH_BMP_PIXELS:
+        raise ImageTooLargeError(
+            f"BMP is run-length encoded and {width}x{height} = {_megapixels(width * height)} MP, more than "
+            f"{_MAX_RUN_LENGTH_BMP_PIXELS / 1e6:g} MP: its decoder is a Python loop that could take minutes "
+            "(a decompression bomb or a damaged file). Convert it to PNG",
+            by_pixels=False,
+        )
+
+
+def _check_isobmff_items(data: bytes) -> None:
+    """Raise :class:`ImageTooLargeError` for an ISOBMFF file (AVIF) with more items than any camera
+    writes, before libavif parses them (:mod:`~dce_batch.imaging.isobmff`)."""
+    if data[4:8] != b"ftyp":
+        return
+    items = item_count(data)
+    if items > MAX_ITEMS:
+        raise ImageTooLargeError(
+            f"AVIF holds {items:,} items (more than {MAX_ITEMS:,}; cameras and phones write a few hundred "
+            "at most), so reading it could take minutes: a decompression bomb or a damaged file. "
+            "If the picture is yours, re-encode it as a single-image AVIF, or as PNG or JPEG",
             by_pixels=False,
         )
 
@@ -467,7 +514,7 @@ def _check_zero_tail(data: bytes, fmt: str) -> None:
     if fmt == "WEBP" and data[12:16] == b"VP8L":
         end = min(len(data), 8 + int.from_bytes(data[4:8], "little"))  # the RIFF extent: padding after it is no damage
     elif fmt == "AVIF":
-        end = _isobmff_extent(data)
+        end = isobmff_extent(data)
     else:
         return
     zeros = trailing_zero_bytes(data, end)
@@ -476,26 +523,6 @@ def _check_zero_tail(data: bytes, fmt: str) -> None:
             f"{fmt} data is damaged or truncated (its last {zeros} bytes are zeros: the file was never "
             "written to its end); the picture would be grey or garbled; re-export or re-download the file"
         )
-
-
-def _isobmff_extent(data: bytes) -> int:
-    """Where an ISOBMFF file's (AVIF's) last top-level box ends: padding after it is no damage.
-
-    The walk stops at a box header whose type is not four printable characters (zero padding
-    reads as a box whose type is four zero bytes); a box that runs past the end, or one whose
-    size is 0 ("to the end of the file"), ends the file.
-    """
-    offset = 0
-    while offset + 8 <= len(data):
-        size, kind = struct.unpack_from(">I4s", data, offset)
-        if not all(0x20 <= byte < 0x7F for byte in kind):
-            return offset
-        if size == 1 and offset + 16 <= len(data):
-            size = struct.unpack_from(">Q", data, offset + 8)[0]
-        if size < 8 or offset + size >= len(data):
-            return len(data)
-        offset += size
-    return len(data)
 
 
 def _check_png_data(data: bytes, *, last_row_black: bool) -> None:

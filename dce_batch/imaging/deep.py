@@ -47,13 +47,16 @@ def is_deep_colour(image: ImageFile.ImageFile, fmt: str, data: bytes) -> bool:
     Decided from the header, before ``load()``. PNG: Pillow opens such files in 8-bit modes but
     their raw mode still says ``;16``. TIFF: RGB photometric with 16 bits per sample (Pillow also
     misreads planar 16-bit RGB as 8-bit). AVIF: the bit depth its AV1 configuration box declares
-    (10 or 12). JPEG 2000: more than 8 bits in the codestream's first component, for Pillow's
+    (10 or 12), for a still picture. JPEG 2000: more than 8 bits in the codestream's first component, for Pillow's
     8-bit modes (its 16-bit gray, ``I;16``, is exact). 16-bit gray without alpha (``I;16``)
     stays with Pillow, which decodes it exactly; other 16-bit TIFF colour spaces (CMYK, YCbCr,
     Lab) also stay with Pillow and come out 8-bit.
     """
     if fmt == "AVIF":
-        return _avif_bits(data) > 8
+        # A sequence stays with Pillow, which decodes its first frame (at 8 bits): imagecodecs
+        # decodes every frame into one array (500 frames of 2000x2000 that share one frame's
+        # bytes, a file of 5 KB: 11.5 GB).
+        return _avif_bits(data) > 8 and getattr(image, "n_frames", 1) == 1
     if fmt == "JPEG2000":
         return image.mode in ("L", "LA", "RGB", "RGBA") and _jpeg2000_bits(data) > 8
     if fmt == "PPM":
