@@ -85,9 +85,11 @@ def icc_profile_of_matrices(elements: int) -> bytes:
 
 
 def jpeg2000_headers(width: int, height: int, *, block: int = 6, precincts: bytes | None = None,
-                     tile: int | None = None, components: int = 1) -> bytes:
+                     tile: int | None = None, components: int = 1, tile_part_block: int | None = None) -> bytes:
     """A JPEG 2000 codestream of headers only (SIZ, COD with 5 levels, QCD, one empty tile-part
-    per tile, EOC): code-blocks of 2**block, the precinct exponents given."""
+    per tile, EOC): code-blocks of 2**block, the precinct exponents given. ``tile_part_block``:
+    each tile-part header holds a comment with an SOD marker's bytes in it, then a COD asking for
+    code-blocks of 2**tile_part_block."""
     def segment(marker: int, payload: bytes) -> bytes:
         return struct.pack(">HH", marker, len(payload) + 2) + payload
 
@@ -96,8 +98,13 @@ def jpeg2000_headers(width: int, height: int, *, block: int = 6, precincts: byte
     style = struct.pack(">BBHB", 1 if precincts else 0, 0, 1, 0) + bytes([5, block - 2, block - 2, 0, 1])
     stream = b"\xff\x4f" + segment(0xFF51, size) + segment(0xFF52, style + (precincts or b""))
     stream += segment(0xFF5C, bytes([0x40]) + bytes([8 << 3]) * 16)
+    tile_header = b""
+    if tile_part_block is not None:
+        tile_header = (segment(0xFF64, b"\x00\x01 \xff\x93 ")
+                       + segment(0xFF52, style[:5] + bytes([5, tile_part_block - 2, tile_part_block - 2, 0, 1])))
     for index in range(math.ceil(width / tile) * math.ceil(height / tile)):
-        stream += struct.pack(">HHHIBB", 0xFF90, 10, index, 15, 0, 1) + b"\xff\x93\x00"
+        stream += (struct.pack(">HHHIBB", 0xFF90, 10, index, 15 + len(tile_header), 0, 1) + tile_header
+                   + b"\xff\x93\x00")
     return stream + b"\xff\xd9"
 
 

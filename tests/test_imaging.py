@@ -1416,6 +1416,9 @@ def test_a_jpeg2000_asking_for_gigabytes_of_code_blocks_is_refused_before_decodi
         with pytest.raises(ImageTooLargeError, match=r"JPEG 2000 asks for [\d,]+ code-blocks and precincts in one tile"):
             decode_image(bomb)
     assert not jpeg2000_structures(jpeg2000_headers(4000, 4000)).excessive
+    # A tile-part header's coding style counts, though a comment before it holds an SOD's bytes.
+    assert jpeg2000_structures(jpeg2000_headers(4000, 4000, tile_part_block=2)).excessive
+    assert not jpeg2000_structures(jpeg2000_headers(4000, 4000, tile_part_block=6)).excessive
     assert not jpeg2000_structures(jpeg2000_headers(4000, 4000, block=3)).excessive  # 8x8
     assert not jpeg2000_structures(jpeg2000_headers(10000, 10000, tile=40)).excessive  # 62,500 tiles, one at a time
     assert not jpeg2000_structures(jpeg2000_headers(1000, 1000, block=2)).excessive  # 63,000: costs little

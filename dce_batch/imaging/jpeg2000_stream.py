@@ -47,7 +47,7 @@ class Jpeg2000Structures:
 
 
 _SOC: Final = b"\xff\x4f"
-_SIZ, _COD, _COC, _SOT, _EOC = 0xFF51, 0xFF52, 0xFF53, 0xFF90, 0xFFD9
+_SIZ, _COD, _COC, _SOT, _SOD, _EOC = 0xFF51, 0xFF52, 0xFF53, 0xFF90, 0xFF93, 0xFFD9
 _DEFAULT_PRECINCT: Final = 15  # exponent: 32768, one precinct per resolution
 _MAX_LEVELS: Final = 32
 
@@ -102,10 +102,7 @@ def _count(data: bytes, start: int) -> Jpeg2000Structures | None:
         if marker == _SOT:
             (tile_part_length,) = struct.unpack_from(">I", data, position + 6)
             # The tile-part's own header runs to its SOD; its COD/COC count like the main header's.
-            header_end = data.find(b"\xff\x93", position + 2 + length)
-            if header_end < 0:
-                break
-            _read_styles(data, position + 2 + length, header_end, len(components), styles)
+            _read_styles(data, position + 2 + length, len(components), styles)
             if tile_part_length == 0:
                 break
             position += tile_part_length
@@ -133,9 +130,13 @@ def _count(data: bytes, start: int) -> Jpeg2000Structures | None:
     return Jpeg2000Structures(in_one_tile=in_one_tile, samples=samples)
 
 
-def _read_styles(data: bytes, position: int, end: int, component_count: int, styles: set[_CodingStyle]) -> None:
-    while position + 4 <= end:
+def _read_styles(data: bytes, position: int, component_count: int, styles: set[_CodingStyle]) -> None:
+    """Add the coding styles of a tile-part header starting at ``position``, walked segment by
+    segment (by their lengths: a comment may hold any bytes, an SOD's among them) up to its SOD."""
+    while position + 4 <= len(data):
         marker, length = struct.unpack_from(">HH", data, position)
+        if marker == _SOD or marker >> 8 != 0xFF:
+            return
         if marker in (_COD, _COC):
             styles.add(_style(marker, data[position + 4:position + 2 + length], component_count))
         position += 2 + length
