@@ -21,6 +21,7 @@ __all__ = [
     "jpeg_scan_bomb",
     "jpeg_segments",
     "run_length_bmp",
+    "tiff_of_one_jpeg_strip",
     "with_stray_bytes_after_a_table",
 ]
 
@@ -32,12 +33,13 @@ def jpeg_segments(data: bytes, marker: int) -> list[bytes]:
     return [data[start:end] for start, end in zip(starts, ends)]
 
 
-def jpeg_scan_bomb(repeats: int, size: tuple[int, int] = (64, 48)) -> bytes:
-    """A progressive 4:4:4 JPEG of a flat picture of ``size`` (width, height) with one of its
-    one-component scans of empty AC refinements repeated: a few bytes each, and a pass over a
-    third of the blocks each."""
+def jpeg_scan_bomb(repeats: int, size: tuple[int, int] = (64, 48), mode: str = "RGB") -> bytes:
+    """A progressive JPEG (4:4:4, or gray with ``mode="L"``) of a flat picture of ``size`` (width,
+    height) with one of its one-component scans of empty AC refinements repeated: a few bytes
+    each, and a pass over a third of the blocks each (all of them in gray)."""
     buffer = io.BytesIO()
-    Image.new("RGB", size, (120, 110, 100)).save(buffer, "JPEG", progressive=True, quality=90, subsampling=0)
+    flat = (120, 110, 100) if mode == "RGB" else 110
+    Image.new(mode, size, flat).save(buffer, "JPEG", progressive=True, quality=90, subsampling=0)
     data = buffer.getvalue()
     empty = min(jpeg_segments(data, 0xDA)[1:], key=len)
     return data[:-2] + empty * repeats + data[-2:]
@@ -157,3 +159,14 @@ def run_length_bmp(width: int, height: int) -> bytes:
     offset = 14 + 40 + len(palette)
     info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rows), 2835, 2835, 256, 0)
     return b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset) + info + palette + rows
+
+
+def tiff_of_one_jpeg_strip(jpeg: bytes, width: int, height: int) -> bytes:
+    """A gray 8-bit TIFF (little-endian) whose one strip is ``jpeg`` (compression 7: JPEG)."""
+    entries = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 7), (262, 3, 1), (273, 4, 0),
+               (277, 3, 1), (278, 4, height), (279, 4, len(jpeg)), (284, 3, 1)]
+    strip_at = 8 + 2 + 12 * len(entries) + 4
+    ifd = b"".join(
+        struct.pack("<HHII", tag, kind, 1, strip_at if tag == 273 else value) if kind == 4 else
+        struct.pack("<HHIHH", tag, kind, 1, value, 0) for tag, kind, value in entries)
+    return b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries)) + ifd + bytes(4) + jpeg

@@ -48,6 +48,7 @@ from .crafted_files import (
     jpeg_frame_of_scans,
     jpeg_scan_bomb,
     run_length_bmp,
+    tiff_of_one_jpeg_strip,
     with_stray_bytes_after_a_table,
 )
 
@@ -1374,7 +1375,7 @@ def test_a_jpeg_whose_scans_would_take_minutes_is_refused_before_decoding():
     # Each repeated scan adds a third of a pass: 14 / 3 + 82 / 3 = 32 passes decode, 83 repeats do not.
     assert jpeg_scan_work(jpeg_scan_bomb(82)) == ScanWork(92, 32.0)
     assert decode_image(jpeg_scan_bomb(82)).pixels.shape == (48, 64, 3)
-    message = rf"JPEG's 93 scans make more than {MAX_JPEG_PASSES} passes over the picture .* rewrite it as a baseline"
+    message = rf"JPEG: its 93 scans make more than {MAX_JPEG_PASSES} passes over the picture .* rewrite it as a baseline"
     with pytest.raises(ImageTooLargeError, match=message):
         decode_image(jpeg_scan_bomb(83))
     # Scans of a component with a small share of the blocks: the count of scans bounds them.
@@ -1500,6 +1501,17 @@ def test_a_plain_pnm_with_comments_in_its_data_decodes(magic, body, expected):
     np.testing.assert_array_equal(decoded.pixels[..., 0], np.array(expected, np.uint8))
 
 
+def test_the_jpeg_strips_of_a_tiff_are_checked_for_their_scans_too():
+    """libtiff decodes a JPEG-compressed TIFF's strips with libjpeg and stops only at 100 scans (97
+    empty scans in one strip of 10000x10000 took 10.7 s)."""
+    whole = tiff_of_one_jpeg_strip(jpeg_scan_bomb(0, mode="L"), 64, 48)
+    assert decode_image(whole).pixels.shape == (48, 64, 3)
+    with pytest.raises(ImageTooLargeError, match=r"JPEG \(a strip or tile of a TIFF\): its 33 scans make more than 32"):
+        decode_image(tiff_of_one_jpeg_strip(jpeg_scan_bomb(40, mode="L"), 64, 48))
+    written = save(Image.fromarray(smooth_rgb(48, 64)), "TIFF", compression="jpeg")  # by libtiff
+    assert decode_image(written).pixels.shape == (48, 64, 3)
+
+
 def test_stray_bytes_between_segments_do_not_hide_scans():
     """libjpeg skips bytes that are not a marker where one belongs ("extraneous bytes before
     marker", a warning Pillow drops) and goes on decoding every scan, so the walk skips them too."""
@@ -1518,7 +1530,7 @@ def test_a_row_refused_for_its_scans_gets_no_advice_about_the_pixel_limit():
     by_pixels = reader.decode(item, save(Image.fromarray(smooth_rgb(48, 64)), "JPEG")).row.error
     assert by_pixels.startswith("ImageTooLargeError: ") and by_pixels.endswith("(this machine had 1.0 GiB of memory)")
     by_scans = reader.decode(item, jpeg_scan_bomb(1000, size=(32, 24))).row.error
-    assert by_scans.startswith("ImageTooLargeError: JPEG's 93 scans make more than 32 passes") and "machine had" not in by_scans
+    assert by_scans.startswith("ImageTooLargeError: JPEG: its 93 scans make more than 32 passes") and "machine had" not in by_scans
 
 
 def test_scans_are_counted_in_the_first_picture_only():

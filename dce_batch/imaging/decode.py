@@ -121,6 +121,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
             _check_jpeg2000_structures(data)
         elif fmt in ("BMP", "DIB"):
             _check_run_length_bmp(image)
+        elif fmt == "TIFF":
+            _check_tiff_jpeg_scans(image, data)
         if is_deep_colour(image, fmt, data):
             return _in_srgb(decode_deep_colour(data, image, fmt))
         _load(image, fmt)
@@ -369,7 +371,10 @@ def _load(image: ImageFile.ImageFile, fmt: str) -> None:
 _PLAIN_PNM: Final = (b"P1", b"P2", b"P3")
 _PNM_COMMENT: Final = re.compile(rb"#[^\r\n]*")
 _MAX_RUN_LENGTH_BMP_PIXELS: Final = 20_000_000
-_JPEG_FORMATS: Final = ("JPEG", "MPO")  # MPO: a JPEG followed by more pictures; its first is the one read
+_JPEG_FORMATS: Final = ("JPEG", "MPO")
+# TIFF tags of a JPEG-compressed TIFF's data (TIFF 6.0 and its Technical Note 2).
+_TIFF_COMPRESSION, _TIFF_JPEG = 259, 7
+_TIFF_STRIP_OFFSETS, _TIFF_STRIP_BYTE_COUNTS, _TIFF_TILE_OFFSETS, _TIFF_TILE_BYTE_COUNTS = 273, 279, 324, 325  # MPO: a JPEG followed by more pictures; its first is the one read
 # libjpeg-turbo's warnings that mean pixels are missing or wrong (jerror.h: JWRN_JPEG_EOF, JWRN_HIT_MARKER,
 # JWRN_HUFF_BAD_CODE, JWRN_ARITH_BAD_CODE, JWRN_MUST_RESYNC). Others pass: "extraneous bytes before
 # marker" is common in files that display correctly (webcams, scanners, some cameras), and warnings
@@ -424,14 +429,35 @@ def _jpeg_damage(data: bytes, *, closed: bool = False) -> str | None:
     return None
 
 
-def _check_jpeg_scans(data: bytes) -> None:
+def _check_tiff_jpeg_scans(image: ImageFile.ImageFile, data: bytes) -> None:
+    """:func:`_check_jpeg_scans` for each strip or tile of a JPEG-compressed TIFF (compression 7),
+    which libtiff decodes with libjpeg and bounds only at 100 scans (97 empty scans in one strip
+    of 10000x10000: 10.7 s)."""
+    tags = image.tag_v2
+    if tags.get(_TIFF_COMPRESSION) != _TIFF_JPEG:
+        return
+    offsets = tags.get(_TIFF_STRIP_OFFSETS) or tags.get(_TIFF_TILE_OFFSETS) or ()
+    counts = tags.get(_TIFF_STRIP_BYTE_COUNTS) or tags.get(_TIFF_TILE_BYTE_COUNTS) or ()
+    for offset, count in zip(_tag_values(offsets), _tag_values(counts)):
+        if isinstance(offset, int) and isinstance(count, int):  # damaged tags are libtiff's to report
+            _check_jpeg_scans(data[offset:offset + count], where=" (a strip or tile of a TIFF)")
+
+
+def _tag_values(value: object) -> tuple:
+    """A TIFF tag's values as Pillow gives them (one value, a tuple, or bytes for type BYTE)."""
+    if isinstance(value, bytes):
+        return tuple(value)
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _check_jpeg_scans(data: bytes, *, where: str = "") -> None:
     """Raise :class:`ImageTooLargeError` for a JPEG whose scans would keep the decoder busy far
     longer than any real picture of its size (:mod:`~dce_batch.imaging.jpeg_stream`), before any
     of them is decoded."""
     work = jpeg_scan_work(data)
     if work.excessive:
-        what = (f"JPEG has more than {MAX_JPEG_SCANS} scans" if work.scans > MAX_JPEG_SCANS
-                else f"JPEG's {work.scans} scans make more than {MAX_JPEG_PASSES} passes over the picture")
+        what = (f"JPEG{where} has more than {MAX_JPEG_SCANS} scans" if work.scans > MAX_JPEG_SCANS
+                else f"JPEG{where}: its {work.scans} scans make more than {MAX_JPEG_PASSES} passes over the picture")
         raise ImageTooLargeError(
             f"{what} (encoders write 1 to about 18 scans, at most about 6 passes), so decoding it could "
             "take many minutes: a decompression bomb or a damaged file. If the picture is yours, rewrite "
