@@ -1512,6 +1512,23 @@ def test_the_jpeg_strips_of_a_tiff_are_checked_for_their_scans_too():
     assert decode_image(written).pixels.shape == (48, 64, 3)
 
 
+@pytest.mark.parametrize("compression, name", [("lerc", "LERC"), ("jpeg2000", "JPEG 2000"), ("png", "PNG"),
+                                               ("webp", "WebP"), ("jpegxl", "JPEG XL")])
+def test_a_tiff_compressed_with_a_scheme_pillow_does_not_decode_is_unsupported_not_damaged(compression, name):
+    """tifffile writes these (for LERC and JPEG XL, scientific and camera archives); Pillow knows
+    no decoder for most and its libtiff may lack WebP's. The file is whole: the row says what to
+    convert it to, not to download it again."""
+    import tifffile
+
+    buffer = io.BytesIO()
+    try:
+        tifffile.imwrite(buffer, smooth_rgb(32, 48), compression=compression, photometric="rgb")
+    except (ValueError, KeyError, ImportError) as exc:  # imagecodecs built without that codec
+        pytest.skip(f"tifffile cannot write {compression} here: {exc}")
+    with pytest.raises(UnsupportedImageError, match=rf"is a TIFF compressed with {name} \(compression \d+\)"):
+        decode_image(buffer.getvalue())
+
+
 def test_stray_bytes_between_segments_do_not_hide_scans():
     """libjpeg skips bytes that are not a marker where one belongs ("extraneous bytes before
     marker", a warning Pillow drops) and goes on decoding every scan, so the walk skips them too."""

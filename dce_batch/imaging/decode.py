@@ -238,6 +238,10 @@ def _identify(data: bytes) -> ImageFile.ImageFile:
             ) from exc
     if damaged is not None:
         fmt, exc = damaged
+        if fmt == "TIFF" and str(exc).isdigit() and int(str(exc)) in _TIFF_COMPRESSION_NAMES:
+            # Pillow names a compression scheme it has no decoder for by its number alone; a
+            # number no writer uses is a damaged header.
+            raise UnsupportedImageError(_tiff_compression_advice(int(str(exc)))) from exc
         if fmt == "TIFF" and "unknown pixel mode" in str(exc):
             # Pillow's TIFF reader names no mode for this combination of samples: a valid file
             # of a layout it does not decode, far more often than a damaged one.
@@ -362,10 +366,29 @@ def _load(image: ImageFile.ImageFile, fmt: str) -> None:
             "of fewer pixels per row, or give the workers more memory"
         ) from exc
     except _DECODE_ERRORS as exc:
+        compression = image.tag_v2.get(_TIFF_COMPRESSION) if fmt == "TIFF" else None
+        if compression in _TIFF_COMPRESSIONS_LIBTIFF_MAY_LACK:
+            # Pillow knows the scheme; the libtiff it was built with may not ("WEBP compression
+            # support is not configured").
+            raise UnsupportedImageError(_tiff_compression_advice(compression)) from exc
         raise CorruptImageError(
             f"{fmt} data is damaged or truncated ({type(exc).__name__}: {exc}); "
             "re-export or re-download the file"
         ) from exc
+
+
+def _tiff_compression_advice(compression: int) -> str:
+    return (f"is a TIFF compressed with {_TIFF_COMPRESSION_NAMES[compression]} (compression {compression}), "
+            "which cannot be decoded; "
+            "convert it to an uncompressed, LZW, Deflate or JPEG-compressed TIFF, or to PNG "
+            "(or, if it should be one of those, the file is damaged)")
+
+
+# Compression schemes of TIFF that Pillow does not decode, or that depend on how its libtiff was
+# built, by the numbers their writers use (tifffile's TIFF.COMPRESSION).
+_TIFF_COMPRESSION_NAMES: Final = {34712: "JPEG 2000", 34887: "LERC", 34933: "PNG", 50001: "WebP",
+                                  50002: "JPEG XL", 52546: "JPEG XL"}
+_TIFF_COMPRESSIONS_LIBTIFF_MAY_LACK: Final = frozenset({50001, 50002, 34887})
 
 
 _PLAIN_PNM: Final = (b"P1", b"P2", b"P3")
