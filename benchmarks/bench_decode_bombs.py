@@ -16,7 +16,9 @@ three stray bytes after a Huffman table, which an earlier walk of the segments s
 (2x2 precincts on 2000x2000), ``icc`` (an 8x8 PNG whose profile chains 5,000 matrices), ``fits``
 (a FITS file of gzip-compressed zeros, 5000x5000: a format the job does not read),
 ``avif-sequence`` (a 10-bit AVIF of 30 flat frames of 2000x2000), ``bmp-rle`` (a run-length BMP of
-10000x10000 one-pixel rows), ``pnm-comments`` (a plain PGM header followed by 1 MB of comments).
+10000x10000 one-pixel rows), ``pnm-comments`` (a plain PGM header followed by 1 MB of comments),
+``avif-10bit-100mp`` (a 64x64 10-bit AVIF whose ``ispe`` says 10000x10000: not refused, a 100 MP
+picture is within the limit; "off" scales it to 16 bits in one float pass instead of by table).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import time
 from _common import REPO, hardware_line, table
 
 CASES = ("scans", "passes", "stray", "j2k-blocks", "j2k-precincts", "icc", "fits", "avif-sequence", "bmp-rle",
-         "pnm-comments")
+         "pnm-comments", "avif-10bit-100mp")
 
 
 def build(case: str) -> bytes:
@@ -63,6 +65,8 @@ def build(case: str) -> bytes:
         return crafted.run_length_bmp(10000, 10000)
     if case == "pnm-comments":
         return b"P2\n10000 10000\n255\n" + b"#\n" * 500_000
+    if case == "avif-10bit-100mp":
+        return crafted.avif_claiming_size(10000, 10000)
     raise SystemExit(f"unknown case {case!r}; cases: {', '.join(CASES)}")
 
 
@@ -92,6 +96,13 @@ def turn_off(case: str) -> None:
         decode._check_run_length_bmp = lambda image: None
     elif case == "pnm-comments":
         decode._without_plain_pnm_comments = lambda data: data
+    elif case == "avif-10bit-100mp":  # scaled to 16 bits in one float pass, as before the table
+        import numpy as np
+
+        import dce_batch.imaging.deep as deep
+
+        deep._scaled_to_16_bits = lambda samples, maximum: np.rint(
+            np.minimum(samples, maximum) * np.float32(65535.0 / maximum)).astype(np.uint16)
 
 
 def one(case: str, check: str) -> None:

@@ -12,6 +12,7 @@ import struct
 from PIL import Image
 
 __all__ = [
+    "avif_claiming_size",
     "avif_sequence",
     "fits_gzip",
     "icc_profile_of_matrices",
@@ -170,3 +171,16 @@ def tiff_of_one_jpeg_strip(jpeg: bytes, width: int, height: int) -> bytes:
         struct.pack("<HHII", tag, kind, 1, strip_at if tag == 273 else value) if kind == 4 else
         struct.pack("<HHIHH", tag, kind, 1, value, 0) for tag, kind, value in entries)
     return b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries)) + ifd + bytes(4) + jpeg
+
+
+def avif_claiming_size(width: int, height: int, bits: int = 10) -> bytes:
+    """A 64x64 AVIF (black) whose ``ispe`` box says ``width`` x ``height``: libavif gives a
+    picture of that size, from about 300 bytes."""
+    import imagecodecs
+    import numpy as np
+
+    data = bytearray(imagecodecs.avif_encode(np.zeros((64, 64, 3), np.uint16 if bits > 8 else np.uint8),
+                                             **({"bitspersample": bits} if bits > 8 else {})))
+    at = data.find(b"ispe")
+    struct.pack_into(">II", data, at + 8, width, height)
+    return bytes(data)

@@ -1529,6 +1529,18 @@ def test_a_tiff_compressed_with_a_scheme_pillow_does_not_decode_is_unsupported_n
         decode_image(buffer.getvalue())
 
 
+@pytest.mark.parametrize("dtype, maximum", [(np.uint16, 1023), (np.uint16, 4095), (np.int32, 1000), (np.uint32, 300)])
+def test_deep_samples_are_scaled_by_table_to_the_same_values_as_in_floating_point(dtype, maximum):
+    """The table (a block of rows at a time) gives what scaling every sample in floating point
+    gave, clipping included; it spares a 100 MP 10-bit AVIF 1.7 GB of float copies."""
+    from dce_batch.imaging.deep import _scaled_to_16_bits
+
+    samples = np.random.default_rng(3).integers(0, maximum + 50, (301, 257, 3)).astype(dtype)
+    expected = np.rint(np.minimum(samples, maximum) * np.float32(65535.0 / maximum)).astype(np.uint16)
+    np.testing.assert_array_equal(_scaled_to_16_bits(samples, maximum), expected)
+    np.testing.assert_array_equal(_scaled_to_16_bits(samples[0, :, 0], maximum), expected[0, :, 0])
+
+
 def test_stray_bytes_between_segments_do_not_hide_scans():
     """libjpeg skips bytes that are not a marker where one belongs ("extraneous bytes before
     marker", a warning Pillow drops) and goes on decoding every scan, so the walk skips them too."""
