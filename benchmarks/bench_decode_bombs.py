@@ -11,7 +11,8 @@ of address space and ``--timeout`` seconds.
 
 Cases: ``scans`` (a progressive JPEG repeating an empty scan 1,000 times), ``passes`` (250 such
 scans of one component of a 16 MP picture: under the scan limit), ``stray`` (the first with
-three stray bytes after a Huffman table, which an earlier walk of the segments stopped at),
+three stray bytes after a Huffman table, which a walk that stops at the first byte that is not
+a marker would miss),
 ``j2k-blocks`` (JPEG 2000 headers asking for 4x4 code-blocks on 4000x4000 RGB), ``j2k-precincts``
 (2x2 precincts on 2000x2000), ``icc`` (an 8x8 PNG whose profile chains 5,000 matrices), ``fits``
 (a FITS file of gzip-compressed zeros, 5000x5000: a format the job does not read),
@@ -96,7 +97,7 @@ def turn_off(case: str) -> None:
         decode._check_run_length_bmp = lambda image: None
     elif case == "pnm-comments":
         decode._without_plain_pnm_comments = lambda data: data
-    elif case == "avif-10bit-100mp":  # scaled to 16 bits in one float pass, as before the table
+    elif case == "avif-10bit-100mp":  # scaled to 16 bits in one float pass over the whole picture
         import numpy as np
 
         import dce_batch.imaging.deep as deep

@@ -29,9 +29,10 @@ class CorruptImageError(ImageError):
 
 
 class ImageTooLargeError(ImageError):
-    """The image has more pixels than the configured limit, or (a JPEG) more scans than any encoder
-    writes: decompression-bomb protection. ``by_pixels`` is False where the pixel limit is not
-    the reason (the scans), so that advice about the limit is not added to the message."""
+    """The image has more pixels than the configured limit, or its headers ask for far more
+    decoding work than any real picture of its size: decompression-bomb protection. ``by_pixels``
+    is False where the pixel limit is not the reason, so that advice about the limit is not added
+    to the message."""
 
     def __init__(self, message: str, *, by_pixels: bool = True) -> None:
         super().__init__(message)

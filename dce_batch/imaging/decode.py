@@ -26,7 +26,7 @@ from typing import Final
 
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, TiffImagePlugin
 
 from dce_batch.errors import (
     ConfigError,
@@ -80,10 +80,10 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
 
     Raises:
         UnsupportedImageError: the bytes are not an image format Pillow recognises.
-        ImageTooLargeError: the image has more than ``max_pixels`` pixels, or is a JPEG with
-            more scans or passes than :mod:`~dce_batch.imaging.jpeg_stream` allows, or (JPEG
-            2000) asks for more code-blocks and precincts than
-            :mod:`~dce_batch.imaging.jpeg2000_stream` allows.
+        ImageTooLargeError: the image has more than ``max_pixels`` pixels, or its headers ask
+            for far more decoding work than any real picture of its size (a JPEG's scans, a JPEG
+            2000's code-blocks, an AVIF's items, a large run-length BMP: the ``_check_*``
+            functions below).
         CorruptImageError: the data is truncated or damaged.
         ConfigError: ``max_pixels`` is not a positive integer.
     """
@@ -366,10 +366,10 @@ def _load(image: ImageFile.ImageFile, fmt: str) -> None:
             "of fewer pixels per row, or give the workers more memory"
         ) from exc
     except _DECODE_ERRORS as exc:
-        compression = image.tag_v2.get(_TIFF_COMPRESSION) if fmt == "TIFF" else None
-        if compression in _TIFF_COMPRESSIONS_LIBTIFF_MAY_LACK:
-            # Pillow knows the scheme; the libtiff it was built with may not ("WEBP compression
-            # support is not configured").
+        compression = image.tag_v2.get(TiffImagePlugin.COMPRESSION) if fmt == "TIFF" else None
+        if compression in _TIFF_COMPRESSION_NAMES:
+            # A scheme Pillow knows (WebP) that the libtiff it was built with may lack ("WEBP
+            # compression support is not configured"); the others fail when the header is read.
             raise UnsupportedImageError(_tiff_compression_advice(compression)) from exc
         raise CorruptImageError(
             f"{fmt} data is damaged or truncated ({type(exc).__name__}: {exc}); "
@@ -384,20 +384,17 @@ def _tiff_compression_advice(compression: int) -> str:
             "(or, if it should be one of those, the file is damaged)")
 
 
-# Compression schemes of TIFF that Pillow does not decode, or that depend on how its libtiff was
-# built, by the numbers their writers use (tifffile's TIFF.COMPRESSION).
+# Compression schemes of TIFF that Pillow does not decode, or (WebP) that depend on how its libtiff
+# was built, by the numbers their writers use (tifffile's TIFF.COMPRESSION).
 _TIFF_COMPRESSION_NAMES: Final = {34712: "JPEG 2000", 34887: "LERC", 34933: "PNG", 50001: "WebP",
                                   50002: "JPEG XL", 52546: "JPEG XL"}
-_TIFF_COMPRESSIONS_LIBTIFF_MAY_LACK: Final = frozenset({50001, 50002, 34887})
 
 
 _PLAIN_PNM: Final = (b"P1", b"P2", b"P3")
 _PNM_COMMENT: Final = re.compile(rb"#[^\r\n]*")
 _MAX_RUN_LENGTH_BMP_PIXELS: Final = 20_000_000
-_JPEG_FORMATS: Final = ("JPEG", "MPO")
-# TIFF tags of a JPEG-compressed TIFF's data (TIFF 6.0 and its Technical Note 2).
-_TIFF_COMPRESSION, _TIFF_JPEG = 259, 7
-_TIFF_STRIP_OFFSETS, _TIFF_STRIP_BYTE_COUNTS, _TIFF_TILE_OFFSETS, _TIFF_TILE_BYTE_COUNTS = 273, 279, 324, 325  # MPO: a JPEG followed by more pictures; its first is the one read
+_JPEG_FORMATS: Final = ("JPEG", "MPO")  # MPO: a JPEG followed by more pictures; its first is the one read
+_TIFF_JPEG: Final = 7  # the compression of a JPEG-compressed TIFF (TIFF 6.0 Technical Note 2)
 # libjpeg-turbo's warnings that mean pixels are missing or wrong (jerror.h: JWRN_JPEG_EOF, JWRN_HIT_MARKER,
 # JWRN_HUFF_BAD_CODE, JWRN_ARITH_BAD_CODE, JWRN_MUST_RESYNC). Others pass: "extraneous bytes before
 # marker" is common in files that display correctly (webcams, scanners, some cameras), and warnings
@@ -457,10 +454,10 @@ def _check_tiff_jpeg_scans(image: ImageFile.ImageFile, data: bytes) -> None:
     which libtiff decodes with libjpeg and bounds only at 100 scans (97 empty scans in one strip
     of 10000x10000: 10.7 s)."""
     tags = image.tag_v2
-    if tags.get(_TIFF_COMPRESSION) != _TIFF_JPEG:
+    if tags.get(TiffImagePlugin.COMPRESSION) != _TIFF_JPEG:
         return
-    offsets = tags.get(_TIFF_STRIP_OFFSETS) or tags.get(_TIFF_TILE_OFFSETS) or ()
-    counts = tags.get(_TIFF_STRIP_BYTE_COUNTS) or tags.get(_TIFF_TILE_BYTE_COUNTS) or ()
+    offsets = tags.get(TiffImagePlugin.STRIPOFFSETS) or tags.get(TiffImagePlugin.TILEOFFSETS) or ()
+    counts = tags.get(TiffImagePlugin.STRIPBYTECOUNTS) or tags.get(TiffImagePlugin.TILEBYTECOUNTS) or ()
     for offset, count in zip(_tag_values(offsets), _tag_values(counts)):
         if isinstance(offset, int) and isinstance(count, int):  # damaged tags are libtiff's to report
             _check_jpeg_scans(data[offset:offset + count], where=" (a strip or tile of a TIFF)")
@@ -536,8 +533,8 @@ def _check_isobmff_items(data: bytes) -> None:
     items = item_count(data)
     if items > MAX_ITEMS:
         raise ImageTooLargeError(
-            f"AVIF holds {items:,} items (more than {MAX_ITEMS:,}; cameras and phones write a few hundred "
-            "at most), so reading it could take minutes: a decompression bomb or a damaged file. "
+            f"AVIF holds {items:,} items (more than {MAX_ITEMS:,}; a 100 MP picture in 256x256 tiles has "
+            "about 1,600), so reading it could take minutes: a decompression bomb or a damaged file. "
             "If the picture is yours, re-encode it as a single-image AVIF, or as PNG or JPEG",
             by_pixels=False,
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
 from typing import Final
 
 import numpy as np
@@ -47,7 +48,8 @@ def is_deep_colour(image: ImageFile.ImageFile, fmt: str, data: bytes) -> bool:
     Decided from the header, before ``load()``. PNG: Pillow opens such files in 8-bit modes but
     their raw mode still says ``;16``. TIFF: RGB photometric with 16 bits per sample (Pillow also
     misreads planar 16-bit RGB as 8-bit). AVIF: the bit depth its AV1 configuration box declares
-    (10 or 12), for a still picture. JPEG 2000: more than 8 bits in the codestream's first component, for Pillow's
+    (10 or 12), for a still picture. JPEG 2000: more than 8 bits in the codestream's first
+    component, for Pillow's
     8-bit modes (its 16-bit gray, ``I;16``, is exact). 16-bit gray without alpha (``I;16``)
     stays with Pillow, which decodes it exactly; other 16-bit TIFF colour spaces (CMYK, YCbCr,
     Lab) also stay with Pillow and come out 8-bit.
@@ -108,13 +110,19 @@ def _scaled_to_16_bits(samples: np.ndarray, maximum: int) -> np.ndarray:
     levels = np.arange(maximum + 1, dtype=samples.dtype)
     table = np.rint(levels * np.float32(65535.0 / maximum)).astype(np.uint16)
     scaled = np.empty(samples.shape, np.uint16)
-    rows = max(1, _SCALE_BLOCK_SAMPLES // max(1, samples[:1].size))
-    for start in range(0, len(samples), rows):
-        scaled[start:start + rows] = table[np.minimum(samples[start:start + rows], maximum)]
+    for rows in _row_blocks(samples, _SCALE_BLOCK_SAMPLES):
+        scaled[rows] = table[np.minimum(samples[rows], maximum)]
     return scaled
 
 
 _SCALE_BLOCK_SAMPLES: Final = 1 << 22
+
+
+def _row_blocks(array: np.ndarray, block: int) -> Iterator[slice]:
+    """Slices of ``array``'s first axis, each of about ``block`` elements of its later axes."""
+    rows = max(1, block // max(1, array[:1].size))
+    for start in range(0, len(array), rows):
+        yield slice(start, start + rows)
 
 
 def _pnm_samples(image: ImageFile.ImageFile) -> tuple[int, int, int] | None:
@@ -249,14 +257,13 @@ def _unpremultiply(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Straight colour from premultiplied 16-bit colour (as Pillow does for 8-bit RGBa/La), in
     blocks of rows, into a new array."""
     straight = np.empty(colour.shape, dtype=np.uint16)
-    rows = max(1, _UNPREMULTIPLY_BLOCK_PIXELS // max(1, colour.shape[1]))
-    for start in range(0, colour.shape[0], rows):
-        block_alpha = alpha[start:start + rows]
+    for rows in _row_blocks(alpha, _UNPREMULTIPLY_BLOCK_PIXELS):  # alpha: one element per pixel
+        block_alpha = alpha[rows]
         scale = np.where(block_alpha > 0, np.float32(65535.0) / np.maximum(block_alpha, 1), np.float32(0))
-        block = colour[start:start + rows] * scale.astype(np.float32)[:, :, None]
+        block = colour[rows] * scale.astype(np.float32)[:, :, None]
         np.rint(block, out=block)
         np.clip(block, 0, 65535, out=block)
-        straight[start:start + rows] = block
+        straight[rows] = block
     return straight
 
 

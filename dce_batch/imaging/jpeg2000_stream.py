@@ -1,13 +1,12 @@
 """A JPEG 2000 codestream's headers, read without decoding: how many coding structures it asks for.
 
-OpenJPEG allocates a structure (about 450 bytes) for every code-block and every precinct of a
+OpenJPEG allocates a structure (400-500 bytes) for every code-block and every precinct of a
 tile's components and resolutions, however little data the tile holds, so a codestream of 100
 bytes that asks for 4x4 code-blocks on a 10000x10000 RGB picture took 9.1 GB and 12 s to decode,
-and one with 2x2 precincts on 4000x4000 8.8 GB and 21 s (a 4000x4000 picture decodes in well
-under 1 GB). Encoders use 64x64 code-blocks (OpenJPEG, Kakadu, most cameras and scanners) or
-32x32 (digital cinema), and precincts of 128 or more, so they ask for one structure per hundreds
-or thousands of samples. Tiles are decoded one at a time, so the largest tile's structures are
-what a file costs.
+and one with 2x2 precincts on 4000x4000 8.8 GB and 21 s. OpenJPEG's encoder defaults (64x64
+code-blocks, one precinct per resolution) ask for one structure per 2,900 samples (an 800x600
+picture), 32x32 code-blocks one per 870, 32x32 precincts one per 46. Tiles are decoded one at a
+time, so the largest tile's structures are what a file costs.
 
 :func:`jpeg2000_structures` reads the image and tile sizes (SIZ) and the coding style of each
 component (COD, COC) from the main header and every tile-part header, and counts the structures
@@ -95,7 +94,7 @@ def _count(data: bytes, start: int) -> Jpeg2000Structures | None:
     position = start + 2
     size: tuple[int, ...] | None = None
     components: list[tuple[int, int]] = []  # (XRsiz, YRsiz) per component
-    default: _CodingStyle | None = None
+    coded = False  # a COD segment was met: a codestream without one is left to the decoder
     styles: set[_CodingStyle] = set()  # every coding style a COD or COC asks for: the costliest counts
     while position + 4 <= len(data):
         marker, length = struct.unpack_from(">HH", data, position)
@@ -115,12 +114,10 @@ def _count(data: bytes, start: int) -> Jpeg2000Structures | None:
             count = struct.unpack_from(">H", segment, 34)[0]
             components = [(segment[37 + 3 * i], segment[38 + 3 * i]) for i in range(count)]
         elif marker in (_COD, _COC):
-            style = _style(marker, segment, len(components))
-            if marker == _COD:
-                default = style
-            styles.add(style)
+            styles.add(_style(marker, segment, len(components)))
+            coded = coded or marker == _COD
         position += 2 + length
-    if size is None or default is None or not components:
+    if size is None or not coded or not components:
         return None
     width, height, x_origin, y_origin, tile_width, tile_height, _tile_x, _tile_y = size
     tile_width, tile_height = min(tile_width, width - x_origin), min(tile_height, height - y_origin)

@@ -8,8 +8,9 @@ applications a limit on scans for this attack (``djpeg -maxscans``, ``TJPARAM_SC
 NVIDIA's nvImageCodec sets 256 by default), but fewer scans over a larger picture cost as much:
 254 single-component scans of a 100 MP picture took 34 s. So the work is counted in passes over
 the whole picture: each scan adds its components' share of the picture's blocks (by their
-sampling factors). Encoders write 1 pass (baseline) to about 5 (libjpeg's progressive script:
-10 scans, 4.7 passes in 4:4:4, 5.3 in 4:2:0; mozjpeg's are alike).
+sampling factors). Baseline JPEGs make 1 pass; libjpeg's progressive scripts (as Pillow writes
+them) 10 scans and 4.7 passes in 4:4:4, 5.3 in 4:2:0, 6 scans and 6 passes in gray, 18 scans and
+6 passes in CMYK.
 
 :func:`jpeg_scan_work` walks the segments from the start-of-image marker to the first end marker
 (the first picture: an MPO's further pictures and an EXIF thumbnail's scans do not count),
