@@ -1,12 +1,17 @@
-"""The rule that keeps black inputs black, at several thresholds, through the job's own finishing.
+"""The rule that keeps black inputs black, at several settings, through the job's own finishing.
 
-``finishing._keep_blacks`` scales the output to 0 where the brightest value of the input's 7 x 7
-neighbourhood is at or under a floor (2.5 8-bit steps) and keeps it from a second threshold on
-(4 steps). This script runs the default finishing (``finish_image`` with ``job_finish()``, the
-network's output cached per image) with those thresholds moved, or with the rule off, and prints
-PSNR / SSIM against the references, so the rule's cost on real and simulated pairs sits beside
-what it buys (the bundled retina sample's black surround, ``tests/test_finishing.py``). The
-pairs are those of ``compare_exposure_models.py`` (its docstring makes them):
+``finishing._keep_blacks`` scales the output to 0 where the input's 7 x 7 neighbourhood is black
+and keeps it where the neighbourhood holds **signal** (its brightest value, faded in from 3.5 to 6
+8-bit steps) or **dithered content** (the share of its values at 2 steps or more, faded in from a
+quarter to a half). This script runs the default finishing (``finish_image`` with
+``job_finish()``, the network's output cached per image) with those settings moved, with the
+neighbourhood's maximum alone deciding (2.5 / 4 steps, the share never counted), or with the rule
+off, and prints PSNR / SSIM against the references, so the rule's cost on real and simulated pairs
+sits beside what it buys (the bundled retina sample's black surround and a black backdrop's JPEG
+residue, ``tests/test_finishing.py``). The real SICE pairs are scored twice: at the default level
+(0.45, above their references' 0.35) and with the exposure's intercept moved to their references'
+level, where only the rule differs. The pairs are those of ``compare_exposure_models.py`` (its
+docstring makes them):
 
     python benchmarks/quality/compare_black_thresholds.py /tmp/sice_pairs /tmp/evalsim/simulated
 """
@@ -25,18 +30,21 @@ sys.path.insert(0, str(HERE))
 
 from compare_exposure_models import add_pair_arguments, as_tensors, load_pairs, network, simulated_sets  # noqa: E402
 
-#: (floor, full) in 8-bit steps; None switches the rule off.
-THRESHOLDS: dict[str, tuple[float, float] | None] = {
-    "shipped 2.5/4": (2.5, 4.0),
+#: (dither floor, share start, share full, signal start, signal full), floor and signal in 8-bit
+#: steps; None switches the rule off. A share start above 1 never counts the share.
+SETTINGS: dict[str, tuple[float, float, float, float, float] | None] = {
+    "shipped": (1.5, 0.25, 0.5, 3.5, 6.0),
+    "maximum alone 2.5/4": (1.5, 2.0, 3.0, 2.5, 4.0),
     "off": None,
-    "2/3": (2.0, 3.0),
-    "1.5/2.5": (1.5, 2.5),
-    "0.5/1.5": (0.5, 1.5),
+    "share of 3+": (2.5, 0.05, 0.2, 3.5, 6.0),
+    "share 0.6-0.85": (1.5, 0.6, 0.85, 3.5, 6.0),
 }
+#: The exposure intercept that puts SICE's outputs at their references' level (0.35).
+SICE_REFERENCE_INTERCEPT = 0.120
 
 
-def finished(items: list[dict], thresholds: tuple[float, float] | None) -> tuple[float, float]:
-    """Mean PSNR and SSIM of the default finishing with the black thresholds set to ``thresholds``."""
+def finished(items: list[dict], setting: tuple[float, float, float, float, float] | None) -> tuple[float, float]:
+    """Mean PSNR and SSIM of the default finishing with the black rule set to ``setting``."""
     import torch
 
     from compare_exposure_models import job_finish
@@ -44,12 +52,16 @@ def finished(items: list[dict], thresholds: tuple[float, float] | None) -> tuple
     from dce_batch.enhance import finishing
     from dce_batch.evaluation.evaluate import paired_metrics, quantize
 
-    saved = finishing._keep_blacks, finishing._BLACK_FLOOR, finishing._BLACK_FULL
+    names = ("_BLACK_DITHER", "_BLACK_SHARE_START", "_BLACK_SHARE_FULL", "_BLACK_SIGNAL_START", "_BLACK_SIGNAL_FULL")
+    saved = finishing._keep_blacks, *(getattr(finishing, name) for name in names)
     try:
-        if thresholds is None:
+        if setting is None:
             finishing._keep_blacks = lambda low, out: out
         else:
-            finishing._BLACK_FLOOR, finishing._BLACK_FULL = (t / 255.0 for t in thresholds)
+            floor, share_start, share_full, signal_start, signal_full = setting
+            for name, value in zip(names, (floor / 255.0, share_start, share_full, signal_start / 255.0,
+                                           signal_full / 255.0)):
+                setattr(finishing, name, value)
         scores = []
         for item in items:
             low, out = as_tensors(item)
@@ -57,8 +69,21 @@ def finished(items: list[dict], thresholds: tuple[float, float] | None) -> tuple
                 output = finishing.finish_image(low, out, job_finish())[0].permute(1, 2, 0).numpy()
             scores.append(paired_metrics(item["ref"], quantize(output)))
     finally:
-        finishing._keep_blacks, finishing._BLACK_FLOOR, finishing._BLACK_FULL = saved
+        finishing._keep_blacks = saved[0]
+        for name, value in zip(names, saved[1:]):
+            setattr(finishing, name, value)
     return float(np.mean([s["psnr"] for s in scores])), float(np.mean([s["ssim"] for s in scores]))
+
+
+def at_sice_reference_level(items: list[dict], setting) -> tuple[float, float]:
+    from dce_batch.enhance import exposure
+
+    saved = exposure.TARGET_INTERCEPT
+    exposure.TARGET_INTERCEPT = SICE_REFERENCE_INTERCEPT
+    try:
+        return finished(items, setting)
+    finally:
+        exposure.TARGET_INTERCEPT = saved
 
 
 def main() -> None:
@@ -66,13 +91,14 @@ def main() -> None:
     add_pair_arguments(parser)
     args = parser.parse_args()
     enhancer = network()
-    sets = {"SICE brackets, real": load_pairs(args.sice_pairs / "low", args.sice_pairs / "ref", enhancer),
-            **simulated_sets(args.simulated, enhancer)}
-    print("PSNR dB / SSIM of the default finishing, black thresholds (floor/full, 8-bit steps):")
-    print(f"  {'set':22s} " + "  ".join(f"{name:>15s}" for name in THRESHOLDS))
-    for name, items in sets.items():
-        cells = [finished(items, thresholds) for thresholds in THRESHOLDS.values()]
-        print(f"  {name + f' ({len(items)})':22s} " + "  ".join(f"{p:7.2f} / {s:.4f}" for p, s in cells))
+    sice = load_pairs(args.sice_pairs / "low", args.sice_pairs / "ref", enhancer)
+    rows = [("SICE, level 0.45", sice, finished), ("SICE, at refs' level", sice, at_sice_reference_level)]
+    rows += [(name, items, finished) for name, items in simulated_sets(args.simulated, enhancer).items()]
+    print("PSNR dB / SSIM of the default finishing, black rule settings:")
+    print(f"  {'set':26s} " + "  ".join(f"{name:>19s}" for name in SETTINGS))
+    for name, items, score in rows:
+        cells = [score(items, setting) for setting in SETTINGS.values()]
+        print(f"  {name + f' ({len(items)})':26s} " + "  ".join(f"{p:10.3f} / {s:.4f}" for p, s in cells), flush=True)
 
 
 if __name__ == "__main__":
