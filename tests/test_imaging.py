@@ -406,6 +406,35 @@ def test_a_jpeg_of_more_than_8_bits_is_unsupported_not_corrupt(kind):
         decode_image(data)
 
 
+def _colour_mapped_tga(entries: int, index_bits: int = 8, map_bits: int = 24, first: int = 0) -> bytes:
+    """An uncompressed colour-mapped TGA (type 1), 4x3, bottom-up rows of indices 0 .. 11, whose
+    colour map holds ``entries`` entries of ``map_bits`` bits (entry i: bytes 7i, 7i+1, ...) from
+    entry ``first`` on."""
+    header = struct.pack("<BBBHHBHHHHBB", 0, 1, 1, first, entries, map_bits, 0, 0, 4, 3, index_bits, 0)
+    colour_map = bytes(i * 7 % 256 for i in range(entries * map_bits // 8))
+    indices = b"".join(i.to_bytes(index_bits // 8, "little") for i in range(12))
+    return header + colour_map + indices
+
+
+@pytest.mark.parametrize("map_bits", [16, 24, 32])
+def test_a_tga_whose_colour_map_holds_more_than_256_entries_decodes(map_bits):
+    """The format allows colour maps of up to 65,535 entries; 8-bit indices reach the first 256,
+    and Pillow refuses a longer palette ("invalid palette size"): the picture is the one its first
+    256 entries give, not a CorruptImageError."""
+    expected = decode_image(_colour_mapped_tga(256, map_bits=map_bits)).pixels
+    assert np.unique(expected.reshape(-1, 3), axis=0).shape[0] == 12  # 12 distinct colours
+    for entries in (257, 300, 4096):
+        np.testing.assert_array_equal(decode_image(_colour_mapped_tga(entries, map_bits=map_bits)).pixels, expected)
+    # A map that starts at entry 226 leaves the pixels' indices 0 .. 11 without colours: a damaged header.
+    with pytest.raises(CorruptImageError, match="TGA"):
+        decode_image(_colour_mapped_tga(64, map_bits=map_bits, first=226))
+
+
+def test_a_tga_with_16_bit_colour_map_indices_is_unsupported_not_corrupt():
+    with pytest.raises(UnsupportedImageError, match="colour-mapped TGA with 16-bit indices.*convert it to PNG"):
+        decode_image(_colour_mapped_tga(300, index_bits=16))
+
+
 def test_icc_profile_kept():
     icc = srgb_icc()
     for source_format in ("JPEG", "PNG", "WEBP", "TIFF"):

@@ -123,6 +123,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
             _check_run_length_bmp(image)
         elif fmt == "TIFF":
             _check_tiff_jpeg_scans(image, data)
+        elif fmt == "TGA":
+            _prepare_tga_colour_map(image, data)
         if is_deep_colour(image, fmt, data):
             return _in_srgb(decode_deep_colour(data, image, fmt))
         _load(image, fmt)
@@ -523,6 +525,35 @@ def _check_run_length_bmp(image: ImageFile.ImageFile) -> None:
             "(a decompression bomb or a damaged file). Convert it to PNG",
             by_pixels=False,
         )
+
+
+# Bytes per entry of the raw palettes Pillow's TGA reader makes of each colour-map depth.
+_TGA_ENTRY_BYTES = {"BGRA;15Z": 2, "BGR": 3, "BGRA": 4}
+
+
+def _prepare_tga_colour_map(image: ImageFile.ImageFile, data: bytes) -> None:
+    """A colour-mapped TGA (types 1 and 9) as the format allows it and Pillow's reader does not.
+
+    * Its colour map may hold up to 65,535 entries; 8-bit indices reach the first 256 of them,
+      and Pillow refuses a palette longer than that ("invalid palette size"). The rest cannot be
+      shown: a map that starts at entry 0 is cut to 256 entries. One that starts further on
+      (Pillow puts black entries before it) stays refused: its pixels would index entries it
+      does not hold, as in a damaged header.
+    * 16-bit indices (colour maps of more than 256 entries, from some paint programs): Pillow has
+      no decoder for them. That is :class:`UnsupportedImageError`, not damage.
+    """
+    if image.mode != "P" or len(data) < 18:
+        return
+    if data[16] != 8:
+        raise UnsupportedImageError(
+            f"is a colour-mapped TGA with {data[16]}-bit indices, which cannot be decoded (8-bit indices "
+            "can); convert it to PNG or a true-colour TGA (or, if it should be one of those, the file is damaged)"
+        )
+    palette = image.palette
+    entry = _TGA_ENTRY_BYTES.get(str(getattr(palette, "rawmode", "")))
+    first_entry = int.from_bytes(data[3:5], "little")
+    if palette is not None and entry is not None and first_entry == 0 and len(palette.palette) > 256 * entry:
+        palette.palette = palette.palette[: 256 * entry]
 
 
 def _check_isobmff_items(data: bytes) -> None:
