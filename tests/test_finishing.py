@@ -495,6 +495,25 @@ def test_a_black_backdrop_with_sparse_jpeg_residue_stays_black():
         assert float(kept.min()) > 0.2 * 0.95
 
 
+def test_the_exposure_target_is_the_mean_of_what_stays_lit():
+    """A lit subject beside a black backdrop (DICM 12's astronaut): the backdrop, black in the
+    input and so black in the output, is left out of the exposure's mean, so the subject comes
+    out at the target instead of being pushed towards white to make up for the black half (the
+    mean over the whole frame put it at 0.61 for a target of 0.4). Only the few backdrop pixels
+    beside the subject, which the black rule keeps, still count."""
+    low = torch.zeros((1, 3, 64, 256))
+    low[..., 128:] = 0.05  # the lit half: dark, but real signal
+    enhanced = torch.full((1, 3, 64, 256), 0.05)  # the curves lift the backdrop's residue a little
+    enhanced[..., 128:] = 0.2
+    config = FinishConfig(exposure=0.4, denoise="off")
+    params = finish_params(low, enhanced, config)
+    out = finish_tiles(low, enhanced, params, config)
+    assert float(out[..., :, :120].max()) == 0.0  # the backdrop stays black
+    assert 0.4 <= float(out[..., :, 136:].mean()) < 0.41
+    whole = finish_params(low[..., 128:], enhanced[..., 128:], config)
+    assert float(whole[0, 0]) == pytest.approx(float(params[0, 0]), abs=0.01)
+
+
 @pytest.mark.parametrize("kind", ["black", "white", "single colour", "1x1", "1x1 black", "2x3"])
 def test_images_without_usable_signal_get_a_valid_output(kind):
     """No NaN, no crash, values in [0, 1], through params and tiles with the default

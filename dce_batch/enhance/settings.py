@@ -61,7 +61,7 @@ DEFAULT_EXPOSURE_TARGET = 0.45
 # made with other pixels are never silently mixed with new ones. Every name carries one version
 # number (the last): bump FINISH_VERSION whenever the pixels of any path change (exposure and
 # blacks, say, change them all).
-FINISH_VERSION = 10
+FINISH_VERSION = 11
 FINISH_METHOD = f"dct-wiener-bm-{FINISH_VERSION}"
 # The DCT stage without block matching (``matched_noise_level=inf``).
 UNMATCHED_FINISH_METHOD = f"dct-wiener-{FINISH_VERSION}"
