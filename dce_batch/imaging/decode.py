@@ -539,7 +539,7 @@ def _prepare_tga_colour_map(image: ImageFile.ImageFile, data: bytes) -> None:
       shown: a map that starts at entry 0 is cut to 256 entries. One that starts further on
       (Pillow puts black entries before it) stays refused: its pixels would index entries it
       does not hold, as in a damaged header.
-    * 16-bit indices (colour maps of more than 256 entries, from some paint programs): Pillow has
+    * Indices of other than 8 bits (16, which a map of more than 256 colours needs): Pillow has
       no decoder for them. That is :class:`UnsupportedImageError`, not damage.
     """
     if image.mode != "P" or len(data) < 18:
