@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -52,14 +53,25 @@ def ray_local():
     ray.shutdown()
 
 
+_ISSUED_PORTS: set[int] = set()
+
+
 def _free_port() -> int:
-    # Ephemeral ports come from 32768+ on Linux: outside Ray's worker range 10002-19999.
+    """A port free now, from 20000-32767, never one this process gave out before. Outside Ray's
+    worker range (10002-19999), and below the range the system hands to sockets bound to port 0
+    (32768-60999 on Linux): Ray's own processes open such sockets as a head starts, and one of
+    them can take a port of that range before the component it was chosen for binds it."""
     while True:
+        port = random.randint(20000, 32767)
+        if port in _ISSUED_PORTS:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if not 10002 <= port <= 19999:
-            return port
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        _ISSUED_PORTS.add(port)
+        return port
 
 
 @dataclass

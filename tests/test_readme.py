@@ -128,8 +128,8 @@ def _check_the_job_ran_on_the_cluster(result, work: Path) -> None:
 
 
 def test_every_readme_block_runs_as_written(tmp_path):
-    if not all(_port_free(port) for port in (9000, 6390, 8290, 52391)):
-        pytest.skip("a port the README's blocks name (9000, 6390, 8290, 52391) is in use on this machine")
+    if not all(_port_free(port) for port in (9000, 6390, 8290, 8291)):
+        pytest.skip("a port the README's blocks name (9000, 6390, 8290, 8291) is in use on this machine")
     work = tmp_path / "checkout"
     _checkout_copy(work)
     for block_path in sorted({p for _, body in readme_blocks() for p in re.findall(r"/tmp/[\w.-]+", body)}):
