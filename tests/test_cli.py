@@ -327,6 +327,39 @@ print("returned", flush=True)
 """
 
 
+# A run that stopped on its first signal and is on its way out (StopRequest.restore() done, the
+# CLI printing its last line and Python tearing down) when the second arrives.
+_LEAVING_SCRIPT = r"""
+import os, signal, sys, time
+from dce_batch.job.signals import StopRequest
+
+stop = StopRequest().install()
+os.kill(os.getpid(), signal.SIGINT)
+while not stop.requested:
+    time.sleep(0.01)
+stop.restore()
+print("left", flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_second_signal_after_the_run_let_go_of_the_signals_still_stops_quietly():
+    """The second Ctrl-C can land after the run gave the signals back, while the process prints
+    its last line and Python tears down (Python's own handler would raise KeyboardInterrupt
+    there, with a traceback from wherever it lands): still one line and exit 130."""
+    process = subprocess.Popen([sys.executable, "-c", _LEAVING_SCRIPT], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "left"
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.splitlines()[-1] == "dce-batch: stopping now; the next run adopts what was written and redoes the rest"
+
+
 @pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_second_signal_stops_at_once_while_the_main_thread_is_held_in_a_call(second):
     """Python runs signal handlers only between the main thread's bytecodes; the watchdog reads

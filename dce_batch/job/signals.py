@@ -57,8 +57,12 @@ class StopRequest:
                 signal.set_wakeup_fd(self._wakeup[1].fileno(), warn_on_full_buffer=False)
 
     def restore(self) -> None:
+        """Give the signals back to the handlers they had, unless a stop was asked for: then the
+        process is on its way out, and a second signal still means "now" (one line, exit
+        130/143) instead of Python's KeyboardInterrupt with a traceback from wherever the
+        process's last steps happen to be."""
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
+            signal.signal(signum, self._handle if self.requested else handler)  # type: ignore[arg-type]
         self._previous.clear()
         if self._wakeup is not None:
             signal.set_wakeup_fd(self._previous_wakeup_fd)
