@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import os
-import random
 import secrets
 import shutil
 import signal
@@ -54,15 +53,23 @@ def ray_local():
 
 
 _ISSUED_PORTS: set[int] = set()
+_PORT_RANGE = range(20000, 32768)
+_PORT_SLICES = 8  # pytest-xdist workers gw0 .. gw7 draw from slices of their own
 
 
 def _free_port() -> int:
     """A port free now, from 20000-32767, never one this process gave out before. Outside Ray's
     worker range (10002-19999), and below the range the system hands to sockets bound to port 0
     (32768-60999 on Linux): Ray's own processes open such sockets as a head starts, and one of
-    them can take a port of that range before the component it was chosen for binds it."""
+    them can take a port of that range before the component it was chosen for binds it. Each
+    xdist worker draws from a slice of its own (two heads starting at once in two workers could
+    otherwise pick one port, both free when checked), with the system's randomness (a test that
+    seeds ``random`` would make both workers draw the same ports)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) % _PORT_SLICES if worker[2:].isdigit() else 0
+    size = len(_PORT_RANGE) // _PORT_SLICES
     while True:
-        port = random.randint(20000, 32767)
+        port = _PORT_RANGE.start + index * size + secrets.randbelow(size)
         if port in _ISSUED_PORTS:
             continue
         with socket.socket() as s:

@@ -498,8 +498,8 @@ def test_a_black_backdrop_with_sparse_jpeg_residue_stays_black():
 def test_the_exposure_target_is_the_mean_of_what_stays_lit():
     """A lit subject beside a black backdrop (DICM 12's astronaut): the backdrop, black in the
     input and so black in the output, is left out of the exposure's mean, so the subject comes
-    out at the target instead of being pushed towards white to make up for the black half (the
-    mean over the whole frame put it at 0.61 for a target of 0.4). Only the few backdrop pixels
+    out at the target instead of being pushed towards white to make up for the black half (a fit
+    to the whole frame's mean puts it at 0.61 for a target of 0.4). Only the few backdrop pixels
     beside the subject, which the black rule keeps, still count."""
     low = torch.zeros((1, 3, 64, 256))
     low[..., 128:] = 0.05  # the lit half: dark, but real signal

@@ -30,10 +30,21 @@ sys.path.insert(0, str(HERE))
 
 from compare_exposure_models import add_pair_arguments, as_tensors, load_pairs, network, simulated_sets  # noqa: E402
 
+#: The module's constants that each setting sets, in the order of a setting's values.
+NAMES = ("_BLACK_DITHER", "_BLACK_SHARE_START", "_BLACK_SHARE_FULL", "_BLACK_SIGNAL_START", "_BLACK_SIGNAL_FULL")
+
+
+def _shipped() -> tuple[float, float, float, float, float]:
+    from dce_batch.enhance import finishing
+
+    floor, share_start, share_full, signal_start, signal_full = (getattr(finishing, name) for name in NAMES)
+    return floor * 255.0, share_start, share_full, signal_start * 255.0, signal_full * 255.0
+
+
 #: (dither floor, share start, share full, signal start, signal full), floor and signal in 8-bit
 #: steps; None switches the rule off. A share start above 1 never counts the share.
 SETTINGS: dict[str, tuple[float, float, float, float, float] | None] = {
-    "shipped": (1.5, 0.25, 0.5, 3.5, 6.0),
+    "shipped": _shipped(),
     "maximum alone 2.5/4": (1.5, 2.0, 3.0, 2.5, 4.0),
     "off": None,
     "share of 3+": (2.5, 0.05, 0.2, 3.5, 6.0),
@@ -52,14 +63,13 @@ def finished(items: list[dict], setting: tuple[float, float, float, float, float
     from dce_batch.enhance import finishing
     from dce_batch.evaluation.evaluate import paired_metrics, quantize
 
-    names = ("_BLACK_DITHER", "_BLACK_SHARE_START", "_BLACK_SHARE_FULL", "_BLACK_SIGNAL_START", "_BLACK_SIGNAL_FULL")
-    saved = finishing._keep_blacks, *(getattr(finishing, name) for name in names)
+    saved = finishing._lit_factor, *(getattr(finishing, name) for name in NAMES)
     try:
-        if setting is None:
-            finishing._keep_blacks = lambda low, out: out
+        if setting is None:  # nothing blacked out, and the exposure's mean over the whole frame
+            finishing._lit_factor = lambda low: None
         else:
             floor, share_start, share_full, signal_start, signal_full = setting
-            for name, value in zip(names, (floor / 255.0, share_start, share_full, signal_start / 255.0,
+            for name, value in zip(NAMES, (floor / 255.0, share_start, share_full, signal_start / 255.0,
                                            signal_full / 255.0)):
                 setattr(finishing, name, value)
         scores = []
@@ -69,8 +79,8 @@ def finished(items: list[dict], setting: tuple[float, float, float, float, float
                 output = finishing.finish_image(low, out, job_finish())[0].permute(1, 2, 0).numpy()
             scores.append(paired_metrics(item["ref"], quantize(output)))
     finally:
-        finishing._keep_blacks = saved[0]
-        for name, value in zip(names, saved[1:]):
+        finishing._lit_factor = saved[0]
+        for name, value in zip(NAMES, saved[1:]):
             setattr(finishing, name, value)
     return float(np.mean([s["psnr"] for s in scores])), float(np.mean([s["ssim"] for s in scores]))
 

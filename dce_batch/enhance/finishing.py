@@ -327,8 +327,7 @@ def _exposure_params(low_small: torch.Tensor, enhanced_small: torch.Tensor, targ
     targets = scene_target(scene, luma_out.mean(dim=(1, 2, 3))) if target is None else torch.full_like(dark, target)
     if corrected_small is not None:
         luma_out = luma(corrected_small)
-    lit = _keep_blacks(low_small, torch.ones_like(luma_out))
-    exponent = _exposure_exponent(luma_out, targets, max_boost, highlights, lit)
+    exponent = _exposure_exponent(luma_out, targets, max_boost, highlights, _lit_factor(low_small))
     return 1.0 - strength * (1.0 - exponent), highlights
 
 
@@ -441,26 +440,33 @@ def _keep_blacks(low: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     ``x + a x (1 - x)`` nearly doubles a value near 0), so a JPEG's residue of a black backdrop
     (0s and 1s, with a few 2s to 5s) comes out as a mottled grey, and the exposure and the chroma
     filter add to it (the bundled retina sample's black surround, with dark-red blotches). Deciding
-    by the neighbourhood's maximum alone kept a 7 x 7 square around each of the backdrop's stray
-    3s and 4s and made them blobs on black (DICM 12, the astronaut on a black backdrop); the share
+    by the neighbourhood's maximum alone would keep a 7 x 7 square around each of the backdrop's
+    stray 3s and 4s, blobs on black (DICM 12, the astronaut on a black backdrop); the share
     of dithered values tells such residue (2 % of DICM 12's backdrop at 3 steps or more, 15 % at
     2 or more) from a dark scene under sensor noise (most of its values). Measured against
     the maximum alone at 2.5 / 4 steps (benchmarks/quality/README.md, "Blacks: the share of
     dithered values"): the real SICE pairs at their references' level +0.04 dB and +0.018 SSIM,
     the darkest JPEG'd simulated level +0.19 dB and +0.008, the LOL-like noisy levels unchanged.
     """
+    factor = _lit_factor(low)
+    return out if factor is None else out * factor
+
+
+def _lit_factor(low: torch.Tensor) -> torch.Tensor | None:
+    """N x 1 x H x W: how much of the output :func:`_keep_blacks` keeps at each pixel of ``low``
+    (N x 3 x H x W), in [0, 1]; None where it keeps everything (nothing in ``low`` is dark)."""
     brightest = low.amax(dim=1, keepdim=True)
     if not bool((brightest < _BLACK_SIGNAL_FULL).any()):
-        return out  # nothing dark enough here: the factor is 1 everywhere
+        return None
     r = _BLACK_RADIUS  # the window's maximum, one axis at a time (2 x 7 comparisons, not 49)
     level = F.max_pool2d(F.max_pool2d(brightest, (2 * r + 1, 1), stride=1, padding=(r, 0)),
                          (1, 2 * r + 1), stride=1, padding=(0, r))
     if not bool((level < _BLACK_SIGNAL_FULL).any()):
-        return out
+        return None
     signal = _smoothstep(level, _BLACK_SIGNAL_START, _BLACK_SIGNAL_FULL)
     dithered = _smoothstep(small_box_mean((brightest > _BLACK_DITHER).float(), r), _BLACK_SHARE_START,
                            _BLACK_SHARE_FULL)
-    return out * small_box_mean(torch.maximum(signal, dithered), r)
+    return small_box_mean(torch.maximum(signal, dithered), r)
 
 
 def _denoise(low: torch.Tensor, out: torch.Tensor, params: torch.Tensor, config: FinishConfig,
